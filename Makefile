@@ -1,0 +1,23 @@
+# The two commands of the README. Each sets up what it needs first (scripts/bootstrap.sh).
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup bench lint
+
+demo:
+	@scripts/bootstrap.sh
+	@$(VENV)/bin/taskcreds demo
+
+test:
+	@scripts/bootstrap.sh --test
+	@scripts/run-tests.sh $(PYTEST_ARGS)
+
+setup:
+	@scripts/bootstrap.sh --test
+
+bench:
+	@scripts/bootstrap.sh --test
+	@for b in bench/*.py; do $(VENV)/bin/python $$b || exit 1; done
+
+lint:
+	@$(VENV)/bin/ruff check taskcreds operator sidecar tests bench

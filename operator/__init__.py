@@ -1,0 +1,1 @@
+"""taskcreds-operator: admission webhook, credential broker and task lifecycle."""

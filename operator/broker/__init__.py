@@ -1,0 +1,1 @@
+"""The credential broker: mTLS HTTPS API, authentication, policy, leases."""

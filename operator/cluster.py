@@ -1,0 +1,82 @@
+"""What the operator needs from Kubernetes, as one Protocol.
+
+Two implementations: :mod:`taskcreds.operator.kube` (the real API through kubernetes_asyncio,
+the only module that imports a Kubernetes client) and :mod:`taskcreds.operator.memcluster`
+(in memory, for ``taskcreds demo`` and unit tests). Objects are plain dicts in the API's
+JSON shape, so both behave alike and tests compare them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+__all__ = ["Cluster", "TokenIdentity", "ClusterError", "Conflict"]
+
+
+class ClusterError(Exception):
+    """The Kubernetes API failed or is unreachable (retryable)."""
+
+
+class Conflict(ClusterError):
+    """Optimistic concurrency lost (HTTP 409): re-read and retry."""
+
+
+@dataclass(frozen=True)
+class TokenIdentity:
+    """What a TokenReview of a pod-bound projected service-account token proved."""
+
+    namespace: str
+    service_account: str
+    pod_name: str | None
+    pod_uid: str | None
+    audiences: tuple[str, ...]
+
+
+class Cluster(Protocol):
+    async def review_token(self, token: str, audience: str) -> TokenIdentity | None:
+        """TokenReview; None when the token is not authenticated for ``audience``."""
+        ...
+
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def get_credential_source(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def get_cluster_credential_source(self, name: str) -> dict[str, Any] | None: ...
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret with ``data`` base64 as the API returns it."""
+        ...
+
+    async def apply_secret(self, namespace: str, name: str, data: dict[str, bytes],
+                           labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """Create or replace a Secret (used for the webhook CA and JWT signing keys)."""
+        ...
+
+    async def patch_webhook_ca_bundle(self, configuration: str, ca_bundle_pem: bytes) -> None:
+        """Set ``caBundle`` on every webhook of a MutatingWebhookConfiguration."""
+        ...
+
+    async def create_service_account_token(
+        self, namespace: str, service_account: str, audiences: list[str], expiration_seconds: int,
+        bound_pod: tuple[str, str] | None,
+    ) -> tuple[str, datetime]:
+        """TokenRequest; returns (token, expiration). ``bound_pod`` is (name, uid)."""
+        ...
+
+    async def get_task_lease(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def list_task_leases(self, namespace: str | None = None) -> list[dict[str, Any]]: ...
+
+    async def create_task_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def patch_task_lease(self, namespace: str, name: str, patch: dict[str, Any], *,
+                               subresource: str | None = None) -> dict[str, Any]:
+        """JSON merge patch; ``subresource="status"`` for the status subresource."""
+        ...
+
+    async def emit_event(self, regarding: dict[str, Any], reason: str, message: str,
+                         type_: str = "Normal") -> None:
+        """Record an Event about ``regarding`` (an object with apiVersion/kind/metadata)."""
+        ...

@@ -1,0 +1,1 @@
+"""Pure pod mutation: plan, builders and JSONPatch. No I/O."""

@@ -1,0 +1,1 @@
+"""Credential providers, one module each behind the Provider protocol in base.py."""

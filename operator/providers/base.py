@@ -1,0 +1,89 @@
+"""The one small interface every credential provider implements: issue, renew, revoke.
+
+A provider turns a CredentialSource spec into a live credential at its source (OpenBao, GitHub,
+the Kubernetes API, ...). Values travel only in ``Issued.files``; everything else here is safe to
+log and to store on a TaskLease.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["IssueRequest", "Issued", "Provider", "ProviderError", "NotRevocable"]
+
+
+class ProviderError(Exception):
+    """The credential's source failed. The message names the provider and the cause, never a value.
+
+    ``retryable`` tells the caller whether trying again later may succeed.
+    """
+
+    def __init__(self, provider: str, message: str, *, retryable: bool = True) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        self.retryable = retryable
+
+
+class NotRevocable(ProviderError):
+    """The credential cannot be revoked at its source (static secrets); said, never hidden."""
+
+    def __init__(self, provider: str, message: str = "static credential: cannot be revoked at its source") -> None:
+        super().__init__(provider, message, retryable=False)
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """Who asks, for what, for how long. All fields are non-secret."""
+
+    credential: str  # the CredentialSource name
+    source_spec: dict[str, Any]  # the CredentialSource's spec (provider settings)
+    source_namespace: str | None  # None for a ClusterCredentialSource
+    namespace: str  # the pod's namespace
+    pod: str
+    pod_uid: str
+    service_account: str
+    task: str
+    ttl_seconds: int
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A live credential. ``files`` (file name -> value) is the only secret part."""
+
+    files: dict[str, str] = field(repr=False)
+    lease_ref: str  # non-secret reference used to renew/revoke (lease id, accessor, token hash)
+    issued_at: datetime
+    expires_at: datetime
+    renewable: bool = False
+    static: bool = False
+
+    def __repr__(self) -> str:  # never print values, even by accident
+        return (f"Issued(lease_ref={self.lease_ref!r}, files={sorted(self.files)}, "
+                f"expires_at={self.expires_at.isoformat()}, renewable={self.renewable}, static={self.static})")
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A credential source. Implementations must be safe to call concurrently."""
+
+    name: str  # one of taskcreds.names.PROVIDERS
+
+    async def issue(self, request: IssueRequest) -> Issued:
+        """Create a new credential scoped to ``request`` with ``request.ttl_seconds`` lifetime."""
+        ...
+
+    async def renew(self, lease_ref: str, request: IssueRequest) -> Issued:
+        """Extend a renewable lease (same value) or issue a replacement (new lease_ref).
+
+        When a replacement is issued, the provider revokes the old lease itself.
+        """
+        ...
+
+    async def revoke(self, lease_ref: str, source_spec: dict[str, Any], source_namespace: str | None) -> None:
+        """Kill the credential at its source. Idempotent: an already-dead lease is success.
+
+        Raises NotRevocable for static credentials, ProviderError (retryable) on failure.
+        """
+        ...
