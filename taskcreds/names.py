@@ -69,3 +69,41 @@ PLURAL_TASK_LEASES: Final = "taskleases"
 FINALIZER_REVOKE: Final = f"{PREFIX}/revoke"
 PROVIDERS: Final[tuple[str, ...]] = ("jwt", "vault", "github-app", "kubernetes-token", "secret")
 LeasePhase = Literal["Active", "Revoking", "Revoked"]
+
+# --- the sidecar's environment, set by the webhook (the sidecar reads exactly these) --------
+ENV_TASK: Final = "TASKCREDS_TASK"
+ENV_CREDENTIALS: Final = "TASKCREDS_CREDENTIALS"  # comma-separated, as in the annotation
+ENV_TTL: Final = "TASKCREDS_TTL"  # Go duration; absent: the source's default
+ENV_MAX_DURATION: Final = "TASKCREDS_MAX_DURATION"  # Go duration; absent: none
+ENV_POD_NAME: Final = "TASKCREDS_POD_NAME"  # fieldRef metadata.name
+ENV_POD_NAMESPACE: Final = "TASKCREDS_POD_NAMESPACE"  # fieldRef metadata.namespace
+ENV_POD_UID: Final = "TASKCREDS_POD_UID"  # fieldRef metadata.uid
+ENV_BROKER_URL: Final = "TASKCREDS_BROKER_URL"
+ENV_BROKER_SPIFFE_ID: Final = "TASKCREDS_BROKER_SPIFFE_ID"
+ENV_TOKEN_FILE: Final = "TASKCREDS_TOKEN_FILE"  # the pod-bound projected SA token (audience taskcreds)
+ENV_PODINFO_DIR: Final = "TASKCREDS_PODINFO_DIR"  # downward-API volume: file "annotations"
+ENV_LISTEN_LOCAL: Final = "TASKCREDS_LISTEN_LOCAL"  # default 127.0.0.1:9091
+ENV_LISTEN_PROBE: Final = "TASKCREDS_LISTEN_PROBE"  # default 0.0.0.0:9090
+ENV_FS_GROUP: Final = "TASKCREDS_FS_GROUP"  # the pod's fsGroup, when it has one
+ENV_LOG_LEVEL: Final = "TASKCREDS_LOG_LEVEL"
+ENV_SPIFFE_SOCKET: Final = "SPIFFE_ENDPOINT_SOCKET"  # unix:///spiffe-workload-api/<socket file>
+
+SIDECAR_PODINFO_PATH: Final = "/etc/taskcreds/podinfo"
+SIDECAR_TOKEN_PATH: Final = "/var/run/secrets/taskcreds"
+SIDECAR_TOKEN_FILE: Final = "token"
+SIDECAR_SPIFFE_PATH: Final = "/spiffe-workload-api"
+PODINFO_ANNOTATIONS_FILE: Final = "annotations"
+
+# --- the operator's environment (the chart sets these) ---------------------------------------
+ENV_CONFIG_FILE: Final = "TASKCREDS_CONFIG"  # injection config YAML (ConfigMap), see operator/config.py
+ENV_OPERATOR_NAMESPACE: Final = "TASKCREDS_NAMESPACE"
+ENV_WEBHOOK_LISTEN: Final = "TASKCREDS_WEBHOOK_LISTEN"  # default 0.0.0.0:8443
+ENV_BROKER_LISTEN: Final = "TASKCREDS_BROKER_LISTEN"  # default 0.0.0.0:8444
+ENV_METRICS_LISTEN: Final = "TASKCREDS_METRICS_LISTEN"  # default 0.0.0.0:8080 (/metrics, /healthz)
+ENV_WEBHOOK_CONFIGURATION: Final = "TASKCREDS_WEBHOOK_CONFIGURATION"  # MutatingWebhookConfiguration name
+ENV_WEBHOOK_SERVICE: Final = "TASKCREDS_WEBHOOK_SERVICE"  # Service name, for the serving cert's DNS names
+ENV_WEBHOOK_SECRET: Final = "TASKCREDS_WEBHOOK_SECRET"  # Secret holding the webhook CA and serving cert
+ENV_WEBHOOK_CERT_DIR: Final = "TASKCREDS_WEBHOOK_CERT_DIR"  # set: use tls.crt/tls.key there (cert-manager)
+ENV_JWT_SECRET: Final = "TASKCREDS_JWT_SECRET"  # Secret holding the jwt provider's signing keys
+ENV_JWT_ISSUER: Final = "TASKCREDS_JWT_ISSUER"
+ENV_SPIFFE_ID_TEMPLATE: Final = "TASKCREDS_SPIFFE_ID_TEMPLATE"  # default spiffe://{trust_domain}/ns/{namespace}/sa/{serviceaccount}

@@ -1,0 +1,51 @@
+"""One logging setup for every taskcreds process: JSON lines on stderr.
+
+Log records carry names and references (task, pod, credential, lease reference), never values:
+pass structured fields with ``extra={"fields": {...}}``. Anything that may hold a value must not
+be logged at all; there is no after-the-fact scrubbing here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+__all__ = ["setup_logging", "JsonFormatter", "fields"]
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts", "level", "logger", "msg", **fields}`` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            out.update(extra)
+        if record.exc_info and record.exc_info[0] is not None:
+            # type and message only: a traceback's locals could hold anything
+            out["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+        return json.dumps(out, default=str)
+
+
+def fields(**kv: Any) -> dict[str, Any]:
+    """``logger.info("issued", extra=fields(task=..., credential=...))``."""
+    return {"fields": kv}
+
+
+def setup_logging(level: str | int = "INFO", stream: Any = None) -> None:
+    """Route the root logger to JSON lines; idempotent."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root.handlers[:] = [handler]
+    root.setLevel(level if isinstance(level, int) else level.upper())
+    for noisy in ("aiohttp.access", "kubernetes_asyncio", "urllib3", "grpc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
