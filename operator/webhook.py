@@ -1,0 +1,368 @@
+"""The mutating admission webhook's HTTPS server: AdmissionReview in, AdmissionReview out.
+
+No rules live here. The handler decodes the review, calls the pure ``mutate`` function
+(:func:`taskcreds.operator.injection.mutate_pod` unless another one is injected), records metrics
+and encodes the answer. The hot path does no I/O besides the request itself: no logging per
+request, no Kubernetes calls.
+
+Failure handling, as users see it:
+
+- a body that is not an AdmissionReview (not JSON, not UTF-8, wrong apiVersion/kind, missing or
+  mistyped fields, nested deeper than :data:`MAX_DEPTH`) -> HTTP 400 ``{"error": {...}}`` naming
+  what was wrong; over :data:`MAX_BODY_BYTES` -> 413. Never a 500, never a traceback;
+- a bug in ``mutate`` -> an AdmissionReview with ``allowed: false`` (status code 500 inside): an
+  opted-in pod is never admitted uninjected (fail closed), and the metric says ``result="error"``.
+
+Used two ways: embedded in ``taskcreds-operator`` (it calls :func:`make_webhook_app`) and alone
+as ``taskcreds webhook`` (:func:`run_standalone`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from taskcreds.operator.settings import SettingsError, parse_listen
+from taskcreds.operator.tlsreload import ReloadingCertificate, TLSFilesError
+
+from taskcreds import names
+from taskcreds.logs import fields, setup_logging
+from taskcreds.metrics import OperatorMetrics, register_operator
+
+if TYPE_CHECKING:
+    from taskcreds.operator.config import InjectionConfig
+    from taskcreds.operator.injection import MutationResult
+
+__all__ = [
+    "make_webhook_app", "run_standalone", "serve", "parse_review", "BadReview", "ParsedReview",
+    "review_for", "error_review", "AdmissionReview", "AdmissionRequest", "AdmissionResponse",
+    "MAX_BODY_BYTES", "MAX_DEPTH", "ADMISSION_API_VERSION",
+]
+
+log = logging.getLogger("taskcreds.operator.webhook")
+
+ADMISSION_API_VERSION = "admission.k8s.io/v1"
+#: the kube-apiserver's own limit for a request body
+MAX_BODY_BYTES = 3 * 1024 * 1024
+#: a Pod is about 10-15 levels deep (managedFields included); anything far deeper is not a Pod
+MAX_DEPTH = 64
+OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
+Result = Literal["injected", "skipped", "denied", "error"]
+
+
+# --- wire format (admission.k8s.io/v1) --------------------------------------------------------
+
+class GroupVersionKind(TypedDict):
+    group: str
+    version: str
+    kind: str
+
+
+class AdmissionRequest(TypedDict, total=False):
+    uid: str
+    kind: GroupVersionKind
+    namespace: str
+    name: str
+    operation: str
+    object: dict[str, Any]
+    oldObject: dict[str, Any] | None
+    dryRun: bool
+
+
+class Status(TypedDict, total=False):
+    code: int
+    message: str
+    reason: str
+    status: str
+
+
+class AdmissionResponse(TypedDict, total=False):
+    uid: str
+    allowed: bool
+    patchType: Literal["JSONPatch"]
+    patch: str  # base64 of the JSON patch
+    warnings: list[str]
+    status: Status
+
+
+class AdmissionReview(TypedDict, total=False):
+    apiVersion: str
+    kind: Literal["AdmissionReview"]
+    request: AdmissionRequest
+    response: AdmissionResponse
+
+
+class MutateFunction(Protocol):
+    def __call__(self, pod: dict[str, Any], config: Any, operation: str, *, namespace: str | None = None,
+                 credential_check: Callable[..., Any] | None = None) -> MutationResult: ...
+
+
+# --- pure: decode and encode -------------------------------------------------------------------
+
+class BadReview(ValueError):
+    """The body is not a usable AdmissionReview; the message says what and what is accepted."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ParsedReview:
+    uid: str
+    operation: str
+    namespace: str | None
+    kind: str | None  # request.kind.kind, when given
+    pod: dict[str, Any]
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True when ``value`` nests deeper than ``limit`` containers; iterative, so it cannot recurse."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return False
+
+
+def parse_review(body: bytes) -> ParsedReview:
+    """Decode and check an AdmissionReview request body; raise :class:`BadReview` naming the problem."""
+    if len(body) > MAX_BODY_BYTES:
+        raise BadReview(f"body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted", 413)
+    if not body:
+        raise BadReview("empty body; expected an admission.k8s.io/v1 AdmissionReview as JSON")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadReview(f"body is not UTF-8 (invalid byte at offset {exc.start}); expected JSON") from None
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise BadReview(f"JSON nested too deeply; at most {MAX_DEPTH} levels are accepted") from None
+    except ValueError as exc:
+        raise BadReview(f"body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(doc, dict):
+        raise BadReview(f"body is a JSON {type(doc).__name__}; expected an AdmissionReview object")
+    if _depth_exceeds(doc, MAX_DEPTH):
+        raise BadReview(f"JSON nested too deeply; at most {MAX_DEPTH} levels are accepted")
+    if doc.get("apiVersion") != ADMISSION_API_VERSION or doc.get("kind") != "AdmissionReview":
+        raise BadReview(f"apiVersion {doc.get('apiVersion')!r} kind {doc.get('kind')!r}: expected "
+                        f"apiVersion {ADMISSION_API_VERSION!r} kind 'AdmissionReview'")
+    req = doc.get("request")
+    if not isinstance(req, dict):
+        raise BadReview("request: missing or not an object; expected the AdmissionRequest")
+    uid = req.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise BadReview("request.uid: missing or not a non-empty string")
+    operation = req.get("operation")
+    if operation not in OPERATIONS:
+        raise BadReview(f"request.operation: {operation!r} is not one of {', '.join(OPERATIONS)}")
+    obj = req.get("object")
+    if not isinstance(obj, dict):
+        raise BadReview("request.object: missing or not an object; expected the Pod being admitted")
+    namespace = req.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        raise BadReview("request.namespace: not a string")
+    kind = req.get("kind")
+    kind_name: str | None = None
+    if kind is not None:
+        if not isinstance(kind, dict) or not isinstance(kind.get("kind"), str):
+            raise BadReview("request.kind: expected {group, version, kind} with kind a string")
+        kind_name = kind["kind"]
+    metadata = obj.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise BadReview("request.object.metadata: not an object")
+    return ParsedReview(uid=uid, operation=operation, namespace=namespace or None, kind=kind_name, pod=obj)
+
+
+def _review(response: AdmissionResponse) -> AdmissionReview:
+    return {"apiVersion": ADMISSION_API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def review_for(uid: str, result: MutationResult) -> tuple[AdmissionReview, Result]:
+    """The AdmissionReview answering ``result``, and the metric's result label."""
+    outcome = result.outcome
+    warnings = [str(w) for w in (result.warnings or [])]
+    if outcome == "denied":
+        response: AdmissionResponse = {
+            "uid": uid, "allowed": False,
+            "status": {"code": 403, "reason": "Forbidden", "status": "Failure",
+                       "message": result.message or "denied by taskcreds"},
+        }
+    elif outcome in ("injected", "skipped"):
+        response = {"uid": uid, "allowed": True}
+        if result.patch:
+            response["patchType"] = "JSONPatch"
+            response["patch"] = base64.b64encode(
+                json.dumps(list(result.patch), separators=(",", ":")).encode()).decode("ascii")
+    else:
+        raise TypeError(f"mutate returned outcome {outcome!r}; expected injected, skipped or denied")
+    if warnings:
+        response["warnings"] = warnings
+    return _review(response), outcome
+
+
+def error_review(uid: str, message: str) -> AdmissionReview:
+    """Fail closed: the pod opted in, so it is not admitted without its sidecar."""
+    return _review({"uid": uid, "allowed": False, "status": {
+        "code": 500, "reason": "InternalError", "status": "Failure", "message": message}})
+
+
+def _bad_request(status: int, message: str) -> web.Response:
+    code = "too_large" if status == 413 else "bad_request"
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+# --- the app ---------------------------------------------------------------------------------
+
+def make_webhook_app(config: InjectionConfig, metrics: OperatorMetrics, *,
+                     mutate: MutateFunction | None = None,
+                     credential_check: Callable[..., Any] | None = None,
+                     max_body: int = MAX_BODY_BYTES) -> web.Application:
+    """``POST /mutate``, ``GET /healthz``, ``GET /metrics``. No global state: embed it anywhere."""
+    if mutate is None:
+        from taskcreds.operator.injection import mutate_pod
+        mutate = mutate_pod
+    mutate_fn: MutateFunction = mutate
+    requests_total = metrics.admission_requests
+    duration = metrics.admission_duration
+
+    async def handle_mutate(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        result: Result = "error"
+        try:
+            if request.content_length is not None and request.content_length > max_body:
+                return _bad_request(413, f"body is {request.content_length} bytes; at most {max_body} "
+                                         "are accepted")
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return _bad_request(413, f"body exceeds {max_body} bytes")
+            try:
+                review = parse_review(body)
+            except BadReview as exc:
+                return _bad_request(exc.status, str(exc))
+            if review.kind is not None and review.kind != "Pod":
+                result = "skipped"  # only Pods are ours; a wider webhook rule must not break others
+                return web.json_response(_review({"uid": review.uid, "allowed": True}))
+            try:
+                outcome = mutate_fn(review.pod, config, review.operation, namespace=review.namespace,
+                                    credential_check=credential_check)
+                answer, result = review_for(review.uid, outcome)
+                text = json.dumps(answer, separators=(",", ":"))
+            except Exception as exc:
+                # type only: an exception's message could quote the pod, env values included
+                log.error("mutation failed; pod denied (fail closed)", extra=fields(
+                    uid=review.uid, namespace=review.namespace, error=type(exc).__name__))
+                result = "error"
+                text = json.dumps(error_review(
+                    review.uid, f"taskcreds webhook internal error ({type(exc).__name__}); the pod "
+                                "was not admitted so it never runs without its credentials sidecar"))
+            return web.Response(text=text, content_type="application/json")
+        except Exception as exc:  # last line: a 400 with a reason beats aiohttp's 500
+            log.error("admission request failed", extra=fields(error=type(exc).__name__))
+            return _bad_request(400, f"request could not be handled ({type(exc).__name__})")
+        finally:
+            requests_total.labels(result=result).inc()
+            duration.observe(time.perf_counter() - started)
+
+    async def handle_healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def handle_metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # one byte over the limit is enough for aiohttp to refuse; the handler answers the 413 itself
+    app = web.Application(client_max_size=max_body)
+    app.router.add_post("/mutate", handle_mutate)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/metrics", handle_metrics)
+    return app
+
+
+# --- taskcreds webhook -----------------------------------------------------------------------
+
+async def serve(app: web.Application, tls: ReloadingCertificate, host: str, port: int,
+                stop: asyncio.Event, *, poll_interval: float = 1.0) -> None:
+    """Serve ``app`` over TLS until ``stop`` is set; the certificate follows its files meanwhile."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    watcher: asyncio.Task[None] | None = None
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=tls.context)
+        await site.start()
+        bound = [f"{a[0]}:{a[1]}" if isinstance(a, tuple) else str(a) for a in runner.addresses]
+        expires = tls.not_after.isoformat() if tls.not_after else None
+        log.info("webhook serving", extra=fields(listen=bound, cert=str(tls.cert_file), cert_expires=expires))
+        watcher = asyncio.create_task(tls.watch(poll_interval))
+        await stop.wait()
+        log.info("webhook stopping")
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await runner.cleanup()
+
+
+def run_standalone(args: argparse.Namespace) -> int:
+    """``taskcreds webhook``: exit 1 with one line on bad input; 0 after SIGINT/SIGTERM."""
+    level = os.environ.get(names.ENV_LOG_LEVEL, "INFO").upper()
+    setup_logging(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")
+
+    def fail(message: str) -> int:
+        print(f"taskcreds webhook: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        host, port = parse_listen(args.listen, variable="--listen")
+    except SettingsError as exc:
+        return fail(str(exc))
+    try:
+        from taskcreds.operator.config import ConfigError, load_config
+    except ImportError as exc:
+        return fail(f"the injection configuration module is not available in this build ({exc})")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return fail(f"--config {args.config}: {exc}")
+    except OSError as exc:
+        return fail(f"--config {args.config}: {exc.strerror or exc}")
+    metrics = register_operator()
+    try:
+        tls = ReloadingCertificate(args.tls_cert, args.tls_key, metrics=metrics)
+    except TLSFilesError as exc:
+        return fail(f"--tls-cert/--tls-key: {exc}")
+    app = make_webhook_app(config, metrics)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await serve(app, tls, host, port, stop)
+        except OSError as exc:
+            return fail(f"--listen {args.listen}: cannot listen ({exc.strerror or exc})")
+        return 0
+
+    return asyncio.run(main())
