@@ -1,0 +1,307 @@
+"""The webhook CA and serving certificate, and the Secret/caBundle/file shell around them."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import ssl
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from taskcreds.operator import certificates as certs
+from taskcreds.operator.cluster import Conflict
+
+NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+NAMES = certs.dns_names_for("taskcreds-webhook", "taskcreds-system")
+# the serving cert starts CLOCK_SKEW before NOW, so two thirds of its life ends here
+TWO_THIRDS = NOW - certs.CLOCK_SKEW + (certs.SERVING_LIFETIME + certs.CLOCK_SKEW) * (2 / 3)
+
+
+@pytest.fixture(scope="module")
+def ca() -> tuple[bytes, bytes]:
+    return certs.make_ca("test-ca", NOW)
+
+
+@pytest.fixture(scope="module")
+def serving(ca: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    return certs.make_serving_cert(*ca, NAMES, NOW)
+
+
+def test_dns_names_cover_every_way_the_api_server_may_call_the_service() -> None:
+    assert certs.dns_names_for("wh", "ns") == ["wh", "wh.ns", "wh.ns.svc", "wh.ns.svc.cluster.local"]
+
+
+def test_ca_is_ecdsa_p256_may_only_sign_leaves_and_lives_five_years(ca: tuple[bytes, bytes]) -> None:
+    cert = x509.load_pem_x509_certificate(ca[0])
+    key = cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
+    bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca and bc.value.path_length == 0
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.key_cert_sign and ku.crl_sign and not ku.digital_signature
+    assert cert.not_valid_after_utc == NOW + certs.CA_LIFETIME
+    assert cert.not_valid_before_utc == NOW - certs.CLOCK_SKEW
+
+
+def test_serving_cert_names_the_service_and_is_a_server_leaf(serving: tuple[bytes, bytes]) -> None:
+    cert = x509.load_pem_x509_certificate(serving[0])
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == NAMES
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.digital_signature and not ku.key_cert_sign
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert cert.not_valid_after_utc == NOW + certs.SERVING_LIFETIME
+
+
+def test_serving_cert_never_outlives_its_ca() -> None:
+    short_ca = certs.make_ca("short", NOW, timedelta(days=10))
+    cert = x509.load_pem_x509_certificate(certs.make_serving_cert(*short_ca, ["a"], NOW)[0])
+    assert cert.not_valid_after_utc == NOW + timedelta(days=10)
+
+
+def test_private_keys_are_unencrypted_pkcs8(ca: tuple[bytes, bytes], serving: tuple[bytes, bytes]) -> None:
+    assert ca[1].startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert serving[1].startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+@pytest.mark.parametrize("problem, call, expected", [
+    ("no DNS names", lambda ca: certs.make_serving_cert(*ca, [], NOW), "at least one DNS name"),
+    ("CA key of another CA",
+     lambda ca: certs.make_serving_cert(ca[0], certs.make_ca("o", NOW)[1], ["a"], NOW), "CA key does not belong"),
+    ("garbage CA", lambda ca: certs.make_serving_cert(b"junk", ca[1], ["a"], NOW), "not a PEM certificate"),
+    ("naive time", lambda ca: certs.make_ca("x", datetime(2026, 1, 1)), "timezone-aware"),
+])
+def test_bad_inputs_are_refused_with_a_reason(ca: tuple[bytes, bytes], problem: str, call: Any,
+                                              expected: str) -> None:
+    with pytest.raises(certs.CertificateError, match=expected):
+        call(ca)
+
+
+def test_chain_verifies_with_ssl_over_a_real_handshake(tmp_path: Path) -> None:
+    """A client trusting only the CA accepts the serving cert for every DNS name and no other name."""
+    now = datetime.now(UTC)  # OpenSSL checks validity against the real clock
+    ca = certs.make_ca("test-ca", now)
+    serving = certs.make_serving_cert(*ca, NAMES, now)
+    (tmp_path / "tls.crt").write_bytes(serving[0])
+    (tmp_path / "tls.key").write_bytes(serving[1])
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def accept_loop() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with server_ctx.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass
+
+    thread = threading.Thread(target=accept_loop, daemon=True)
+    thread.start()
+    try:
+        client_ctx = ssl.create_default_context(cadata=ca[0].decode())
+        for name in NAMES:
+            with socket.create_connection(("127.0.0.1", port)) as raw, \
+                    client_ctx.wrap_socket(raw, server_hostname=name) as tls:
+                assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        with socket.create_connection(("127.0.0.1", port)) as raw, \
+                pytest.raises(ssl.SSLCertVerificationError):
+            client_ctx.wrap_socket(raw, server_hostname="evil.example.com")
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("name, at, fraction, expected", [
+    ("fresh", NOW, 2 / 3, False),
+    ("just before two thirds", TWO_THIRDS - timedelta(seconds=1), 2 / 3, False),
+    ("at two thirds", TWO_THIRDS, 2 / 3, True),
+    ("expired", NOW + certs.SERVING_LIFETIME + timedelta(days=1), 2 / 3, True),
+    ("not yet valid (clock went back)", NOW - timedelta(days=1), 2 / 3, True),
+    ("custom fraction half", NOW + timedelta(days=46), 0.5, True),
+    ("custom fraction half, early", NOW + timedelta(days=44), 0.5, False),
+])
+def test_needs_rotation_boundaries(serving: tuple[bytes, bytes], name: str, at: datetime, fraction: float,
+                                   expected: bool) -> None:
+    assert certs.needs_rotation(serving[0], at, fraction) is expected
+
+
+def test_needs_rotation_rejects_nonsense_fraction(serving: tuple[bytes, bytes]) -> None:
+    with pytest.raises(certs.CertificateError, match="fraction"):
+        certs.needs_rotation(serving[0], NOW, 0)
+
+
+# --- ensure_webhook_certificate against a small fake cluster -------------------------------------
+
+class FakeCluster:
+    """Only what ensure_webhook_certificate may use: get_secret, apply_secret, patch_webhook_ca_bundle."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.ca_bundles: dict[str, bytes] = {}
+        self.writes = 0
+        self.before_apply: Any = None  # hook: runs before a write (another replica racing us)
+
+    def store(self, namespace: str, name: str, data: dict[str, bytes]) -> None:
+        old = self.secrets.get((namespace, name), {})
+        rv = str(int(old.get("metadata", {}).get("resourceVersion", "0")) + 1)
+        self.secrets[(namespace, name)] = {
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": rv},
+            "type": "kubernetes.io/tls",
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+        }
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.secrets.get((namespace, name))
+
+    async def apply_secret(self, namespace: str, name: str, data: dict[str, bytes],
+                           labels: dict[str, str] | None = None) -> dict[str, Any]:
+        if self.before_apply is not None:
+            hook, self.before_apply = self.before_apply, None
+            await hook()
+        self.writes += 1
+        self.store(namespace, name, data)
+        return self.secrets[(namespace, name)]
+
+    async def patch_webhook_ca_bundle(self, configuration: str, ca_bundle_pem: bytes) -> None:
+        self.ca_bundles[configuration] = ca_bundle_pem
+
+    def data(self) -> dict[str, bytes]:
+        raw = self.secrets[("taskcreds-system", "wh-tls")]["data"]
+        return {k: base64.b64decode(v) for k, v in raw.items()}
+
+
+async def ensure(cluster: FakeCluster, cert_dir: Path, now: datetime = NOW) -> datetime:
+    return await certs.ensure_webhook_certificate(
+        cluster, namespace="taskcreds-system", secret_name="wh-tls", service="taskcreds-webhook",
+        webhook_configuration="taskcreds", cert_dir=cert_dir, now=now)  # type: ignore[arg-type]
+
+
+async def test_creates_ca_and_pair_stores_them_patches_bundle_and_writes_files(tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    expires = await ensure(cluster, tmp_path / "certs")
+    data = cluster.data()
+    assert set(data) == {"ca.crt", "ca.key", "tls.crt", "tls.key"}
+    assert expires == NOW + certs.SERVING_LIFETIME
+    assert cluster.ca_bundles["taskcreds"] == data["ca.crt"]
+    assert (tmp_path / "certs" / "tls.crt").read_bytes() == data["tls.crt"]
+    assert (tmp_path / "certs" / "tls.key").read_bytes() == data["tls.key"]
+    assert os.stat(tmp_path / "certs" / "tls.key").st_mode & 0o777 == 0o600
+    assert certs.check_stored_pair(certs.StoredPair(data["ca.crt"], data["ca.key"], data["tls.crt"],
+                                                    data["tls.key"]), NAMES, NOW) is None
+    assert not list((tmp_path / "certs").glob(".*")), "no temp files left behind"
+
+
+async def test_reuses_a_valid_stored_pair_without_writing(tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    await ensure(cluster, tmp_path / "a")
+    before = cluster.data()
+    await ensure(cluster, tmp_path / "b", NOW + timedelta(days=30))  # another replica, later
+    assert cluster.writes == 1
+    assert cluster.data() == before
+    assert (tmp_path / "b" / "tls.crt").read_bytes() == before["tls.crt"]
+
+
+async def test_rotates_the_serving_cert_after_two_thirds_keeping_the_ca(tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    await ensure(cluster, tmp_path)
+    before = cluster.data()
+    later = NOW + timedelta(days=61)
+    expires = await ensure(cluster, tmp_path, later)
+    after = cluster.data()
+    assert after["tls.crt"] != before["tls.crt"] and after["tls.key"] != before["tls.key"]
+    assert after["ca.crt"] == before["ca.crt"] and after["ca.key"] == before["ca.key"], "caBundle unchanged"
+    assert expires == later + certs.SERVING_LIFETIME
+    assert (tmp_path / "tls.crt").read_bytes() == after["tls.crt"]
+
+
+async def test_rotating_the_ca_keeps_the_old_one_in_the_bundle_while_it_is_valid(tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    await ensure(cluster, tmp_path)
+    old_ca = cluster.data()["ca.crt"]
+    later = NOW + certs.CA_LIFETIME * 0.7
+    await ensure(cluster, tmp_path, later)
+    bundle = cluster.ca_bundles["taskcreds"]
+    assert bundle.count(b"BEGIN CERTIFICATE") == 2 and bundle.endswith(old_ca)
+    new_leaf = x509.load_pem_x509_certificate(cluster.data()["tls.crt"])
+    new_leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(bundle))  # signed by the new (first) CA
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("missing key", lambda d: d.pop("tls.key")),
+    ("tls.key of another pair", lambda d: d.update({"tls.key": certs.make_ca("x", NOW)[1]})),
+    ("garbage certificate", lambda d: d.update({"tls.crt": b"not pem"})),
+    ("leaf of another CA", lambda d: d.update(dict(zip(("tls.crt", "tls.key"), certs.make_serving_cert(
+        *certs.make_ca("other", NOW), NAMES, NOW), strict=True)))),
+    ("wrong DNS names", lambda d: d.update(dict(zip(("tls.crt", "tls.key"), certs.make_serving_cert(
+        d["ca.crt"], d["ca.key"], ["other-svc"], NOW), strict=True)))),
+])
+async def test_replaces_an_unusable_stored_pair(tmp_path: Path, name: str, damage: Any) -> None:
+    cluster = FakeCluster()
+    await ensure(cluster, tmp_path)
+    data = cluster.data()
+    damage(data)
+    cluster.store("taskcreds-system", "wh-tls", data)
+    await ensure(cluster, tmp_path)
+    fixed = cluster.data()
+    pair = certs.StoredPair(fixed["ca.crt"], fixed["ca.key"], fixed["tls.crt"], fixed["tls.key"])
+    assert certs.check_stored_pair(pair, NAMES, NOW) is None
+    assert (tmp_path / "tls.crt").read_bytes() == fixed["tls.crt"]
+
+
+async def test_conflict_rereads_and_uses_the_winners_pair(tmp_path: Path) -> None:
+    """Two replicas start together: ours loses the write and adopts what the other one stored."""
+    cluster = FakeCluster()
+    winner_ca = certs.make_ca("winner", NOW)
+    winner = dict(zip(("tls.crt", "tls.key"), certs.make_serving_cert(*winner_ca, NAMES, NOW), strict=True))
+
+    async def other_replica_wins() -> None:
+        stored = {"ca.crt": winner_ca[0], "ca.key": winner_ca[1], **winner}
+        cluster.store("taskcreds-system", "wh-tls", stored)
+        raise Conflict("the object has been modified")
+
+    cluster.before_apply = other_replica_wins
+    await ensure(cluster, tmp_path)
+    assert cluster.writes == 0, "the loser does not overwrite the winner"
+    assert cluster.ca_bundles["taskcreds"] == winner_ca[0]
+    assert (tmp_path / "tls.crt").read_bytes() == winner["tls.crt"]
+
+
+async def test_last_writer_without_conflict_converges_on_the_stored_pair(tmp_path: Path) -> None:
+    """Without a Conflict (apply_secret takes no resourceVersion), the last writer's pair wins; the
+    other replica adopts it on its next periodic run."""
+    cluster = FakeCluster()
+    other_dir = tmp_path / "other"
+
+    async def other_replica_writes_after_us() -> None:
+        await ensure(cluster, other_dir)  # completes fully (its write lands) before ours
+
+    cluster.before_apply = other_replica_writes_after_us
+    await ensure(cluster, tmp_path / "ours")
+    stored = cluster.data()
+    assert cluster.ca_bundles["taskcreds"] == stored["ca.crt"]
+    assert (tmp_path / "ours" / "tls.crt").read_bytes() == stored["tls.crt"]
+    assert (other_dir / "tls.crt").read_bytes() != stored["tls.crt"], "the race this test is about"
+    await ensure(cluster, other_dir)
+    assert (other_dir / "tls.crt").read_bytes() == stored["tls.crt"]
+    assert cluster.writes == 2
+
+
+def test_stored_pair_repr_holds_no_key_material(serving: tuple[bytes, bytes],
+                                                ca: tuple[bytes, bytes]) -> None:
+    pair = certs.StoredPair(ca[0], ca[1], serving[0], serving[1])
+    assert "PRIVATE" not in repr(pair) and "PRIVATE" not in str(pair)
