@@ -76,7 +76,8 @@ def test_private_keys_are_unencrypted_pkcs8(ca: tuple[bytes, bytes], serving: tu
 @pytest.mark.parametrize("problem, call, expected", [
     ("no DNS names", lambda ca: certs.make_serving_cert(*ca, [], NOW), "at least one DNS name"),
     ("CA key of another CA",
-     lambda ca: certs.make_serving_cert(ca[0], certs.make_ca("o", NOW)[1], ["a"], NOW), "CA key does not belong"),
+     lambda ca: certs.make_serving_cert(ca[0], certs.make_ca("o", NOW)[1], ["a"], NOW),
+     "CA key does not belong"),
     ("garbage CA", lambda ca: certs.make_serving_cert(b"junk", ca[1], ["a"], NOW), "not a PEM certificate"),
     ("naive time", lambda ca: certs.make_ca("x", datetime(2026, 1, 1)), "timezone-aware"),
 ])
