@@ -1,0 +1,182 @@
+"""Parse an opted-in pod's ``taskcreds.io/*`` annotations into an :class:`InjectionRequest`.
+
+CONTRACT.md section 1 is the reference; the names come from :mod:`taskcreds.names`. Parsing is
+pure and cheap (the webhook calls it for every admitted pod): compiled patterns, no pydantic.
+Every refusal is an :class:`AnnotationError` naming the key, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from taskcreds import names
+from taskcreds.durations import ACCEPTED as DURATION_ACCEPTED
+from taskcreds.durations import DurationError, parse_duration, format_duration
+
+__all__ = [
+    "AnnotationError",
+    "InjectionRequest",
+    "parse_request",
+    "parse_credentials",
+    "unknown_annotations",
+    "go_duration",
+    "MAX_CREDENTIALS",
+    "KNOWN_ANNOTATIONS",
+]
+
+MAX_CREDENTIALS: Final = 16
+_TASK = re.compile(names.TASK_ID_PATTERN)
+# DNS-1123 subdomain (CredentialSource names) and label (container names), as Kubernetes checks them
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_SHOWN = 80  # longer values are cut in messages: they are for people, and one line
+
+ACCEPT_TASK: Final = f"a task id matching {names.TASK_ID_PATTERN} (for example fix-issue-42)"
+ACCEPT_CREDENTIALS: Final = (f"a comma-separated list of 1 to {MAX_CREDENTIALS} CredentialSource names "
+                             "(DNS-1123 subdomains such as github,vault-db)")
+ACCEPT_STATUS: Final = "one of " + ", ".join(names.TASK_STATUSES)
+ACCEPT_CONTAINERS: Final = "a comma-separated list of container names (DNS-1123 labels such as agent,git-clone)"
+ACCEPT_MOUNT_PATH: Final = "an absolute path below / without '..' (for example /run/taskcreds)"
+
+KNOWN_ANNOTATIONS: Final = frozenset({
+    names.ANNOTATION_TASK, names.ANNOTATION_CREDENTIALS, names.ANNOTATION_TASK_STATUS,
+    names.ANNOTATION_TTL, names.ANNOTATION_MAX_DURATION, names.ANNOTATION_CONTAINERS,
+    names.ANNOTATION_MOUNT_PATH, names.ANNOTATION_INJECTED, names.ANNOTATION_EGRESS,
+})
+_OUR_PREFIX: Final = names.PREFIX + "/"
+
+
+class AnnotationError(ValueError):
+    """A missing or malformed ``taskcreds.io/*`` annotation.
+
+    ``key``, ``value`` (None when missing) and ``accepted`` are kept separately so callers can
+    build their own messages; ``str()`` says all three.
+    """
+
+    def __init__(self, key: str, value: str | None, accepted: str, problem: str | None = None) -> None:
+        self.key, self.value, self.accepted = key, value, accepted
+        if value is None:
+            text = f"{key}: missing; required: {accepted}"
+        else:
+            shown = value if len(value) <= _SHOWN else value[:_SHOWN] + "…"
+            text = f'{key}: "{shown}" ' + (f"{problem}; accepted: {accepted}" if problem else f"is not {accepted}")
+        super().__init__(text)
+
+
+@dataclass(frozen=True, slots=True)
+class InjectionRequest:
+    """What an opted-in pod asks for, parsed and validated."""
+
+    task: str
+    credentials: tuple[str, ...]
+    task_status: str = names.DEFAULT_TASK_STATUS
+    ttl: float | None = None
+    """Seconds; None: the source's default."""
+    max_duration: float | None = None
+    """Seconds after admission at which the task ends by itself; None: no deadline."""
+    containers: tuple[str, ...] | None = None
+    """Containers that get the mount; None: every regular container."""
+    mount_path: str | None = None
+    """None: the configured default."""
+
+
+def go_duration(seconds: float) -> str:
+    """Seconds -> a Go-style duration the sidecar parses back to the same value."""
+    if seconds == int(seconds):
+        return format_duration(seconds)
+    return f"{round(seconds * 1000)}ms"
+
+
+def parse_credentials(value: str, key: str = names.ANNOTATION_CREDENTIALS) -> tuple[str, ...]:
+    """``"github, vault-db,github"`` -> ``("github", "vault-db")``: trimmed, deduplicated, in order."""
+    seen: dict[str, None] = {}
+    for part in value.split(","):
+        name = part.strip()
+        if not name:
+            continue
+        if len(name) > 253 or not _SUBDOMAIN.match(name):
+            raise AnnotationError(key, value, ACCEPT_CREDENTIALS, f"names {name!r}, which is not a DNS-1123 subdomain")
+        seen[name] = None
+    if not seen:
+        raise AnnotationError(key, value, ACCEPT_CREDENTIALS, "names no credential")
+    if len(seen) > MAX_CREDENTIALS:
+        raise AnnotationError(key, value, ACCEPT_CREDENTIALS, f"names {len(seen)} credentials")
+    return tuple(seen)
+
+
+def _duration(annotations: Mapping[str, Any], key: str) -> float | None:
+    value = annotations.get(key)
+    if value is None:
+        return None
+    try:
+        return parse_duration(str(value).strip())
+    except DurationError as exc:
+        problem = "is zero or negative" if "longer than zero" in str(exc) else None
+        raise AnnotationError(key, str(value), DURATION_ACCEPTED, problem) from None
+
+
+def _containers(value: str) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for part in value.split(","):
+        name = part.strip()
+        if not name:
+            continue
+        if len(name) > 63 or not _LABEL.match(name):
+            raise AnnotationError(names.ANNOTATION_CONTAINERS, value, ACCEPT_CONTAINERS,
+                                  f"names {name!r}, which is not a container name")
+        seen[name] = None
+    if not seen:
+        raise AnnotationError(names.ANNOTATION_CONTAINERS, value, ACCEPT_CONTAINERS, "names no container")
+    return tuple(seen)
+
+
+def _mount_path(value: str) -> str:
+    path = value.strip()
+    if (not path.startswith("/") or ".." in path.split("/") or ":" in path
+            or posixpath.normpath(path) == "/" or len(path) > 1024):
+        raise AnnotationError(names.ANNOTATION_MOUNT_PATH, value, ACCEPT_MOUNT_PATH)
+    return posixpath.normpath(path)
+
+
+def parse_request(annotations: Mapping[str, Any] | None) -> InjectionRequest:
+    """Parse the pod's annotations (CONTRACT.md section 1); raises AnnotationError on the first problem."""
+    annotations = annotations or {}
+    task = annotations.get(names.ANNOTATION_TASK)
+    if task is None:
+        raise AnnotationError(names.ANNOTATION_TASK, None, ACCEPT_TASK)
+    if not isinstance(task, str) or not _TASK.match(task):
+        raise AnnotationError(names.ANNOTATION_TASK, str(task), ACCEPT_TASK)
+
+    raw_credentials = annotations.get(names.ANNOTATION_CREDENTIALS)
+    if raw_credentials is None:
+        raise AnnotationError(names.ANNOTATION_CREDENTIALS, None, ACCEPT_CREDENTIALS)
+    credentials = parse_credentials(str(raw_credentials))
+
+    status = annotations.get(names.ANNOTATION_TASK_STATUS)
+    if status is None:
+        status = names.DEFAULT_TASK_STATUS
+    elif status not in names.TASK_STATUSES:
+        raise AnnotationError(names.ANNOTATION_TASK_STATUS, str(status), ACCEPT_STATUS)
+
+    raw_containers = annotations.get(names.ANNOTATION_CONTAINERS)
+    raw_mount = annotations.get(names.ANNOTATION_MOUNT_PATH)
+    return InjectionRequest(
+        task=task,
+        credentials=credentials,
+        task_status=status,
+        ttl=_duration(annotations, names.ANNOTATION_TTL),
+        max_duration=_duration(annotations, names.ANNOTATION_MAX_DURATION),
+        containers=None if raw_containers is None else _containers(str(raw_containers)),
+        mount_path=None if raw_mount is None else _mount_path(str(raw_mount)),
+    )
+
+
+def unknown_annotations(annotations: Mapping[str, Any] | None) -> list[str]:
+    """``taskcreds.io/*`` keys this version does not know (likely typos such as ``taskcreds.io/ttls``)."""
+    if not annotations:
+        return []
+    return sorted(k for k in annotations if k.startswith(_OUR_PREFIX) and k not in KNOWN_ANNOTATIONS)
