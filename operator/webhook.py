@@ -302,18 +302,25 @@ def make_webhook_app(config: InjectionConfig, metrics: OperatorMetrics, *,
 # --- taskcreds webhook -----------------------------------------------------------------------
 
 async def serve(app: web.Application, tls: ReloadingCertificate, host: str, port: int,
-                stop: asyncio.Event, *, poll_interval: float = 1.0) -> None:
-    """Serve ``app`` over TLS until ``stop`` is set; the certificate follows its files meanwhile."""
+                stop: asyncio.Event, *, poll_interval: float = 1.0,
+                on_ready: Callable[[list[tuple[str, int]]], None] | None = None) -> None:
+    """Serve ``app`` over TLS until ``stop`` is set; the certificate follows its files meanwhile.
+
+    ``on_ready`` gets the bound (host, port) pairs once listening (port 0 picks a free port).
+    """
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     watcher: asyncio.Task[None] | None = None
     try:
         site = web.TCPSite(runner, host, port, ssl_context=tls.context)
         await site.start()
-        bound = [f"{a[0]}:{a[1]}" if isinstance(a, tuple) else str(a) for a in runner.addresses]
+        addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
+        bound = [f"{h}:{p}" for h, p in addresses]
         expires = tls.not_after.isoformat() if tls.not_after else None
         log.info("webhook serving", extra=fields(listen=bound, cert=str(tls.cert_file), cert_expires=expires))
         watcher = asyncio.create_task(tls.watch(poll_interval))
+        if on_ready is not None:
+            on_ready(addresses)
         await stop.wait()
         log.info("webhook stopping")
     finally:
@@ -344,7 +351,7 @@ def run_standalone(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        return fail(f"--config {args.config}: {exc}")
+        return fail(f"--config {args.config}: " + "; ".join(exc.problems))
     except OSError as exc:
         return fail(f"--config {args.config}: {exc.strerror or exc}")
     metrics = register_operator()
