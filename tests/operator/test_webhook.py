@@ -397,3 +397,58 @@ async def _post_json(session: aiohttp.ClientSession, port: int, body: dict[str, 
     url = f"https://127.0.0.1:{port}/mutate"
     async with session.post(url, json=body, server_hostname="localhost") as resp:
         return resp.status, await resp.json()
+
+
+# --- with the real mutation core and the default configuration -------------------------------
+
+@pytest.fixture
+async def real_server(tls_files: tuple[Path, Path, bytes]) -> AsyncIterator[Server]:
+    from taskcreds.operator.config import load_config
+
+    cert, key, ca = tls_files
+    metrics = register_operator()
+    tls = ReloadingCertificate(cert, key, metrics=metrics)
+    config = load_config(None)
+    app = webhook.make_webhook_app(config, metrics)
+    stop = asyncio.Event()
+    ready: asyncio.Future[list[tuple[str, int]]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(webhook.serve(app, tls, "127.0.0.1", 0, stop, on_ready=ready.set_result))
+    host, port = (await asyncio.wait_for(ready, 5))[0]
+    client_ctx = ssl.create_default_context(cadata=ca.decode())
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as session:
+        yield Server(f"https://{host}:{port}", metrics, Recorder(), session, config)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_real_opted_in_pod_is_injected_once(real_server: Server) -> None:
+    review = load_review("opted-in-pod.json")
+    status, answer = await real_server.post(review)
+    response = answer["response"]
+    assert status == 200 and response["allowed"] is True and response["patchType"] == "JSONPatch"
+    pod = jsonpatch.apply_patch(review["request"]["object"], decoded_patch(response))
+    assert pod["spec"]["initContainers"][0]["name"] == "taskcreds-sidecar"
+    assert {"name": "TASKCREDS_DIR", "value": "/run/taskcreds"} in pod["spec"]["containers"][0]["env"]
+    # reinvocation / retry: the injected pod comes back and is left alone
+    review["request"]["object"] = pod
+    _, again = await real_server.post(review)
+    assert again["response"]["allowed"] is True and "patch" not in again["response"]
+    assert (real_server.count("injected"), real_server.count("skipped")) == (1, 1)
+
+
+@pytest.mark.parametrize("fixture, allowed, result, says", [
+    ("plain-pod.json", True, "skipped", None),
+    ("malformed-ttl-pod.json", False, "denied", "taskcreds.io/ttl"),
+    ("static-secret-env-pod.json", True, "injected", "GITHUB_TOKEN"),
+])
+async def test_real_fixtures(real_server: Server, fixture: str, allowed: bool, result: str,
+                             says: str | None) -> None:
+    review = load_review(fixture)
+    _, answer = await real_server.post(review)
+    response = answer["response"]
+    assert response["uid"] == review["request"]["uid"] and response["allowed"] is allowed
+    assert real_server.count(result) == 1
+    if not allowed:
+        assert response["status"]["code"] == 403 and says in response["status"]["message"]
+    elif says:
+        assert any(says in w for w in response["warnings"])
