@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from taskcreds import names
 from taskcreds.durations import ACCEPTED as DURATION_ACCEPTED
-from taskcreds.durations import DurationError, parse_duration, format_duration
+from taskcreds.durations import DurationError, format_duration, parse_duration
 
 __all__ = [
     "AnnotationError",
@@ -36,17 +36,29 @@ _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SHOWN = 80  # longer values are cut in messages: they are for people, and one line
 
 ACCEPT_TASK: Final = f"a task id matching {names.TASK_ID_PATTERN} (for example fix-issue-42)"
-ACCEPT_CREDENTIALS: Final = (f"a comma-separated list of 1 to {MAX_CREDENTIALS} CredentialSource names "
-                             "(DNS-1123 subdomains such as github,vault-db)")
+ACCEPT_CREDENTIALS: Final = (
+    f"a comma-separated list of 1 to {MAX_CREDENTIALS} CredentialSource names "
+    "(DNS-1123 subdomains such as github,vault-db)"
+)
 ACCEPT_STATUS: Final = "one of " + ", ".join(names.TASK_STATUSES)
-ACCEPT_CONTAINERS: Final = "a comma-separated list of container names (DNS-1123 labels such as agent,git-clone)"
+ACCEPT_CONTAINERS: Final = (
+    "a comma-separated list of container names (DNS-1123 labels such as agent,git-clone)"
+)
 ACCEPT_MOUNT_PATH: Final = "an absolute path below / without '..' (for example /run/taskcreds)"
 
-KNOWN_ANNOTATIONS: Final = frozenset({
-    names.ANNOTATION_TASK, names.ANNOTATION_CREDENTIALS, names.ANNOTATION_TASK_STATUS,
-    names.ANNOTATION_TTL, names.ANNOTATION_MAX_DURATION, names.ANNOTATION_CONTAINERS,
-    names.ANNOTATION_MOUNT_PATH, names.ANNOTATION_INJECTED, names.ANNOTATION_EGRESS,
-})
+KNOWN_ANNOTATIONS: Final = frozenset(
+    {
+        names.ANNOTATION_TASK,
+        names.ANNOTATION_CREDENTIALS,
+        names.ANNOTATION_TASK_STATUS,
+        names.ANNOTATION_TTL,
+        names.ANNOTATION_MAX_DURATION,
+        names.ANNOTATION_CONTAINERS,
+        names.ANNOTATION_MOUNT_PATH,
+        names.ANNOTATION_INJECTED,
+        names.ANNOTATION_EGRESS,
+    }
+)
 _OUR_PREFIX: Final = names.PREFIX + "/"
 
 
@@ -63,7 +75,9 @@ class AnnotationError(ValueError):
             text = f"{key}: missing; required: {accepted}"
         else:
             shown = value if len(value) <= _SHOWN else value[:_SHOWN] + "…"
-            text = f'{key}: "{shown}" ' + (f"{problem}; accepted: {accepted}" if problem else f"is not {accepted}")
+            text = f'{key}: "{shown}" ' + (
+                f"{problem}; accepted: {accepted}" if problem else f"is not {accepted}"
+            )
         super().__init__(text)
 
 
@@ -99,7 +113,9 @@ def parse_credentials(value: str, key: str = names.ANNOTATION_CREDENTIALS) -> tu
         if not name:
             continue
         if len(name) > 253 or not _SUBDOMAIN.match(name):
-            raise AnnotationError(key, value, ACCEPT_CREDENTIALS, f"names {name!r}, which is not a DNS-1123 subdomain")
+            raise AnnotationError(
+                key, value, ACCEPT_CREDENTIALS, f"names {name!r}, which is not a DNS-1123 subdomain"
+            )
         seen[name] = None
     if not seen:
         raise AnnotationError(key, value, ACCEPT_CREDENTIALS, "names no credential")
@@ -126,8 +142,12 @@ def _containers(value: str) -> tuple[str, ...]:
         if not name:
             continue
         if len(name) > 63 or not _LABEL.match(name):
-            raise AnnotationError(names.ANNOTATION_CONTAINERS, value, ACCEPT_CONTAINERS,
-                                  f"names {name!r}, which is not a container name")
+            raise AnnotationError(
+                names.ANNOTATION_CONTAINERS,
+                value,
+                ACCEPT_CONTAINERS,
+                f"names {name!r}, which is not a container name",
+            )
         seen[name] = None
     if not seen:
         raise AnnotationError(names.ANNOTATION_CONTAINERS, value, ACCEPT_CONTAINERS, "names no container")
@@ -136,8 +156,13 @@ def _containers(value: str) -> tuple[str, ...]:
 
 def _mount_path(value: str) -> str:
     path = value.strip()
-    if (not path.startswith("/") or ".." in path.split("/") or ":" in path
-            or posixpath.normpath(path) == "/" or len(path) > 1024):
+    if (
+        not path.startswith("/")
+        or ".." in path.split("/")
+        or ":" in path
+        or posixpath.normpath(path) == "/"
+        or len(path) > 1024
+    ):
         raise AnnotationError(names.ANNOTATION_MOUNT_PATH, value, ACCEPT_MOUNT_PATH)
     return posixpath.normpath(path)
 

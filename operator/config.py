@@ -53,11 +53,22 @@ DEFAULT_IMAGE = "ghcr.io/taskcreds/taskcreds:0.1.0"
 # import a whole API client to read "48Mi".
 _QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
 _SUFFIX = {
-    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
-    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9, "T": Decimal(10) ** 12,
-    "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
-    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
-    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
 }
 QUANTITY_ACCEPTED = "a Kubernetes quantity such as 10m, 48Mi, 1Gi or 0.5"
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
@@ -100,7 +111,9 @@ def parse_quantity(text: object) -> Decimal:
 
 def _absolute_path(value: str) -> str:
     if not value.startswith("/") or ".." in value.split("/") or posixpath.normpath(value) == "/":
-        raise ValueError(f"{value!r} is not an absolute path below / without '..' (for example /run/taskcreds)")
+        raise ValueError(
+            f"{value!r} is not an absolute path below / without '..' (for example /run/taskcreds)"
+        )
     return posixpath.normpath(value)
 
 
@@ -139,8 +152,10 @@ class Resources(_Model):
         for key, request in self.requests.items():
             limit = self.limits.get(key)
             if limit is not None and parse_quantity(request) > parse_quantity(limit):
-                raise ValueError(f"requests.{key} {request!r} is above limits.{key} {limit!r}; "
-                                 "accepted: a request no larger than its limit")
+                raise ValueError(
+                    f"requests.{key} {request!r} is above limits.{key} {limit!r}; "
+                    "accepted: a request no larger than its limit"
+                )
         return self
 
     @cached_property
@@ -186,7 +201,9 @@ class SidecarConfig(_Model):
     @model_validator(mode="after")
     def _distinct_ports(self) -> SidecarConfig:
         if self.probe_port == self.local_port:
-            raise ValueError(f"probePort and localPort are both {self.probe_port}; accepted: two different ports")
+            raise ValueError(
+                f"probePort and localPort are both {self.probe_port}; accepted: two different ports"
+            )
         return self
 
 
@@ -215,7 +232,9 @@ class SpiffeConfig(_Model):
     @classmethod
     def _trust_domain(cls, value: str) -> str:
         if not _TRUST_DOMAIN.match(value):
-            raise ValueError(f"{value!r} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')")
+            raise ValueError(
+                f"{value!r} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')"
+            )
         return value
 
 
@@ -234,16 +253,23 @@ class BrokerConfig(_Model):
         except ValueError:
             parts = None
         if parts is None or parts.scheme != "https" or not parts.hostname:
-            raise ValueError(f"{value!r} is not an https:// URL (for example "
-                             "https://taskcreds-broker.taskcreds-system.svc:8444)")
+            raise ValueError(
+                f"{value!r} is not an https:// URL (for example "
+                "https://taskcreds-broker.taskcreds-system.svc:8444)"
+            )
         return value
 
     @field_validator("spiffe_id")
     @classmethod
     def _spiffe_id(cls, value: str) -> str:
         parts = urlsplit(value)
-        if (parts.scheme != "spiffe" or not _TRUST_DOMAIN.match(parts.netloc or "-/")
-                or not parts.path.startswith("/") or parts.query or parts.fragment):
+        if (
+            parts.scheme != "spiffe"
+            or not _TRUST_DOMAIN.match(parts.netloc or "-/")
+            or not parts.path.startswith("/")
+            or parts.query
+            or parts.fragment
+        ):
             raise ValueError(f"{value!r} is not a SPIFFE ID (spiffe://<trust domain>/<path>)")
         return value
 
@@ -291,7 +317,9 @@ class InjectionSettings(_Model):
     @classmethod
     def _token_expiration(cls, value: int) -> int:
         if not 600 <= value <= 2**32 - 1:
-            raise ValueError(f"{value!r} is outside 600..4294967295 (Kubernetes' bounds for a projected token)")
+            raise ValueError(
+                f"{value!r} is outside 600..4294967295 (Kubernetes' bounds for a projected token)"
+            )
         return value
 
     @cached_property
@@ -305,7 +333,7 @@ class InjectionConfig(_Model):
     sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
     spiffe: SpiffeConfig = Field(default_factory=SpiffeConfig)
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
-    injection: InjectionSettings = Field(default_factory=InjectionSettings)
+    injection: InjectionSettings = Field(default_factory=lambda: InjectionSettings())  # type: ignore[call-arg]  # aliased default; no pydantic mypy plugin
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, source: str | None = None) -> InjectionConfig:
@@ -313,8 +341,13 @@ class InjectionConfig(_Model):
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
-            raise ConfigError([f"the configuration is a {type(data).__name__}; accepted: a mapping with "
-                               "keys sidecar, spiffe, broker, injection"], source)
+            raise ConfigError(
+                [
+                    f"the configuration is a {type(data).__name__}; accepted: a mapping with "
+                    "keys sidecar, spiffe, broker, injection"
+                ],
+                source,
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

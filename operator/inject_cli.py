@@ -14,7 +14,6 @@ import sys
 from typing import Any, TextIO
 
 import yaml
-
 from taskcreds.operator.config import ConfigError, InjectionConfig, config_from_env, load_config
 from taskcreds.operator.injection import inject_object
 
@@ -81,8 +80,13 @@ def _parse(text: str, filename: str) -> list[Any]:
     return docs
 
 
-def run(args: argparse.Namespace, *, stdin: TextIO | None = None, stdout: TextIO | None = None,
-        stderr: TextIO | None = None) -> int:
+def run(
+    args: argparse.Namespace,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
     """The subcommand: 0 and the documents on stdout, or 1 and one message on stderr."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     try:
@@ -95,8 +99,9 @@ def run(args: argparse.Namespace, *, stdin: TextIO | None = None, stdout: TextIO
         return 1
     for warning in warnings:
         print(f"{_PROG}: warning: {warning}", file=stderr)
-    text = yaml.dump_all(out, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
-                         explicit_start=len(out) > 1)
+    text = yaml.dump_all(
+        out, Dumper=_Dumper, sort_keys=False, default_flow_style=False, explicit_start=len(out) > 1
+    )
     try:
         stdout.write(text)
         stdout.flush()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from taskcreds import names
 from taskcreds.operator.annotations import InjectionRequest, go_duration
 from taskcreds.operator.config import InjectionConfig
+
+from taskcreds import names
 
 __all__ = [
     "OUR_VOLUMES",
@@ -25,7 +26,10 @@ __all__ = [
 #: the uid the sidecar runs as when the pod names none (the distroless "nonroot" user)
 SIDECAR_RUN_AS_USER: Final = 65532
 OUR_VOLUMES: Final[tuple[str, ...]] = (
-    names.VOLUME_CREDENTIALS, names.VOLUME_PODINFO, names.VOLUME_SPIFFE, names.VOLUME_SA_TOKEN,
+    names.VOLUME_CREDENTIALS,
+    names.VOLUME_PODINFO,
+    names.VOLUME_SPIFFE,
+    names.VOLUME_SA_TOKEN,
 )
 _PROBE_PORT_NAME: Final = "tc-probe"
 
@@ -34,23 +38,46 @@ def volumes(config: InjectionConfig) -> list[dict[str, Any]]:
     """The four pod volumes, in OUR_VOLUMES order."""
     spiffe = config.spiffe
     if spiffe.socket_source == "csi":
-        workload_api: dict[str, Any] = {"name": names.VOLUME_SPIFFE,
-                                        "csi": {"driver": names.SPIFFE_CSI_DRIVER, "readOnly": True}}
+        workload_api: dict[str, Any] = {
+            "name": names.VOLUME_SPIFFE,
+            "csi": {"driver": names.SPIFFE_CSI_DRIVER, "readOnly": True},
+        }
     else:
-        workload_api = {"name": names.VOLUME_SPIFFE, "hostPath": {"path": spiffe.host_path, "type": "Directory"}}
+        workload_api = {
+            "name": names.VOLUME_SPIFFE,
+            "hostPath": {"path": spiffe.host_path, "type": "Directory"},
+        }
     return [
-        {"name": names.VOLUME_CREDENTIALS,
-         "emptyDir": {"medium": "Memory", "sizeLimit": config.injection.tmpfs_size_limit}},
-        {"name": names.VOLUME_PODINFO,
-         "downwardAPI": {"items": [{"path": names.PODINFO_ANNOTATIONS_FILE,
-                                    "fieldRef": {"fieldPath": "metadata.annotations"}}]}},
+        {
+            "name": names.VOLUME_CREDENTIALS,
+            "emptyDir": {"medium": "Memory", "sizeLimit": config.injection.tmpfs_size_limit},
+        },
+        {
+            "name": names.VOLUME_PODINFO,
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": names.PODINFO_ANNOTATIONS_FILE,
+                        "fieldRef": {"fieldPath": "metadata.annotations"},
+                    }
+                ]
+            },
+        },
         workload_api,
-        {"name": names.VOLUME_SA_TOKEN,
-         "projected": {"sources": [{"serviceAccountToken": {
-             "audience": names.TOKEN_AUDIENCE,
-             "expirationSeconds": config.injection.token_expiration_seconds,
-             "path": names.SIDECAR_TOKEN_FILE,
-         }}]}},
+        {
+            "name": names.VOLUME_SA_TOKEN,
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": names.TOKEN_AUDIENCE,
+                            "expirationSeconds": config.injection.token_expiration_seconds,
+                            "path": names.SIDECAR_TOKEN_FILE,
+                        }
+                    }
+                ]
+            },
+        },
     ]
 
 
@@ -58,8 +85,9 @@ def _field_env(name: str, field_path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
 
 
-def sidecar_env(config: InjectionConfig, request: InjectionRequest, mount_path: str,
-                pod_security: dict[str, Any]) -> list[dict[str, Any]]:
+def sidecar_env(
+    config: InjectionConfig, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any]
+) -> list[dict[str, Any]]:
     """The sidecar's environment: exactly the names in taskcreds.names it reads."""
     env: list[dict[str, Any]] = [
         {"name": names.ENV_DIR, "value": mount_path},
@@ -84,13 +112,18 @@ def sidecar_env(config: InjectionConfig, request: InjectionRequest, mount_path: 
     fs_group = pod_security.get("fsGroup")
     if fs_group is not None:
         env.append({"name": names.ENV_FS_GROUP, "value": str(fs_group)})
-    env.append({"name": names.ENV_SPIFFE_SOCKET,
-                "value": f"unix://{names.SIDECAR_SPIFFE_PATH}/{config.spiffe.socket_file}"})
+    env.append(
+        {
+            "name": names.ENV_SPIFFE_SOCKET,
+            "value": f"unix://{names.SIDECAR_SPIFFE_PATH}/{config.spiffe.socket_file}",
+        }
+    )
     return env
 
 
-def sidecar_container(config: InjectionConfig, request: InjectionRequest, mount_path: str,
-                      pod_security: dict[str, Any]) -> dict[str, Any]:
+def sidecar_container(
+    config: InjectionConfig, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any]
+) -> dict[str, Any]:
     """The native sidecar (an init container with restartPolicy Always), hardened.
 
     It runs as the pod's runAsUser when the pod sets a non-root one, so the agent (same uid) can
@@ -124,10 +157,18 @@ def sidecar_container(config: InjectionConfig, request: InjectionRequest, mount_
             {"name": names.VOLUME_SA_TOKEN, "mountPath": names.SIDECAR_TOKEN_PATH, "readOnly": True},
         ],
         # the next init container (a git clone, say) starts only once every credential is on disk
-        "startupProbe": {"httpGet": {"path": "/readyz", "port": side.probe_port},
-                         "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 120},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": side.probe_port},
-                          "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+        "startupProbe": {
+            "httpGet": {"path": "/readyz", "port": side.probe_port},
+            "periodSeconds": 1,
+            "timeoutSeconds": 1,
+            "failureThreshold": 120,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": side.probe_port},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
         "securityContext": security,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }

@@ -17,21 +17,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-import taskcreds
-from taskcreds import names
 from taskcreds.operator.annotations import AnnotationError, parse_request, unknown_annotations
 from taskcreds.operator.config import InjectionConfig
 from taskcreds.operator.injection import builders
 from taskcreds.operator.injection.patch import add_to_list, add_to_map
 
-__all__ = ["MutationResult", "CredentialCheck", "Outcome", "mutate_pod", "should_inject", "NOT_MUTATED_OPERATIONS"]
+import taskcreds
+from taskcreds import names
+
+__all__ = [
+    "MutationResult",
+    "CredentialCheck",
+    "Outcome",
+    "mutate_pod",
+    "should_inject",
+    "NOT_MUTATED_OPERATIONS",
+]
 
 Outcome = Literal["injected", "skipped", "denied"]
 CredentialCheck = Callable[[str, str, str], "str | None"]
 """(namespace, service account, credential) -> a denial reason, or None when granted."""
 
 NOT_MUTATED_OPERATIONS: Final = frozenset({"UPDATE", "DELETE", "CONNECT"})
-_SIDECAR_PATHS: Final = frozenset({names.SIDECAR_PODINFO_PATH, names.SIDECAR_SPIFFE_PATH, names.SIDECAR_TOKEN_PATH})
+_SIDECAR_PATHS: Final = frozenset(
+    {names.SIDECAR_PODINFO_PATH, names.SIDECAR_SPIFFE_PATH, names.SIDECAR_TOKEN_PATH}
+)
 
 
 @dataclass(frozen=True)
@@ -85,15 +95,20 @@ def _select(spec: dict[str, Any], wanted: tuple[str, ...] | None) -> list[tuple[
         by_name[c.get("name")] = ("containers", i, c)
     raw = ",".join(wanted)
     if names.SIDECAR_CONTAINER in wanted:
-        raise _Denied(f'{names.ANNOTATION_CONTAINERS}: "{raw}" names {names.SIDECAR_CONTAINER}, which taskcreds '
-                      f"adds itself; accepted: names of the pod's own containers ({_describe_available(containers, init)})")
+        raise _Denied(
+            f'{names.ANNOTATION_CONTAINERS}: "{raw}" names {names.SIDECAR_CONTAINER}, which taskcreds '
+            "adds itself; accepted: names of the pod's own containers "
+            f"({_describe_available(containers, init)})"
+        )
     missing = [n for n in wanted if n not in by_name]
     if missing:
         eph = {c.get("name") for c in spec.get("ephemeralContainers") or []}
         extra = " (ephemeral containers cannot get the mount)" if eph & set(missing) else ""
-        raise _Denied(f'{names.ANNOTATION_CONTAINERS}: "{raw}" names {", ".join(map(repr, missing))}, which '
-                      f"the pod does not have{extra}; accepted: names of its containers or init containers "
-                      f"({_describe_available(containers, init)})")
+        raise _Denied(
+            f'{names.ANNOTATION_CONTAINERS}: "{raw}" names {", ".join(map(repr, missing))}, which '
+            f"the pod does not have{extra}; accepted: names of its containers or init containers "
+            f"({_describe_available(containers, init)})"
+        )
     return [by_name[n] for n in wanted]
 
 
@@ -111,29 +126,41 @@ def _static_secrets(container: dict[str, Any]) -> list[str]:
     return found
 
 
-def _plan(pod: dict[str, Any], config: InjectionConfig, namespace: str | None,
-          credential_check: CredentialCheck | None) -> tuple[list[dict[str, Any]], list[str]]:
+def _plan(
+    pod: dict[str, Any],
+    config: InjectionConfig,
+    namespace: str | None,
+    credential_check: CredentialCheck | None,
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Check everything, then build the operations. Raises _Denied before producing any."""
     metadata = pod.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     spec = pod.get("spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("containers"), list) or not spec["containers"]:
-        raise _Denied("the pod has no spec.containers; accepted: a pod (or pod template) with at least one container")
+        raise _Denied(
+            "the pod has no spec.containers; accepted: a pod (or pod template) with at least one container"
+        )
     try:
         request = parse_request(annotations)
     except AnnotationError as exc:
         raise _Denied(str(exc)) from None
     if request.task_status in names.TERMINAL_STATUSES:
-        raise _Denied(f'{names.ANNOTATION_TASK_STATUS}: "{request.task_status}" is terminal, so this pod could '
-                      f"never get credentials; accepted when a pod is created: pending, running (or no annotation)")
-    warnings = [f"{key}: unknown annotation, ignored (known: {', '.join(sorted(_PUBLIC_KEYS))})"
-                for key in unknown_annotations(annotations)]
+        raise _Denied(
+            f'{names.ANNOTATION_TASK_STATUS}: "{request.task_status}" is terminal, so this pod could '
+            f"never get credentials; accepted when a pod is created: pending, running (or no annotation)"
+        )
+    warnings = [
+        f"{key}: unknown annotation, ignored (known: {', '.join(sorted(_PUBLIC_KEYS))})"
+        for key in unknown_annotations(annotations)
+    ]
 
     already = names.ANNOTATION_INJECTED in annotations
     mount_path = request.mount_path or config.injection.mount_path
     if mount_path in _SIDECAR_PATHS:
-        raise _Denied(f'{names.ANNOTATION_MOUNT_PATH}: "{mount_path}" is where the sidecar mounts its own '
-                      "volumes; accepted: any other absolute path (default /run/taskcreds)")
+        raise _Denied(
+            f'{names.ANNOTATION_MOUNT_PATH}: "{mount_path}" is where the sidecar mounts its own '
+            "volumes; accepted: any other absolute path (default /run/taskcreds)"
+        )
     containers = spec["containers"]
     init = spec.get("initContainers") or []
     volumes = spec.get("volumes") or []
@@ -142,13 +169,21 @@ def _plan(pod: dict[str, Any], config: InjectionConfig, namespace: str | None,
     if not already:
         clash = [n for n in builders.OUR_VOLUMES if n in present_volumes]
         if clash:
-            raise _Denied(f"spec.volumes: the pod already has a volume named {', '.join(map(repr, clash))}, a name "
-                          f"taskcreds reserves; accepted: any other volume names (reserved: {', '.join(builders.OUR_VOLUMES)})")
-        all_names = {c.get("name") for c in containers} | {c.get("name") for c in init} | {
-            c.get("name") for c in spec.get("ephemeralContainers") or ()}
+            raise _Denied(
+                f"spec.volumes: the pod already has a volume named {', '.join(map(repr, clash))}, a name "
+                "taskcreds reserves; accepted: any other volume names "
+                f"(reserved: {', '.join(builders.OUR_VOLUMES)})"
+            )
+        all_names = (
+            {c.get("name") for c in containers}
+            | {c.get("name") for c in init}
+            | {c.get("name") for c in spec.get("ephemeralContainers") or ()}
+        )
         if names.SIDECAR_CONTAINER in all_names:
-            raise _Denied(f"the pod already has a container named {names.SIDECAR_CONTAINER!r}, a name taskcreds "
-                          "reserves; accepted: any other container name")
+            raise _Denied(
+                f"the pod already has a container named {names.SIDECAR_CONTAINER!r}, a name taskcreds "
+                "reserves; accepted: any other container name"
+            )
 
     selected = _select(spec, request.containers)
     secret_use: list[str] = []
@@ -161,25 +196,34 @@ def _plan(pod: dict[str, Any], config: InjectionConfig, namespace: str | None,
         if not has_mount:
             for m in mounts:
                 if posixpath.normpath(str(m.get("mountPath", ""))) == mount_path:
-                    raise _Denied(f'{names.ANNOTATION_MOUNT_PATH}: "{mount_path}" collides with the mount of volume '
-                                  f"{m.get('name')!r} in container {cname!r}; accepted: a path no selected container "
-                                  f"mounts anything at (set {names.ANNOTATION_MOUNT_PATH})")
+                    raise _Denied(
+                        f'{names.ANNOTATION_MOUNT_PATH}: "{mount_path}" collides with the mount of volume '
+                        f"{m.get('name')!r} in container {cname!r}; accepted: a path no selected container "
+                        f"mounts anything at (set {names.ANNOTATION_MOUNT_PATH})"
+                    )
         has_env = False
         for var in container.get("env") or ():
             if var.get("name") == names.ENV_DIR:
                 if var.get("value") != mount_path or "valueFrom" in var:
-                    raise _Denied(f"container {cname!r} sets {names.ENV_DIR} itself; accepted: no {names.ENV_DIR} "
-                                  f"(taskcreds sets it to {mount_path})")
+                    raise _Denied(
+                        f"container {cname!r} sets {names.ENV_DIR} itself; accepted: no {names.ENV_DIR} "
+                        f"(taskcreds sets it to {mount_path})"
+                    )
                 has_env = True
         add_mount.append(not has_mount)
         add_env.append(not has_env)
         secret_use += [f"container {cname!r}: {s}" for s in _static_secrets(container)]
     if secret_use:
         if config.injection.strict:
-            raise _Denied("static secrets in an agent container's environment are refused (strict mode): "
-                          + "; ".join(secret_use) + f"; accepted: credentials through {names.ANNOTATION_CREDENTIALS}")
-        warnings += [f"{s} puts a static Kubernetes Secret into the agent's environment; prefer a taskcreds "
-                     "credential" for s in secret_use]
+            raise _Denied(
+                "static secrets in an agent container's environment are refused (strict mode): "
+                + "; ".join(secret_use)
+                + f"; accepted: credentials through {names.ANNOTATION_CREDENTIALS}"
+            )
+        warnings += [
+            f"{s} puts a static Kubernetes Secret into the agent's environment; prefer a taskcreds credential"
+            for s in secret_use
+        ]
 
     if credential_check is not None:
         ns = namespace or metadata.get("namespace") or "default"
@@ -187,21 +231,37 @@ def _plan(pod: dict[str, Any], config: InjectionConfig, namespace: str | None,
         for credential in request.credentials:
             reason = credential_check(ns, sa, credential)
             if reason:
-                raise _Denied(f'{names.ANNOTATION_CREDENTIALS}: credential "{credential}" is not granted to '
-                              f"service account {sa!r} in namespace {ns!r}: {reason}")
+                raise _Denied(
+                    f'{names.ANNOTATION_CREDENTIALS}: credential "{credential}" is not granted to '
+                    f"service account {sa!r} in namespace {ns!r}: {reason}"
+                )
 
     pod_security = spec.get("securityContext") or {}
-    if not already and not sidecar_present and not pod_security.get("runAsUser") and pod_security.get("fsGroup") is None:
-        warnings.append("the pod sets neither securityContext.runAsUser nor fsGroup: credential files (mode 0440, "
-                        f"uid {builders.SIDECAR_RUN_AS_USER}) are readable only by root in the agent containers; "
-                        "set spec.securityContext.fsGroup or runAsUser")
+    if (
+        not already
+        and not sidecar_present
+        and not pod_security.get("runAsUser")
+        and pod_security.get("fsGroup") is None
+    ):
+        warnings.append(
+            "the pod sets neither securityContext.runAsUser nor fsGroup: credential files (mode 0440, "
+            f"uid {builders.SIDECAR_RUN_AS_USER}) are readable only by root in the agent containers; "
+            "set spec.securityContext.fsGroup or runAsUser"
+        )
 
     # --- nothing can fail from here on: build the operations ---------------------------------
     ops: list[dict[str, Any]] = []
     if not already:
-        add_to_map(ops, metadata, "annotations", "/metadata", {names.ANNOTATION_INJECTED: taskcreds.__version__})
-    add_to_list(ops, spec, "volumes", "/spec",
-                [v for v in builders.volumes(config) if v["name"] not in present_volumes])
+        add_to_map(
+            ops, metadata, "annotations", "/metadata", {names.ANNOTATION_INJECTED: taskcreds.__version__}
+        )
+    add_to_list(
+        ops,
+        spec,
+        "volumes",
+        "/spec",
+        [v for v in builders.volumes(config) if v["name"] not in present_volumes],
+    )
     for (key, index, container), mount, env in zip(selected, add_mount, add_env, strict=True):
         base = f"/spec/{key}/{index}"
         if mount:
@@ -209,19 +269,38 @@ def _plan(pod: dict[str, Any], config: InjectionConfig, namespace: str | None,
         if env:
             add_to_list(ops, container, "env", base, [builders.agent_env(mount_path)])
     if not sidecar_present:  # last: it shifts the indices of existing init containers
-        add_to_list(ops, spec, "initContainers", "/spec",
-                    [builders.sidecar_container(config, request, mount_path, pod_security)], at_start=True)
+        add_to_list(
+            ops,
+            spec,
+            "initContainers",
+            "/spec",
+            [builders.sidecar_container(config, request, mount_path, pod_security)],
+            at_start=True,
+        )
     return ops, warnings
 
 
-_PUBLIC_KEYS: Final = frozenset({
-    names.ANNOTATION_TASK, names.ANNOTATION_CREDENTIALS, names.ANNOTATION_TASK_STATUS, names.ANNOTATION_TTL,
-    names.ANNOTATION_MAX_DURATION, names.ANNOTATION_CONTAINERS, names.ANNOTATION_MOUNT_PATH,
-})
+_PUBLIC_KEYS: Final = frozenset(
+    {
+        names.ANNOTATION_TASK,
+        names.ANNOTATION_CREDENTIALS,
+        names.ANNOTATION_TASK_STATUS,
+        names.ANNOTATION_TTL,
+        names.ANNOTATION_MAX_DURATION,
+        names.ANNOTATION_CONTAINERS,
+        names.ANNOTATION_MOUNT_PATH,
+    }
+)
 
 
-def mutate_pod(pod: dict[str, Any], config: InjectionConfig, operation: str = "CREATE", *,
-               namespace: str | None = None, credential_check: CredentialCheck | None = None) -> MutationResult:
+def mutate_pod(
+    pod: dict[str, Any],
+    config: InjectionConfig,
+    operation: str = "CREATE",
+    *,
+    namespace: str | None = None,
+    credential_check: CredentialCheck | None = None,
+) -> MutationResult:
     """Decide about one pod (or pod template) and return the JSONPatch that injects it.
 
     ``namespace`` is the admission request's namespace (a pod being created often has none in its

@@ -17,8 +17,15 @@ def escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
-def add_to_list(ops: list[dict[str, Any]], parent: dict[str, Any], key: str, path: str,
-                items: list[dict[str, Any]], *, at_start: bool = False) -> None:
+def add_to_list(
+    ops: list[dict[str, Any]],
+    parent: dict[str, Any],
+    key: str,
+    path: str,
+    items: list[dict[str, Any]],
+    *,
+    at_start: bool = False,
+) -> None:
     """Append ``items`` to ``parent[key]`` (or insert them at its start), creating the list if absent."""
     if not items:
         return
@@ -33,8 +40,9 @@ def add_to_list(ops: list[dict[str, Any]], parent: dict[str, Any], key: str, pat
         ops.append({"op": "add", "path": f"{path}/{key}/-", "value": item})
 
 
-def add_to_map(ops: list[dict[str, Any]], parent: dict[str, Any], key: str, path: str,
-               entries: dict[str, Any]) -> None:
+def add_to_map(
+    ops: list[dict[str, Any]], parent: dict[str, Any], key: str, path: str, entries: dict[str, Any]
+) -> None:
     """Set ``entries`` in the map ``parent[key]``, creating the map if absent."""
     if not entries:
         return

@@ -10,7 +10,6 @@ import copy
 from typing import Any, Final
 
 import jsonpatch
-
 from taskcreds.operator.config import InjectionConfig
 from taskcreds.operator.injection.mutate import CredentialCheck, MutationResult, mutate_pod
 from taskcreds.operator.injection.patch import prefixed
@@ -45,8 +44,9 @@ def pod_template(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     return node, "".join("/" + key for key in path)
 
 
-def inject_object(obj: dict[str, Any], config: InjectionConfig, *,
-                  credential_check: CredentialCheck | None = None) -> tuple[dict[str, Any], MutationResult]:
+def inject_object(
+    obj: dict[str, Any], config: InjectionConfig, *, credential_check: CredentialCheck | None = None
+) -> tuple[dict[str, Any], MutationResult]:
     """Mutate a Pod or a workload's pod template exactly as the webhook would mutate its pods.
 
     Returns a mutated deep copy (``obj`` is untouched) and the result, whose patch applies to ``obj``.
@@ -60,4 +60,6 @@ def inject_object(obj: dict[str, Any], config: InjectionConfig, *,
     if not result.patch:
         return copy.deepcopy(obj), result
     ops = prefixed(result.patch, where)
-    return jsonpatch.apply_patch(obj, ops), MutationResult(result.outcome, ops, result.warnings, result.message)
+    return jsonpatch.apply_patch(obj, ops), MutationResult(
+        result.outcome, ops, result.warnings, result.message
+    )

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from taskcreds.operator.config import (
     ConfigError,
     InjectionConfig,
@@ -49,7 +48,11 @@ def test_no_file_gives_the_documented_defaults() -> None:
     assert yaml.safe_load(CHART_SHAPE) == config.model_dump(by_alias=True)
 
 
-@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n", "sidecar: {}\n"], ids=["empty", "comment", "empty-map", "empty-section"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "# only a comment\n", "{}\n", "sidecar: {}\n"],
+    ids=["empty", "comment", "empty-map", "empty-section"],
+)
 def test_empty_files_mean_defaults(tmp_path: Path, text: str) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(text)
@@ -64,15 +67,31 @@ def test_the_chart_shape_and_the_example_load(tmp_path: Path) -> None:
 
 
 def test_every_key_is_read() -> None:
-    config = InjectionConfig.from_mapping({
-        "sidecar": {"image": "registry.local/tc:dev", "imagePullPolicy": "Always", "probePort": 19090,
-                    "localPort": 19091, "resources": {"requests": {"cpu": 1, "memory": "64Mi"}, "limits": {}}},
-        "spiffe": {"socketSource": "hostPath", "hostPath": "/run/spire/sockets/", "socketFile": "agent.sock",
-                   "trustDomain": "example.org"},
-        "broker": {"url": "https://broker.example:443", "spiffeId": "spiffe://example.org/broker"},
-        "injection": {"mountPath": "/creds", "tmpfsSizeLimit": "4Mi", "strict": True, "defaultTTL": "1h",
-                      "tokenExpirationSeconds": 600},
-    })
+    config = InjectionConfig.from_mapping(
+        {
+            "sidecar": {
+                "image": "registry.local/tc:dev",
+                "imagePullPolicy": "Always",
+                "probePort": 19090,
+                "localPort": 19091,
+                "resources": {"requests": {"cpu": 1, "memory": "64Mi"}, "limits": {}},
+            },
+            "spiffe": {
+                "socketSource": "hostPath",
+                "hostPath": "/run/spire/sockets/",
+                "socketFile": "agent.sock",
+                "trustDomain": "example.org",
+            },
+            "broker": {"url": "https://broker.example:443", "spiffeId": "spiffe://example.org/broker"},
+            "injection": {
+                "mountPath": "/creds",
+                "tmpfsSizeLimit": "4Mi",
+                "strict": True,
+                "defaultTTL": "1h",
+                "tokenExpirationSeconds": 600,
+            },
+        }
+    )
     assert config.sidecar.image_pull_policy == "Always"
     assert config.sidecar.resources.as_dict == {"requests": {"cpu": "1", "memory": "64Mi"}}
     assert config.spiffe.host_path == "/run/spire/sockets"
@@ -92,48 +111,113 @@ def test_config_is_frozen() -> None:
 @pytest.mark.parametrize(
     ("data", "line"),
     [
-        pytest.param({"spiffe": {"socketSource": "nfs"}}, "spiffe.socketSource: 'nfs' is not one of csi, hostPath",
-                     id="unknown-socket-source"),
-        pytest.param({"sidecar": {"imagePullPolicy": "Sometimes"}},
-                     "sidecar.imagePullPolicy: 'Sometimes' is not one of Always, IfNotPresent, Never", id="pull-policy"),
-        pytest.param({"sidecar": {"imagePolicy": "x"}}, "sidecar.imagePolicy: unknown key; accepted keys here: image, "
-                     "imagePullPolicy, resources, probePort, localPort", id="typo-key"),
-        pytest.param({"webhook": {}}, "webhook: unknown key; accepted keys here: sidecar, spiffe, broker, injection",
-                     id="unknown-section"),
-        pytest.param({"sidecar": {"probePort": 70000}}, "sidecar.probePort: 70000 is not a TCP port (1-65535)",
-                     id="port-range"),
-        pytest.param({"sidecar": {"probePort": "http"}}, "sidecar.probePort: 'http' is not a whole number",
-                     id="port-type"),
-        pytest.param({"sidecar": {"localPort": 9090}}, "probePort and localPort are both 9090", id="same-ports"),
-        pytest.param({"sidecar": {"image": "has space"}}, "sidecar.image: 'has space' is not a container image",
-                     id="image"),
-        pytest.param({"sidecar": {"resources": {"requests": {"memory": "lots"}}}},
-                     "sidecar.resources.requests: memory: 'lots' is not a Kubernetes quantity", id="quantity"),
-        pytest.param({"sidecar": {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "500m"}}}},
-                     "requests.cpu '2' is above limits.cpu '500m'", id="request-above-limit"),
-        pytest.param({"spiffe": {"hostPath": "run/spire"}}, "spiffe.hostPath: 'run/spire' is not an absolute path",
-                     id="relative-host-path"),
-        pytest.param({"spiffe": {"socketFile": "a/b.sock"}}, "spiffe.socketFile: 'a/b.sock' is not a file name",
-                     id="socket-file-path"),
-        pytest.param({"spiffe": {"trustDomain": "Example.ORG"}}, "spiffe.trustDomain: 'Example.ORG' is not a SPIFFE "
-                     "trust domain", id="trust-domain"),
-        pytest.param({"broker": {"url": "http://broker:8444"}}, "broker.url: 'http://broker:8444' is not an https:// URL",
-                     id="plain-http"),
-        pytest.param({"broker": {"url": "https://"}}, "broker.url: 'https://' is not an https:// URL", id="no-host"),
-        pytest.param({"broker": {"spiffeId": "spiffe:/x"}}, "broker.spiffeId: 'spiffe:/x' is not a SPIFFE ID",
-                     id="spiffe-id"),
-        pytest.param({"injection": {"mountPath": "/run/../etc"}}, "injection.mountPath: '/run/../etc' is not an "
-                     "absolute path", id="dotdot-mount"),
-        pytest.param({"injection": {"mountPath": "/"}}, "injection.mountPath: '/' is not an absolute path below /",
-                     id="root-mount"),
-        pytest.param({"injection": {"tmpfsSizeLimit": "0"}}, "injection.tmpfsSizeLimit: '0' must be larger than zero",
-                     id="zero-size"),
-        pytest.param({"injection": {"defaultTTL": "15 minutes"}}, "injection.defaultTTL: '15 minutes' is not a "
-                     "Go-style duration such as 90s, 15m or 1h30m", id="ttl"),
-        pytest.param({"injection": {"tokenExpirationSeconds": 60}}, "injection.tokenExpirationSeconds: 60 is outside "
-                     "600..4294967295", id="token-too-short"),
-        pytest.param({"injection": {"strict": "perhaps"}}, "injection.strict: 'perhaps' is not true or false",
-                     id="strict-bool"),
+        pytest.param(
+            {"spiffe": {"socketSource": "nfs"}},
+            "spiffe.socketSource: 'nfs' is not one of csi, hostPath",
+            id="unknown-socket-source",
+        ),
+        pytest.param(
+            {"sidecar": {"imagePullPolicy": "Sometimes"}},
+            "sidecar.imagePullPolicy: 'Sometimes' is not one of Always, IfNotPresent, Never",
+            id="pull-policy",
+        ),
+        pytest.param(
+            {"sidecar": {"imagePolicy": "x"}},
+            "sidecar.imagePolicy: unknown key; accepted keys here: image, "
+            "imagePullPolicy, resources, probePort, localPort",
+            id="typo-key",
+        ),
+        pytest.param(
+            {"webhook": {}},
+            "webhook: unknown key; accepted keys here: sidecar, spiffe, broker, injection",
+            id="unknown-section",
+        ),
+        pytest.param(
+            {"sidecar": {"probePort": 70000}},
+            "sidecar.probePort: 70000 is not a TCP port (1-65535)",
+            id="port-range",
+        ),
+        pytest.param(
+            {"sidecar": {"probePort": "http"}},
+            "sidecar.probePort: 'http' is not a whole number",
+            id="port-type",
+        ),
+        pytest.param(
+            {"sidecar": {"localPort": 9090}}, "probePort and localPort are both 9090", id="same-ports"
+        ),
+        pytest.param(
+            {"sidecar": {"image": "has space"}},
+            "sidecar.image: 'has space' is not a container image",
+            id="image",
+        ),
+        pytest.param(
+            {"sidecar": {"resources": {"requests": {"memory": "lots"}}}},
+            "sidecar.resources.requests: memory: 'lots' is not a Kubernetes quantity",
+            id="quantity",
+        ),
+        pytest.param(
+            {"sidecar": {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "500m"}}}},
+            "requests.cpu '2' is above limits.cpu '500m'",
+            id="request-above-limit",
+        ),
+        pytest.param(
+            {"spiffe": {"hostPath": "run/spire"}},
+            "spiffe.hostPath: 'run/spire' is not an absolute path",
+            id="relative-host-path",
+        ),
+        pytest.param(
+            {"spiffe": {"socketFile": "a/b.sock"}},
+            "spiffe.socketFile: 'a/b.sock' is not a file name",
+            id="socket-file-path",
+        ),
+        pytest.param(
+            {"spiffe": {"trustDomain": "Example.ORG"}},
+            "spiffe.trustDomain: 'Example.ORG' is not a SPIFFE trust domain",
+            id="trust-domain",
+        ),
+        pytest.param(
+            {"broker": {"url": "http://broker:8444"}},
+            "broker.url: 'http://broker:8444' is not an https:// URL",
+            id="plain-http",
+        ),
+        pytest.param(
+            {"broker": {"url": "https://"}}, "broker.url: 'https://' is not an https:// URL", id="no-host"
+        ),
+        pytest.param(
+            {"broker": {"spiffeId": "spiffe:/x"}},
+            "broker.spiffeId: 'spiffe:/x' is not a SPIFFE ID",
+            id="spiffe-id",
+        ),
+        pytest.param(
+            {"injection": {"mountPath": "/run/../etc"}},
+            "injection.mountPath: '/run/../etc' is not an absolute path",
+            id="dotdot-mount",
+        ),
+        pytest.param(
+            {"injection": {"mountPath": "/"}},
+            "injection.mountPath: '/' is not an absolute path below /",
+            id="root-mount",
+        ),
+        pytest.param(
+            {"injection": {"tmpfsSizeLimit": "0"}},
+            "injection.tmpfsSizeLimit: '0' must be larger than zero",
+            id="zero-size",
+        ),
+        pytest.param(
+            {"injection": {"defaultTTL": "15 minutes"}},
+            "injection.defaultTTL: '15 minutes' is not a Go-style duration such as 90s, 15m or 1h30m",
+            id="ttl",
+        ),
+        pytest.param(
+            {"injection": {"tokenExpirationSeconds": 60}},
+            "injection.tokenExpirationSeconds: 60 is outside 600..4294967295",
+            id="token-too-short",
+        ),
+        pytest.param(
+            {"injection": {"strict": "perhaps"}},
+            "injection.strict: 'perhaps' is not true or false",
+            id="strict-bool",
+        ),
         pytest.param({"injection": "strict"}, "injection: 'strict' is not a mapping", id="section-not-map"),
     ],
 )
@@ -187,8 +271,16 @@ def test_operator_reads_the_file_named_by_its_environment(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("48Mi", Decimal(48 * 2**20)), ("10m", Decimal("0.010")), ("1", Decimal(1)), ("0.5", Decimal("0.5")),
-     ("1e3", Decimal(1000)), ("2k", Decimal(2000)), ("1Gi", Decimal(2**30)), (".5", Decimal("0.5"))],
+    [
+        ("48Mi", Decimal(48 * 2**20)),
+        ("10m", Decimal("0.010")),
+        ("1", Decimal(1)),
+        ("0.5", Decimal("0.5")),
+        ("1e3", Decimal(1000)),
+        ("2k", Decimal(2000)),
+        ("1Gi", Decimal(2**30)),
+        (".5", Decimal("0.5")),
+    ],
 )
 def test_quantities_parse_like_kubernetes(text: str, value: Decimal) -> None:
     assert parse_quantity(text) == value

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from taskcreds import names
 from taskcreds.operator.config import InjectionConfig
 from taskcreds.operator.injection import inject_object
+
+from taskcreds import names
 from tests.operator.validation import assert_valid_pod_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,9 +18,18 @@ TASKCREDS = REPO / ".venv" / "bin" / "taskcreds"
 FIXTURES = REPO / "tests" / "fixtures" / "pods"
 
 
-def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(TASKCREDS), "inject", *args], input=stdin, capture_output=True, text=True,
-                          timeout=30, cwd=REPO, env={"PATH": "/usr/bin:/bin", **(env or {})})
+def run(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TASKCREDS), "inject", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+    )
 
 
 def sidecar_of(pod: dict) -> dict:
@@ -35,20 +44,32 @@ def test_the_example_pod_injects_with_defaults() -> None:
     assert sidecar_of(pod)["name"] == names.SIDECAR_CONTAINER
     assert_valid_pod_spec(pod)
     # exactly what the webhook would produce
-    expected, _ = inject_object(yaml.safe_load((REPO / "examples" / "agent-pod.yaml").read_text()), InjectionConfig())
+    expected, _ = inject_object(
+        yaml.safe_load((REPO / "examples" / "agent-pod.yaml").read_text()), InjectionConfig()
+    )
     assert pod == expected
 
 
 def test_stdin_and_multiple_documents_keep_order_and_pass_others_through() -> None:
     workloads = (FIXTURES / "workloads.yaml").read_text()
     configmap = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n"
-    unlabelled = "apiVersion: v1\nkind: Pod\nmetadata: {name: plain}\nspec: {containers: [{name: a, image: a}]}\n"
+    unlabelled = (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: plain}\nspec: {containers: [{name: a, image: a}]}\n"
+    )
     text = f"{configmap}---\n{workloads}\n---\n{unlabelled}---\n"
     out = run("-f", "-", stdin=text)
     assert out.returncode == 0, out.stderr
     docs = list(yaml.safe_load_all(out.stdout))
-    assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job",
-                                         "CronJob", "Pod"]
+    assert [d["kind"] for d in docs] == [
+        "ConfigMap",
+        "Deployment",
+        "StatefulSet",
+        "DaemonSet",
+        "ReplicaSet",
+        "Job",
+        "CronJob",
+        "Pod",
+    ]
     assert docs[0] == yaml.safe_load(configmap)
     assert docs[-1] == yaml.safe_load(unlabelled)
     for doc in docs[1:-1]:
@@ -84,7 +105,9 @@ def test_warnings_go_to_stderr_and_the_pod_still_prints() -> None:
     assert out.returncode == 0
     assert yaml.safe_load(out.stdout)["metadata"]["annotations"][names.ANNOTATION_INJECTED]
     lines = out.stderr.splitlines()
-    assert len(lines) == 2 and all(line.startswith("taskcreds inject: warning: container 'agent': ") for line in lines)
+    assert len(lines) == 2 and all(
+        line.startswith("taskcreds inject: warning: container 'agent': ") for line in lines
+    )
     assert "GITHUB_TOKEN" in lines[0] and "(Pod agent-legacy)" in lines[0]
 
 
@@ -102,21 +125,43 @@ spec:
 @pytest.mark.parametrize(
     ("args", "stdin", "message"),
     [
-        pytest.param(["-f", "-"], BAD_POD,
-                     'taskcreds inject: taskcreds.io/ttl: "15 minutes" is not a Go-style duration such as 90s, 15m '
-                     "or 1h30m (units ms, s, m, h) (Pod agent-bad)", id="denied-pod"),
-        pytest.param(["-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\n" + BAD_POD,
-                     "(Pod agent-bad, document 2)", id="denied-second-document"),
-        pytest.param(["-f", "missing.yaml"], None, "taskcreds inject: cannot read missing.yaml: No such file or directory",
-                     id="missing-file"),
-        pytest.param(["-f", "-"], "kind: Pod\nmetadata: {name: [unclosed\n", "taskcreds inject: stdin is not valid YAML at line",
-                     id="bad-yaml"),
+        pytest.param(
+            ["-f", "-"],
+            BAD_POD,
+            'taskcreds inject: taskcreds.io/ttl: "15 minutes" is not a Go-style duration such as 90s, 15m '
+            "or 1h30m (units ms, s, m, h) (Pod agent-bad)",
+            id="denied-pod",
+        ),
+        pytest.param(
+            ["-f", "-"],
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\n" + BAD_POD,
+            "(Pod agent-bad, document 2)",
+            id="denied-second-document",
+        ),
+        pytest.param(
+            ["-f", "missing.yaml"],
+            None,
+            "taskcreds inject: cannot read missing.yaml: No such file or directory",
+            id="missing-file",
+        ),
+        pytest.param(
+            ["-f", "-"],
+            "kind: Pod\nmetadata: {name: [unclosed\n",
+            "taskcreds inject: stdin is not valid YAML at line",
+            id="bad-yaml",
+        ),
         pytest.param(["-f", "-"], "", "taskcreds inject: stdin holds no YAML document", id="empty-input"),
-        pytest.param(["-f", "-", "--config", "nope.yaml"], BAD_POD, "taskcreds inject: nope.yaml: cannot read the "
-                     "injection config", id="missing-config"),
+        pytest.param(
+            ["-f", "-", "--config", "nope.yaml"],
+            BAD_POD,
+            "taskcreds inject: nope.yaml: cannot read the injection config",
+            id="missing-config",
+        ),
     ],
 )
-def test_failures_exit_1_with_one_clear_message_and_no_output(args: list[str], stdin: str | None, message: str) -> None:
+def test_failures_exit_1_with_one_clear_message_and_no_output(
+    args: list[str], stdin: str | None, message: str
+) -> None:
     out = run(*args, stdin=stdin)
     assert out.returncode == 1
     assert out.stdout == ""
@@ -138,7 +183,13 @@ def test_bad_config_lists_every_problem(tmp_path: Path) -> None:
 
 
 def test_a_closed_pipe_is_not_an_error() -> None:
-    proc = subprocess.run(f"{TASKCREDS} inject -f examples/agent-pod.yaml | head -1", shell=True,  # noqa: S602
-                          capture_output=True, text=True, timeout=30, cwd=REPO)
+    proc = subprocess.run(  # noqa: S602 - the pipe is the point
+        f"{TASKCREDS} inject -f examples/agent-pod.yaml | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
     assert proc.stdout == "apiVersion: v1\n"
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

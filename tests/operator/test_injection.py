@@ -11,12 +11,12 @@ from typing import Any
 import jsonpatch
 import pytest
 import yaml
-
-import taskcreds
-from taskcreds import names
 from taskcreds.operator import injection
 from taskcreds.operator.config import InjectionConfig
 from taskcreds.operator.injection import MutationResult, inject_object, mutate_pod
+
+import taskcreds
+from taskcreds import names
 from tests.operator.validation import assert_valid_pod_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,19 +29,29 @@ def fixture(name: str) -> dict[str, Any]:
     return yaml.safe_load((FIXTURES / name).read_text())
 
 
-def pod(containers: list[dict[str, Any]] | None = None, *, annotations: dict[str, str] | None = None,
-        **spec: Any) -> dict[str, Any]:
+def pod(
+    containers: list[dict[str, Any]] | None = None, *, annotations: dict[str, str] | None = None, **spec: Any
+) -> dict[str, Any]:
     """A small opted-in pod; keyword arguments go into spec."""
     return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "p", "labels": {names.LABEL_INJECT: "true"},
-                     "annotations": {names.ANNOTATION_TASK: "t-1", names.ANNOTATION_CREDENTIALS: "github",
-                                     **(annotations or {})}},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "p",
+            "labels": {names.LABEL_INJECT: "true"},
+            "annotations": {
+                names.ANNOTATION_TASK: "t-1",
+                names.ANNOTATION_CREDENTIALS: "github",
+                **(annotations or {}),
+            },
+        },
         "spec": {"containers": containers or [{"name": "agent", "image": "agent:1"}], **spec},
     }
 
 
-def inject(obj: dict[str, Any], config: InjectionConfig = CONFIG, **kwargs: Any) -> tuple[dict[str, Any], MutationResult]:
+def inject(
+    obj: dict[str, Any], config: InjectionConfig = CONFIG, **kwargs: Any
+) -> tuple[dict[str, Any], MutationResult]:
     """mutate_pod, then apply its patch to the untouched original, as the API server would."""
     before = copy.deepcopy(obj)
     result = mutate_pod(obj, config, **kwargs)
@@ -65,7 +75,11 @@ POD_FIXTURES = ["minimal.yaml", "full.yaml", "generate-name.yaml", "ephemeral.ya
 
 @pytest.mark.parametrize("name", POD_FIXTURES + ["example"])
 def test_realistic_pods_come_out_injected_valid_and_stable(name: str) -> None:
-    original = yaml.safe_load((REPO / "examples" / "agent-pod.yaml").read_text()) if name == "example" else fixture(name)
+    original = (
+        yaml.safe_load((REPO / "examples" / "agent-pod.yaml").read_text())
+        if name == "example"
+        else fixture(name)
+    )
     mutated, result = inject(original)
     assert result.outcome == "injected" and result.message is None
     assert_valid_pod_spec(mutated)
@@ -74,7 +88,9 @@ def test_realistic_pods_come_out_injected_valid_and_stable(name: str) -> None:
     assert mutated["metadata"]["annotations"][names.ANNOTATION_INJECTED] == taskcreds.__version__
     assert {v["name"] for v in spec["volumes"]} >= set(injection.OUR_VOLUMES)
     # everything that was there is still there, in the same order
-    assert [c["name"] for c in spec["initContainers"][1:]] == [c["name"] for c in original["spec"].get("initContainers", [])]
+    assert [c["name"] for c in spec["initContainers"][1:]] == [
+        c["name"] for c in original["spec"].get("initContainers", [])
+    ]
     assert [c["name"] for c in spec["containers"]] == [c["name"] for c in original["spec"]["containers"]]
     assert spec.get("ephemeralContainers") == original["spec"].get("ephemeralContainers")
     # a second pass (reinvocation, retry) adds nothing
@@ -82,8 +98,9 @@ def test_realistic_pods_come_out_injected_valid_and_stable(name: str) -> None:
     assert (again.outcome, again.patch) == ("skipped", [])
 
 
-@pytest.mark.parametrize("doc", list(yaml.safe_load_all((FIXTURES / "workloads.yaml").read_text())),
-                         ids=lambda d: d["kind"])
+@pytest.mark.parametrize(
+    "doc", list(yaml.safe_load_all((FIXTURES / "workloads.yaml").read_text())), ids=lambda d: d["kind"]
+)
 def test_every_workload_kind_gets_its_pod_template_injected(doc: dict[str, Any]) -> None:
     before = copy.deepcopy(doc)
     mutated, result = inject_object(doc, CONFIG)
@@ -91,7 +108,11 @@ def test_every_workload_kind_gets_its_pod_template_injected(doc: dict[str, Any])
     assert result.outcome == "injected"
     assert jsonpatch.apply_patch(doc, result.patch) == mutated, "the patch must apply to the workload itself"
     assert_valid_pod_spec(mutated)
-    template = mutated["spec"]["jobTemplate"]["spec"]["template"] if doc["kind"] == "CronJob" else mutated["spec"]["template"]
+    template = (
+        mutated["spec"]["jobTemplate"]["spec"]["template"]
+        if doc["kind"] == "CronJob"
+        else mutated["spec"]["template"]
+    )
     assert template["spec"]["initContainers"][0]["name"] == names.SIDECAR_CONTAINER
     assert template["metadata"]["annotations"][names.ANNOTATION_INJECTED] == taskcreds.__version__
     again, second = inject_object(mutated, CONFIG)
@@ -108,9 +129,14 @@ def test_the_example_deployment_injects() -> None:
 @pytest.mark.parametrize(
     "doc",
     [
-        pytest.param({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}}, id="configmap"),
-        pytest.param({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}},
-                     id="deployment-without-template"),
+        pytest.param(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}},
+            id="configmap",
+        ),
+        pytest.param(
+            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}},
+            id="deployment-without-template",
+        ),
         pytest.param({"kind": "Service"}, id="service"),
     ],
 )
@@ -134,35 +160,62 @@ def test_volumes_are_memory_backed_and_sidecar_scoped(full: dict[str, Any]) -> N
     vols = {v["name"]: v for v in full["spec"]["volumes"]}
     assert vols["taskcreds"] == {"name": "taskcreds", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
     assert vols["taskcreds-podinfo"]["downwardAPI"]["items"] == [
-        {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]
-    assert vols["spiffe-workload-api"] == {"name": "spiffe-workload-api", "csi": {"driver": "csi.spiffe.io", "readOnly": True}}
+        {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
+    ]
+    assert vols["spiffe-workload-api"] == {
+        "name": "spiffe-workload-api",
+        "csi": {"driver": "csi.spiffe.io", "readOnly": True},
+    }
     assert vols["taskcreds-token"]["projected"]["sources"] == [
-        {"serviceAccountToken": {"audience": "taskcreds", "expirationSeconds": 3600, "path": "token"}}]
+        {"serviceAccountToken": {"audience": "taskcreds", "expirationSeconds": 3600, "path": "token"}}
+    ]
     # only the sidecar sees the token, the Workload API and the podinfo
     for c in full["spec"]["containers"] + full["spec"]["initContainers"][1:]:
-        assert not {m["name"] for m in c.get("volumeMounts", [])} & {"taskcreds-token", "spiffe-workload-api",
-                                                                      "taskcreds-podinfo"}
+        assert not {m["name"] for m in c.get("volumeMounts", [])} & {
+            "taskcreds-token",
+            "spiffe-workload-api",
+            "taskcreds-podinfo",
+        }
 
 
 def test_sidecar_is_a_hardened_native_sidecar(full: dict[str, Any]) -> None:
     sidecar = full["spec"]["initContainers"][0]
     assert sidecar["name"] == "taskcreds-sidecar" and sidecar["restartPolicy"] == "Always"
-    assert sidecar["image"] == "ghcr.io/taskcreds/taskcreds:0.1.0" and sidecar["imagePullPolicy"] == "IfNotPresent"
+    assert (
+        sidecar["image"] == "ghcr.io/taskcreds/taskcreds:0.1.0"
+        and sidecar["imagePullPolicy"] == "IfNotPresent"
+    )
     assert sidecar["command"] == ["taskcreds-sidecar"]
     assert sidecar["startupProbe"]["httpGet"] == {"path": "/readyz", "port": 9090}
     assert sidecar["startupProbe"]["periodSeconds"] == 1
     assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9090}
     assert sidecar["ports"] == [{"name": "tc-probe", "containerPort": 9090, "protocol": "TCP"}]
-    assert sidecar["resources"] == {"requests": {"cpu": "10m", "memory": "48Mi"}, "limits": {"cpu": "200m", "memory": "96Mi"}}
+    assert sidecar["resources"] == {
+        "requests": {"cpu": "10m", "memory": "48Mi"},
+        "limits": {"cpu": "200m", "memory": "96Mi"},
+    }
     assert sidecar["securityContext"] == {
-        "runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
     }, "the pod sets runAsUser 1000: the sidecar runs as that user, so the agent can read its files"
     mounts = {m["name"]: m for m in sidecar["volumeMounts"]}
     assert mounts["taskcreds"] == {"name": "taskcreds", "mountPath": "/run/taskcreds"}
-    assert mounts["taskcreds-podinfo"] == {"name": "taskcreds-podinfo", "mountPath": "/etc/taskcreds/podinfo", "readOnly": True}
-    assert mounts["spiffe-workload-api"]["mountPath"] == "/spiffe-workload-api" and mounts["spiffe-workload-api"]["readOnly"]
-    assert mounts["taskcreds-token"]["mountPath"] == "/var/run/secrets/taskcreds" and mounts["taskcreds-token"]["readOnly"]
+    assert mounts["taskcreds-podinfo"] == {
+        "name": "taskcreds-podinfo",
+        "mountPath": "/etc/taskcreds/podinfo",
+        "readOnly": True,
+    }
+    assert (
+        mounts["spiffe-workload-api"]["mountPath"] == "/spiffe-workload-api"
+        and mounts["spiffe-workload-api"]["readOnly"]
+    )
+    assert (
+        mounts["taskcreds-token"]["mountPath"] == "/var/run/secrets/taskcreds"
+        and mounts["taskcreds-token"]["readOnly"]
+    )
 
 
 def test_sidecar_environment_is_what_the_sidecar_reads(full: dict[str, Any]) -> None:
@@ -197,7 +250,8 @@ def test_agent_containers_get_a_read_only_path_and_never_a_value(full: dict[str,
     original = fixture("full.yaml")
     for c, before in zip(full["spec"]["containers"], original["spec"]["containers"], strict=True):
         assert c["volumeMounts"] == before["volumeMounts"] + [
-            {"name": "taskcreds", "mountPath": "/run/taskcreds", "readOnly": True}]
+            {"name": "taskcreds", "mountPath": "/run/taskcreds", "readOnly": True}
+        ]
         assert c["env"] == before.get("env", []) + [{"name": "TASKCREDS_DIR", "value": "/run/taskcreds"}]
     # init containers are selected only when named
     assert full["spec"]["initContainers"][1:] == original["spec"]["initContainers"]
@@ -220,37 +274,59 @@ def test_sidecar_user(security: dict[str, Any] | None, expected_user: int | None
 
 
 def test_configuration_reaches_the_pod() -> None:
-    config = InjectionConfig.from_mapping({
-        "sidecar": {"image": "registry.local/tc:dev", "imagePullPolicy": "Always", "probePort": 19090,
-                    "localPort": 19091, "resources": {"requests": {"cpu": "5m"}, "limits": {"memory": "64Mi"}}},
-        "spiffe": {"socketSource": "hostPath", "hostPath": "/run/spire/sockets", "socketFile": "agent.sock"},
-        "broker": {"url": "https://broker.example:443", "spiffeId": "spiffe://example.org/broker"},
-        "injection": {"mountPath": "/creds", "tmpfsSizeLimit": "2Mi", "tokenExpirationSeconds": 600},
-    })
+    config = InjectionConfig.from_mapping(
+        {
+            "sidecar": {
+                "image": "registry.local/tc:dev",
+                "imagePullPolicy": "Always",
+                "probePort": 19090,
+                "localPort": 19091,
+                "resources": {"requests": {"cpu": "5m"}, "limits": {"memory": "64Mi"}},
+            },
+            "spiffe": {
+                "socketSource": "hostPath",
+                "hostPath": "/run/spire/sockets",
+                "socketFile": "agent.sock",
+            },
+            "broker": {"url": "https://broker.example:443", "spiffeId": "spiffe://example.org/broker"},
+            "injection": {"mountPath": "/creds", "tmpfsSizeLimit": "2Mi", "tokenExpirationSeconds": 600},
+        }
+    )
     mutated, _ = inject(pod(securityContext={"fsGroup": 1}), config)
     assert_valid_pod_spec(mutated)
     sidecar = mutated["spec"]["initContainers"][0]
     vols = {v["name"]: v for v in mutated["spec"]["volumes"]}
     assert (sidecar["image"], sidecar["imagePullPolicy"]) == ("registry.local/tc:dev", "Always")
-    assert sidecar["startupProbe"]["httpGet"]["port"] == 19090 and sidecar["ports"][0]["containerPort"] == 19090
+    assert (
+        sidecar["startupProbe"]["httpGet"]["port"] == 19090 and sidecar["ports"][0]["containerPort"] == 19090
+    )
     assert sidecar["resources"] == {"requests": {"cpu": "5m"}, "limits": {"memory": "64Mi"}}
     env = env_of(sidecar)
-    assert env["TASKCREDS_LISTEN_LOCAL"] == "127.0.0.1:19091" and env["TASKCREDS_LISTEN_PROBE"] == "0.0.0.0:19090"
+    assert (
+        env["TASKCREDS_LISTEN_LOCAL"] == "127.0.0.1:19091"
+        and env["TASKCREDS_LISTEN_PROBE"] == "0.0.0.0:19090"
+    )
     assert env["SPIFFE_ENDPOINT_SOCKET"] == "unix:///spiffe-workload-api/agent.sock"
     assert env["TASKCREDS_BROKER_URL"] == "https://broker.example:443"
     assert env["TASKCREDS_BROKER_SPIFFE_ID"] == "spiffe://example.org/broker"
     assert env["TASKCREDS_DIR"] == "/creds"
-    assert vols["spiffe-workload-api"] == {"name": "spiffe-workload-api",
-                                           "hostPath": {"path": "/run/spire/sockets", "type": "Directory"}}
+    assert vols["spiffe-workload-api"] == {
+        "name": "spiffe-workload-api",
+        "hostPath": {"path": "/run/spire/sockets", "type": "Directory"},
+    }
     assert vols["taskcreds"]["emptyDir"]["sizeLimit"] == "2Mi"
-    assert vols["taskcreds-token"]["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"] == 600
+    assert (
+        vols["taskcreds-token"]["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"] == 600
+    )
     assert by_name(mutated["spec"]["containers"], "agent")["volumeMounts"][0]["mountPath"] == "/creds"
 
 
 def test_mount_path_annotation_overrides_the_default() -> None:
     mutated, _ = inject(fixture("generate-name.yaml"))
     assert env_of(mutated["spec"]["initContainers"][0])["TASKCREDS_DIR"] == "/home/agent/.creds"
-    assert env_of(by_name(mutated["spec"]["initContainers"], "setup"))["TASKCREDS_DIR"] == "/home/agent/.creds"
+    assert (
+        env_of(by_name(mutated["spec"]["initContainers"], "setup"))["TASKCREDS_DIR"] == "/home/agent/.creds"
+    )
 
 
 def test_containers_annotation_selects_init_containers_and_skips_the_rest() -> None:
@@ -258,7 +334,9 @@ def test_containers_annotation_selects_init_containers_and_skips_the_rest() -> N
     mutated, _ = inject(original)
     assert env_of(by_name(mutated["spec"]["initContainers"], "setup"))[names.ENV_DIR] == "/home/agent/.creds"
     assert env_of(by_name(mutated["spec"]["containers"], "agent"))[names.ENV_DIR] == "/home/agent/.creds"
-    assert by_name(mutated["spec"]["containers"], "metrics") == by_name(original["spec"]["containers"], "metrics")
+    assert by_name(mutated["spec"]["containers"], "metrics") == by_name(
+        original["spec"]["containers"], "metrics"
+    )
 
 
 # --- the patch itself -----------------------------------------------------------------------
@@ -298,7 +376,11 @@ def test_explicit_nulls_are_replaced_not_appended_to(field: str) -> None:
 def test_annotations_added_when_the_pod_has_none_beyond_ours() -> None:
     p = pod()
     result = mutate_pod(p, CONFIG)
-    assert {"op": "add", "path": "/metadata/annotations/taskcreds.io~1injected", "value": "0.1.0"} in result.patch
+    assert {
+        "op": "add",
+        "path": "/metadata/annotations/taskcreds.io~1injected",
+        "value": "0.1.0",
+    } in result.patch
 
 
 def test_patch_values_are_fresh_objects() -> None:
@@ -341,50 +423,144 @@ def test_pod_without_metadata_is_skipped() -> None:
 # --- denied ---------------------------------------------------------------------------------
 
 DENIALS = [
-    ("task-missing", pod(annotations={names.ANNOTATION_TASK: None}), CONFIG, None,  # type: ignore[dict-item]
-     "taskcreds.io/task: missing; required: a task id"),
-    ("ttl-malformed", pod(annotations={names.ANNOTATION_TTL: "15 minutes"}), CONFIG, None,
-     'taskcreds.io/ttl: "15 minutes" is not a Go-style duration such as 90s, 15m or 1h30m'),
-    ("status-terminal", pod(annotations={names.ANNOTATION_TASK_STATUS: "completed"}), CONFIG, None,
-     'taskcreds.io/task-status: "completed" is terminal'),
-    ("container-not-found", pod(annotations={names.ANNOTATION_CONTAINERS: "agent,builder"}), CONFIG, None,
-     "taskcreds.io/containers: \"agent,builder\" names 'builder', which the pod does not have; accepted: names of "
-     "its containers or init containers (agent)"),
-    ("ephemeral-container-named", {**fixture("ephemeral.yaml"),
-                                   "metadata": {**fixture("ephemeral.yaml")["metadata"], "annotations": {
-                                       **fixture("ephemeral.yaml")["metadata"]["annotations"],
-                                       names.ANNOTATION_CONTAINERS: "debugger"}}}, CONFIG, None,
-     "ephemeral containers cannot get the mount"),
-    ("sidecar-named", pod(annotations={names.ANNOTATION_CONTAINERS: "taskcreds-sidecar"}), CONFIG, None,
-     "names taskcreds-sidecar, which taskcreds adds itself"),
-    ("mount-collision", pod([{"name": "agent", "image": "a", "volumeMounts": [{"name": "run", "mountPath": "/run/taskcreds/"}]}],
-                            volumes=[{"name": "run", "emptyDir": {}}]), CONFIG, None,
-     "taskcreds.io/mount-path: \"/run/taskcreds\" collides with the mount of volume 'run' in container 'agent'"),
-    ("mount-on-sidecar-path", pod(annotations={names.ANNOTATION_MOUNT_PATH: "/spiffe-workload-api"}), CONFIG, None,
-     'taskcreds.io/mount-path: "/spiffe-workload-api" is where the sidecar mounts its own volumes'),
-    ("mount-path-dotdot", pod(annotations={names.ANNOTATION_MOUNT_PATH: "/run/../etc"}), CONFIG, None,
-     "taskcreds.io/mount-path: \"/run/../etc\" is not an absolute path below / without '..'"),
-    ("volume-name-taken", pod(volumes=[{"name": "taskcreds", "emptyDir": {}}]), CONFIG, None,
-     "spec.volumes: the pod already has a volume named 'taskcreds', a name taskcreds reserves"),
-    ("container-name-taken", pod([{"name": "agent", "image": "a"}, {"name": "taskcreds-sidecar", "image": "evil"}]),
-     CONFIG, None, "already has a container named 'taskcreds-sidecar'"),
-    ("env-already-set", pod([{"name": "agent", "image": "a", "env": [{"name": "TASKCREDS_DIR", "value": "/tmp"}]}]),
-     CONFIG, None, "container 'agent' sets TASKCREDS_DIR itself"),
-    ("strict-secret-key-ref", fixture("static-secrets.yaml"), STRICT, None,
-     "static secrets in an agent container's environment are refused (strict mode): container 'agent': env "
-     "GITHUB_TOKEN (secretKeyRef github-pat); container 'agent': envFrom secretRef openai-key"),
-    ("strict-envfrom-only", pod([{"name": "agent", "image": "a", "envFrom": [{"secretRef": {"name": "k"}}]}]), STRICT,
-     None, "envFrom secretRef k"),
-    ("policy", pod(), CONFIG, lambda ns, sa, cred: f"no CredentialSource {cred!r} in {ns}",
-     "taskcreds.io/credentials: credential \"github\" is not granted to service account 'default' in namespace "
-     "'default': no CredentialSource 'github' in default"),
+    (
+        "task-missing",
+        pod(annotations={names.ANNOTATION_TASK: None}),
+        CONFIG,
+        None,  # type: ignore[dict-item]
+        "taskcreds.io/task: missing; required: a task id",
+    ),
+    (
+        "ttl-malformed",
+        pod(annotations={names.ANNOTATION_TTL: "15 minutes"}),
+        CONFIG,
+        None,
+        'taskcreds.io/ttl: "15 minutes" is not a Go-style duration such as 90s, 15m or 1h30m',
+    ),
+    (
+        "status-terminal",
+        pod(annotations={names.ANNOTATION_TASK_STATUS: "completed"}),
+        CONFIG,
+        None,
+        'taskcreds.io/task-status: "completed" is terminal',
+    ),
+    (
+        "container-not-found",
+        pod(annotations={names.ANNOTATION_CONTAINERS: "agent,builder"}),
+        CONFIG,
+        None,
+        "taskcreds.io/containers: \"agent,builder\" names 'builder', which the pod does not have; "
+        "accepted: names of "
+        "its containers or init containers (agent)",
+    ),
+    (
+        "ephemeral-container-named",
+        {
+            **fixture("ephemeral.yaml"),
+            "metadata": {
+                **fixture("ephemeral.yaml")["metadata"],
+                "annotations": {
+                    **fixture("ephemeral.yaml")["metadata"]["annotations"],
+                    names.ANNOTATION_CONTAINERS: "debugger",
+                },
+            },
+        },
+        CONFIG,
+        None,
+        "ephemeral containers cannot get the mount",
+    ),
+    (
+        "sidecar-named",
+        pod(annotations={names.ANNOTATION_CONTAINERS: "taskcreds-sidecar"}),
+        CONFIG,
+        None,
+        "names taskcreds-sidecar, which taskcreds adds itself",
+    ),
+    (
+        "mount-collision",
+        pod(
+            [
+                {
+                    "name": "agent",
+                    "image": "a",
+                    "volumeMounts": [{"name": "run", "mountPath": "/run/taskcreds/"}],
+                }
+            ],
+            volumes=[{"name": "run", "emptyDir": {}}],
+        ),
+        CONFIG,
+        None,
+        "taskcreds.io/mount-path: \"/run/taskcreds\" collides with the mount of volume 'run' "
+        "in container 'agent'",
+    ),
+    (
+        "mount-on-sidecar-path",
+        pod(annotations={names.ANNOTATION_MOUNT_PATH: "/spiffe-workload-api"}),
+        CONFIG,
+        None,
+        'taskcreds.io/mount-path: "/spiffe-workload-api" is where the sidecar mounts its own volumes',
+    ),
+    (
+        "mount-path-dotdot",
+        pod(annotations={names.ANNOTATION_MOUNT_PATH: "/run/../etc"}),
+        CONFIG,
+        None,
+        "taskcreds.io/mount-path: \"/run/../etc\" is not an absolute path below / without '..'",
+    ),
+    (
+        "volume-name-taken",
+        pod(volumes=[{"name": "taskcreds", "emptyDir": {}}]),
+        CONFIG,
+        None,
+        "spec.volumes: the pod already has a volume named 'taskcreds', a name taskcreds reserves",
+    ),
+    (
+        "container-name-taken",
+        pod([{"name": "agent", "image": "a"}, {"name": "taskcreds-sidecar", "image": "evil"}]),
+        CONFIG,
+        None,
+        "already has a container named 'taskcreds-sidecar'",
+    ),
+    (
+        "env-already-set",
+        pod([{"name": "agent", "image": "a", "env": [{"name": "TASKCREDS_DIR", "value": "/tmp"}]}]),
+        CONFIG,
+        None,
+        "container 'agent' sets TASKCREDS_DIR itself",
+    ),
+    (
+        "strict-secret-key-ref",
+        fixture("static-secrets.yaml"),
+        STRICT,
+        None,
+        "static secrets in an agent container's environment are refused (strict mode): "
+        "container 'agent': env "
+        "GITHUB_TOKEN (secretKeyRef github-pat); container 'agent': envFrom secretRef openai-key",
+    ),
+    (
+        "strict-envfrom-only",
+        pod([{"name": "agent", "image": "a", "envFrom": [{"secretRef": {"name": "k"}}]}]),
+        STRICT,
+        None,
+        "envFrom secretRef k",
+    ),
+    (
+        "policy",
+        pod(),
+        CONFIG,
+        lambda ns, sa, cred: f"no CredentialSource {cred!r} in {ns}",
+        "taskcreds.io/credentials: credential \"github\" is not granted to service account 'default' "
+        "in namespace "
+        "'default': no CredentialSource 'github' in default",
+    ),
     ("no-containers", {**pod(), "spec": {}}, CONFIG, None, "the pod has no spec.containers"),
 ]
 
 
 @pytest.mark.parametrize(("case", "obj", "config", "check", "message"), DENIALS, ids=[d[0] for d in DENIALS])
-def test_denials_say_what_to_change_and_touch_nothing(case: str, obj: dict[str, Any], config: InjectionConfig,
-                                                      check: Any, message: str) -> None:
+def test_denials_say_what_to_change_and_touch_nothing(
+    case: str, obj: dict[str, Any], config: InjectionConfig, check: Any, message: str
+) -> None:
     obj = {k: v for k, v in obj.items()}
     if case == "task-missing":
         obj = copy.deepcopy(obj)
@@ -397,9 +573,17 @@ def test_denials_say_what_to_change_and_touch_nothing(case: str, obj: dict[str, 
 
 
 def test_strict_mode_does_not_look_at_unselected_containers() -> None:
-    p = pod([{"name": "agent", "image": "a"},
-             {"name": "db", "image": "pg", "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}],
-            annotations={names.ANNOTATION_CONTAINERS: "agent"})
+    p = pod(
+        [
+            {"name": "agent", "image": "a"},
+            {
+                "name": "db",
+                "image": "pg",
+                "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+            },
+        ],
+        annotations={names.ANNOTATION_CONTAINERS: "agent"},
+    )
     assert mutate_pod(p, STRICT).outcome == "injected"
 
 
@@ -435,7 +619,8 @@ def test_unknown_taskcreds_annotation_is_a_warning() -> None:
     result = mutate_pod(pod(annotations={"taskcreds.io/ttls": "5m"}, securityContext={"fsGroup": 1}), CONFIG)
     assert result.outcome == "injected"
     assert result.warnings == [result.warnings[0]] and result.warnings[0].startswith(
-        "taskcreds.io/ttls: unknown annotation, ignored (known: ")
+        "taskcreds.io/ttls: unknown annotation, ignored (known: "
+    )
 
 
 def test_unreadable_files_are_a_warning() -> None:
@@ -452,7 +637,10 @@ def test_reinvocation_completes_a_container_added_by_another_webhook() -> None:
     first["spec"]["containers"].append({"name": "istio-proxy", "image": "istio/proxyv2:1.24.0"})
     second, result = inject(first)
     assert result.outcome == "injected"
-    assert [op["path"] for op in result.patch] == ["/spec/containers/2/volumeMounts", "/spec/containers/2/env"]
+    assert [op["path"] for op in result.patch] == [
+        "/spec/containers/2/volumeMounts",
+        "/spec/containers/2/env",
+    ]
     assert env_of(second["spec"]["containers"][2]) == {"TASKCREDS_DIR": "/run/taskcreds"}
     assert_valid_pod_spec(second)
 
@@ -478,9 +666,11 @@ def test_core_imports_no_io_frameworks() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, taskcreds.operator.injection; "
-            "bad = [m for m in ('kopf', 'aiohttp', 'kubernetes', 'kubernetes_asyncio') if m in sys.modules]; "
-            "print(','.join(bad))")
+    code = (
+        "import sys, taskcreds.operator.injection; "
+        "bad = [m for m in ('kopf', 'aiohttp', 'kubernetes', 'kubernetes_asyncio') if m in sys.modules]; "
+        "print(','.join(bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == ""
 

@@ -9,20 +9,26 @@ from typing import Any
 import jsonpatch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from taskcreds import names
 from taskcreds.operator.config import InjectionConfig
 from taskcreds.operator.injection import mutate_pod
+
+from taskcreds import names
 from tests.operator.validation import FAST_VERSIONS, assert_valid_pod_spec
 
-CONFIGS = [InjectionConfig(), InjectionConfig.from_mapping({"injection": {"strict": True},
-                                                           "spiffe": {"socketSource": "hostPath"}})]
+CONFIGS = [
+    InjectionConfig(),
+    InjectionConfig.from_mapping({"injection": {"strict": True}, "spiffe": {"socketSource": "hostPath"}}),
+]
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # our reserved names appear rarely, so most examples get past them to the other rules
 container_names = st.sampled_from(
-    ["agent", "git-clone", "sandbox", "proxy", "setup", "lint", "tests", "build", "shell"] * 3 + ["taskcreds-sidecar"])
-volume_names = st.sampled_from(["workspace", "cache", "logs", "home", "tmp", "data", "work", "conf"] * 3 + ["taskcreds"])
+    ["agent", "git-clone", "sandbox", "proxy", "setup", "lint", "tests", "build", "shell"] * 3
+    + ["taskcreds-sidecar"]
+)
+volume_names = st.sampled_from(
+    ["workspace", "cache", "logs", "home", "tmp", "data", "work", "conf"] * 3 + ["taskcreds"]
+)
 paths = st.sampled_from(["/workspace", "/cache", "/run/taskcreds", "/home/agent", "/var/log", "/tmp", "/run"])
 
 
@@ -32,8 +38,9 @@ def containers(draw: st.DrawFn, names_: list[str], volumes: list[str], init: boo
     for name in names_:
         c: dict[str, Any] = {"name": name, "image": f"example/{name}:1"}
         if volumes and draw(st.booleans()):
-            mounts = draw(st.lists(st.tuples(st.sampled_from(volumes), paths), max_size=3,
-                                   unique_by=lambda t: t[1]))
+            mounts = draw(
+                st.lists(st.tuples(st.sampled_from(volumes), paths), max_size=3, unique_by=lambda t: t[1])
+            )
             c["volumeMounts"] = [{"name": v, "mountPath": p} for v, p in mounts]
         if draw(st.booleans()):
             env = [{"name": "MODE", "value": "fast"}]
@@ -47,7 +54,10 @@ def containers(draw: st.DrawFn, names_: list[str], volumes: list[str], init: boo
         if init and draw(st.booleans()):
             c["restartPolicy"] = "Always"
         if draw(st.booleans()):
-            c["securityContext"] = {"runAsUser": draw(st.integers(1, 5000)), "allowPrivilegeEscalation": False}
+            c["securityContext"] = {
+                "runAsUser": draw(st.integers(1, 5000)),
+                "allowPrivilegeEscalation": False,
+            }
         out.append(c)
     return out
 
@@ -65,17 +75,24 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
         spec["initContainers"] = draw(containers(init_names, volumes, init=True))
     if volumes or draw(st.booleans()):
         spec["volumes"] = [{"name": v, "emptyDir": {}} for v in volumes]
-    security = draw(st.sampled_from([None, {}, {"fsGroup": 1000}, {"runAsUser": 1000}, {"runAsUser": 0, "fsGroup": 5}]))
+    security = draw(
+        st.sampled_from([None, {}, {"fsGroup": 1000}, {"runAsUser": 1000}, {"runAsUser": 0, "fsGroup": 5}])
+    )
     if security is not None:
         spec["securityContext"] = security
     if draw(st.booleans()):
         spec["serviceAccountName"] = "agent"
-    annotations: dict[str, str] = {names.ANNOTATION_TASK: "task-1", names.ANNOTATION_CREDENTIALS: "github,vault"}
+    annotations: dict[str, str] = {
+        names.ANNOTATION_TASK: "task-1",
+        names.ANNOTATION_CREDENTIALS: "github,vault",
+    }
     if draw(st.booleans()):
         pick = draw(st.lists(st.sampled_from(all_names + ["missing"]), min_size=1, max_size=3, unique=True))
         annotations[names.ANNOTATION_CONTAINERS] = ",".join(pick)
     if draw(st.booleans()):
-        annotations[names.ANNOTATION_MOUNT_PATH] = draw(st.sampled_from(["/creds", "/run/taskcreds", "/workspace"]))
+        annotations[names.ANNOTATION_MOUNT_PATH] = draw(
+            st.sampled_from(["/creds", "/run/taskcreds", "/workspace"])
+        )
     if draw(st.booleans()):
         annotations[names.ANNOTATION_TTL] = draw(st.sampled_from(["90s", "15m", "1h30m", "soon"]))
     metadata: dict[str, Any] = {"labels": {names.LABEL_INJECT: "true"}, "annotations": annotations}
@@ -104,22 +121,33 @@ def test_injection_is_idempotent_and_valid(pod: dict[str, Any], config: Injectio
 
 @SETTINGS
 @given(pod=pods(), config=st.sampled_from(CONFIGS))
-def test_unselected_containers_are_byte_for_byte_untouched(pod: dict[str, Any], config: InjectionConfig) -> None:
+def test_unselected_containers_are_byte_for_byte_untouched(
+    pod: dict[str, Any], config: InjectionConfig
+) -> None:
     result = mutate_pod(pod, config)
     if result.outcome != "injected":
         return
     mutated = jsonpatch.apply_patch(pod, result.patch)
     chosen = selected_names(pod)
-    before = {c["name"]: json.dumps(c, sort_keys=True) for key in ("containers", "initContainers")
-              for c in pod["spec"].get(key) or []}
-    after = {c["name"]: json.dumps(c, sort_keys=True) for key in ("containers", "initContainers")
-             for c in mutated["spec"].get(key) or []}
+    before = {
+        c["name"]: json.dumps(c, sort_keys=True)
+        for key in ("containers", "initContainers")
+        for c in pod["spec"].get(key) or []
+    }
+    after = {
+        c["name"]: json.dumps(c, sort_keys=True)
+        for key in ("containers", "initContainers")
+        for c in mutated["spec"].get(key) or []
+    }
     for name, text in before.items():
         if name not in chosen:
             assert after[name] == text, name
         else:
             c = json.loads(after[name])
-            assert {"name": names.ENV_DIR, "value": mutated["spec"]["initContainers"][0]["env"][0]["value"]} in c["env"]
+            assert {
+                "name": names.ENV_DIR,
+                "value": mutated["spec"]["initContainers"][0]["env"][0]["value"],
+            } in c["env"]
             assert any(m["name"] == names.VOLUME_CREDENTIALS and m["readOnly"] for m in c["volumeMounts"])
 
 
@@ -152,6 +180,10 @@ def test_outcome_follows_the_rules(pod: dict[str, Any]) -> None:
         or names.SIDECAR_CONTAINER in present
         or bool(chosen - present)
         or any(m["mountPath"] == mount for c in selected for m in c.get("volumeMounts") or [])
-        or any(e["name"] == names.ENV_DIR and e.get("value") != mount for c in selected for e in c.get("env") or [])
+        or any(
+            e["name"] == names.ENV_DIR and e.get("value") != mount
+            for c in selected
+            for e in c.get("env") or []
+        )
     )
     assert (mutate_pod(pod, CONFIGS[0]).outcome == "denied") == should_deny

@@ -11,10 +11,18 @@ import pytest
 from tests.operator.validation import VERSIONS, assert_valid_pod_spec, schema_errors
 
 GOOD: dict[str, Any] = {
-    "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "p"},
     "spec": {
-        "initContainers": [{"name": "side", "image": "s", "restartPolicy": "Always",
-                            "volumeMounts": [{"name": "v", "mountPath": "/v"}]}],
+        "initContainers": [
+            {
+                "name": "side",
+                "image": "s",
+                "restartPolicy": "Always",
+                "volumeMounts": [{"name": "v", "mountPath": "/v"}],
+            }
+        ],
         "containers": [{"name": "a", "image": "a", "resources": {"limits": {"memory": "1Gi"}}}],
         "volumes": [{"name": "v", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
     },
@@ -30,16 +38,35 @@ def broken(change: Any) -> dict[str, Any]:
 BAD = {
     "unknown-field": (lambda s: s["containers"][0].update(imagee="x"), "imagee"),
     "wrong-type": (lambda s: s["containers"][0].update(ports="80"), "ports"),
-    "duplicate-container": (lambda s: s["containers"].append({"name": "side", "image": "x"}), "duplicate container name 'side'"),
-    "duplicate-volume": (lambda s: s["volumes"].append({"name": "v", "emptyDir": {}}), "duplicate volume name 'v'"),
-    "mount-without-volume": (lambda s: s["containers"][0].update(volumeMounts=[{"name": "nope", "mountPath": "/x"}]),
-                             "'nope' is not a volume of the pod"),
-    "same-mount-path-twice": (lambda s: s["initContainers"][0]["volumeMounts"].append({"name": "v", "mountPath": "/v/"}),
-                              "mountPath '/v' used twice"),
-    "emptydir-medium": (lambda s: s["volumes"][0]["emptyDir"].update(medium="Disk"), "'Disk' is not '' or Memory"),
-    "bad-quantity": (lambda s: s["containers"][0]["resources"]["limits"].update(memory="1GB"), "'1GB' is not a Kubernetes"),
+    "duplicate-container": (
+        lambda s: s["containers"].append({"name": "side", "image": "x"}),
+        "duplicate container name 'side'",
+    ),
+    "duplicate-volume": (
+        lambda s: s["volumes"].append({"name": "v", "emptyDir": {}}),
+        "duplicate volume name 'v'",
+    ),
+    "mount-without-volume": (
+        lambda s: s["containers"][0].update(volumeMounts=[{"name": "nope", "mountPath": "/x"}]),
+        "'nope' is not a volume of the pod",
+    ),
+    "same-mount-path-twice": (
+        lambda s: s["initContainers"][0]["volumeMounts"].append({"name": "v", "mountPath": "/v/"}),
+        "mountPath '/v' used twice",
+    ),
+    "emptydir-medium": (
+        lambda s: s["volumes"][0]["emptyDir"].update(medium="Disk"),
+        "'Disk' is not '' or Memory",
+    ),
+    "bad-quantity": (
+        lambda s: s["containers"][0]["resources"]["limits"].update(memory="1GB"),
+        "'1GB' is not a Kubernetes",
+    ),
     "bad-size-limit": (lambda s: s["volumes"][0]["emptyDir"].update(sizeLimit="big"), "sizeLimit"),
-    "init-restart-policy": (lambda s: s["initContainers"][0].update(restartPolicy="OnFailure"), "is not Always"),
+    "init-restart-policy": (
+        lambda s: s["initContainers"][0].update(restartPolicy="OnFailure"),
+        "is not Always",
+    ),
 }
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import jsonschema
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
-
 from taskcreds.operator.config import QuantityError, parse_quantity
 from taskcreds.operator.injection import WORKLOAD_TEMPLATES
 
@@ -36,7 +35,7 @@ FAST_VERSIONS: tuple[str, ...] = ("1.29", "1.35")
 _passed: set[tuple[str, str]] = set()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(version: str, kind: str, api_version: str) -> jsonschema.Validator:
     """kubernetes_validate.validate's validator for (version, kind), built once."""
     group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
@@ -50,8 +49,10 @@ def _validator(version: str, kind: str, api_version: str) -> jsonschema.Validato
 def schema_errors(obj: dict[str, Any], version: str) -> list[str]:
     """Strict-schema problems of ``obj`` for one Kubernetes version, as ``path: message`` lines."""
     validator = _validator(version, obj["kind"], obj["apiVersion"])
-    return [f"{'.'.join(str(p) for p in err.absolute_path) or '(root)'}: {err.message}"
-            for err in validator.iter_errors(obj)]
+    return [
+        f"{'.'.join(str(p) for p in err.absolute_path) or '(root)'}: {err.message}"
+        for err in validator.iter_errors(obj)
+    ]
 
 
 def _pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -88,9 +89,13 @@ def semantic_errors(obj: dict[str, Any]) -> list[str]:
         empty_dir = v.get("emptyDir")
         if empty_dir is not None:
             if empty_dir.get("medium", "") not in ("", "Memory"):
-                errors.append(f"spec.volumes[{v['name']}].emptyDir.medium: {empty_dir['medium']!r} is not '' or Memory")
+                errors.append(
+                    f"spec.volumes[{v['name']}].emptyDir.medium: {empty_dir['medium']!r} is not '' or Memory"
+                )
             if "sizeLimit" in empty_dir:
-                errors += _quantity_errors(f"spec.volumes[{v['name']}].emptyDir.sizeLimit", empty_dir["sizeLimit"])
+                errors += _quantity_errors(
+                    f"spec.volumes[{v['name']}].emptyDir.sizeLimit", empty_dir["sizeLimit"]
+                )
     for key, items in groups.items():
         for c in items:
             where = f"spec.{key}[{c['name']}]"
@@ -114,7 +119,7 @@ def semantic_errors(obj: dict[str, Any]) -> list[str]:
 
 
 def assert_valid_pod_spec(obj: dict[str, Any], versions: tuple[str, ...] = VERSIONS) -> None:
-    """Fail (AssertionError listing every problem) unless ``obj`` would pass a kube-apiserver of each version."""
+    """Fail, listing every problem, unless a kube-apiserver of each version would take ``obj``."""
     text = json.dumps(obj, sort_keys=True)
     problems: list[str] = []
     for version in versions:
@@ -126,5 +131,7 @@ def assert_valid_pod_spec(obj: dict[str, Any], versions: tuple[str, ...] = VERSI
         else:
             _passed.add((version, text))
     problems += semantic_errors(obj)
-    assert not problems, f"{obj.get('kind')} {((obj.get('metadata') or {}).get('name'))!r} is not valid:\n" + \
-        "\n".join(problems)
+    assert not problems, (
+        f"{obj.get('kind')} {((obj.get('metadata') or {}).get('name'))!r} is not valid:\n"
+        + "\n".join(problems)
+    )
