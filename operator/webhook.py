@@ -10,6 +10,10 @@ Failure handling, as users see it:
 - a body that is not an AdmissionReview (not JSON, not UTF-8, wrong apiVersion/kind, missing or
   mistyped fields, nested deeper than :data:`MAX_DEPTH`) -> HTTP 400 ``{"error": {...}}`` naming
   what was wrong; over :data:`MAX_BODY_BYTES` -> 413. Never a 500, never a traceback;
+
+JSON goes through orjson (decode ~4x, encode ~5x faster than :mod:`json`; bench/webhook.py): on
+this path JSON is most of the server's own work. orjson also bounds nesting (:data:`MAX_DEPTH`)
+without recursion, so a deeply nested body is refused while it is parsed, at no cost for a Pod.
 - a bug in ``mutate`` -> an AdmissionReview with ``allowed: false`` (status code 500 inside): an
   opted-in pod is never admitted uninjected (fail closed), and the metric says ``result="error"``.
 
@@ -23,7 +27,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -33,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from taskcreds.operator.settings import SettingsError, parse_listen
@@ -57,10 +61,12 @@ log = logging.getLogger("taskcreds.operator.webhook")
 ADMISSION_API_VERSION = "admission.k8s.io/v1"
 #: the kube-apiserver's own limit for a request body
 MAX_BODY_BYTES = 3 * 1024 * 1024
-#: a Pod is about 10-15 levels deep (managedFields included); anything far deeper is not a Pod
-MAX_DEPTH = 64
+#: orjson's nesting limit; a Pod is about 10-15 levels deep (managedFields included), and the
+#: API server has already decoded it into a typed Pod, which cannot nest without bound
+MAX_DEPTH = 1024
 OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 Result = Literal["injected", "skipped", "denied", "error"]
+RESULTS: tuple[Result, ...] = ("injected", "skipped", "denied", "error")
 
 
 # --- wire format (admission.k8s.io/v1) --------------------------------------------------------
@@ -129,18 +135,15 @@ class ParsedReview:
     pod: dict[str, Any]
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """True when ``value`` nests deeper than ``limit`` containers; iterative, so it cannot recurse."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
-    return False
+def _why_not_json(body: bytes, exc: orjson.JSONDecodeError) -> str:
+    """A reason a person can act on; only computed for junk, never on the happy path."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"body is not UTF-8 (invalid byte at offset {bad.start}); expected JSON"
+    if "depth" in exc.msg or "recursion" in exc.msg:
+        return f"JSON nested too deeply; at most {MAX_DEPTH} levels are accepted"
+    return f"body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
 
 
 def parse_review(body: bytes) -> ParsedReview:
@@ -150,19 +153,11 @@ def parse_review(body: bytes) -> ParsedReview:
     if not body:
         raise BadReview("empty body; expected an admission.k8s.io/v1 AdmissionReview as JSON")
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadReview(f"body is not UTF-8 (invalid byte at offset {exc.start}); expected JSON") from None
-    try:
-        doc = json.loads(text)
-    except RecursionError:
-        raise BadReview(f"JSON nested too deeply; at most {MAX_DEPTH} levels are accepted") from None
-    except ValueError as exc:
-        raise BadReview(f"body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadReview(_why_not_json(body, exc)) from None
     if not isinstance(doc, dict):
         raise BadReview(f"body is a JSON {type(doc).__name__}; expected an AdmissionReview object")
-    if _depth_exceeds(doc, MAX_DEPTH):
-        raise BadReview(f"JSON nested too deeply; at most {MAX_DEPTH} levels are accepted")
     if doc.get("apiVersion") != ADMISSION_API_VERSION or doc.get("kind") != "AdmissionReview":
         raise BadReview(f"apiVersion {doc.get('apiVersion')!r} kind {doc.get('kind')!r}: expected "
                         f"apiVersion {ADMISSION_API_VERSION!r} kind 'AdmissionReview'")
@@ -211,8 +206,7 @@ def review_for(uid: str, result: MutationResult) -> tuple[AdmissionReview, Resul
         response = {"uid": uid, "allowed": True}
         if result.patch:
             response["patchType"] = "JSONPatch"
-            response["patch"] = base64.b64encode(
-                json.dumps(list(result.patch), separators=(",", ":")).encode()).decode("ascii")
+            response["patch"] = base64.b64encode(orjson.dumps(result.patch)).decode("ascii")
     else:
         raise TypeError(f"mutate returned outcome {outcome!r}; expected injected, skipped or denied")
     if warnings:
@@ -228,7 +222,11 @@ def error_review(uid: str, message: str) -> AdmissionReview:
 
 def _bad_request(status: int, message: str) -> web.Response:
     code = "too_large" if status == 413 else "bad_request"
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    return _json(status, {"error": {"code": code, "message": message}})
+
+
+def _json(status: int, doc: object) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(doc), content_type="application/json")
 
 
 # --- the app ---------------------------------------------------------------------------------
@@ -242,8 +240,9 @@ def make_webhook_app(config: InjectionConfig, metrics: OperatorMetrics, *,
         from taskcreds.operator.injection import mutate_pod
         mutate = mutate_pod
     mutate_fn: MutateFunction = mutate
-    requests_total = metrics.admission_requests
-    duration = metrics.admission_duration
+    # label children resolved once: the hot path only increments
+    counted = {r: metrics.admission_requests.labels(result=r) for r in RESULTS}
+    observe = metrics.admission_duration.observe
 
     async def handle_mutate(request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -262,30 +261,30 @@ def make_webhook_app(config: InjectionConfig, metrics: OperatorMetrics, *,
                 return _bad_request(exc.status, str(exc))
             if review.kind is not None and review.kind != "Pod":
                 result = "skipped"  # only Pods are ours; a wider webhook rule must not break others
-                return web.json_response(_review({"uid": review.uid, "allowed": True}))
+                return _json(200, _review({"uid": review.uid, "allowed": True}))
             try:
                 outcome = mutate_fn(review.pod, config, review.operation, namespace=review.namespace,
                                     credential_check=credential_check)
                 answer, result = review_for(review.uid, outcome)
-                text = json.dumps(answer, separators=(",", ":"))
+                body = orjson.dumps(answer)
             except Exception as exc:
                 # type only: an exception's message could quote the pod, env values included
                 log.error("mutation failed; pod denied (fail closed)", extra=fields(
                     uid=review.uid, namespace=review.namespace, error=type(exc).__name__))
                 result = "error"
-                text = json.dumps(error_review(
+                body = orjson.dumps(error_review(
                     review.uid, f"taskcreds webhook internal error ({type(exc).__name__}); the pod "
                                 "was not admitted so it never runs without its credentials sidecar"))
-            return web.Response(text=text, content_type="application/json")
+            return web.Response(body=body, content_type="application/json")
         except Exception as exc:  # last line: a 400 with a reason beats aiohttp's 500
             log.error("admission request failed", extra=fields(error=type(exc).__name__))
             return _bad_request(400, f"request could not be handled ({type(exc).__name__})")
         finally:
-            requests_total.labels(result=result).inc()
-            duration.observe(time.perf_counter() - started)
+            counted[result].inc()
+            observe(time.perf_counter() - started)
 
     async def handle_healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return _json(200, {"status": "ok"})
 
     async def handle_metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry),
