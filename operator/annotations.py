@@ -26,6 +26,7 @@ __all__ = [
     "go_duration",
     "MAX_CREDENTIALS",
     "KNOWN_ANNOTATIONS",
+    "PUBLIC_ANNOTATIONS",
 ]
 
 MAX_CREDENTIALS: Final = 16
@@ -60,6 +61,15 @@ KNOWN_ANNOTATIONS: Final = frozenset(
     }
 )
 _OUR_PREFIX: Final = names.PREFIX + "/"
+PUBLIC_ANNOTATIONS: Final = (
+    names.ANNOTATION_TASK,
+    names.ANNOTATION_CREDENTIALS,
+    names.ANNOTATION_TASK_STATUS,
+    names.ANNOTATION_TTL,
+    names.ANNOTATION_MAX_DURATION,
+    names.ANNOTATION_CONTAINERS,
+    names.ANNOTATION_MOUNT_PATH,
+)
 
 
 class AnnotationError(ValueError):
@@ -170,6 +180,22 @@ def _mount_path(value: str) -> str:
 def parse_request(annotations: Mapping[str, Any] | None) -> InjectionRequest:
     """Parse the pod's annotations (CONTRACT.md section 1); raises AnnotationError on the first problem."""
     annotations = annotations or {}
+    for key in PUBLIC_ANNOTATIONS:
+        value = annotations.get(key)
+        if value is not None and not isinstance(value, str):
+            raise AnnotationError(
+                key,
+                str(value),
+                "a string (annotation values are strings: quote it in YAML)",
+                "is a YAML "
+                + (
+                    "boolean"
+                    if isinstance(value, bool)
+                    else "number"
+                    if isinstance(value, (int, float))
+                    else type(value).__name__
+                ),
+            )
     task = annotations.get(names.ANNOTATION_TASK)
     if task is None:
         raise AnnotationError(names.ANNOTATION_TASK, None, ACCEPT_TASK)

@@ -34,7 +34,9 @@ class InjectError(Exception):
 
 
 def _label(doc: dict[str, Any], index: int, count: int) -> str:
-    name = (doc.get("metadata") or {}).get("name") or (doc.get("metadata") or {}).get("generateName") or "?"
+    metadata = doc.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    name = metadata.get("name") or metadata.get("generateName") or "?"
     where = f", document {index + 1}" if count > 1 else ""
     return f"{doc.get('kind')} {name}{where}"
 
@@ -47,10 +49,16 @@ def inject_documents(docs: list[Any], config: InjectionConfig) -> tuple[list[Any
         if not isinstance(doc, dict):
             out.append(doc)
             continue
+        where = _label(doc, index, len(docs))
+        if doc.get("kind") == "List" and isinstance(doc.get("items"), list):  # kubectl get -o yaml
+            items, found = inject_documents(doc["items"], config)
+            out.append({**doc, "items": items})
+            warnings += [f"{w} (in {where})" for w in found]
+            continue
         mutated, result = inject_object(doc, config)
         if result.outcome == "denied":
-            raise InjectError(f"{result.message} ({_label(doc, index, len(docs))})")
-        warnings += [f"{w} ({_label(doc, index, len(docs))})" for w in result.warnings]
+            raise InjectError(f"{result.message} ({where})")
+        warnings += [f"{w} ({where})" for w in result.warnings]
         out.append(mutated)
     return out, warnings
 

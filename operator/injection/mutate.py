@@ -17,7 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from taskcreds.operator.annotations import AnnotationError, parse_request, unknown_annotations
+from taskcreds.operator.annotations import (
+    PUBLIC_ANNOTATIONS,
+    AnnotationError,
+    parse_request,
+    unknown_annotations,
+)
 from taskcreds.operator.config import InjectionConfig
 from taskcreds.operator.injection import builders
 from taskcreds.operator.injection.patch import add_to_list, add_to_map
@@ -71,6 +76,18 @@ def should_inject(pod: dict[str, Any], operation: str = "CREATE") -> str | None:
     if labels.get(names.LABEL_INJECT) != "true":
         return f'not opted in: the pod has no label {names.LABEL_INJECT}: "true"'
     return None
+
+
+def _label_warnings(pod: dict[str, Any]) -> list[str]:
+    """A skipped pod whose label was meant to opt in (YAML turned "true" into a boolean)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    value = labels.get(names.LABEL_INJECT) if isinstance(labels, dict) else None
+    if value is None or value == "true" or value == "false":
+        return []
+    return [
+        f'label {names.LABEL_INJECT} is {value!r}, not the string "true": the pod is not injected '
+        '(quote it in YAML: "true")'
+    ]
 
 
 def _service_account(spec: dict[str, Any]) -> str:
@@ -150,7 +167,7 @@ def _plan(
             f"never get credentials; accepted when a pod is created: pending, running (or no annotation)"
         )
     warnings = [
-        f"{key}: unknown annotation, ignored (known: {', '.join(sorted(_PUBLIC_KEYS))})"
+        f"{key}: unknown annotation, ignored (known: {', '.join(PUBLIC_ANNOTATIONS)})"
         for key in unknown_annotations(annotations)
     ]
 
@@ -280,19 +297,6 @@ def _plan(
     return ops, warnings
 
 
-_PUBLIC_KEYS: Final = frozenset(
-    {
-        names.ANNOTATION_TASK,
-        names.ANNOTATION_CREDENTIALS,
-        names.ANNOTATION_TASK_STATUS,
-        names.ANNOTATION_TTL,
-        names.ANNOTATION_MAX_DURATION,
-        names.ANNOTATION_CONTAINERS,
-        names.ANNOTATION_MOUNT_PATH,
-    }
-)
-
-
 def mutate_pod(
     pod: dict[str, Any],
     config: InjectionConfig,
@@ -307,13 +311,23 @@ def mutate_pod(
     metadata); ``credential_check`` asks policy whether the pod's service account may have each
     credential. ``pod`` is never modified.
     """
-    skip = should_inject(pod, operation)
-    if skip is not None:
-        return MutationResult("skipped", [], [], skip)
     try:
+        skip = should_inject(pod, operation)
+        if skip is not None:
+            return MutationResult("skipped", [], _label_warnings(pod), skip)
         ops, warnings = _plan(pod, config, namespace, credential_check)
     except _Denied as denied:
         return MutationResult("denied", [], [], denied.message)
+    except (AttributeError, TypeError, KeyError) as exc:
+        # the API server decodes pods into typed objects before admission, so only hand-written
+        # YAML (taskcreds inject) gets here: say so instead of failing
+        return MutationResult(
+            "denied",
+            [],
+            [],
+            f"the pod is not well-formed (a field has the wrong type or shape: "
+            f"{type(exc).__name__}: {exc}); accepted: a manifest the Kubernetes API accepts",
+        )
     if not ops:
         return MutationResult("skipped", [], warnings, "already injected; nothing missing")
     return MutationResult("injected", ops, warnings, None)

@@ -55,7 +55,8 @@ def inject_object(
     template, where = pod_template(obj)
     if template is None:
         return copy.deepcopy(obj), MutationResult("skipped", [], [], where)
-    namespace = (obj.get("metadata") or {}).get("namespace")
+    metadata = obj.get("metadata")
+    namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
     result = mutate_pod(template, config, namespace=namespace, credential_check=credential_check)
     if not result.patch:
         return copy.deepcopy(obj), result

@@ -193,3 +193,51 @@ def test_a_closed_pipe_is_not_an_error() -> None:
     )
     assert proc.stdout == "apiVersion: v1\n"
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_a_kubectl_list_is_injected_item_by_item() -> None:
+    pod = yaml.safe_load((FIXTURES / "minimal.yaml").read_text())
+    listing = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [pod, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}],
+    }
+    out = run("-f", "-", stdin=yaml.safe_dump(listing))
+    assert out.returncode == 0, out.stderr
+    items = yaml.safe_load(out.stdout)["items"]
+    assert sidecar_of(items[0])["name"] == names.SIDECAR_CONTAINER
+    assert items[1] == listing["items"][1]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {taskcreds.io/inject: 'true'}, "
+            "annotations: {taskcreds.io/task: t, taskcreds.io/credentials: c}}\n"
+            "spec: {containers: [agent]}\n",
+            id="container-is-a-string",
+        ),
+        pytest.param("apiVersion: v1\nkind: Pod\nmetadata: [1]\n", id="metadata-is-a-list"),
+        pytest.param("just a string\n", id="scalar-document"),
+    ],
+)
+def test_malformed_manifests_never_print_a_traceback(text: str) -> None:
+    out = run("-f", "-", stdin=text)
+    assert "Traceback" not in out.stderr
+    if out.returncode:
+        assert out.stdout == "" and out.stderr.startswith("taskcreds inject: the pod is not well-formed")
+    else:
+        assert yaml.safe_load(out.stdout) == yaml.safe_load(text)
+
+
+def test_an_unquoted_label_is_pointed_out() -> None:
+    text = (
+        (FIXTURES / "minimal.yaml")
+        .read_text()
+        .replace('taskcreds.io/inject: "true"', "taskcreds.io/inject: true")
+    )
+    out = run("-f", "-", stdin=text)
+    assert out.returncode == 0
+    assert 'label taskcreds.io/inject is True, not the string "true"' in out.stderr
+    assert yaml.safe_load(out.stdout) == yaml.safe_load(text)

@@ -684,3 +684,62 @@ def test_mutating_a_typical_pod_is_fast() -> None:
     for _ in range(runs):
         mutate_pod(p, CONFIG)
     assert (time.perf_counter() - start) / runs < 500e-6
+
+
+# --- hand-written YAML (taskcreds inject) ----------------------------------------------------
+
+
+def _malformed(change: Any) -> dict[str, Any]:
+    p = pod()
+    change(p)
+    return p
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        pytest.param(
+            _malformed(lambda p: p["spec"].update(containers=["agent"])), id="container-is-a-string"
+        ),
+        pytest.param(
+            _malformed(lambda p: p["spec"]["containers"][0].update(env="A=b")), id="env-is-a-string"
+        ),
+        pytest.param(
+            _malformed(lambda p: p["spec"]["containers"][0].update(volumeMounts={"a": 1})), id="mounts-map"
+        ),
+        pytest.param(_malformed(lambda p: p["spec"].update(volumes=[["taskcreds"]])), id="volume-is-a-list"),
+        pytest.param(
+            _malformed(lambda p: p["spec"].update(securityContext="root")), id="security-is-a-string"
+        ),
+    ],
+)
+def test_malformed_pods_are_denied_not_crashed_on(obj: dict[str, Any]) -> None:
+    result = mutate_pod(obj, CONFIG)
+    assert (result.outcome, result.patch) == ("denied", [])
+    assert (result.message or "").startswith("the pod is not well-formed")
+
+
+def test_labels_that_are_not_a_map_are_denied_not_crashed_on() -> None:
+    p = pod()
+    p["metadata"]["labels"] = ["taskcreds.io/inject=true"]
+    assert mutate_pod(p, CONFIG).outcome == "denied"
+
+
+def test_a_boolean_inject_label_is_skipped_with_a_warning() -> None:
+    p = pod()
+    p["metadata"]["labels"][names.LABEL_INJECT] = True
+    result = mutate_pod(p, CONFIG)
+    assert (result.outcome, result.patch) == ("skipped", [])
+    assert result.warnings == [
+        'label taskcreds.io/inject is True, not the string "true": the pod is not injected '
+        '(quote it in YAML: "true")'
+    ]
+
+
+def test_a_number_where_a_string_belongs_is_denied_with_the_fix() -> None:
+    result = mutate_pod(pod(annotations={names.ANNOTATION_TASK: 42}), CONFIG)  # type: ignore[dict-item]
+    assert result.outcome == "denied"
+    assert result.message == (
+        'taskcreds.io/task: "42" is a YAML number; accepted: a string '
+        "(annotation values are strings: quote it in YAML)"
+    )

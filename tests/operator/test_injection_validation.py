@@ -90,3 +90,15 @@ def test_cached_validator_agrees_with_kubernetes_validate(case: str) -> None:
         kubernetes_validate.validate(obj, "1.35", strict=True)
     assert schema_errors(GOOD, "1.29") == []
     kubernetes_validate.validate(GOOD, "1.29", strict=True)
+
+
+def test_other_kinds_are_schema_checked_only() -> None:
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s"},
+        "spec": {"ports": [{"port": 443, "targetPort": 8443}], "selector": {"app": "x"}},
+    }
+    assert_valid_pod_spec(service)
+    with pytest.raises(AssertionError, match="portt"):
+        assert_valid_pod_spec({**service, "spec": {"ports": [{"portt": 1}]}})

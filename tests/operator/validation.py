@@ -55,9 +55,13 @@ def schema_errors(obj: dict[str, Any], version: str) -> list[str]:
     ]
 
 
-def _pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+def _pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod spec inside a Pod or workload; None for every other kind."""
+    path = WORKLOAD_TEMPLATES.get(obj.get("kind", ""))
+    if path is None:
+        return None
     node: Any = obj
-    for key in WORKLOAD_TEMPLATES[obj["kind"]]:
+    for key in path:
         node = node[key]
     return node["spec"]
 
@@ -73,6 +77,8 @@ def _quantity_errors(where: str, value: Any) -> list[str]:
 def semantic_errors(obj: dict[str, Any]) -> list[str]:
     """What the API server's validation refuses but the OpenAPI schema does not express."""
     spec = _pod_spec(obj)
+    if spec is None:
+        return []
     errors: list[str] = []
     groups = {key: spec.get(key) or [] for key in ("initContainers", "containers", "ephemeralContainers")}
     seen: set[str] = set()
@@ -119,7 +125,11 @@ def semantic_errors(obj: dict[str, Any]) -> list[str]:
 
 
 def assert_valid_pod_spec(obj: dict[str, Any], versions: tuple[str, ...] = VERSIONS) -> None:
-    """Fail, listing every problem, unless a kube-apiserver of each version would take ``obj``."""
+    """Fail, listing every problem, unless a kube-apiserver of each version would take ``obj``.
+
+    Any built-in kind works (Deployment, Service, ...); the semantic rules apply to pod specs.
+    A kind without a schema (a CRD) raises FileNotFoundError from kubernetes-validate's files.
+    """
     text = json.dumps(obj, sort_keys=True)
     problems: list[str] = []
     for version in versions:
