@@ -46,6 +46,7 @@ REQUESTS = 3000
 KOPF_REQUESTS = 1000  # kopf is ~10x slower; fewer requests keep the run bounded
 WARMUP = 300
 ROUNDS = 3
+STUBBED = "  same, mutation stubbed"
 RUN_TIMEOUT = 12.0  # seconds per load run: the benchmark is bounded even on a slow machine
 
 
@@ -80,13 +81,15 @@ def _load(url: str, ca_pem: str, body: bytes, n: int, warmup: int, connections: 
             await asyncio.gather(*(worker(None) for _ in range(connections)))
             latencies: list[float] = []
             remaining = n
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             workers = asyncio.gather(*(worker(latencies) for _ in range(connections)))
             await asyncio.wait_for(workers, RUN_TIMEOUT)
             elapsed = time.perf_counter() - t0
+            client_cpu = (time.process_time() - cpu0) / elapsed
         latencies.sort()
         return {"rps": len(latencies) / elapsed, "p50": latencies[len(latencies) // 2],
-                "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], "n": len(latencies)}
+                "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], "n": len(latencies),
+                "client_cpu": client_cpu, "elapsed": elapsed}
 
     try:
         out.send(asyncio.run(run()))
@@ -94,7 +97,22 @@ def _load(url: str, ca_pem: str, body: bytes, n: int, warmup: int, connections: 
         out.send({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def measure(ctx: Any, url: str, ca_pem: bytes, body: bytes, n: int) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(ctx: Any, url: str, ca_pem: bytes, body: bytes, n: int, server_pid: int) -> dict[str, Any]:
+    """Load one server; adds how busy its process was (1.0 = one core), to show who is the bottleneck."""
+    before = _cpu_seconds(server_pid)
+    result = _measure(ctx, url, ca_pem, body, n)
+    if "elapsed" in result:  # includes the warm-up, so slightly generous to the server
+        result["server_cpu"] = (_cpu_seconds(server_pid) - before) / (result["elapsed"] * (n + WARMUP) / n)
+    return result
+
+
+def _measure(ctx: Any, url: str, ca_pem: bytes, body: bytes, n: int) -> dict[str, Any]:
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_load, args=(url, ca_pem.decode(), body, n, WARMUP, CONNECTIONS, child))
     proc.start()
@@ -128,6 +146,28 @@ def _floor_server(cert: str, key: str, answer: bytes, out: Any) -> None:
         await site.start()
         out.send(runner.addresses[0][1])
         await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def _stubbed_server(cert: str, key: str, out: Any) -> None:
+    """Our app with mutate replaced by a precomputed result: the server's own cost, mutation aside."""
+    from taskcreds.operator import webhook
+    from taskcreds.operator.config import load_config
+    from taskcreds.operator.injection import mutate_pod
+    from taskcreds.operator.tlsreload import ReloadingCertificate
+
+    from taskcreds.metrics import register_operator
+
+    config = load_config(None)
+    request = json.loads(REVIEW_FILE.read_bytes())["request"]
+    precomputed = mutate_pod(request["object"], config, "CREATE", namespace=request["namespace"])
+
+    async def main() -> None:
+        metrics = register_operator()
+        tls = ReloadingCertificate(cert, key, metrics=metrics)
+        app = webhook.make_webhook_app(config, metrics, mutate=lambda *a, **kw: precomputed)
+        await webhook.serve(app, tls, "127.0.0.1", 0, asyncio.Event(), on_ready=lambda a: out.send(a[0][1]))
 
     asyncio.run(main())
 
@@ -300,6 +340,10 @@ def cpu_costs(review_bytes: bytes) -> dict[str, Any]:
 
 # --- report ---------------------------------------------------------------------------------------
 
+def cpu_per_request(r: dict[str, Any]) -> float:
+    return r.get("server_cpu", float("nan")) * 1e6 / r["rps"] if r.get("rps") else float("nan")
+
+
 def main() -> int:
     started = time.monotonic()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -319,19 +363,23 @@ def main() -> int:
             servers.append(floor_proc)
             ours_proc, ours_port = start_taskcreds_webhook(cert, key)
             servers.append(ours_proc)
-            # alternate floor and ours, best of ROUNDS each: other work on a shared machine hits both alike
+            stub_proc, stub_port = start_process(ctx, _stubbed_server, str(cert), str(key))
+            servers.append(stub_proc)
+            # alternate the servers, best of ROUNDS each: other work on a shared machine hits all alike
             for _ in range(ROUNDS):
-                for name, url in (("floor", f"https://127.0.0.1:{floor_port}/mutate"),
-                                  ("taskcreds webhook", f"https://127.0.0.1:{ours_port}/mutate")):
-                    r = measure(ctx, url, ca_cert, review_bytes, REQUESTS)
+                for name, url, pid in (
+                        ("floor", f"https://127.0.0.1:{floor_port}/mutate", floor_proc.pid),
+                        ("taskcreds webhook", f"https://127.0.0.1:{ours_port}/mutate", ours_proc.pid),
+                        (STUBBED, f"https://127.0.0.1:{stub_port}/mutate", stub_proc.pid)):
+                    r = measure(ctx, url, ca_cert, review_bytes, REQUESTS, pid)
                     if "error" in r or r["rps"] > rows.get(name, {}).get("rps", -1):
                         rows[name] = r
-            for proc in (floor_proc, ours_proc):
+            for proc in (floor_proc, ours_proc, stub_proc):
                 stop(proc)
             kopf_proc, kopf_port = start_process(ctx, _kopf_server, str(cert), str(key))
             servers.append(kopf_proc)
             rows["kopf WebhookServer"] = measure(ctx, f"https://127.0.0.1:{kopf_port}/taskcreds", ca_cert,
-                                                 review_bytes, KOPF_REQUESTS)
+                                                 review_bytes, KOPF_REQUESTS, kopf_proc.pid)
             stop(kopf_proc)
         finally:
             for proc in servers:
@@ -343,13 +391,23 @@ def main() -> int:
     print(f"\nAdmission webhook over HTTPS on loopback: {CONNECTIONS} keep-alive connections, "
           f"{REQUESTS} requests after {WARMUP} warm-up (kopf: {KOPF_REQUESTS}), best of {ROUNDS} alternating "
           f"rounds,\nclient in its own process, {os.cpu_count()} cores, load average before: {load_before}\n")
-    print(f"{'server':<22}{'req/s':>10}{'x floor':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, r in rows.items():
+    print(f"{'server':<26}{'req/s':>10}{'x floor':>10}{'p50 ms':>10}{'p99 ms':>10}"
+          f"{'server CPU':>12}{'client CPU':>12}{'server us/req':>15}")
+    for name in ("floor", "taskcreds webhook", STUBBED, "kopf WebhookServer"):
+        r = rows.get(name, {"error": "not measured"})
         if "error" in r:
-            print(f"{name:<22}  error: {r['error']}")
+            print(f"{name:<26}  error: {r['error']}")
             continue
         ratio = r["rps"] / floor if floor else float("nan")
-        print(f"{name:<22}{r['rps']:>10.0f}{ratio:>10.2f}{r['p50'] * 1e3:>10.2f}{r['p99'] * 1e3:>10.2f}")
+        print(f"{name:<26}{r['rps']:>10.0f}{ratio:>10.2f}{r['p50'] * 1e3:>10.2f}{r['p99'] * 1e3:>10.2f}"
+              f"{r.get('server_cpu', float('nan')):>12.0%}{r['client_cpu']:>12.0%}"
+              f"{cpu_per_request(r):>15.0f}")
+    ours, stubbed = rows["taskcreds webhook"], rows.get(STUBBED, {})
+    if "server_cpu" in ours and "server_cpu" in stubbed and "server_cpu" in rows["floor"]:
+        base, own, full = (cpu_per_request(rows["floor"]), cpu_per_request(stubbed), cpu_per_request(ours))
+        print(f"\nServer CPU per request: floor {base:.0f} us (TLS + HTTP), our server's own work "
+              f"{own - base:+.0f} us, mutation in the loop {full - own:+.0f} us."
+              f"\nA client CPU near 100% means the load generator, not the server, set that row's req/s.")
     print("\nPer review, CPU only (no HTTP, best of 5):")
     print(f"  mutate_pod (pure mutation)                 {cpu['mutation'] * 1e6:8.1f} us")
     print(f"  ours: decode + check + mutate + encode     {cpu['ours'] * 1e6:8.1f} us")
@@ -357,7 +415,6 @@ def main() -> int:
           f"({cpu['kopf'] / cpu['ours']:.1f}x ours)")
     print(f"  equal correctness (same patched pod, warnings, allowed): {'yes' if cpu['same'] else 'NO'}")
 
-    ours = rows["taskcreds webhook"]
     checks = [
         ("webhook throughput >= 0.8x floor", "rps" in ours and floor and ours["rps"] >= 0.8 * floor,
          f"{ours.get('rps', 0) / floor:.2f}x" if floor and "rps" in ours else "n/a"),
