@@ -199,7 +199,7 @@ def _kopf_setup() -> tuple[Any, Any]:
                 else:
                     patch[k] = v
 
-    @kopf.on.mutate("v1", "pods", registry=registry, id="taskcreds")
+    @kopf.on.mutate("v1", "pods", registry=registry, id="taskcreds")  # type: ignore[arg-type]
     def inject(body: Any, patch: Any, warnings: list[str], operation: str, **_: Any) -> None:
         pod = dict(body)
         result = mutate_pod(pod, config, operation, namespace=body.get("metadata", {}).get("namespace"))
@@ -216,7 +216,7 @@ def _kopf_setup() -> tuple[Any, Any]:
         verbs=frozenset({"create", "list", "watch"}), preferred=True))
     webhookfn = functools.partial(
         admission.serve_admission_request, settings=settings, registry=registry, insights=insights,
-        memories=inventory.ResourceMemories(), memobase=kopf.Memo(),
+        memories=inventory.ResourceMemories(), memobase=kopf.Memo(),  # type: ignore[arg-type]
         indices=indexing.OperatorIndexers().indices)
     return webhookfn, insights
 
@@ -229,7 +229,7 @@ def _kopf_server(cert: str, key: str, out: Any) -> None:
         server = kopf.WebhookServer(addr="127.0.0.1", port=_free_port(), certfile=cert, pkeyfile=key,
                                     host="localhost")
         async for config in server(webhookfn):
-            out.send(int(config["url"].rsplit(":", 1)[1].split("/")[0]))
+            out.send(int(str(config.get("url")).rsplit(":", 1)[1].split("/")[0]))
         await asyncio.Event().wait()
 
     asyncio.run(main())
