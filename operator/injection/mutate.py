@@ -78,6 +78,11 @@ def should_inject(pod: dict[str, Any], operation: str = "CREATE") -> str | None:
     return None
 
 
+def _nested(a: str, b: str) -> bool:
+    """Equal, or one inside the other: two mounts that would shadow each other's files."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
 def _label_warnings(pod: dict[str, Any]) -> list[str]:
     """A skipped pod whose label was meant to opt in (YAML turned "true" into a boolean)."""
     labels = (pod.get("metadata") or {}).get("labels") or {}
@@ -129,6 +134,26 @@ def _select(spec: dict[str, Any], wanted: tuple[str, ...] | None) -> list[tuple[
     return [by_name[n] for n in wanted]
 
 
+def _network_warnings(spec: dict[str, Any], config: InjectionConfig) -> list[str]:
+    """Ports the sidecar needs that the pod already claims, and host networking."""
+    found = []
+    ours = {config.sidecar.probe_port: "probePort", config.sidecar.local_port: "localPort"}
+    for c in (spec.get("initContainers") or []) + spec["containers"]:
+        for port in c.get("ports") or ():
+            number = port.get("containerPort")
+            if number in ours:
+                found.append(
+                    f"container {c.get('name')!r} declares port {number}, which the sidecar listens on; "
+                    f"set sidecar.{ours[number]} in the injection config to a free port"
+                )
+    if spec.get("hostNetwork"):
+        found.append(
+            "the pod uses hostNetwork: the sidecar's ports (and its 127.0.0.1 redaction endpoint) are "
+            "shared with every host-network process on the node"
+        )
+    return found
+
+
 def _static_secrets(container: dict[str, Any]) -> list[str]:
     """Env variables (and envFrom sources) that put a Kubernetes Secret into the container's environment."""
     found = []
@@ -173,10 +198,11 @@ def _plan(
 
     already = names.ANNOTATION_INJECTED in annotations
     mount_path = request.mount_path or config.injection.mount_path
-    if mount_path in _SIDECAR_PATHS:
+    if any(_nested(mount_path, own) for own in _SIDECAR_PATHS):
         raise _Denied(
-            f'{names.ANNOTATION_MOUNT_PATH}: "{mount_path}" is where the sidecar mounts its own '
-            "volumes; accepted: any other absolute path (default /run/taskcreds)"
+            f'{names.ANNOTATION_MOUNT_PATH}: "{mount_path}" overlaps where the sidecar mounts its own '
+            f"volumes ({', '.join(sorted(_SIDECAR_PATHS))}); accepted: any other absolute path "
+            "(default /run/taskcreds)"
         )
     containers = spec["containers"]
     init = spec.get("initContainers") or []
@@ -254,6 +280,8 @@ def _plan(
                 )
 
     pod_security = spec.get("securityContext") or {}
+    if not already and not sidecar_present:
+        warnings += _network_warnings(spec, config)
     if (
         not already
         and not sidecar_present

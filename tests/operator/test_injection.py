@@ -498,7 +498,7 @@ DENIALS = [
         pod(annotations={names.ANNOTATION_MOUNT_PATH: "/spiffe-workload-api"}),
         CONFIG,
         None,
-        'taskcreds.io/mount-path: "/spiffe-workload-api" is where the sidecar mounts its own volumes',
+        'taskcreds.io/mount-path: "/spiffe-workload-api" overlaps where the sidecar mounts its own volumes',
     ),
     (
         "mount-path-dotdot",
@@ -743,3 +743,34 @@ def test_a_number_where_a_string_belongs_is_denied_with_the_fix() -> None:
         'taskcreds.io/task: "42" is a YAML number; accepted: a string '
         "(annotation values are strings: quote it in YAML)"
     )
+
+
+@pytest.mark.parametrize("path", ["/etc/taskcreds", "/spiffe-workload-api/creds", "/var/run/secrets", "/var"])
+def test_mount_paths_overlapping_the_sidecars_own_mounts_are_denied(path: str) -> None:
+    result = mutate_pod(pod(annotations={names.ANNOTATION_MOUNT_PATH: path}), CONFIG)
+    assert result.outcome == "denied"
+    assert (result.message or "").startswith(
+        f'taskcreds.io/mount-path: "{path}" overlaps where the sidecar mounts'
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "warning"),
+    [
+        pytest.param(
+            {"containers": [{"name": "agent", "image": "a", "ports": [{"containerPort": 9090}]}]},
+            "container 'agent' declares port 9090, which the sidecar listens on; set sidecar.probePort",
+            id="probe-port-taken",
+        ),
+        pytest.param(
+            {"containers": [{"name": "web", "image": "a", "ports": [{"containerPort": 9091}]}]},
+            "container 'web' declares port 9091, which the sidecar listens on; set sidecar.localPort",
+            id="local-port-taken",
+        ),
+        pytest.param({"hostNetwork": True}, "the pod uses hostNetwork", id="host-network"),
+    ],
+)
+def test_network_clashes_are_warned_about(spec: dict[str, Any], warning: str) -> None:
+    result = mutate_pod(pod(securityContext={"fsGroup": 1}, **spec), CONFIG)
+    assert result.outcome == "injected"
+    assert len(result.warnings) == 1 and result.warnings[0].startswith(warning), result.warnings
