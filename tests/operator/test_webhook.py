@@ -341,6 +341,8 @@ def _cli(*args: str) -> list[str]:
      "does not hold a PEM certificate"),
     ("missing config", ["--listen", "127.0.0.1:0", "--config", "/nonexistent/config.yaml"], "--config"),
     ("port in use", ["--listen", "BUSY"], "cannot listen"),
+    ("config with bad values", ["--listen", "127.0.0.1:0", "--config", "BAD_CONFIG"],
+     "sidecar.probePort: 99999 is not a TCP port (1-65535); injection.mountPath: 'relative'"),
 ])
 def test_cli_refuses_bad_arguments_with_one_line(tls_files: tuple[Path, Path, bytes], tmp_path: Path,
                                                  name: str, args: list[str], message: str) -> None:
@@ -349,7 +351,9 @@ def test_cli_refuses_bad_arguments_with_one_line(tls_files: tuple[Path, Path, by
     other_key.write_bytes(certs.make_ca("other", datetime.now(UTC))[1])
     busy = socket.create_server(("127.0.0.1", 0))
     try:
-        subst = {"OTHER_KEY": str(other_key), "KEY": str(key),
+        bad_config = tmp_path / "config.yaml"
+        bad_config.write_text("sidecar: {probePort: 99999}\ninjection: {mountPath: relative}\n")
+        subst = {"OTHER_KEY": str(other_key), "KEY": str(key), "BAD_CONFIG": str(bad_config),
                  "BUSY": f"127.0.0.1:{busy.getsockname()[1]}"}
         args = [subst.get(a, a) for a in args]
         defaults = (("--tls-cert", str(cert)), ("--tls-key", str(key)))
