@@ -17,6 +17,7 @@ Private keys never appear in a log line or an exception message.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
@@ -40,7 +41,8 @@ __all__ = [
     "SECRET_CA_CERT", "SECRET_CA_KEY", "SECRET_TLS_CERT", "SECRET_TLS_KEY",
     "CertificateError", "StoredPair",
     "make_ca", "make_serving_cert", "needs_rotation", "dns_names_for", "not_after",
-    "check_stored_pair", "ensure_webhook_certificate", "write_pair_atomically",
+    "check_stored_pair", "ensure_webhook_certificate", "maintain_webhook_certificate",
+    "write_pair_atomically",
 ]
 
 log = logging.getLogger("taskcreds.operator.certificates")
@@ -338,6 +340,29 @@ async def ensure_webhook_certificate(cluster: Cluster, *, namespace: str, secret
     await cluster.patch_webhook_ca_bundle(webhook_configuration, pair.ca_bundle)
     write_pair_atomically(cert_dir, pair.tls_cert, pair.tls_key)
     return not_after(pair.tls_cert)
+
+
+async def maintain_webhook_certificate(cluster: Cluster, *, namespace: str, secret_name: str, service: str,
+                                      webhook_configuration: str, cert_dir: str | os.PathLike[str],
+                                      interval: float = 3600.0, retry: float = 30.0) -> None:
+    """Run :func:`ensure_webhook_certificate` every ``interval`` seconds until cancelled.
+
+    Call ``ensure_webhook_certificate`` once before serving (the files must exist), then run this
+    as a task. A failure (API down, conflicts) is logged by type and retried after ``retry``
+    seconds; the served pair stays valid for weeks, so there is time.
+    """
+    delay = interval
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await ensure_webhook_certificate(
+                cluster, namespace=namespace, secret_name=secret_name, service=service,
+                webhook_configuration=webhook_configuration, cert_dir=cert_dir)
+            delay = interval
+        except Exception as exc:  # keep the loop alive whatever the cause
+            log.warning("webhook certificate check failed; retrying", extra=fields(
+                secret=f"{namespace}/{secret_name}", error=type(exc).__name__, retry_seconds=retry))
+            delay = retry
 
 
 # --- helpers ------------------------------------------------------------------------------------

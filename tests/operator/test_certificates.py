@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import os
 import socket
 import ssl
@@ -306,3 +308,32 @@ def test_stored_pair_repr_holds_no_key_material(serving: tuple[bytes, bytes],
                                                 ca: tuple[bytes, bytes]) -> None:
     pair = certs.StoredPair(ca[0], ca[1], serving[0], serving[1])
     assert "PRIVATE" not in repr(pair) and "PRIVATE" not in str(pair)
+
+
+async def test_maintain_retries_after_a_failure_and_keeps_going(tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    calls = 0
+    real_get = cluster.get_secret
+
+    async def flaky_get(namespace: str, name: str) -> dict[str, Any] | None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("API server unreachable")
+        return await real_get(namespace, name)
+
+    cluster.get_secret = flaky_get  # type: ignore[method-assign]
+    task = asyncio.create_task(certs.maintain_webhook_certificate(
+        cluster, namespace="taskcreds-system", secret_name="wh-tls", service="taskcreds-webhook",  # type: ignore[arg-type]
+        webhook_configuration="taskcreds", cert_dir=tmp_path, interval=0.01, retry=0.01))
+    try:
+        for _ in range(200):
+            if (tmp_path / "tls.crt").exists() and calls >= 4:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert (tmp_path / "tls.crt").exists() and calls >= 4
+    assert cluster.writes == 1, "later rounds reuse the stored pair"
