@@ -8,7 +8,7 @@ A task ends (and every credential of it is revoked at its source) when its pod's
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from taskcreds import names
@@ -25,7 +25,7 @@ def parse_timestamp(text: str | None) -> datetime | None:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _annotations(pod: dict[str, Any]) -> dict[str, str]:
@@ -48,7 +48,7 @@ def deadline_of(pod: dict[str, Any]) -> datetime | None:
         return None
     created = parse_timestamp((pod.get("metadata") or {}).get("creationTimestamp"))
     if created is None:
-        created = datetime.fromtimestamp(0, timezone.utc)
+        created = datetime.fromtimestamp(0, UTC)
     try:
         return created + timedelta(seconds=parse_duration(raw))
     except DurationError:

@@ -41,7 +41,7 @@ class OperatorSettings:
     webhook_service: str = "taskcreds-webhook"
     webhook_secret: str = "taskcreds-webhook-tls"
     webhook_cert_dir: str | None = None
-    """Set when cert-manager (or anything else) provides tls.crt/tls.key: the operator then only reloads them."""
+    """Set when cert-manager (or anything else) provides tls.crt/tls.key: the operator only reloads them."""
     jwt_secret: str = "taskcreds-jwt-keys"
     jwt_issuer: str = "https://taskcreds.taskcreds-system.svc"
     spiffe_id_template: str = "spiffe://{trust_domain}/ns/{namespace}/sa/{serviceaccount}"
@@ -62,9 +62,15 @@ class OperatorSettings:
         return cls(
             namespace=get(names.ENV_OPERATOR_NAMESPACE, d.namespace),
             config_file=get(names.ENV_CONFIG_FILE) or None,
-            webhook_listen=parse_listen(get(names.ENV_WEBHOOK_LISTEN, "0.0.0.0:8443"), variable=names.ENV_WEBHOOK_LISTEN),
-            broker_listen=parse_listen(get(names.ENV_BROKER_LISTEN, "0.0.0.0:8444"), variable=names.ENV_BROKER_LISTEN),
-            metrics_listen=parse_listen(get(names.ENV_METRICS_LISTEN, "0.0.0.0:8080"), variable=names.ENV_METRICS_LISTEN),
+            webhook_listen=parse_listen(
+                get(names.ENV_WEBHOOK_LISTEN, "0.0.0.0:8443"), variable=names.ENV_WEBHOOK_LISTEN
+            ),
+            broker_listen=parse_listen(
+                get(names.ENV_BROKER_LISTEN, "0.0.0.0:8444"), variable=names.ENV_BROKER_LISTEN
+            ),
+            metrics_listen=parse_listen(
+                get(names.ENV_METRICS_LISTEN, "0.0.0.0:8080"), variable=names.ENV_METRICS_LISTEN
+            ),
             webhook_configuration=get(names.ENV_WEBHOOK_CONFIGURATION, d.webhook_configuration),
             webhook_service=get(names.ENV_WEBHOOK_SERVICE, d.webhook_service),
             webhook_secret=get(names.ENV_WEBHOOK_SECRET, d.webhook_secret),

@@ -31,8 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("inject", help="print a pod (or workload) as the webhook would admit it")
-    p.add_argument("-f", "--filename", required=True, metavar="FILE",
-                   help="YAML file with one or more documents, or - for stdin")
+    p.add_argument(
+        "-f",
+        "--filename",
+        required=True,
+        metavar="FILE",
+        help="YAML file with one or more documents, or - for stdin",
+    )
     p.add_argument("--config", metavar="FILE", help="injection configuration (YAML)")
 
     p = sub.add_parser("webhook", help="serve the mutating admission webhook alone (HTTPS)")
@@ -42,15 +47,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="injection configuration (YAML)")
 
     p = sub.add_parser("demo", help="run the whole flow on this machine, no cluster needed")
-    p.add_argument("--dir", metavar="DIR", help="tmpfs directory for the credentials (default under /dev/shm)")
-    p.add_argument("--task-seconds", type=float, default=12.0, metavar="N",
-                   help="the task completes after N seconds (default 12)")
-    p.add_argument("--ttl", default="4s", metavar="DURATION",
-                   help="credential lifetime, Go-style (default 4s, so rotations show)")
+    p.add_argument(
+        "--dir", metavar="DIR", help="tmpfs directory for the credentials (default under /dev/shm)"
+    )
+    p.add_argument(
+        "--task-seconds",
+        type=float,
+        default=12.0,
+        metavar="N",
+        help="the task completes after N seconds (default 12)",
+    )
+    p.add_argument(
+        "--ttl",
+        default="4s",
+        metavar="DURATION",
+        help="credential lifetime, Go-style (default 4s, so rotations show)",
+    )
 
     p = sub.add_parser("redact", help="copy stdin to stdout with this pod's credential values redacted")
-    p.add_argument("--url", default=None, metavar="URL",
-                   help="the sidecar's local endpoint (default http://127.0.0.1:9091)")
+    p.add_argument(
+        "--url",
+        default=None,
+        metavar="URL",
+        help="the sidecar's local endpoint (default http://127.0.0.1:9091)",
+    )
     return parser
 
 

@@ -34,7 +34,12 @@ DEFAULT_TASK_STATUS: Final = "running"
 # --- revocation reasons (CONTRACT.md section 6) ---------------------------------------------
 RevokeReason = Literal["completed", "failed", "cancelled", "deadline", "pod_deleted", "expired"]
 REVOKE_REASONS: Final[tuple[str, ...]] = (
-    "completed", "failed", "cancelled", "deadline", "pod_deleted", "expired",
+    "completed",
+    "failed",
+    "cancelled",
+    "deadline",
+    "pod_deleted",
+    "expired",
 )
 
 # --- what the webhook adds (CONTRACT.md section 2) ------------------------------------------
@@ -106,4 +111,6 @@ ENV_WEBHOOK_SECRET: Final = "TASKCREDS_WEBHOOK_SECRET"  # Secret holding the web
 ENV_WEBHOOK_CERT_DIR: Final = "TASKCREDS_WEBHOOK_CERT_DIR"  # set: use tls.crt/tls.key there (cert-manager)
 ENV_JWT_SECRET: Final = "TASKCREDS_JWT_SECRET"  # Secret holding the jwt provider's signing keys
 ENV_JWT_ISSUER: Final = "TASKCREDS_JWT_ISSUER"
-ENV_SPIFFE_ID_TEMPLATE: Final = "TASKCREDS_SPIFFE_ID_TEMPLATE"  # default spiffe://{trust_domain}/ns/{namespace}/sa/{serviceaccount}
+ENV_SPIFFE_ID_TEMPLATE: Final = (
+    "TASKCREDS_SPIFFE_ID_TEMPLATE"  # default spiffe://{trust_domain}/ns/{namespace}/sa/{serviceaccount}
+)

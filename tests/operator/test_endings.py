@@ -1,15 +1,20 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from taskcreds.operator.endings import deadline_of, parse_timestamp, task_ending, task_status_of
 
-T0 = datetime(2026, 11, 29, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
 
 def pod(annotations: dict[str, str] | None = None, **meta: str) -> dict:
-    return {"metadata": {"name": "agent", "creationTimestamp": "2026-11-29T10:00:00Z",
-                         "annotations": annotations or {}, **meta}}
+    return {
+        "metadata": {
+            "name": "agent",
+            "creationTimestamp": "2026-11-29T10:00:00Z",
+            "annotations": annotations or {},
+            **meta,
+        }
+    }
 
 
 @pytest.mark.parametrize(
@@ -23,10 +28,34 @@ def pod(annotations: dict[str, str] | None = None, **meta: str) -> dict:
         ("cancelled", pod({"taskcreds.io/task-status": "cancelled"}), T0, False, "cancelled"),
         ("pod deleted", pod(), T0, True, "pod_deleted"),
         ("pod being deleted", pod(deletionTimestamp="2026-11-29T10:01:00Z"), T0, False, "pod_deleted"),
-        ("terminal status wins over deletion", pod({"taskcreds.io/task-status": "failed"}), T0, True, "failed"),
-        ("before the deadline", pod({"taskcreds.io/max-duration": "1h"}), T0 + timedelta(minutes=59), False, None),
-        ("at the deadline", pod({"taskcreds.io/max-duration": "1h"}), T0 + timedelta(hours=1), False, "deadline"),
-        ("unreadable max-duration fails closed", pod({"taskcreds.io/max-duration": "soon"}), T0, False, "deadline"),
+        (
+            "terminal status wins over deletion",
+            pod({"taskcreds.io/task-status": "failed"}),
+            T0,
+            True,
+            "failed",
+        ),
+        (
+            "before the deadline",
+            pod({"taskcreds.io/max-duration": "1h"}),
+            T0 + timedelta(minutes=59),
+            False,
+            None,
+        ),
+        (
+            "at the deadline",
+            pod({"taskcreds.io/max-duration": "1h"}),
+            T0 + timedelta(hours=1),
+            False,
+            "deadline",
+        ),
+        (
+            "unreadable max-duration fails closed",
+            pod({"taskcreds.io/max-duration": "soon"}),
+            T0,
+            False,
+            "deadline",
+        ),
     ],
 )
 def test_task_ending(name: str, obj: dict, now: datetime, deleted: bool, reason: str | None) -> None:

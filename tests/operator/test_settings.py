@@ -1,5 +1,4 @@
 import pytest
-
 from taskcreds.operator.settings import OperatorSettings, SettingsError, parse_listen
 
 
@@ -12,13 +11,22 @@ def test_defaults_match_a_chart_install() -> None:
 
 
 def test_reads_every_variable() -> None:
-    s = OperatorSettings.from_env({
-        "TASKCREDS_NAMESPACE": "sec", "TASKCREDS_WEBHOOK_LISTEN": "127.0.0.1:9443",
-        "TASKCREDS_BROKER_LISTEN": "[::1]:9444", "TASKCREDS_WEBHOOK_CERT_DIR": "/certs",
-        "TASKCREDS_LOG_LEVEL": "debug",
-    })
+    s = OperatorSettings.from_env(
+        {
+            "TASKCREDS_NAMESPACE": "sec",
+            "TASKCREDS_WEBHOOK_LISTEN": "127.0.0.1:9443",
+            "TASKCREDS_BROKER_LISTEN": "[::1]:9444",
+            "TASKCREDS_WEBHOOK_CERT_DIR": "/certs",
+            "TASKCREDS_LOG_LEVEL": "debug",
+        }
+    )
     assert (s.namespace, s.webhook_listen, s.broker_listen, s.webhook_cert_dir, s.log_level) == (
-        "sec", ("127.0.0.1", 9443), ("::1", 9444), "/certs", "DEBUG")
+        "sec",
+        ("127.0.0.1", 9443),
+        ("::1", 9444),
+        "/certs",
+        "DEBUG",
+    )
 
 
 @pytest.mark.parametrize(

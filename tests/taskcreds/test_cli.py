@@ -19,7 +19,11 @@ def test_unknown_command_is_a_usage_error_not_a_traceback() -> None:
 
 
 def test_parser_accepts_contract_flags() -> None:
-    args = cli.build_parser().parse_args(["webhook", "--listen", "127.0.0.1:8443", "--tls-cert", "c", "--tls-key", "k"])
+    args = cli.build_parser().parse_args(
+        ["webhook", "--listen", "127.0.0.1:8443", "--tls-cert", "c", "--tls-key", "k"]
+    )
     assert args.listen == "127.0.0.1:8443"
-    args = cli.build_parser().parse_args(["demo", "--dir", "/dev/shm/x", "--task-seconds", "8", "--ttl", "3s"])
+    args = cli.build_parser().parse_args(
+        ["demo", "--dir", "/dev/shm/x", "--task-seconds", "8", "--ttl", "3s"]
+    )
     assert (args.dir, args.task_seconds, args.ttl) == ("/dev/shm/x", 8.0, "3s")

@@ -11,7 +11,9 @@ def test_parses_go_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "15", "m", "15 m", "-5s", "0s", "1d", "15m-", "s15", "1h 30m", "x" * 40])
+@pytest.mark.parametrize(
+    "text", ["", "15", "m", "15 m", "-5s", "0s", "1d", "15m-", "s15", "1h 30m", "x" * 40]
+)
 def test_refuses_what_is_not_a_duration_and_says_what_would_be(text: str) -> None:
     with pytest.raises(DurationError) as err:
         parse_duration(text)
