@@ -198,7 +198,7 @@ class DevAuthority:
             raise DevAuthorityError(f"ttl={ttl} must be a positive number of seconds")
         eku = list(extended_key_usage) if extended_key_usage is not None else [
             ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-        now = self._now()
+        now = self._now().replace(microsecond=0)  # certificates hold whole seconds
         key = ec.generate_private_key(ec.SECP256R1())
         with self._lock:
             ca = self._cas[-1]

@@ -66,10 +66,15 @@ class X509SvidMaterial:
     """
 
     spiffe_id: str
-    chain_der: tuple[bytes, ...]  # leaf first
+    chain_der: tuple[bytes, ...] = field(repr=False)  # leaf first
     key_der: bytes = field(repr=False)  # PKCS#8 DER
-    bundle_der: tuple[bytes, ...]  # trust bundle CA certificates
+    bundle_der: tuple[bytes, ...] = field(repr=False)  # trust bundle CA certificates
     expires_at: datetime
+
+    def __repr__(self) -> str:
+        return (f"X509SvidMaterial(spiffe_id={self.spiffe_id!r}, leaf_sha256={self.fingerprint[:16]}..., "
+                f"chain={len(self.chain_der)}, bundle={len(self.bundle_der)}, "
+                f"expires_at={self.expires_at.isoformat()})")
 
     @property
     def leaf_der(self) -> bytes:
