@@ -1,0 +1,186 @@
+"""Task lifecycle: watch opted-in pods and TaskLeases, revoke every credential when a task ends.
+
+The only module that uses kopf's decorators. The decisions (is this task over, and why) are the
+pure :func:`taskcreds.operator.endings.task_ending`; revocation itself is the durable engine in
+:mod:`taskcreds.operator.leases`, handed in as a callable so this module stays a thin shell.
+
+Why kopf *event* handlers rather than change handlers: they write nothing to the agent's pod (no
+progress annotations, no kopf finalizer), they fire within milliseconds of the watch event, and
+they run in every replica — which every replica needs anyway, because every replica's broker holds
+long-polls that must wake when their task ends. Revocation is idempotent and serialised by the
+TaskLease's resourceVersion, so two replicas seeing the same event is harmless.
+
+Durability does not depend on this process staying up: the TaskLease finalizer keeps the record
+until every lease is revoked, the first watch after a restart replays every pod (re-arming
+deadlines), and :meth:`TaskLifecycle.sweep` retries what is still ``Revoking`` and catches pods
+that went away while no operator was watching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from taskcreds.operator.endings import deadline_of, task_ending
+
+from taskcreds import names
+from taskcreds.logs import fields
+
+__all__ = ["TaskLifecycle", "RevokeFn", "SweepFn", "StatusSink", "build_registry"]
+
+log = logging.getLogger("taskcreds.lifecycle")
+
+#: revoke(pod, reason, seen_at_monotonic) — revoke every lease of the pod's task at its source
+RevokeFn = Callable[[dict[str, Any], str, float], Awaitable[None]]
+#: sweep() — retry unfinished revocations, revoke leases whose pod is gone or expired
+SweepFn = Callable[[], Awaitable[None]]
+#: status_sink(pod, deleted) — tell the broker's long-polls about a pod's current task status
+StatusSink = Callable[[dict[str, Any], bool], None]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _key(pod: dict[str, Any]) -> str:
+    meta = pod.get("metadata") or {}
+    return meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+class TaskLifecycle:
+    """React to pod events: feed the broker's status hub, revoke on ending, arm deadlines."""
+
+    def __init__(
+        self,
+        *,
+        revoke: RevokeFn,
+        sweep: SweepFn | None = None,
+        status_sink: StatusSink | None = None,
+        now: Callable[[], datetime] = _utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._revoke = revoke
+        self._sweep = sweep
+        self._status_sink = status_sink
+        self._now = now
+        self._monotonic = monotonic
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._latest: dict[str, dict[str, Any]] = {}
+        self._ended: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def on_pod_event(self, event_type: str, pod: dict[str, Any]) -> None:
+        """One watch event for an opted-in pod (ADDED, MODIFIED, DELETED, or None on the first list)."""
+        seen_at = self._monotonic()
+        deleted = event_type == "DELETED"
+        key = _key(pod)
+        if self._status_sink is not None:
+            self._status_sink(pod, deleted)
+        reason = task_ending(pod, now=self._now(), deleted=deleted)
+        if reason is None:
+            self._latest[key] = pod
+            self._arm_deadline(key, pod)
+            return
+        self._disarm(key)
+        self._latest.pop(key, None)
+        if deleted:
+            self._ended.discard(key)  # nothing more will come for this uid
+        elif key in self._ended:
+            return  # already revoked for this pod; later events change nothing
+        else:
+            self._ended.add(key)
+        await self._revoke_logged(pod, reason, seen_at)
+
+    def _arm_deadline(self, key: str, pod: dict[str, Any]) -> None:
+        deadline = deadline_of(pod)
+        if deadline is None:
+            self._disarm(key)
+            return
+        if key in self._deadlines:
+            return  # max-duration is fixed at admission: the timer armed first stays right
+        delay = max(0.0, (deadline - self._now()).total_seconds())
+        loop = asyncio.get_running_loop()
+        self._deadlines[key] = loop.call_later(delay, self._deadline_passed, key)
+
+    def _disarm(self, key: str) -> None:
+        handle = self._deadlines.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _deadline_passed(self, key: str) -> None:
+        self._deadlines.pop(key, None)
+        pod = self._latest.pop(key, None)
+        if pod is None or key in self._ended:
+            return
+        self._ended.add(key)
+        if self._status_sink is not None:
+            self._status_sink(pod, False)
+        task = asyncio.get_running_loop().create_task(self._revoke_logged(pod, "deadline", self._monotonic()))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _revoke_logged(self, pod: dict[str, Any], reason: str, seen_at: float) -> None:
+        meta = pod.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        where = fields(
+            namespace=meta.get("namespace"),
+            pod=meta.get("name"),
+            task=annotations.get(names.ANNOTATION_TASK),
+            reason=reason,
+        )
+        log.info("task ended: revoking its credentials", extra=where)
+        try:
+            await self._revoke(pod, reason, seen_at)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the sweep retries; the TaskLease keeps the record
+            log.exception("revocation did not finish; the sweep will retry", extra=where)
+
+    async def sweep(self) -> None:
+        """Retry unfinished revocations and catch pods that went away unseen."""
+        if self._sweep is None:
+            return
+        try:
+            await self._sweep()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("lease sweep failed; retrying at the next interval")
+
+    async def sweep_forever(self, interval: float) -> None:
+        """Run :meth:`sweep` every ``interval`` seconds until cancelled."""
+        while True:
+            await self.sweep()
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        """Cancel armed deadlines and wait for revocations in flight."""
+        for handle in self._deadlines.values():
+            handle.cancel()
+        self._deadlines.clear()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def armed_deadlines(self) -> int:
+        """How many pods have a max-duration timer armed (for tests and metrics)."""
+        return len(self._deadlines)
+
+
+def build_registry(lifecycle: TaskLifecycle) -> Any:
+    """A kopf registry with the pod event handler; kopf is imported here only."""
+    import kopf
+
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.event("v1", "pods", labels={names.LABEL_INJECT: "true"}, registry=registry)
+    async def pod_event(event: dict[str, Any], **_: Any) -> None:
+        obj = event.get("object")
+        if isinstance(obj, dict):
+            await lifecycle.on_pod_event(str(event.get("type")), obj)
+
+    return registry

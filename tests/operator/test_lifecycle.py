@@ -1,0 +1,135 @@
+"""TaskLifecycle reacts to pod events: revoke once on ending, deadlines, status feed."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from taskcreds.operator.lifecycle import TaskLifecycle, build_registry
+
+T0 = datetime.now(UTC).replace(microsecond=0)
+
+
+def pod(
+    status: str | None = None,
+    *,
+    uid: str = "u1",
+    max_duration: str | None = None,
+    created: datetime | None = None,
+) -> dict[str, Any]:
+    created = created or datetime.now(UTC)
+    ann = {"taskcreds.io/task": "t1", "taskcreds.io/credentials": "api"}
+    if status:
+        ann["taskcreds.io/task-status"] = status
+    if max_duration:
+        ann["taskcreds.io/max-duration"] = max_duration
+    return {
+        "metadata": {
+            "name": "agent",
+            "namespace": "agents",
+            "uid": uid,
+            "annotations": ann,
+            "labels": {"taskcreds.io/inject": "true"},
+            "creationTimestamp": created.isoformat().replace("+00:00", "Z"),
+        }
+    }
+
+
+class Recorder:
+    def __init__(self, fail: int = 0) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail = fail
+        self.statuses: list[tuple[str, bool]] = []
+
+    async def revoke(self, p: dict[str, Any], reason: str, seen_at: float) -> None:
+        self.calls.append((p["metadata"]["uid"], reason))
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("provider down")
+
+    def sink(self, p: dict[str, Any], deleted: bool) -> None:
+        self.statuses.append(
+            (p["metadata"]["annotations"].get("taskcreds.io/task-status", "running"), deleted)
+        )
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
+async def test_terminal_status_revokes_once_with_its_reason(status: str) -> None:
+    rec = Recorder()
+    lc = TaskLifecycle(revoke=rec.revoke, status_sink=rec.sink)
+    await lc.on_pod_event("ADDED", pod())
+    await lc.on_pod_event("MODIFIED", pod(status))
+    await lc.on_pod_event("MODIFIED", pod(status))  # a later unrelated change
+    assert rec.calls == [("u1", status)]
+    assert rec.statuses[-1] == (status, False)
+
+
+async def test_running_and_pending_do_not_revoke() -> None:
+    rec = Recorder()
+    lc = TaskLifecycle(revoke=rec.revoke)
+    for status in (None, "pending", "running"):
+        await lc.on_pod_event("MODIFIED", pod(status))
+    assert rec.calls == []
+
+
+async def test_pod_deleted_revokes_even_after_completion() -> None:
+    """Deletion always re-runs revocation: it is idempotent, and a missed earlier one is caught."""
+    rec = Recorder()
+    lc = TaskLifecycle(revoke=rec.revoke)
+    await lc.on_pod_event("ADDED", pod())
+    await lc.on_pod_event("DELETED", pod())
+    assert rec.calls == [("u1", "pod_deleted")]
+
+
+async def test_deadline_fires_revocation_without_any_further_event() -> None:
+    rec = Recorder()
+    lc = TaskLifecycle(revoke=rec.revoke, status_sink=rec.sink)
+    await lc.on_pod_event("ADDED", pod(max_duration="200ms"))
+    assert lc.armed_deadlines == 1 and rec.calls == []
+    await asyncio.sleep(0.35)
+    assert rec.calls == [("u1", "deadline")]
+    assert lc.armed_deadlines == 0
+    await lc.close()
+
+
+async def test_deadline_already_passed_at_first_sight_revokes_at_once() -> None:
+    rec = Recorder()
+    lc = TaskLifecycle(revoke=rec.revoke)
+    await lc.on_pod_event(None, pod(max_duration="1m", created=T0 - timedelta(hours=1)))  # type: ignore[arg-type]
+    assert rec.calls == [("u1", "deadline")]
+
+
+async def test_completion_before_deadline_disarms_the_timer() -> None:
+    rec = Recorder()
+    lc = TaskLifecycle(revoke=rec.revoke)
+    await lc.on_pod_event("ADDED", pod(max_duration="300ms"))
+    await lc.on_pod_event("MODIFIED", pod("completed", max_duration="300ms"))
+    await asyncio.sleep(0.4)
+    assert rec.calls == [("u1", "completed")]
+    assert lc.armed_deadlines == 0
+
+
+async def test_a_failing_revocation_is_logged_not_raised_and_the_sweep_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rec = Recorder(fail=1)
+    swept: list[int] = []
+
+    async def sweep() -> None:
+        swept.append(1)
+
+    lc = TaskLifecycle(revoke=rec.revoke, sweep=sweep)
+    await lc.on_pod_event("MODIFIED", pod("failed"))
+    assert rec.calls == [("u1", "failed")]
+    assert "the sweep will retry" in caplog.text
+    await lc.sweep()
+    assert swept == [1]
+
+
+def test_registry_has_the_pod_event_handler_filtered_on_the_inject_label() -> None:
+    registry = build_registry(TaskLifecycle(revoke=Recorder().revoke))
+    handlers = list(registry._watching.get_all_handlers())  # kopf keeps watching handlers here
+    assert len(handlers) == 1
+    assert handlers[0].labels == {"taskcreds.io/inject": "true"}
