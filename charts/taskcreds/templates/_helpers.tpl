@@ -1,0 +1,109 @@
+{{/* Names and labels shared by every template. All helpers are prefixed "taskcreds.". */}}
+
+{{- define "taskcreds.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Object name prefix: the release name, plus the chart name unless the release already has it. */}}
+{{- define "taskcreds.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "taskcreds.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "taskcreds.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "taskcreds.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "taskcreds.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "taskcreds.labels" -}}
+helm.sh/chart: {{ include "taskcreds.chart" . }}
+{{ include "taskcreds.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: taskcreds
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of the operator pods and what the Services select. */}}
+{{- define "taskcreds.operator.selectorLabels" -}}
+{{ include "taskcreds.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "taskcreds.operator.serviceAccountName" -}}
+{{- default (printf "%s-operator" (include "taskcreds.fullname" .)) .Values.operator.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "taskcreds.webhook.serviceName" -}}{{ include "taskcreds.fullname" . }}-webhook{{- end -}}
+{{- define "taskcreds.broker.serviceName" -}}{{ include "taskcreds.fullname" . }}-broker{{- end -}}
+{{- define "taskcreds.metrics.serviceName" -}}{{ include "taskcreds.fullname" . }}-metrics{{- end -}}
+{{/* The MutatingWebhookConfiguration (cluster-scoped: the release name keeps it unique). */}}
+{{- define "taskcreds.webhook.configurationName" -}}{{ include "taskcreds.fullname" . }}{{- end -}}
+{{- define "taskcreds.webhook.secretName" -}}{{ include "taskcreds.fullname" . }}-webhook-tls{{- end -}}
+{{- define "taskcreds.webhook.certificateName" -}}{{ include "taskcreds.fullname" . }}-webhook{{- end -}}
+{{- define "taskcreds.jwt.secretName" -}}{{ include "taskcreds.fullname" . }}-jwt-keys{{- end -}}
+{{- define "taskcreds.configMapName" -}}{{ include "taskcreds.fullname" . }}-config{{- end -}}
+
+{{- define "taskcreds.broker.url" -}}
+https://{{ include "taskcreds.broker.serviceName" . }}.{{ .Release.Namespace }}.svc:{{ .Values.broker.service.port }}
+{{- end -}}
+
+{{/* The broker's SPIFFE ID, from the same template the operator uses to read sidecars' IDs. */}}
+{{- define "taskcreds.broker.spiffeId" -}}
+{{- .Values.spiffe.idTemplate | replace "{trust_domain}" .Values.spiffe.trustDomain | replace "{namespace}" .Release.Namespace | replace "{serviceaccount}" (include "taskcreds.operator.serviceAccountName" .) -}}
+{{- end -}}
+
+{{- define "taskcreds.jwt.issuer" -}}
+{{- default (include "taskcreds.broker.url" .) .Values.broker.jwtIssuer -}}
+{{- end -}}
+
+{{/* image reference: digest wins over tag; tag defaults to the appVersion. */}}
+{{- define "taskcreds.imageRef" -}}
+{{- $repo := index . 0 -}}{{- $tag := index . 1 -}}{{- $digest := index . 2 -}}
+{{- if $digest -}}{{ printf "%s@%s" $repo $digest }}{{- else -}}{{ printf "%s:%s" $repo $tag }}{{- end -}}
+{{- end -}}
+
+{{- define "taskcreds.operator.image" -}}
+{{- include "taskcreds.imageRef" (list .Values.image.repository (default .Chart.AppVersion .Values.image.tag) .Values.image.digest) -}}
+{{- end -}}
+
+{{- define "taskcreds.sidecar.image" -}}
+{{- $s := .Values.sidecar.image -}}
+{{- $repo := default .Values.image.repository $s.repository -}}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) $s.tag -}}
+{{- $digest := $s.digest | default (ternary .Values.image.digest "" (empty $s.repository)) -}}
+{{- include "taskcreds.imageRef" (list $repo $tag $digest) -}}
+{{- end -}}
+
+{{/* Namespaces never sent to the webhook: the release namespace (the operator must never wait on
+     itself) and the configured ones. */}}
+{{- define "taskcreds.webhook.excludedNamespaces" -}}
+{{- $out := list .Release.Namespace -}}
+{{- range .Values.webhook.excludeNamespaces -}}{{- if not (has . $out) -}}{{- $out = append $out . -}}{{- end -}}{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* Namespaces whose Secrets the operator reads through Roles (only when rbac.secretNamespaces is set). */}}
+{{- define "taskcreds.rbac.secretNamespaces" -}}
+{{- $out := list .Release.Namespace -}}
+{{- range .Values.rbac.secretNamespaces -}}{{- if not (has . $out) -}}{{- $out = append $out . -}}{{- end -}}{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{- define "taskcreds.webhook.certDir" -}}/var/run/taskcreds/webhook-certs{{- end -}}
+{{- define "taskcreds.spiffe.mountPath" -}}/spiffe-workload-api{{- end -}}
+{{- define "taskcreds.configDir" -}}/etc/taskcreds{{- end -}}
