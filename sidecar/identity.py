@@ -87,7 +87,7 @@ class IdentitySource:
         return f"IdentitySource({self.socket_uri!r}, spiffe_id={who!r})"
 
     # --- life cycle ----------------------------------------------------------------------------
-    async def start(self, timeout: float = 30.0) -> X509SvidMaterial:
+    async def start(self, timeout: float = 30.0) -> X509SvidMaterial:  # noqa: ASYNC109 (public API)
         """Connect and wait for the first SVID; IdentityError after ``timeout`` seconds without one."""
         if self._task is not None:
             raise IdentityError("IdentitySource.start() was already called")
@@ -146,7 +146,8 @@ class IdentitySource:
             self._client_ctx = cached
         return cached[1]
 
-    def server_ssl_context(self, *, client_cert: Literal["required", "optional"] = "required") -> ssl.SSLContext:
+    def server_ssl_context(self, *,
+                           client_cert: Literal["required", "optional"] = "required") -> ssl.SSLContext:
         """One server TLS context that follows rotations in place (new handshakes use the new SVID).
 
         A server keeps its SSLContext for its lifetime, so unlike :meth:`ssl_context` this is the
@@ -177,7 +178,7 @@ class IdentitySource:
         first, longest = self._backoff
         delay = first
         while not self._closed:
-            if not os.path.exists(self.socket_path):
+            if not os.path.exists(self.socket_path):  # noqa: ASYNC240 (one stat, no disk I/O worth a thread)
                 self._problem = f"socket file {self.socket_path} does not exist"
             else:
                 failed = asyncio.Event()

@@ -26,7 +26,7 @@ import os
 import stat
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -70,7 +70,7 @@ class DevAuthorityRefused(DevAuthorityError):
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _SigningKey:
@@ -438,12 +438,12 @@ class WorkloadApiServer:
         with self._lock:
             return self._generation, self.current
 
-    async def wait_change(self, timeout: float | None = None) -> bool:
+    async def wait_change(self, within: float | None = None) -> bool:
         """Wait for the next rotation or stop; False on timeout."""
         assert self._changed is not None
         event = self._changed
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            await asyncio.wait_for(event.wait(), within)
         except TimeoutError:
             return False
         return True

@@ -134,7 +134,8 @@ def parse_spiffe_id(spiffe_id: str) -> tuple[str, str]:
     if len(spiffe_id) > _MAX_ID_LENGTH:
         raise SvidError(f"SPIFFE ID is {len(spiffe_id)} characters long, at most {_MAX_ID_LENGTH} allowed")
     if not spiffe_id.startswith("spiffe://"):
-        raise SvidError(f"{spiffe_id!r} is not a SPIFFE ID: it must start with 'spiffe://'; expected {_ID_RULES}")
+        raise SvidError(f"{spiffe_id!r} is not a SPIFFE ID: it must start with 'spiffe://'; "
+                        f"expected {_ID_RULES}")
     rest = spiffe_id[len("spiffe://"):]
     trust_domain, slash, path = rest.partition("/")
     if not trust_domain or not _TRUST_DOMAIN.match(trust_domain):
@@ -194,7 +195,8 @@ def load_svid(context: ssl.SSLContext, svid: X509SvidMaterial) -> None:
     CA stays trusted until the process restarts.
     """
     if not svid.bundle_der:
-        raise SvidError(f"SVID {svid.spiffe_id!r} comes with an empty trust bundle: nothing to verify peers with")
+        raise SvidError(f"SVID {svid.spiffe_id!r} comes with an empty trust bundle: "
+                        "nothing to verify peers with")
     context.load_verify_locations(cadata=b"".join(svid.bundle_der))
     _load_chain_from_memory(context, svid)
 

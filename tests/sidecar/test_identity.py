@@ -1,5 +1,6 @@
 """The sidecar's identity source against a real Workload API: first SVID, rotation, outages."""
 
+# ruff: noqa: F811  (pytest fixtures imported from tests.spiffe.fixtures are parameters here)
 from __future__ import annotations
 
 import asyncio
@@ -9,12 +10,12 @@ from collections.abc import Callable
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
+from taskcreds.sidecar.identity import IdentityError, IdentitySource
 
 from taskcreds import names
 from taskcreds.devauthority import DevAuthority, WorkloadApiServer
-from taskcreds.sidecar.identity import IdentityError, IdentitySource
 from taskcreds.svid import X509SvidMaterial, server_context
+from tests.spiffe.disk import assert_not_on_disk, key_marker
 from tests.spiffe.fixtures import AGENT_ID, BROKER_ID, dev_authority, workload_api  # noqa: F401
 from tests.spiffe.tls import TlsServer
 
@@ -22,11 +23,11 @@ Factory = Callable[..., WorkloadApiServer]
 FAST = (0.05, 0.3)  # reconnect backoff for tests
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(0.02)
 
 
@@ -59,7 +60,8 @@ async def test_bare_socket_path_is_accepted(workload_api: Factory) -> None:
 @pytest.mark.parametrize(("socket_uri", "env", "says"), [
     pytest.param(None, None, f"set {names.ENV_SPIFFE_SOCKET}", id="nothing configured"),
     pytest.param("tcp://127.0.0.1:1", None, "is not a unix socket address", id="tcp"),
-    pytest.param(None, "relative/path.sock", f"{names.ENV_SPIFFE_SOCKET}='relative/path.sock'", id="relative env"),
+    pytest.param(None, "relative/path.sock", f"{names.ENV_SPIFFE_SOCKET}='relative/path.sock'",
+                 id="relative env"),
 ])
 def test_bad_socket_configuration_is_named(monkeypatch: pytest.MonkeyPatch, socket_uri: str | None,
                                             env: str | None, says: str) -> None:
@@ -105,7 +107,8 @@ async def test_rotation_changes_ssl_context_and_the_next_connection_presents_the
     api = workload_api(AGENT_ID)
     broker = server_context(dev_authority.mint_x509_svid(BROKER_ID))
     updates: list[X509SvidMaterial] = []
-    async with IdentitySource(api.socket_uri, on_update=updates.append) as source, TlsServer(broker) as server:
+    async with IdentitySource(api.socket_uri, on_update=updates.append) as source, \
+            TlsServer(broker) as server:
         old_context = source.ssl_context()
         assert source.ssl_context() is old_context  # cached while the SVID stays the same
         before = await server.connect(old_context)
@@ -117,10 +120,12 @@ async def test_rotation_changes_ssl_context_and_the_next_connection_presents_the
         new_context = source.ssl_context()
         assert new_context is not old_context
         after = await server.connect(new_context)
-        assert after.server_saw == AGENT_ID and after.server_saw_leaf == new.fingerprint != before.server_saw_leaf
+        assert after.server_saw == AGENT_ID
+        assert after.server_saw_leaf == new.fingerprint != before.server_saw_leaf
 
 
-async def test_server_context_follows_rotation_in_place(workload_api: Factory, dev_authority: DevAuthority) -> None:
+async def test_server_context_follows_rotation_in_place(workload_api: Factory,
+                                                        dev_authority: DevAuthority) -> None:
     from taskcreds.svid import client_context
 
     api = workload_api(BROKER_ID)
@@ -147,7 +152,7 @@ async def test_workload_api_down_and_back(workload_api: Factory) -> None:
         source.ssl_context()
         new = api.rotate()
         api.start()
-        await _until(lambda: source.current == new, timeout=5)
+        await _until(lambda: source.current == new, within=5)
     finally:
         await source.close()
 
@@ -186,25 +191,13 @@ async def test_fetch_jwt_svid_errors_name_the_problem(workload_api: Factory) -> 
             await source.fetch_jwt_svid("openbao")
 
 
-async def test_the_svid_key_never_lands_on_disk(workload_api: Factory, dev_authority: DevAuthority) -> None:
+async def test_the_svid_key_never_lands_on_disk(workload_api: Factory) -> None:
     api = workload_api(AGENT_ID)
     started = time.time() - 1
     async with IdentitySource(api.socket_uri) as source:
         source.ssl_context()
         source.server_ssl_context()
-        key = serialization.load_der_private_key(source.current.key_der, None)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        marker = pem.splitlines()[1]
-        for root in (os.path.dirname(api.socket_path), "/tmp", "/dev/shm"):
-            for directory, _, files in os.walk(root):
-                for name in files:
-                    path = os.path.join(directory, name)
-                    try:
-                        if os.path.isfile(path) and os.lstat(path).st_mtime >= started \
-                                and os.lstat(path).st_size < 1 << 20:
-                            with open(path, "rb") as f:
-                                assert marker not in f.read(), f"the SVID key was written to {path}"
-                    except OSError:
-                        continue
+        marker = key_marker(source.current)
+        roots = [os.path.dirname(api.socket_path), "/tmp", "/dev/shm"]
+        await asyncio.to_thread(assert_not_on_disk, marker, roots, started)
         assert marker not in repr(source).encode() and marker not in repr(source.current).encode()

@@ -1,5 +1,6 @@
 """The development authority and its Workload API, checked with py-spiffe's real client."""
 
+# ruff: noqa: F811  (pytest fixtures imported from tests.spiffe.fixtures are parameters here)
 from __future__ import annotations
 
 import json
@@ -88,12 +89,14 @@ def test_x509_svid_parses_with_py_spiffe(dev_authority: DevAuthority) -> None:
 
 
 @pytest.mark.parametrize(("spiffe_id", "says"), [
-    pytest.param("spiffe://other.org/ns/a/sa/b", "not in trust domain 'taskcreds.local'", id="other trust domain"),
+    pytest.param("spiffe://other.org/ns/a/sa/b", "not in trust domain 'taskcreds.local'",
+                 id="other trust domain"),
     pytest.param("spiffe://taskcreds.local", "names the trust domain itself", id="no path"),
     pytest.param("spiffe://taskcreds.local/a/", "invalid path segment", id="malformed"),
     pytest.param("taskcreds.local/a", "must start with 'spiffe://'", id="no scheme"),
 ])
-def test_mint_refuses_ids_outside_the_trust_domain(dev_authority: DevAuthority, spiffe_id: str, says: str) -> None:
+def test_mint_refuses_ids_outside_the_trust_domain(dev_authority: DevAuthority, spiffe_id: str,
+                                                   says: str) -> None:
     with pytest.raises(DevAuthorityError) as err:
         dev_authority.mint_x509_svid(spiffe_id)
     assert says in str(err.value)
@@ -166,7 +169,8 @@ def _serial(der: bytes) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def test_workload_api_serves_everything_to_py_spiffe(workload_api: Factory, dev_authority: DevAuthority) -> None:
+def test_workload_api_serves_everything_to_py_spiffe(workload_api: Factory,
+                                                     dev_authority: DevAuthority) -> None:
     api = workload_api(AGENT_ID)
     assert api.socket_uri.startswith("unix:///")
     with WorkloadApiClient(api.socket_uri, default_timeout=5) as client:
@@ -275,7 +279,8 @@ def test_stop_and_start_again_a_live_x509_source_follows(workload_api: Factory) 
         time.sleep(0.2)
         new = api.rotate()  # minted while nobody serves it
         api.start()
-        _wait_for(lambda: source.get_x509_context().default_svid.leaf.serial_number == _serial(new.chain_der[0]))
+        serial = _serial(new.chain_der[0])
+        _wait_for(lambda: source.get_x509_context().default_svid.leaf.serial_number == serial)
         assert not source.is_closed()
     finally:
         source.close()

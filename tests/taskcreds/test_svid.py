@@ -1,11 +1,12 @@
 """TLS from SVIDs: real mutual-TLS handshakes on loopback, SPIFFE ID rules, the key kept off disk."""
 
+# ruff: noqa: F811  (pytest fixtures imported from tests.spiffe.fixtures are parameters here)
 from __future__ import annotations
 
 import os
 import ssl
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
@@ -24,6 +25,7 @@ from taskcreds.svid import (
     server_context,
     spiffe_id_of,
 )
+from tests.spiffe.disk import assert_not_on_disk, key_marker
 from tests.spiffe.fixtures import AGENT_ID, BROKER_ID, dev_authority  # noqa: F401
 from tests.spiffe.tls import TlsServer, handshake
 
@@ -65,7 +67,7 @@ def test_parse_spiffe_id_refuses_with_reason(spiffe_id: str, says: str) -> None:
 def _cert(uris: list[str], *, extra_dns: bool = False) -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "t")])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
                .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(hours=1)))
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
@@ -117,7 +119,7 @@ def _other_authority() -> DevAuthority:
 
 
 def _past(hours: float) -> DevAuthority:
-    then = datetime.now(timezone.utc) - timedelta(hours=hours)
+    then = datetime.now(UTC) - timedelta(hours=hours)
     return DevAuthority("taskcreds.local", allow=True, now=lambda: then)
 
 
@@ -143,14 +145,14 @@ REFUSED = [
 
 def _expired_svid(authority: DevAuthority, spiffe_id: str = AGENT_ID) -> X509SvidMaterial:
     """An SVID of ``authority``'s CA that expired an hour ago (signed with its real CA key)."""
-    then = datetime.now(timezone.utc) - timedelta(hours=2)
+    then = datetime.now(UTC) - timedelta(hours=2)
     real_now = authority._now
     authority._now = lambda: then
     try:
         svid = authority.mint_x509_svid(spiffe_id, ttl=3600)
     finally:
         authority._now = real_now
-    assert svid.expires_at < datetime.now(timezone.utc)
+    assert svid.expires_at < datetime.now(UTC)
     return svid
 
 
@@ -242,31 +244,12 @@ def test_repr_never_shows_key_material(dev_authority: DevAuthority) -> None:
     assert repr(svid.key_der)[2:40] not in text and "key" not in text
 
 
-def _key_pem(svid: X509SvidMaterial) -> bytes:
-    key = serialization.load_der_private_key(svid.key_der, None)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
 def test_key_never_written_to_disk_and_no_descriptor_leaks(dev_authority: DevAuthority) -> None:
     svid = dev_authority.mint_x509_svid(AGENT_ID)
-    marker = _key_pem(svid).splitlines()[1]  # the first line of the key's base64 body
     fds_before = set(os.listdir("/proc/self/fd"))
     started = time.time() - 1
     for _ in range(5):
         server_context(svid)
         client_context(svid)
-    assert len(set(os.listdir("/proc/self/fd")) - fds_before) == 0
-    for root in ("/tmp", "/dev/shm", os.getcwd()):
-        for directory, subdirs, files in os.walk(root):
-            subdirs[:] = [d for d in subdirs if d not in (".git", ".venv", "node_modules")]
-            for name in files:
-                path = os.path.join(directory, name)
-                try:
-                    info = os.lstat(path)
-                    if info.st_mtime < started or not os.path.isfile(path) or info.st_size > 1 << 20:
-                        continue
-                    with open(path, "rb") as f:
-                        assert marker not in f.read(), f"the SVID key was written to {path}"
-                except OSError:
-                    continue
+    assert set(os.listdir("/proc/self/fd")) - fds_before == set()  # every memfd closed
+    assert_not_on_disk(key_marker(svid), ["/tmp", "/dev/shm", os.getcwd()], started)
