@@ -332,3 +332,17 @@ def test_bad_socket_path_is_reported(dev_authority: DevAuthority, tmp_path) -> N
     server = WorkloadApiServer(dev_authority, str(blocker / "agent.sock"), AGENT_ID)
     with pytest.raises((DevAuthorityError, OSError)):
         server.start()
+
+
+def test_ca_rotation_reaches_a_live_x509_source(workload_api: Factory, dev_authority: DevAuthority) -> None:
+    from spiffe import TrustDomain
+
+    api = workload_api(AGENT_ID)
+    source = X509Source(socket_path=api.socket_uri, timeout_in_seconds=5)
+    try:
+        dev_authority.rotate_ca()
+        api.rotate()
+        td = TrustDomain("taskcreds.local")
+        _wait_for(lambda: len(source.get_bundle_for_trust_domain(td).x509_authorities) == 2)
+    finally:
+        source.close()

@@ -253,3 +253,53 @@ def test_key_never_written_to_disk_and_no_descriptor_leaks(dev_authority: DevAut
         client_context(svid)
     assert set(os.listdir("/proc/self/fd")) - fds_before == set()  # every memfd closed
     assert_not_on_disk(key_marker(svid), ["/tmp", "/dev/shm", os.getcwd()], started)
+
+
+# --- aiohttp, as the broker and the sidecar use it -------------------------------------------------
+
+
+async def test_aiohttp_server_and_client_authenticate_each_other(dev_authority: DevAuthority) -> None:
+    import aiohttp
+    from aiohttp import web
+
+    async def whoami(request: web.Request) -> web.Response:
+        return web.json_response({"you": peer_spiffe_id(request.transport.get_extra_info("ssl_object"))})
+
+    app = web.Application()
+    app.router.add_get("/whoami", whoami)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    broker = server_context(dev_authority.mint_x509_svid(BROKER_ID))
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=broker)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as session:
+            agent = client_context(dev_authority.mint_x509_svid(AGENT_ID))
+            async with session.get(f"https://127.0.0.1:{port}/whoami", ssl=agent) as response:
+                assert await response.json() == {"you": AGENT_ID}
+            impostor = client_context(_other_authority().mint_x509_svid(AGENT_ID))
+            with pytest.raises(aiohttp.ClientError):
+                async with session.get(f"https://127.0.0.1:{port}/whoami", ssl=impostor) as response:
+                    await response.read()
+    finally:
+        await runner.cleanup()
+
+
+# --- from py-spiffe's objects ----------------------------------------------------------------------
+
+
+def test_from_spiffe_with_a_bundle_or_a_bundle_set(dev_authority: DevAuthority) -> None:
+    from spiffe import TrustDomain, X509Bundle, X509BundleSet, X509Svid
+
+    svid = dev_authority.mint_x509_svid(AGENT_ID)
+    parsed = X509Svid.parse_raw(b"".join(svid.chain_der), svid.key_der)
+    bundle = X509Bundle.parse_raw(TrustDomain("taskcreds.local"), b"".join(svid.bundle_der))
+    foreign = X509Bundle.parse_raw(TrustDomain("other.org"), b"".join(_other_authority().bundle_der()))
+    assert X509SvidMaterial.from_spiffe(parsed, bundle) == svid
+    both = X509BundleSet.of([bundle, foreign])
+    assert X509SvidMaterial.from_spiffe(parsed, both) == svid  # federated bundles are not trusted
+    with pytest.raises(SvidError, match="bundle is for trust domain 'other.org'"):
+        X509SvidMaterial.from_spiffe(parsed, foreign)
+    with pytest.raises(SvidError, match="no bundle for trust domain 'taskcreds.local'"):
+        X509SvidMaterial.from_spiffe(parsed, X509BundleSet.of([foreign]))
