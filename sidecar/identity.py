@@ -91,6 +91,7 @@ class IdentitySource:
         """Connect and wait for the first SVID; IdentityError after ``timeout`` seconds without one."""
         if self._task is not None:
             raise IdentityError("IdentitySource.start() was already called")
+        self._closed = False
         self._loop = asyncio.get_running_loop()
         self._first = self._loop.create_future()
         self._task = asyncio.create_task(self._watch(), name="spiffe-identity")

@@ -319,7 +319,15 @@ class WorkloadApiServer:
         """Serve; returns once the socket accepts connections. Starting a running server is a no-op."""
         if self._thread is not None:
             return
-        os.makedirs(os.path.dirname(self.socket_path), mode=0o700, exist_ok=True)
+        length = len(self.socket_path.encode())
+        if length > 107:
+            raise DevAuthorityError(f"socket path {self.socket_path!r} is {length} bytes long; unix sockets "
+                                    "allow at most 107: choose a shorter directory")
+        try:
+            os.makedirs(os.path.dirname(self.socket_path), mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise DevAuthorityError(f"cannot create the directory for {self.socket_path!r}: "
+                                    f"{exc.strerror or exc}") from None
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
                 os.unlink(self.socket_path)  # a stale socket from a previous run

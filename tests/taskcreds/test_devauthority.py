@@ -326,12 +326,17 @@ def test_jwt_source_reads_bundles(workload_api: Factory, dev_authority: DevAutho
         source.close()
 
 
-def test_bad_socket_path_is_reported(dev_authority: DevAuthority, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    server = WorkloadApiServer(dev_authority, str(blocker / "agent.sock"), AGENT_ID)
-    with pytest.raises((DevAuthorityError, OSError)):
+@pytest.mark.parametrize(("make_path", "says"), [
+    pytest.param(lambda d: f"{d}/file/agent.sock", "cannot create the directory", id="parent is a file"),
+    pytest.param(lambda d: f"{d}/{'x' * 120}.sock", "at most 107", id="path too long"),
+])
+def test_bad_socket_path_is_reported(dev_authority: DevAuthority, tmp_path, make_path, says) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "file").write_text("")
+    server = WorkloadApiServer(dev_authority, make_path(tmp_path), AGENT_ID)
+    with pytest.raises(DevAuthorityError) as err:
         server.start()
+    assert says in str(err.value)
+    assert not server.running
 
 
 def test_ca_rotation_reaches_a_live_x509_source(workload_api: Factory, dev_authority: DevAuthority) -> None:
