@@ -1,0 +1,216 @@
+"""Redaction of this pod's credential values and of well-known token shapes. Pure: memory only.
+
+Every value issued to the pod during the task (current and rotated-away) is replaced by
+``[REDACTED:<credential>]``, as are its encodings an agent is likely to print: standard and
+URL-safe base64 (with and without padding, and at each of the three byte offsets, so the value is
+also caught inside a longer base64 blob such as an HTTP Basic ``user:token`` header) and its
+URL-encoded forms. Well-known token shapes are replaced by ``[REDACTED:<kind>]`` even when this
+pod never saw them: GitHub tokens, AWS access key ids, JWTs, PEM private keys, Vault/OpenBao tokens.
+
+Values (and encoded forms) shorter than ``MIN_LENGTH`` characters are not redacted: short strings
+match ordinary text far too often to be worth it. Values are kept only in this process's memory.
+
+All needles are compiled into one regular expression (a trie of alternatives, longest first),
+rebuilt only when a new value arrives. :class:`RedactStream` processes a body chunk by chunk,
+holding back a window as long as the longest possible match, so a value split across chunks is
+still caught while memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
+
+__all__ = ["Redactor", "RedactStream", "TOKEN_SHAPES", "MIN_LENGTH", "encoded_forms", "label"]
+
+MIN_LENGTH = 6
+_PEM_MAX = 16384
+# kind -> pattern. Each starts with a literal and checks the character before it with a
+# look-behind placed after that literal, so the regex engine can jump between literal prefixes
+# (hundreds of MB/s) instead of trying every position. Every pattern has a bounded length: the
+# stream's window depends on it.
+TOKEN_SHAPES: dict[str, str] = {
+    "private-key": r"-----BEGIN[A-Z0-9 ]{0,40} PRIVATE KEY-----[\s\S]{0,%d}?-----END[A-Z0-9 ]{0,40} PRIVATE KEY-----"
+                   % _PEM_MAX,
+    "github-token": r"(?:gh[pousr]_(?<![A-Za-z0-9_]..._)[A-Za-z0-9]{30,251}"
+                    r"|github_pat_(?<![A-Za-z0-9_]github_pat_)[A-Za-z0-9_]{22,244})",
+    "aws-access-key-id": r"A[KS]IA(?<![A-Za-z0-9]....)[A-Z0-9]{16}(?![A-Za-z0-9])",
+    "jwt": r"eyJ(?<![A-Za-z0-9_-]...)[A-Za-z0-9_-]{4,2048}\.[A-Za-z0-9_-]{4,8192}\.[A-Za-z0-9_-]{0,1024}",
+    "vault-token": r"(?:hv[sbr]\.(?<![A-Za-z0-9_.]....)[A-Za-z0-9_-]{20,512}"
+                   r"|s\.(?<![A-Za-z0-9_.]..)[A-Za-z0-9]{24,64}(?![A-Za-z0-9]))",
+}
+_SHAPES_MAX = _PEM_MAX + 200  # longest possible shape match (PEM dominates), in characters
+_SHAPE_REGEXES = tuple((kind, re.compile(pattern)) for kind, pattern in TOKEN_SHAPES.items())
+
+
+def label(name: str) -> str:
+    return f"[REDACTED:{name}]"
+
+
+def encoded_forms(value: str) -> set[str]:
+    """The value and the encodings of it worth catching, each at least MIN_LENGTH long."""
+    raw = value.encode("utf-8", "surrogateescape")
+    forms = {value, quote(value, safe=""), quote_plus(value, safe=""), quote(value)}
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        whole = encode(raw).decode()
+        forms.update({whole, whole.rstrip("=")})
+        # the value inside a longer base64 text starts at one of three byte offsets; keep only the
+        # characters that depend on the value alone
+        for offset in (1, 2):
+            text = encode(b"\0" * offset + raw).decode().rstrip("=")
+            lead = {1: 2, 2: 3}[offset]
+            tail = 1 if (offset + len(raw)) % 3 else 0
+            forms.add(text[lead: len(text) - tail])
+        forms.add(whole.rstrip("=")[: len(whole.rstrip("=")) - (1 if len(raw) % 3 else 0)])
+    return {f for f in forms if len(f) >= MIN_LENGTH}
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    """One regex alternation for many literals, factored by common prefixes (fast to match)."""
+    trie: dict[str, dict] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, dict]) -> str:
+        end = "" in node
+        branches = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch != ""]
+        if not branches:
+            return ""
+        # longest match first: try the longer continuations before ending here
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if end else body
+
+    return build(trie)
+
+
+class _Compiled:
+    """One immutable snapshot: the regexes, which needle belongs to which credential, the window.
+
+    The values are one trie-shaped alternation; each token shape is its own regex (one combined
+    alternation would lose the engine's literal-prefix search and run several times slower).
+    """
+
+    def __init__(self, needles: dict[str, str]) -> None:
+        self.needles = needles
+        self.values = re.compile(_trie_pattern(needles)) if needles else None
+        self.window = max([_SHAPES_MAX, *map(len, needles)]) + 1
+
+    def matches(self, text: str, start: int, limit: int) -> list[tuple[int, int, str]]:
+        """Non-overlapping (start, end, name) of matches starting in ``[start, limit)``, leftmost-longest."""
+        found: list[tuple[int, int, str]] = []
+        regexes = list(_SHAPE_REGEXES)
+        if self.values is not None:
+            regexes.insert(0, ("", self.values))
+        for kind, regex in regexes:
+            for match in regex.finditer(text, start):
+                if match.start() >= limit:
+                    break
+                found.append((match.start(), match.end(), kind or self.needles[match.group()]))
+        if len(found) > 1:
+            found.sort(key=lambda m: (m[0], -m[1]))
+            kept, last_end = [], -1
+            for item in found:
+                if item[0] >= last_end:
+                    kept.append(item)
+                    last_end = item[1]
+            found = kept
+        return found
+
+    def replace(self, text: str, counts: Counter[str], start: int = 0, cut: int | None = None) -> tuple[str, int]:
+        """Redact matches starting in ``[start, cut)``; returns (output, index where output stops).
+
+        Text before ``start`` is context only (look-behinds see it) and is not part of the output.
+        """
+        limit = len(text) if cut is None else cut
+        out, pos = [], start
+        for m_start, m_end, name in self.matches(text, start, limit):
+            counts[name] += 1
+            out.append(text[pos:m_start])
+            out.append(label(name))
+            pos = m_end
+        end = max(pos, limit)
+        out.append(text[pos:end])
+        return "".join(out), end
+
+
+class Redactor:
+    """The set of values to redact. Thread-safe; values only ever grow during a task."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._needles: dict[str, str] = {}
+        self._compiled = _Compiled({})
+
+    def add(self, credential: str, value: str) -> None:
+        """Remember ``value`` (and its encodings) as belonging to ``credential``, for the task's life."""
+        forms = encoded_forms(value)
+        with self._lock:
+            new = {f: credential for f in forms if f not in self._needles}
+            if not new:
+                return
+            self._needles = {**self._needles, **new}
+            self._compiled = _Compiled(self._needles)
+
+    def add_files(self, credential: str, files: dict[str, str]) -> None:
+        for value in files.values():
+            self.add(credential, value)
+
+    @property
+    def size(self) -> int:
+        """How many needles (values and encoded forms) are known."""
+        return len(self._needles)
+
+    def redact(self, text: str, counts: Counter[str] | None = None) -> str:
+        """``text`` with every known value and token shape replaced."""
+        return self._compiled.replace(text, counts if counts is not None else Counter())[0]
+
+    def stream(self) -> RedactStream:
+        return RedactStream(self)
+
+    @property
+    def compiled(self) -> _Compiled:
+        return self._compiled
+
+
+class RedactStream:
+    """Redacts a byte stream chunk by chunk (UTF-8; invalid bytes pass through unchanged).
+
+    Each :meth:`feed` returns the output that is final so far; :meth:`finish` returns the rest.
+    Memory is bounded by one chunk plus the window (the longest possible match).
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self._carry = ""
+        self._context = ""
+        self.counts: Counter[str] = Counter()
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._process(self._decoder.decode(chunk), final=False)
+
+    def finish(self) -> bytes:
+        return self._process(self._decoder.decode(b"", final=True), final=True)
+
+    def _process(self, text: str, *, final: bool) -> bytes:
+        compiled = self._redactor.compiled
+        # the carry keeps one character before it as look-behind context (self._context)
+        buf = self._context + self._carry + text
+        start = len(self._context)
+        cut = None if final else len(buf) - compiled.window
+        if cut is not None and cut <= start:
+            self._carry = buf[start:]
+            return b""
+        # a match starting before the cut is complete: no match is longer than the window
+        out, end = compiled.replace(buf, self.counts, start, cut)
+        self._context = buf[end - 1:end] if end > 0 else ""
+        self._carry = buf[end:]
+        return out.encode("utf-8", "surrogateescape")

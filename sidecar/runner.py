@@ -1,0 +1,388 @@
+"""The sidecar's life: identity -> issue -> write -> ready -> refresh ... -> teardown -> idle.
+
+Teardown is triggered by whichever comes first:
+
+- the broker's task-status long-poll reports a terminal status (at once);
+- the downward-API ``annotations`` file shows a terminal ``taskcreds.io/task-status`` (polled about
+  every second; the kubelet refreshes it only every minute or so, hence a fallback);
+- ``TASKCREDS_MAX_DURATION`` has passed since the sidecar first started in this pod (recorded in
+  the volume, so a restarted sidecar keeps the clock), or the broker's ``deadline``, whichever is
+  earlier. The pod's creation time is not visible to the sidecar; its first start follows admission
+  by seconds, and the operator enforces the exact deadline on its side;
+- SIGTERM or SIGINT;
+- any broker call answering ``409 task_terminal``.
+
+After teardown the sidecar stays up serving ``/healthz`` (exiting would make the kubelet restart a
+native sidecar) until SIGTERM, then exits 0. A restarted sidecar that finds the teardown marker
+never fetches again. Valid credentials stay on disk while the broker is away; one that expires
+without a replacement is removed from the set and ``/readyz`` turns 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from taskcreds import names
+from taskcreds.logs import fields
+from taskcreds.metrics import SidecarMetrics
+from taskcreds.sidecar import schedule
+from taskcreds.sidecar.client import BrokerClient, IssuedCredential
+from taskcreds.sidecar.config import SidecarConfig
+from taskcreds.sidecar.errors import (
+    BrokerError,
+    PolicyDenied,
+    RateLimited,
+    SidecarError,
+    TaskTerminal,
+    WriterError,
+)
+from taskcreds.sidecar.podinfo import read_task_status
+from taskcreds.sidecar.redact import Redactor
+from taskcreds.sidecar.teardown import teardown
+from taskcreds.sidecar.writer import CredentialFiles, CredentialWriter
+
+__all__ = ["Runner", "IdentityLike"]
+
+_log = logging.getLogger("taskcreds.sidecar")
+_POLICY_BASE = 5.0  # seconds: first retry after a policy denial (it will not change soon)
+_NO_RETRY_DELAY = 60.0  # seconds: 400/413 will not change on retry; try again rarely
+
+
+class IdentityLike(Protocol):
+    """The identity source as the runner uses it (taskcreds.sidecar.identity.IdentitySource)."""
+
+    async def start(self, timeout: float) -> Any: ...
+
+    @property
+    def current(self) -> Any: ...
+
+    def ssl_context(self) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Runner:
+    """Orchestrates one sidecar. ``run()`` returns the process exit code."""
+
+    def __init__(self, config: SidecarConfig, *, identity: IdentityLike, client: BrokerClient,
+                 writer: CredentialWriter, redactor: Redactor, metrics: SidecarMetrics,
+                 rng: random.Random | None = None, podinfo_interval: float = 1.0,
+                 identity_timeout: float = 86400.0, now: Callable[[], datetime] = _utcnow) -> None:
+        self.config = config
+        self.identity = identity
+        self.client = client
+        self.writer = writer
+        self.redactor = redactor
+        self.metrics = metrics
+        self.rng = rng or random.SystemRandom()
+        self.podinfo_interval = podinfo_interval
+        self.identity_timeout = identity_timeout
+        self.now = now
+        self.credentials: dict[str, IssuedCredential] = {}
+        self.torn_down = False
+        self.end_reason: str | None = None
+        self._ending: asyncio.Future[tuple[str, bool]] | None = None
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._deadline: float | None = None
+        self._identity_ready = False
+        self._log_fields = {"task": config.task, "pod": f"{config.pod_namespace}/{config.pod_name}"}
+
+    # --- public ----------------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """For /readyz: ready once every requested credential is on disk and not torn down."""
+        missing = [n for n in self.config.credentials if n not in self.credentials]
+        if self.torn_down:
+            return False, {"tornDown": True, "reason": self.end_reason}
+        return not missing, {"missing": missing}
+
+    def end(self, reason: str, *, broker_knows: bool = False) -> None:
+        """Ask for teardown (idempotent: the first reason wins).
+
+        ``broker_knows``: the broker told us the task ended, so it is revoking already.
+        """
+        if self._ending is not None and not self._ending.done():
+            self._ending.set_result((reason, broker_knows))
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: tear down (if not yet) and exit 0."""
+        self.end("sigterm")
+        self._stop.set()
+
+    def on_svid_update(self, *_: Any) -> None:
+        """The identity source's rotation callback: keep the SVID expiry metric current."""
+        with contextlib.suppress(Exception):
+            self.metrics.svid_expiry.set(self.identity.current.expires_at.timestamp())
+
+    async def run(self) -> int:
+        self._ending = asyncio.get_running_loop().create_future()
+        self.metrics.ready.set(0)
+        ended = self.writer.ended()
+        if ended is not None:
+            self.torn_down, self.end_reason = True, str(ended.get("reason", "unknown"))
+            _log.info("task already ended in this pod; not fetching again, idle until the pod ends",
+                      extra=fields(**self._log_fields, reason=self.end_reason))
+            await self._stop.wait()
+            return 0
+        started = self.writer.started_at()
+        if self.config.max_duration is not None:
+            self._deadline = started + self.config.max_duration
+        self._spawn(self._watch_deadline())
+        if self.config.podinfo_dir:
+            self._spawn(self._watch_podinfo())
+        self._spawn(self._main_flow())
+        reason, broker_knows = await self._ending
+        await self._cancel_all()
+        self.end_reason = reason
+        self.torn_down = True
+        try:
+            await teardown(reason, writer=self.writer, metrics=self.metrics, task=self.config.task,
+                           client=self.client if self._identity_ready and not broker_knows else None)
+        except (OSError, SidecarError) as exc:
+            _log.error("teardown could not wipe every file", extra=fields(
+                **self._log_fields, reason=reason, error=f"{type(exc).__name__}: {exc}"))
+        _log.info("torn down; idle until the pod ends", extra=fields(**self._log_fields, reason=reason))
+        await self._stop.wait()
+        return 0
+
+    # --- flows -----------------------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            _log.error("internal task failed; tearing down", extra=fields(
+                **self._log_fields, error=f"{type(exc).__name__}: {exc}"))
+            self.end("error")
+
+    async def _cancel_all(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _main_flow(self) -> None:
+        # the identity source keeps reconnecting by itself until its first SVID: wait, saying so
+        start = asyncio.ensure_future(self.identity.start(self.identity_timeout))
+        try:
+            while True:
+                done, _ = await asyncio.wait({start}, timeout=10.0)
+                if done:
+                    break
+                _log.warning("still waiting for a SPIFFE identity", extra=fields(**self._log_fields))
+        finally:
+            if not start.done():
+                start.cancel()
+        try:
+            start.result()
+        except Exception as exc:
+            # no marker, no teardown: a restarted sidecar may well get an identity
+            _log.error("no SPIFFE identity; not ready", extra=fields(
+                **self._log_fields, error=f"{type(exc).__name__}: {exc}"))
+            await asyncio.Event().wait()
+        self._identity_ready = True
+        self.on_svid_update()
+        _log.info("SPIFFE identity ready", extra=fields(**self._log_fields,
+                                                         spiffe_id=getattr(self.identity.current, "spiffe_id", None)))
+        self._spawn(self._watch_broker())
+        await self._initial_issue()
+        for name in self.config.credentials:
+            self._spawn(self._refresh_loop(name))
+
+    async def _initial_issue(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                result = await self.client.issue(list(self.config.credentials), self.config.ttl)
+            except BrokerError as exc:
+                if isinstance(exc, TaskTerminal):
+                    self.end("task_terminal", broker_knows=True)
+                    await asyncio.Event().wait()
+                attempt += 1
+                delay = self._delay_after(exc, attempt, None)
+                self._record_failure(self.config.credentials, exc, attempt, delay)
+                await asyncio.sleep(delay)
+                continue
+            if result.deadline is not None:
+                self._tighten_deadline(result.deadline.timestamp())
+            for cred in result.credentials:
+                self._accept(cred, "issued")
+            self._publish()
+            if result.task_status in names.TERMINAL_STATUSES:
+                self.end(result.task_status)
+            return
+
+    async def _refresh_loop(self, name: str) -> None:
+        attempt = 0
+        while True:
+            cred = self.credentials.get(name)
+            if cred is not None and attempt == 0:
+                at = schedule.next_refresh_at(cred.issued_at, cred.expires_at, self.now(), self.rng)
+                await self._sleep_until_or_expiry(name, (at - self.now()).total_seconds())
+                cred = self.credentials.get(name)
+            try:
+                if cred is not None and cred.lease_ref:
+                    new = await self.client.renew(name, cred.lease_ref, self.config.ttl)
+                else:
+                    result = await self.client.issue([name], self.config.ttl)
+                    new = next(c for c in result.credentials if c.name == name)
+            except TaskTerminal:
+                self.end("task_terminal", broker_knows=True)
+                return
+            except (BrokerError, StopIteration) as exc:
+                error = exc if isinstance(exc, BrokerError) else BrokerError(
+                    f"the broker's answer did not include credential {name!r}")
+                attempt += 1
+                remaining = (cred.expires_at - self.now()).total_seconds() if cred else None
+                delay = self._delay_after(error, attempt, remaining)
+                self._record_failure((name,), error, attempt, delay)
+                await self._sleep_until_or_expiry(name, delay)
+                continue
+            attempt = 0
+            self._accept(new, "refreshed")
+            self._publish()
+
+    async def _sleep_until_or_expiry(self, name: str, seconds: float) -> None:
+        """Sleep ``seconds``, but drop the credential from the set the moment it expires."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        while True:
+            remaining = deadline - time.monotonic()
+            cred = self.credentials.get(name)
+            expires_in = (cred.expires_at - self.now()).total_seconds() if cred else None
+            if expires_in is not None and expires_in <= 0:
+                self._expire(name)
+                continue
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(remaining, expires_in + 0.01) if expires_in is not None else remaining)
+
+    def _expire(self, name: str) -> None:
+        cred = self.credentials.pop(name, None)
+        if cred is None:
+            return
+        with contextlib.suppress(KeyError):
+            self.metrics.credential_expiry.remove(name)
+        _log.warning("credential expired without a replacement; removed", extra=fields(
+            **self._log_fields, credential=name, lease=cred.lease_ref))
+        self._publish()
+
+    async def _watch_broker(self) -> None:
+        known: str | None = None
+        attempt = 0
+        while True:
+            try:
+                status = await self.client.wait_status(known, 30.0)
+            except TaskTerminal:
+                self.end("task_terminal", broker_knows=True)
+                return
+            except BrokerError as exc:
+                attempt += 1
+                delay = self._delay_after(exc, attempt, None)
+                _log.debug("task status long-poll failed", extra=fields(
+                    **self._log_fields, attempt=attempt, error=f"{type(exc).__name__}: {exc}"))
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            if status.deadline is not None:
+                self._tighten_deadline(status.deadline.timestamp())
+            if status.terminal or status.status in names.TERMINAL_STATUSES:
+                _log.info("broker reports the task ended", extra=fields(
+                    **self._log_fields, status=status.status, reason=status.reason))
+                self.end(status.reason or status.status, broker_knows=True)
+                return
+            known = status.status
+
+    async def _watch_podinfo(self) -> None:
+        assert self.config.podinfo_dir is not None
+        while True:
+            status = await asyncio.to_thread(read_task_status, self.config.podinfo_dir)
+            if status in names.TERMINAL_STATUSES:
+                _log.info("downward API shows the task ended", extra=fields(**self._log_fields, status=status))
+                self.end(status)
+                return
+            await asyncio.sleep(self.podinfo_interval)
+
+    async def _watch_deadline(self) -> None:
+        while True:
+            if self._deadline is not None:
+                left = self._deadline - time.time()
+                if left <= 0:
+                    _log.info("task deadline passed", extra=fields(**self._log_fields))
+                    self.end("deadline")
+                    return
+                await asyncio.sleep(min(left, 1.0))
+            else:
+                await asyncio.sleep(1.0)
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _tighten_deadline(self, at: float) -> None:
+        if self._deadline is None or at < self._deadline:
+            self._deadline = at
+
+    def _delay_after(self, exc: BrokerError, attempt: int, remaining: float | None) -> float:
+        if isinstance(exc, RateLimited):
+            return max(schedule.MIN_DELAY, exc.retry_after)
+        if not exc.retryable:
+            return _NO_RETRY_DELAY
+        base = _POLICY_BASE if isinstance(exc, PolicyDenied) else schedule.BASE_DELAY
+        return schedule.backoff(attempt, self.rng, remaining=remaining, base=base)
+
+    def _record_failure(self, credentials: Any, exc: BrokerError, attempt: int, delay: float) -> None:
+        for name in credentials:
+            self.metrics.refresh.labels(credential=name, result="failure").inc()
+        _log.warning("broker call failed; retrying", extra=fields(
+            **self._log_fields, credentials=list(credentials), code=exc.code, attempt=attempt,
+            retry_in=round(delay, 2), error=str(exc)))
+
+    def _accept(self, cred: IssuedCredential, what: str) -> None:
+        if cred.name not in self.config.credentials:
+            _log.warning("broker sent a credential that was not asked for; ignored",
+                         extra=fields(**self._log_fields, credential=cred.name))
+            return
+        # known to the redactor before it is visible on disk
+        self.redactor.add_files(cred.name, dict(cred.files))
+        self.credentials[cred.name] = cred
+        self.metrics.refresh.labels(credential=cred.name, result="success").inc()
+        self.metrics.credential_expiry.labels(credential=cred.name).set(cred.expires_at.timestamp())
+        _log.info(f"credential {what}", extra=fields(
+            **self._log_fields, credential=cred.name, provider=cred.provider, lease=cred.lease_ref,
+            expires_at=cred.expires_at.isoformat(), files=sorted(cred.files)))
+
+    def _publish(self) -> None:
+        """Write the current set (file deliveries) atomically and update readiness."""
+        if self.torn_down:
+            return
+        files = [CredentialFiles(c.name, c.provider, c.expires_at, c.files)
+                 for n in self.config.credentials if (c := self.credentials.get(n)) and c.delivery == "file"]
+        try:
+            self.writer.write(files)
+        except (OSError, WriterError) as exc:
+            _log.error("cannot write credentials", extra=fields(
+                **self._log_fields, error=f"{type(exc).__name__}: {exc}"))
+            self.metrics.ready.set(0)
+            return
+        asyncio.get_running_loop().call_later(self.writer.grace + 0.05, self._collect)
+        ready, _ = self.readiness()
+        self.metrics.ready.set(1 if ready else 0)
+
+    def _collect(self) -> None:
+        if not self.torn_down:
+            with contextlib.suppress(OSError, WriterError):
+                self.writer.collect()

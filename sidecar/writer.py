@@ -1,0 +1,390 @@
+"""The credential directory on tmpfs, laid out and swapped the way the kubelet does it.
+
+::
+
+    $TASKCREDS_DIR/
+      ..2026_11_29_10_00_00.123456789/   one generation: every credential of one moment
+        github/token                     0440, group = fsGroup when set
+        taskcreds.json                   names, files, provider, expiry: never values
+      ..data -> ..2026_11_29_10_00_00.123456789   swapped atomically (symlink ..data_tmp, rename)
+      github -> ..data/github
+      taskcreds.json -> ..data/taskcreds.json
+      .taskcreds-started                 first start of the sidecar in this pod (max-duration clock)
+      .taskcreds-ended                   written at teardown: a restarted sidecar never fetches again
+
+A reader that opens files through ``..data`` (or the top-level links) sees one whole generation,
+never a mix. Every path operation is relative to a directory descriptor and never follows a link
+the writer did not make (``O_NOFOLLOW``, ``lstat``). Retired generations are overwritten with
+zeros and unlinked once ``grace`` seconds have passed, so a reader that opened the old set just
+before a swap still reads it whole; :meth:`wipe` removes everything at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import re
+import stat
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from taskcreds import names
+from taskcreds.sidecar.errors import NotInMemoryFilesystem, UnsafeEntry, UnsafeName, WriterError
+
+__all__ = ["CredentialFiles", "CredentialWriter", "filesystem_magic", "check_in_memory", "check_name",
+           "ENDED_MARKER", "STARTED_MARKER", "TMPFS_MAGIC", "RAMFS_MAGIC"]
+
+TMPFS_MAGIC = 0x01021994
+RAMFS_MAGIC = 0x858458F6
+ENDED_MARKER = ".taskcreds-ended"
+STARTED_MARKER = ".taskcreds-started"
+DATA = names.DATA_DIR_LINK
+DATA_TMP = DATA + "_tmp"
+_GENERATION = re.compile(r"^\.\.\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d\.\d{9}(_\d+)?$")
+_LINK_TMP = "..tmp_"  # a top-level link being replaced; never a credential name (leading dot)
+_DIR_MODE = 0o750
+_NAME_MAX = 253
+
+
+@dataclass(frozen=True)
+class CredentialFiles:
+    """One credential as written: the values are in ``files`` only, hidden from repr."""
+
+    name: str
+    provider: str
+    expires_at: datetime
+    files: Mapping[str, str] = field(repr=False)
+
+
+def filesystem_magic(path: str) -> int:
+    """The ``statfs`` f_type of the filesystem holding ``path`` (Linux)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        raise WriterError(f"cannot inspect the filesystem of {path}: {os.strerror(err)}")
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def check_in_memory(path: str) -> None:
+    """Refuse any directory that is not on tmpfs or ramfs: credentials must never reach a disk."""
+    if not os.path.isdir(path):
+        raise WriterError(f"credential directory {path} does not exist or is not a directory")
+    magic = filesystem_magic(path)
+    if magic not in (TMPFS_MAGIC, RAMFS_MAGIC):
+        raise NotInMemoryFilesystem(
+            f"credential directory {path} is not on tmpfs or ramfs (filesystem type 0x{magic:x}); "
+            "refusing to write credentials where they could reach a disk. Use an emptyDir volume "
+            "with medium: Memory")
+
+
+def check_name(name: str, what: str) -> str:
+    """A credential or file name that stays inside its directory: no '/', NUL, '..', leading dot."""
+    if (not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\0" in name
+            or len(name) > _NAME_MAX or name == names.MANIFEST_FILE):
+        raise UnsafeName(f"{what} name {name!r} is not allowed: expected 1-{_NAME_MAX} characters, no '/', "
+                         f"no NUL, not starting with '.', not {names.MANIFEST_FILE!r}")
+    return name
+
+
+class CredentialWriter:
+    """Writes, swaps and wipes credential sets in one directory. Not thread-safe: one caller."""
+
+    def __init__(self, directory: str, *, fs_group: int | None = None, task: str | None = None,
+                 grace: float = 2.0) -> None:
+        self.directory = directory
+        self.fs_group = fs_group
+        self.task = task
+        self.grace = grace
+        self._dfd: int | None = None
+        self._current: str | None = None
+        self._retired: list[tuple[float, str]] = []
+        self._links: set[str] = set()
+        self._seq = 0
+
+    # --- life cycle ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Check the directory (tmpfs, nothing planted) and remove leftovers of an earlier run.
+
+        Markers are kept. Raises NotInMemoryFilesystem or UnsafeEntry before writing anything.
+        """
+        check_in_memory(self.directory)
+        dfd = self._fd()
+        plan: list[tuple[str, str]] = []
+        for entry in sorted(os.listdir(dfd)):
+            st = os.lstat(entry, dir_fd=dfd)
+            kind = self._classify(entry, st, dfd)
+            if kind is None:
+                raise UnsafeEntry(
+                    f"{os.path.join(self.directory, entry)} was not created by taskcreds "
+                    f"({_describe(st)}); refusing to write next to it. The credential directory must be "
+                    "an emptyDir volume only the sidecar writes")
+            plan.append((entry, kind))
+        for entry, kind in plan:
+            if kind == "generation":
+                self._shred_tree(entry)
+            elif kind == "link":
+                os.unlink(entry, dir_fd=dfd)
+
+    def close(self) -> None:
+        if self._dfd is not None:
+            os.close(self._dfd)
+            self._dfd = None
+
+    # --- writing ---------------------------------------------------------------------------------
+    def write(self, credentials: Sequence[CredentialFiles]) -> None:
+        """Replace the whole set atomically. An empty set still writes a manifest listing nothing."""
+        for cred in credentials:
+            check_name(cred.name, "credential")
+            for file_name in cred.files:
+                check_name(file_name, f"file of credential {cred.name!r}:")
+        dfd = self._fd()
+        wanted = {c.name for c in credentials} | {names.MANIFEST_FILE}
+        for link in wanted:  # check before touching anything: all or nothing
+            self._check_top_level(link)
+        generation = self._new_generation()
+        os.mkdir(generation, 0o700, dir_fd=dfd)
+        gfd = os.open(generation, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+        try:
+            for cred in credentials:
+                os.mkdir(cred.name, 0o700, dir_fd=gfd)
+                cfd = os.open(cred.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=gfd)
+                try:
+                    for file_name, value in cred.files.items():
+                        self._write_file(cfd, file_name, value.encode("utf-8", "surrogateescape"))
+                    self._own(cfd, _DIR_MODE)
+                finally:
+                    os.close(cfd)
+            self._write_file(gfd, names.MANIFEST_FILE, self._manifest(credentials))
+            self._own(gfd, _DIR_MODE)
+        finally:
+            os.close(gfd)
+        self._replace_link(DATA, generation)
+        for link in wanted:
+            self._replace_link(link, f"{DATA}/{link}")
+        for stale in sorted(self._links - wanted):
+            self._remove_link(stale)
+        self._links = wanted
+        if self._current is not None:
+            self._retired.append((time.monotonic(), self._current))
+        self._current = generation
+        self.collect()
+
+    def collect(self, *, force: bool = False) -> None:
+        """Shred retired generations older than ``grace`` seconds (all of them with ``force``)."""
+        now, keep = time.monotonic(), []
+        for retired_at, generation in self._retired:
+            if force or now - retired_at >= self.grace:
+                self._shred_tree(generation)
+            else:
+                keep.append((retired_at, generation))
+        self._retired = keep
+
+    @property
+    def pending_retired(self) -> int:
+        """Generations waiting for their grace period to pass."""
+        return len(self._retired)
+
+    def wipe(self) -> None:
+        """Overwrite and unlink every credential file and remove the layout; markers stay."""
+        dfd = self._fd()
+        for entry in sorted(os.listdir(dfd)):
+            st = os.lstat(entry, dir_fd=dfd)
+            kind = self._classify(entry, st, dfd)
+            if kind == "generation":
+                self._shred_tree(entry)
+            elif kind == "link":
+                os.unlink(entry, dir_fd=dfd)
+        self._retired, self._current, self._links = [], None, set()
+
+    # --- markers ---------------------------------------------------------------------------------
+    def mark_ended(self, reason: str) -> None:
+        """Record that the task ended, in the volume (survives a container restart, not the pod)."""
+        self._write_marker(ENDED_MARKER, {"task": self.task, "reason": reason,
+                                          "endedAt": datetime.now(timezone.utc).isoformat()})
+
+    def ended(self) -> dict[str, Any] | None:
+        """The teardown marker's content when the task already ended in this pod, else None."""
+        return self._read_marker(ENDED_MARKER)
+
+    def started_at(self) -> float:
+        """Unix time of the sidecar's first start in this pod (recorded on first call)."""
+        marker = self._read_marker(STARTED_MARKER)
+        if marker and isinstance(marker.get("startedAt"), (int, float)):
+            return float(marker["startedAt"])
+        now = time.time()
+        self._write_marker(STARTED_MARKER, {"task": self.task, "startedAt": now})
+        return now
+
+    # --- internals -------------------------------------------------------------------------------
+    def _fd(self) -> int:
+        if self._dfd is None:
+            try:
+                self._dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError as exc:
+                raise WriterError(f"cannot open credential directory {self.directory}: {exc.strerror}") from None
+        return self._dfd
+
+    def _classify(self, entry: str, st: os.stat_result, dfd: int) -> str | None:
+        """'generation', 'link' or 'marker' for the writer's own entries, None for anything else."""
+        if entry in (ENDED_MARKER, STARTED_MARKER, ENDED_MARKER + ".tmp", STARTED_MARKER + ".tmp"):
+            return "marker" if stat.S_ISREG(st.st_mode) else None
+        if _GENERATION.match(entry):
+            return "generation" if stat.S_ISDIR(st.st_mode) else None
+        if not stat.S_ISLNK(st.st_mode):
+            return None
+        target = os.readlink(entry, dir_fd=dfd)
+        if entry in (DATA, DATA_TMP):
+            return "link" if _GENERATION.match(target) else None
+        if entry.startswith(_LINK_TMP):
+            return "link" if target == f"{DATA}/{entry[len(_LINK_TMP):]}" else None
+        if entry.startswith("."):
+            return None
+        return "link" if target == f"{DATA}/{entry}" else None
+
+    def _check_top_level(self, link: str) -> None:
+        dfd = self._fd()
+        try:
+            st = os.lstat(link, dir_fd=dfd)
+        except FileNotFoundError:
+            return
+        if not (stat.S_ISLNK(st.st_mode) and os.readlink(link, dir_fd=dfd) == f"{DATA}/{link}"):
+            raise UnsafeEntry(f"{os.path.join(self.directory, link)} was not created by taskcreds "
+                              f"({_describe(st)}); refusing to replace it")
+
+    def _new_generation(self) -> str:
+        now = time.time_ns()
+        stamp = time.strftime("%Y_%m_%d_%H_%M_%S", time.gmtime(now // 1_000_000_000))
+        self._seq += 1
+        return f"..{stamp}.{now % 1_000_000_000:09d}_{self._seq}"
+
+    def _write_file(self, dir_fd: int, name: str, data: bytes) -> None:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dir_fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            self._own(fd, names.FILE_MODE)
+        finally:
+            os.close(fd)
+
+    def _own(self, fd: int, mode: int) -> None:
+        if self.fs_group is not None:
+            os.fchown(fd, -1, self.fs_group)
+        os.fchmod(fd, mode)
+
+    def _replace_link(self, name: str, target: str) -> None:
+        """Point ``name`` at ``target`` atomically: a new link under a temporary name, renamed over."""
+        dfd = self._fd()
+        tmp = DATA_TMP if name == DATA else _LINK_TMP + name
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        os.symlink(target, tmp, dir_fd=dfd)
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+    def _remove_link(self, name: str) -> None:
+        dfd = self._fd()
+        try:
+            st = os.lstat(name, dir_fd=dfd)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            os.unlink(name, dir_fd=dfd)
+
+    def _shred_tree(self, generation: str) -> None:
+        """Zero and unlink every file under one generation, then remove its directories."""
+        dfd = self._fd()
+        try:
+            gfd = os.open(generation, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+        except FileNotFoundError:
+            return
+        try:
+            os.fchmod(gfd, 0o700)
+            _shred_dir(gfd)
+        finally:
+            os.close(gfd)
+        os.rmdir(generation, dir_fd=dfd)
+
+    def _manifest(self, credentials: Sequence[CredentialFiles]) -> bytes:
+        doc = {
+            "task": self.task,
+            "credentials": [
+                {"name": c.name, "provider": c.provider, "files": sorted(c.files),
+                 "expiresAt": c.expires_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                for c in credentials
+            ],
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode()
+
+    def _write_marker(self, name: str, doc: dict[str, Any]) -> None:
+        dfd = self._fd()
+        tmp = name + ".tmp"
+        try:
+            os.unlink(tmp, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
+        try:
+            os.write(fd, json.dumps(doc).encode())
+            if self.fs_group is not None:
+                os.fchown(fd, -1, self.fs_group)
+            os.fchmod(fd, 0o444)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+    def _read_marker(self, name: str) -> dict[str, Any] | None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._fd())
+        except (FileNotFoundError, OSError):
+            return None
+        try:
+            raw = os.read(fd, 65536)
+        finally:
+            os.close(fd)
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return {"reason": "unknown"}  # a damaged marker still means: ended
+        return doc if isinstance(doc, dict) else {"reason": "unknown"}
+
+
+def _shred_dir(dir_fd: int) -> None:
+    for entry in os.listdir(dir_fd):
+        st = os.lstat(entry, dir_fd=dir_fd)
+        if stat.S_ISDIR(st.st_mode):
+            sub = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            try:
+                os.fchmod(sub, 0o700)
+                _shred_dir(sub)
+            finally:
+                os.close(sub)
+            os.rmdir(entry, dir_fd=dir_fd)
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size:
+            # the directory is ours and private, so chmod by name cannot be redirected
+            os.chmod(entry, 0o600, dir_fd=dir_fd)
+            fd = os.open(entry, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            try:
+                os.write(fd, b"\0" * st.st_size)
+            finally:
+                os.close(fd)
+        os.unlink(entry, dir_fd=dir_fd)
+
+
+def _describe(st: os.stat_result) -> str:
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if stat.S_ISREG(st.st_mode):
+        return "a regular file"
+    return "a special file"
