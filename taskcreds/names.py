@@ -91,6 +91,8 @@ ENV_LISTEN_LOCAL: Final = "TASKCREDS_LISTEN_LOCAL"  # default 127.0.0.1:9091
 ENV_LISTEN_PROBE: Final = "TASKCREDS_LISTEN_PROBE"  # default 0.0.0.0:9090
 ENV_FS_GROUP: Final = "TASKCREDS_FS_GROUP"  # the pod's fsGroup, when it has one
 ENV_LOG_LEVEL: Final = "TASKCREDS_LOG_LEVEL"
+#: "1" lets the SPIFFE development authority start (taskcreds demo and tests only)
+ENV_DEV_AUTHORITY: Final = "TASKCREDS_DEV_AUTHORITY"
 ENV_SPIFFE_SOCKET: Final = "SPIFFE_ENDPOINT_SOCKET"  # unix:///spiffe-workload-api/<socket file>
 
 SIDECAR_PODINFO_PATH: Final = "/etc/taskcreds/podinfo"

@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# shared fixtures usable in every test without importing them by name
+pytest_plugins = ["tests.spiffe.fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _no_real_cluster(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
