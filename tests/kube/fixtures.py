@@ -1,0 +1,307 @@
+"""``kube_api``: a Kubernetes API stand-in on 127.0.0.1 for kopf, kubernetes_asyncio and kubernetes.
+
+    async def test_x(kube_api: KubeApi) -> None:
+        api = await kube_api.kubernetes_asyncio_client()
+        ...
+
+Use the pytest fixture by importing it in a conftest.py or test module:
+``from tests.kube.fixtures import kube_api  # noqa: F401``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import secrets
+import socket
+import ssl
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from tests.kube.admission import Admission, WebhookCall
+from tests.kube.certs import TestCA
+from tests.kube.server import ApiCall, ApiServer
+from tests.kube.store import Store
+from tests.kube.tokens import IssuedToken, TokenAuthority
+
+__all__ = ["KubeApi", "kube_api", "kube_api_tls"]
+
+
+class KubeApi:
+    """The stand-in: an aiohttp server on the current event loop, plus direct store access."""
+
+    def __init__(self, *, tls: bool = False, history: int = 2000) -> None:
+        self.clock_offset = 0.0
+        self.store = Store(history=history, clock=self._now)
+        self.tokens = TokenAuthority(self._now)
+        self.admission = Admission(self.store)
+        self.admin_token = "admin-" + secrets.token_urlsafe(24)
+        self.server = ApiServer(self.store, self.tokens, self.admission, self.admin_token)
+        self.tls = tls
+        self.ca: TestCA | None = TestCA("kube stand-in CA") if tls else None
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._clients: list[Any] = []
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def _now(self) -> float:
+        return time.time() + self.clock_offset
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the API's clock forward (token expiry) without sleeping."""
+        self.clock_offset += seconds
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> KubeApi:
+        self._runner = web.AppRunner(self.server.app, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        ssl_ctx: ssl.SSLContext | None = None
+        if self.ca is not None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="kube-standin-")
+            ssl_ctx = self.ca.issue(["127.0.0.1", "localhost"]).server_context(Path(self._tmp.name))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        site = web.SockSite(self._runner, sock, ssl_context=ssl_ctx, shutdown_timeout=1.0)
+        await site.start()
+        port = sock.getsockname()[1]
+        self.url = f"{'https' if ssl_ctx else 'http'}://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        for client in self._clients:
+            await client.close()
+        self._clients.clear()
+        for w in list(self.store.watchers):
+            w.queue.put_nowait(None)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    async def __aenter__(self) -> KubeApi:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- clients --------------------------------------------------------------------------
+
+    def kubeconfig(self, path: str | Path) -> str:
+        """Write a kubeconfig (token auth, admin) pointing at the stand-in; returns its path."""
+        cluster: dict[str, Any] = {"server": self.url}
+        if self.ca is not None:
+            cluster["certificate-authority-data"] = base64.b64encode(self.ca.cert_pem).decode()
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "standin", "preferences": {},
+            "clusters": [{"name": "standin", "cluster": cluster}],
+            "users": [{"name": "admin", "user": {"token": self.admin_token}}],
+            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "admin",
+                                                          "namespace": "default"}}],
+        }
+        p = Path(path)
+        if p.is_dir():
+            p = p / "kubeconfig"
+        p.write_text(yaml.safe_dump(config))
+        p.chmod(0o600)
+        return str(p)
+
+    def ca_file(self, directory: str | Path) -> str | None:
+        if self.ca is None:
+            return None
+        p = Path(directory) / "kube-ca.crt"
+        p.write_bytes(self.ca.cert_pem)
+        return str(p)
+
+    async def kubernetes_asyncio_client(self) -> Any:
+        """A kubernetes_asyncio ApiClient configured for this server (closed at stop())."""
+        from kubernetes_asyncio import client
+
+        cfg = client.Configuration(host=self.url)
+        cfg.api_key = {"BearerToken": self.admin_token}
+        cfg.api_key_prefix = {"BearerToken": "Bearer"}
+        if self.ca is not None:
+            with tempfile.NamedTemporaryFile("wb", suffix=".crt", delete=False) as f:
+                f.write(self.ca.cert_pem)
+            cfg.ssl_ca_cert = f.name
+        api = client.ApiClient(cfg)
+        self._clients.append(api)
+        return api
+
+    def kubernetes_sync_configuration(self) -> Any:
+        """A configuration for the official synchronous ``kubernetes`` client (call it from a thread)."""
+        from kubernetes import client
+
+        cfg = client.Configuration(host=self.url)
+        cfg.api_key = {"authorization": f"Bearer {self.admin_token}"}
+        if self.ca is not None:
+            with tempfile.NamedTemporaryFile("wb", suffix=".crt", delete=False) as f:
+                f.write(self.ca.cert_pem)
+            cfg.ssl_ca_cert = f.name
+        return cfg
+
+    def kopf_connection_info(self) -> Any:
+        """What a ``@kopf.on.login`` handler returns to point kopf at this server."""
+        import kopf
+
+        return kopf.ConnectionInfo(server=self.url, token=self.admin_token,
+                                   ca_data=self.ca.cert_pem if self.ca is not None else None)
+
+    # --- direct store access (bypasses admission and the HTTP layer) ----------------------
+
+    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace an object as given (namespaces are made as needed); returns the stored object."""
+        rt = self.store.type_for_kind(obj["apiVersion"], obj["kind"])
+        meta = obj.get("metadata") or {}
+        ns = meta.get("namespace") or ("default" if rt.namespaced else None)
+        if rt.namespaced and ns:
+            self.ensure_namespace(ns)
+        existing = self.store.peek(rt, ns, meta.get("name", "")) if meta.get("name") else None
+        if existing is None:
+            created = self.store.create(rt, ns, obj)
+            if rt.has_status and "status" in obj and obj["status"] != created.get("status"):
+                _, new = self.store.prepare_update(rt, ns, created["metadata"]["name"],
+                                                   {**created, "status": obj["status"]}, "status")
+                return self.store.update(rt, ns, created["metadata"]["name"], new)
+            return created
+        body = copy.deepcopy(obj)
+        body.setdefault("metadata", {}).pop("resourceVersion", None)
+        _, new = self.store.prepare_update(rt, ns, meta["name"], body)
+        if rt.has_status and "status" in obj:
+            new["status"] = copy.deepcopy(obj["status"])
+        return self.store.update(rt, ns, meta["name"], new)
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        rt = self.store.type_for_kind(api_version, kind)
+        return self.store.peek(rt, namespace, name)
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return self.store.list(self.store.type_for_kind(api_version, kind), namespace)
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        """Delete as the API would (finalizers hold it); True when the object is gone."""
+        rt = self.store.type_for_kind(api_version, kind)
+        return self.store.delete(rt, namespace, name)[1]
+
+    def set_pod_phase(self, namespace: str, name: str, phase: str, **status: Any) -> dict[str, Any]:
+        """What the kubelet does: write ``status.phase`` (and any extra status fields)."""
+        rt = self.store.type_for("", "v1", "pods")
+        pod = self.store.get(rt, namespace, name)
+        new_status = {**(pod.get("status") or {}), "phase": phase, **status}
+        _, new = self.store.prepare_update(rt, namespace, name, {**pod, "status": new_status}, "status")
+        return self.store.update(rt, namespace, name, new)
+
+    def ensure_namespace(self, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        rt = self.store.type_for("", "v1", "namespaces")
+        existing = self.store.peek(rt, None, name)
+        if existing is not None:
+            return existing
+        return self.store.create(rt, None, {"metadata": {"name": name, "labels": dict(labels or {})}})
+
+    def register_crd(self, crd: dict[str, Any]) -> None:
+        """Serve the kinds of an apiextensions.k8s.io/v1 CRD manifest (and store the CRD)."""
+        rt = self.store.type_for("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        if self.store.peek(rt, None, crd["metadata"]["name"]) is None:
+            self.store.create(rt, None, crd)
+
+    def register_crds_from(self, path: str | Path) -> int:
+        """Every CustomResourceDefinition in a YAML file or directory (e.g. the chart's crds/); returns how many."""
+        p = Path(path)
+        files = sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml")) if p.is_dir() else [p]
+        n = 0
+        for f in files:
+            for doc in yaml.safe_load_all(f.read_text()):
+                if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                    self.register_crd(doc)
+                    n += 1
+        return n
+
+    def issue_pod_token(self, namespace: str, pod_name: str, service_account: str | None = None,
+                        audiences: list[str] | tuple[str, ...] = ("taskcreds",),
+                        expiration_seconds: int = 3600) -> str:
+        """A projected service-account token bound to the pod, as the kubelet would mount (any lifetime)."""
+        pod = self.store.get(self.store.type_for("", "v1", "pods"), namespace, pod_name)
+        sa_name = service_account or pod["spec"].get("serviceAccountName") or "default"
+        sa = self.store.get(self.store.type_for("", "v1", "serviceaccounts"), namespace, sa_name)
+        token, _ = self.tokens.issue(namespace=namespace, service_account=sa_name,
+                                     service_account_uid=sa["metadata"]["uid"], audiences=list(audiences),
+                                     expiration_seconds=expiration_seconds,
+                                     pod=(pod_name, pod["metadata"]["uid"]))
+        return token
+
+    # --- what happened --------------------------------------------------------------------
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every Event created (core/v1 and events.k8s.io/v1), oldest first."""
+        return self.store.created_events
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path) of every HTTP request, oldest first."""
+        return self.server.state.requests
+
+    @property
+    def api_calls(self) -> list[ApiCall]:
+        """Every resource request in RBAC terms (verb, group, resource[/subresource], namespace, name, user)."""
+        return self.server.state.api_calls
+
+    @property
+    def webhook_calls(self) -> list[WebhookCall]:
+        return self.admission.calls
+
+    @property
+    def issued_tokens(self) -> list[IssuedToken]:
+        return self.tokens.issued
+
+    def set_down(self, down: bool) -> None:
+        """True: every request answers 503 and open watch streams are cut; False: back to normal."""
+        self.server.set_down(down)
+
+    def set_latency(self, seconds: float) -> None:
+        """Delay every request by ``seconds`` before it is served."""
+        self.server.state.latency = seconds
+
+    @property
+    def bookmark_interval(self) -> float:
+        return self.server.state.bookmark_interval
+
+    @bookmark_interval.setter
+    def bookmark_interval(self, seconds: float) -> None:
+        self.server.state.bookmark_interval = seconds
+
+    async def wait_for(self, predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> Any:
+        """Poll ``predicate()`` until it returns something truthy; TimeoutError naming the predicate."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            if asyncio.get_running_loop().time() >= deadline:
+                raise TimeoutError(f"condition not met within {timeout}s: {getattr(predicate, '__name__', predicate)}")
+            await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def kube_api() -> AsyncIterator[KubeApi]:
+    """The stand-in over plain HTTP on a free loopback port, stopped at teardown."""
+    async with KubeApi() as api:
+        yield api
+
+
+@pytest.fixture
+async def kube_api_tls() -> AsyncIterator[KubeApi]:
+    """The stand-in over HTTPS with its own CA (``kube_api_tls.ca.cert_pem``)."""
+    async with KubeApi(tls=True) as api:
+        yield api
