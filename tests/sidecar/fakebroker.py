@@ -12,6 +12,7 @@ Knobs for tests: ``fail_with`` (answer every API call with one error code), ``st
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class Seen:
     token: str | None
     peer: str | None
     body: dict[str, Any] | None = None
+    peer_cert_sha256: str | None = None
 
 
 @dataclass
@@ -133,8 +135,11 @@ class FakeBroker:
                 body = json.loads(raw)
             except ValueError:
                 return self.error("bad_request", "body is not JSON")
-        peer = peer_spiffe_id(request.transport.get_extra_info("ssl_object") if request.transport else None)
-        self.seen.append(Seen(request.method, request.path, token, peer, body))
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        peer = peer_spiffe_id(ssl_object)
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        self.seen.append(Seen(request.method, request.path, token, peer, body,
+                              hashlib.sha256(der).hexdigest() if der else None))
         if token != self.token:
             return self.error("unauthenticated", "token review failed")
         if self.fail_with:
