@@ -1,0 +1,136 @@
+"""values.yaml and values.schema.json: typos and wrong types fail `helm install` with a message
+naming the key; every key is documented; the schema and the defaults describe the same keys."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.helm import CHART, Helm, HelmError
+
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+VALUES_TEXT = (CHART / "values.yaml").read_text()
+DEFAULTS = yaml.safe_load(VALUES_TEXT)
+
+# (case, values, what the error must name)
+REJECTED: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("unknown top-level key", {"replicas": 3}, ["additional properties 'replicas' not allowed"]),
+    ("typo in a nested key", {"operator": {"replicaz": 3}}, ["/operator", "'replicaz'"]),
+    ("typo deep inside", {"webhook": {"certManager": {"enable": True}}}, ["/webhook/certManager", "'enable'"]),
+    ("wrong type", {"operator": {"replicas": "two"}}, ["/operator/replicas", "integer"]),
+    ("zero replicas", {"operator": {"replicas": 0}}, ["/operator/replicas", "minimum"]),
+    ("webhook timeout above 5", {"webhook": {"timeoutSeconds": 10}}, ["/webhook/timeoutSeconds", "maximum"]),
+    ("failurePolicy misspelled", {"webhook": {"failurePolicy": "fail"}}, ["/webhook/failurePolicy", "Fail"]),
+    ("unknown socket source", {"spiffe": {"socketSource": "host"}}, ["/spiffe/socketSource", "csi"]),
+    ("relative hostPath", {"spiffe": {"hostPath": "run/spire"}}, ["/spiffe/hostPath"]),
+    ("SPIFFE ID template without namespace", {"spiffe": {"idTemplate": "spiffe://x/sa/{serviceaccount}"}},
+     ["/spiffe/idTemplate"]),
+    ("TTL not a Go duration", {"injection": {"defaultTTL": "15 minutes"}}, ["/injection/defaultTTL"]),
+    ("token shorter than Kubernetes allows", {"injection": {"tokenExpirationSeconds": 60}},
+     ["/injection/tokenExpirationSeconds", "minimum"]),
+    ("digest that is a tag", {"image": {"digest": "latest"}}, ["/image/digest"]),
+    ("pull policy", {"image": {"pullPolicy": "Sometimes"}}, ["/image/pullPolicy"]),
+    ("secretNamespaces as a string", {"rbac": {"secretNamespaces": "agents"}}, ["/rbac/secretNamespaces", "array"]),
+    ("invalid namespace name", {"rbac": {"secretNamespaces": ["Team_A"]}}, ["/rbac/secretNamespaces/0"]),
+    ("boolean as a string", {"networkPolicy": {"enabled": "yes"}}, ["/networkPolicy/enabled", "boolean"]),
+    ("error ratio above 1", {"metrics": {"prometheusRule": {"webhookErrorRatio": 2}}},
+     ["/metrics/prometheusRule/webhookErrorRatio"]),
+    ("issuerRef without kind", {"webhook": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}},
+     ["/webhook/certManager/issuerRef", "kind"]),
+    ("unknown resource name", {"operator": {"resources": {"limits": {"cpus": "1"}}}},
+     ["/operator/resources/limits", "'cpus'"]),
+    ("probe port out of range", {"sidecar": {"probePort": 70000}}, ["/sidecar/probePort", "maximum"]),
+]
+
+
+@pytest.mark.parametrize(("values", "needles"), [(v, n) for _, v, n in REJECTED], ids=[c for c, _, _ in REJECTED])
+def test_schema_rejects_with_a_message_naming_the_key(helm: Helm, values: dict[str, Any],
+                                                      needles: list[str]) -> None:
+    with pytest.raises(HelmError) as info:
+        helm.template(values)
+    message = str(info.value)
+    assert "values don't meet the specifications of the schema" in message
+    assert "Traceback" not in message and "goroutine" not in message
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in: {message}"
+
+
+def test_defaults_satisfy_the_schema(helm: Helm) -> None:
+    assert helm.template(DEFAULTS)  # explicit defaults == no values
+
+
+def _schema_keys(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, sub in schema.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        out.add(path)
+        if sub.get("additionalProperties") is False:
+            out |= _schema_keys(sub, path + ".")
+        elif "$ref" in sub and sub["$ref"] == "#/$defs/resources":
+            continue
+    return out
+
+
+def _value_keys(values: dict[str, Any], schema: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        out.add(path)
+        sub = schema.get("properties", {}).get(key, {})
+        if isinstance(value, dict) and sub.get("additionalProperties") is False:
+            out |= _value_keys(value, sub, path + ".")
+    return out
+
+
+def test_every_schema_key_has_a_default_in_values_yaml() -> None:
+    optional_objects = ("webhook.certManager.issuerRef.",)  # empty by default: the chart makes an Issuer
+    schema_keys = {k for k in _schema_keys(SCHEMA) - {"global"} if not k.startswith(optional_objects)}
+    assert schema_keys == _value_keys(DEFAULTS, SCHEMA)
+
+
+def test_every_object_in_the_schema_is_closed() -> None:
+    """additionalProperties false everywhere, except maps of labels and Kubernetes pass-through types."""
+    open_ok = {"global", "commonLabels", "annotations", "podAnnotations", "podLabels", "nodeSelector", "labels",
+               "affinity"}
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node:
+                assert node.get("additionalProperties") is False, key
+            elif node.get("type") == "object" and key not in open_ok and "additionalProperties" not in node \
+                    and key not in ("items",):
+                pytest.fail(f"{key}: an object without properties must be a known pass-through")
+            for k, v in node.items():
+                walk(v, k if k not in ("properties", "$defs") else key)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, key)
+
+    walk(SCHEMA, "")
+
+
+def test_every_key_in_values_yaml_is_commented() -> None:
+    """Every leaf key has a comment right above it or above one of its parent keys (a documented map
+    such as `resources:` covers its cpu/memory entries)."""
+    key_line = re.compile(r"^(\s*)([A-Za-z][\w.-]*):(\s.*)?$")
+    stack: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing keys
+    missing = []
+    previous = ""
+    for number, line in enumerate(VALUES_TEXT.splitlines(), 1):
+        match = key_line.match(line)
+        if match:
+            indent = len(match.group(1))
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            documented = previous.lstrip().startswith("#") or any(doc for _, doc in stack)
+            value = (match.group(3) or "").strip()
+            if value and not documented:
+                missing.append(f"line {number}: {line.strip()}")
+            stack.append((indent, documented))
+        if line.strip():
+            previous = line
+    assert not missing, "values.yaml keys without a comment:\n" + "\n".join(missing)
