@@ -71,7 +71,7 @@ class KubeApi:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
-        site = web.SockSite(self._runner, sock, ssl_context=ssl_ctx, shutdown_timeout=1.0)
+        site = web.SockSite(self._runner, sock, ssl_context=ssl_ctx)
         await site.start()
         port = sock.getsockname()[1]
         self.url = f"{'https' if ssl_ctx else 'http'}://127.0.0.1:{port}"

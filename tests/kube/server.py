@@ -186,7 +186,7 @@ class ApiServer:
         q = request.query
         method = request.method
         if method == "GET":
-            verb = "get" if t.name else ("watch" if q.get("watch") in ("true", "1") else "list")
+            verb = "get" if t.name else ("watch" if _bool(q.get("watch")) else "list")
         else:
             verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
                     "DELETE": "delete" if t.name else "deletecollection"}.get(method, method.lower())
@@ -387,8 +387,8 @@ class ApiServer:
         q = request.query
         labels, fields = self._selectors(request, t)
         rv_text = q.get("resourceVersion", "")
-        send_initial = q.get("sendInitialEvents") == "true"
-        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
+        send_initial = _bool(q.get("sendInitialEvents"))
+        bookmarks = _bool(q.get("allowWatchBookmarks"))
         try:
             timeout = float(q.get("timeoutSeconds") or 1800)
             since = int(rv_text) if rv_text not in ("", "0") else None
@@ -460,6 +460,11 @@ class ApiServer:
         if annotations:
             meta["annotations"] = annotations
         return {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": meta}
+
+
+def _bool(text: str | None) -> bool:
+    """Go's strconv.ParseBool, which the API uses for query flags."""
+    return text in ("1", "t", "T", "TRUE", "true", "True")
 
 
 async def _write(resp: web.StreamResponse, type_: str, obj: dict[str, Any]) -> None:

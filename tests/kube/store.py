@@ -245,6 +245,7 @@ class Store:
             obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
         if rt.schema is not None:
             obj = schema.prune_and_validate(rt, obj)
+            meta = obj["metadata"]
         causes = kinds.validate_object(rt, obj)
         if causes:
             raise errors.invalid(rt, meta.get("name", ""), causes)
