@@ -114,23 +114,27 @@ def test_every_object_in_the_schema_is_closed() -> None:
 
 
 def test_every_key_in_values_yaml_is_commented() -> None:
-    """Every leaf key has a comment right above it or above one of its parent keys (a documented map
-    such as `resources:` covers its cpu/memory entries)."""
+    """Every leaf key has a `# --` comment (helm-docs style) right above it or above one of its parent
+    keys (a documented map such as `resources:` covers its cpu/memory entries). Plain `#` comments
+    introduce sections and document nothing."""
     key_line = re.compile(r"^(\s*)([A-Za-z][\w.-]*):(\s.*)?$")
     stack: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing keys
     missing = []
-    previous = ""
+    comment_block: list[str] = []
     for number, line in enumerate(VALUES_TEXT.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment_block.append(stripped)
+            continue
         match = key_line.match(line)
         if match:
             indent = len(match.group(1))
             while stack and stack[-1][0] >= indent:
                 stack.pop()
-            documented = previous.lstrip().startswith("#") or any(doc for _, doc in stack)
-            value = (match.group(3) or "").strip()
-            if value and not documented:
-                missing.append(f"line {number}: {line.strip()}")
-            stack.append((indent, documented))
-        if line.strip():
-            previous = line
+            own = any(c.startswith("# --") for c in comment_block)
+            documented = own or any(doc for _, doc in stack)
+            if (match.group(3) or "").strip() and not documented:
+                missing.append(f"line {number}: {stripped}")
+            stack.append((indent, own))
+        comment_block = []
     assert not missing, "values.yaml keys without a comment:\n" + "\n".join(missing)
