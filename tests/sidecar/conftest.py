@@ -129,6 +129,10 @@ class SidecarProcess:
         finally:
             self.stop()
 
+    async def aterminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait without blocking the event loop (the fake broker runs on it)."""
+        return await asyncio.to_thread(self.terminate, timeout)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
