@@ -314,7 +314,8 @@ class ApiServer:
                                  user=user, dry_run=dry_run)
         obj, gone = self.store.delete(t.rt, t.namespace, t.name or "", options, dry_run=dry_run)
         if not gone:
-            return _json(obj, 202)
+            # the API answers 200 for a held deletion, 202 only when orphanDependents=false was asked for
+            return _json(obj, 202 if options.get("orphanDependents") in (False, "false") else 200)
         if t.rt.kind == "Pod" or not t.rt.builtin:
             return _json(obj, 200)
         details = {"name": obj["metadata"]["name"], "kind": t.rt.plural, "uid": obj["metadata"]["uid"]}

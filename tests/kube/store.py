@@ -431,7 +431,7 @@ class Store:
 
     def delete(self, rt: ResourceType, namespace: str | None, name: str, options: dict[str, Any] | None = None,
                *, dry_run: bool = False) -> tuple[dict[str, Any], bool]:
-        """Returns (object, gone): gone is False while finalizers hold the object (HTTP 202)."""
+        """Returns (object, gone): gone is False while finalizers hold the object."""
         options = options or {}
         key = self._key(rt, namespace, name)
         current = self._bucket(rt).get(key)
