@@ -1,6 +1,8 @@
 """Real OpenBao (and PostgreSQL) for tests, as module-scoped pytest fixtures.
 
     from tests.openbao import openbao, postgres  # noqa: F401  (pytest fixtures)
+    # or, to keep ruff's F811 quiet where tests take them as arguments (the fixture names stay):
+    from tests.openbao import openbao as openbao_fixture  # noqa: F401
 
     def test_x(openbao):
         client = openbao.client()            # hvac, root token
@@ -167,7 +169,7 @@ class OpenBao:
                 proc.wait(timeout=5)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", name="openbao")
 def openbao() -> Iterator[OpenBao]:
     """A running OpenBao dev server shared by one test module; KV v2 at ``secret/``."""
     binary = bao_binary()
@@ -232,7 +234,7 @@ def _run_as_postgres(args: list[str], **kwargs: object) -> subprocess.CompletedP
     )  # type: ignore[call-overload]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", name="postgres")
 def postgres() -> Iterator[Postgres]:
     """PostgreSQL 15 on 127.0.0.1 (scram password auth over TCP); skips with the reason when it can't."""
     if not (_PG_BIN / "initdb").exists():

@@ -18,7 +18,9 @@ from taskcreds.operator.providers.base import IssueRequest, Provider, ProviderEr
 from taskcreds.operator.providers.vault import VaultProvider, parse_settings
 
 from tests.fakes import SecretsCluster
-from tests.openbao import OpenBao, Postgres, openbao, postgres  # noqa: F401  (pytest fixtures)
+from tests.openbao import OpenBao, Postgres
+from tests.openbao import openbao as openbao_fixture  # noqa: F401  (the `openbao` fixture)
+from tests.openbao import postgres as postgres_fixture  # noqa: F401  (the `postgres` fixture)
 
 NS = "agents"
 OPERATOR_NS = "taskcreds-system"
@@ -57,7 +59,7 @@ def seed(bao: OpenBao) -> None:
 
 
 @pytest.fixture(scope="module")
-def bao(openbao: OpenBao) -> OpenBao:  # noqa: F811
+def bao(openbao: OpenBao) -> OpenBao:
     openbao.on_start(seed)
     return openbao
 
@@ -365,7 +367,7 @@ def test_parse_settings_defaults() -> None:
 
 
 @pytest.fixture(scope="module")
-def database(bao: OpenBao, postgres: Postgres) -> Postgres:  # noqa: F811
+def database(bao: OpenBao, postgres: Postgres) -> Postgres:
     def configure(b: OpenBao) -> None:
         root = b.client()
         root.sys.enable_secrets_engine("database")

@@ -1,0 +1,406 @@
+"""The ``github-app`` provider: GitHub App installation tokens scoped to a task's repositories.
+
+The operator signs a short App JWT (RS256, ``iat`` backdated 60 s for clock skew, ``exp`` 9 min
+later: a 10-minute window, GitHub's limit) with the App's private key from a Secret, and asks
+``POST {apiURL}/app/installations/{installationId}/access_tokens`` for a token limited to
+``repositories`` and ``permissions``.
+
+Lifetimes: GitHub installation tokens always live 1 hour; a shorter requested TTL cannot be asked
+for. ``expiresAt`` reports GitHub's real expiry, and the revoke at task end (``DELETE
+/installation/token``) is what bounds the token to the task.
+
+Revocation needs the token itself, so the operator keeps ``lease_ref -> token`` **in memory only**
+(never in a CR, an annotation or a log). After an operator restart that map is empty: such a token
+can no longer be revoked early and simply expires within its 1-hour lifetime. :meth:`revoke` then
+raises :class:`TokenNotHeld` (a :class:`NotRevocable`) whose message, "token not held after restart;
+expires at <time>", is meant for the TaskLease's ``lastError``; once that time has passed, revoke
+succeeds (the token is dead). The lease reference is ``ghs:<installation>:<sha256 prefix>:<expiry
+unix time>`` — non-secret, and enough to say when an unheld token dies.
+
+Renewing issues a new token and revokes the old one (``renewable`` is false; the reference changes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from taskcreds.operator.cluster import Cluster
+from taskcreds.operator.providers.base import Issued, IssueRequest, NotRevocable, ProviderError
+from taskcreds.operator.providers.vault import SecretRef, parse_secret_ref, read_secret_ref
+
+from taskcreds.logs import fields
+
+__all__ = [
+    "GitHubAppProvider",
+    "GitHubAppSettings",
+    "TokenNotHeld",
+    "parse_settings",
+    "app_jwt",
+    "lease_ref_for",
+    "DEFAULT_API_URL",
+    "TOKEN_LIFETIME_SECONDS",
+]
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "github-app"
+DEFAULT_API_URL = "https://api.github.com"
+TOKEN_LIFETIME_SECONDS = 3600  # GitHub's fixed installation-token lifetime
+JWT_BACKDATE_SECONDS = 60
+JWT_WINDOW_SECONDS = 600  # exp - iat; GitHub refuses more than 10 minutes
+_LEVELS = ("read", "write", "admin")
+_HEADERS = {
+    "Accept": "application/vnd.github+json",
+    "X-GitHub-Api-Version": "2022-11-28",
+    "User-Agent": "taskcreds",
+}
+
+
+class TokenNotHeld(NotRevocable):
+    """The token was issued before this operator started: it cannot be revoked early."""
+
+    def __init__(self, lease_ref: str, expires_at: datetime | None) -> None:
+        when = _rfc3339(expires_at) if expires_at else "within 1 h of its issue (GitHub's fixed lifetime)"
+        super().__init__(PROVIDER, f"token not held after restart; expires at {when}")
+        self.lease_ref = lease_ref
+        self.expires_at = expires_at
+
+
+# --- the spec and the JWT (pure) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GitHubAppSettings:
+    """``spec.githubApp`` of a CredentialSource, checked."""
+
+    api_url: str
+    app_id: str
+    installation_id: str
+    key_ref: SecretRef
+    repositories: tuple[str, ...] = ()
+    permissions: tuple[tuple[str, str], ...] = ()
+    token_file: str = "token"
+
+
+def _bad(message: str) -> ProviderError:
+    return ProviderError(PROVIDER, message, retryable=False)
+
+
+def parse_settings(spec: Mapping[str, Any]) -> GitHubAppSettings:
+    """Check a CredentialSource spec for github-app; errors name the field and what is accepted."""
+    app = spec.get("githubApp")
+    if not isinstance(app, Mapping):
+        raise _bad("spec.githubApp is missing: it needs appId, installationId and privateKeySecretRef")
+    api_url = app.get("apiURL") or DEFAULT_API_URL
+    if not isinstance(api_url, str) or not api_url.startswith(("https://", "http://")):
+        raise _bad(
+            f"spec.githubApp.apiURL must be an https:// URL (default {DEFAULT_API_URL}), got {api_url!r}"
+        )
+    ids = {}
+    for name in ("appId", "installationId"):
+        value = app.get(name)
+        if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip().isdigit():
+            raise _bad(
+                f'spec.githubApp.{name} must be a number (as a string, for example "12345"), got {value!r}'
+            )
+        ids[name] = str(value).strip()
+    if "privateKeySecretRef" not in app:
+        raise _bad(
+            "spec.githubApp.privateKeySecretRef is required ({name, key} of the App's private key PEM)"
+        )
+    key_ref = parse_secret_ref(app["privateKeySecretRef"], "spec.githubApp.privateKeySecretRef", PROVIDER)
+    repositories = app.get("repositories") or []
+    if not isinstance(repositories, list) or not all(
+        isinstance(r, str) and r and "/" not in r for r in repositories
+    ):
+        raise _bad(
+            "spec.githubApp.repositories must be a list of repository names without the owner "
+            "(for example [agent-target-repo])"
+        )
+    permissions = app.get("permissions") or {}
+    if not isinstance(permissions, Mapping):
+        raise _bad("spec.githubApp.permissions must map permission names to read, write or admin")
+    for name, level in permissions.items():
+        if not isinstance(name, str) or level not in _LEVELS:
+            raise _bad(f"spec.githubApp.permissions.{name}: {level!r} is not one of {', '.join(_LEVELS)}")
+    files = spec.get("files") or []
+    token_file = files[0] if isinstance(files, list) and files and isinstance(files[0], str) else "token"
+    return GitHubAppSettings(
+        api_url=api_url.rstrip("/"),
+        app_id=ids["appId"],
+        installation_id=ids["installationId"],
+        key_ref=key_ref,
+        repositories=tuple(repositories),
+        permissions=tuple(permissions.items()),
+        token_file=token_file,
+    )
+
+
+def app_jwt(app_id: str, private_key: rsa.RSAPrivateKey, now: float) -> str:
+    """The App's JWT: RS256, ``iss`` = app id, ``iat`` 60 s back, ``exp`` 10 minutes after ``iat``."""
+    iat = int(now) - JWT_BACKDATE_SECONDS
+    return jwt.encode(
+        {"iat": iat, "exp": iat + JWT_WINDOW_SECONDS, "iss": app_id}, private_key, algorithm="RS256"
+    )
+
+
+def lease_ref_for(installation_id: str, token: str, expires_at: datetime) -> str:
+    """``ghs:<installation>:<sha256 prefix of the token>:<expiry unix time>`` — nothing secret in it."""
+    digest = hashlib.sha256(token.encode()).hexdigest()[:16]
+    return f"ghs:{installation_id}:{digest}:{int(expires_at.timestamp())}"
+
+
+def _expiry_of(lease_ref: str) -> datetime | None:
+    parts = lease_ref.split(":")
+    if len(parts) == 4 and parts[0] == "ghs" and parts[3].isdigit():
+        return datetime.fromtimestamp(int(parts[3]), UTC)
+    return None
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+# --- the provider ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Held:
+    token: str
+    api_url: str
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"_Held(api_url={self.api_url!r}, expires_at={_rfc3339(self.expires_at)})"
+
+
+class GitHubAppProvider:
+    """GitHub App installation tokens; implements :class:`~.base.Provider`."""
+
+    name = PROVIDER
+
+    def __init__(
+        self, cluster: Cluster, *, operator_namespace: str = "taskcreds-system", timeout: float = 10.0
+    ) -> None:
+        self._cluster = cluster
+        self._operator_namespace = operator_namespace
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._keys: dict[str, rsa.RSAPrivateKey] = {}
+        self._held: dict[str, _Held] = {}
+        self._revoked: dict[str, datetime] = {}  # lease_ref -> expiry, so a second revoke is success
+
+    # -- Provider -------------------------------------------------------------------------------
+
+    async def issue(self, request: IssueRequest) -> Issued:
+        """A new installation token limited to the spec's repositories and permissions (1 h at GitHub)."""
+        settings = parse_settings(request.source_spec)
+        key = await self._private_key(settings, request.source_namespace)
+        body: dict[str, Any] = {}
+        if settings.repositories:
+            body["repositories"] = list(settings.repositories)
+        if settings.permissions:
+            body["permissions"] = dict(settings.permissions)
+        path = f"/app/installations/{settings.installation_id}/access_tokens"
+        status, answer, headers = await self._request(
+            "POST", settings.api_url, path, f"Bearer {app_jwt(settings.app_id, key, time.time())}", body
+        )
+        if status != 201:
+            raise _issue_error(status, answer, headers, settings, path)
+        token, expires_at = answer.get("token"), _parse_time(answer.get("expires_at"))
+        if not isinstance(token, str) or not token or expires_at is None:
+            raise ProviderError(
+                PROVIDER,
+                f"{settings.api_url}{path} answered 201 without token and expires_at",
+                retryable=True,
+            )
+        lease_ref = lease_ref_for(settings.installation_id, token, expires_at)
+        self._hold(lease_ref, _Held(token, settings.api_url, expires_at))
+        log.info(
+            "github-app token issued",
+            extra=fields(
+                provider=PROVIDER,
+                credential=request.credential,
+                task=request.task,
+                namespace=request.namespace,
+                pod=request.pod,
+                lease_ref=lease_ref,
+                expires_at=_rfc3339(expires_at),
+                repositories=list(settings.repositories),
+                requested_ttl_seconds=request.ttl_seconds,
+            ),
+        )
+        return Issued(
+            files={settings.token_file: token},
+            lease_ref=lease_ref,
+            issued_at=datetime.now(UTC).replace(microsecond=0),
+            expires_at=expires_at,
+            renewable=False,
+        )
+
+    async def renew(self, lease_ref: str, request: IssueRequest) -> Issued:
+        """Issue a new token and revoke the old one; the lease reference changes."""
+        replacement = await self.issue(request)
+        try:
+            await self.revoke(lease_ref, request.source_spec, request.source_namespace)
+        except TokenNotHeld as exc:
+            log.warning(
+                "github-app: the replaced token cannot be revoked early",
+                extra=fields(
+                    provider=PROVIDER,
+                    credential=request.credential,
+                    task=request.task,
+                    lease_ref=lease_ref,
+                    error=str(exc),
+                ),
+            )
+        except ProviderError as exc:
+            # keep the old lease the caller tracks and take back the new one, so nothing escapes revocation
+            with contextlib.suppress(ProviderError):
+                await self.revoke(replacement.lease_ref, request.source_spec, request.source_namespace)
+            raise ProviderError(
+                PROVIDER,
+                f"renewing {lease_ref}: the old token could not be revoked ({exc}); try again",
+                retryable=True,
+            ) from None
+        return replacement
+
+    async def revoke(self, lease_ref: str, source_spec: dict[str, Any], source_namespace: str | None) -> None:
+        """``DELETE /installation/token`` with the held token; an already-dead token is success."""
+        held = self._held.get(lease_ref)
+        if held is None:
+            if lease_ref in self._revoked:
+                return  # revoked by this operator already
+            expires_at = _expiry_of(lease_ref)
+            if expires_at is not None and expires_at <= datetime.now(UTC):
+                return  # expired at GitHub: dead either way
+            raise TokenNotHeld(lease_ref, expires_at)
+        if held.expires_at > datetime.now(UTC):
+            status, answer, headers = await self._request(
+                "DELETE", held.api_url, "/installation/token", f"Bearer {held.token}", None
+            )
+            # 401: GitHub no longer knows the token (revoked or expired): what we wanted
+            if status not in (204, 401):
+                raise ProviderError(
+                    PROVIDER,
+                    f"revoking {lease_ref} at {held.api_url}/installation/token: "
+                    f"HTTP {status} {_message(answer)}",
+                    retryable=True,
+                )
+        self._held.pop(lease_ref, None)
+        self._revoked[lease_ref] = held.expires_at
+        log.info("github-app token revoked", extra=fields(provider=PROVIDER, lease_ref=lease_ref))
+
+    async def aclose(self) -> None:
+        """Close the HTTP session and forget every held token."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._held.clear()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _hold(self, lease_ref: str, held: _Held) -> None:
+        now = datetime.now(UTC)
+        for ref in [r for r, h in self._held.items() if h.expires_at <= now]:
+            del self._held[ref]
+        for ref in [r for r, expiry in self._revoked.items() if expiry <= now]:
+            del self._revoked[ref]
+        self._held[lease_ref] = held
+
+    async def _private_key(
+        self, settings: GitHubAppSettings, source_namespace: str | None
+    ) -> rsa.RSAPrivateKey:
+        """The App key from its Secret: read each time (rotation is picked up), parsed once per key."""
+        pem = await read_secret_ref(
+            self._cluster,
+            settings.key_ref,
+            source_namespace=source_namespace,
+            operator_namespace=self._operator_namespace,
+            provider=PROVIDER,
+        )
+        digest = hashlib.sha256(pem.encode()).hexdigest()
+        key = self._keys.get(digest)
+        if key is None:
+            try:
+                loaded = serialization.load_pem_private_key(pem.encode(), password=None)
+            except (ValueError, TypeError):
+                loaded = None
+            if not isinstance(loaded, rsa.RSAPrivateKey):
+                raise _bad(
+                    f"Secret {settings.key_ref.name} key {settings.key_ref.key!r} does not hold an RSA "
+                    "private key in PEM (the .pem file GitHub generates for the App)"
+                )
+            key = self._keys[digest] = loaded
+        return key
+
+    async def _request(
+        self, method: str, api_url: str, path: str, authorization: str, body: dict[str, Any] | None
+    ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=_HEADERS)
+        try:
+            async with self._session.request(
+                method, api_url + path, json=body, headers={"Authorization": authorization}
+            ) as response:
+                try:
+                    answer = await response.json(content_type=None)
+                except ValueError:
+                    answer = {}
+                return response.status, answer if isinstance(answer, dict) else {}, response.headers
+        except TimeoutError:
+            raise ProviderError(PROVIDER, f"{method} {api_url}{path}: timed out", retryable=True) from None
+        except aiohttp.ClientError as exc:
+            raise ProviderError(
+                PROVIDER, f"{method} {api_url}{path}: cannot connect ({type(exc).__name__})", retryable=True
+            ) from None
+
+
+def _message(answer: Mapping[str, Any]) -> str:
+    message = answer.get("message")
+    return " ".join(str(message).split())[:300] if message else ""
+
+
+def _issue_error(
+    status: int, answer: Mapping[str, Any], headers: Mapping[str, str], settings: GitHubAppSettings, path: str
+) -> ProviderError:
+    where = f"POST {settings.api_url}{path}: HTTP {status}"
+    message = _message(answer)
+    if status == 401:
+        return _bad(
+            f"{where}: GitHub refused the App JWT of app {settings.app_id} ({message}); check appId and the "
+            f"private key in Secret {settings.key_ref.name} key {settings.key_ref.key!r}"
+        )
+    if status == 404:
+        return _bad(f"{where}: installation {settings.installation_id} not found for app {settings.app_id}")
+    if status == 422:
+        asked = ", ".join(f"{k}: {v}" for k, v in settings.permissions) or "the installation's"
+        repos = ", ".join(settings.repositories) or "all"
+        return _bad(f"{where}: {message} (asked repositories: {repos}; permissions: {asked})")
+    if status == 429 or (
+        status == 403 and (headers.get("x-ratelimit-remaining") == "0" or "rate limit" in message.lower())
+    ):
+        return ProviderError(PROVIDER, f"{where}: rate limited ({message})", retryable=True)
+    if status >= 500:
+        return ProviderError(PROVIDER, f"{where}: GitHub failed ({message})", retryable=True)
+    return _bad(f"{where}: {message}")

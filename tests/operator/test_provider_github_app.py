@@ -1,0 +1,485 @@
+"""The github-app provider against a local GitHub that checks App JWTs, scoping and revocation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from taskcreds.operator.providers.base import IssueRequest, NotRevocable, Provider, ProviderError
+from taskcreds.operator.providers.github_app import (
+    GitHubAppProvider,
+    TokenNotHeld,
+    app_jwt,
+    lease_ref_for,
+    parse_settings,
+)
+
+from tests.fakes import SecretsCluster
+from tests.fakes.github import FakeApp, FakeGitHub, new_private_key_pem
+from tests.fakes.github import github as github_fixture  # noqa: F401  (the `github` fixture)
+
+NS = "agents"
+OPERATOR_NS = "taskcreds-system"
+
+
+@pytest.fixture
+def app(github: FakeGitHub) -> FakeApp:
+    return github.add_app(
+        "12345",
+        installation_id="678",
+        repositories=["agent-target-repo", "other-repo"],
+        permissions={"contents": "write", "metadata": "read", "pull_requests": "write"},
+    )
+
+
+@pytest.fixture
+def cluster(app: FakeApp) -> SecretsCluster:
+    c = SecretsCluster()
+    c.put(NS, "github-app", {"private-key.pem": app.private_key_pem})
+    c.put(OPERATOR_NS, "github-app", {"private-key.pem": app.private_key_pem})
+    return c
+
+
+@pytest.fixture
+async def provider(cluster: SecretsCluster) -> Any:
+    p = GitHubAppProvider(cluster, operator_namespace=OPERATOR_NS, timeout=2)
+    yield p
+    await p.aclose()
+
+
+def spec(github: FakeGitHub, **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiURL": github.url,
+        "appId": "12345",
+        "installationId": "678",
+        "privateKeySecretRef": {"name": "github-app", "key": "private-key.pem"},
+        "repositories": ["agent-target-repo"],
+        "permissions": {"contents": "write", "pull_requests": "write"},
+    }
+    body.update(changes)
+    return {
+        "provider": "github-app",
+        "defaultTTL": "15m",
+        "maxTTL": "1h",
+        "allowedServiceAccounts": ["agent"],
+        "githubApp": body,
+    }
+
+
+def request(source_spec: dict[str, Any], ttl: int = 900, source_namespace: str | None = NS) -> IssueRequest:
+    return IssueRequest(
+        credential="github",
+        source_spec=source_spec,
+        source_namespace=source_namespace,
+        namespace=NS,
+        pod="agent-0",
+        pod_uid="uid-1",
+        service_account="agent",
+        task="fix-42",
+        ttl_seconds=ttl,
+    )
+
+
+async def repositories_seen_with(github: FakeGitHub, token: str) -> tuple[int, list[str]]:
+    """What an agent sees using the token: ``GET /installation/repositories``."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{github.url}/installation/repositories",
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json"},
+        ) as response,
+    ):
+        body = await response.json()
+        return response.status, [r["name"] for r in body.get("repositories", [])]
+
+
+# --- issue, use, revoke, renew -------------------------------------------------------------------
+
+
+async def test_issue_is_scoped_to_the_repositories_and_permissions_asked(
+    github: FakeGitHub, provider: GitHubAppProvider
+) -> None:
+    assert isinstance(provider, Provider)
+    issued = await provider.issue(request(spec(github), ttl=900))
+    token = issued.files["token"]
+    assert token.startswith("ghs_") and list(issued.files) == ["token"]
+    assert await repositories_seen_with(github, token) == (200, ["agent-target-repo"])
+    at_github = github.token(token)
+    assert at_github is not None
+    assert at_github.permissions == {"contents": "write", "pull_requests": "write"}
+    # GitHub's lifetime is 1 h whatever was asked; expiresAt tells the truth
+    assert issued.expires_at == at_github.expires_at
+    assert abs((issued.expires_at - datetime.now(UTC)) - timedelta(hours=1)) < timedelta(seconds=5)
+    assert not issued.renewable
+    assert issued.lease_ref.startswith("ghs:678:") and token not in issued.lease_ref
+    assert token[4:12] not in issued.lease_ref
+    # the App JWT: iss = app id, iat backdated, a window of at most 10 minutes
+    claims = github.jwt_claims[-1]
+    assert claims["iss"] == "12345"
+    assert claims["exp"] - claims["iat"] <= 600
+    assert claims["iat"] <= time.time() - 55
+
+
+async def test_revoke_makes_the_token_fail_and_is_idempotent(
+    github: FakeGitHub,
+    provider: GitHubAppProvider,
+) -> None:
+    src = spec(github)
+    issued = await provider.issue(request(src))
+    await provider.revoke(issued.lease_ref, src, NS)
+    assert (await repositories_seen_with(github, issued.files["token"]))[0] == 401
+    await provider.revoke(issued.lease_ref, src, NS)  # already revoked: success
+
+
+async def test_revoke_of_a_token_github_already_forgot_is_success(
+    github: FakeGitHub,
+    provider: GitHubAppProvider,
+) -> None:
+    src = spec(github)
+    issued = await provider.issue(request(src))
+    token = github.token(issued.files["token"])
+    assert token is not None
+    token.revoked = True  # e.g. revoked by hand in GitHub
+    await provider.revoke(issued.lease_ref, src, NS)
+
+
+async def test_renew_rotates_the_token_and_revokes_the_old(
+    github: FakeGitHub,
+    provider: GitHubAppProvider,
+) -> None:
+    src = spec(github)
+    first = await provider.issue(request(src))
+    second = await provider.renew(first.lease_ref, request(src))
+    assert second.lease_ref != first.lease_ref
+    assert second.files["token"] != first.files["token"]
+    assert (await repositories_seen_with(github, first.files["token"]))[0] == 401
+    assert await repositories_seen_with(github, second.files["token"]) == (200, ["agent-target-repo"])
+    await provider.revoke(second.lease_ref, src, NS)
+    assert github.alive_tokens() == []
+
+
+async def test_after_an_operator_restart_the_token_cannot_be_revoked_early_and_says_until_when(
+    github: FakeGitHub, cluster: SecretsCluster
+) -> None:
+    src = spec(github)
+    before = GitHubAppProvider(cluster)
+    issued = await before.issue(request(src))
+    after = GitHubAppProvider(cluster)  # a restarted operator: holds no tokens
+    with pytest.raises(TokenNotHeld) as caught:
+        await after.revoke(issued.lease_ref, src, NS)
+    assert isinstance(caught.value, NotRevocable) and not caught.value.retryable
+    expected = issued.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert str(caught.value) == f"github-app: token not held after restart; expires at {expected}"
+    # renewing still works: a new token, the old one left to expire (it cannot be revoked)
+    renewed = await after.renew(issued.lease_ref, request(src))
+    assert (await repositories_seen_with(github, renewed.files["token"]))[0] == 200
+    await after.revoke(renewed.lease_ref, src, NS)
+    # once its expiry has passed, revoke is success: the token is dead at GitHub either way
+    expired_ref = lease_ref_for("678", "ghs_gone", datetime.now(UTC) - timedelta(seconds=1))
+    await after.revoke(expired_ref, src, NS)
+    for p in (before, after):
+        await p.aclose()
+
+
+async def test_cluster_scoped_source_reads_the_key_from_the_operator_namespace(
+    github: FakeGitHub, provider: GitHubAppProvider, cluster: SecretsCluster
+) -> None:
+    cluster.delete(NS, "github-app")
+    src = spec(github)
+    issued = await provider.issue(request(src, source_namespace=None))
+    await provider.revoke(issued.lease_ref, src, None)
+
+
+async def test_no_repositories_or_permissions_means_the_installation_s(
+    github: FakeGitHub, provider: GitHubAppProvider
+) -> None:
+    src = spec(github, repositories=[], permissions={})
+    issued = await provider.issue(request(src))
+    assert await repositories_seen_with(github, issued.files["token"]) == (
+        200,
+        ["agent-target-repo", "other-repo"],
+    )
+    await provider.revoke(issued.lease_ref, src, NS)
+
+
+# --- refusals and errors -------------------------------------------------------------------------
+
+REFUSALS = [
+    pytest.param(
+        {"permissions": {"administration": "write"}},
+        ["HTTP 422", "not granted", "administration: write"],
+        id="permission the App does not have",
+    ),
+    pytest.param(
+        {"permissions": {"metadata": "write"}},
+        ["HTTP 422", "not granted"],
+        id="permission level above the grant",
+    ),
+    pytest.param(
+        {"repositories": ["someone-elses-repo"]},
+        ["HTTP 422", "not accessible", "someone-elses-repo"],
+        id="repository outside the installation",
+    ),
+    pytest.param(
+        {"installationId": "999"},
+        ["HTTP 404", "installation 999 not found for app 12345"],
+        id="unknown installation",
+    ),
+    pytest.param({"appId": "54321"}, ["HTTP 401", "App JWT of app 54321", "check appId"], id="wrong app id"),
+]
+
+
+@pytest.mark.parametrize(("change", "words"), REFUSALS)
+async def test_github_refusals_are_not_retryable_and_say_why(
+    github: FakeGitHub,
+    provider: GitHubAppProvider,
+    change: dict[str, Any],
+    words: list[str],
+) -> None:
+    with pytest.raises(ProviderError) as caught:
+        await provider.issue(request(spec(github, **change)))
+    assert not caught.value.retryable
+    assert str(caught.value).startswith("github-app: ")
+    for word in words:
+        assert word in str(caught.value)
+    assert github.alive_tokens() == []
+
+
+async def test_a_key_that_is_not_the_app_s_is_refused_by_signature(
+    github: FakeGitHub, provider: GitHubAppProvider, cluster: SecretsCluster
+) -> None:
+    cluster.put(NS, "github-app", {"private-key.pem": new_private_key_pem()})
+    with pytest.raises(ProviderError, match="HTTP 401.*private key in Secret github-app") as caught:
+        await provider.issue(request(spec(github)))
+    assert not caught.value.retryable
+    assert github.rejections == ["signature"]
+
+
+SPEC_ERRORS = [
+    pytest.param({"appId": "my-app"}, "spec.githubApp.appId must be a number", id="app id not a number"),
+    pytest.param({"installationId": None}, "spec.githubApp.installationId", id="installation id missing"),
+    pytest.param({"apiURL": "api.github.com"}, "spec.githubApp.apiURL must be an https:// URL", id="api url"),
+    pytest.param({"permissions": {"contents": "all"}}, "'all' is not one of read, write, admin", id="level"),
+    pytest.param({"repositories": ["octo-org/repo"]}, "without the owner", id="owner in repository"),
+    pytest.param(
+        {"privateKeySecretRef": {"name": "github-app"}}, "privateKeySecretRef.key", id="ref without key"
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "words"), SPEC_ERRORS)
+async def test_spec_errors_name_the_field(
+    github: FakeGitHub,
+    provider: GitHubAppProvider,
+    change: dict[str, Any],
+    words: str,
+) -> None:
+    with pytest.raises(ProviderError) as caught:
+        await provider.issue(request(spec(github, **change)))
+    assert words in str(caught.value) and not caught.value.retryable
+    assert github.requests == []  # refused before talking to GitHub
+
+
+async def test_secret_problems_name_the_secret(
+    github: FakeGitHub,
+    provider: GitHubAppProvider,
+    cluster: SecretsCluster,
+) -> None:
+    cluster.put(NS, "github-app", {"private-key.pem": "not a key"})
+    with pytest.raises(ProviderError, match="Secret github-app key 'private-key.pem' does not hold an RSA"):
+        await provider.issue(request(spec(github)))
+    cluster.delete(NS, "github-app")
+    with pytest.raises(
+        ProviderError, match="Secret agents/github-app key 'private-key.pem': the Secret does not"
+    ):
+        await provider.issue(request(spec(github)))
+
+
+async def test_github_down_or_failing_is_retryable_and_issuance_resumes(
+    github: FakeGitHub, provider: GitHubAppProvider
+) -> None:
+    src = spec(github)
+    github.fail_next(502)
+    with pytest.raises(ProviderError, match="HTTP 502") as caught:
+        await provider.issue(request(src))
+    assert caught.value.retryable
+    github.fail_next(403)  # secondary rate limit
+    with pytest.raises(ProviderError, match="rate limited") as caught:
+        await provider.issue(request(src))
+    assert caught.value.retryable
+
+    issued = await provider.issue(request(src))
+    await github.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ProviderError, match=f"{github.url}.*cannot connect") as caught:
+            await provider.issue(request(src))
+        assert caught.value.retryable and time.monotonic() - started < 2
+        with pytest.raises(ProviderError) as revoke_failed:
+            await provider.revoke(issued.lease_ref, src, NS)
+        assert revoke_failed.value.retryable
+    finally:
+        await github.start()  # same port, same state
+    await provider.revoke(issued.lease_ref, src, NS)
+    assert github.alive_tokens() == []
+
+
+async def test_renew_keeps_the_old_lease_when_it_cannot_be_revoked(
+    github: FakeGitHub,
+    provider: GitHubAppProvider,
+) -> None:
+    src = spec(github)
+    first = await provider.issue(request(src))
+    original_revoke = provider.revoke
+    calls: list[str] = []
+
+    async def flaky_revoke(lease_ref: str, source_spec: dict[str, Any], source_namespace: str | None) -> None:
+        calls.append(lease_ref)
+        if lease_ref == first.lease_ref and len(calls) == 1:
+            github.fail_next(503)
+        await original_revoke(lease_ref, source_spec, source_namespace)
+
+    provider.revoke = flaky_revoke  # type: ignore[method-assign]
+    with pytest.raises(ProviderError, match=f"renewing {first.lease_ref}") as caught:
+        await provider.renew(first.lease_ref, request(src))
+    assert caught.value.retryable
+    # the old token is still tracked and alive; the replacement was taken back
+    assert [t.token for t in github.alive_tokens()] == [first.files["token"]]
+    provider.revoke = original_revoke  # type: ignore[method-assign]
+    await provider.revoke(first.lease_ref, src, NS)
+
+
+# --- no value anywhere but Issued.files ----------------------------------------------------------
+
+
+async def test_no_token_or_key_in_logs_reprs_or_errors(
+    github: FakeGitHub,
+    provider: GitHubAppProvider,
+    app: FakeApp,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    src = spec(github)
+    issued = await provider.issue(request(src))
+    renewed = await provider.renew(issued.lease_ref, request(src))
+    await provider.revoke(renewed.lease_ref, src, NS)
+    errors = []
+    for change in ({"permissions": {"administration": "write"}}, {"appId": "54321"}):
+        with pytest.raises(ProviderError) as caught:
+            await provider.issue(request(spec(github, **change)))
+        errors.append(str(caught.value))
+    key_body = "".join(app.private_key_pem.splitlines()[1:-1])
+    secrets_ = [issued.files["token"], renewed.files["token"], key_body[20:60]]
+    assert caplog.records
+    logged = caplog.text + " ".join(str(r.__dict__) for r in caplog.records)
+    for value in secrets_:
+        for text in (logged, repr(issued), repr(renewed), repr(provider._held), *errors):
+            assert value not in text
+
+
+# --- the pure parts ---------------------------------------------------------------------------------
+
+
+def test_app_jwt_claims(app: FakeApp) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(app.private_key_pem.encode(), password=None)
+    token = app_jwt("12345", key, now=1_700_000_000)  # type: ignore[arg-type]
+    claims = jwt.decode(token, app.public_key(), algorithms=["RS256"], options={"verify_exp": False})
+    assert claims == {"iat": 1_700_000_000 - 60, "exp": 1_700_000_000 + 540, "iss": "12345"}
+    assert jwt.get_unverified_header(token)["alg"] == "RS256"
+
+
+def test_parse_settings_defaults() -> None:
+    settings = parse_settings(
+        {
+            "files": ["gh-token"],
+            "githubApp": {
+                "appId": 12345,
+                "installationId": "678",
+                "privateKeySecretRef": {"name": "k", "key": "pem"},
+            },
+        }
+    )
+    assert settings.api_url == "https://api.github.com"
+    assert (settings.app_id, settings.installation_id, settings.token_file) == ("12345", "678", "gh-token")
+    assert settings.repositories == () and settings.permissions == ()
+
+
+# --- the fake checks what GitHub checks (a fake that accepts anything proves nothing) ---------------
+
+FAKE_JWT_CASES = [
+    pytest.param(
+        lambda now: {"iat": now - 60, "exp": now + 540, "iss": "12345"}, "RS256", True, None, id="valid"
+    ),
+    pytest.param(
+        lambda now: {"iat": now - 60, "exp": now + 600, "iss": "12345"},
+        "RS256",
+        False,
+        "exp more than 10 minutes ahead",
+        id="window over 10 minutes",
+    ),
+    pytest.param(
+        lambda now: {"iat": now - 700, "exp": now - 100, "iss": "12345"},
+        "RS256",
+        False,
+        "claims:",
+        id="expired",
+    ),
+    pytest.param(
+        lambda now: {"iat": now + 120, "exp": now + 300, "iss": "12345"},
+        "RS256",
+        False,
+        "iat",
+        id="issued in the future",
+    ),
+    pytest.param(
+        lambda now: {"iat": now - 60, "exp": now + 540, "iss": "99"},
+        "RS256",
+        False,
+        "is no App",
+        id="unknown issuer",
+    ),
+    pytest.param(
+        lambda now: {"iat": now - 60, "exp": now + 540}, "RS256", False, "is no App", id="no issuer"
+    ),
+    pytest.param(
+        lambda now: {"iat": now - 60, "exp": now + 540, "iss": "12345"},
+        "HS256",
+        False,
+        "not RS256",
+        id="HMAC instead of RS256",
+    ),
+]
+
+
+@pytest.mark.parametrize(("claims", "alg", "accepted", "reason"), FAKE_JWT_CASES)
+async def test_fake_github_verifies_the_app_jwt(
+    github: FakeGitHub,
+    app: FakeApp,
+    claims: Any,
+    alg: str,
+    accepted: bool,
+    reason: str | None,
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key: Any = serialization.load_pem_private_key(app.private_key_pem.encode(), password=None)
+    if alg == "HS256":
+        key = "shared-secret-that-is-long-enough-for-hs256"
+    token = jwt.encode(claims(int(time.time())), key, algorithm=alg)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{github.url}/app/installations/678/access_tokens",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response,
+    ):
+        assert (response.status == 201) is accepted, await response.text()
+    if reason:
+        assert reason in github.rejections[-1]
