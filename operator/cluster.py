@@ -8,11 +8,12 @@ JSON shape, so both behave alike and tests compare them directly.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-__all__ = ["Cluster", "TokenIdentity", "ClusterError", "Conflict"]
+__all__ = ["Cluster", "TokenIdentity", "ClusterError", "Conflict", "AlreadyExists", "NotFound", "PodEvent"]
 
 
 class ClusterError(Exception):
@@ -21,6 +22,18 @@ class ClusterError(Exception):
 
 class Conflict(ClusterError):
     """Optimistic concurrency lost (HTTP 409): re-read and retry."""
+
+
+class AlreadyExists(Conflict):
+    """Create of an object that exists (HTTP 409 AlreadyExists): read it instead."""
+
+
+class NotFound(ClusterError):
+    """Patch or delete of an object that does not exist (HTTP 404)."""
+
+
+#: one pod watch event: ("ADDED" | "MODIFIED" | "DELETED", pod)
+PodEvent = tuple[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -69,14 +82,29 @@ class Cluster(Protocol):
 
     async def list_task_leases(self, namespace: str | None = None) -> list[dict[str, Any]]: ...
 
-    async def create_task_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    async def create_task_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create; AlreadyExists when the name is taken."""
+        ...
 
     async def patch_task_lease(self, namespace: str, name: str, patch: dict[str, Any], *,
                                subresource: str | None = None) -> dict[str, Any]:
-        """JSON merge patch; ``subresource="status"`` for the status subresource."""
+        """JSON merge patch; ``subresource="status"`` for the status subresource.
+
+        A patch carrying ``metadata.resourceVersion`` raises Conflict unless it is still current
+        (optimistic concurrency, as the API server does); NotFound when the lease is gone.
+        """
         ...
 
     async def emit_event(self, regarding: dict[str, Any], reason: str, message: str,
                          type_: str = "Normal") -> None:
         """Record an Event about ``regarding`` (an object with apiVersion/kind/metadata)."""
+        ...
+
+    async def delete_task_lease(self, namespace: str, name: str) -> None:
+        """Delete (with finalizers: mark deleted; gone once the last finalizer is removed)."""
+        ...
+
+    def watch_pods(self, namespace: str | None = None,
+                   label_selector: str | None = None) -> AsyncIterator[PodEvent]:
+        """Every pod as ADDED first, then changes, until cancelled; reconnects by itself."""
         ...

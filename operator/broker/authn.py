@@ -1,0 +1,114 @@
+"""Who is calling: the client's X.509-SVID (workload) and its pod-bound service-account token (pod).
+
+Both must agree. The SVID's SPIFFE ID is parsed with a template (default
+``spiffe://{trust_domain}/ns/{namespace}/sa/{serviceaccount}``, env TASKCREDS_SPIFFE_ID_TEMPLATE)
+into namespace and service account; the bearer token goes through a TokenReview with audience
+``taskcreds``, which must name the same namespace and service account and a pod (name and uid).
+That pod is the caller's pod: every request is about it and nothing else. The token never
+appears in a message or a log record.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from taskcreds.operator.broker.errors import Unauthenticated, Unavailable
+from taskcreds.operator.cluster import Cluster, ClusterError
+
+from taskcreds import names
+from taskcreds.svid import SvidError, parse_spiffe_id
+
+__all__ = ["Caller", "SpiffeIdTemplate", "authenticate", "bearer_token"]
+
+_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated sidecar: its SPIFFE ID and the pod its token is bound to."""
+
+    spiffe_id: str
+    namespace: str
+    service_account: str
+    pod: str
+    pod_uid: str
+
+
+class SpiffeIdTemplate:
+    """Parse client SPIFFE IDs into (namespace, service account) for one trust domain."""
+
+    def __init__(self, template: str, trust_domain: str) -> None:
+        for placeholder in ("{namespace}", "{serviceaccount}"):
+            if template.count(placeholder) != 1:
+                raise ValueError(f"SPIFFE ID template {template!r} must contain {placeholder} exactly once")
+        self.template = template
+        self.trust_domain = trust_domain
+        pattern = re.escape(template)
+        pattern = pattern.replace(re.escape("{trust_domain}"), re.escape(trust_domain))
+        pattern = pattern.replace(re.escape("{namespace}"), f"(?P<namespace>{_DNS_LABEL})")
+        pattern = pattern.replace(re.escape("{serviceaccount}"), f"(?P<sa>{_DNS_SUBDOMAIN})")
+        self._regex = re.compile(f"^{pattern}$")
+
+    def parse(self, spiffe_id: str) -> tuple[str, str]:
+        """(namespace, service account); Unauthenticated naming what was wrong."""
+        try:
+            trust_domain, _ = parse_spiffe_id(spiffe_id)
+        except SvidError as exc:
+            raise Unauthenticated(f"client SPIFFE ID refused: {exc}") from None
+        if trust_domain != self.trust_domain:
+            raise Unauthenticated(
+                f"client SPIFFE ID {spiffe_id!r} is in trust domain {trust_domain!r}; "
+                f"only {self.trust_domain!r} is accepted"
+            )
+        match = self._regex.match(spiffe_id)
+        if match is None:
+            raise Unauthenticated(
+                f"client SPIFFE ID {spiffe_id!r} does not match the template {self.template!r}"
+            )
+        return match.group("namespace"), match.group("sa")
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer`` header; Unauthenticated otherwise (never echoes it)."""
+    if not authorization:
+        raise Unauthenticated("missing Authorization: Bearer <projected service-account token>")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 16384:
+        raise Unauthenticated("Authorization must be 'Bearer <projected service-account token>'")
+    return token
+
+
+async def authenticate(
+    cluster: Cluster, template: SpiffeIdTemplate, peer_id: str | None, authorization: str | None
+) -> Caller:
+    """The caller, proven by SVID and TokenReview together; Unauthenticated (401) otherwise."""
+    if peer_id is None:
+        raise Unauthenticated("no client X.509-SVID: present your SVID in the TLS handshake")
+    namespace, service_account = template.parse(peer_id)
+    token = bearer_token(authorization)
+    try:
+        identity = await cluster.review_token(token, names.TOKEN_AUDIENCE)
+    except ClusterError as exc:
+        raise Unavailable(f"TokenReview failed: {type(exc).__name__}; retry later") from None
+    if identity is None or names.TOKEN_AUDIENCE not in identity.audiences:
+        raise Unauthenticated(f"the bearer token is not authenticated for audience {names.TOKEN_AUDIENCE!r}")
+    if (identity.namespace, identity.service_account) != (namespace, service_account):
+        raise Unauthenticated(
+            f"SVID and token disagree: SVID names service account {namespace}/{service_account}, the token "
+            f"{identity.namespace}/{identity.service_account}"
+        )
+    if not identity.pod_name or not identity.pod_uid:
+        raise Unauthenticated(
+            "the bearer token is not bound to a pod: use the pod's projected "
+            f"service-account token with audience {names.TOKEN_AUDIENCE!r}"
+        )
+    return Caller(
+        spiffe_id=peer_id,
+        namespace=namespace,
+        service_account=service_account,
+        pod=identity.pod_name,
+        pod_uid=identity.pod_uid,
+    )

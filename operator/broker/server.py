@@ -1,0 +1,657 @@
+"""The broker's HTTPS API (docs/broker-api.md) over aiohttp, served with SPIFFE mutual TLS.
+
+:func:`make_broker_app` builds the application (handlers decode, call authn/policy/providers/
+leases, encode); :class:`BrokerServer` serves it with the broker's own X.509-SVID, taken from a
+callable on every handshake so a rotated SVID is presented from the next connection on. Client
+certificates are optional at the TLS layer so ``/healthz`` and the JWKS work without one; every
+``/v1/*`` request needs a client SVID *and* its pod's bearer token.
+
+Values travel only in issue/renew response bodies: never in a log record, an exception message,
+a metric label, an Event or the TaskLease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from taskcreds.operator import leases
+from taskcreds.operator.broker import policy
+from taskcreds.operator.broker.authn import Caller, SpiffeIdTemplate, authenticate
+from taskcreds.operator.broker.errors import (
+    BadRequest,
+    BrokerError,
+    NotFound,
+    PolicyDenied,
+    ProviderFailed,
+    RateLimited,
+    TaskTerminal,
+    TooLarge,
+    Unavailable,
+)
+from taskcreds.operator.broker.settings import BrokerSettings
+from taskcreds.operator.cluster import Cluster, ClusterError
+from taskcreds.operator.providers.base import Issued, IssueRequest, NotRevocable, Provider, ProviderError
+from taskcreds.operator.sources import Source, SourceError, resolve_source
+from taskcreds.operator.taskstatus import TaskStatusHub
+
+from taskcreds import names
+from taskcreds.durations import DurationError, parse_duration
+from taskcreds.logs import fields
+from taskcreds.metrics import OperatorMetrics
+from taskcreds.svid import X509SvidMaterial, load_svid, parse_spiffe_id, peer_spiffe_id, server_context
+
+__all__ = ["make_broker_app", "BrokerServer", "BROKER_KEY", "Broker", "trust_domain_of"]
+
+log = logging.getLogger("taskcreds.broker")
+
+_TASK = re.compile(names.TASK_ID_PATTERN)
+_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _TokenBucket:
+    __slots__ = ("tokens", "stamp")
+
+    def __init__(self, burst: int, now: float) -> None:
+        self.tokens = float(burst)
+        self.stamp = now
+
+
+class Broker:
+    """The request handlers and their collaborators (one per process)."""
+
+    def __init__(
+        self,
+        *,
+        cluster: Cluster,
+        providers: Mapping[str, Provider],
+        settings: BrokerSettings,
+        metrics: OperatorMetrics,
+        hub: TaskStatusHub,
+        trust_domain: str,
+        now: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.cluster = cluster
+        self.providers = dict(providers)
+        self.settings = settings
+        self.metrics = metrics
+        self.hub = hub
+        self.template = SpiffeIdTemplate(settings.spiffe_id_template, trust_domain)
+        self.now = now
+        self._buckets: dict[str, _TokenBucket] = {}
+        self.ready = True
+
+    # --- plumbing -----------------------------------------------------------------------------
+    async def _caller(self, request: web.Request) -> Caller:
+        if not self.ready:
+            raise Unavailable("the broker is shutting down; retry against another replica")
+        peer = peer_spiffe_id(request.transport.get_extra_info("ssl_object") if request.transport else None)
+        caller = await authenticate(self.cluster, self.template, peer, request.headers.get("Authorization"))
+        self._rate_limit(caller.pod_uid)
+        return caller
+
+    def _rate_limit(self, key: str) -> None:
+        now = time.monotonic()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) > 50_000:  # forget idle pods rather than grow without bound
+                self._buckets.clear()
+            bucket = self._buckets[key] = _TokenBucket(self.settings.rate_burst, now)
+        bucket.tokens = min(
+            float(self.settings.rate_burst),
+            bucket.tokens + (now - bucket.stamp) * self.settings.rate_per_second,
+        )
+        bucket.stamp = now
+        if bucket.tokens < 1.0:
+            raise RateLimited(
+                "too many requests from this pod",
+                (1.0 - bucket.tokens) / max(self.settings.rate_per_second, 1e-6),
+            )
+        bucket.tokens -= 1.0
+
+    async def _json(self, request: web.Request, allowed: set[str], required: set[str]) -> dict[str, Any]:
+        if request.content_length is not None and request.content_length > self.settings.max_body_bytes:
+            raise TooLarge(
+                f"body of {request.content_length} bytes is over the limit of {self.settings.max_body_bytes}"
+            )
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise TooLarge(f"body is over the limit of {self.settings.max_body_bytes} bytes") from None
+        if len(raw) > self.settings.max_body_bytes:
+            raise TooLarge(f"body is over the limit of {self.settings.max_body_bytes} bytes")
+        try:
+            doc = json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("body is not JSON") from None
+        if not isinstance(doc, dict):
+            raise BadRequest("body must be a JSON object")
+        unknown = sorted(set(doc) - allowed)
+        if unknown:
+            raise BadRequest(f"unknown field(s) {', '.join(unknown)}; accepted: {', '.join(sorted(allowed))}")
+        missing = sorted(required - set(doc))
+        if missing:
+            raise BadRequest(f"missing field(s) {', '.join(missing)}")
+        return doc
+
+    @staticmethod
+    def _task(value: Any) -> str:
+        if not isinstance(value, str) or not _TASK.match(value):
+            raise BadRequest(f"task {value!r} is not a task id matching {names.TASK_ID_PATTERN}")
+        return value
+
+    async def _pod(self, caller: Caller) -> dict[str, Any] | None:
+        try:
+            return await self.cluster.get_pod(caller.namespace, caller.pod)
+        except ClusterError as exc:
+            raise Unavailable(
+                f"cannot read pod {caller.namespace}/{caller.pod}: {type(exc).__name__}"
+            ) from None
+
+    async def _lease(self, caller: Caller, task: str) -> dict[str, Any] | None:
+        try:
+            return await self.cluster.get_task_lease(caller.namespace, leases.lease_name(caller.pod, task))
+        except ClusterError as exc:
+            raise Unavailable(f"cannot read the TaskLease: {type(exc).__name__}") from None
+
+    def _ended(self, caller: Caller, lease: Mapping[str, Any] | None) -> str | None:
+        status = (lease or {}).get("status") or {}
+        if status.get("phase") in (leases.REVOKING, leases.REVOKED):
+            return str(status.get("reason") or "cancelled")
+        state = self.hub.get(caller.pod_uid)
+        return state.reason if state is not None and state.terminal else None
+
+    async def _view(self, caller: Caller, task: str) -> tuple[dict[str, Any], policy.TaskView, dict | None]:
+        pod = await self._pod(caller)
+        if pod is not None and pod["metadata"].get("uid") == caller.pod_uid:
+            self.hub.update(pod)
+        lease = await self._lease(caller, task)
+        view = policy.check_task(
+            pod,
+            namespace=caller.namespace,
+            pod_name=caller.pod,
+            pod_uid=caller.pod_uid,
+            service_account=caller.service_account,
+            task=task,
+            now=self.now(),
+            ended=self._ended(caller, lease),
+        )
+        assert pod is not None
+        return pod, view, lease
+
+    async def _sources(self, namespace: str, wanted: list[str]) -> dict[str, Source | SourceError | None]:
+        async def one(name: str) -> Source | SourceError | None:
+            try:
+                return await resolve_source(self.cluster, namespace, name)
+            except SourceError as exc:
+                return exc
+
+        try:
+            found = await asyncio.gather(*(one(n) for n in wanted))
+        except ClusterError as exc:
+            raise Unavailable(f"cannot read CredentialSources: {type(exc).__name__}") from None
+        return dict(zip(wanted, found, strict=True))
+
+    def _issue_request(self, view: policy.TaskView, grant: policy.Grant) -> IssueRequest:
+        return IssueRequest(
+            credential=grant.credential,
+            source_spec=grant.source.spec,
+            source_namespace=grant.source.namespace,
+            namespace=view.namespace,
+            pod=view.pod,
+            pod_uid=view.pod_uid,
+            service_account=view.service_account,
+            task=view.request.task,
+            ttl_seconds=grant.ttl_seconds,
+        )
+
+    async def _timed(self, provider: Provider, call: Awaitable[Issued]) -> Issued:
+        start = time.perf_counter()
+        try:
+            return await call
+        finally:
+            self.metrics.issue_duration.labels(provider=provider.name).observe(time.perf_counter() - start)
+
+    @staticmethod
+    def _credential_json(grant: policy.Grant, issued: Issued) -> dict[str, Any]:
+        return {
+            "name": grant.credential,
+            "provider": grant.source.provider,
+            "leaseRef": issued.lease_ref,
+            "issuedAt": leases.format_time(issued.issued_at),
+            "expiresAt": leases.format_time(issued.expires_at),
+            "renewable": issued.renewable,
+            "static": issued.static,
+            "delivery": grant.source.delivery,
+            "files": dict(issued.files),
+        }
+
+    async def _undo(self, done: list[tuple[policy.Grant, Issued]]) -> list[tuple[policy.Grant, Issued]]:
+        """Revoke what this request issued; returns those that could not be revoked (to record)."""
+
+        async def one(grant: policy.Grant, issued: Issued) -> bool:
+            try:
+                await self.providers[grant.source.provider].revoke(
+                    issued.lease_ref, grant.source.spec, grant.source.namespace
+                )
+            except NotRevocable:
+                return True
+            except Exception:  # recorded below; revoked at task end
+                return False
+            return True
+
+        results = await asyncio.gather(*(one(g, i) for g, i in done))
+        return [pair for pair, ok in zip(done, results, strict=True) if not ok]
+
+    # --- handlers -----------------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        provider = self.providers.get("jwt")
+        if provider is None:
+            return web.json_response({"keys": []})
+        try:
+            await provider.ensure_keys()  # type: ignore[attr-defined]
+        except ProviderError as exc:
+            raise Unavailable(str(exc)) from None
+        return web.json_response(provider.jwks(), headers={"Cache-Control": "max-age=60"})  # type: ignore[attr-defined]
+
+    async def jwt_revoked(self, request: web.Request) -> web.Response:
+        provider = self.providers.get("jwt")
+        revoked = provider.revoked() if provider is not None else []  # type: ignore[attr-defined]
+        return web.json_response({"revoked": revoked})
+
+    async def issue(self, request: web.Request) -> web.Response:
+        caller = await self._caller(request)
+        doc = await self._json(request, {"task", "credentials", "ttl"}, {"task"})
+        task = self._task(doc["task"])
+        wanted = doc.get("credentials")
+        if wanted is not None and (
+            not isinstance(wanted, list) or not wanted or not all(isinstance(n, str) for n in wanted)
+        ):
+            raise BadRequest("credentials must be a non-empty list of CredentialSource names")
+        ttl = doc.get("ttl")
+        if ttl is not None and not isinstance(ttl, str):
+            raise BadRequest("ttl must be a Go-style duration string such as 15m")
+        pod, view, _ = await self._view(caller, task)
+        names_wanted = list(dict.fromkeys(wanted)) if wanted else list(view.request.credentials)
+        grants = policy.check_credentials(
+            view,
+            names_wanted,
+            await self._sources(caller.namespace, names_wanted),
+            ttl=policy.requested_ttl(ttl),
+            providers=list(self.providers),
+        )
+
+        async def one(grant: policy.Grant) -> Issued:
+            provider = self.providers[grant.source.provider]
+            return await self._timed(provider, provider.issue(self._issue_request(view, grant)))
+
+        results = await asyncio.gather(*(one(g) for g in grants), return_exceptions=True)
+        done = [(g, r) for g, r in zip(grants, results, strict=True) if isinstance(r, Issued)]
+        failed = [(g, r) for g, r in zip(grants, results, strict=True) if not isinstance(r, Issued)]
+        entries = [leases.lease_entry(g.credential, g.source.provider, g.source.ref, i) for g, i in done]
+        if failed:
+            leftover = await self._undo(done)
+            if leftover:
+                await self._record_quietly(
+                    pod, task, [e for e, pair in zip(entries, done, strict=True) if pair in leftover]
+                )
+            grant, exc = failed[0]
+            if isinstance(exc, asyncio.CancelledError):
+                raise exc
+            if not isinstance(exc, ProviderError):
+                log.error(
+                    "provider failed unexpectedly",
+                    extra=fields(provider=grant.source.provider, error=type(exc).__name__),
+                )
+            raise ProviderFailed(
+                f"credential {grant.credential!r}: {exc if isinstance(exc, ProviderError) else grant.source.provider + ': internal error'}; "
+                f"nothing was issued"
+            )
+        try:
+            await leases.record_issued(
+                self.cluster, pod, task, entries, attempts=self.settings.record_attempts
+            )
+        except leases.LeaseEnded as exc:
+            await self._undo(done)
+            raise TaskTerminal(
+                exc.reason, f"task {task!r} has ended ({exc.reason}); nothing was issued"
+            ) from None
+        except ClusterError as exc:
+            leftover = await self._undo(done)
+            if leftover:
+                await self._record_quietly(
+                    pod, task, [e for e, pair in zip(entries, done, strict=True) if pair in leftover]
+                )
+            raise Unavailable(
+                f"cannot record the leases on the TaskLease ({type(exc).__name__}); nothing was issued"
+            ) from None
+        for grant, issued in done:
+            self.metrics.credentials_issued.labels(provider=grant.source.provider).inc()
+            self.metrics.leases_active.labels(provider=grant.source.provider).inc()
+            log.info(
+                "credential issued",
+                extra=fields(
+                    namespace=caller.namespace,
+                    pod=caller.pod,
+                    task=task,
+                    credential=grant.credential,
+                    provider=grant.source.provider,
+                    lease_ref=issued.lease_ref,
+                    expires_at=leases.format_time(issued.expires_at),
+                ),
+            )
+        state = self.hub.get(caller.pod_uid)
+        return web.json_response(
+            {
+                "task": task,
+                "taskStatus": state.status if state else view.request.task_status,
+                "deadline": leases.format_time(view.deadline) if view.deadline else None,
+                "credentials": [self._credential_json(g, i) for g, i in done],
+            }
+        )
+
+    async def _record_quietly(self, pod: dict[str, Any], task: str, entries: list[dict[str, Any]]) -> None:
+        """Best effort: keep a record of leases we could not revoke, so the task end revokes them."""
+        try:
+            await leases.record_issued(self.cluster, pod, task, entries)
+        except (leases.LeaseEnded, ClusterError):
+            lease = leases.lease_name(pod["metadata"]["name"], task)
+            log.error(
+                "issued lease could be neither revoked nor recorded",
+                extra=fields(lease=lease, lease_refs=[e["leaseRef"] for e in entries]),
+            )
+
+    async def renew(self, request: web.Request) -> web.Response:
+        caller = await self._caller(request)
+        name = request.match_info["name"]
+        doc = await self._json(request, {"task", "leaseRef", "ttl"}, {"task", "leaseRef"})
+        task = self._task(doc["task"])
+        lease_ref = doc["leaseRef"]
+        ttl = doc.get("ttl")
+        if not isinstance(lease_ref, str) or not lease_ref or (ttl is not None and not isinstance(ttl, str)):
+            raise BadRequest("leaseRef must be a non-empty string and ttl a Go-style duration string")
+        pod, view, lease = await self._view(caller, task)
+        grant = policy.check_credentials(
+            view,
+            [name],
+            await self._sources(caller.namespace, [name]),
+            ttl=policy.requested_ttl(ttl),
+            providers=list(self.providers),
+        )[0]
+        entry = leases.find_entry(lease, name, lease_ref)
+        if entry is None or entry.get("revokedAt"):
+            raise NotFound(
+                f"no active lease {lease_ref!r} of credential {name!r} for task {task!r} of this pod"
+            )
+        provider = self.providers[grant.source.provider]
+        try:
+            issued = await self._timed(provider, provider.renew(lease_ref, self._issue_request(view, grant)))
+        except ProviderError as exc:
+            raise ProviderFailed(f"credential {name!r}: {exc}") from None
+        try:
+            if issued.lease_ref == lease_ref:
+                await leases.record_issued(
+                    self.cluster,
+                    pod,
+                    task,
+                    [],
+                    replace={lease_ref: {"expiresAt": leases.format_time(issued.expires_at)}},
+                )
+            else:
+                await leases.record_issued(
+                    self.cluster,
+                    pod,
+                    task,
+                    [leases.lease_entry(name, grant.source.provider, grant.source.ref, issued)],
+                )
+        except leases.LeaseEnded as exc:
+            await self._undo([(grant, issued)])
+            raise TaskTerminal(exc.reason, f"task {task!r} has ended ({exc.reason})") from None
+        except ClusterError as exc:
+            if issued.lease_ref != lease_ref:
+                await self._undo([(grant, issued)])
+            raise Unavailable(f"cannot record the renewal on the TaskLease ({type(exc).__name__})") from None
+        self.metrics.credentials_issued.labels(provider=grant.source.provider).inc()
+        if issued.lease_ref != lease_ref:
+            self.metrics.leases_active.labels(provider=grant.source.provider).inc()
+        log.info(
+            "credential renewed",
+            extra=fields(
+                namespace=caller.namespace,
+                pod=caller.pod,
+                task=task,
+                credential=name,
+                lease_ref=issued.lease_ref,
+                previous_lease_ref=lease_ref,
+            ),
+        )
+        return web.json_response(self._credential_json(grant, issued))
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        caller = await self._caller(request)
+        task = self._task(request.match_info["task"])
+        doc = await self._json(request, {"reason"}, set())
+        text = doc.get("reason") or "requested"
+        if not isinstance(text, str) or len(text) > 64:
+            raise BadRequest("reason must be a string of at most 64 characters")
+        text = _PRINTABLE.sub("?", text)
+        try:
+            pod, _, _ = await self._view(caller, task)
+        except TaskTerminal:
+            pod = await self._pod(caller)  # already over: still idempotent
+        if pod is None:
+            raise NotFound(f"pod {caller.namespace}/{caller.pod} does not exist")
+        self.hub.end(caller.pod_uid, "cancelled", task=task)
+        try:
+            ended = await leases.record_ended(self.cluster, pod, task, "cancelled")
+            await self.cluster.emit_event(
+                pod, "TaskRevokeRequested", f"the sidecar asked to revoke task {task!r}: {text}"
+            )
+            outcome = await leases.revoke_task(
+                self.cluster,
+                self.providers,
+                caller.namespace,
+                ended["metadata"]["name"],
+                "cancelled",
+                metrics=self.metrics,
+                backoff=leases.Backoff(attempts=2),
+            )
+            lease = await self.cluster.get_task_lease(caller.namespace, ended["metadata"]["name"])
+        except ClusterError as exc:
+            raise Unavailable(f"cannot record the revocation ({type(exc).__name__}); retry") from None
+        entries = ((lease or {}).get("status") or {}).get("leases") or []
+        revoked = sorted({e["credential"] for e in entries if e.get("revokedAt")})
+        log.info(
+            "task revoked by its sidecar",
+            extra=fields(
+                namespace=caller.namespace, pod=caller.pod, task=task, detail=text, done=outcome.done
+            ),
+        )
+        return web.json_response({"task": task, "revoked": revoked})
+
+    async def status(self, request: web.Request) -> web.Response:
+        caller = await self._caller(request)
+        task = self._task(request.match_info["task"])
+        try:
+            wait = (
+                parse_duration(request.query.get("wait", ""))
+                if "wait" in request.query
+                else self.settings.default_wait
+            )
+        except DurationError as exc:
+            raise BadRequest(f"wait: {exc}") from None
+        wait = min(wait, self.settings.max_wait)
+        known = request.query.get("known") or None
+        pod = await self._pod(caller)
+        if pod is not None and pod["metadata"].get("uid") == caller.pod_uid:
+            pod_task = (pod["metadata"].get("annotations") or {}).get(names.ANNOTATION_TASK)
+            if pod_task != task:
+                raise PolicyDenied(
+                    "task_mismatch",
+                    f"task {task!r} is not the task of pod {caller.namespace}/{caller.pod} ({pod_task!r})",
+                )
+            self.hub.update(pod)
+            ended = self._ended(caller, await self._lease(caller, task))
+            if ended is not None:
+                self.hub.end(caller.pod_uid, ended, task=task)
+        elif self.hub.get(caller.pod_uid) is None:
+            raise NotFound(f"pod {caller.namespace}/{caller.pod} with uid {caller.pod_uid} does not exist")
+        state = await self.hub.wait(caller.pod_uid, known, wait)
+        if state is None:
+            raise NotFound(f"pod {caller.namespace}/{caller.pod} is not known")
+        return web.json_response({**state.to_json(), "task": task})
+
+
+BROKER_KEY: web.AppKey[Broker] = web.AppKey("broker", Broker)
+
+
+def _endpoint(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    broker = request.app[BROKER_KEY]
+    try:
+        response = await handler(request)
+    except BrokerError as exc:
+        if isinstance(exc, PolicyDenied):
+            broker.metrics.policy_denials.labels(reason=exc.reason).inc()
+        elif isinstance(exc, TaskTerminal):
+            broker.metrics.policy_denials.labels(reason="task_terminal").inc()
+        if exc.status >= 500 or exc.status in (401, 403):
+            log.info(
+                "request refused",
+                extra=fields(endpoint=_endpoint(request), code=exc.code, message=exc.message),
+            )
+        response = web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+    except web.HTTPException as exc:
+        code = {404: "not_found", 405: "bad_request", 413: "too_large"}.get(exc.status, "bad_request")
+        response = web.json_response({"error": {"code": code, "message": exc.reason}}, status=exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # no traceback to the client; type only in the log (locals may hold values)
+        log.error(
+            "broker handler failed", extra=fields(endpoint=_endpoint(request), error=type(exc).__name__)
+        )
+        response = web.json_response(
+            {"error": {"code": "unavailable", "message": "internal error; retry"}}, status=503
+        )
+    broker.metrics.broker_requests.labels(endpoint=_endpoint(request), code=str(response.status)).inc()
+    return response
+
+
+def make_broker_app(
+    *,
+    cluster: Cluster,
+    providers: Mapping[str, Provider],
+    settings: BrokerSettings,
+    metrics: OperatorMetrics,
+    trust_domain: str,
+    hub: TaskStatusHub | None = None,
+    now: Callable[[], datetime] = _utcnow,
+) -> web.Application:
+    """The broker's aiohttp application; ``app[BROKER_KEY]`` is its :class:`Broker`."""
+    broker = Broker(
+        cluster=cluster,
+        providers=providers,
+        settings=settings,
+        metrics=metrics,
+        hub=hub or TaskStatusHub(now=now),
+        trust_domain=trust_domain,
+        now=now,
+    )
+    app = web.Application(middlewares=[_errors], client_max_size=settings.max_body_bytes)
+    app[BROKER_KEY] = broker
+    app.router.add_get("/healthz", broker.healthz)
+    app.router.add_get("/.well-known/jwks.json", broker.jwks)
+    app.router.add_get("/v1/jwt/revoked", broker.jwt_revoked)
+    app.router.add_post("/v1/credentials", broker.issue)
+    app.router.add_post("/v1/credentials/{name}/renew", broker.renew)
+    app.router.add_post("/v1/tasks/{task}/revoke", broker.revoke)
+    app.router.add_get("/v1/tasks/{task}/status", broker.status)
+    return app
+
+
+class BrokerServer:
+    """Serve a broker app over HTTPS with the broker's current SVID (rotation-aware).
+
+    ``svid_source`` is called at every TLS handshake (cheap: a context is rebuilt only when the
+    SVID's fingerprint changes), so a rotated SVID is presented from the next connection on.
+    """
+
+    def __init__(self, app: web.Application, svid_source: Callable[[], X509SvidMaterial]) -> None:
+        self.app = app
+        self._svid_source = svid_source
+        self._fingerprint: str | None = None
+        self._context: ssl.SSLContext | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.host: str | None = None
+
+    def current_context(self) -> ssl.SSLContext:
+        svid = self._svid_source()
+        if svid.fingerprint != self._fingerprint or self._context is None:
+            self._context = server_context(svid, client_cert="optional")
+            self._fingerprint = svid.fingerprint
+        return self._context
+
+    def _sni(self, ssl_object: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
+        try:
+            current = self.current_context()
+        except Exception as exc:  # keep serving with the last good SVID
+            log.error("broker SVID unusable; keeping the previous one", extra=fields(error=str(exc)))
+            return None
+        if current is not context:
+            ssl_object.context = current
+        return None
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen; returns the bound port."""
+        outer = self.current_context()
+        listening = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        listening.minimum_version = ssl.TLSVersion.TLSv1_2
+        listening.verify_mode = outer.verify_mode
+        listening.sni_callback = self._sni  # swaps in the current SVID's context per handshake
+        svid = self._svid_source()
+        load_svid(listening, svid)
+        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=listening, shutdown_timeout=1.0)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        self.host, self.port = host, sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        self.app[BROKER_KEY].ready = False
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def trust_domain_of(svid: X509SvidMaterial) -> str:
+    """The trust domain of an SVID (the broker accepts clients of its own trust domain by default)."""
+    return parse_spiffe_id(svid.spiffe_id)[0]

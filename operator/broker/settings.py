@@ -1,0 +1,43 @@
+"""The broker's settings: one frozen dataclass, built from the operator's settings or by tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from taskcreds.operator.settings import OperatorSettings
+
+__all__ = ["BrokerSettings", "DEFAULT_SPIFFE_ID_TEMPLATE", "MAX_BODY_BYTES"]
+
+DEFAULT_SPIFFE_ID_TEMPLATE = "spiffe://{trust_domain}/ns/{namespace}/sa/{serviceaccount}"
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    namespace: str = "taskcreds-system"
+    """The operator's namespace: Secrets of ClusterCredentialSources and the JWT key Secret live here."""
+    trust_domain: str | None = None
+    """Accepted client trust domain; None: the broker's own SVID's trust domain."""
+    spiffe_id_template: str = DEFAULT_SPIFFE_ID_TEMPLATE
+    """How a client SPIFFE ID names its pod's namespace and service account."""
+    jwt_secret: str = "taskcreds-jwt-keys"
+    jwt_issuer: str = "https://taskcreds.taskcreds-system.svc"
+    max_body_bytes: int = MAX_BODY_BYTES
+    rate_per_second: float = 5.0
+    """Sustained requests per second per pod (token bucket); status long-polls count too."""
+    rate_burst: int = 20
+    default_wait: float = 30.0
+    max_wait: float = 60.0
+    record_attempts: int = 3
+    """Tries to record a lease on its TaskLease (on resourceVersion conflicts) before giving up."""
+
+    @classmethod
+    def from_operator(cls, settings: OperatorSettings, *, trust_domain: str | None = None) -> BrokerSettings:
+        """The broker part of the operator's settings (read from its environment once, there)."""
+        return cls(
+            namespace=settings.namespace,
+            trust_domain=trust_domain,
+            spiffe_id_template=settings.spiffe_id_template,
+            jwt_secret=settings.jwt_secret,
+            jwt_issuer=settings.jwt_issuer,
+        )

@@ -1,0 +1,605 @@
+"""TaskLeases: the durable record of every credential issued for a task, and the revocation engine.
+
+One TaskLease per (pod, task), owned by the pod and carrying the finalizer ``taskcreds.io/revoke``.
+The broker records each lease on it *before* handing the value to the sidecar, so an operator
+crash never loses one. When the task ends, :func:`revoke_task` revokes every lease at its source
+and only then releases the finalizer. All state lives in the TaskLease (never in memory), writes
+are guarded by resourceVersion, so it is idempotent and safe to re-run after a restart or from
+two replicas at once.
+
+Status shape (no value ever)::
+
+    status:
+      phase: Active | Revoking | Revoked
+      reason: completed            # why the task's leases are revoked
+      leases:
+      - credential: github
+        provider: github-app
+        source: {kind: CredentialSource, name: github, namespace: agents}
+        leaseRef: "ghs:1234:7f3a"
+        issuedAt / expiresAt / revokedAt: RFC 3339
+        revokeReason: completed
+        static: false
+        notRevocable: "why"        # when the source cannot revoke it (static secret, bound token)
+        lastError: "why the last attempt failed"
+        attempts: 2
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from taskcreds.operator.cluster import AlreadyExists, Cluster, ClusterError, Conflict, NotFound
+from taskcreds.operator.endings import parse_timestamp
+from taskcreds.operator.providers.base import Issued, NotRevocable, Provider, ProviderError
+from taskcreds.operator.sources import source_from_ref
+
+from taskcreds import names
+from taskcreds.logs import fields
+from taskcreds.metrics import OperatorMetrics
+
+__all__ = [
+    "lease_name",
+    "task_lease_body",
+    "lease_entry",
+    "ensure_task_lease",
+    "record_issued",
+    "record_ended",
+    "find_entry",
+    "revoke_task",
+    "revoke_pod_task",
+    "revoke_expired",
+    "find_orphaned_leases",
+    "sweep_leases",
+    "count_active",
+    "RevokeOutcome",
+    "LeaseEnded",
+    "Backoff",
+    "format_time",
+]
+
+log = logging.getLogger("taskcreds.leases")
+
+ACTIVE: Final = "Active"
+REVOKING: Final = "Revoking"
+REVOKED: Final = "Revoked"
+_INVALID = re.compile(r"[^a-z0-9-]")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 UTC with whole seconds, as the API and docs/broker-api.md write times."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class LeaseEnded(Exception):
+    """The TaskLease is Revoking/Revoked: the task is over, nothing may be added to it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the task's leases are revoked ({reason})")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff between revocation rounds."""
+
+    attempts: int = 5
+    base: float = 0.05
+    cap: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.cap, self.base * (2**attempt))
+
+
+@dataclass
+class RevokeOutcome:
+    """What one :func:`revoke_task` run achieved. ``done``: every lease revoked or not revocable."""
+
+    lease: str
+    done: bool
+    revoked: list[str] = field(default_factory=list)  # credentials revoked at their source in this run
+    not_revocable: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+# --- pure builders ---------------------------------------------------------------------------------
+def lease_name(pod: str, task: str) -> str:
+    """``<pod>-<10 hex of sha256(task)>``: stable per (pod, task), a valid object name."""
+    digest = hashlib.sha256(task.encode()).hexdigest()[:10]
+    base = _INVALID.sub("-", pod.lower())[:240].strip("-") or "pod"
+    return f"{base}-{digest}"
+
+
+def task_lease_body(pod: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """A new TaskLease for ``task`` of ``pod``: owned by the pod, with the revoke finalizer."""
+    meta = pod["metadata"]
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND_TASK_LEASE,
+        "metadata": {
+            "name": lease_name(meta["name"], task),
+            "namespace": meta["namespace"],
+            "labels": {"app.kubernetes.io/managed-by": "taskcreds"},
+            "finalizers": [names.FINALIZER_REVOKE],
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": False,
+                    "blockOwnerDeletion": False,
+                }
+            ],
+        },
+        "spec": {"task": task, "pod": meta["name"], "podUID": meta["uid"]},
+    }
+
+
+def lease_entry(
+    credential: str, provider: str, source_ref: Mapping[str, str], issued: Issued
+) -> dict[str, Any]:
+    """The TaskLease's record of one issued credential: references and times, never the value."""
+    return {
+        "credential": credential,
+        "provider": provider,
+        "source": dict(source_ref),
+        "leaseRef": issued.lease_ref,
+        "issuedAt": format_time(issued.issued_at),
+        "expiresAt": format_time(issued.expires_at),
+        "renewable": issued.renewable,
+        "static": issued.static,
+    }
+
+
+def find_entry(lease: Mapping[str, Any] | None, credential: str, lease_ref: str) -> dict[str, Any] | None:
+    """The entry of ``credential`` with ``lease_ref`` on a TaskLease, if any."""
+    for entry in ((lease or {}).get("status") or {}).get("leases") or []:
+        if entry.get("credential") == credential and entry.get("leaseRef") == lease_ref:
+            return dict(entry)
+    return None
+
+
+def count_active(leases: list[dict[str, Any]]) -> dict[str, int]:
+    """Unrevoked entries per provider across TaskLeases (to set ``leases_active`` after a restart)."""
+    out: dict[str, int] = {}
+    for lease in leases:
+        for entry in (lease.get("status") or {}).get("leases") or []:
+            if not entry.get("revokedAt"):
+                out[entry["provider"]] = out.get(entry["provider"], 0) + 1
+    return out
+
+
+def _pod_ref(lease: Mapping[str, Any]) -> dict[str, Any]:
+    meta = lease.get("metadata") or {}
+    owners = meta.get("ownerReferences") or [{}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "namespace": meta.get("namespace"),
+            "name": (lease.get("spec") or {}).get("pod"),
+            "uid": owners[0].get("uid"),
+        },
+    }
+
+
+def _rv(lease: Mapping[str, Any]) -> dict[str, Any]:
+    return {"resourceVersion": lease["metadata"]["resourceVersion"]}
+
+
+# --- issuance side ---------------------------------------------------------------------------------
+async def ensure_task_lease(cluster: Cluster, pod: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """Get the pod's TaskLease for ``task``, creating it (phase Active) when missing."""
+    meta = pod["metadata"]
+    name = lease_name(meta["name"], task)
+    lease = await cluster.get_task_lease(meta["namespace"], name)
+    if lease is None:
+        try:
+            lease = await cluster.create_task_lease(meta["namespace"], task_lease_body(pod, task))
+        except AlreadyExists:
+            lease = await cluster.get_task_lease(meta["namespace"], name)
+            if lease is None:
+                raise ClusterError(
+                    f"TaskLease {meta['namespace']}/{name} vanished while being created"
+                ) from None
+    if not (lease.get("status") or {}).get("phase"):
+        try:
+            lease = await cluster.patch_task_lease(
+                meta["namespace"],
+                name,
+                {"metadata": _rv(lease), "status": {"phase": ACTIVE, "leases": []}},
+                subresource="status",
+            )
+        except Conflict:
+            lease = await cluster.get_task_lease(meta["namespace"], name) or lease
+    return lease
+
+
+async def record_issued(
+    cluster: Cluster,
+    pod: Mapping[str, Any],
+    task: str,
+    entries: list[dict[str, Any]],
+    *,
+    attempts: int = 3,
+    replace: Mapping[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Append ``entries`` to the task's TaskLease (or, with ``replace``, update entries by leaseRef).
+
+    Raises LeaseEnded when the task's leases are already being revoked (the caller must then
+    revoke what it issued), ClusterError when it cannot record (the caller revokes and answers 503).
+    """
+    last: Exception | None = None
+    for _ in range(max(1, attempts)):
+        lease = await ensure_task_lease(cluster, pod, task)
+        status = lease.get("status") or {}
+        if status.get("phase") in (REVOKING, REVOKED):
+            raise LeaseEnded(status.get("reason") or "revoked")
+        current = [dict(e) for e in status.get("leases") or []]
+        if replace:
+            current = [
+                dict(e, **replace[e["leaseRef"]]) if e.get("leaseRef") in replace else e for e in current
+            ]
+        try:
+            return await cluster.patch_task_lease(
+                lease["metadata"]["namespace"],
+                lease["metadata"]["name"],
+                {"metadata": _rv(lease), "status": {"phase": ACTIVE, "leases": current + entries}},
+                subresource="status",
+            )
+        except Conflict as exc:
+            last = exc
+    raise ClusterError(f"could not record on the TaskLease after {attempts} conflicting writes: {last}")
+
+
+async def record_ended(cluster: Cluster, pod: Mapping[str, Any], task: str, reason: str) -> dict[str, Any]:
+    """Mark the task's TaskLease Revoking with ``reason`` (creating it if needed): no more issuance."""
+    while True:
+        lease = await ensure_task_lease(cluster, pod, task)
+        status = lease.get("status") or {}
+        if status.get("phase") in (REVOKING, REVOKED):
+            return lease
+        try:
+            return await cluster.patch_task_lease(
+                lease["metadata"]["namespace"],
+                lease["metadata"]["name"],
+                {"metadata": _rv(lease), "status": {"phase": REVOKING, "reason": reason}},
+                subresource="status",
+            )
+        except Conflict:
+            continue
+
+
+# --- revocation engine -----------------------------------------------------------------------------
+async def _revoke_entry(
+    cluster: Cluster, providers: Mapping[str, Provider], entry: dict[str, Any]
+) -> tuple[str, str | None]:
+    """Revoke one lease at its source: ("revoked"|"not_revocable"|"failed", message)."""
+    provider = providers.get(entry.get("provider", ""))
+    if provider is None:
+        return "failed", f"provider {entry.get('provider')!r} is not available in this operator"
+    source_ref = entry.get("source") or {}
+    try:
+        source = await source_from_ref(cluster, source_ref)
+    except Exception as exc:  # an unusable source spec: retried (someone may fix it)
+        return "failed", f"source {source_ref.get('name')!r} unusable: {exc}"
+    # a deleted source still gets its revoke call: providers that need no settings (jwt) succeed,
+    # the others fail visibly and are retried once the source is back
+    spec: dict[str, Any] = source.spec if source is not None else {}
+    namespace = source.namespace if source is not None else source_ref.get("namespace")
+    try:
+        await provider.revoke(entry["leaseRef"], spec, namespace)
+    except NotRevocable as exc:
+        return "not_revocable", str(exc)
+    except ProviderError as exc:
+        return "failed", str(exc)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a provider bug must not stop the other revocations
+        return "failed", f"{entry.get('provider')}: {type(exc).__name__}"
+    return "revoked", None
+
+
+async def _revoke_entries(
+    cluster: Cluster,
+    providers: Mapping[str, Provider],
+    lease: dict[str, Any],
+    pending: list[dict[str, Any]],
+    reason: str,
+    *,
+    metrics: OperatorMetrics | None,
+    now: Callable[[], datetime],
+    outcome: RevokeOutcome,
+) -> dict[str, dict[str, Any]]:
+    """Revoke ``pending`` entries concurrently; the per-leaseRef status changes to record."""
+    results = await asyncio.gather(*(_revoke_entry(cluster, providers, e) for e in pending))
+    changes: dict[str, dict[str, Any]] = {}
+    stamp = format_time(now())
+    failures = []
+    for entry, (result, message) in zip(pending, results, strict=True):
+        provider = entry.get("provider", "unknown")
+        where = fields(
+            namespace=lease["metadata"]["namespace"],
+            lease=lease["metadata"]["name"],
+            credential=entry.get("credential"),
+            provider=provider,
+            lease_ref=entry.get("leaseRef"),
+            reason=reason,
+        )
+        if result == "failed":
+            outcome.failed.append(entry["credential"])
+            failures.append(f"{entry['credential']} ({message})")
+            changes[entry["leaseRef"]] = {
+                "lastError": message,
+                "attempts": int(entry.get("attempts") or 0) + 1,
+            }
+            if metrics is not None:
+                metrics.revocation_failures.labels(provider=provider).inc()
+            log.warning(
+                "revocation failed; will retry", extra={"fields": {**where["fields"], "error": message}}
+            )
+            continue
+        changes[entry["leaseRef"]] = {"revokedAt": stamp, "revokeReason": reason, "lastError": None}
+        if result == "not_revocable":
+            changes[entry["leaseRef"]]["notRevocable"] = message
+            outcome.not_revocable.append(entry["credential"])
+            log.info(
+                "lease cannot be revoked at its source", extra={"fields": {**where["fields"], "why": message}}
+            )
+        else:
+            outcome.revoked.append(entry["credential"])
+            if metrics is not None:
+                metrics.credentials_revoked.labels(provider=provider, reason=reason).inc()
+            log.info("lease revoked at its source", extra=where)
+        if metrics is not None:
+            metrics.leases_active.labels(provider=provider).dec()
+    if failures:
+        try:
+            await cluster.emit_event(
+                _pod_ref(lease),
+                "RevocationFailed",
+                "could not revoke at the source, retrying: " + "; ".join(failures)[:900],
+                "Warning",
+            )
+        except ClusterError:
+            pass
+    return changes
+
+
+async def _write_changes(
+    cluster: Cluster,
+    lease: dict[str, Any],
+    changes: Mapping[str, dict[str, Any]],
+    status_extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Apply per-entry changes onto the freshest TaskLease (re-read on conflict)."""
+    namespace, name = lease["metadata"]["namespace"], lease["metadata"]["name"]
+    while True:
+        entries = []
+        for entry in (lease.get("status") or {}).get("leases") or []:
+            change = changes.get(entry.get("leaseRef"))
+            if change and not entry.get("revokedAt"):
+                entry = {k: v for k, v in {**entry, **change}.items() if v is not None}
+            entries.append(entry)
+        try:
+            return await cluster.patch_task_lease(
+                namespace,
+                name,
+                {"metadata": _rv(lease), "status": {**status_extra, "leases": entries}},
+                subresource="status",
+            )
+        except Conflict:
+            fresh = await cluster.get_task_lease(namespace, name)
+            if fresh is None:
+                raise NotFound(f"TaskLease {namespace}/{name} vanished") from None
+            lease = fresh
+
+
+async def _release_finalizer(cluster: Cluster, lease: dict[str, Any]) -> None:
+    namespace, name = lease["metadata"]["namespace"], lease["metadata"]["name"]
+    while names.FINALIZER_REVOKE in (lease["metadata"].get("finalizers") or []):
+        kept = [f for f in lease["metadata"]["finalizers"] if f != names.FINALIZER_REVOKE]
+        try:
+            await cluster.patch_task_lease(namespace, name, {"metadata": {**_rv(lease), "finalizers": kept}})
+            return
+        except Conflict:
+            fresh = await cluster.get_task_lease(namespace, name)
+            if fresh is None:
+                return
+            lease = fresh
+        except NotFound:
+            return
+
+
+async def revoke_task(
+    cluster: Cluster,
+    providers: Mapping[str, Provider],
+    namespace: str,
+    lease_name: str,
+    reason: str,
+    *,
+    metrics: OperatorMetrics | None,
+    seen_at: float | None = None,
+    backoff: Backoff = Backoff(),
+    now: Callable[[], datetime] = _utcnow,
+    sleep: Callable[[float], Any] = asyncio.sleep,
+) -> RevokeOutcome:
+    """Revoke every unrevoked lease of a TaskLease at its source; durable and idempotent.
+
+    Marks the TaskLease Revoking (first reason wins), revokes concurrently, records each result,
+    retries failures with capped exponential backoff (lastError on the lease, a Warning Event on
+    the pod, ``revocation_failures_total``), then marks it Revoked and releases the finalizer once
+    every lease is revoked or declared not revocable. When attempts run out the outcome says
+    ``done=False`` and the TaskLease stays Revoking for the sweep to finish. Cluster errors
+    propagate: nothing is lost, a re-run picks up from the TaskLease.
+    """
+    outcome = RevokeOutcome(lease=f"{namespace}/{lease_name}", done=False)
+    lease = await cluster.get_task_lease(namespace, lease_name)
+    if lease is None:
+        outcome.done = True
+        return outcome
+    while (lease.get("status") or {}).get("phase") not in (REVOKING, REVOKED):
+        try:
+            lease = await cluster.patch_task_lease(
+                namespace,
+                lease_name,
+                {"metadata": _rv(lease), "status": {"phase": REVOKING, "reason": reason}},
+                subresource="status",
+            )
+        except Conflict:
+            lease = await cluster.get_task_lease(namespace, lease_name)
+            if lease is None:
+                outcome.done = True
+                return outcome
+    reason = (lease.get("status") or {}).get("reason") or reason
+    for attempt in range(max(1, backoff.attempts)):
+        pending = [e for e in (lease.get("status") or {}).get("leases") or [] if not e.get("revokedAt")]
+        if not pending:
+            break
+        if attempt:
+            await sleep(backoff.delay(attempt - 1))
+        outcome.failed.clear()
+        changes = await _revoke_entries(
+            cluster, providers, lease, pending, reason, metrics=metrics, now=now, outcome=outcome
+        )
+        lease = await _write_changes(cluster, lease, changes, {})
+    pending = [e for e in (lease.get("status") or {}).get("leases") or [] if not e.get("revokedAt")]
+    if pending:
+        outcome.failed = sorted({e["credential"] for e in pending})
+        return outcome
+    if (lease.get("status") or {}).get("phase") != REVOKED:
+        lease = await _write_changes(cluster, lease, {}, {"phase": REVOKED, "revokedAt": format_time(now())})
+    await _release_finalizer(cluster, lease)
+    outcome.done = True
+    if metrics is not None and seen_at is not None:
+        metrics.revocation_lag.observe(max(0.0, time.monotonic() - seen_at))
+    log.info(
+        "task leases revoked",
+        extra=fields(
+            namespace=namespace,
+            lease=lease_name,
+            reason=reason,
+            revoked=outcome.revoked,
+            not_revocable=outcome.not_revocable,
+        ),
+    )
+    return outcome
+
+
+async def revoke_pod_task(
+    cluster: Cluster,
+    providers: Mapping[str, Provider],
+    pod: Mapping[str, Any],
+    reason: str,
+    seen_at: float | None = None,
+    *,
+    metrics: OperatorMetrics | None,
+    backoff: Backoff = Backoff(),
+) -> RevokeOutcome | None:
+    """Revoke the task named on ``pod`` (the lifecycle handlers' RevokeFn, with the first args bound).
+
+    Records the ending even when nothing was issued yet, so the task is refused from now on.
+    Returns None for a pod without a task annotation (nothing to revoke).
+    """
+    meta = pod.get("metadata") or {}
+    task = (meta.get("annotations") or {}).get(names.ANNOTATION_TASK)
+    if not task or not meta.get("uid"):
+        return None
+    name = lease_name(meta["name"], task)
+    if meta.get("deletionTimestamp") is None and reason != "pod_deleted":
+        await record_ended(cluster, pod, task, reason)
+    return await revoke_task(
+        cluster, providers, meta["namespace"], name, reason, metrics=metrics, seen_at=seen_at, backoff=backoff
+    )
+
+
+async def revoke_expired(
+    cluster: Cluster,
+    providers: Mapping[str, Provider],
+    *,
+    metrics: OperatorMetrics | None,
+    namespace: str | None = None,
+    now: Callable[[], datetime] = _utcnow,
+) -> int:
+    """Revoke (reason ``expired``) leases past their expiresAt on Active TaskLeases; returns how many."""
+    total = 0
+    current = now()
+    for lease in await cluster.list_task_leases(namespace):
+        status = lease.get("status") or {}
+        if status.get("phase") != ACTIVE:
+            continue
+        pending = [
+            e
+            for e in status.get("leases") or []
+            if not e.get("revokedAt") and (parse_timestamp(e.get("expiresAt")) or current) < current
+        ]
+        if not pending:
+            continue
+        outcome = RevokeOutcome(lease=lease["metadata"]["name"], done=False)
+        changes = await _revoke_entries(
+            cluster, providers, lease, pending, "expired", metrics=metrics, now=now, outcome=outcome
+        )
+        await _write_changes(cluster, lease, changes, {})
+        total += len(outcome.revoked) + len(outcome.not_revocable)
+    return total
+
+
+async def find_orphaned_leases(cluster: Cluster, namespace: str | None = None) -> list[dict[str, Any]]:
+    """TaskLeases not yet Revoked whose pod is gone (or replaced by one with another uid)."""
+    out = []
+    for lease in await cluster.list_task_leases(namespace):
+        if (lease.get("status") or {}).get("phase") == REVOKED:
+            continue
+        meta = lease["metadata"]
+        pod = await cluster.get_pod(meta["namespace"], (lease.get("spec") or {}).get("pod", ""))
+        owner_uid = (meta.get("ownerReferences") or [{}])[0].get("uid")
+        if pod is None or pod["metadata"].get("uid") != owner_uid or meta.get("deletionTimestamp"):
+            out.append(lease)
+    return out
+
+
+async def sweep_leases(
+    cluster: Cluster,
+    providers: Mapping[str, Provider],
+    *,
+    metrics: OperatorMetrics | None,
+    namespace: str | None = None,
+    backoff: Backoff = Backoff(),
+    now: Callable[[], datetime] = _utcnow,
+) -> list[RevokeOutcome]:
+    """The periodic sweep: finish Revoking leases, revoke orphans (pod_deleted) and expired leases."""
+    outcomes = []
+    orphans = {
+        (lease["metadata"]["namespace"], lease["metadata"]["name"])
+        for lease in await find_orphaned_leases(cluster, namespace)
+    }
+    for lease in await cluster.list_task_leases(namespace):
+        key = (lease["metadata"]["namespace"], lease["metadata"]["name"])
+        phase = (lease.get("status") or {}).get("phase")
+        pending_finalizer = names.FINALIZER_REVOKE in (lease["metadata"].get("finalizers") or [])
+        if key in orphans or phase == REVOKING or (phase == REVOKED and pending_finalizer):
+            reason = (lease.get("status") or {}).get("reason") or "pod_deleted"
+            outcomes.append(
+                await revoke_task(
+                    cluster, providers, key[0], key[1], reason, metrics=metrics, backoff=backoff, now=now
+                )
+            )
+    await revoke_expired(cluster, providers, metrics=metrics, namespace=namespace, now=now)
+    if metrics is not None:
+        active = count_active([lease for lease in await cluster.list_task_leases(namespace)])
+        for provider in set(providers) | set(active):
+            metrics.leases_active.labels(provider=provider).set(active.get(provider, 0))
+    return outcomes

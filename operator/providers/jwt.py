@@ -1,0 +1,274 @@
+"""The ``jwt`` provider: short-lived ES256 JWTs signed by the broker itself (the embedded default).
+
+Signing keys live in one Secret (``TASKCREDS_JWT_SECRET`` in the operator's namespace), created
+when missing. The newest key signs; older keys stay in the JWKS (``/.well-known/jwks.json``) until
+every token they signed has expired, then are pruned. Rotation is by age (``rotate_every``).
+
+Revocation: a JWT cannot be recalled once handed out. ``revoke`` records the ``jti`` in a deny
+list that relying parties can consult (:meth:`JwtProvider.is_revoked`, ``GET /v1/jwt/revoked``),
+but a party that only checks the signature will accept the token until ``exp``: **the short TTL is
+the real bound**. Keep ``maxTTL`` of jwt sources small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from taskcreds.operator.cluster import Cluster, ClusterError
+from taskcreds.operator.providers.base import Issued, IssueRequest, ProviderError
+
+__all__ = ["JwtProvider", "RESERVED_CLAIMS", "SECRET_KEY"]
+
+RESERVED_CLAIMS: Final = frozenset(
+    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "task", "pod", "namespace", "credential"}
+)
+SECRET_KEY: Final = "keys.json"  # the Secret's one data key: [{kid, createdAt, retiredAt, pem}]
+_NAME = "jwt"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Key:
+    kid: str
+    created_at: float
+    retired_at: float | None
+    private: ec.EllipticCurvePrivateKey
+
+    def to_json(self) -> dict[str, Any]:
+        pem = self.private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        return {"kid": self.kid, "createdAt": self.created_at, "retiredAt": self.retired_at, "pem": pem}
+
+    def __repr__(self) -> str:  # never the key
+        return f"_Key(kid={self.kid!r})"
+
+
+def _new_key(now: float) -> _Key:
+    return _Key(secrets.token_hex(8), now, None, ec.generate_private_key(ec.SECP256R1()))
+
+
+class JwtProvider:
+    """Broker-signed JWTs. Keys load lazily from the Secret on first use."""
+
+    name = _NAME
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        secret_namespace: str,
+        secret_name: str,
+        issuer: str,
+        now: Callable[[], datetime] = _utcnow,
+        rotate_every: float = 86400.0,
+        max_token_ttl: float = 86400.0,
+        reload_every: float = 60.0,
+    ) -> None:
+        self._cluster = cluster
+        self._ns, self._secret = secret_namespace, secret_name
+        self.issuer = issuer
+        self._now = now
+        self.rotate_every = rotate_every
+        self.max_token_ttl = max_token_ttl
+        self._reload_every = reload_every
+        self._keys: list[_Key] = []  # oldest first; the last signs
+        self._loaded_at = -1e18
+        self._lock = asyncio.Lock()
+        self._revoked: dict[str, float] = {}  # jti -> exp (unix)
+
+    # --- keys ---------------------------------------------------------------------------------
+    async def _read(self) -> list[_Key] | None:
+        secret = await self._cluster.get_secret(self._ns, self._secret)
+        if secret is None:
+            return None
+        raw = (secret.get("data") or {}).get(SECRET_KEY)
+        if raw is None:
+            return []
+        try:
+            entries = json.loads(base64.b64decode(raw))
+            keys = []
+            for e in entries:
+                private = serialization.load_pem_private_key(e["pem"].encode(), password=None)
+                if not isinstance(private, ec.EllipticCurvePrivateKey):
+                    raise ValueError("not an EC key")
+                keys.append(_Key(str(e["kid"]), float(e["createdAt"]), e.get("retiredAt"), private))
+            return keys
+        except (ValueError, KeyError, TypeError):
+            raise ProviderError(
+                _NAME,
+                f"Secret {self._ns}/{self._secret} key {SECRET_KEY} is not a "
+                "taskcreds JWT key set; delete it to have a new one made",
+                retryable=False,
+            ) from None
+
+    async def _write(self, keys: list[_Key]) -> None:
+        payload = json.dumps([k.to_json() for k in keys]).encode()
+        await self._cluster.apply_secret(
+            self._ns,
+            self._secret,
+            {SECRET_KEY: payload},
+            labels={"app.kubernetes.io/managed-by": "taskcreds"},
+        )
+
+    async def ensure_keys(self, *, force_reload: bool = False) -> None:
+        """Load the key set (create it when missing, rotate by age, prune expired keys)."""
+        mono = time.monotonic()
+        if not force_reload and self._keys and mono - self._loaded_at < self._reload_every:
+            if self._now().timestamp() - self._keys[-1].created_at < self.rotate_every:
+                return
+        async with self._lock:
+            try:
+                keys = await self._read()
+                now = self._now().timestamp()
+                changed = False
+                if not keys:
+                    keys = [_new_key(now)]
+                    changed = True
+                elif now - keys[-1].created_at >= self.rotate_every:
+                    keys[-1].retired_at = now
+                    keys.append(_new_key(now))
+                    changed = True
+                kept = [k for k in keys if k.retired_at is None or k.retired_at + self.max_token_ttl > now]
+                changed = changed or len(kept) != len(keys)
+                if changed:
+                    await self._write(kept)
+                    reread = await self._read()  # another replica may have written first: adopt theirs
+                    kept = reread or kept
+            except ClusterError as exc:
+                raise ProviderError(
+                    _NAME,
+                    f"cannot read or write signing keys in Secret "
+                    f"{self._ns}/{self._secret}: {type(exc).__name__}",
+                ) from None
+            self._keys = kept
+            self._loaded_at = mono
+
+    async def rotate(self) -> str:
+        """Start signing with a new key now (old keys stay published); returns the new ``kid``."""
+        async with self._lock:
+            keys = await self._read() or []
+            now = self._now().timestamp()
+            if keys:
+                keys[-1].retired_at = now
+            keys.append(_new_key(now))
+            await self._write(keys)
+            self._keys = keys
+            self._loaded_at = time.monotonic()
+            return keys[-1].kid
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys, each with ``kid``, for ``/.well-known/jwks.json``."""
+        out = []
+        for k in self._keys:
+            jwk = jwt.algorithms.ECAlgorithm.to_jwk(k.private.public_key(), as_dict=True)
+            jwk.update({"kid": k.kid, "alg": "ES256", "use": "sig"})
+            out.append(jwk)
+        return {"keys": out}
+
+    # --- deny list ----------------------------------------------------------------------------
+    def is_revoked(self, jti: str) -> bool:
+        """True when the token with this ``jti`` was revoked (relying parties may check this)."""
+        return jti in self._revoked
+
+    def revoked(self) -> list[dict[str, Any]]:
+        """Revoked, not yet expired tokens: ``[{"jti", "exp"}]``."""
+        self._prune()
+        return [{"jti": j, "exp": int(e)} for j, e in sorted(self._revoked.items())]
+
+    def _prune(self) -> None:
+        now = self._now().timestamp()
+        for jti, exp in list(self._revoked.items()):
+            if exp < now:
+                del self._revoked[jti]
+
+    # --- Provider -----------------------------------------------------------------------------
+    async def issue(self, request: IssueRequest) -> Issued:
+        spec = request.source_spec.get("jwt") or {}
+        audience = spec.get("audience") or [request.credential]
+        if isinstance(audience, str):
+            audience = [audience]
+        extra = spec.get("claims") or {}
+        if not isinstance(extra, dict):
+            raise ProviderError(_NAME, f"jwt.claims of {request.credential!r} must be a map", retryable=False)
+        clash = sorted(RESERVED_CLAIMS & set(extra))
+        if clash:
+            raise ProviderError(
+                _NAME,
+                f"jwt.claims of {request.credential!r} may not set reserved claims {', '.join(clash)}",
+                retryable=False,
+            )
+        await self.ensure_keys()
+        signer = self._keys[-1]
+        now = self._now().replace(microsecond=0)
+        ttl = min(float(request.ttl_seconds), self.max_token_ttl)
+        exp = now + timedelta(seconds=ttl)
+        jti = secrets.token_urlsafe(16)
+        claims = {
+            **extra,
+            "iss": self.issuer,
+            "sub": f"system:taskcreds:{request.namespace}:{request.pod}",
+            "aud": audience if len(audience) != 1 else audience[0],
+            "iat": int(now.timestamp()),
+            "nbf": int(now.timestamp()),
+            "exp": int(exp.timestamp()),
+            "jti": jti,
+            "task": request.task,
+            "pod": request.pod,
+            "namespace": request.namespace,
+            "credential": request.credential,
+        }
+        token = jwt.encode(
+            claims, signer.private, algorithm="ES256", headers={"kid": signer.kid, "typ": "JWT"}
+        )
+        files = request.source_spec.get("files") or ["token"]
+        return Issued(
+            files={files[0]: token},
+            lease_ref=f"jwt:{jti}:{int(exp.timestamp())}",
+            issued_at=now,
+            expires_at=exp,
+            renewable=False,
+            static=False,
+        )
+
+    async def renew(self, lease_ref: str, request: IssueRequest) -> Issued:
+        """A fresh token; the old one goes on the deny list."""
+        issued = await self.issue(request)
+        await self.revoke(lease_ref, request.source_spec, request.source_namespace)
+        return issued
+
+    async def revoke(self, lease_ref: str, source_spec: dict[str, Any], source_namespace: str | None) -> None:
+        parts = lease_ref.split(":")
+        if len(parts) != 3 or parts[0] != "jwt" or not parts[2].isdigit():
+            raise ProviderError(
+                _NAME, f"lease reference {lease_ref!r} is not jwt:<jti>:<exp>", retryable=False
+            )
+        self._prune()
+        self._revoked[parts[1]] = float(parts[2])
+
+    def verify(self, token: str, audience: str) -> dict[str, Any]:
+        """Check a token as a careful relying party would (signature, aud, exp, deny list)."""
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = next((k for k in self._keys if k.kid == kid), None)
+        if key is None:
+            raise jwt.InvalidKeyError(f"unknown kid {kid!r}")
+        claims: dict[str, Any] = jwt.decode(
+            token, key.private.public_key(), algorithms=["ES256"], audience=audience, issuer=self.issuer
+        )
+        if self.is_revoked(str(claims.get("jti"))):
+            raise jwt.InvalidTokenError(f"token {claims.get('jti')} was revoked")
+        return claims

@@ -1,0 +1,246 @@
+"""CredentialSources: parse a (Cluster)CredentialSource into a typed view, resolve a name for a pod,
+and read the Secrets a source refers to.
+
+Resolution order (CONTRACT.md section 1): the pod namespace's ``CredentialSource`` first, then the
+``ClusterCredentialSource`` of that name. Secrets of a namespaced source live in its namespace;
+those of a cluster source in the operator's namespace, unless the ref names one.
+
+:func:`parse_source` is pure; :func:`resolve_source` and :func:`read_secret_value` are the thin
+I/O shells over :class:`~taskcreds.operator.cluster.Cluster`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from taskcreds.operator.cluster import Cluster
+from taskcreds.operator.providers.base import ProviderError
+
+from taskcreds import names
+from taskcreds.durations import DurationError, parse_duration
+
+__all__ = [
+    "Source",
+    "SourceError",
+    "parse_source",
+    "resolve_source",
+    "source_from_ref",
+    "read_secret_value",
+    "secret_namespace",
+    "default_files",
+    "PROVIDER_BLOCKS",
+    "DEFAULT_DEFAULT_TTL",
+]
+
+#: provider name -> the spec key holding its settings
+PROVIDER_BLOCKS: Final = {
+    "jwt": "jwt",
+    "vault": "vault",
+    "github-app": "githubApp",
+    "kubernetes-token": "kubernetesToken",
+    "secret": "secret",
+}
+DEFAULT_DEFAULT_TTL: Final = 900.0  # 15m, when a source names no defaultTTL
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class SourceError(ValueError):
+    """A CredentialSource whose spec cannot be used; names the source, the field and what is accepted."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved CredentialSource or ClusterCredentialSource (non-secret: safe to log)."""
+
+    kind: str  # names.KIND_CREDENTIAL_SOURCE | names.KIND_CLUSTER_CREDENTIAL_SOURCE
+    name: str
+    namespace: str | None  # None for a ClusterCredentialSource
+    provider: str
+    default_ttl: float
+    max_ttl: float
+    allowed_service_accounts: tuple[str, ...]
+    allowed_namespaces: tuple[str, ...] | None  # cluster sources only
+    files: tuple[str, ...]
+    delivery: str
+    spec: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def ref(self) -> dict[str, str]:
+        """What a TaskLease records to find this source again at revocation."""
+        out = {"kind": self.kind, "name": self.name}
+        if self.namespace is not None:
+            out["namespace"] = self.namespace
+        return out
+
+
+def default_files(provider: str, spec: dict[str, Any]) -> tuple[str, ...]:
+    """The files a provider writes when ``spec.files`` is absent (agreed per provider)."""
+    if provider == "vault" and (spec.get("vault") or {}).get("mode") == "dynamic":
+        return tuple((spec["vault"].get("fileMap") or {}).values()) or ("token",)
+    if provider == "secret":
+        ref = (spec.get("secret") or {}).get("secretRef") or {}
+        return (str(ref.get("key") or "token"),)
+    return ("token",)
+
+
+def _ttl(where: str, spec: dict[str, Any], key: str, default: float | None) -> float:
+    raw = spec.get(key)
+    if raw is None:
+        if default is None:
+            raise SourceError(f"{where}: spec.{key} is required: a Go-style duration such as 1h")
+        return default
+    try:
+        return parse_duration(str(raw))
+    except DurationError as exc:
+        raise SourceError(f"{where}: spec.{key}: {exc}") from None
+
+
+def _names(where: str, spec: dict[str, Any], key: str, *, required: bool) -> tuple[str, ...] | None:
+    raw = spec.get(key)
+    if raw is None:
+        if required:
+            raise SourceError(f"{where}: spec.{key} is required: a list of names (no wildcard)")
+        return None
+    if not isinstance(raw, list) or not all(isinstance(v, str) and _NAME.match(v) for v in raw):
+        raise SourceError(
+            f"{where}: spec.{key} must be a list of Kubernetes names (no wildcard), got {raw!r}"
+        )
+    return tuple(raw)
+
+
+def parse_source(obj: dict[str, Any]) -> Source:
+    """Check and type a CredentialSource object as the API returns it (pure)."""
+    meta = obj.get("metadata") or {}
+    kind = obj.get("kind") or names.KIND_CREDENTIAL_SOURCE
+    cluster = kind == names.KIND_CLUSTER_CREDENTIAL_SOURCE
+    namespace = None if cluster else meta.get("namespace")
+    where = f"{kind} {(namespace + '/') if namespace else ''}{meta.get('name')}"
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        raise SourceError(f"{where}: has no spec")
+    provider = spec.get("provider")
+    if provider not in PROVIDER_BLOCKS:
+        raise SourceError(f"{where}: spec.provider {provider!r} is not one of {', '.join(PROVIDER_BLOCKS)}")
+    block = PROVIDER_BLOCKS[provider]
+    if provider != "jwt" and not isinstance(spec.get(block), dict):
+        raise SourceError(f"{where}: provider {provider} needs spec.{block}")
+    max_ttl = _ttl(where, spec, "maxTTL", None)
+    default_ttl = _ttl(where, spec, "defaultTTL", min(DEFAULT_DEFAULT_TTL, max_ttl))
+    if default_ttl > max_ttl:
+        raise SourceError(
+            f"{where}: spec.defaultTTL {spec.get('defaultTTL')} is above spec.maxTTL {spec.get('maxTTL')}"
+        )
+    allowed_sa = _names(where, spec, "allowedServiceAccounts", required=True)
+    allowed_ns = _names(where, spec, "allowedNamespaces", required=cluster) if cluster else None
+    files = spec.get("files")
+    if files is None:
+        files_t = default_files(provider, spec)
+    elif (
+        isinstance(files, list)
+        and files
+        and all(isinstance(f, str) and _FILE.match(f) for f in files)
+        and len(set(files)) == len(files)
+    ):
+        files_t = tuple(files)
+    else:
+        raise SourceError(
+            f"{where}: spec.files must be a non-empty list of distinct file names "
+            f"(letters, digits, '.', '_', '-'), got {files!r}"
+        )
+    delivery = spec.get("delivery") or "file"
+    if delivery not in ("file", "proxy"):
+        raise SourceError(f"{where}: spec.delivery {delivery!r} is not one of file, proxy")
+    return Source(
+        kind=kind,
+        name=str(meta.get("name")),
+        namespace=namespace,
+        provider=provider,
+        default_ttl=default_ttl,
+        max_ttl=max_ttl,
+        allowed_service_accounts=allowed_sa or (),
+        allowed_namespaces=allowed_ns,
+        files=files_t,
+        delivery=delivery,
+        spec=spec,
+    )
+
+
+async def resolve_source(cluster: Cluster, namespace: str, name: str) -> Source | None:
+    """The source a pod in ``namespace`` gets for credential ``name``: namespaced first, then cluster.
+
+    None when neither exists; SourceError when the one found is unusable (never falls through to
+    the cluster source then: a broken namespaced source must not silently widen to a cluster one).
+    """
+    obj = await cluster.get_credential_source(namespace, name)
+    if obj is None:
+        obj = await cluster.get_cluster_credential_source(name)
+        if obj is None:
+            return None
+        obj = {**obj, "kind": names.KIND_CLUSTER_CREDENTIAL_SOURCE}
+    else:
+        obj = {
+            **obj,
+            "kind": names.KIND_CREDENTIAL_SOURCE,
+            "metadata": {**(obj.get("metadata") or {}), "namespace": namespace},
+        }
+    return parse_source(obj)
+
+
+async def source_from_ref(cluster: Cluster, ref: dict[str, Any]) -> Source | None:
+    """Find a source again from :attr:`Source.ref` (as recorded on a TaskLease)."""
+    if ref.get("kind") == names.KIND_CLUSTER_CREDENTIAL_SOURCE:
+        obj = await cluster.get_cluster_credential_source(str(ref.get("name")))
+        if obj is None:
+            return None
+        return parse_source({**obj, "kind": names.KIND_CLUSTER_CREDENTIAL_SOURCE})
+    namespace = str(ref.get("namespace"))
+    obj = await cluster.get_credential_source(namespace, str(ref.get("name")))
+    if obj is None:
+        return None
+    return parse_source(
+        {
+            **obj,
+            "kind": names.KIND_CREDENTIAL_SOURCE,
+            "metadata": {**(obj.get("metadata") or {}), "namespace": namespace},
+        }
+    )
+
+
+def secret_namespace(ref: dict[str, Any], source_namespace: str | None, operator_namespace: str) -> str:
+    """Where a ``secretRef`` points: its own ``namespace``, else the source's, else the operator's."""
+    return str(ref.get("namespace") or source_namespace or operator_namespace)
+
+
+async def read_secret_value(
+    cluster: Cluster,
+    ref: dict[str, Any] | None,
+    *,
+    source_namespace: str | None,
+    operator_namespace: str,
+    provider: str,
+) -> bytes:
+    """The bytes of ``ref.key`` in Secret ``ref.name``; ProviderError naming the Secret (never the value)."""
+    if not isinstance(ref, dict) or not ref.get("name") or not ref.get("key"):
+        raise ProviderError(provider, f"secretRef {ref!r} needs name and key", retryable=False)
+    namespace = secret_namespace(ref, source_namespace, operator_namespace)
+    secret = await cluster.get_secret(namespace, str(ref["name"]))
+    if secret is None:
+        raise ProviderError(provider, f"Secret {namespace}/{ref['name']} not found")
+    data = secret.get("data") or {}
+    if ref["key"] not in data:
+        raise ProviderError(
+            provider,
+            f"Secret {namespace}/{ref['name']} has no key {ref['key']!r} "
+            f"(keys: {', '.join(sorted(data)) or 'none'})",
+        )
+    try:
+        return base64.b64decode(data[ref["key"]], validate=True)
+    except (binascii.Error, ValueError):
+        raise ProviderError(
+            provider, f"Secret {namespace}/{ref['name']} key {ref['key']!r} is not valid base64"
+        ) from None
