@@ -125,7 +125,7 @@ class TaskStatusHub:
             return current
         return self._set(uid, replace(current, terminal=True, reason=reason))
 
-    async def wait(self, uid: str, known: str | None, timeout: float)  # noqa: ASYNC109 -> TaskState | None:
+    async def wait(self, uid: str, known: str | None, timeout: float) -> TaskState | None:  # noqa: ASYNC109
         """At once when the state is terminal or its status differs from ``known``; else wait for a
         change up to ``timeout`` seconds and return the state then."""
         loop = asyncio.get_running_loop()

@@ -318,10 +318,8 @@ class Broker:
                     "provider failed unexpectedly",
                     extra=fields(provider=grant.source.provider, error=type(exc).__name__),
                 )
-            raise ProviderFailed(
-                f"credential {grant.credential!r}: {exc if isinstance(exc, ProviderError) else grant.source.provider + ': internal error'}; "
-                f"nothing was issued"
-            )
+            cause = str(exc) if isinstance(exc, ProviderError) else f"{grant.source.provider}: internal error"
+            raise ProviderFailed(f"credential {grant.credential!r}: {cause}; nothing was issued")
         try:
             await leases.record_issued(
                 self.cluster, pod, task, entries, attempts=self.settings.record_attempts
