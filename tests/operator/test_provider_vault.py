@@ -21,6 +21,7 @@ from tests.fakes import SecretsCluster
 from tests.openbao import OpenBao, Postgres
 from tests.openbao import openbao as openbao_fixture  # noqa: F401  (the `openbao` fixture)
 from tests.openbao import postgres as postgres_fixture  # noqa: F401  (the `postgres` fixture)
+from tests.openbao import openbao_tls as openbao_tls_fixture  # noqa: F401  (the `openbao_tls` fixture)
 
 NS = "agents"
 OPERATOR_NS = "taskcreds-system"
@@ -111,7 +112,7 @@ def request(source_spec: dict[str, Any], ttl: int = 60, *, source_namespace: str
     )
 
 
-APPROLE = {
+APPROLE: dict[str, Any] = {
     "method": "approle",
     "approle": {"roleId": ROLE_ID, "secretIdSecretRef": {"name": "approle", "key": "secret-id"}},
 }
@@ -255,6 +256,47 @@ async def test_cluster_scoped_source_reads_secrets_from_the_operator_namespace(
     issued = await provider.issue(request(src, source_namespace=None))
     await provider.revoke(issued.lease_ref, src, None)
     assert refused(bao, issued.files["token"])
+
+
+async def test_concurrent_issues_share_one_login(bao: OpenBao, provider: VaultProvider) -> None:
+    src = spec(bao, auth=APPROLE)
+    before = approle_logins(bao)
+    issued = await asyncio.gather(*(provider.issue(request(src)) for _ in range(8)))
+    assert len({i.lease_ref for i in issued}) == 8
+    assert approle_logins(bao) - before == 1
+    await asyncio.gather(*(provider.revoke(i.lease_ref, src, NS) for i in issued))
+
+
+def approle_logins(bao: OpenBao) -> int:
+    """Live tokens made by AppRole logins (what the operator's cache should keep to one)."""
+    root = bao.client()
+    accessors = root.adapter.list("/v1/auth/token/accessors")["data"]["keys"]
+    names = [root.auth.token.lookup_accessor(a)["data"]["display_name"] for a in accessors]
+    return names.count("approle")
+
+
+async def test_https_with_the_ca_from_a_secret(
+    openbao_tls: OpenBao, provider: VaultProvider, cluster: SecretsCluster
+) -> None:
+    cluster.put(NS, "openbao-ca", {"ca.crt": openbao_tls.ca_pem})
+    cluster.put(NS, "root", {"token": openbao_tls.root_token})
+    openbao_tls.client().sys.create_or_update_policy("repo-read", REPO_READ_POLICY)
+    src = spec(
+        openbao_tls,
+        auth={"method": "token", "tokenSecretRef": {"name": "root", "key": "token"}},
+        caSecretRef={"name": "openbao-ca", "key": "ca.crt"},
+    )
+    issued = await provider.issue(request(src))
+    assert openbao_tls.client(issued.files["token"]).auth.token.lookup_self()["data"]["policies"] == [
+        "default",
+        "repo-read",
+    ]
+    await provider.revoke(issued.lease_ref, src, NS)
+
+    del src["vault"]["caSecretRef"]
+    with pytest.raises(ProviderError, match="TLS failed.*caSecretRef") as caught:
+        await provider.issue(request(src))
+    assert not caught.value.retryable
 
 
 # --- errors ------------------------------------------------------------------------------------
