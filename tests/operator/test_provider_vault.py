@@ -20,8 +20,8 @@ from taskcreds.operator.providers.vault import VaultProvider, parse_settings
 from tests.fakes import SecretsCluster
 from tests.openbao import OpenBao, Postgres
 from tests.openbao import openbao as openbao_fixture  # noqa: F401  (the `openbao` fixture)
-from tests.openbao import postgres as postgres_fixture  # noqa: F401  (the `postgres` fixture)
 from tests.openbao import openbao_tls as openbao_tls_fixture  # noqa: F401  (the `openbao_tls` fixture)
+from tests.openbao import postgres as postgres_fixture  # noqa: F401  (the `postgres` fixture)
 
 NS = "agents"
 OPERATOR_NS = "taskcreds-system"
