@@ -19,13 +19,11 @@ import json
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
-
-from taskcreds.durations import format_duration
 from taskcreds.sidecar.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -34,6 +32,8 @@ from taskcreds.sidecar.errors import (
     WrongBrokerIdentity,
     error_for,
 )
+
+from taskcreds.durations import format_duration
 from taskcreds.svid import peer_spiffe_id
 
 __all__ = ["BrokerClient", "IssuedCredential", "IssueResult", "TaskStatus", "Identity", "parse_time"]
@@ -52,7 +52,7 @@ def parse_time(text: Any) -> datetime:
     if not isinstance(text, str):
         raise ValueError(f"expected an RFC 3339 time, got {type(text).__name__}")
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from taskcreds.sidecar.errors import ConfigError
+
 from taskcreds import names
 from taskcreds.durations import DurationError, parse_duration
-from taskcreds.sidecar.errors import ConfigError
 
 __all__ = ["SidecarConfig", "from_env", "parse_listen", "CREDENTIAL_NAME", "DEFAULT_LISTEN_LOCAL",
            "DEFAULT_LISTEN_PROBE"]

@@ -13,8 +13,6 @@ import os
 import signal
 import sys
 
-from taskcreds.logs import fields, setup_logging
-from taskcreds.metrics import register_sidecar
 from taskcreds.sidecar.client import BrokerClient
 from taskcreds.sidecar.config import SidecarConfig, from_env
 from taskcreds.sidecar.errors import ConfigError, WriterError
@@ -22,6 +20,9 @@ from taskcreds.sidecar.redact import Redactor
 from taskcreds.sidecar.runner import Runner
 from taskcreds.sidecar.server import start_servers
 from taskcreds.sidecar.writer import CredentialWriter
+
+from taskcreds.logs import fields, setup_logging
+from taskcreds.metrics import register_sidecar
 
 __all__ = ["main", "run"]
 

@@ -26,12 +26,9 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from taskcreds import names
-from taskcreds.logs import fields
-from taskcreds.metrics import SidecarMetrics
 from taskcreds.sidecar import schedule
 from taskcreds.sidecar.client import BrokerClient, IssuedCredential
 from taskcreds.sidecar.config import SidecarConfig
@@ -47,6 +44,10 @@ from taskcreds.sidecar.podinfo import read_task_status
 from taskcreds.sidecar.redact import Redactor
 from taskcreds.sidecar.teardown import teardown
 from taskcreds.sidecar.writer import CredentialFiles, CredentialWriter
+
+from taskcreds import names
+from taskcreds.logs import fields
+from taskcreds.metrics import SidecarMetrics
 
 __all__ = ["Runner", "IdentityLike"]
 
@@ -69,7 +70,7 @@ class IdentityLike(Protocol):
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Runner:

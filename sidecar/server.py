@@ -19,9 +19,9 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from taskcreds.sidecar.redact import Redactor
 
 from taskcreds.metrics import SidecarMetrics
-from taskcreds.sidecar.redact import Redactor
 
 __all__ = ["Servers", "build_local_app", "build_probe_app", "start_servers", "Readiness"]
 

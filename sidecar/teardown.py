@@ -12,11 +12,12 @@ import asyncio
 import logging
 import time
 
-from taskcreds.logs import fields
-from taskcreds.metrics import SidecarMetrics
 from taskcreds.sidecar.client import BrokerClient
 from taskcreds.sidecar.errors import SidecarError
 from taskcreds.sidecar.writer import CredentialWriter
+
+from taskcreds.logs import fields
+from taskcreds.metrics import SidecarMetrics
 
 __all__ = ["teardown"]
 

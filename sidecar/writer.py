@@ -30,11 +30,12 @@ import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from taskcreds import names
 from taskcreds.sidecar.errors import NotInMemoryFilesystem, UnsafeEntry, UnsafeName, WriterError
+
+from taskcreds import names
 
 __all__ = ["CredentialFiles", "CredentialWriter", "filesystem_magic", "check_in_memory", "check_name",
            "ENDED_MARKER", "STARTED_MARKER", "TMPFS_MAGIC", "RAMFS_MAGIC"]
@@ -206,7 +207,7 @@ class CredentialWriter:
     def mark_ended(self, reason: str) -> None:
         """Record that the task ended, in the volume (survives a container restart, not the pod)."""
         self._write_marker(ENDED_MARKER, {"task": self.task, "reason": reason,
-                                          "endedAt": datetime.now(timezone.utc).isoformat()})
+                                          "endedAt": datetime.now(UTC).isoformat()})
 
     def ended(self) -> dict[str, Any] | None:
         """The teardown marker's content when the task already ended in this pod, else None."""
@@ -318,7 +319,7 @@ class CredentialWriter:
             "task": self.task,
             "credentials": [
                 {"name": c.name, "provider": c.provider, "files": sorted(c.files),
-                 "expiresAt": c.expires_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                 "expiresAt": c.expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
                 for c in credentials
             ],
         }

@@ -16,7 +16,7 @@ import hashlib
 import json
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -35,7 +35,7 @@ _STATUS = {"bad_request": 400, "unauthenticated": 401, "policy_denied": 403, "no
 
 
 def _rfc3339(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -149,7 +149,7 @@ class FakeBroker:
         return await handler(request)
 
     def _credential(self, name: str, ttl: float, lease: Lease | None = None) -> dict[str, Any]:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if lease is None or name not in self.renewable:
             self._n += 1
             value = f"canary-{name}-{self._n}-{secrets.token_hex(8)}"

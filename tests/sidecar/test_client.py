@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
-from taskcreds.devauthority import DevAuthority
 from taskcreds.sidecar import errors
 from taskcreds.sidecar.client import BrokerClient
 from taskcreds.sidecar.identity import IdentitySource
+
+from taskcreds.devauthority import DevAuthority
 from tests.sidecar.fakebroker import BROKER_ID, TOKEN, FakeBroker
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from taskcreds import names
 from taskcreds.sidecar.config import from_env
 from taskcreds.sidecar.errors import ConfigError
+
+from taskcreds import names
 
 BASE = {
     names.ENV_DIR: "/run/taskcreds", names.ENV_TASK: "fix-issue-42", names.ENV_CREDENTIALS: "github, db",

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from taskcreds.sidecar.podinfo import PodinfoError, parse_annotations, read_task_status
 
 KUBELET_FILE = (

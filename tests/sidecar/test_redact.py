@@ -8,7 +8,6 @@ import tracemalloc
 from urllib.parse import quote, quote_plus
 
 import pytest
-
 from taskcreds.sidecar.redact import MIN_LENGTH, Redactor
 
 VALUE = "s3cr3t/v@lue+with=odd&chars"

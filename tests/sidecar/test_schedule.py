@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from taskcreds.sidecar.schedule import MAX_DELAY, MIN_DELAY, backoff, next_refresh_at
 
-T0 = datetime(2026, 11, 29, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("lifetime", [timedelta(seconds=2), timedelta(minutes=15), timedelta(hours=12)],

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from taskcreds.sidecar.writer import ENDED_MARKER, STARTED_MARKER
 
 from taskcreds import names
-from taskcreds.sidecar.writer import ENDED_MARKER, STARTED_MARKER
 from tests.sidecar.conftest import SIDECAR, TOKEN, run_sidecar_once, sidecar_env
 from tests.sidecar.fakebroker import FakeBroker
 

@@ -10,15 +10,14 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from taskcreds.sidecar.errors import NotInMemoryFilesystem, UnsafeEntry, UnsafeName
 from taskcreds.sidecar.writer import ENDED_MARKER, CredentialFiles, CredentialWriter
 
-EXPIRES = datetime(2026, 11, 29, 10, 15, tzinfo=timezone.utc)
+EXPIRES = datetime(2026, 11, 29, 10, 15, tzinfo=UTC)
 
 
 def creds(generation: int, names: tuple[str, ...] = ("github", "db")) -> list[CredentialFiles]:
