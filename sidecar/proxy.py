@@ -1,0 +1,847 @@
+"""The sidecar's egress proxy: attaches proxy-delivered credentials the agent never holds.
+
+The agent points HTTPS_PROXY/HTTP_PROXY at ``127.0.0.1:<port>``. For a host one of the routes
+matches, the proxy answers the agent's ``CONNECT``, terminates its TLS with a leaf from the pod
+CA (:mod:`taskcreds.sidecar.podca`), and forwards each HTTP/1.1 request to the real host over a
+fully verified TLS connection, replacing whatever ``Authorization`` (or the route's own header)
+the agent sent with the credential. Every other host gets a blind ``CONNECT`` tunnel (end-to-end
+TLS, nothing read or added), or a 403 when the pod asked for deny-by-default egress
+(annotation ``taskcreds.io/egress: deny``). After teardown matched hosts get a 403 saying the task
+has ended. Plain-HTTP requests to a matched host are refused unless the route allows them:
+a credential would cross the network in clear text.
+
+Every request is logged (host, method, path without query, status, credential name, result) and
+counted; no value ever goes into a log line, a metric, an error body or an exception.
+
+Bodies stream both ways (``git push`` sends large packs, chunked): nothing is buffered whole.
+Request heads are bounded (:data:`MAX_HEAD_BYTES`, :data:`MAX_HEADERS`), idle keep-alive
+connections are closed after ``idle_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+import socket
+import ssl
+import string
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from multidict import CIMultiDict
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from taskcreds.sidecar.podca import PodCA, PodCAError, normalize_hostname
+from yarl import URL
+
+from taskcreds import names
+from taskcreds.logs import fields
+
+__all__ = [
+    "ProxyRoute", "CredentialView", "EgressProxy", "ProxyMetrics", "register_proxy", "match_route",
+    "RouteError", "MAX_HEAD_BYTES", "MAX_HEADERS",
+]
+
+_log = logging.getLogger("taskcreds.sidecar.proxy")
+
+MAX_HEAD_BYTES = 64 * 1024  # request line + headers
+MAX_HEADERS = 128
+_CHUNK = 64 * 1024
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token (header names)
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,253}$")  # credential and file names
+_HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate",
+    "te", "trailer", "transfer-encoding", "upgrade",
+})
+_NO_BODY_STATUS = frozenset({204, 304})
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class RouteError(ValueError):
+    """A proxy route that cannot be used; the message names the field and what is accepted."""
+
+
+# --- routes (pure) ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProxyRoute:
+    """One proxy-delivered credential: which hosts get it, and how it is attached.
+
+    ``hosts`` are exact names (``api.example.com``) or ``*.suffix`` (any name ending in
+    ``.suffix``, never the bare suffix). Exactly one of ``header`` (a template such as
+    ``"Authorization: Bearer {token}"``; ``{name}`` is the credential's file ``name``) and
+    ``basic_username`` (HTTP Basic with the ``token`` file as password, as git over HTTPS wants).
+    ``allow_http`` lets the credential go to these hosts over plain HTTP too (default: refused).
+    """
+
+    credential: str
+    hosts: tuple[str, ...]
+    header: str | None = None
+    basic_username: str | None = None
+    allow_http: bool = False
+    header_name: str = field(init=False, repr=False, compare=False)
+    _template: str = field(init=False, repr=False, compare=False)
+    files: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        where = f"proxy route for credential {self.credential!r}"
+        if not isinstance(self.credential, str) or not _NAME.match(self.credential):
+            raise RouteError(f"{where}: the credential name must be letters, digits, '.', '_', '-'")
+        hosts = (self.hosts,) if isinstance(self.hosts, str) else tuple(self.hosts)
+        if not hosts:
+            raise RouteError(f"{where}: hosts is empty; list exact names or '*.suffix' patterns")
+        object.__setattr__(self, "hosts", tuple(_normalize_pattern(where, h) for h in hosts))
+        if (self.header is None) == (self.basic_username is None):
+            raise RouteError(f"{where}: set exactly one of header (e.g. 'Authorization: Bearer {{token}}') "
+                             "and basic_username (HTTP Basic with the token as password)")
+        if self.header is not None:
+            name, template, files = _parse_header_template(where, self.header)
+        else:
+            username = self.basic_username or ""
+            if not username or ":" in username or any(c in username for c in "\r\n\0"):
+                raise RouteError(f"{where}: basic_username {username!r} must be non-empty, "
+                                 "without ':' or line breaks")
+            name, template, files = "Authorization", "", ("token",)
+        object.__setattr__(self, "header_name", name)
+        object.__setattr__(self, "_template", template)
+        object.__setattr__(self, "files", files)
+
+    def matches(self, host: str) -> str | None:
+        """The pattern of this route that matches ``host`` (normalized), or None."""
+        for pattern in self.hosts:
+            if pattern.startswith("*."):
+                if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
+                    return pattern
+            elif host == pattern:
+                return pattern
+        return None
+
+    def render(self, view: CredentialView) -> str | None:
+        """The header value with the credential filled in; None when a file is not available.
+
+        Raises RouteError (naming the file, never its content) for a value that would break
+        the header: line breaks or NUL.
+        """
+        values: dict[str, str] = {}
+        for file in self.files:
+            value = view.value(self.credential, file)
+            if value is None:
+                return None
+            value = value.strip("\r\n") if self.basic_username is not None or file == "token" else value
+            if any(c in value for c in "\r\n\0"):
+                raise RouteError(f"credential {self.credential!r} file {file!r} holds a line break or NUL; "
+                                 "it cannot be sent in an HTTP header")
+            values[file] = value
+        if self.basic_username is not None:
+            raw = f"{self.basic_username}:{values['token']}".encode()
+            return "Basic " + base64.b64encode(raw).decode("ascii")
+        return self._template.format_map(values)
+
+
+def _normalize_pattern(where: str, pattern: str) -> str:
+    if not isinstance(pattern, str):
+        raise RouteError(f"{where}: host {pattern!r} is not a string")
+    wildcard = pattern.startswith("*.")
+    try:
+        host = normalize_hostname(pattern[2:] if wildcard else pattern)
+    except PodCAError:
+        raise RouteError(f"{where}: host {pattern!r} is neither a DNS name nor '*.' followed by one "
+                         "(a wildcard matches names below the suffix, never the suffix itself)") from None
+    if wildcard and "." not in host:
+        raise RouteError(f"{where}: host {pattern!r} would match a whole top-level domain; "
+                         "use at least '*.example.com'")
+    return "*." + host if wildcard else host
+
+
+def _parse_header_template(where: str, header: str) -> tuple[str, str, tuple[str, ...]]:
+    name, sep, template = header.partition(":")
+    name, template = name.strip(), template.strip()
+    if not sep or not _TOKEN.match(name):
+        raise RouteError(f"{where}: header {header!r} must look like 'Name: value with {{token}}'")
+    if name.lower() in _HOP_BY_HOP or name.lower() in ("host", "content-length"):
+        raise RouteError(f"{where}: header {name!r} is managed by the proxy and cannot carry a credential")
+    if any(c in template for c in "\r\n\0"):
+        raise RouteError(f"{where}: header {name!r} template holds a line break")
+    files: list[str] = []
+    try:
+        for _literal, field_name, spec, conversion in string.Formatter().parse(template):
+            if field_name is None:
+                continue
+            if not _NAME.match(field_name) or spec or conversion:
+                raise RouteError(f"{where}: header placeholder {{{field_name}}} must be a plain file name "
+                                 "such as {token} (no format spec or conversion)")
+            if field_name not in files:
+                files.append(field_name)
+    except ValueError as exc:
+        raise RouteError(f"{where}: header template {template!r} is malformed ({exc}); "
+                         "write literal braces as '{{' and '}}'") from None
+    if not files:
+        raise RouteError(f"{where}: header {header!r} has no placeholder; put the credential in with {{token}}")
+    return name, template, tuple(files)
+
+
+def match_route(routes: Sequence[ProxyRoute], host: str) -> tuple[ProxyRoute, str] | None:
+    """The route for ``host`` and the pattern that matched: an exact name beats a wildcard,
+    a longer wildcard suffix beats a shorter one, then the first route listed wins."""
+    try:
+        host = normalize_hostname(host)
+    except PodCAError:
+        return None
+    best: tuple[ProxyRoute, str] | None = None
+    best_rank = (-1, -1)
+    for route in routes:
+        pattern = route.matches(host)
+        if pattern is None:
+            continue
+        rank = (0, len(pattern)) if pattern.startswith("*.") else (1, len(pattern))
+        if rank > best_rank:
+            best, best_rank = (route, pattern), rank
+    return best
+
+
+class CredentialView(Protocol):
+    """What the proxy reads: the sidecar's credential store implements it."""
+
+    def value(self, credential: str, file: str = "token") -> str | None:
+        """The current value of one file of a credential; None when absent or expired."""
+        ...
+
+    @property
+    def ended(self) -> bool:
+        """True once the task was torn down: nothing is attached any more."""
+        ...
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProxyMetrics:
+    """The proxy's metrics. ``host`` is the route pattern that matched, empty for unmatched hosts,
+    so the label's values are bounded by the pod's routes."""
+
+    registry: CollectorRegistry
+    requests: Counter  # labels: credential, host, result
+    duration: Histogram  # labels: credential
+
+
+def register_proxy(registry: CollectorRegistry | None = None) -> ProxyMetrics:
+    """Create the proxy's metrics in ``registry`` (a fresh one when omitted)."""
+    reg = registry if registry is not None else CollectorRegistry()
+    return ProxyMetrics(
+        registry=reg,
+        requests=Counter(
+            "taskcreds_sidecar_proxy_requests_total",
+            "Requests and tunnels through the egress proxy, by credential, matched host pattern and "
+            "result (forwarded|tunneled|denied|ended|no_credential|plain_http_refused|"
+            "upstream_cert_error|upstream_error|upstream_timeout|bad_request).",
+            ["credential", "host", "result"],
+            registry=reg,
+        ),
+        duration=Histogram(
+            "taskcreds_sidecar_proxy_request_duration_seconds",
+            "From a request's head read to its response's end, through the proxy.",
+            ["credential"],
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        ),
+    )
+
+
+# --- HTTP/1.1 parsing ---------------------------------------------------------------------------
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass
+class _Head:
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+
+    def get(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for k, v in self.headers if k.lower() == lname]
+
+    def tokens(self, name: str) -> set[str]:
+        return {t.strip().lower() for v in self.get(name) for t in v.split(",") if t.strip()}
+
+    @property
+    def keep_alive(self) -> bool:
+        conn = self.tokens("connection") | self.tokens("proxy-connection")
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in conn
+        return "close" not in conn
+
+
+def _parse_head(data: bytes) -> _Head:
+    lines = data.rstrip(b"\r\n").split(b"\r\n")
+    try:
+        method, target, version = lines[0].decode("ascii").split(" ")
+    except (UnicodeDecodeError, ValueError):
+        raise _BadRequest(400, "the request line is not 'METHOD target HTTP/1.1'") from None
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise _BadRequest(505, f"HTTP version {version!r} is not supported; use HTTP/1.1")
+    if not _TOKEN.match(method):
+        raise _BadRequest(400, "the request method is not a valid token")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise _BadRequest(431, f"more than {MAX_HEADERS} request headers")
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if not line or line[:1] in (b" ", b"\t"):
+            raise _BadRequest(400, "folded or empty header lines are not accepted")
+        name, sep, value = line.partition(b":")
+        sname = name.decode("latin-1")
+        if not sep or not _TOKEN.match(sname):
+            raise _BadRequest(400, f"malformed header name {sname[:64]!r}")
+        headers.append((sname, value.strip(b" \t").decode("latin-1")))
+    return _Head(method, target, version, headers)
+
+
+async def _read_head(reader: asyncio.StreamReader, timeout: float) -> _Head | None:
+    """The next request head, or None on a clean EOF or idle timeout before any byte."""
+    try:
+        data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial.strip():
+            return None
+        raise _BadRequest(400, "the connection closed in the middle of a request head") from None
+    except asyncio.LimitOverrunError:
+        raise _BadRequest(431, f"request head larger than {MAX_HEAD_BYTES} bytes") from None
+    except TimeoutError:
+        return None
+    return _parse_head(data.lstrip(b"\r\n"))
+
+
+class _Body:
+    """The request body's framing, read lazily as an async iterator; ``done`` once fully read."""
+
+    def __init__(self, reader: asyncio.StreamReader, head: _Head) -> None:
+        self.reader = reader
+        te = [t for v in head.get("transfer-encoding") for t in v.lower().replace(" ", "").split(",") if t]
+        cl = {v.strip() for v in head.get("content-length")}
+        self.length: int | None = None
+        self.chunked = False
+        if te:
+            if cl:
+                raise _BadRequest(400, "both Transfer-Encoding and Content-Length: refused (request smuggling)")
+            if te != ["chunked"]:
+                raise _BadRequest(501, f"Transfer-Encoding {','.join(te)!r} is not supported; use chunked")
+            self.chunked = True
+        elif cl:
+            if len(cl) != 1 or not next(iter(cl)).isdigit():
+                raise _BadRequest(400, "Content-Length must be one non-negative integer")
+            self.length = int(next(iter(cl)))
+        else:
+            self.length = 0
+        self.done = self.length == 0
+
+    @property
+    def present(self) -> bool:
+        return self.chunked or bool(self.length)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self.chunked:
+            async for chunk in self._dechunk():
+                yield chunk
+        else:
+            remaining = self.length or 0
+            while remaining:
+                chunk = await self.reader.read(min(remaining, _CHUNK))
+                if not chunk:
+                    raise _BadRequest(400, "the request body ended before Content-Length")
+                remaining -= len(chunk)
+                yield chunk
+        self.done = True
+
+    async def _dechunk(self) -> AsyncIterator[bytes]:
+        while True:
+            line = await self.reader.readline()
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise _BadRequest(400, "malformed chunk size in the request body") from None
+            if size == 0:
+                while (await self.reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers are dropped
+                return
+            remaining = size
+            while remaining:
+                chunk = await self.reader.read(min(remaining, _CHUNK))
+                if not chunk:
+                    raise _BadRequest(400, "the request body ended inside a chunk")
+                remaining -= len(chunk)
+                yield chunk
+            if await self.reader.readexactly(2) != b"\r\n":
+                raise _BadRequest(400, "a chunk of the request body is not followed by CRLF")
+
+    async def drain(self) -> None:
+        async for _ in self.chunks():
+            pass
+
+
+def _split_hostport(value: str, default_port: int) -> tuple[str, int]:
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_s = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    if not port_s:
+        port = default_port
+    elif port_s.isdigit() and 0 < int(port_s) < 65536:
+        port = int(port_s)
+    else:
+        raise _BadRequest(400, f"bad port in {value[:200]!r}")
+    if not host:
+        raise _BadRequest(400, f"no host in {value[:200]!r}")
+    return host.lower().rstrip("."), port
+
+
+def _response(status: int, reason: str, body: str, *, close: bool) -> bytes:
+    data = (body.rstrip("\n") + "\n").encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: {'close' if close else 'keep-alive'}\r\n"
+            "X-Taskcreds-Proxy: 1\r\n\r\n")
+    return head.encode() + data
+
+
+_REASONS = {400: "Bad Request", 403: "Forbidden", 431: "Request Header Fields Too Large",
+            501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+            504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
+
+
+class _Refusal(Exception):
+    """An answer the proxy gives itself (never reaching the upstream)."""
+
+    def __init__(self, status: int, result: str, body: str) -> None:
+        super().__init__(body)
+        self.status, self.result, self.body = status, result, body
+
+
+# --- upstream name mapping (tests map names onto loopback ports) ------------------------------
+
+class _MappedResolver(AbstractResolver):
+    def __init__(self, resolve: Callable[[str, int], tuple[str, int]]) -> None:
+        self._resolve = resolve
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
+        addr, mapped_port = self._resolve(host, port)
+        fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        return [ResolveResult(hostname=host, host=addr, port=mapped_port, family=fam, proto=0,
+                              flags=socket.AI_NUMERICHOST)]
+
+    async def close(self) -> None:
+        return None
+
+
+# --- the proxy ----------------------------------------------------------------------------------
+
+@dataclass
+class _Exchange:
+    """What one request turned into, for the log line and the metrics."""
+
+    host: str
+    method: str
+    path: str
+    credential: str = ""
+    pattern: str = ""
+    status: int = 0
+    result: str = "forwarded"
+    started: float = field(default_factory=time.perf_counter)
+
+
+class EgressProxy:
+    """HTTP(S) forward proxy on loopback attaching proxy-delivered credentials (see module doc)."""
+
+    def __init__(self, routes: Sequence[ProxyRoute], view: CredentialView, *, deny_unmatched: bool,
+                 ca: PodCA, upstream_ssl: ssl.SSLContext | None = None, metrics: ProxyMetrics | None = None,
+                 upstream_resolver: Callable[[str, int], tuple[str, int]] | None = None,
+                 idle_timeout: float = 60.0, connect_timeout: float = 10.0,
+                 upstream_read_timeout: float = 300.0, tunnel_idle_timeout: float = 600.0) -> None:
+        self._routes = tuple(routes)
+        self._view = view
+        self._deny = deny_unmatched
+        self._ca = ca
+        self._upstream_ssl = upstream_ssl or ssl.create_default_context()
+        self._metrics = metrics
+        self._resolve = upstream_resolver
+        self._idle_timeout = idle_timeout
+        self._connect_timeout = connect_timeout
+        self._read_timeout = upstream_read_timeout
+        self._tunnel_idle_timeout = tunnel_idle_timeout
+        self._server: asyncio.Server | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def routes(self) -> tuple[ProxyRoute, ...]:
+        return self._routes
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen on ``host:port`` (0 picks a free port) and return the bound port."""
+        resolver = _MappedResolver(self._resolve) if self._resolve is not None else None
+        connector = aiohttp.TCPConnector(ssl=self._upstream_ssl, resolver=resolver, limit=256,
+                                         keepalive_timeout=30.0, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout,
+                                          sock_read=self._read_timeout),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            requote_redirect_url=False,
+        )
+        self._server = await asyncio.start_server(self._accept, host, port, limit=MAX_HEAD_BYTES)
+        bound = int(self._server.sockets[0].getsockname()[1])
+        _log.info("egress proxy listening", extra=fields(
+            address=f"{host}:{bound}", routes=[r.credential for r in self._routes],
+            egress="deny" if self._deny else "allow"))
+        return bound
+
+    async def close(self) -> None:
+        """Stop listening, cut every open connection and tunnel, close upstream connections."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- connections ---------------------------------------------------------------------------
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
+            pass  # the agent went away; nothing to answer
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception("egress proxy connection failed")
+        finally:
+            self._tasks.discard(task)
+            await _close(writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await _read_head(reader, self._idle_timeout)
+        except _BadRequest as exc:
+            writer.write(_response(exc.status, _REASONS.get(exc.status, "Error"), f"taskcreds proxy: {exc}",
+                                   close=True))
+            return
+        if head is None:
+            return
+        if head.method == "CONNECT":
+            await self._connect(head, reader, writer)
+            return
+        # plain HTTP, absolute-form targets; each request names its own host
+        while head is not None:
+            if not await self._plain_http(head, reader, writer):
+                return
+            try:
+                head = await _read_head(reader, self._idle_timeout)
+            except _BadRequest as exc:
+                writer.write(_response(exc.status, _REASONS.get(exc.status, "Error"),
+                                       f"taskcreds proxy: {exc}", close=True))
+                return
+            if head is not None and head.method == "CONNECT":
+                await self._connect(head, reader, writer)
+                return
+
+    async def _connect(self, head: _Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ex = _Exchange(host="", method="CONNECT", path="")
+        try:
+            host, port = _split_hostport(head.target, 443)
+        except _BadRequest as exc:
+            ex.status, ex.result = exc.status, "bad_request"
+            writer.write(_response(exc.status, "Bad Request", f"taskcreds proxy: CONNECT {exc}", close=True))
+            self._record(ex)
+            return
+        ex.host = f"{host}:{port}"
+        found = match_route(self._routes, host)
+        if found is None:
+            await self._tunnel_or_deny(ex, host, port, reader, writer)
+            return
+        # intercept: answer, take over the agent's TLS with our leaf, then speak HTTP/1.1 inside
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        try:
+            context = self._ca.server_context_for(host)
+            await writer.start_tls(context, ssl_handshake_timeout=self._connect_timeout)
+        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
+            # typically: the agent does not trust the pod CA (its CA bundle env is missing)
+            _log.warning("agent TLS handshake with the egress proxy failed; does the agent trust the "
+                         "pod CA bundle?", extra=fields(host=host, credential=found[0].credential,
+                                                       error=type(exc).__name__))
+            return
+        authority = host if port == 443 else f"{host}:{port}"
+        while True:
+            try:
+                inner = await _read_head(reader, self._idle_timeout)
+            except _BadRequest as exc:
+                writer.write(_response(exc.status, _REASONS.get(exc.status, "Error"),
+                                       f"taskcreds proxy: {exc}", close=True))
+                return
+            if inner is None:
+                return
+            path = inner.target
+            if not path.startswith("/"):
+                parsed = URL(path, encoded=True) if "://" in path else None
+                if parsed is None or parsed.host is None or parsed.host.lower().rstrip(".") != host:
+                    writer.write(_response(400, "Bad Request", "taskcreds proxy: inside a tunnel to "
+                                           f"{authority} the request target must be a path", close=True))
+                    return
+                path = parsed.raw_path_qs or "/"
+            keep = await self._exchange(inner, reader, writer, scheme="https", host=host, port=port,
+                                        authority=authority, path=path, found=found)
+            if not keep:
+                return
+
+    async def _plain_http(self, head: _Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if not head.target.lower().startswith("http://"):
+            msg = ("taskcreds proxy: this is a forward proxy; send absolute http:// URLs or CONNECT "
+                   "(set HTTPS_PROXY/HTTP_PROXY to this address)")
+            with contextlib.suppress(_BadRequest):
+                _Body(reader, head)
+            writer.write(_response(400, "Bad Request", msg, close=True))
+            self._record(_Exchange(host="", method=head.method, path="", status=400, result="bad_request"))
+            return False
+        url = URL(head.target, encoded=True)
+        if url.host is None:
+            writer.write(_response(400, "Bad Request", "taskcreds proxy: the URL names no host", close=True))
+            return False
+        host = url.host.lower().rstrip(".")
+        port = url.port or 80
+        authority = host if port == 80 else f"{host}:{port}"
+        return await self._exchange(head, reader, writer, scheme="http", host=host, port=port,
+                                    authority=authority, path=url.raw_path_qs or "/",
+                                    found=match_route(self._routes, host))
+
+    async def _tunnel_or_deny(self, ex: _Exchange, host: str, port: int, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        if self._deny:
+            ex.status, ex.result = 403, "denied"
+            writer.write(_response(403, "Forbidden", _deny_message(host), close=True))
+            self._record(ex)
+            return
+        try:
+            addr, aport = self._resolve(host, port) if self._resolve else (host, port)
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(addr, aport),
+                                                          self._connect_timeout)
+        except (TimeoutError, OSError) as exc:
+            ex.status, ex.result = 502, "upstream_error"
+            writer.write(_response(502, "Bad Gateway", f"taskcreds proxy: cannot reach {host}:{port} "
+                                   f"({type(exc).__name__})", close=True))
+            self._record(ex)
+            return
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        ex.status, ex.result = 200, "tunneled"
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        finally:
+            await _close(up_writer)
+            self._record(ex)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                data = await asyncio.wait_for(src.read(_CHUNK), self._tunnel_idle_timeout)
+                if not data:
+                    break
+                dst.write(data)
+                await dst.drain()
+            if dst.can_write_eof():
+                dst.write_eof()
+        except (TimeoutError, OSError):
+            dst.close()
+
+    # --- one request ---------------------------------------------------------------------------
+    async def _exchange(self, head: _Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                        scheme: str, host: str, port: int, authority: str, path: str,
+                        found: tuple[ProxyRoute, str] | None) -> bool:
+        """Answer one request; True when the agent's connection can carry another one."""
+        ex = _Exchange(host=authority, method=head.method, path=path.split("?", 1)[0])
+        keep = head.keep_alive
+        try:
+            body = _Body(reader, head)
+        except _BadRequest as exc:
+            ex.status, ex.result = exc.status, "bad_request"
+            writer.write(_response(exc.status, _REASONS.get(exc.status, "Error"), f"taskcreds proxy: {exc}",
+                                   close=True))
+            self._record(ex)
+            return False
+        route = None
+        if found is not None:
+            route, ex.pattern = found
+            ex.credential = route.credential
+        try:
+            auth = self._authorize(route, scheme, host, ex)
+            headers = self._upstream_headers(head, route, auth, authority, body)
+        except _Refusal as refusal:
+            ex.status, ex.result = refusal.status, refusal.result
+            # an unread body would be taken for the next request: close instead of draining it
+            close = not keep or body.present
+            writer.write(_response(refusal.status, _REASONS.get(refusal.status, "Error"), refusal.body,
+                                   close=close))
+            self._record(ex)
+            return not close
+        if body.present and "100-continue" in head.tokens("expect"):
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert self._session is not None
+        url = URL(f"{scheme}://{authority}{path}", encoded=True)
+        try:
+            async with self._session.request(
+                head.method, url, headers=headers, data=body.chunks() if body.present else None,
+                allow_redirects=False, compress=None, chunked=None,
+            ) as resp:
+                ex.status = resp.status
+                keep = await self._relay(head, resp, writer, keep) and body.done
+        except _BadRequest as exc:
+            ex.status, ex.result = exc.status, "bad_request"
+            writer.write(_response(exc.status, "Bad Request", f"taskcreds proxy: {exc}", close=True))
+            keep = False
+        except _RelayBroken:
+            ex.result, keep = "upstream_error", False
+        except aiohttp.ClientConnectorCertificateError as exc:
+            ex.status, ex.result, keep = 502, "upstream_cert_error", False
+            reason = getattr(exc.certificate_error, "verify_message", None) or type(exc.certificate_error).__name__
+            writer.write(_response(502, "Bad Gateway", (
+                f"taskcreds proxy: the certificate of {authority} failed verification ({reason}); "
+                "the request was not sent and no credential left the pod"), close=True))
+        except aiohttp.ClientSSLError as exc:
+            ex.status, ex.result, keep = 502, "upstream_cert_error", False
+            writer.write(_response(502, "Bad Gateway", (
+                f"taskcreds proxy: TLS with {authority} failed ({type(exc).__name__}); "
+                "the request was not sent and no credential left the pod"), close=True))
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            ex.status, ex.result, keep = 504, "upstream_timeout", False
+            writer.write(_response(504, "Gateway Timeout",
+                                   f"taskcreds proxy: {authority} did not answer in time", close=True))
+        except (aiohttp.ClientError, OSError) as exc:
+            ex.status, ex.result, keep = 502, "upstream_error", False
+            writer.write(_response(502, "Bad Gateway",
+                                   f"taskcreds proxy: {authority} failed: {type(exc).__name__}", close=True))
+        self._record(ex)
+        return keep
+
+    def _authorize(self, route: ProxyRoute | None, scheme: str, host: str, ex: _Exchange) -> str | None:
+        """The header value to attach (None: attach nothing), or a _Refusal."""
+        if route is None:
+            if self._deny:
+                raise _Refusal(403, "denied", _deny_message(host))
+            return None
+        if self._view.ended:
+            raise _Refusal(403, "ended", (
+                f"taskcreds proxy: the task has ended; credential {route.credential!r} is no longer "
+                f"attached to requests for {host}"))
+        if scheme == "http" and not route.allow_http:
+            raise _Refusal(403, "plain_http_refused", (
+                f"taskcreds proxy: refusing to send credential {route.credential!r} to {host} over plain "
+                f"HTTP; use https://{host}/ (or set allowHttp on the route)"))
+        try:
+            value = route.render(self._view)
+        except RouteError as exc:
+            raise _Refusal(502, "no_credential", f"taskcreds proxy: {exc}") from None
+        if value is None:
+            raise _Refusal(503, "no_credential", (
+                f"taskcreds proxy: credential {route.credential!r} is not available right now "
+                "(not issued yet, or expired and not yet refreshed); retry shortly"))
+        return value
+
+    def _upstream_headers(self, head: _Head, route: ProxyRoute | None, auth: str | None, authority: str,
+                          body: _Body) -> CIMultiDict[str]:
+        drop = _HOP_BY_HOP | head.tokens("connection") | {"host", "expect", "content-length"}
+        if route is not None:
+            drop = drop | {"authorization", route.header_name.lower()}
+        out: CIMultiDict[str] = CIMultiDict()
+        out["Host"] = authority
+        for name, value in head.headers:
+            if name.lower() not in drop:
+                out.add(name, value)
+        if route is not None and auth is not None:
+            out[route.header_name] = auth
+        if body.length:
+            out["Content-Length"] = str(body.length)
+        elif body.length == 0 and head.get("content-length"):
+            out["Content-Length"] = "0"
+        return out
+
+    async def _relay(self, head: _Head, resp: aiohttp.ClientResponse, writer: asyncio.StreamWriter,
+                     keep: bool) -> bool:
+        """Write the upstream's response to the agent, streaming; True when keep-alive holds."""
+        status = resp.status
+        no_body = head.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
+        length: bytes | None = None
+        lines = [f"HTTP/1.1 {status} {resp.reason or ''}".rstrip().encode()]
+        conn_tokens = {t.strip().lower().encode() for k, v in resp.raw_headers if k.lower() == b"connection"
+                       for t in v.split(b",")}
+        for name, value in resp.raw_headers:
+            lname = name.lower()
+            if lname.decode("latin-1") in _HOP_BY_HOP or lname in conn_tokens:
+                continue
+            if lname == b"content-length":
+                length = value
+            lines.append(name + b": " + value)
+        chunked = not no_body and length is None and head.version == "HTTP/1.1"
+        if not no_body and length is None and not chunked:
+            keep = False  # HTTP/1.0 agent: the body ends when the connection does
+        if chunked:
+            lines.append(b"Transfer-Encoding: chunked")
+        lines.append(b"Connection: keep-alive" if keep else b"Connection: close")
+        writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        if no_body:
+            await writer.drain()
+            return keep
+        try:
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                if chunked:
+                    writer.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                else:
+                    writer.write(chunk)
+                await writer.drain()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _RelayBroken() from exc
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return keep
+
+    def _record(self, ex: _Exchange) -> None:
+        duration = time.perf_counter() - ex.started
+        _log.info("proxied", extra=fields(
+            host=ex.host, method=ex.method, path=ex.path, status=ex.status, credential=ex.credential or None,
+            result=ex.result, duration_ms=round(duration * 1000, 2)))
+        if self._metrics is not None:
+            self._metrics.requests.labels(credential=ex.credential, host=ex.pattern, result=ex.result).inc()
+            self._metrics.duration.labels(credential=ex.credential).observe(duration)
+
+
+class _RelayBroken(Exception):
+    """The upstream failed after the response head went out: the agent's connection must close."""
+
+
+def _deny_message(host: str) -> str:
+    return (f"taskcreds proxy: egress to {host} is denied: this pod has annotation "
+            f"{names.ANNOTATION_EGRESS}=deny and no proxy route lists {host}")
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
