@@ -54,12 +54,21 @@ API_CALLS: tuple[ApiCall, ...] = (
     # --- authentication: Cluster.review_token (broker) ----------------------------------------------
     ApiCall("create", "authentication.k8s.io", "tokenreviews", None, "cluster", "Cluster.review_token"),
     # --- kubernetes-token provider: Cluster.create_service_account_token ------------------------------
-    ApiCall("create", "", "serviceaccounts", "token", "cluster",
-            "Cluster.create_service_account_token", when="token-request"),
+    ApiCall(
+        "create",
+        "",
+        "serviceaccounts",
+        "token",
+        "cluster",
+        "Cluster.create_service_account_token",
+        when="token-request",
+    ),
     # --- policy: Cluster.get_credential_source / get_cluster_credential_source, kopf indexes ---------
-    *(ApiCall(verb, _TASKCREDS, plural, None, "cluster", "Cluster.get_*credential_source, kopf")
-      for plural in ("credentialsources", "clustercredentialsources")
-      for verb in ("get", "list", "watch")),
+    *(
+        ApiCall(verb, _TASKCREDS, plural, None, "cluster", "Cluster.get_*credential_source, kopf")
+        for plural in ("credentialsources", "clustercredentialsources")
+        for verb in ("get", "list", "watch")
+    ),
     # --- TaskLeases: Cluster.*_task_lease and kopf's lifecycle handlers ------------------------------
     ApiCall("get", _TASKCREDS, "taskleases", None, "cluster", "Cluster.get_task_lease"),
     ApiCall("list", _TASKCREDS, "taskleases", None, "cluster", "Cluster.list_task_leases (sweep)"),
@@ -67,29 +76,88 @@ API_CALLS: tuple[ApiCall, ...] = (
     ApiCall("create", _TASKCREDS, "taskleases", None, "cluster", "Cluster.create_task_lease"),
     ApiCall("update", _TASKCREDS, "taskleases", None, "cluster", "lifecycle: finalizer removal by replace"),
     ApiCall("patch", _TASKCREDS, "taskleases", None, "cluster", "Cluster.patch_task_lease, kopf"),
-    ApiCall("delete", _TASKCREDS, "taskleases", None, "cluster", "lifecycle: sweep of leases whose pod is gone"),
+    ApiCall(
+        "delete", _TASKCREDS, "taskleases", None, "cluster", "lifecycle: sweep of leases whose pod is gone"
+    ),
     ApiCall("get", _TASKCREDS, "taskleases", "status", "cluster", "Cluster.patch_task_lease(subresource)"),
     ApiCall("update", _TASKCREDS, "taskleases", "status", "cluster", "Cluster.patch_task_lease(subresource)"),
     ApiCall("patch", _TASKCREDS, "taskleases", "status", "cluster", "Cluster.patch_task_lease(subresource)"),
     # --- webhook certificate (operator/certificates.py), self-managed mode only ----------------------
-    ApiCall("get", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", None, "cluster",
-            "Cluster.patch_webhook_ca_bundle (read webhooks)", names=("webhook-configuration",),
-            when="self-managed-certs"),
-    ApiCall("patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", None, "cluster",
-            "Cluster.patch_webhook_ca_bundle", names=("webhook-configuration",), when="self-managed-certs"),
+    ApiCall(
+        "get",
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        None,
+        "cluster",
+        "Cluster.patch_webhook_ca_bundle (read webhooks)",
+        names=("webhook-configuration",),
+        when="self-managed-certs",
+    ),
+    ApiCall(
+        "patch",
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        None,
+        "cluster",
+        "Cluster.patch_webhook_ca_bundle",
+        names=("webhook-configuration",),
+        when="self-managed-certs",
+    ),
     # --- the operator's own Secrets: Cluster.get_secret / apply_secret -------------------------------
     # create cannot be limited by name in Kubernetes RBAC
     ApiCall("create", "", "secrets", None, "release", "Cluster.apply_secret (first write)"),
-    *(ApiCall(verb, "", "secrets", None, "release", "Cluster.get_secret / apply_secret (jwt keys)",
-              names=("jwt-secret",)) for verb in ("get", "update", "patch")),
-    *(ApiCall(verb, "", "secrets", None, "release", "ensure_webhook_certificate",
-              names=("webhook-secret",), when="self-managed-certs") for verb in ("get", "update", "patch")),
+    *(
+        ApiCall(
+            verb,
+            "",
+            "secrets",
+            None,
+            "release",
+            "Cluster.get_secret / apply_secret (jwt keys)",
+            names=("jwt-secret",),
+        )
+        for verb in ("get", "update", "patch")
+    ),
+    *(
+        ApiCall(
+            verb,
+            "",
+            "secrets",
+            None,
+            "release",
+            "ensure_webhook_certificate",
+            names=("webhook-secret",),
+            when="self-managed-certs",
+        )
+        for verb in ("get", "update", "patch")
+    ),
     # --- providers: Cluster.get_secret on Secrets named by CredentialSources ------------------------
     ApiCall("get", "", "secrets", None, "secret-namespaces", "providers (github-app, vault, secret)"),
     # --- kopf peering (optional) ---------------------------------------------------------------------
     # kopf lists and watches the namespace's peerings (resourceNames cannot limit a plain list/watch)
-    *(ApiCall(verb, "kopf.dev", "kopfpeerings", None, "release", "kopf peering: keep-alive watch",
-              when="peering") for verb in ("list", "watch")),
-    *(ApiCall(verb, "kopf.dev", "kopfpeerings", None, "release", "kopf peering: touch its own entry",
-              names=("peering",), when="peering") for verb in ("get", "patch")),
+    *(
+        ApiCall(
+            verb,
+            "kopf.dev",
+            "kopfpeerings",
+            None,
+            "release",
+            "kopf peering: keep-alive watch",
+            when="peering",
+        )
+        for verb in ("list", "watch")
+    ),
+    *(
+        ApiCall(
+            verb,
+            "kopf.dev",
+            "kopfpeerings",
+            None,
+            "release",
+            "kopf peering: touch its own entry",
+            names=("peering",),
+            when="peering",
+        )
+        for verb in ("get", "patch")
+    ),
 )

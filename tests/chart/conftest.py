@@ -13,6 +13,8 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Helm]:
     """helm with its cache/config/data homes in a temp dir (removed by pytest's tmp_path handling)."""
     binary = find_helm()
     if binary is None:
-        pytest.skip("helm not found: expected .venv/bin/helm or helm on PATH (scripts/bootstrap.sh installs it)")
+        pytest.skip(
+            "helm not found: expected .venv/bin/helm or helm on PATH (scripts/bootstrap.sh installs it)"
+        )
     home: Path = tmp_path_factory.mktemp("helm-home")
     yield Helm(binary=binary, home=home)

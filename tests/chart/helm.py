@@ -53,13 +53,15 @@ class Helm:
         finally:
             os.unlink(f.name)
 
-    def template(self, values: dict[str, Any] | None = None, *, release: str = RELEASE,
-                 namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    def template(
+        self, values: dict[str, Any] | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE
+    ) -> list[dict[str, Any]]:
         """Every object `helm template` renders (tests included), cached per values set."""
         key = (yaml.safe_dump(values or {}, sort_keys=True), release, namespace)
         if key not in self._cache:
-            proc = self.run("template", release, str(CHART), "--namespace", namespace,
-                            "--include-crds", values=values)
+            proc = self.run(
+                "template", release, str(CHART), "--namespace", namespace, "--include-crds", values=values
+            )
             if proc.returncode != 0:
                 raise HelmError(proc.stderr.strip())
             self._cache[key] = [d for d in yaml.safe_load_all(proc.stdout) if d]

@@ -58,8 +58,11 @@ def test_dockerfile_runs_as_uid_65532_with_the_operator_as_default_command() -> 
 def test_dockerfile_copies_every_source_package_and_dockerignore_keeps_them() -> None:
     copied = {a.split()[0] for i, a in instructions(DOCKERFILE) if i == "COPY"}
     assert {"pyproject.toml", "taskcreds", "operator", "sidecar"} <= copied
-    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".git", ".venv", "tests"} <= ignored
     assert not ({"taskcreds", "operator", "sidecar", "pyproject.toml", "README.md"} & ignored)
 
@@ -84,10 +87,23 @@ def test_kind_config_is_one_control_plane_one_worker_on_a_pinned_recent_node() -
 
 # --- examples --------------------------------------------------------------------------------
 
-PROVIDER_KEYS = {"jwt": "jwt", "vault": "vault", "github-app": "githubApp",
-                 "kubernetes-token": "kubernetesToken", "secret": "secret"}
-SPEC_KEYS = {"provider", "defaultTTL", "maxTTL", "allowedServiceAccounts", "allowedNamespaces", "files",
-             "delivery", *PROVIDER_KEYS.values()}
+PROVIDER_KEYS = {
+    "jwt": "jwt",
+    "vault": "vault",
+    "github-app": "githubApp",
+    "kubernetes-token": "kubernetesToken",
+    "secret": "secret",
+}
+SPEC_KEYS = {
+    "provider",
+    "defaultTTL",
+    "maxTTL",
+    "allowedServiceAccounts",
+    "allowedNamespaces",
+    "files",
+    "delivery",
+    *PROVIDER_KEYS.values(),
+}
 SETTINGS_KEYS = {
     "jwt": {"audience", "claims"},
     "vault": {"address", "caSecretRef", "auth", "mode", "policies", "path", "fileMap"},
@@ -112,7 +128,9 @@ def test_there_is_an_example_per_provider_plus_spire_and_openbao() -> None:
     assert "openbao.yaml" in {p.name for p in EXAMPLES}
 
 
-@pytest.mark.parametrize(("file", "doc"), sources(), ids=[f"{f}:{d['metadata']['name']}" for f, d in sources()])
+@pytest.mark.parametrize(
+    ("file", "doc"), sources(), ids=[f"{f}:{d['metadata']['name']}" for f, d in sources()]
+)
 def test_credential_source_examples_use_the_agreed_shape(file: str, doc: dict[str, Any]) -> None:
     spec = doc["spec"]
     assert set(spec) <= SPEC_KEYS, set(spec) - SPEC_KEYS
@@ -133,9 +151,12 @@ def test_spiffe_id_template_of_the_example_matches_the_chart_default() -> None:
     for _, doc in example_docs():
         if doc["kind"] == "ClusterSPIFFEID":
             spire = doc["spec"]["spiffeIDTemplate"]
-            assert spire.replace("{{ .TrustDomain }}", "{trust_domain}") \
-                .replace("{{ .PodMeta.Namespace }}", "{namespace}") \
-                .replace("{{ .PodSpec.ServiceAccountName }}", "{serviceaccount}") == chart_template
+            assert (
+                spire.replace("{{ .TrustDomain }}", "{trust_domain}")
+                .replace("{{ .PodMeta.Namespace }}", "{namespace}")
+                .replace("{{ .PodSpec.ServiceAccountName }}", "{serviceaccount}")
+                == chart_template
+            )
 
 
 def test_builtin_kinds_in_examples_are_valid_kubernetes() -> None:
@@ -153,7 +174,9 @@ def _crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
         for crd in yaml.safe_load_all(path.read_text()):
             if crd and crd.get("kind") == "CustomResourceDefinition":
                 for version in crd["spec"]["versions"]:
-                    out[(crd["spec"]["names"]["kind"], version["name"])] = version["schema"]["openAPIV3Schema"]
+                    out[(crd["spec"]["names"]["kind"], version["name"])] = version["schema"][
+                        "openAPIV3Schema"
+                    ]
     return out
 
 

@@ -18,8 +18,10 @@ Grant = tuple[str, str, str, str | None, tuple[str, ...]]
 def granted(docs: list[dict[str, Any]]) -> set[Grant]:
     """Every (verb, group, resource, namespace, names) the chart's roles give the operator's account."""
     account = one(docs, "ServiceAccount")["metadata"]["name"]
-    roles = {(r["kind"], r["metadata"].get("namespace"), r["metadata"]["name"]): r
-             for r in of_kind(docs, "ClusterRole") + of_kind(docs, "Role")}
+    roles = {
+        (r["kind"], r["metadata"].get("namespace"), r["metadata"]["name"]): r
+        for r in of_kind(docs, "ClusterRole") + of_kind(docs, "Role")
+    }
     out: set[Grant] = set()
     for binding in of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding"):
         if {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE} not in binding["subjects"]:
@@ -38,16 +40,22 @@ def granted(docs: list[dict[str, Any]]) -> set[Grant]:
 def expected(docs: list[dict[str, Any]], values: dict[str, Any]) -> set[Grant]:
     """The table, resolved for one values set and its rendered names."""
     cert_manager = values.get("webhook", {}).get("certManager", {}).get("enabled", False)
-    active = {"always",
-              *(["self-managed-certs"] if not cert_manager else []),
-              *(["token-request"] if values.get("rbac", {}).get("tokenRequest", True) else []),
-              *(["peering"] if values.get("operator", {}).get("peering", {}).get("enabled", False) else [])}
-    env = {e["name"]: e.get("value") for e in
-           one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["env"]}
-    symbols = {"webhook-configuration": env["TASKCREDS_WEBHOOK_CONFIGURATION"],
-               "webhook-secret": env["TASKCREDS_WEBHOOK_SECRET"],
-               "jwt-secret": env["TASKCREDS_JWT_SECRET"],
-               "peering": values.get("operator", {}).get("peering", {}).get("name", "taskcreds")}
+    active = {
+        "always",
+        *(["self-managed-certs"] if not cert_manager else []),
+        *(["token-request"] if values.get("rbac", {}).get("tokenRequest", True) else []),
+        *(["peering"] if values.get("operator", {}).get("peering", {}).get("enabled", False) else []),
+    }
+    env = {
+        e["name"]: e.get("value")
+        for e in one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    symbols = {
+        "webhook-configuration": env["TASKCREDS_WEBHOOK_CONFIGURATION"],
+        "webhook-secret": env["TASKCREDS_WEBHOOK_SECRET"],
+        "jwt-secret": env["TASKCREDS_JWT_SECRET"],
+        "peering": values.get("operator", {}).get("peering", {}).get("name", "taskcreds"),
+    }
     secret_namespaces = values.get("rbac", {}).get("secretNamespaces", [])
     out: set[Grant] = set()
     for call in API_CALLS:
@@ -67,8 +75,9 @@ def expected(docs: list[dict[str, Any]], values: dict[str, Any]) -> set[Grant]:
 
 def merge_names(grants: set[Grant]) -> set[Grant]:
     """One rule may list several resourceNames; compare per name."""
-    return {(v, g, r, ns, (n,)) for v, g, r, ns, names in grants for n in names} | \
-        {g for g in grants if not g[4]}
+    return {(v, g, r, ns, (n,)) for v, g, r, ns, names in grants for n in names} | {
+        g for g in grants if not g[4]
+    }
 
 
 @pytest.mark.parametrize("name", list(VALUES_SETS))
@@ -85,7 +94,9 @@ def test_rbac_has_no_wildcards(helm: Helm, name: str) -> None:
     for role in [d for d in helm.template(VALUES_SETS[name]) if d["kind"] in ("ClusterRole", "Role")]:
         for rule in role["rules"]:
             for key in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
-                assert not any("*" in item for item in rule.get(key, [])), f"{role['metadata']['name']}: {rule}"
+                assert not any("*" in item for item in rule.get(key, [])), (
+                    f"{role['metadata']['name']}: {rule}"
+                )
             assert "nonResourceURLs" not in rule
 
 

@@ -12,12 +12,12 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
-from taskcreds import names
 from taskcreds.operator.config import InjectionConfig, load_config
 from taskcreds.operator.settings import OperatorSettings
+
+from taskcreds import names
 from tests.chart.helm import CHART, NAMESPACE, Helm
-from tests.chart.kinds import CRD_KIND_SCHEMAS, exposed_metric_names, of_kind, one
+from tests.chart.kinds import CRD_KIND_SCHEMAS, exposed_metric_names, one
 from tests.chart.values_sets import VALUES_SETS
 
 K8S_VERSIONS = ["1.29", "1.30", "1.31", "1.32", "1.33", "1.34", "1.35"]
@@ -39,6 +39,7 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- lint and schemas ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", SETS)
 def test_helm_lint_strict_passes(helm: Helm, name: str) -> None:
@@ -74,19 +75,30 @@ def test_optional_objects_appear_only_when_turned_on(helm: Helm) -> None:
     def kinds(name: str) -> set[str]:
         return {d["kind"] for d in render(helm, name)}
 
-    assert kinds("default").isdisjoint({"ServiceMonitor", "PodMonitor", "PrometheusRule", "Certificate", "Issuer"})
+    assert kinds("default").isdisjoint(
+        {"ServiceMonitor", "PodMonitor", "PrometheusRule", "Certificate", "Issuer"}
+    )
     assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds("monitoring")
     assert {"Certificate", "Issuer"} <= kinds("cert-manager")
     assert "Issuer" not in kinds("cert-manager-clusterissuer")
     assert "NetworkPolicy" in kinds("default") and "NetworkPolicy" not in kinds("networkpolicy-off")
-    assert not [d for d in render(helm, "tuned") if d["kind"] == "Pod"], "tests.enabled=false keeps the test pod out"
+    assert not [d for d in render(helm, "tuned") if d["kind"] == "Pod"], (
+        "tests.enabled=false keeps the test pod out"
+    )
     dashboards = [d for d in render(helm, "monitoring") if d["metadata"]["name"].endswith("-dashboard")]
-    assert len(dashboards) == 1 and not [d for d in render(helm, "default") if d["metadata"]["name"].endswith("-dashboard")]
+    assert len(dashboards) == 1 and not [
+        d for d in render(helm, "default") if d["metadata"]["name"].endswith("-dashboard")
+    ]
 
 
 @pytest.mark.parametrize("name", SETS)
 def test_namespaced_objects_live_in_the_release_namespace(helm: Helm, name: str) -> None:
-    cluster_kinds = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration", "CustomResourceDefinition"}
+    cluster_kinds = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+        "CustomResourceDefinition",
+    }
     for doc in render(helm, name):
         ns = doc["metadata"].get("namespace")
         if doc["kind"] in cluster_kinds:
@@ -98,6 +110,7 @@ def test_namespaced_objects_live_in_the_release_namespace(helm: Helm, name: str)
 
 
 # --- the webhook ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", SETS)
 def test_webhook_is_fail_closed_and_scoped_to_opted_in_pods(helm: Helm, name: str) -> None:
@@ -111,16 +124,30 @@ def test_webhook_is_fail_closed_and_scoped_to_opted_in_pods(helm: Helm, name: st
     assert hook["reinvocationPolicy"] == "IfNeeded"
     assert hook["matchPolicy"] == "Equivalent"
     assert hook["objectSelector"] == {"matchLabels": {names.LABEL_INJECT: "true"}}
-    assert hook["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                              "resources": ["pods"], "scope": "Namespaced"}]
-    excluded = [e for e in hook["namespaceSelector"]["matchExpressions"]
-                if e["key"] == "kubernetes.io/metadata.name" and e["operator"] == "NotIn"]
+    assert hook["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    excluded = [
+        e
+        for e in hook["namespaceSelector"]["matchExpressions"]
+        if e["key"] == "kubernetes.io/metadata.name" and e["operator"] == "NotIn"
+    ]
     assert len(excluded) == 1 and {NAMESPACE, "kube-system"} <= set(excluded[0]["values"])
     # the API server calls the webhook Service on the port that reaches the operator's webhook port
     service_ref = hook["clientConfig"]["service"]
     service = one(docs, "Service", "-webhook")
-    assert service_ref == {"name": service["metadata"]["name"], "namespace": NAMESPACE, "path": "/mutate",
-                           "port": service["spec"]["ports"][0]["port"]}
+    assert service_ref == {
+        "name": service["metadata"]["name"],
+        "namespace": NAMESPACE,
+        "path": "/mutate",
+        "port": service["spec"]["ports"][0]["port"],
+    }
     assert service["spec"]["ports"][0]["port"] == 443
 
 
@@ -132,8 +159,10 @@ def test_ca_bundle_is_left_to_the_operator_or_to_cert_manager(helm: Helm) -> Non
     docs = render(helm, "cert-manager")
     config = one(docs, "MutatingWebhookConfiguration")
     cert = one(docs, "Certificate")
-    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == \
-        f"{NAMESPACE}/{cert['metadata']['name']}"
+    assert (
+        config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        == f"{NAMESPACE}/{cert['metadata']['name']}"
+    )
     service = one(docs, "Service", "-webhook")["metadata"]["name"]
     assert f"{service}.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
     assert cert["spec"]["issuerRef"]["name"] == one(docs, "Issuer")["metadata"]["name"]
@@ -148,7 +177,11 @@ def test_ca_bundle_is_left_to_the_operator_or_to_cert_manager(helm: Helm) -> Non
     assert env[names.ENV_WEBHOOK_CERT_DIR] == mount["mountPath"] and mount["readOnly"] is True
 
     clusterissuer = one(render(helm, "cert-manager-clusterissuer"), "Certificate")
-    assert clusterissuer["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert clusterissuer["spec"]["issuerRef"] == {
+        "name": "corp-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
 
 
 def test_webhook_excludes_extra_namespaces_and_keeps_extra_selectors(helm: Helm) -> None:
@@ -160,6 +193,7 @@ def test_webhook_excludes_extra_namespaces_and_keeps_extra_selectors(helm: Helm)
 
 
 # --- the operator Deployment ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", SETS)
 def test_operator_runs_locked_down(helm: Helm, name: str) -> None:
@@ -191,7 +225,9 @@ def test_operator_defaults_survive_a_node_drain(helm: Helm) -> None:
     pod = deploy["spec"]["template"]["spec"]
     (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
-    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    assert (
+        term["podAffinityTerm"]["labelSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    )
     pdb = one(docs, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"] == deploy["spec"]["selector"]
@@ -213,8 +249,11 @@ def test_services_reach_the_operator_ports(helm: Helm, name: str) -> None:
     pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
     container = operator_container(docs)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    for suffix, service_port, target in (("-webhook", 443, "webhook"), ("-broker", 8444, "broker"),
-                                         ("-metrics", 8080, "metrics")):
+    for suffix, service_port, target in (
+        ("-webhook", 443, "webhook"),
+        ("-broker", 8444, "broker"),
+        ("-metrics", 8080, "metrics"),
+    ):
         service = one(docs, "Service", suffix)
         (port,) = service["spec"]["ports"]
         assert (port["port"], port["targetPort"]) == (service_port, target)
@@ -249,10 +288,13 @@ def test_operator_environment_is_what_the_operator_reads(helm: Helm, name: str) 
     assert (names.ENV_WEBHOOK_CERT_DIR in env) == cert_manager
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("default", {"csi": {"driver": names.SPIFFE_CSI_DRIVER, "readOnly": True}}),
-    ("hostpath-spiffe", {"hostPath": {"path": "/run/spire/sockets", "type": "Directory"}}),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("default", {"csi": {"driver": names.SPIFFE_CSI_DRIVER, "readOnly": True}}),
+        ("hostpath-spiffe", {"hostPath": {"path": "/run/spire/sockets", "type": "Directory"}}),
+    ],
+)
 def test_spiffe_socket_reaches_the_operator(helm: Helm, name: str, expected: dict[str, Any]) -> None:
     docs = render(helm, name)
     pod = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]
@@ -261,6 +303,7 @@ def test_spiffe_socket_reaches_the_operator(helm: Helm, name: str, expected: dic
 
 
 # --- the injection config ------------------------------------------------------------------------
+
 
 def rendered_config(docs: list[dict[str, Any]], tmp_path: Path) -> tuple[dict[str, Any], InjectionConfig]:
     text = one(docs, "ConfigMap", "-config")["data"]["config.yaml"]
@@ -280,13 +323,16 @@ def test_injection_config_parses_and_points_at_the_broker(helm: Helm, name: str,
         "injection": {"mountPath", "tmpfsSizeLimit", "strict", "defaultTTL", "tokenExpirationSeconds"},
     }
     broker = one(docs, "Service", "-broker")
-    assert config.broker.url == (f"https://{broker['metadata']['name']}.{NAMESPACE}.svc:"
-                                 f"{broker['spec']['ports'][0]['port']}")
+    assert config.broker.url == (
+        f"https://{broker['metadata']['name']}.{NAMESPACE}.svc:{broker['spec']['ports'][0]['port']}"
+    )
     service_account = one(docs, "ServiceAccount")["metadata"]["name"]
     deploy = one(docs, "Deployment", "-operator")
     assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == service_account
-    assert config.broker.spiffe_id == \
-        f"spiffe://{config.spiffe.trust_domain}/ns/{NAMESPACE}/sa/{service_account}"
+    assert (
+        config.broker.spiffe_id
+        == f"spiffe://{config.spiffe.trust_domain}/ns/{NAMESPACE}/sa/{service_account}"
+    )
     # the sidecar runs the same build as the operator
     assert config.sidecar.image == operator_container(docs)["image"]
 
@@ -297,8 +343,12 @@ def test_injection_config_carries_the_values(helm: Helm, tmp_path: Path) -> None
     assert config.sidecar.image == "ghcr.io/taskcreds/taskcreds@sha256:" + "a" * 64
     assert config.broker.spiffe_id.endswith("/sa/creds-operator")
     _, config = rendered_config(render(helm, "hostpath-spiffe"), tmp_path)
-    assert (config.spiffe.socket_source, config.spiffe.host_path, config.spiffe.socket_file,
-            config.spiffe.trust_domain) == ("hostPath", "/run/spire/sockets", "agent.sock", "example.org")
+    assert (
+        config.spiffe.socket_source,
+        config.spiffe.host_path,
+        config.spiffe.socket_file,
+        config.spiffe.trust_domain,
+    ) == ("hostPath", "/run/spire/sockets", "agent.sock", "example.org")
     assert config.broker.spiffe_id.startswith("spiffe://example.org/")
 
 
@@ -312,6 +362,7 @@ def test_config_change_rolls_the_operator(helm: Helm) -> None:
 
 # --- network policy ---------------------------------------------------------------------------
 
+
 def test_network_policy_opens_only_the_three_ports_to_the_right_peers(helm: Helm) -> None:
     docs = render(helm, "default")
     policy = one(docs, "NetworkPolicy")
@@ -321,7 +372,10 @@ def test_network_policy_opens_only_the_three_ports_to_the_right_peers(helm: Helm
     assert set(by_port) == {8443, 8444, 8080}
     assert "from" not in by_port[8443], "the API server's address is not known: webhook open"
     broker_peers = by_port[8444]["from"]
-    assert {"namespaceSelector": {}, "podSelector": {"matchLabels": {names.LABEL_INJECT: "true"}}} in broker_peers
+    assert {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {names.LABEL_INJECT: "true"}},
+    } in broker_peers
     test_pod = next(d for d in docs if d["kind"] == "Pod")
     other = [p for p in broker_peers if "namespaceSelector" not in p]
     assert other and other[0]["podSelector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items()
@@ -335,7 +389,9 @@ def test_network_policy_restricts_egress_and_metrics_when_asked(helm: Helm) -> N
     assert {p["port"] for p in egress[0]["ports"]} == {53}
     assert egress[1]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
     metrics = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 8080)
-    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert metrics["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
 
 
 # --- observability -----------------------------------------------------------------------------
@@ -350,10 +406,12 @@ def test_alerts_use_metrics_the_code_exports(helm: Helm) -> None:
     used = {m for r in alerts.values() for m in _METRIC.findall(r["expr"])}
     assert used and used <= exported, used - exported
     # the alerts the issue asks for, each on the metric that shows it
-    expects = {"TaskcredsWebhookErrors": "taskcreds_admission_requests_total",
-               "TaskcredsRevocationFailures": "taskcreds_revocation_failures_total",
-               "TaskcredsCredentialPastExpiry": "taskcreds_sidecar_credential_expiry_timestamp_seconds",
-               "TaskcredsWebhookCertificateExpiring": "taskcreds_webhook_certificate_expiry_timestamp_seconds"}
+    expects = {
+        "TaskcredsWebhookErrors": "taskcreds_admission_requests_total",
+        "TaskcredsRevocationFailures": "taskcreds_revocation_failures_total",
+        "TaskcredsCredentialPastExpiry": "taskcreds_sidecar_credential_expiry_timestamp_seconds",
+        "TaskcredsWebhookCertificateExpiring": "taskcreds_webhook_certificate_expiry_timestamp_seconds",
+    }
     for alert, metric in expects.items():
         assert metric in alerts[alert]["expr"], alert
     assert "14 * 86400" in alerts["TaskcredsWebhookCertificateExpiring"]["expr"]
@@ -397,6 +455,7 @@ def test_service_monitor_scrapes_the_metrics_service(helm: Helm) -> None:
 
 # --- helm test -----------------------------------------------------------------------------------
 
+
 def test_helm_test_pod_checks_both_services_over_tls(helm: Helm) -> None:
     docs = render(helm, "default")
     pod = next(d for d in docs if d["kind"] == "Pod")
@@ -419,7 +478,13 @@ def test_notes_tell_how_to_opt_in_and_check(helm: Helm) -> None:
     proc = helm.run("install", "taskcreds", str(CHART), "--namespace", NAMESPACE, "--dry-run=client")
     assert proc.returncode == 0, proc.stderr
     notes = proc.stdout.split("NOTES:", 1)[1]
-    for needle in ("helm test taskcreds", f"{names.LABEL_INJECT}: \"true\"", names.ANNOTATION_TASK,
-                   names.ANNOTATION_CREDENTIALS, f"{names.ANNOTATION_TASK_STATUS}=completed",
-                   "svc/taskcreds-metrics", "kubectl get taskleases"):
+    for needle in (
+        "helm test taskcreds",
+        f'{names.LABEL_INJECT}: "true"',
+        names.ANNOTATION_TASK,
+        names.ANNOTATION_CREDENTIALS,
+        f"{names.ANNOTATION_TASK_STATUS}=completed",
+        "svc/taskcreds-metrics",
+        "kubectl get taskleases",
+    ):
         assert needle in notes, needle

@@ -20,36 +20,62 @@ DEFAULTS = yaml.safe_load(VALUES_TEXT)
 REJECTED: list[tuple[str, dict[str, Any], list[str]]] = [
     ("unknown top-level key", {"replicas": 3}, ["additional properties 'replicas' not allowed"]),
     ("typo in a nested key", {"operator": {"replicaz": 3}}, ["/operator", "'replicaz'"]),
-    ("typo deep inside", {"webhook": {"certManager": {"enable": True}}}, ["/webhook/certManager", "'enable'"]),
+    (
+        "typo deep inside",
+        {"webhook": {"certManager": {"enable": True}}},
+        ["/webhook/certManager", "'enable'"],
+    ),
     ("wrong type", {"operator": {"replicas": "two"}}, ["/operator/replicas", "integer"]),
     ("zero replicas", {"operator": {"replicas": 0}}, ["/operator/replicas", "minimum"]),
     ("webhook timeout above 5", {"webhook": {"timeoutSeconds": 10}}, ["/webhook/timeoutSeconds", "maximum"]),
     ("failurePolicy misspelled", {"webhook": {"failurePolicy": "fail"}}, ["/webhook/failurePolicy", "Fail"]),
     ("unknown socket source", {"spiffe": {"socketSource": "host"}}, ["/spiffe/socketSource", "csi"]),
     ("relative hostPath", {"spiffe": {"hostPath": "run/spire"}}, ["/spiffe/hostPath"]),
-    ("SPIFFE ID template without namespace", {"spiffe": {"idTemplate": "spiffe://x/sa/{serviceaccount}"}},
-     ["/spiffe/idTemplate"]),
+    (
+        "SPIFFE ID template without namespace",
+        {"spiffe": {"idTemplate": "spiffe://x/sa/{serviceaccount}"}},
+        ["/spiffe/idTemplate"],
+    ),
     ("TTL not a Go duration", {"injection": {"defaultTTL": "15 minutes"}}, ["/injection/defaultTTL"]),
-    ("token shorter than Kubernetes allows", {"injection": {"tokenExpirationSeconds": 60}},
-     ["/injection/tokenExpirationSeconds", "minimum"]),
+    (
+        "token shorter than Kubernetes allows",
+        {"injection": {"tokenExpirationSeconds": 60}},
+        ["/injection/tokenExpirationSeconds", "minimum"],
+    ),
     ("digest that is a tag", {"image": {"digest": "latest"}}, ["/image/digest"]),
     ("pull policy", {"image": {"pullPolicy": "Sometimes"}}, ["/image/pullPolicy"]),
-    ("secretNamespaces as a string", {"rbac": {"secretNamespaces": "agents"}}, ["/rbac/secretNamespaces", "array"]),
+    (
+        "secretNamespaces as a string",
+        {"rbac": {"secretNamespaces": "agents"}},
+        ["/rbac/secretNamespaces", "array"],
+    ),
     ("invalid namespace name", {"rbac": {"secretNamespaces": ["Team_A"]}}, ["/rbac/secretNamespaces/0"]),
     ("boolean as a string", {"networkPolicy": {"enabled": "yes"}}, ["/networkPolicy/enabled", "boolean"]),
-    ("error ratio above 1", {"metrics": {"prometheusRule": {"webhookErrorRatio": 2}}},
-     ["/metrics/prometheusRule/webhookErrorRatio"]),
-    ("issuerRef without kind", {"webhook": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}},
-     ["/webhook/certManager/issuerRef", "kind"]),
-    ("unknown resource name", {"operator": {"resources": {"limits": {"cpus": "1"}}}},
-     ["/operator/resources/limits", "'cpus'"]),
+    (
+        "error ratio above 1",
+        {"metrics": {"prometheusRule": {"webhookErrorRatio": 2}}},
+        ["/metrics/prometheusRule/webhookErrorRatio"],
+    ),
+    (
+        "issuerRef without kind",
+        {"webhook": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}},
+        ["/webhook/certManager/issuerRef", "kind"],
+    ),
+    (
+        "unknown resource name",
+        {"operator": {"resources": {"limits": {"cpus": "1"}}}},
+        ["/operator/resources/limits", "'cpus'"],
+    ),
     ("probe port out of range", {"sidecar": {"probePort": 70000}}, ["/sidecar/probePort", "maximum"]),
 ]
 
 
-@pytest.mark.parametrize(("values", "needles"), [(v, n) for _, v, n in REJECTED], ids=[c for c, _, _ in REJECTED])
-def test_schema_rejects_with_a_message_naming_the_key(helm: Helm, values: dict[str, Any],
-                                                      needles: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("values", "needles"), [(v, n) for _, v, n in REJECTED], ids=[c for c, _, _ in REJECTED]
+)
+def test_schema_rejects_with_a_message_naming_the_key(
+    helm: Helm, values: dict[str, Any], needles: list[str]
+) -> None:
     with pytest.raises(HelmError) as info:
         helm.template(values)
     message = str(info.value)
@@ -94,15 +120,27 @@ def test_every_schema_key_has_a_default_in_values_yaml() -> None:
 
 def test_every_object_in_the_schema_is_closed() -> None:
     """additionalProperties false everywhere, except maps of labels and Kubernetes pass-through types."""
-    open_ok = {"global", "commonLabels", "annotations", "podAnnotations", "podLabels", "nodeSelector", "labels",
-               "affinity"}
+    open_ok = {
+        "global",
+        "commonLabels",
+        "annotations",
+        "podAnnotations",
+        "podLabels",
+        "nodeSelector",
+        "labels",
+        "affinity",
+    }
 
     def walk(node: Any, key: str) -> None:
         if isinstance(node, dict):
             if node.get("type") == "object" and "properties" in node:
                 assert node.get("additionalProperties") is False, key
-            elif node.get("type") == "object" and key not in open_ok and "additionalProperties" not in node \
-                    and key not in ("items",):
+            elif (
+                node.get("type") == "object"
+                and key not in open_ok
+                and "additionalProperties" not in node
+                and key not in ("items",)
+            ):
                 pytest.fail(f"{key}: an object without properties must be a known pass-through")
             for k, v in node.items():
                 walk(v, k if k not in ("properties", "$defs") else key)

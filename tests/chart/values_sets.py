@@ -7,32 +7,73 @@ from typing import Any
 VALUES_SETS: dict[str, dict[str, Any]] = {
     "default": {},
     "cert-manager": {"webhook": {"certManager": {"enabled": True}}},
-    "cert-manager-clusterissuer": {"webhook": {"certManager": {
-        "enabled": True, "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}}}},
-    "monitoring": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
-                               "podMonitor": {"enabled": True},
-                               "prometheusRule": {"enabled": True},
-                               "dashboard": {"enabled": True, "annotations": {"grafana_folder": "taskcreds"}}}},
-    "hostpath-spiffe": {"spiffe": {"socketSource": "hostPath", "hostPath": "/run/spire/sockets",
-                                   "socketFile": "agent.sock", "trustDomain": "example.org"}},
+    "cert-manager-clusterissuer": {
+        "webhook": {
+            "certManager": {
+                "enabled": True,
+                "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"},
+            }
+        }
+    },
+    "monitoring": {
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+            "podMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+            "dashboard": {"enabled": True, "annotations": {"grafana_folder": "taskcreds"}},
+        }
+    },
+    "hostpath-spiffe": {
+        "spiffe": {
+            "socketSource": "hostPath",
+            "hostPath": "/run/spire/sockets",
+            "socketFile": "agent.sock",
+            "trustDomain": "example.org",
+        }
+    },
     "networkpolicy-off": {"networkPolicy": {"enabled": False}},
-    "egress-restricted": {"networkPolicy": {"egress": {"restrict": True, "to": [
-        {"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}], "ports": [{"port": 6443, "protocol": "TCP"}]}]},
-        "metrics": {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}}},
+    "egress-restricted": {
+        "networkPolicy": {
+            "egress": {
+                "restrict": True,
+                "to": [
+                    {
+                        "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
+                        "ports": [{"port": 6443, "protocol": "TCP"}],
+                    }
+                ],
+            },
+            "metrics": {
+                "from": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+                ]
+            },
+        }
+    },
     "secret-namespaces": {"rbac": {"secretNamespaces": ["agents", "team-b"]}},
     "no-token-request": {"rbac": {"tokenRequest": False}},
     "peering": {"operator": {"peering": {"enabled": True}}},
-    "tuned": {"image": {"digest": "sha256:" + "a" * 64}, "fullnameOverride": "tc",
-              "operator": {"replicas": 3, "priorityClassName": "system-cluster-critical",
-                           "podDisruptionBudget": {"minAvailable": 2},
-                           "extraEnv": [{"name": "EXTRA", "value": "1"}],
-                           "serviceAccount": {"name": "creds-operator", "annotations": {"a": "b"}},
-                           "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
-                           "nodeSelector": {"kubernetes.io/os": "linux"}},
-              "imagePullSecrets": ["regcred"],
-              "webhook": {"timeoutSeconds": 5, "excludeNamespaces": ["kube-system", "kube-public"],
-                          "namespaceSelectorExpressions": [
-                              {"key": "taskcreds.io/agents", "operator": "In", "values": ["enabled"]}]},
-              "injection": {"strict": True, "defaultTTL": "5m"},
-              "tests": {"enabled": False}},
+    "tuned": {
+        "image": {"digest": "sha256:" + "a" * 64},
+        "fullnameOverride": "tc",
+        "operator": {
+            "replicas": 3,
+            "priorityClassName": "system-cluster-critical",
+            "podDisruptionBudget": {"minAvailable": 2},
+            "extraEnv": [{"name": "EXTRA", "value": "1"}],
+            "serviceAccount": {"name": "creds-operator", "annotations": {"a": "b"}},
+            "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+        },
+        "imagePullSecrets": ["regcred"],
+        "webhook": {
+            "timeoutSeconds": 5,
+            "excludeNamespaces": ["kube-system", "kube-public"],
+            "namespaceSelectorExpressions": [
+                {"key": "taskcreds.io/agents", "operator": "In", "values": ["enabled"]}
+            ],
+        },
+        "injection": {"strict": True, "defaultTTL": "5m"},
+        "tests": {"enabled": False},
+    },
 }

@@ -39,15 +39,19 @@ def kube() -> Any:
     try:
         config.load_kube_config(config_file=kubeconfig)
     except Exception as exc:  # no file, no context: there is no cluster to talk to
-        pytest.skip(f"no Kubernetes cluster: set KUBECONFIG to a reachable cluster "
-                    f"(scripts/kind-e2e.sh makes one); loading {kubeconfig or '~/.kube/config'} failed: "
-                    f"{type(exc).__name__}")
+        pytest.skip(
+            f"no Kubernetes cluster: set KUBECONFIG to a reachable cluster "
+            f"(scripts/kind-e2e.sh makes one); loading {kubeconfig or '~/.kube/config'} failed: "
+            f"{type(exc).__name__}"
+        )
     api = client.ApiClient()
     try:
         client.VersionApi(api).get_code(_request_timeout=5)
     except Exception as exc:
-        pytest.skip(f"no Kubernetes cluster reachable through KUBECONFIG={kubeconfig or '~/.kube/config'}: "
-                    f"{type(exc).__name__}")
+        pytest.skip(
+            f"no Kubernetes cluster reachable through KUBECONFIG={kubeconfig or '~/.kube/config'}: "
+            f"{type(exc).__name__}"
+        )
     return client
 
 
@@ -62,12 +66,29 @@ def release(kube: Any) -> dict[str, str]:
     if os.environ.get("TASKCREDS_E2E_INSTALLED") == "1":  # scripts/kind-e2e.sh installed it already
         return {"release": RELEASE, "namespace": NAMESPACE}
     image = os.environ.get("TASKCREDS_E2E_IMAGE", "")
-    args = [_helm(), "upgrade", "--install", RELEASE, str(CHART), "--namespace", NAMESPACE,
-            "--create-namespace", "--wait", "--timeout", "5m"]
+    args = [
+        _helm(),
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "5m",
+    ]
     if image:
         repo, _, tag = image.rpartition(":")
-        args += ["--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
-                 "--set", "image.pullPolicy=IfNotPresent"]
+        args += [
+            "--set",
+            f"image.repository={repo}",
+            "--set",
+            f"image.tag={tag}",
+            "--set",
+            "image.pullPolicy=IfNotPresent",
+        ]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=360)
     assert proc.returncode == 0, f"helm install failed:\n{proc.stderr}"
     return {"release": RELEASE, "namespace": NAMESPACE}
@@ -82,11 +103,23 @@ def agent_namespace(kube: Any, release: dict[str, str]) -> Iterator[str]:
     try:
         core.create_namespaced_service_account(name, {"metadata": {"name": "coding-agent"}})
         kube.CustomObjectsApi().create_namespaced_custom_object(
-            "taskcreds.io", "v1alpha1", name, "credentialsources",
-            {"apiVersion": "taskcreds.io/v1alpha1", "kind": "CredentialSource",
-             "metadata": {"name": "api-token"},
-             "spec": {"provider": "jwt", "defaultTTL": "15m", "maxTTL": "1h",
-                      "allowedServiceAccounts": ["coding-agent"], "jwt": {"audience": ["e2e"]}}})
+            "taskcreds.io",
+            "v1alpha1",
+            name,
+            "credentialsources",
+            {
+                "apiVersion": "taskcreds.io/v1alpha1",
+                "kind": "CredentialSource",
+                "metadata": {"name": "api-token"},
+                "spec": {
+                    "provider": "jwt",
+                    "defaultTTL": "15m",
+                    "maxTTL": "1h",
+                    "allowedServiceAccounts": ["coding-agent"],
+                    "jwt": {"audience": ["e2e"]},
+                },
+            },
+        )
         yield name
     finally:
         core.delete_namespace(name)

@@ -17,8 +17,12 @@ def agent_pod(name: str, *, opted_in: bool, task: str = "e2e-task") -> dict[str,
     if opted_in:
         metadata["labels"] = {names.LABEL_INJECT: "true"}
         metadata["annotations"] = {names.ANNOTATION_TASK: task, names.ANNOTATION_CREDENTIALS: "api-token"}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
-            "spec": {"serviceAccountName": "coding-agent", "containers": [{"name": "agent", "image": PAUSE}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": {"serviceAccountName": "coding-agent", "containers": [{"name": "agent", "image": PAUSE}]},
+    }
 
 
 def eventually(check: Any, timeout: float = 60.0, interval: float = 1.0) -> Any:
@@ -70,8 +74,9 @@ def test_pod_without_the_label_is_untouched(kube: Any, agent_namespace: str) -> 
 def test_malformed_opted_in_pod_is_denied_with_the_key_named(kube: Any, agent_namespace: str) -> None:
     core = kube.CoreV1Api()
     with pytest.raises(kube.ApiException) as info:
-        core.create_namespaced_pod(agent_namespace, agent_pod("bad", opted_in=True, task="-not a task id"),
-                                   dry_run="All")
+        core.create_namespaced_pod(
+            agent_namespace, agent_pod("bad", opted_in=True, task="-not a task id"), dry_run="All"
+        )
     assert names.ANNOTATION_TASK in info.value.body
 
 
