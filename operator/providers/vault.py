@@ -320,6 +320,7 @@ class VaultProvider:
         self._sessions: dict[tuple[Any, ...], _Session] = {}
         self._locks: dict[tuple[Any, ...], asyncio.Lock] = {}
         self._held: dict[str, _Held] = {}
+        self._retired: list[_Session] = []
 
     # -- Provider -------------------------------------------------------------------------------
 
@@ -432,9 +433,10 @@ class VaultProvider:
 
     async def aclose(self) -> None:
         """Forget sessions and held values; remove temporary CA files."""
-        for session in self._sessions.values():
+        for session in [*self._sessions.values(), *self._retired]:
             _close_session(session)
         self._sessions.clear()
+        self._retired.clear()
         self._held.clear()
 
     # -- modes ----------------------------------------------------------------------------------
@@ -617,7 +619,8 @@ class VaultProvider:
     def _drop(self, key: tuple[Any, ...], session: _Session) -> None:
         if self._sessions.get(key) is session:
             del self._sessions[key]
-            _close_session(session)
+            # other calls may still be using it in their threads: close it at aclose(), not now
+            self._retired.append(session)
 
     async def _session(
         self, settings: VaultSettings, source_namespace: str | None, key: tuple[Any, ...]

@@ -7,13 +7,20 @@ is registered with ``openbao.on_start`` so the server comes back the same after 
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
 import logging
+import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import hvac
 import hvac.exceptions
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from taskcreds.operator.certificates import make_ca
 from taskcreds.operator.providers.base import IssueRequest, Provider, ProviderError
 from taskcreds.operator.providers.vault import VaultProvider, parse_settings
 
@@ -373,6 +380,106 @@ async def test_errors_name_what_was_wrong(
         assert word in message
     for value in (OPERATOR_TOKEN, SECRET_ID):
         assert value not in message
+
+
+class TokenReviewer:
+    """The one Kubernetes API call OpenBao's kubernetes auth makes: a TokenReview, on loopback."""
+
+    def __init__(self, tokens: dict[str, str]) -> None:
+        self.tokens = tokens  # token -> "system:serviceaccount:<ns>:<name>"
+        self.reviews = 0
+        reviewer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                reviewer.reviews += 1
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                user = reviewer.tokens.get(body.get("spec", {}).get("token", ""))
+                status: dict[str, Any] = {"authenticated": False, "error": "invalid bearer token"}
+                if user and self.path == "/apis/authentication.k8s.io/v1/tokenreviews":
+                    status = {
+                        "authenticated": True,
+                        "audiences": [],
+                        "user": {"username": user, "uid": "sa-uid-1", "groups": ["system:serviceaccounts"]},
+                    }
+                answer = json.dumps({**body, "status": status}).encode()
+                self.send_response(201)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def service_account_jwt(namespace: str, name: str) -> str:
+    """A token shaped like a legacy service-account token (OpenBao reads its claims, the review decides)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode(
+        {
+            "iss": "kubernetes/serviceaccount",
+            "sub": f"system:serviceaccount:{namespace}:{name}",
+            "kubernetes.io/serviceaccount/namespace": namespace,
+            "kubernetes.io/serviceaccount/service-account.name": name,
+            "kubernetes.io/serviceaccount/service-account.uid": "sa-uid-1",
+        },
+        key,
+        algorithm="RS256",
+    )
+
+
+async def test_kubernetes_auth_logs_in_with_the_operator_s_service_account_token(
+    bao: OpenBao, cluster: SecretsCluster, tmp_path: Any
+) -> None:
+    sa_token = service_account_jwt(OPERATOR_NS, "taskcreds-operator")
+    reviewer = TokenReviewer({sa_token: f"system:serviceaccount:{OPERATOR_NS}:taskcreds-operator"})
+    try:
+
+        def configure(b: OpenBao) -> None:
+            root = b.client()
+            root.sys.enable_auth_method("kubernetes")
+            ca_pem, _ = make_ca("test kubernetes CA", datetime.now(UTC))  # required; unused over http
+            root.auth.kubernetes.configure(
+                kubernetes_host=reviewer.url, disable_local_ca_jwt=True, kubernetes_ca_cert=ca_pem.decode()
+            )
+            root.auth.kubernetes.create_role(
+                "taskcreds",
+                bound_service_account_names=["taskcreds-operator"],
+                bound_service_account_namespaces=[OPERATOR_NS],
+                policies=["taskcreds-operator", "repo-read"],
+            )
+
+        bao.on_start(configure)
+        (tmp_path / "token").write_text(sa_token + "\n")
+        p = VaultProvider(cluster, sa_token_path=str(tmp_path / "token"))
+        src = spec(bao, auth={"method": "kubernetes", "kubernetes": {"role": "taskcreds"}})
+        issued = await p.issue(request(src))
+        assert reviewer.reviews == 1
+        assert not refused(bao, issued.files["token"])
+        await p.revoke(issued.lease_ref, src, NS)
+
+        # a token the API server does not know: the TokenReview says no; not retryable, names the role
+        (tmp_path / "token").write_text(service_account_jwt(OPERATOR_NS, "taskcreds-operator"))
+        other = VaultProvider(cluster, sa_token_path=str(tmp_path / "token"))
+        with pytest.raises(
+            ProviderError, match="could not authenticate.*Kubernetes login.*'taskcreds'"
+        ) as caught:
+            await other.issue(request(src))
+        assert not caught.value.retryable
+        for provider_ in (p, other):
+            await provider_.aclose()
+    finally:
+        reviewer.close()
 
 
 async def test_kubernetes_auth_without_a_service_account_token_says_where_it_looked(
