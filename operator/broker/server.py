@@ -573,7 +573,7 @@ def make_broker_app(
         providers=providers,
         settings=settings,
         metrics=metrics,
-        hub=hub or TaskStatusHub(now=now),
+        hub=hub if hub is not None else TaskStatusHub(now=now),
         trust_domain=trust_domain,
         now=now,
     )
@@ -635,9 +635,9 @@ class BrokerServer:
         listening.sni_callback = self._sni  # swaps in the current SVID's context per handshake
         svid = self._svid_source()
         load_svid(listening, svid)
-        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=listening, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, host, port, ssl_context=listening)
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.host, self.port = host, sockets[0].getsockname()[1]
