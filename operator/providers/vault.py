@@ -9,8 +9,9 @@ Two modes (``spec.vault.mode``):
   policy, ``update`` on ``auth/token/create-orphan`` and ``auth/token/renew-accessor`` /
   ``revoke-accessor``, and the requested policies must be ones its token may hand out.
 - ``dynamic`` — read ``path`` (``database/creds/<role>``, ...): a Vault lease whose data becomes the
-  files through ``fileMap``. The lease reference is the lease id. The lifetime is the secrets
-  engine role's (``default_ttl``); the revoke at task end is what bounds it.
+  files through ``fileMap``. The lease reference is the lease id. A lease longer than the requested
+  TTL (the role's ``default_ttl``) is shortened to it right away with a renewal of that increment;
+  ``expiresAt`` is always the lease's real expiry.
 
 Renewing extends the same lease and repeats the current value, which the operator keeps **in
 memory only** (a Vault renewal does not return it). When the value is not held (operator restart)
@@ -523,13 +524,29 @@ class VaultProvider:
                 )
             value = data[key]
             files[file_name] = value if isinstance(value, str) else str(value)
+        duration = int(response.get("lease_duration") or 0)
+        renewable = bool(response.get("renewable"))
+        if renewable and duration > request.ttl_seconds:
+            # the role's default_ttl is longer than asked: a renewal with a smaller increment shortens it
+            try:
+                shorter = await self._extend(
+                    settings, request.source_namespace, str(lease_id), request.ttl_seconds
+                )
+            except ProviderError as exc:
+                shorter = None
+                log.warning(
+                    "vault: could not shorten the lease to the requested TTL; keeping the role's",
+                    extra=fields(provider=PROVIDER, lease_ref=str(lease_id), error=str(exc)),
+                )
+            if shorter:
+                duration = shorter
         now = _now()
         return Issued(
             files=files,
             lease_ref=str(lease_id),
             issued_at=now,
-            expires_at=now + timedelta(seconds=int(response.get("lease_duration") or 0)),
-            renewable=bool(response.get("renewable")),
+            expires_at=now + timedelta(seconds=duration),
+            renewable=renewable,
         )
 
     async def _extend(

@@ -581,6 +581,17 @@ async def test_dynamic_database_user_logs_in_until_revoked(
     await provider.revoke(issued.lease_ref, src, NS)  # idempotent: already revoked
 
 
+async def test_dynamic_lease_is_shortened_to_the_requested_ttl(
+    bao: OpenBao, database: Postgres, provider: VaultProvider
+) -> None:
+    src = dynamic_spec(bao)
+    issued = await provider.issue(request(src, ttl=20))  # the role's default_ttl is 60s
+    lease = bao.client().sys.read_lease(issued.lease_ref)["data"]
+    assert 15 <= lease["ttl"] <= 20
+    assert 15 <= (issued.expires_at - issued.issued_at).total_seconds() <= 20
+    await provider.revoke(issued.lease_ref, src, NS)
+
+
 async def test_dynamic_file_map_names_the_files_and_a_missing_key_is_named(
     bao: OpenBao, database: Postgres, provider: VaultProvider
 ) -> None:
