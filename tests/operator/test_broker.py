@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the harness fixture is imported by name)
 """The broker over real SPIFFE mTLS on loopback: who may get what, and what they see."""
 
 from __future__ import annotations
