@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import copy
+import functools
 import secrets
 import socket
 import ssl
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -33,6 +36,18 @@ from tests.kube.store import Store
 from tests.kube.tokens import IssuedToken, TokenAuthority
 
 __all__ = ["KubeApi", "kube_api", "kube_api_tls"]
+
+T = TypeVar("T")
+
+
+def _on_server_loop(fn: Callable[..., T]) -> Callable[..., T]:
+    """Direct store access runs on the server's loop, so it never races the HTTP side."""
+
+    @functools.wraps(fn)
+    def wrapper(self: KubeApi, *args: Any, **kwargs: Any) -> T:
+        return self.call(lambda: fn(self, *args, **kwargs))
+
+    return wrapper
 
 
 class KubeApi:
@@ -51,6 +66,10 @@ class KubeApi:
         self._runner: web.AppRunner | None = None
         self._clients: list[Any] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_id: int | None = None
+        self._temp_files: list[str] = []
 
     def _now(self) -> float:
         return time.time() + self.clock_offset
@@ -60,9 +79,35 @@ class KubeApi:
         self.clock_offset += seconds
 
     # --- lifecycle ------------------------------------------------------------------------
+    # The server runs on its own event loop in its own thread: a test (or kopf, whose exit
+    # cancels every task it did not start, or a blocking sync client) can never stall or
+    # cancel it. Direct store access is marshalled onto that loop.
 
-    async def start(self) -> KubeApi:
-        self._runner = web.AppRunner(self.server.app, handle_signals=False, shutdown_timeout=1.0)
+    def start_sync(self) -> KubeApi:
+        """Start the server thread; returns once it listens."""
+        ready: concurrent.futures.Future[str] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._serve, args=(ready,), name="kube-standin", daemon=True)
+        self._thread.start()
+        self.url = ready.result(timeout=10)
+        return self
+
+    def _serve(self, ready: concurrent.futures.Future[str]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread_id = threading.get_ident()
+        try:
+            ready.set_result(loop.run_until_complete(self._start_server()))
+        except BaseException as e:  # noqa: BLE001 - handed to the starting thread
+            ready.set_exception(e)
+            loop.close()
+            return
+        loop.run_forever()
+        loop.run_until_complete(self._stop_server())
+        loop.close()
+
+    async def _start_server(self) -> str:
+        self._runner = web.AppRunner(self.server.app, handle_signals=False, shutdown_timeout=1.0,
+                                     handler_cancellation=True)
         await self._runner.setup()
         ssl_ctx: ssl.SSLContext | None = None
         if self.ca is not None:
@@ -73,14 +118,9 @@ class KubeApi:
         sock.bind(("127.0.0.1", 0))
         site = web.SockSite(self._runner, sock, ssl_context=ssl_ctx)
         await site.start()
-        port = sock.getsockname()[1]
-        self.url = f"{'https' if ssl_ctx else 'http'}://127.0.0.1:{port}"
-        return self
+        return f"{'https' if ssl_ctx else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
 
-    async def stop(self) -> None:
-        for client in self._clients:
-            await client.close()
-        self._clients.clear()
+    async def _stop_server(self) -> None:
         for w in list(self.store.watchers):
             w.queue.put_nowait(None)
         if self._runner is not None:
@@ -90,13 +130,58 @@ class KubeApi:
             self._tmp.cleanup()
             self._tmp = None
 
+    def stop_sync(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        self._loop = self._thread = None
+        for f in self._temp_files:
+            Path(f).unlink(missing_ok=True)
+
+    async def start(self) -> KubeApi:
+        return await asyncio.to_thread(self.start_sync)
+
+    async def stop(self) -> None:
+        for c in self._clients:
+            await c.close()
+        self._clients.clear()
+        await asyncio.to_thread(self.stop_sync)
+
     async def __aenter__(self) -> KubeApi:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def __enter__(self) -> KubeApi:
+        return self.start_sync()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_sync()
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the server's loop (where the store lives) and return its result."""
+        if self._loop is None or threading.get_ident() == self._thread_id:
+            return fn(*args)
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                fut.set_exception(e)
+
+        self._loop.call_soon_threadsafe(run)
+        return fut.result(timeout=10)
+
     # --- clients --------------------------------------------------------------------------
+
+    def _ca_temp_file(self) -> str:
+        assert self.ca is not None
+        with tempfile.NamedTemporaryFile("wb", suffix=".crt", delete=False) as f:
+            f.write(self.ca.cert_pem)
+        self._temp_files.append(f.name)
+        return f.name
 
     def kubeconfig(self, path: str | Path) -> str:
         """Write a kubeconfig (token auth, admin) pointing at the stand-in; returns its path."""
@@ -132,9 +217,7 @@ class KubeApi:
         cfg.api_key = {"BearerToken": self.admin_token}
         cfg.api_key_prefix = {"BearerToken": "Bearer"}
         if self.ca is not None:
-            with tempfile.NamedTemporaryFile("wb", suffix=".crt", delete=False) as f:
-                f.write(self.ca.cert_pem)
-            cfg.ssl_ca_cert = f.name
+            cfg.ssl_ca_cert = self._ca_temp_file()
         api = client.ApiClient(cfg)
         self._clients.append(api)
         return api
@@ -146,9 +229,7 @@ class KubeApi:
         cfg = client.Configuration(host=self.url)
         cfg.api_key = {"authorization": f"Bearer {self.admin_token}"}
         if self.ca is not None:
-            with tempfile.NamedTemporaryFile("wb", suffix=".crt", delete=False) as f:
-                f.write(self.ca.cert_pem)
-            cfg.ssl_ca_cert = f.name
+            cfg.ssl_ca_cert = self._ca_temp_file()
         return cfg
 
     def kopf_connection_info(self) -> Any:
@@ -160,6 +241,7 @@ class KubeApi:
 
     # --- direct store access (bypasses admission and the HTTP layer) ----------------------
 
+    @_on_server_loop
     def put(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create or replace an object as given (namespaces are made as needed); returns the stored object."""
         rt = self.store.type_for_kind(obj["apiVersion"], obj["kind"])
@@ -182,18 +264,22 @@ class KubeApi:
             new["status"] = copy.deepcopy(obj["status"])
         return self.store.update(rt, ns, meta["name"], new)
 
+    @_on_server_loop
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         rt = self.store.type_for_kind(api_version, kind)
         return self.store.peek(rt, namespace, name)
 
+    @_on_server_loop
     def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
         return self.store.list(self.store.type_for_kind(api_version, kind), namespace)
 
+    @_on_server_loop
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
         """Delete as the API would (finalizers hold it); True when the object is gone."""
         rt = self.store.type_for_kind(api_version, kind)
         return self.store.delete(rt, namespace, name)[1]
 
+    @_on_server_loop
     def set_pod_phase(self, namespace: str, name: str, phase: str, **status: Any) -> dict[str, Any]:
         """What the kubelet does: write ``status.phase`` (and any extra status fields)."""
         rt = self.store.type_for("", "v1", "pods")
@@ -202,6 +288,7 @@ class KubeApi:
         _, new = self.store.prepare_update(rt, namespace, name, {**pod, "status": new_status}, "status")
         return self.store.update(rt, namespace, name, new)
 
+    @_on_server_loop
     def ensure_namespace(self, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
         rt = self.store.type_for("", "v1", "namespaces")
         existing = self.store.peek(rt, None, name)
@@ -209,6 +296,7 @@ class KubeApi:
             return existing
         return self.store.create(rt, None, {"metadata": {"name": name, "labels": dict(labels or {})}})
 
+    @_on_server_loop
     def register_crd(self, crd: dict[str, Any]) -> None:
         """Serve the kinds of an apiextensions.k8s.io/v1 CRD manifest (and store the CRD)."""
         rt = self.store.type_for("apiextensions.k8s.io", "v1", "customresourcedefinitions")
@@ -227,6 +315,7 @@ class KubeApi:
                     n += 1
         return n
 
+    @_on_server_loop
     def issue_pod_token(self, namespace: str, pod_name: str, service_account: str | None = None,
                         audiences: list[str] | tuple[str, ...] = ("taskcreds",),
                         expiration_seconds: int = 3600) -> str:
@@ -240,38 +329,55 @@ class KubeApi:
                                      pod=(pod_name, pod["metadata"]["uid"]))
         return token
 
+    @_on_server_loop
+    def issue_token(self, namespace: str, service_account: str, audiences: list[str] | tuple[str, ...],
+                    expiration_seconds: int = 3600) -> str:
+        """A service-account token not bound to any object (what a TokenRequest without boundObjectRef gives)."""
+        sa = self.store.get(self.store.type_for("", "v1", "serviceaccounts"), namespace, service_account)
+        return self.tokens.issue(namespace=namespace, service_account=service_account,
+                                 service_account_uid=sa["metadata"]["uid"], audiences=list(audiences),
+                                 expiration_seconds=expiration_seconds)[0]
+
+    def set_service_endpoint(self, namespace: str, service: str, host_port: str) -> None:
+        """Where a webhook's ``clientConfig.service`` reaches (TLS name stays ``<service>.<namespace>.svc``)."""
+        self.call(self.admission.service_endpoints.__setitem__, (namespace, service), host_port)
+
     # --- what happened --------------------------------------------------------------------
 
     @property
     def events(self) -> list[dict[str, Any]]:
         """Every Event created (core/v1 and events.k8s.io/v1), oldest first."""
-        return self.store.created_events
+        return self.call(lambda: list(self.store.created_events))
 
     @property
     def requests(self) -> list[tuple[str, str]]:
         """(method, path) of every HTTP request, oldest first."""
-        return self.server.state.requests
+        return self.call(lambda: list(self.server.state.requests))
 
     @property
     def api_calls(self) -> list[ApiCall]:
         """Every resource request in RBAC terms (verb, group, resource[/subresource], namespace, name, user)."""
-        return self.server.state.api_calls
+        return self.call(lambda: list(self.server.state.api_calls))
 
     @property
     def webhook_calls(self) -> list[WebhookCall]:
-        return self.admission.calls
+        return self.call(lambda: list(self.admission.calls))
 
     @property
     def issued_tokens(self) -> list[IssuedToken]:
-        return self.tokens.issued
+        return self.call(lambda: list(self.tokens.issued))
 
     def set_down(self, down: bool) -> None:
         """True: every request answers 503 and open watch streams are cut; False: back to normal."""
-        self.server.set_down(down)
+        self.call(self.server.set_down, down)
 
     def set_latency(self, seconds: float) -> None:
         """Delay every request by ``seconds`` before it is served."""
         self.server.state.latency = seconds
+
+    def watch_count(self) -> int:
+        """How many watch streams are open right now."""
+        return self.call(lambda: len(self.store.watchers))
 
     @property
     def bookmark_interval(self) -> float:

@@ -211,7 +211,7 @@ async def test_watch_sees_live_events_and_selector_transitions(kube_api: KubeApi
                     return
 
     task = asyncio.create_task(consume())
-    await kube_api.wait_for(lambda: kube_api.store.watchers)
+    await kube_api.wait_for(kube_api.watch_count)
     await core.patch_namespaced_pod("s", "default", {"metadata": {"labels": {"inject": "false"}}})
     await core.patch_namespaced_pod("s", "default", {"metadata": {"labels": {"inject": "true"}}})
     await asyncio.wait_for(task, 3)

@@ -96,10 +96,7 @@ async def test_service_account_tokens_authenticate_to_the_api(kube_api: KubeApi,
             assert r.status == 200
     assert kube_api.api_calls[-1].user == "system:serviceaccount:default:default"
     # a token for another audience is not an API credential
-    token = kube_api.tokens.issue(namespace="default", service_account="default",
-                                  service_account_uid=(await core.read_namespaced_service_account(
-                                      "default", "default")).metadata.uid,
-                                  audiences=["taskcreds"], expiration_seconds=600)[0]
+    token = kube_api.issue_token("default", "default", audiences=["taskcreds"], expiration_seconds=600)
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as s:
         async with s.get(f"{kube_api.url}/api/v1/namespaces/default/pods") as r:
             assert r.status == 401

@@ -228,7 +228,7 @@ async def test_service_reference_reaches_a_local_endpoint(kube_api: KubeApi, hoo
                                           "port": 443},
                               "caBundle": base64.b64encode(hook.ca.cert_pem).decode()}
         kube_api.put(cfg)
-        kube_api.admission.service_endpoints[("taskcreds", "taskcreds-webhook")] = f"127.0.0.1:{port}"
+        kube_api.set_service_endpoint("taskcreds", "taskcreds-webhook", f"127.0.0.1:{port}")
         await core.create_namespaced_pod("default", pod("via-service"))
         assert [c.outcome for c in kube_api.webhook_calls] == ["allowed"]
     finally:
