@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.providers.base import IssueRequest, NotRevocable, Provider, ProviderError
 from taskcreds.operator.providers.github_app import (
     GitHubAppProvider,
@@ -19,7 +20,6 @@ from taskcreds.operator.providers.github_app import (
     parse_settings,
 )
 
-from tests.fakes import SecretsCluster
 from tests.fakes.github import FakeApp, FakeGitHub, new_private_key_pem
 from tests.fakes.github import github as github_fixture  # noqa: F401  (the `github` fixture)
 
@@ -38,15 +38,15 @@ def app(github: FakeGitHub) -> FakeApp:
 
 
 @pytest.fixture
-def cluster(app: FakeApp) -> SecretsCluster:
-    c = SecretsCluster()
-    c.put(NS, "github-app", {"private-key.pem": app.private_key_pem})
-    c.put(OPERATOR_NS, "github-app", {"private-key.pem": app.private_key_pem})
+def cluster(app: FakeApp) -> MemCluster:
+    c = MemCluster()
+    c.put_secret(NS, "github-app", {"private-key.pem": app.private_key_pem})
+    c.put_secret(OPERATOR_NS, "github-app", {"private-key.pem": app.private_key_pem})
     return c
 
 
 @pytest.fixture
-async def provider(cluster: SecretsCluster) -> Any:
+async def provider(cluster: MemCluster) -> Any:
     p = GitHubAppProvider(cluster, operator_namespace=OPERATOR_NS, timeout=2)
     yield p
     await p.aclose()
@@ -164,7 +164,7 @@ async def test_renew_rotates_the_token_and_revokes_the_old(
 
 
 async def test_after_an_operator_restart_the_token_cannot_be_revoked_early_and_says_until_when(
-    github: FakeGitHub, cluster: SecretsCluster
+    github: FakeGitHub, cluster: MemCluster
 ) -> None:
     src = spec(github)
     before = GitHubAppProvider(cluster)
@@ -187,9 +187,9 @@ async def test_after_an_operator_restart_the_token_cannot_be_revoked_early_and_s
 
 
 async def test_cluster_scoped_source_reads_the_key_from_the_operator_namespace(
-    github: FakeGitHub, provider: GitHubAppProvider, cluster: SecretsCluster
+    github: FakeGitHub, provider: GitHubAppProvider, cluster: MemCluster
 ) -> None:
-    cluster.delete(NS, "github-app")
+    cluster.secrets.pop((NS, "github-app"))
     src = spec(github)
     issued = await provider.issue(request(src, source_namespace=None))
     await provider.revoke(issued.lease_ref, src, None)
@@ -251,9 +251,9 @@ async def test_github_refusals_are_not_retryable_and_say_why(
 
 
 async def test_a_key_that_is_not_the_app_s_is_refused_by_signature(
-    github: FakeGitHub, provider: GitHubAppProvider, cluster: SecretsCluster
+    github: FakeGitHub, provider: GitHubAppProvider, cluster: MemCluster
 ) -> None:
-    cluster.put(NS, "github-app", {"private-key.pem": new_private_key_pem()})
+    cluster.put_secret(NS, "github-app", {"private-key.pem": new_private_key_pem()})
     with pytest.raises(ProviderError, match="HTTP 401.*private key in Secret github-app") as caught:
         await provider.issue(request(spec(github)))
     assert not caught.value.retryable
@@ -288,16 +288,25 @@ async def test_spec_errors_name_the_field(
 async def test_secret_problems_name_the_secret(
     github: FakeGitHub,
     provider: GitHubAppProvider,
-    cluster: SecretsCluster,
+    cluster: MemCluster,
 ) -> None:
-    cluster.put(NS, "github-app", {"private-key.pem": "not a key"})
+    cluster.put_secret(NS, "github-app", {"private-key.pem": "not a key"})
     with pytest.raises(ProviderError, match="Secret github-app key 'private-key.pem' does not hold an RSA"):
         await provider.issue(request(spec(github)))
-    cluster.delete(NS, "github-app")
+    cluster.secrets.pop((NS, "github-app"))
     with pytest.raises(
         ProviderError, match="Secret agents/github-app key 'private-key.pem': the Secret does not"
     ):
         await provider.issue(request(spec(github)))
+
+
+async def test_kubernetes_api_failure_reading_the_key_is_retryable(
+    github: FakeGitHub, provider: GitHubAppProvider, cluster: MemCluster
+) -> None:
+    cluster.fail("get_secret")
+    with pytest.raises(ProviderError, match="cannot read Secret agents/github-app") as caught:
+        await provider.issue(request(spec(github)))
+    assert caught.value.retryable and github.requests == []
 
 
 async def test_github_down_or_failing_is_retryable_and_issuance_resumes(

@@ -21,10 +21,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from taskcreds.operator.certificates import make_ca
+from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.providers.base import IssueRequest, Provider, ProviderError
 from taskcreds.operator.providers.vault import VaultProvider, parse_settings
 
-from tests.fakes import SecretsCluster
 from tests.openbao import OpenBao, Postgres
 from tests.openbao import openbao as openbao_fixture  # noqa: F401  (the `openbao` fixture)
 from tests.openbao import openbao_tls as openbao_tls_fixture  # noqa: F401  (the `openbao_tls` fixture)
@@ -73,16 +73,16 @@ def bao(openbao: OpenBao) -> OpenBao:
 
 
 @pytest.fixture
-def cluster() -> SecretsCluster:
-    c = SecretsCluster()
-    c.put(NS, "openbao-operator", {"token": OPERATOR_TOKEN})
-    c.put(NS, "approle", {"secret-id": SECRET_ID})
-    c.put(OPERATOR_NS, "openbao-operator", {"token": OPERATOR_TOKEN})
+def cluster() -> MemCluster:
+    c = MemCluster()
+    c.put_secret(NS, "openbao-operator", {"token": OPERATOR_TOKEN})
+    c.put_secret(NS, "approle", {"secret-id": SECRET_ID})
+    c.put_secret(OPERATOR_NS, "openbao-operator", {"token": OPERATOR_TOKEN})
     return c
 
 
 @pytest.fixture
-async def provider(cluster: SecretsCluster) -> Any:
+async def provider(cluster: MemCluster) -> Any:
     p = VaultProvider(cluster, operator_namespace=OPERATOR_NS, timeout=3)
     yield p
     await p.aclose()
@@ -191,7 +191,7 @@ async def test_renew_past_max_ttl_replaces_the_token_and_revokes_the_old(
     await provider.revoke(second.lease_ref, src, NS)
 
 
-async def test_renew_after_operator_restart_replaces_the_token(bao: OpenBao, cluster: SecretsCluster) -> None:
+async def test_renew_after_operator_restart_replaces_the_token(bao: OpenBao, cluster: MemCluster) -> None:
     src = spec(bao)
     before = VaultProvider(cluster, operator_namespace=OPERATOR_NS)
     issued = await before.issue(request(src))
@@ -205,7 +205,7 @@ async def test_renew_after_operator_restart_replaces_the_token(bao: OpenBao, clu
 
 
 async def test_revoke_without_holding_the_value_still_kills_the_token(
-    bao: OpenBao, cluster: SecretsCluster
+    bao: OpenBao, cluster: MemCluster
 ) -> None:
     src = spec(bao)
     issued = await VaultProvider(cluster).issue(request(src))
@@ -240,25 +240,25 @@ async def test_approle_login_issues_and_logs_in_again_after_its_token_is_revoked
 
 
 async def test_token_auth_rereads_a_rotated_secret_after_its_token_is_revoked(
-    bao: OpenBao, provider: VaultProvider, cluster: SecretsCluster
+    bao: OpenBao, provider: VaultProvider, cluster: MemCluster
 ) -> None:
     root = bao.client()
     old = root.auth.token.create(policies=["taskcreds-operator", "repo-read"], ttl="10m", no_parent=True)
-    cluster.put(NS, "rotating", {"token": old["auth"]["client_token"]})
+    cluster.put_secret(NS, "rotating", {"token": old["auth"]["client_token"]})
     src = spec(bao, auth={"method": "token", "tokenSecretRef": {"name": "rotating", "key": "token"}})
     await provider.revoke((await provider.issue(request(src))).lease_ref, src, NS)
     root.auth.token.revoke_accessor(old["auth"]["accessor"])
     new = root.auth.token.create(policies=["taskcreds-operator", "repo-read"], ttl="10m", no_parent=True)
-    cluster.put(NS, "rotating", {"token": new["auth"]["client_token"]})
+    cluster.put_secret(NS, "rotating", {"token": new["auth"]["client_token"]})
     issued = await provider.issue(request(src))
     assert not refused(bao, issued.files["token"])
     await provider.revoke(issued.lease_ref, src, NS)
 
 
 async def test_cluster_scoped_source_reads_secrets_from_the_operator_namespace(
-    bao: OpenBao, provider: VaultProvider, cluster: SecretsCluster
+    bao: OpenBao, provider: VaultProvider, cluster: MemCluster
 ) -> None:
-    cluster.delete(NS, "openbao-operator")
+    cluster.secrets.pop((NS, "openbao-operator"))
     src = spec(bao)
     issued = await provider.issue(request(src, source_namespace=None))
     await provider.revoke(issued.lease_ref, src, None)
@@ -283,10 +283,10 @@ def approle_logins(bao: OpenBao) -> int:
 
 
 async def test_https_with_the_ca_from_a_secret(
-    openbao_tls: OpenBao, provider: VaultProvider, cluster: SecretsCluster
+    openbao_tls: OpenBao, provider: VaultProvider, cluster: MemCluster
 ) -> None:
-    cluster.put(NS, "openbao-ca", {"ca.crt": openbao_tls.ca_pem})
-    cluster.put(NS, "root", {"token": openbao_tls.root_token})
+    cluster.put_secret(NS, "openbao-ca", {"ca.crt": openbao_tls.ca_pem})
+    cluster.put_secret(NS, "root", {"token": openbao_tls.root_token})
     openbao_tls.client().sys.create_or_update_policy("repo-read", REPO_READ_POLICY)
     src = spec(
         openbao_tls,
@@ -439,7 +439,7 @@ def service_account_jwt(namespace: str, name: str) -> str:
 
 
 async def test_kubernetes_auth_logs_in_with_the_operator_s_service_account_token(
-    bao: OpenBao, cluster: SecretsCluster, tmp_path: Any
+    bao: OpenBao, cluster: MemCluster, tmp_path: Any
 ) -> None:
     sa_token = service_account_jwt(OPERATOR_NS, "taskcreds-operator")
     reviewer = TokenReviewer({sa_token: f"system:serviceaccount:{OPERATOR_NS}:taskcreds-operator"})
@@ -482,8 +482,21 @@ async def test_kubernetes_auth_logs_in_with_the_operator_s_service_account_token
         reviewer.close()
 
 
+async def test_kubernetes_api_failure_reading_the_secret_is_retryable(
+    bao: OpenBao, provider: VaultProvider, cluster: MemCluster
+) -> None:
+    cluster.fail("get_secret")
+    with pytest.raises(
+        ProviderError, match="cannot read Secret agents/openbao-operator key 'token'"
+    ) as caught:
+        await provider.issue(request(spec(bao)))
+    assert caught.value.retryable
+    issued = await provider.issue(request(spec(bao)))  # the API is back
+    await provider.revoke(issued.lease_ref, spec(bao), NS)
+
+
 async def test_kubernetes_auth_without_a_service_account_token_says_where_it_looked(
-    bao: OpenBao, cluster: SecretsCluster, tmp_path: Any
+    bao: OpenBao, cluster: MemCluster, tmp_path: Any
 ) -> None:
     p = VaultProvider(cluster, sa_token_path=str(tmp_path / "token"))
     src = spec(bao, auth={"method": "kubernetes", "kubernetes": {"role": "taskcreds"}})
