@@ -208,16 +208,18 @@ def write_ca_bundle(directory: Path, ca: PodCA, *, roots: Path | None = None,
         raise PodCAError(f"{roots} holds a private key; a CA bundle must hold certificates only")
     data = system.rstrip(b"\n") + b"\n\n# taskcreds pod CA (" + ca.pod_name.encode() + b")\n" + ca.cert_pem()
     directory = Path(directory)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), 0o444)
         os.replace(tmp, directory / name)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise PodCAError(f"cannot write CA bundle to {directory / name}: {exc.strerror}") from None
     return directory / name
 
