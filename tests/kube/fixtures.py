@@ -289,6 +289,29 @@ class KubeApi:
         return self.store.update(rt, namespace, name, new)
 
     @_on_server_loop
+    def bind_pod(self, namespace: str, name: str, node: str = "node-1") -> dict[str, Any]:
+        """What the scheduler does: set ``spec.nodeName``. A bound pod is deleted gracefully (deletionTimestamp
+        first, removal after ``pod_termination_delay``), an unbound one at once, as on a real cluster."""
+        rt = self.store.type_for("", "v1", "pods")
+        key = ("default" if namespace is None else namespace, name)
+        pod = self.store.objects[("", "pods")].get(key)
+        if pod is None:
+            raise KeyError(f"no pod {namespace}/{name}")
+        old = copy.deepcopy(pod)
+        pod["spec"]["nodeName"] = node
+        self.store._bump(pod)  # noqa: SLF001 - the scheduler writes through the binding subresource
+        self.store._emit(rt, "MODIFIED", pod, old)  # noqa: SLF001
+        return self.store.get(rt, namespace, name)
+
+    @property
+    def pod_termination_delay(self) -> float:
+        return self.store.pod_termination_delay
+
+    @pod_termination_delay.setter
+    def pod_termination_delay(self, seconds: float) -> None:
+        self.store.pod_termination_delay = seconds
+
+    @_on_server_loop
     def ensure_namespace(self, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
         rt = self.store.type_for("", "v1", "namespaces")
         existing = self.store.peek(rt, None, name)

@@ -13,7 +13,7 @@ import copy
 import re
 from typing import Any
 
-from tests.kube.errors import ApiError, bad_request
+from tests.kube.errors import bad_request
 from tests.kube.resources import ResourceType
 
 __all__ = ["default_object", "validate_object", "validate_update", "DNS_LABEL", "DNS_SUBDOMAIN"]
@@ -274,7 +274,40 @@ def _validate_webhooks(cfg: dict[str, Any]) -> Causes:
     return causes
 
 
+def _validate_core_event(ev: dict[str, Any]) -> Causes:
+    causes: Causes = []
+    ns = (ev.get("metadata") or {}).get("namespace")
+    inv = ev.get("involvedObject") or {}
+    if inv.get("namespace") and inv["namespace"] != ns:
+        causes.append(("involvedObject.namespace", f'Invalid value: "{inv["namespace"]}": does not match '
+                       f"event.namespace ({ns})"))
+    if not inv.get("namespace") and ns not in ("default", None):
+        causes.append(("involvedObject.namespace", "Invalid value: an event about a cluster-scoped object must "
+                       'be in the "default" namespace'))
+    if ev.get("type") not in (None, "", "Normal", "Warning"):
+        causes.append(("type", f'Unsupported value: "{ev.get("type")}": supported values: "Normal", "Warning"'))
+    return causes
+
+
+def _validate_events_v1(ev: dict[str, Any]) -> Causes:
+    causes: Causes = []
+    for field in ("eventTime", "reportingController", "reportingInstance", "action", "reason"):
+        if not ev.get(field):
+            causes.append((field, "Required value"))
+    if ev.get("type") not in ("Normal", "Warning"):
+        causes.append(("type", f'Unsupported value: "{ev.get("type")}": supported values: "Normal", "Warning"'))
+    ns = (ev.get("metadata") or {}).get("namespace")
+    reg = ev.get("regarding") or {}
+    if reg.get("namespace") and reg["namespace"] != ns:
+        causes.append(("regarding.namespace", f'Invalid value: "{reg["namespace"]}": does not match event.namespace'))
+    if len(str(ev.get("note") or "")) > 1024:
+        causes.append(("note", "Too long: must have at most 1024 bytes"))
+    return causes
+
+
 _VALIDATORS = {
+    ("", "Event"): _validate_core_event,
+    ("events.k8s.io", "Event"): _validate_events_v1,
     ("", "Pod"): _validate_pod,
     ("", "Secret"): _validate_secret,
     ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"): _validate_webhooks,
@@ -308,7 +341,3 @@ def validate_update(rt: ResourceType, old: dict[str, Any], new: dict[str, Any]) 
         return [("spec", _POD_MUTABLE_MESSAGE)]
     return []
 
-
-def reject_if_error(exc: ApiError | None) -> None:
-    if exc:
-        raise exc

@@ -492,7 +492,8 @@ async def _body(request: web.Request, default: Any = None) -> Any:
 def _json(obj: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
     resp = web.Response(status=status, body=json.dumps(obj).encode(), content_type="application/json")
     for w in warnings or []:
-        resp.headers.add("Warning", f'299 - "{w}"')
+        text = " ".join(str(w).split()).replace("\\", "\\\\").replace('"', '\\"')  # one line, quoted-string
+        resp.headers.add("Warning", f'299 - "{text}"')
     return resp
 
 

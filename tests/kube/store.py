@@ -95,6 +95,8 @@ class Store:
         self.watchers: set[Watcher] = set()
         self.created_events: list[dict[str, Any]] = []
         self.listeners: list[Callable[[WatchEvent], None]] = []
+        #: how long "the kubelet" takes to stop a scheduled pod's containers after a graceful delete
+        self.pod_termination_delay = 0.05
         for rt in BUILTINS:
             self.add_type(rt)
         for ns in ("default", "kube-system", "kube-public"):
@@ -416,7 +418,8 @@ class Store:
                 self.add_type(t)
         old = current
         self._bump(new)
-        if nmeta.get("deletionTimestamp") and not nmeta.get("finalizers"):
+        if nmeta.get("deletionTimestamp") and not nmeta.get("finalizers") and \
+                not nmeta.get("deletionGracePeriodSeconds"):
             self._bucket(rt).pop(key)
             self._emit(rt, "DELETED", new, None)
             self._after_delete(rt, new)
@@ -451,9 +454,17 @@ class Store:
         if policy == "Orphan":
             self._orphan_dependents(cmeta["uid"])
         if cmeta.get("deletionTimestamp"):
+            if (rt.group, rt.kind) == ("", "Pod") and str(options.get("gracePeriodSeconds")) == "0":
+                self._kubelet_terminated(key, cmeta["uid"])  # a force delete skips the rest of the grace period
+                return self._out(rt, current), key not in self._bucket(rt)
             return self._out(rt, current), False
         if (rt.group, rt.kind) == ("", "Namespace"):
             return self._delete_namespace(rt, key, current), False
+        if (rt.group, rt.kind) == ("", "Pod") and (current.get("spec") or {}).get("nodeName"):
+            grace = options.get("gracePeriodSeconds")
+            grace = int(grace if grace is not None else current["spec"].get("terminationGracePeriodSeconds", 30))
+            if grace > 0:
+                return self._delete_pod_gracefully(rt, key, current, grace), False
         if cmeta.get("finalizers"):
             old = copy.deepcopy(current)
             cmeta["deletionTimestamp"] = rfc3339(self.clock())
@@ -464,6 +475,36 @@ class Store:
             return self._out(rt, current), False
         self._remove(rt, key)
         return self._out(rt, current), True
+
+    def _delete_pod_gracefully(self, rt: ResourceType, key: Key, pod: dict[str, Any], grace: int) -> dict[str, Any]:
+        """A scheduled pod: deletionTimestamp = now + grace; the kubelet removes it once its containers stop."""
+        old = copy.deepcopy(pod)
+        meta = pod["metadata"]
+        meta["deletionTimestamp"] = rfc3339(self.clock() + grace)
+        meta["deletionGracePeriodSeconds"] = grace
+        meta["generation"] = meta.get("generation", 1) + 1
+        self._bump(pod)
+        self._emit(rt, "MODIFIED", pod, old)
+        try:
+            asyncio.get_running_loop().call_later(self.pod_termination_delay, self._kubelet_terminated, key,
+                                                  meta["uid"])
+        except RuntimeError:
+            self._kubelet_terminated(key, meta["uid"])
+        return self._out(rt, pod)
+
+    def _kubelet_terminated(self, key: Key, uid: str) -> None:
+        """The kubelet's final delete with grace 0: gone now, or held by finalizers until they are removed."""
+        rt = self.type_for("", "v1", "pods")
+        pod = self._bucket(rt).get(key)
+        if pod is None or pod["metadata"]["uid"] != uid:
+            return
+        old = copy.deepcopy(pod)
+        pod["metadata"]["deletionGracePeriodSeconds"] = 0
+        if not pod["metadata"].get("finalizers"):
+            self._remove(rt, key)
+            return
+        self._bump(pod)
+        self._emit(rt, "MODIFIED", pod, old)
 
     def _remove(self, rt: ResourceType, key: Key) -> None:
         obj = self._bucket(rt).pop(key)

@@ -137,3 +137,42 @@ async def test_new_namespace_gets_default_service_account(kube_api: KubeApi, api
     assert sa.metadata.uid
     ns = await core.read_namespace("agents")
     assert ns.metadata.labels == {"team": "a", "kubernetes.io/metadata.name": "agents"}
+
+
+async def test_scheduled_pod_is_deleted_gracefully(kube_api: KubeApi, apis: Any) -> None:
+    core, _ = apis
+    await core.create_namespaced_pod("default", pod("running"))
+    kube_api.bind_pod("default", "running")
+    kube_api.pod_termination_delay = 0.2
+    held = await core.delete_namespaced_pod("running", "default")
+    assert held.metadata.deletion_timestamp and held.metadata.deletion_grace_period_seconds == 30
+    assert kube_api.get("v1", "Pod", "default", "running") is not None  # containers still stopping
+    await kube_api.wait_for(lambda: kube_api.get("v1", "Pod", "default", "running") is None)
+
+
+async def test_scheduled_pod_with_finalizer_waits_for_it(kube_api: KubeApi, apis: Any) -> None:
+    core, _ = apis
+    await core.create_namespaced_pod("default", {**pod("held"), "metadata": {"name": "held",
+                                                                              "finalizers": ["x/y"]}})
+    kube_api.bind_pod("default", "held")
+    await core.delete_namespaced_pod("held", "default", grace_period_seconds=5)
+    await kube_api.wait_for(lambda: (kube_api.get("v1", "Pod", "default", "held") or {})
+                            .get("metadata", {}).get("deletionGracePeriodSeconds") == 0)
+    await core.patch_namespaced_pod("held", "default", {"metadata": {"$deleteFromPrimitiveList/finalizers": ["x/y"]}})
+    assert kube_api.get("v1", "Pod", "default", "held") is None
+
+
+@pytest.mark.parametrize(("case", "event", "ok"), [
+    ("matching namespace", {"involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"}}, True),
+    ("namespace mismatch", {"involvedObject": {"kind": "Pod", "name": "p", "namespace": "other"}}, False),
+    ("bad type", {"involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"}, "type": "Info"}, False),
+])
+async def test_core_event_validation(apis: Any, case: str, event: dict[str, Any], ok: bool) -> None:
+    core, _ = apis
+    body = {"metadata": {"generateName": "e."}, "reason": "R", "message": "m", **event}
+    if ok:
+        await core.create_namespaced_event("default", body)
+    else:
+        with pytest.raises(client.ApiException) as e:
+            await core.create_namespaced_event("default", body)
+        assert e.value.status == 422, case
