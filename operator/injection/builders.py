@@ -1,11 +1,14 @@
 """One builder per piece the webhook adds (CONTRACT.md section 2): volumes, sidecar, agent mount/env.
 
 Each returns fresh dicts (never shared with the pod or with another call), so a caller may
-mutate a patch value freely. Plain literals, no copying or pydantic: this runs on every admission.
+mutate a patch value freely. This runs on every admission, so everything that depends only on
+the configuration is worked out once per config (:func:`pieces`): the per-pod builders are
+plain literals over precomputed strings, which CPython builds faster than any copy of a template.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Final
 
 from taskcreds.operator.annotations import InjectionRequest, go_duration
@@ -16,6 +19,8 @@ from taskcreds import names
 __all__ = [
     "OUR_VOLUMES",
     "SIDECAR_RUN_AS_USER",
+    "Pieces",
+    "pieces",
     "volumes",
     "sidecar_container",
     "sidecar_env",
@@ -32,146 +37,211 @@ OUR_VOLUMES: Final[tuple[str, ...]] = (
     names.VOLUME_SA_TOKEN,
 )
 _PROBE_PORT_NAME: Final = "tc-probe"
+_TOKEN_FILE: Final = f"{names.SIDECAR_TOKEN_PATH}/{names.SIDECAR_TOKEN_FILE}"
+
+
+@lru_cache(maxsize=256)
+def _duration_text(seconds: float) -> str:
+    """go_duration, remembered: pods use a handful of distinct TTLs, and formatting is not free."""
+    return go_duration(seconds)
+
+
+class Pieces:
+    """The pod pieces for one configuration, with every config-derived value computed once."""
+
+    __slots__ = (
+        "config",
+        "_tmpfs_size",
+        "_workload_api",
+        "_token_seconds",
+        "_image",
+        "_pull_policy",
+        "_probe_port",
+        "_resources",
+        "_broker_url",
+        "_broker_id",
+        "_listen_local",
+        "_listen_probe",
+        "_spiffe_socket",
+    )
+
+    def __init__(self, config: InjectionConfig) -> None:
+        self.config = config
+        spiffe, side = config.spiffe, config.sidecar
+        self._tmpfs_size = config.injection.tmpfs_size_limit
+        self._token_seconds = config.injection.token_expiration_seconds
+        # (kind, key, value) of the Workload API volume: a CSI driver or a node directory
+        self._workload_api: tuple[str, str, Any] = (
+            ("csi", names.SPIFFE_CSI_DRIVER, True)
+            if spiffe.socket_source == "csi"
+            else ("hostPath", spiffe.host_path, "Directory")
+        )
+        self._image = side.image
+        self._pull_policy = side.image_pull_policy
+        self._probe_port = side.probe_port
+        self._resources = tuple((key, tuple(value.items())) for key, value in side.resources.as_dict.items())
+        self._broker_url = config.broker.url
+        self._broker_id = config.broker.spiffe_id
+        self._listen_local = f"127.0.0.1:{side.local_port}"
+        self._listen_probe = f"0.0.0.0:{side.probe_port}"
+        self._spiffe_socket = f"unix://{names.SIDECAR_SPIFFE_PATH}/{spiffe.socket_file}"
+
+    def volumes(self) -> list[dict[str, Any]]:
+        """The four pod volumes, in OUR_VOLUMES order."""
+        kind, first, second = self._workload_api
+        if kind == "csi":
+            workload_api: dict[str, Any] = {
+                "name": names.VOLUME_SPIFFE,
+                "csi": {"driver": first, "readOnly": second},
+            }
+        else:
+            workload_api = {"name": names.VOLUME_SPIFFE, "hostPath": {"path": first, "type": second}}
+        return [
+            {
+                "name": names.VOLUME_CREDENTIALS,
+                "emptyDir": {"medium": "Memory", "sizeLimit": self._tmpfs_size},
+            },
+            {
+                "name": names.VOLUME_PODINFO,
+                "downwardAPI": {
+                    "items": [
+                        {
+                            "path": names.PODINFO_ANNOTATIONS_FILE,
+                            "fieldRef": {"fieldPath": "metadata.annotations"},
+                        }
+                    ]
+                },
+            },
+            workload_api,
+            {
+                "name": names.VOLUME_SA_TOKEN,
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "audience": names.TOKEN_AUDIENCE,
+                                "expirationSeconds": self._token_seconds,
+                                "path": names.SIDECAR_TOKEN_FILE,
+                            }
+                        }
+                    ]
+                },
+            },
+        ]
+
+    def sidecar_env(
+        self, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The sidecar's environment: exactly the names in taskcreds.names it reads."""
+        env: list[dict[str, Any]] = [
+            {"name": names.ENV_DIR, "value": mount_path},
+            {"name": names.ENV_TASK, "value": request.task},
+            {"name": names.ENV_CREDENTIALS, "value": ",".join(request.credentials)},
+        ]
+        if request.ttl is not None:
+            env.append({"name": names.ENV_TTL, "value": _duration_text(request.ttl)})
+        if request.max_duration is not None:
+            env.append({"name": names.ENV_MAX_DURATION, "value": _duration_text(request.max_duration)})
+        env += [
+            {"name": names.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": names.ENV_POD_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": names.ENV_POD_UID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+            {"name": names.ENV_BROKER_URL, "value": self._broker_url},
+            {"name": names.ENV_BROKER_SPIFFE_ID, "value": self._broker_id},
+            {"name": names.ENV_TOKEN_FILE, "value": _TOKEN_FILE},
+            {"name": names.ENV_PODINFO_DIR, "value": names.SIDECAR_PODINFO_PATH},
+            {"name": names.ENV_LISTEN_LOCAL, "value": self._listen_local},
+            {"name": names.ENV_LISTEN_PROBE, "value": self._listen_probe},
+        ]
+        fs_group = pod_security.get("fsGroup")
+        if fs_group is not None:
+            env.append({"name": names.ENV_FS_GROUP, "value": str(fs_group)})
+        env.append({"name": names.ENV_SPIFFE_SOCKET, "value": self._spiffe_socket})
+        return env
+
+    def sidecar(
+        self, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The native sidecar (an init container with restartPolicy Always), hardened.
+
+        It runs as the pod's runAsUser when the pod sets a non-root one, so the agent (same uid) can
+        read the 0440 files; otherwise as 65532, and the files' group is the pod's fsGroup.
+        """
+        security: dict[str, Any] = {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        if not pod_security.get("runAsUser"):  # absent or root: the sidecar never runs as root
+            security["runAsUser"] = SIDECAR_RUN_AS_USER
+        port = self._probe_port
+        return {
+            "name": names.SIDECAR_CONTAINER,
+            "image": self._image,
+            "imagePullPolicy": self._pull_policy,
+            "command": ["taskcreds-sidecar"],
+            "restartPolicy": "Always",
+            "ports": [{"name": _PROBE_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
+            "env": self.sidecar_env(request, mount_path, pod_security),
+            "resources": {key: dict(value) for key, value in self._resources},
+            "volumeMounts": [
+                {"name": names.VOLUME_CREDENTIALS, "mountPath": mount_path},
+                {"name": names.VOLUME_PODINFO, "mountPath": names.SIDECAR_PODINFO_PATH, "readOnly": True},
+                {"name": names.VOLUME_SPIFFE, "mountPath": names.SIDECAR_SPIFFE_PATH, "readOnly": True},
+                {"name": names.VOLUME_SA_TOKEN, "mountPath": names.SIDECAR_TOKEN_PATH, "readOnly": True},
+            ],
+            # the next init container (a git clone, say) starts only once every credential is on disk
+            "startupProbe": {
+                "httpGet": {"path": "/readyz", "port": port},
+                "periodSeconds": 1,
+                "timeoutSeconds": 1,
+                "failureThreshold": 120,
+            },
+            "livenessProbe": {
+                "httpGet": {"path": "/healthz", "port": port},
+                "periodSeconds": 10,
+                "timeoutSeconds": 2,
+                "failureThreshold": 3,
+            },
+            "securityContext": security,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+
+
+_PIECES: dict[int, Pieces] = {}
+_MAX_CONFIGS: Final = 32  # a process sees one config, a few more in tests
+
+
+def pieces(config: InjectionConfig) -> Pieces:
+    """The :class:`Pieces` of ``config``, built on first use (configs are frozen, so never stale)."""
+    found = _PIECES.get(id(config))
+    if found is not None and found.config is config:
+        return found
+    if len(_PIECES) >= _MAX_CONFIGS:
+        _PIECES.clear()
+    made = _PIECES[id(config)] = Pieces(config)
+    return made
 
 
 def volumes(config: InjectionConfig) -> list[dict[str, Any]]:
     """The four pod volumes, in OUR_VOLUMES order."""
-    spiffe = config.spiffe
-    if spiffe.socket_source == "csi":
-        workload_api: dict[str, Any] = {
-            "name": names.VOLUME_SPIFFE,
-            "csi": {"driver": names.SPIFFE_CSI_DRIVER, "readOnly": True},
-        }
-    else:
-        workload_api = {
-            "name": names.VOLUME_SPIFFE,
-            "hostPath": {"path": spiffe.host_path, "type": "Directory"},
-        }
-    return [
-        {
-            "name": names.VOLUME_CREDENTIALS,
-            "emptyDir": {"medium": "Memory", "sizeLimit": config.injection.tmpfs_size_limit},
-        },
-        {
-            "name": names.VOLUME_PODINFO,
-            "downwardAPI": {
-                "items": [
-                    {
-                        "path": names.PODINFO_ANNOTATIONS_FILE,
-                        "fieldRef": {"fieldPath": "metadata.annotations"},
-                    }
-                ]
-            },
-        },
-        workload_api,
-        {
-            "name": names.VOLUME_SA_TOKEN,
-            "projected": {
-                "sources": [
-                    {
-                        "serviceAccountToken": {
-                            "audience": names.TOKEN_AUDIENCE,
-                            "expirationSeconds": config.injection.token_expiration_seconds,
-                            "path": names.SIDECAR_TOKEN_FILE,
-                        }
-                    }
-                ]
-            },
-        },
-    ]
-
-
-def _field_env(name: str, field_path: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+    return pieces(config).volumes()
 
 
 def sidecar_env(
     config: InjectionConfig, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """The sidecar's environment: exactly the names in taskcreds.names it reads."""
-    env: list[dict[str, Any]] = [
-        {"name": names.ENV_DIR, "value": mount_path},
-        {"name": names.ENV_TASK, "value": request.task},
-        {"name": names.ENV_CREDENTIALS, "value": ",".join(request.credentials)},
-    ]
-    if request.ttl is not None:
-        env.append({"name": names.ENV_TTL, "value": go_duration(request.ttl)})
-    if request.max_duration is not None:
-        env.append({"name": names.ENV_MAX_DURATION, "value": go_duration(request.max_duration)})
-    env += [
-        _field_env(names.ENV_POD_NAME, "metadata.name"),
-        _field_env(names.ENV_POD_NAMESPACE, "metadata.namespace"),
-        _field_env(names.ENV_POD_UID, "metadata.uid"),
-        {"name": names.ENV_BROKER_URL, "value": config.broker.url},
-        {"name": names.ENV_BROKER_SPIFFE_ID, "value": config.broker.spiffe_id},
-        {"name": names.ENV_TOKEN_FILE, "value": f"{names.SIDECAR_TOKEN_PATH}/{names.SIDECAR_TOKEN_FILE}"},
-        {"name": names.ENV_PODINFO_DIR, "value": names.SIDECAR_PODINFO_PATH},
-        {"name": names.ENV_LISTEN_LOCAL, "value": f"127.0.0.1:{config.sidecar.local_port}"},
-        {"name": names.ENV_LISTEN_PROBE, "value": f"0.0.0.0:{config.sidecar.probe_port}"},
-    ]
-    fs_group = pod_security.get("fsGroup")
-    if fs_group is not None:
-        env.append({"name": names.ENV_FS_GROUP, "value": str(fs_group)})
-    env.append(
-        {
-            "name": names.ENV_SPIFFE_SOCKET,
-            "value": f"unix://{names.SIDECAR_SPIFFE_PATH}/{config.spiffe.socket_file}",
-        }
-    )
-    return env
+    return pieces(config).sidecar_env(request, mount_path, pod_security)
 
 
 def sidecar_container(
     config: InjectionConfig, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any]
 ) -> dict[str, Any]:
-    """The native sidecar (an init container with restartPolicy Always), hardened.
-
-    It runs as the pod's runAsUser when the pod sets a non-root one, so the agent (same uid) can
-    read the 0440 files; otherwise as 65532, and the files' group is the pod's fsGroup.
-    """
-    side = config.sidecar
-    security: dict[str, Any] = {
-        "runAsNonRoot": True,
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-    pod_user = pod_security.get("runAsUser")
-    if not pod_user:  # absent or root: the sidecar never runs as root
-        security["runAsUser"] = SIDECAR_RUN_AS_USER
-    resources = {key: dict(value) for key, value in side.resources.as_dict.items()}
-    return {
-        "name": names.SIDECAR_CONTAINER,
-        "image": side.image,
-        "imagePullPolicy": side.image_pull_policy,
-        "command": ["taskcreds-sidecar"],
-        "restartPolicy": "Always",
-        "ports": [{"name": _PROBE_PORT_NAME, "containerPort": side.probe_port, "protocol": "TCP"}],
-        "env": sidecar_env(config, request, mount_path, pod_security),
-        "resources": resources,
-        "volumeMounts": [
-            {"name": names.VOLUME_CREDENTIALS, "mountPath": mount_path},
-            {"name": names.VOLUME_PODINFO, "mountPath": names.SIDECAR_PODINFO_PATH, "readOnly": True},
-            {"name": names.VOLUME_SPIFFE, "mountPath": names.SIDECAR_SPIFFE_PATH, "readOnly": True},
-            {"name": names.VOLUME_SA_TOKEN, "mountPath": names.SIDECAR_TOKEN_PATH, "readOnly": True},
-        ],
-        # the next init container (a git clone, say) starts only once every credential is on disk
-        "startupProbe": {
-            "httpGet": {"path": "/readyz", "port": side.probe_port},
-            "periodSeconds": 1,
-            "timeoutSeconds": 1,
-            "failureThreshold": 120,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": side.probe_port},
-            "periodSeconds": 10,
-            "timeoutSeconds": 2,
-            "failureThreshold": 3,
-        },
-        "securityContext": security,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
+    """The native sidecar container for ``config`` (see :meth:`Pieces.sidecar`)."""
+    return pieces(config).sidecar(request, mount_path, pod_security)
 
 
 def agent_mount(mount_path: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final, Literal
 
 from taskcreds.operator.annotations import (
@@ -25,7 +26,7 @@ from taskcreds.operator.annotations import (
 )
 from taskcreds.operator.config import InjectionConfig
 from taskcreds.operator.injection import builders
-from taskcreds.operator.injection.patch import add_to_list, add_to_map
+from taskcreds.operator.injection.patch import add_to_list, escape
 
 import taskcreds
 from taskcreds import names
@@ -47,6 +48,7 @@ NOT_MUTATED_OPERATIONS: Final = frozenset({"UPDATE", "DELETE", "CONNECT"})
 _SIDECAR_PATHS: Final = frozenset(
     {names.SIDECAR_PODINFO_PATH, names.SIDECAR_SPIFFE_PATH, names.SIDECAR_TOKEN_PATH}
 )
+_INJECTED_PATH: Final = "/metadata/annotations/" + escape(names.ANNOTATION_INJECTED)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,29 @@ def should_inject(pod: dict[str, Any], operation: str = "CREATE") -> str | None:
 def _nested(a: str, b: str) -> bool:
     """Equal, or one inside the other: two mounts that would shadow each other's files."""
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+@lru_cache(maxsize=256)
+def _overlaps_sidecar(mount_path: str) -> bool:
+    """Whether the agent mount would shadow (or be shadowed by) one of the sidecar's own mounts.
+
+    Remembered: nearly every pod uses the configured default, so this is one dict lookup.
+    """
+    return any(_nested(mount_path, own) for own in _SIDECAR_PATHS)
+
+
+def _same_path(raw: Any, mount_path: str) -> bool:
+    """``posixpath.normpath(str(raw)) == mount_path`` without normalizing paths that are already normal.
+
+    ``mount_path`` is absolute and normal, so only an absolute ``raw`` can match, and an absolute path
+    without ``//``, ``/.`` or a trailing ``/`` is its own normal form.
+    """
+    text = raw if type(raw) is str else str(raw)
+    if text == mount_path:
+        return True
+    if "//" in text or "/." in text or text.endswith("/"):
+        return posixpath.normpath(text) == mount_path
+    return False
 
 
 def _label_warnings(pod: dict[str, Any]) -> list[str]:
@@ -138,14 +163,18 @@ def _network_warnings(spec: dict[str, Any], config: InjectionConfig) -> list[str
     """Ports the sidecar needs that the pod already claims, and host networking."""
     found = []
     ours = {config.sidecar.probe_port: "probePort", config.sidecar.local_port: "localPort"}
-    for c in (spec.get("initContainers") or []) + spec["containers"]:
-        for port in c.get("ports") or ():
-            number = port.get("containerPort")
-            if number in ours:
-                found.append(
-                    f"container {c.get('name')!r} declares port {number}, which the sidecar listens on; "
-                    f"set sidecar.{ours[number]} in the injection config to a free port"
-                )
+    for group in (spec.get("initContainers") or (), spec["containers"]):
+        for c in group:
+            ports = c.get("ports")
+            if not ports:
+                continue
+            for port in ports:
+                number = port.get("containerPort")
+                if number in ours:
+                    found.append(
+                        f"container {c.get('name')!r} declares port {number}, which the sidecar listens on; "
+                        f"set sidecar.{ours[number]} in the injection config to a free port"
+                    )
     if spec.get("hostNetwork"):
         found.append(
             "the pod uses hostNetwork: the sidecar's ports (and its 127.0.0.1 redaction endpoint) are "
@@ -168,13 +197,41 @@ def _static_secrets(container: dict[str, Any]) -> list[str]:
     return found
 
 
+def _check_names(
+    spec: dict[str, Any], containers: list[Any], init: list[Any], present_volumes: set[Any]
+) -> None:
+    """Refuse a pod that already uses a volume or container name taskcreds reserves."""
+    clash = [n for n in builders.OUR_VOLUMES if n in present_volumes]
+    if clash:
+        raise _Denied(
+            f"spec.volumes: the pod already has a volume named {', '.join(map(repr, clash))}, a name "
+            "taskcreds reserves; accepted: any other volume names "
+            f"(reserved: {', '.join(builders.OUR_VOLUMES)})"
+        )
+    sidecar = names.SIDECAR_CONTAINER
+    taken = False
+    for group in (containers, init, spec.get("ephemeralContainers") or ()):
+        for c in group:  # every one is looked at: a malformed entry is refused as such
+            if c.get("name") == sidecar:
+                taken = True
+    if taken:
+        raise _Denied(
+            f"the pod already has a container named {sidecar!r}, a name taskcreds "
+            "reserves; accepted: any other container name"
+        )
+
+
 def _plan(
     pod: dict[str, Any],
     config: InjectionConfig,
     namespace: str | None,
     credential_check: CredentialCheck | None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Check everything, then build the operations. Raises _Denied before producing any."""
+    """Check everything, then build the operations. Raises _Denied before producing any.
+
+    This is the webhook's hot path: the common case (no denial, no warning) runs straight through
+    with few calls; helpers and messages are for the rare cases.
+    """
     metadata = pod.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     spec = pod.get("spec")
@@ -191,14 +248,16 @@ def _plan(
             f'{names.ANNOTATION_TASK_STATUS}: "{request.task_status}" is terminal, so this pod could '
             f"never get credentials; accepted when a pod is created: pending, running (or no annotation)"
         )
-    warnings = [
-        f"{key}: unknown annotation, ignored (known: {', '.join(PUBLIC_ANNOTATIONS)})"
-        for key in unknown_annotations(annotations)
-    ]
+    unknown = unknown_annotations(annotations)
+    warnings = (
+        [f"{key}: unknown annotation, ignored (known: {', '.join(PUBLIC_ANNOTATIONS)})" for key in unknown]
+        if unknown
+        else []
+    )
 
     already = names.ANNOTATION_INJECTED in annotations
     mount_path = request.mount_path or config.injection.mount_path
-    if any(_nested(mount_path, own) for own in _SIDECAR_PATHS):
+    if _overlaps_sidecar(mount_path):
         raise _Denied(
             f'{names.ANNOTATION_MOUNT_PATH}: "{mount_path}" overlaps where the sidecar mounts its own '
             f"volumes ({', '.join(sorted(_SIDECAR_PATHS))}); accepted: any other absolute path "
@@ -208,54 +267,52 @@ def _plan(
     init = spec.get("initContainers") or []
     volumes = spec.get("volumes") or []
     present_volumes = {v.get("name") for v in volumes}
-    sidecar_present = any(c.get("name") == names.SIDECAR_CONTAINER for c in init)
+    sidecar_present = False
+    for c in init:
+        if c.get("name") == names.SIDECAR_CONTAINER:
+            sidecar_present = True
+            break
     if not already:
-        clash = [n for n in builders.OUR_VOLUMES if n in present_volumes]
-        if clash:
-            raise _Denied(
-                f"spec.volumes: the pod already has a volume named {', '.join(map(repr, clash))}, a name "
-                "taskcreds reserves; accepted: any other volume names "
-                f"(reserved: {', '.join(builders.OUR_VOLUMES)})"
-            )
-        all_names = (
-            {c.get("name") for c in containers}
-            | {c.get("name") for c in init}
-            | {c.get("name") for c in spec.get("ephemeralContainers") or ()}
-        )
-        if names.SIDECAR_CONTAINER in all_names:
-            raise _Denied(
-                f"the pod already has a container named {names.SIDECAR_CONTAINER!r}, a name taskcreds "
-                "reserves; accepted: any other container name"
-            )
+        _check_names(spec, containers, init, present_volumes)
 
-    selected = _select(spec, request.containers)
+    if request.containers is None:  # the common case: every regular container
+        selected = [("containers", i, c) for i, c in enumerate(containers)]
+    else:
+        selected = _select(spec, request.containers)
     secret_use: list[str] = []
-    add_mount: list[bool] = []
-    add_env: list[bool] = []
-    for _, _, container in selected:
-        cname = container.get("name")
+    changes: list[tuple[str, dict[str, Any], bool, bool]] = []
+    for key, index, container in selected:
         mounts = container.get("volumeMounts") or ()
-        has_mount = any(m.get("name") == names.VOLUME_CREDENTIALS for m in mounts)
+        has_mount = False
+        for m in mounts:
+            if m.get("name") == names.VOLUME_CREDENTIALS:
+                has_mount = True
+                break
         if not has_mount:
             for m in mounts:
-                if posixpath.normpath(str(m.get("mountPath", ""))) == mount_path:
+                if _same_path(m.get("mountPath", ""), mount_path):
                     raise _Denied(
                         f'{names.ANNOTATION_MOUNT_PATH}: "{mount_path}" collides with the mount of volume '
-                        f"{m.get('name')!r} in container {cname!r}; accepted: a path no selected container "
-                        f"mounts anything at (set {names.ANNOTATION_MOUNT_PATH})"
+                        f"{m.get('name')!r} in container {container.get('name')!r}; accepted: a path no "
+                        f"selected container mounts anything at (set {names.ANNOTATION_MOUNT_PATH})"
                     )
         has_env = False
+        has_secret = False
         for var in container.get("env") or ():
             if var.get("name") == names.ENV_DIR:
                 if var.get("value") != mount_path or "valueFrom" in var:
                     raise _Denied(
-                        f"container {cname!r} sets {names.ENV_DIR} itself; accepted: no {names.ENV_DIR} "
-                        f"(taskcreds sets it to {mount_path})"
+                        f"container {container.get('name')!r} sets {names.ENV_DIR} itself; accepted: no "
+                        f"{names.ENV_DIR} (taskcreds sets it to {mount_path})"
                     )
                 has_env = True
-        add_mount.append(not has_mount)
-        add_env.append(not has_env)
-        secret_use += [f"container {cname!r}: {s}" for s in _static_secrets(container)]
+            elif not has_secret and "valueFrom" in var:
+                has_secret = True
+        if has_secret or container.get("envFrom"):
+            cname = container.get("name")
+            secret_use += [f"container {cname!r}: {s}" for s in _static_secrets(container)]
+        if not (has_mount and has_env):
+            changes.append((f"/spec/{key}/{index}", container, not has_mount, not has_env))
     if secret_use:
         if config.injection.strict:
             raise _Denied(
@@ -282,33 +339,32 @@ def _plan(
     pod_security = spec.get("securityContext") or {}
     if not already and not sidecar_present:
         warnings += _network_warnings(spec, config)
-    if (
-        not already
-        and not sidecar_present
-        and not pod_security.get("runAsUser")
-        and pod_security.get("fsGroup") is None
-    ):
-        warnings.append(
-            "the pod sets neither securityContext.runAsUser nor fsGroup: credential files (mode 0440, "
-            f"uid {builders.SIDECAR_RUN_AS_USER}) are readable only by root in the agent containers; "
-            "set spec.securityContext.fsGroup or runAsUser"
-        )
+        if not pod_security.get("runAsUser") and pod_security.get("fsGroup") is None:
+            warnings.append(
+                "the pod sets neither securityContext.runAsUser nor fsGroup: credential files (mode 0440, "
+                f"uid {builders.SIDECAR_RUN_AS_USER}) are readable only by root in the agent containers; "
+                "set spec.securityContext.fsGroup or runAsUser"
+            )
 
     # --- nothing can fail from here on: build the operations ---------------------------------
+    parts = builders.pieces(config)
     ops: list[dict[str, Any]] = []
     if not already:
-        add_to_map(
-            ops, metadata, "annotations", "/metadata", {names.ANNOTATION_INJECTED: taskcreds.__version__}
-        )
-    add_to_list(
-        ops,
-        spec,
-        "volumes",
-        "/spec",
-        [v for v in builders.volumes(config) if v["name"] not in present_volumes],
-    )
-    for (key, index, container), mount, env in zip(selected, add_mount, add_env, strict=True):
-        base = f"/spec/{key}/{index}"
+        if isinstance(metadata.get("annotations"), dict):
+            ops.append({"op": "add", "path": _INJECTED_PATH, "value": taskcreds.__version__})
+        else:
+            ops.append(
+                {
+                    "op": "add",
+                    "path": "/metadata/annotations",
+                    "value": {names.ANNOTATION_INJECTED: taskcreds.__version__},
+                }
+            )
+    new_volumes = parts.volumes()
+    if present_volumes:
+        new_volumes = [v for v in new_volumes if v["name"] not in present_volumes]
+    add_to_list(ops, spec, "volumes", "/spec", new_volumes)
+    for base, container, mount, env in changes:
         if mount:
             add_to_list(ops, container, "volumeMounts", base, [builders.agent_mount(mount_path)])
         if env:
@@ -319,7 +375,7 @@ def _plan(
             spec,
             "initContainers",
             "/spec",
-            [builders.sidecar_container(config, request, mount_path, pod_security)],
+            [parts.sidecar(request, mount_path, pod_security)],
             at_start=True,
         )
     return ops, warnings
