@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import jsonpatch
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from taskcreds.operator import certificates as certs
@@ -323,6 +324,35 @@ def test_parse_review_reads_the_fixture() -> None:
 def test_review_for_an_empty_patch_has_no_patch_type() -> None:
     review, result = webhook.review_for("u", FakeResult("injected"))
     assert review["response"] == {"uid": "u", "allowed": True} and result == "injected"
+
+
+def _golden_results() -> list[Any]:
+    from tests.operator.test_injection_golden import CASES
+
+    return [case() for _, case in sorted(CASES.items())]
+
+
+@pytest.mark.parametrize("result", [
+    pytest.param(FakeResult("injected"), id="injected-no-patch"),
+    pytest.param(FakeResult("skipped", warnings=["w \u00e9 \"quoted\""]), id="skipped-with-warning"),
+    pytest.param(FakeResult("injected", patch=[{"op": "add", "path": "/a~1b", "value": {"k": [1, None]}}],
+                            warnings=["one", "two"]), id="injected-with-warnings"),
+    pytest.param(FakeResult("denied", message="no"), id="denied"),
+    pytest.param(FakeResult("denied"), id="denied-without-message"),
+    *(pytest.param(r, id=f"golden-{i}") for i, r in enumerate(_golden_results())),
+])
+@pytest.mark.parametrize("uid", ["705ab4f5-6393-11e8-b7cc-42010a800002", 'odd "uid" \\ \u2603'])
+def test_the_fast_encoder_writes_the_same_bytes_as_the_reference(result: Any, uid: str) -> None:
+    """encode_answer is the hot path's shortcut; review_for + orjson is the readable reference."""
+    review, label = webhook.review_for(uid, result)
+    body, fast_label = webhook.encode_answer(uid, result)
+    assert (body, fast_label) == (orjson.dumps(review), label)
+    assert json.loads(body) == review
+
+
+def test_the_fast_encoder_refuses_an_unknown_outcome_like_the_reference() -> None:
+    with pytest.raises(TypeError, match="outcome 'maybe'"):
+        webhook.encode_answer("u", FakeResult("maybe"))
 
 
 # --- taskcreds webhook, as a real subprocess ---------------------------------------------------
