@@ -80,8 +80,18 @@ def _trie_pattern(words: Iterable[str]) -> str:
         node[""] = {}
 
     def build(node: dict[str, dict]) -> str:
+        # recursion goes one level per branching point, not per character: a chain of single
+        # children becomes one literal (a JWT is ~600 characters; per-character recursion overflowed)
         end = "" in node
-        branches = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch != ""]
+        branches = []
+        for ch, child in sorted(node.items()):
+            if ch == "":
+                continue
+            label = [ch]
+            while len(child) == 1 and "" not in child:
+                (next_ch, child), = child.items()
+                label.append(next_ch)
+            branches.append(re.escape("".join(label)) + build(child))
         if not branches:
             return ""
         # longest match first: try the longer continuations before ending here

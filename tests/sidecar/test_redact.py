@@ -127,3 +127,18 @@ def test_fifty_megabytes_in_bounded_memory() -> None:
     assert leaked == 0
     assert stream.counts["cred3"] == total // len(chunk)
     assert peak < 4 * 1024 * 1024, f"peak {peak} bytes"
+
+
+def test_long_values_like_real_jwts_are_redacted_in_every_form() -> None:
+    """Values of thousands of characters (JWTs, PEM blocks) must not overflow the pattern builder."""
+    import secrets
+
+    r = Redactor()
+    values = {f"cred-{i}": secrets.token_urlsafe(1500) for i in range(5)}
+    for name, value in values.items():
+        r.add(name, value)
+    for name, value in values.items():
+        text = f"Authorization: Bearer {value}\nb64: {base64.b64encode(value.encode()).decode()}"
+        out = r.redact(text)
+        assert value not in out
+        assert out.count(f"[REDACTED:{name}]") == 2
