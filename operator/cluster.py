@@ -62,9 +62,23 @@ class Cluster(Protocol):
         """The Secret with ``data`` base64 as the API returns it."""
         ...
 
-    async def apply_secret(self, namespace: str, name: str, data: dict[str, bytes],
-                           labels: dict[str, str] | None = None) -> dict[str, Any]:
-        """Create or replace a Secret (used for the webhook CA and JWT signing keys)."""
+    async def apply_secret(
+        self,
+        namespace: str,
+        name: str,
+        data: dict[str, bytes],
+        labels: dict[str, str] | None = None,
+        *,
+        owner: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Create or replace a Secret (webhook CA, JWT signing keys, token binding objects).
+
+        ``owner`` (an object with apiVersion/kind/metadata.name/uid) becomes its ownerReference.
+        """
+        ...
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        """Delete a Secret; an absent one is success."""
         ...
 
     async def patch_webhook_ca_bundle(self, configuration: str, ca_bundle_pem: bytes) -> None:
@@ -72,10 +86,17 @@ class Cluster(Protocol):
         ...
 
     async def create_service_account_token(
-        self, namespace: str, service_account: str, audiences: list[str], expiration_seconds: int,
+        self,
+        namespace: str,
+        service_account: str,
+        audiences: list[str],
+        expiration_seconds: int,
         bound_pod: tuple[str, str] | None,
+        *,
+        bound_secret: tuple[str, str] | None = None,
     ) -> tuple[str, datetime]:
-        """TokenRequest; returns (token, expiration). ``bound_pod`` is (name, uid)."""
+        """TokenRequest; returns (token, expiration). ``bound_pod``/``bound_secret`` are (name, uid):
+        the token stops authenticating when that object is deleted."""
         ...
 
     async def get_task_lease(self, namespace: str, name: str) -> dict[str, Any] | None: ...
@@ -86,8 +107,9 @@ class Cluster(Protocol):
         """Create; AlreadyExists when the name is taken."""
         ...
 
-    async def patch_task_lease(self, namespace: str, name: str, patch: dict[str, Any], *,
-                               subresource: str | None = None) -> dict[str, Any]:
+    async def patch_task_lease(
+        self, namespace: str, name: str, patch: dict[str, Any], *, subresource: str | None = None
+    ) -> dict[str, Any]:
         """JSON merge patch; ``subresource="status"`` for the status subresource.
 
         A patch carrying ``metadata.resourceVersion`` raises Conflict unless it is still current
@@ -95,8 +117,9 @@ class Cluster(Protocol):
         """
         ...
 
-    async def emit_event(self, regarding: dict[str, Any], reason: str, message: str,
-                         type_: str = "Normal") -> None:
+    async def emit_event(
+        self, regarding: dict[str, Any], reason: str, message: str, type_: str = "Normal"
+    ) -> None:
         """Record an Event about ``regarding`` (an object with apiVersion/kind/metadata)."""
         ...
 
@@ -104,7 +127,8 @@ class Cluster(Protocol):
         """Delete (with finalizers: mark deleted; gone once the last finalizer is removed)."""
         ...
 
-    def watch_pods(self, namespace: str | None = None,
-                   label_selector: str | None = None) -> AsyncIterator[PodEvent]:
+    def watch_pods(
+        self, namespace: str | None = None, label_selector: str | None = None
+    ) -> AsyncIterator[PodEvent]:
         """Every pod as ADDED first, then changes, until cancelled; reconnects by itself."""
         ...

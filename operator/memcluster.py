@@ -59,6 +59,7 @@ def _now_text(now: datetime) -> str:
 class _Token:
     identity: TokenIdentity
     expires_at: datetime
+    bound_secret: tuple[str, str, str] | None = None  # (namespace, name, uid)
 
 
 class MemCluster:
@@ -135,6 +136,9 @@ class MemCluster:
             owners = lease["metadata"].get("ownerReferences") or []
             if any(o.get("uid") == uid for o in owners):
                 self._delete_lease(key)
+        for key, secret in list(self.secrets.items()):
+            if any(o.get("uid") == uid for o in secret["metadata"].get("ownerReferences") or []):
+                del self.secrets[key]
 
     def put_secret(self, namespace: str, name: str, data: dict[str, bytes | str]) -> None:
         self.secrets[(namespace, name)] = self._secret_body(
@@ -199,6 +203,10 @@ class MemCluster:
         if entry is None or entry.expires_at <= self._now() or audience not in entry.identity.audiences:
             return None
         ident = entry.identity
+        if entry.bound_secret is not None:  # dies with its binding Secret
+            secret = self.secrets.get(entry.bound_secret[:2])
+            if secret is None or secret["metadata"]["uid"] != entry.bound_secret[2]:
+                return None
         if ident.pod_name is not None:  # bound tokens die with their pod
             pod = self.pods.get((ident.namespace, ident.pod_name))
             if pod is None or pod["metadata"]["uid"] != ident.pod_uid:
@@ -259,8 +267,14 @@ class MemCluster:
         audiences: list[str],
         expiration_seconds: int,
         bound_pod: tuple[str, str] | None,
+        *,
+        bound_secret: tuple[str, str] | None = None,
     ) -> tuple[str, datetime]:
         self._enter("create_service_account_token")
+        if bound_secret is not None:
+            secret = self.secrets.get((namespace, bound_secret[0]))
+            if secret is None or secret["metadata"]["uid"] != bound_secret[1]:
+                raise NotFound(f"secret {namespace}/{bound_secret[0]} with uid {bound_secret[1]} not found")
         if bound_pod is not None:
             pod = self.pods.get((namespace, bound_pod[0]))
             if pod is None or pod["metadata"]["uid"] != bound_pod[1]:
@@ -371,6 +385,17 @@ class MemCluster:
                 "eventTime": _now_text(self._now()),
             }
         )
+
+
+def _owner_ref(owner: dict[str, Any]) -> dict[str, Any]:
+    meta = owner.get("metadata") or {}
+    return {
+        "apiVersion": owner.get("apiVersion", "v1"),
+        "kind": owner.get("kind", "Pod"),
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+        "blockOwnerDeletion": False,
+    }
 
 
 def _parse_selector(selector: str | None) -> dict[str, str]:

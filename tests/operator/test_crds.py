@@ -11,11 +11,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
-from taskcreds import names
 from taskcreds.operator.leases import lease_entry, task_lease_body
 from taskcreds.operator.providers.base import Issued
 from taskcreds.operator.sources import parse_source
+
+from taskcreds import names
 
 CRDS = Path(__file__).resolve().parents[2] / "charts" / "taskcreds" / "crds"
 
