@@ -54,7 +54,7 @@ async def connect(
     ca_file: str | None = None,
     kubeconfig: str | None = None,
     context: str | None = None,
-    timeout: float = 10.0,
+    request_timeout: float = 10.0,
 ) -> KubeCluster:
     """A KubeCluster from an explicit URL, else a kubeconfig (argument or $KUBECONFIG), else in-cluster."""
     cfg = client.Configuration()
@@ -74,7 +74,7 @@ async def connect(
             raise ClusterError(
                 f"no Kubernetes configuration: give a URL or a kubeconfig, or run in a pod ({exc})"
             ) from None
-    return KubeCluster(client.ApiClient(cfg), timeout=timeout)
+    return KubeCluster(client.ApiClient(cfg), timeout=request_timeout)
 
 
 def _now_text() -> str:
