@@ -222,7 +222,9 @@ def remember(body: bytes, why: str) -> Path | None:
     """
     if not EXTENDED:
         return None
-    digest = hashlib.sha256(body).hexdigest()[:12]
-    path = CORPUS / f"found-{digest}.{why}.bin"
+    # one file per test, overwritten: hypothesis replays the shrunk (smallest) failing input last
+    current = os.environ.get("PYTEST_CURRENT_TEST", "")
+    test = current.split("::")[-1].split(" ")[0].split("[")[0] or hashlib.sha256(body).hexdigest()[:12]
+    path = CORPUS / f"found-{test}.{why}.bin"
     path.write_bytes(body)
     return path
