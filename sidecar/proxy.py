@@ -804,22 +804,36 @@ class EgressProxy:
         if chunked:
             lines.append(b"Transfer-Encoding: chunked")
         lines.append(b"Connection: keep-alive" if keep else b"Connection: close")
-        writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        # the head goes out with the first piece of the body, and the chunked terminator with the
+        # last: one TLS record and one send instead of three for a small response
+        pending = b"\r\n".join(lines) + b"\r\n\r\n"
         if no_body:
+            writer.write(pending)
             await writer.drain()
             return keep
+        content = resp.content
         try:
-            async for chunk in resp.content.iter_chunked(_CHUNK):
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    break
                 if chunked:
-                    writer.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                    pending += b"%x\r\n%b\r\n" % (len(chunk), chunk)
+                    if content.at_eof():
+                        pending += b"0\r\n\r\n"
+                        chunked = False  # terminator sent
                 else:
-                    writer.write(chunk)
+                    pending += chunk
+                writer.write(pending)
+                pending = b""
                 await writer.drain()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _RelayBroken() from exc
         if chunked:
-            writer.write(b"0\r\n\r\n")
-        await writer.drain()
+            pending += b"0\r\n\r\n"
+        if pending:
+            writer.write(pending)
+            await writer.drain()
         return keep
 
     def _record(self, ex: _Exchange) -> None:
