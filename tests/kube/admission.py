@@ -72,13 +72,24 @@ class Admission:
         rt = self.store.type_for("admissionregistration.k8s.io", "v1", kind)
         return sorted(self.store.list(rt), key=lambda c: c["metadata"]["name"])
 
-    def _matches(self, wh: dict[str, Any], rt: ResourceType, subresource: str | None, operation: str,
-                 obj: dict[str, Any] | None, old: dict[str, Any] | None, namespace: str | None) -> bool:
-        resource = f"{rt.plural}/{subresource}" if subresource else rt.plural
+    def _matches(
+        self,
+        wh: dict[str, Any],
+        rt: ResourceType,
+        subresource: str | None,
+        operation: str,
+        obj: dict[str, Any] | None,
+        old: dict[str, Any] | None,
+        namespace: str | None,
+    ) -> bool:
         scope = "Namespaced" if rt.namespaced else "Cluster"
 
         def rule_ok(rule: dict[str, Any]) -> bool:
-            ops, groups, versions = rule.get("operations") or [], rule.get("apiGroups") or [], rule.get("apiVersions") or []
+            ops, groups, versions = (
+                rule.get("operations") or [],
+                rule.get("apiGroups") or [],
+                rule.get("apiVersions") or [],
+            )
             if not ("*" in ops or operation in ops):
                 return False
             if not ("*" in groups or rt.group in groups) or not ("*" in versions or rt.version in versions):
@@ -108,24 +119,47 @@ class Admission:
                     return False
             selector = wh.get("objectSelector")
             if selector:
-                new_ok = obj is not None and label_selector_matches(selector, obj.get("metadata", {}).get("labels"))
-                old_ok = old is not None and label_selector_matches(selector, old.get("metadata", {}).get("labels"))
+                new_ok = obj is not None and label_selector_matches(
+                    selector, obj.get("metadata", {}).get("labels")
+                )
+                old_ok = old is not None and label_selector_matches(
+                    selector, old.get("metadata", {}).get("labels")
+                )
                 if not (new_ok or old_ok):
                     return False
         except SelectorError:
             return False
         return True
 
-    def _review(self, rt: ResourceType, subresource: str | None, operation: str, obj: dict[str, Any] | None,
-                old: dict[str, Any] | None, namespace: str | None, name: str, user: UserInfo,
-                dry_run: bool) -> dict[str, Any]:
+    def _review(
+        self,
+        rt: ResourceType,
+        subresource: str | None,
+        operation: str,
+        obj: dict[str, Any] | None,
+        old: dict[str, Any] | None,
+        namespace: str | None,
+        name: str,
+        user: UserInfo,
+        dry_run: bool,
+    ) -> dict[str, Any]:
         kind = {"group": rt.group, "version": rt.version, "kind": rt.kind}
         resource = {"group": rt.group, "version": rt.version, "resource": rt.plural}
-        options_kind = {"CREATE": "CreateOptions", "UPDATE": "UpdateOptions", "DELETE": "DeleteOptions"}.get(operation)
+        options_kind = {"CREATE": "CreateOptions", "UPDATE": "UpdateOptions", "DELETE": "DeleteOptions"}.get(
+            operation
+        )
         request: dict[str, Any] = {
-            "uid": str(uuid.uuid4()), "kind": kind, "resource": resource, "requestKind": kind,
-            "requestResource": resource, "name": name, "operation": operation, "userInfo": user.as_dict(),
-            "object": obj, "oldObject": old, "dryRun": dry_run,
+            "uid": str(uuid.uuid4()),
+            "kind": kind,
+            "resource": resource,
+            "requestKind": kind,
+            "requestResource": resource,
+            "name": name,
+            "operation": operation,
+            "userInfo": user.as_dict(),
+            "object": obj,
+            "oldObject": old,
+            "dryRun": dry_run,
             "options": {"apiVersion": "meta.k8s.io/v1", "kind": options_kind} if options_kind else None,
         }
         if subresource:
@@ -146,13 +180,17 @@ class Admission:
             svc = cc["service"]
             endpoint = self.service_endpoints.get((svc["namespace"], svc["name"]))
             if endpoint is None:
-                raise _WebhookFailure(f'failed to call webhook: service "{svc["name"]}" in namespace '
-                                      f'"{svc["namespace"]}" has no endpoints (KubeApi.admission.service_endpoints)')
+                raise _WebhookFailure(
+                    f'failed to call webhook: service "{svc["name"]}" in namespace '
+                    f'"{svc["namespace"]}" has no endpoints (KubeApi.admission.service_endpoints)'
+                )
             url = f"https://{endpoint}{svc.get('path') or ''}"
             server_hostname = f"{svc['name']}.{svc['namespace']}.svc"
         if "v1" not in (wh.get("admissionReviewVersions") or []):
-            raise _WebhookFailure("failed to call webhook: webhook does not accept v1 AdmissionReview (the only "
-                                  f"version this API speaks); admissionReviewVersions={wh.get('admissionReviewVersions')}")
+            raise _WebhookFailure(
+                "failed to call webhook: webhook does not accept v1 AdmissionReview (the only "
+                f"version this API speaks); admissionReviewVersions={wh.get('admissionReviewVersions')}"
+            )
         if cc.get("caBundle"):
             ctx = ssl.create_default_context(cadata=base64.b64decode(cc["caBundle"]).decode())
         else:
@@ -160,36 +198,65 @@ class Admission:
         full_url = f"{url}{'&' if '?' in url else '?'}timeout={timeout}s"
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-                async with session.post(full_url, json=review, ssl=ctx, server_hostname=server_hostname,
-                                        headers={"Accept": "application/json"}) as resp:
+                async with session.post(
+                    full_url,
+                    json=review,
+                    ssl=ctx,
+                    server_hostname=server_hostname,
+                    headers={"Accept": "application/json"},
+                ) as resp:
                     body = await resp.read()
                     if resp.status != 200:
-                        raise _WebhookFailure(f'failed to call webhook: the server responded with the status code '
-                                              f'{resp.status} ({body[:200]!r})')
+                        raise _WebhookFailure(
+                            f"failed to call webhook: the server responded with the status code "
+                            f"{resp.status} ({body[:200]!r})"
+                        )
         except TimeoutError:
-            raise _WebhookFailure(f'failed to call webhook: Post "{full_url}": context deadline exceeded') from None
+            raise _WebhookFailure(
+                f'failed to call webhook: Post "{full_url}": context deadline exceeded'
+            ) from None
         except (aiohttp.ClientError, ssl.SSLError, OSError) as e:
             raise _WebhookFailure(f'failed to call webhook: Post "{full_url}": {e}') from None
         try:
             answer = json.loads(body)
         except ValueError:
             raise _WebhookFailure("received invalid webhook response: the body is not JSON") from None
-        if not isinstance(answer, dict) or answer.get("apiVersion") != "admission.k8s.io/v1" or \
-                answer.get("kind") != "AdmissionReview":
-            got = f"{answer.get('apiVersion')}, Kind={answer.get('kind')}" if isinstance(answer, dict) else "?"
-            raise _WebhookFailure("received invalid webhook response: expected webhook response of "
-                                  f"admission.k8s.io/v1, Kind=AdmissionReview, got {got}")
+        if (
+            not isinstance(answer, dict)
+            or answer.get("apiVersion") != "admission.k8s.io/v1"
+            or answer.get("kind") != "AdmissionReview"
+        ):
+            got = (
+                f"{answer.get('apiVersion')}, Kind={answer.get('kind')}" if isinstance(answer, dict) else "?"
+            )
+            raise _WebhookFailure(
+                "received invalid webhook response: expected webhook response of "
+                f"admission.k8s.io/v1, Kind=AdmissionReview, got {got}"
+            )
         response = answer.get("response")
         if not isinstance(response, dict):
             raise _WebhookFailure("received invalid webhook response: webhook response was absent")
         if response.get("uid") != review["request"]["uid"]:
-            raise _WebhookFailure(f'received invalid webhook response: expected response.uid='
-                                  f'"{review["request"]["uid"]}", got "{response.get("uid")}"')
+            raise _WebhookFailure(
+                f"received invalid webhook response: expected response.uid="
+                f'"{review["request"]["uid"]}", got "{response.get("uid")}"'
+            )
         return response
 
-    async def run(self, rt: ResourceType, operation: str, obj: dict[str, Any] | None, old: dict[str, Any] | None,
-                  *, namespace: str | None, name: str, user: UserInfo, dry_run: bool = False,
-                  subresource: str | None = None, mutating: bool = True) -> tuple[dict[str, Any] | None, list[str]]:
+    async def run(
+        self,
+        rt: ResourceType,
+        operation: str,
+        obj: dict[str, Any] | None,
+        old: dict[str, Any] | None,
+        *,
+        namespace: str | None,
+        name: str,
+        user: UserInfo,
+        dry_run: bool = False,
+        subresource: str | None = None,
+        mutating: bool = True,
+    ) -> tuple[dict[str, Any] | None, list[str]]:
         """Run the mutating (or validating) webhooks; returns (object, warnings) or raises ApiError."""
         if rt.group in _SKIP_GROUPS:
             return obj, []
@@ -205,8 +272,11 @@ class Admission:
                     response = await self._post(wh, review)
                     warnings += [str(w) for w in response.get("warnings") or []]
                     if not response.get("allowed"):
-                        self.calls.append(WebhookCall(*record, "denied", str((response.get("status") or {})
-                                                                              .get("message", ""))))
+                        self.calls.append(
+                            WebhookCall(
+                                *record, "denied", str((response.get("status") or {}).get("message", ""))
+                            )
+                        )
                         raise _denied(wh["name"], response.get("status"))
                     if response.get("patch") and mutating:
                         obj = _apply(wh["name"], response, obj)
@@ -240,11 +310,19 @@ def _denied(name: str, status: Any) -> errors.ApiError:
 
 def _apply(name: str, response: dict[str, Any], obj: dict[str, Any] | None) -> dict[str, Any]:
     if response.get("patchType") != "JSONPatch":
-        raise _WebhookFailure(f'received invalid webhook response: patchType {response.get("patchType")!r} is not '
-                              '"JSONPatch", the only patch type admission.k8s.io/v1 defines')
+        raise _WebhookFailure(
+            f"received invalid webhook response: patchType {response.get('patchType')!r} is not "
+            '"JSONPatch", the only patch type admission.k8s.io/v1 defines'
+        )
     try:
         ops = json.loads(base64.b64decode(response["patch"]))
         return jsonpatch.apply_patch(copy.deepcopy(obj), ops, in_place=False)
-    except (ValueError, TypeError, KeyError, IndexError, jsonpatch.JsonPatchException,
-            jsonpatch.JsonPointerException) as e:
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        jsonpatch.JsonPatchException,
+        jsonpatch.JsonPointerException,
+    ) as e:
         raise _WebhookFailure(f"JSON patch from webhook {name!r} could not be applied: {e}") from None

@@ -10,6 +10,8 @@ Use the pytest fixture by importing it in a conftest.py or test module:
 
 from __future__ import annotations
 
+import builtins
+
 import asyncio
 import base64
 import concurrent.futures
@@ -64,12 +66,12 @@ class KubeApi:
         self.ca: TestCA | None = TestCA("kube stand-in CA") if tls else None
         self.url = ""
         self._runner: web.AppRunner | None = None
-        self._clients: list[Any] = []
+        self._clients: builtins.list[Any] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._thread_id: int | None = None
-        self._temp_files: list[str] = []
+        self._temp_files: builtins.list[str] = []
 
     def _now(self) -> float:
         return time.time() + self.clock_offset
@@ -106,8 +108,9 @@ class KubeApi:
         loop.close()
 
     async def _start_server(self) -> str:
-        self._runner = web.AppRunner(self.server.app, handle_signals=False, shutdown_timeout=1.0,
-                                     handler_cancellation=True)
+        self._runner = web.AppRunner(
+            self.server.app, handle_signals=False, shutdown_timeout=1.0, handler_cancellation=True
+        )
         await self._runner.setup()
         ssl_ctx: ssl.SSLContext | None = None
         if self.ca is not None:
@@ -189,11 +192,18 @@ class KubeApi:
         if self.ca is not None:
             cluster["certificate-authority-data"] = base64.b64encode(self.ca.cert_pem).decode()
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "standin", "preferences": {},
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "standin",
+            "preferences": {},
             "clusters": [{"name": "standin", "cluster": cluster}],
             "users": [{"name": "admin", "user": {"token": self.admin_token}}],
-            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "admin",
-                                                          "namespace": "default"}}],
+            "contexts": [
+                {
+                    "name": "standin",
+                    "context": {"cluster": "standin", "user": "admin", "namespace": "default"},
+                }
+            ],
         }
         p = Path(path)
         if p.is_dir():
@@ -236,8 +246,9 @@ class KubeApi:
         """What a ``@kopf.on.login`` handler returns to point kopf at this server."""
         import kopf
 
-        return kopf.ConnectionInfo(server=self.url, token=self.admin_token,
-                                   ca_data=self.ca.cert_pem if self.ca is not None else None)
+        return kopf.ConnectionInfo(
+            server=self.url, token=self.admin_token, ca_data=self.ca.cert_pem if self.ca is not None else None
+        )
 
     # --- direct store access (bypasses admission and the HTTP layer) ----------------------
 
@@ -253,8 +264,9 @@ class KubeApi:
         if existing is None:
             created = self.store.create(rt, ns, obj)
             if rt.has_status and "status" in obj and obj["status"] != created.get("status"):
-                _, new = self.store.prepare_update(rt, ns, created["metadata"]["name"],
-                                                   {**created, "status": obj["status"]}, "status")
+                _, new = self.store.prepare_update(
+                    rt, ns, created["metadata"]["name"], {**created, "status": obj["status"]}, "status"
+                )
                 return self.store.update(rt, ns, created["metadata"]["name"], new)
             return created
         body = copy.deepcopy(obj)
@@ -270,7 +282,7 @@ class KubeApi:
         return self.store.peek(rt, namespace, name)
 
     @_on_server_loop
-    def list(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+    def list(self, api_version: str, kind: str, namespace: str | None = None) -> builtins.list[dict[str, Any]]:
         return self.store.list(self.store.type_for_kind(api_version, kind), namespace)
 
     @_on_server_loop
@@ -290,7 +302,8 @@ class KubeApi:
 
     @_on_server_loop
     def bind_pod(self, namespace: str, name: str, node: str = "node-1") -> dict[str, Any]:
-        """What the scheduler does: set ``spec.nodeName``. A bound pod is deleted gracefully (deletionTimestamp
+        """What the scheduler does: set ``spec.nodeName``. A bound pod is deleted gracefully
+        (deletionTimestamp
         first, removal after ``pod_termination_delay``), an unbound one at once, as on a real cluster."""
         rt = self.store.type_for("", "v1", "pods")
         key = ("default" if namespace is None else namespace, name)
@@ -327,7 +340,7 @@ class KubeApi:
             self.store.create(rt, None, crd)
 
     def register_crds_from(self, path: str | Path) -> int:
-        """Every CustomResourceDefinition in a YAML file or directory (e.g. the chart's crds/); returns how many."""
+        """Every CustomResourceDefinition in a YAML file or directory (the chart's crds/); how many."""
         p = Path(path)
         files = sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml")) if p.is_dir() else [p]
         n = 0
@@ -339,55 +352,73 @@ class KubeApi:
         return n
 
     @_on_server_loop
-    def issue_pod_token(self, namespace: str, pod_name: str, service_account: str | None = None,
-                        audiences: list[str] | tuple[str, ...] = ("taskcreds",),
-                        expiration_seconds: int = 3600) -> str:
+    def issue_pod_token(
+        self,
+        namespace: str,
+        pod_name: str,
+        service_account: str | None = None,
+        audiences: builtins.list[str] | tuple[str, ...] = ("taskcreds",),
+        expiration_seconds: int = 3600,
+    ) -> str:
         """A projected service-account token bound to the pod, as the kubelet would mount (any lifetime)."""
         pod = self.store.get(self.store.type_for("", "v1", "pods"), namespace, pod_name)
         sa_name = service_account or pod["spec"].get("serviceAccountName") or "default"
         sa = self.store.get(self.store.type_for("", "v1", "serviceaccounts"), namespace, sa_name)
-        token, _ = self.tokens.issue(namespace=namespace, service_account=sa_name,
-                                     service_account_uid=sa["metadata"]["uid"], audiences=list(audiences),
-                                     expiration_seconds=expiration_seconds,
-                                     pod=(pod_name, pod["metadata"]["uid"]))
+        token, _ = self.tokens.issue(
+            namespace=namespace,
+            service_account=sa_name,
+            service_account_uid=sa["metadata"]["uid"],
+            audiences=list(audiences),
+            expiration_seconds=expiration_seconds,
+            pod=(pod_name, pod["metadata"]["uid"]),
+        )
         return token
 
     @_on_server_loop
-    def issue_token(self, namespace: str, service_account: str, audiences: list[str] | tuple[str, ...],
-                    expiration_seconds: int = 3600) -> str:
-        """A service-account token not bound to any object (what a TokenRequest without boundObjectRef gives)."""
+    def issue_token(
+        self,
+        namespace: str,
+        service_account: str,
+        audiences: builtins.list[str] | tuple[str, ...],
+        expiration_seconds: int = 3600,
+    ) -> str:
+        """A service-account token bound to no object (a TokenRequest without boundObjectRef)."""
         sa = self.store.get(self.store.type_for("", "v1", "serviceaccounts"), namespace, service_account)
-        return self.tokens.issue(namespace=namespace, service_account=service_account,
-                                 service_account_uid=sa["metadata"]["uid"], audiences=list(audiences),
-                                 expiration_seconds=expiration_seconds)[0]
+        return self.tokens.issue(
+            namespace=namespace,
+            service_account=service_account,
+            service_account_uid=sa["metadata"]["uid"],
+            audiences=list(audiences),
+            expiration_seconds=expiration_seconds,
+        )[0]
 
     def set_service_endpoint(self, namespace: str, service: str, host_port: str) -> None:
-        """Where a webhook's ``clientConfig.service`` reaches (TLS name stays ``<service>.<namespace>.svc``)."""
+        """Where a webhook's ``clientConfig.service`` reaches (TLS name stays ``<service>.<ns>.svc``)."""
         self.call(self.admission.service_endpoints.__setitem__, (namespace, service), host_port)
 
     # --- what happened --------------------------------------------------------------------
 
     @property
-    def events(self) -> list[dict[str, Any]]:
+    def events(self) -> builtins.list[dict[str, Any]]:
         """Every Event created (core/v1 and events.k8s.io/v1), oldest first."""
         return self.call(lambda: list(self.store.created_events))
 
     @property
-    def requests(self) -> list[tuple[str, str]]:
+    def requests(self) -> builtins.list[tuple[str, str]]:
         """(method, path) of every HTTP request, oldest first."""
         return self.call(lambda: list(self.server.state.requests))
 
     @property
-    def api_calls(self) -> list[ApiCall]:
-        """Every resource request in RBAC terms (verb, group, resource[/subresource], namespace, name, user)."""
+    def api_calls(self) -> builtins.list[ApiCall]:
+        """Every resource request in RBAC terms (verb, group, resource[/sub], namespace, name, user)."""
         return self.call(lambda: list(self.server.state.api_calls))
 
     @property
-    def webhook_calls(self) -> list[WebhookCall]:
+    def webhook_calls(self) -> builtins.list[WebhookCall]:
         return self.call(lambda: list(self.admission.calls))
 
     @property
-    def issued_tokens(self) -> list[IssuedToken]:
+    def issued_tokens(self) -> builtins.list[IssuedToken]:
         return self.call(lambda: list(self.tokens.issued))
 
     def set_down(self, down: bool) -> None:
@@ -410,7 +441,7 @@ class KubeApi:
     def bookmark_interval(self, seconds: float) -> None:
         self.server.state.bookmark_interval = seconds
 
-    async def wait_for(self, predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> Any:
+    async def wait_for(self, predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> Any:  # noqa: ASYNC109
         """Poll ``predicate()`` until it returns something truthy; TimeoutError naming the predicate."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
@@ -418,7 +449,9 @@ class KubeApi:
             if result:
                 return result
             if asyncio.get_running_loop().time() >= deadline:
-                raise TimeoutError(f"condition not met within {timeout}s: {getattr(predicate, '__name__', predicate)}")
+                raise TimeoutError(
+                    f"condition not met within {timeout}s: {getattr(predicate, '__name__', predicate)}"
+                )
             await asyncio.sleep(interval)
 
 

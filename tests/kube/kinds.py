@@ -28,6 +28,7 @@ Causes = list[tuple[str, str]]
 
 # --- defaulting (runs before admission, and again after mutating webhooks) --------------------
 
+
 def default_object(rt: ResourceType, obj: dict[str, Any]) -> None:
     """Fill the defaults the API fills, in place."""
     fn = _DEFAULTS.get((rt.group, rt.kind))
@@ -40,9 +41,15 @@ def _default_pod(pod: dict[str, Any]) -> None:
     sa = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
     spec["serviceAccountName"] = sa
     spec["serviceAccount"] = sa
-    for key, value in (("restartPolicy", "Always"), ("dnsPolicy", "ClusterFirst"),
-                       ("schedulerName", "default-scheduler"), ("terminationGracePeriodSeconds", 30),
-                       ("securityContext", {}), ("enableServiceLinks", True), ("priority", 0)):
+    for key, value in (
+        ("restartPolicy", "Always"),
+        ("dnsPolicy", "ClusterFirst"),
+        ("schedulerName", "default-scheduler"),
+        ("terminationGracePeriodSeconds", 30),
+        ("securityContext", {}),
+        ("enableServiceLinks", True),
+        ("priority", 0),
+    ):
         spec.setdefault(key, value)
     for group in ("initContainers", "containers"):
         for c in spec.get(group) or []:
@@ -107,6 +114,7 @@ _DEFAULTS = {
 
 # --- validation -----------------------------------------------------------------------------
 
+
 def check_string_maps(obj: dict[str, Any]) -> None:
     """Labels/annotations with non-string values fail to decode on a real API server (400)."""
     meta = obj.get("metadata")
@@ -117,13 +125,17 @@ def check_string_maps(obj: dict[str, Any]) -> None:
         if value is None:
             continue
         if not isinstance(value, dict):
-            raise bad_request(f"json: cannot unmarshal {type(value).__name__} into Go struct field "
-                              f"ObjectMeta.metadata.{field} of type map[string]string")
+            raise bad_request(
+                f"json: cannot unmarshal {type(value).__name__} into Go struct field "
+                f"ObjectMeta.metadata.{field} of type map[string]string"
+            )
         for k, v in value.items():
             if not isinstance(v, str):
                 raise bad_request(
-                    f"json: cannot unmarshal {_json_type(v)} into Go struct field ObjectMeta.metadata.{field} "
-                    f"of type string (key {k!r}; {field} values must be strings, quote them)")
+                    f"json: cannot unmarshal {_json_type(v)} into Go struct field "
+                    f"ObjectMeta.metadata.{field} "
+                    f"of type string (key {k!r}; {field} values must be strings, quote them)"
+                )
 
 
 def _json_type(v: Any) -> str:
@@ -135,8 +147,10 @@ def _qualified_key(key: str) -> str | None:
     if prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix)):
         return "prefix part must be a lowercase RFC 1123 subdomain"
     if not name or len(name) > 63 or not _QUALIFIED_NAME.match(name):
-        return ("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
-                "with an alphanumeric character (max 63)")
+        return (
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+            "with an alphanumeric character (max 63)"
+        )
     return None
 
 
@@ -144,20 +158,33 @@ def validate_metadata(rt: ResourceType, obj: dict[str, Any]) -> Causes:
     meta = obj.get("metadata") or {}
     causes: Causes = []
     name = meta.get("name", "")
-    pattern, what = ((DNS_LABEL, "a lowercase RFC 1123 label") if rt.kind in ("Namespace", "Service")
-                     else (DNS_SUBDOMAIN, "a lowercase RFC 1123 subdomain"))
+    pattern, what = (
+        (DNS_LABEL, "a lowercase RFC 1123 label")
+        if rt.kind in ("Namespace", "Service")
+        else (DNS_SUBDOMAIN, "a lowercase RFC 1123 subdomain")
+    )
     if not name:
         causes.append(("metadata.name", "Required value: name or generateName is required"))
     elif len(name) > (63 if pattern is DNS_LABEL else 253) or not pattern.match(name):
-        causes.append(("metadata.name", f'Invalid value: "{name}": must be {what} (lowercase alphanumerics, '
-                       "'-' or '.', starting and ending with an alphanumeric)"))
+        causes.append(
+            (
+                "metadata.name",
+                f'Invalid value: "{name}": must be {what} (lowercase alphanumerics, '
+                "'-' or '.', starting and ending with an alphanumeric)",
+            )
+        )
     for k, v in (meta.get("labels") or {}).items():
         if problem := _qualified_key(k):
             causes.append(("metadata.labels", f'Invalid value: "{k}": {problem}'))
         if len(v) > 63 or not _LABEL_VALUE.match(v):
-            causes.append(("metadata.labels", f'Invalid value: "{v}": a valid label must be an empty string or '
-                           "consist of alphanumeric characters, '-', '_' or '.', start and end with an "
-                           "alphanumeric character, at most 63 characters"))
+            causes.append(
+                (
+                    "metadata.labels",
+                    f'Invalid value: "{v}": a valid label must be an empty string or '
+                    "consist of alphanumeric characters, '-', '_' or '.', start and end with an "
+                    "alphanumeric character, at most 63 characters",
+                )
+            )
     annotations = meta.get("annotations") or {}
     for k in annotations:
         if problem := _qualified_key(k.lower()):
@@ -185,7 +212,9 @@ def _validate_pod(pod: dict[str, Any]) -> Causes:
     for i, v in enumerate(volumes):
         n = v.get("name", "") if isinstance(v, dict) else ""
         if not n or not DNS_LABEL.match(n):
-            causes.append((f"spec.volumes[{i}].name", f'Invalid value: "{n}": must be a lowercase RFC 1123 label'))
+            causes.append(
+                (f"spec.volumes[{i}].name", f'Invalid value: "{n}": must be a lowercase RFC 1123 label')
+            )
         elif n in vol_names:
             causes.append((f"spec.volumes[{i}].name", f'Duplicate value: "{n}"'))
         vol_names.add(n)
@@ -207,8 +236,13 @@ def _validate_pod(pod: dict[str, Any]) -> Causes:
             if not c.get("image"):
                 causes.append((f"{where}.image", "Required value"))
             if "restartPolicy" in c and not (group == "initContainers" and c["restartPolicy"] == "Always"):
-                causes.append((f"{where}.restartPolicy", f'Unsupported value: "{c["restartPolicy"]}": '
-                               'supported values: "Always" (init containers only)'))
+                causes.append(
+                    (
+                        f"{where}.restartPolicy",
+                        f'Unsupported value: "{c["restartPolicy"]}": '
+                        'supported values: "Always" (init containers only)',
+                    )
+                )
             paths: set[str] = set()
             for j, m in enumerate(c.get("volumeMounts") or []):
                 if m.get("name") not in vol_names:
@@ -216,14 +250,23 @@ def _validate_pod(pod: dict[str, Any]) -> Causes:
                 if not m.get("mountPath"):
                     causes.append((f"{where}.volumeMounts[{j}].mountPath", "Required value"))
                 elif m["mountPath"] in paths:
-                    causes.append((f"{where}.volumeMounts[{j}].mountPath",
-                                   f'Invalid value: "{m["mountPath"]}": must be unique'))
+                    causes.append(
+                        (
+                            f"{where}.volumeMounts[{j}].mountPath",
+                            f'Invalid value: "{m["mountPath"]}": must be unique',
+                        )
+                    )
                 paths.add(m.get("mountPath", ""))
             for j, e in enumerate(c.get("env") or []):
                 if not _ENV_NAME.match(str(e.get("name", ""))):
-                    causes.append((f"{where}.env[{j}].name", f'Invalid value: "{e.get("name", "")}": a valid '
-                                   "environment variable name must consist of alphabetic characters, digits, "
-                                   "'_', '-', or '.', and must not start with a digit"))
+                    causes.append(
+                        (
+                            f"{where}.env[{j}].name",
+                            f'Invalid value: "{e.get("name", "")}": a valid '
+                            "environment variable name must consist of alphabetic characters, digits, "
+                            "'_', '-', or '.', and must not start with a digit",
+                        )
+                    )
                 if "value" in e and not isinstance(e["value"], str):
                     causes.append((f"{where}.env[{j}].value", "Invalid value: must be a string"))
     return causes
@@ -235,8 +278,10 @@ def _validate_secret(secret: dict[str, Any]) -> Causes:
         try:
             base64.b64decode(v, validate=True)
         except (binascii.Error, TypeError, ValueError):
-            raise bad_request(f"illegal base64 data in Secret data[{k!r}]: Secret.data values are base64; "
-                              "use stringData for plain text") from None
+            raise bad_request(
+                f"illegal base64 data in Secret data[{k!r}]: Secret.data values are base64; "
+                "use stringData for plain text"
+            ) from None
     return causes
 
 
@@ -247,25 +292,41 @@ def _validate_webhooks(cfg: dict[str, Any]) -> Causes:
         where = f"webhooks[{i}]"
         name = wh.get("name", "")
         if not name or "." not in name:
-            causes.append((f"{where}.name", f'Invalid value: "{name}": should be a domain with at least three '
-                           "segments separated by dots"))
+            causes.append(
+                (
+                    f"{where}.name",
+                    f'Invalid value: "{name}": should be a domain with at least three '
+                    "segments separated by dots",
+                )
+            )
         elif name in seen:
             causes.append((f"{where}.name", f'Duplicate value: "{name}"'))
         seen.add(name)
         if wh.get("sideEffects") not in ("None", "NoneOnDryRun"):
-            causes.append((f"{where}.sideEffects", 'Unsupported value: supported values: "None", "NoneOnDryRun"'))
+            causes.append(
+                (f"{where}.sideEffects", 'Unsupported value: supported values: "None", "NoneOnDryRun"')
+            )
         if not wh.get("admissionReviewVersions"):
             causes.append((f"{where}.admissionReviewVersions", "Required value"))
         if wh.get("failurePolicy") not in ("Fail", "Ignore"):
             causes.append((f"{where}.failurePolicy", 'Unsupported value: supported values: "Fail", "Ignore"'))
         t = wh.get("timeoutSeconds")
         if not isinstance(t, int) or not 1 <= t <= 30:
-            causes.append((f"{where}.timeoutSeconds", "Invalid value: the timeout value must be between 1 and 30 seconds"))
+            causes.append(
+                (
+                    f"{where}.timeoutSeconds",
+                    "Invalid value: the timeout value must be between 1 and 30 seconds",
+                )
+            )
         cc = wh.get("clientConfig") or {}
         if bool(cc.get("url")) == bool(cc.get("service")):
-            causes.append((f"{where}.clientConfig", "Required value: exactly one of url or service is required"))
+            causes.append(
+                (f"{where}.clientConfig", "Required value: exactly one of url or service is required")
+            )
         elif cc.get("url") and not str(cc["url"]).startswith("https://"):
-            causes.append((f"{where}.clientConfig.url", "Unsupported value: 'https' is the only allowed URL scheme"))
+            causes.append(
+                (f"{where}.clientConfig.url", "Unsupported value: 'https' is the only allowed URL scheme")
+            )
         if cc.get("caBundle"):
             try:
                 base64.b64decode(cc["caBundle"], validate=True)
@@ -279,13 +340,23 @@ def _validate_core_event(ev: dict[str, Any]) -> Causes:
     ns = (ev.get("metadata") or {}).get("namespace")
     inv = ev.get("involvedObject") or {}
     if inv.get("namespace") and inv["namespace"] != ns:
-        causes.append(("involvedObject.namespace", f'Invalid value: "{inv["namespace"]}": does not match '
-                       f"event.namespace ({ns})"))
+        causes.append(
+            (
+                "involvedObject.namespace",
+                f'Invalid value: "{inv["namespace"]}": does not match event.namespace ({ns})',
+            )
+        )
     if not inv.get("namespace") and ns not in ("default", None):
-        causes.append(("involvedObject.namespace", "Invalid value: an event about a cluster-scoped object must "
-                       'be in the "default" namespace'))
+        causes.append(
+            (
+                "involvedObject.namespace",
+                'Invalid value: an event about a cluster-scoped object must be in the "default" namespace',
+            )
+        )
     if ev.get("type") not in (None, "", "Normal", "Warning"):
-        causes.append(("type", f'Unsupported value: "{ev.get("type")}": supported values: "Normal", "Warning"'))
+        causes.append(
+            ("type", f'Unsupported value: "{ev.get("type")}": supported values: "Normal", "Warning"')
+        )
     return causes
 
 
@@ -295,11 +366,15 @@ def _validate_events_v1(ev: dict[str, Any]) -> Causes:
         if not ev.get(field):
             causes.append((field, "Required value"))
     if ev.get("type") not in ("Normal", "Warning"):
-        causes.append(("type", f'Unsupported value: "{ev.get("type")}": supported values: "Normal", "Warning"'))
+        causes.append(
+            ("type", f'Unsupported value: "{ev.get("type")}": supported values: "Normal", "Warning"')
+        )
     ns = (ev.get("metadata") or {}).get("namespace")
     reg = ev.get("regarding") or {}
     if reg.get("namespace") and reg["namespace"] != ns:
-        causes.append(("regarding.namespace", f'Invalid value: "{reg["namespace"]}": does not match event.namespace'))
+        causes.append(
+            ("regarding.namespace", f'Invalid value: "{reg["namespace"]}": does not match event.namespace')
+        )
     if len(str(ev.get("note") or "")) > 1024:
         causes.append(("note", "Too long: must have at most 1024 bytes"))
     return causes
@@ -340,4 +415,3 @@ def validate_update(rt: ResourceType, old: dict[str, Any], new: dict[str, Any]) 
     if strip(old.get("spec") or {}) != strip(new.get("spec") or {}):
         return [("spec", _POD_MUTABLE_MESSAGE)]
     return []
-

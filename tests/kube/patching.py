@@ -135,7 +135,9 @@ def _smp_list(field: str, current: Any, patch: list[Any]) -> list[Any]:
     key = MERGE_KEYS.get(field)
     if key is None:
         # a `$patch: replace` marker item in an atomic list is meaningless; drop directives
-        return [copy.deepcopy(i) for i in patch if not (isinstance(i, dict) and "$patch" in i and len(i) == 1)]
+        return [
+            copy.deepcopy(i) for i in patch if not (isinstance(i, dict) and "$patch" in i and len(i) == 1)
+        ]
     out = [copy.deepcopy(i) for i in current]
     for item in patch:
         if not isinstance(item, dict):

@@ -59,8 +59,16 @@ def _rt(group: str, version: str, plural: str, kind: str, namespaced: bool, **kw
 
 
 BUILTINS: tuple[ResourceType, ...] = (
-    _rt("", "v1", "namespaces", "Namespace", False, subresources=("status",), short_names=("ns",),
-        verbs=("create", "delete", "get", "list", "patch", "update", "watch")),
+    _rt(
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        False,
+        subresources=("status",),
+        short_names=("ns",),
+        verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
+    ),
     _rt("", "v1", "pods", "Pod", True, subresources=("status",), short_names=("po",)),
     _rt("", "v1", "secrets", "Secret", True),
     _rt("", "v1", "configmaps", "ConfigMap", True, short_names=("cm",)),
@@ -69,14 +77,38 @@ BUILTINS: tuple[ResourceType, ...] = (
     _rt("", "v1", "events", "Event", True, short_names=("ev",)),
     _rt("events.k8s.io", "v1", "events", "Event", True, short_names=("ev",)),
     _rt("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", False, verbs=("create",), virtual=True),
-    _rt("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False,
-        verbs=("create",), virtual=True),
-    _rt("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
-        "MutatingWebhookConfiguration", False),
-    _rt("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
-        "ValidatingWebhookConfiguration", False),
-    _rt("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
-        subresources=("status",), short_names=("crd", "crds")),
+    _rt(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        False,
+        verbs=("create",),
+        virtual=True,
+    ),
+    _rt(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        False,
+    ),
+    _rt(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        False,
+    ),
+    _rt(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        False,
+        subresources=("status",),
+        short_names=("crd", "crds"),
+    ),
     _rt("coordination.k8s.io", "v1", "leases", "Lease", True),
     _rt("apps", "v1", "deployments", "Deployment", True, subresources=("status",), short_names=("deploy",)),
 )
@@ -86,9 +118,13 @@ def from_crd(crd: dict[str, Any]) -> list[ResourceType]:
     """One ResourceType per served version of an apiextensions.k8s.io/v1 CRD manifest."""
     spec = crd.get("spec") or {}
     names = spec.get("names") or {}
-    group, plural, kind = spec.get("group"), names.get("plural"), names.get("kind")
+    group: str = spec.get("group") or ""
+    plural: str = names.get("plural") or ""
+    kind: str = names.get("kind") or ""
     scope = spec.get("scope")
-    problems = [f"spec.{n}" for n, v in (("group", group), ("names.plural", plural), ("names.kind", kind)) if not v]
+    problems = [
+        f"spec.{n}" for n, v in (("group", group), ("names.plural", plural), ("names.kind", kind)) if not v
+    ]
     if scope not in ("Namespaced", "Cluster"):
         problems.append("spec.scope (Namespaced or Cluster)")
     if not spec.get("versions"):
@@ -103,36 +139,65 @@ def from_crd(crd: dict[str, Any]) -> list[ResourceType]:
         if not v.get("served", True):
             continue
         subs = tuple(k for k in ("status", "scale") if k in (v.get("subresources") or {}))
-        out.append(ResourceType(
-            group, v["name"], plural, kind, scope == "Namespaced", subresources=subs,
-            short_names=tuple(names.get("shortNames") or ()), builtin=False,
-            schema=(v.get("schema") or {}).get("openAPIV3Schema"),
-        ))
+        out.append(
+            ResourceType(
+                group,
+                v["name"],
+                plural,
+                kind,
+                scope == "Namespaced",
+                subresources=subs,
+                short_names=tuple(names.get("shortNames") or ()),
+                builtin=False,
+                schema=(v.get("schema") or {}).get("openAPIV3Schema"),
+            )
+        )
     return out
 
 
 def _resource_entry(rt: ResourceType) -> list[dict[str, Any]]:
     entry: dict[str, Any] = {
-        "name": rt.plural, "singularName": rt.singular, "namespaced": rt.namespaced,
-        "kind": rt.kind, "verbs": list(rt.verbs),
+        "name": rt.plural,
+        "singularName": rt.singular,
+        "namespaced": rt.namespaced,
+        "kind": rt.kind,
+        "verbs": list(rt.verbs),
     }
     if rt.short_names:
         entry["shortNames"] = list(rt.short_names)
     rows = [entry]
     for sub in rt.subresources:
         if sub == "token":
-            rows.append({"name": f"{rt.plural}/token", "singularName": "", "namespaced": rt.namespaced,
-                         "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest",
-                         "verbs": ["create"]})
+            rows.append(
+                {
+                    "name": f"{rt.plural}/token",
+                    "singularName": "",
+                    "namespaced": rt.namespaced,
+                    "group": "authentication.k8s.io",
+                    "version": "v1",
+                    "kind": "TokenRequest",
+                    "verbs": ["create"],
+                }
+            )
         else:
-            rows.append({"name": f"{rt.plural}/{sub}", "singularName": "", "namespaced": rt.namespaced,
-                         "kind": rt.kind, "verbs": ["get", "patch", "update"]})
+            rows.append(
+                {
+                    "name": f"{rt.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": rt.namespaced,
+                    "kind": rt.kind,
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
     return rows
 
 
 def api_versions() -> dict[str, Any]:
-    return {"kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
+    return {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+    }
 
 
 def api_group_list(types: Iterable[ResourceType]) -> dict[str, Any]:
@@ -142,12 +207,22 @@ def api_group_list(types: Iterable[ResourceType]) -> dict[str, Any]:
             versions = groups.setdefault(rt.group, [])
             if rt.version not in versions:
                 versions.append(rt.version)
-    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [api_group(g, vs) for g, vs in groups.items()]}
+    return {
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [api_group(g, vs) for g, vs in groups.items()],
+    }
 
 
 def api_group(group: str, versions: list[str]) -> dict[str, Any]:
     gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-    return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": gvs, "preferredVersion": gvs[0]}
+    return {
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": group,
+        "versions": gvs,
+        "preferredVersion": gvs[0],
+    }
 
 
 def api_resource_list(group_version: str, types: Iterable[ResourceType]) -> dict[str, Any]:

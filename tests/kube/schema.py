@@ -42,11 +42,17 @@ def prune_and_validate(rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
             causes.append((req, "Required value"))
     if causes:
         name = (obj.get("metadata") or {}).get("name", "")
-        raise errors.ApiError(422, "Invalid", f'{rt.kind}.{rt.group} "{name}" is invalid: ['
-                              + ", ".join(f"{f}: {m}" for f, m in causes) + "]",
-                              {"name": name, "group": rt.group, "kind": rt.kind,
-                               "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f}
-                                          for f, m in causes]})
+        raise errors.ApiError(
+            422,
+            "Invalid",
+            f'{rt.kind}.{rt.group} "{name}" is invalid: [' + ", ".join(f"{f}: {m}" for f, m in causes) + "]",
+            {
+                "name": name,
+                "group": rt.group,
+                "kind": rt.kind,
+                "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes],
+            },
+        )
     return out
 
 
@@ -55,8 +61,11 @@ def prune(value: Any, schema: dict[str, Any]) -> Any:
     if isinstance(value, dict):
         props = schema.get("properties") or {}
         additional = schema.get("additionalProperties")
-        keep_unknown = (schema.get("x-kubernetes-preserve-unknown-fields") or additional is True
-                        or (not props and "type" not in schema))
+        keep_unknown = (
+            schema.get("x-kubernetes-preserve-unknown-fields")
+            or additional is True
+            or (not props and "type" not in schema)
+        )
         out = {}
         for k, v in value.items():
             if k in props:
@@ -93,30 +102,48 @@ def validate(value: Any, schema: dict[str, Any], path: str, causes: list[tuple[s
         return
     t = schema.get("type")
     if t and not _type_ok(value, t):
-        causes.append((path, f'Invalid value: "{_kind(value)}": {path} in body must be of type {t}: "{_kind(value)}"'))
+        causes.append(
+            (path, f'Invalid value: "{_kind(value)}": {path} in body must be of type {t}: "{_kind(value)}"')
+        )
         return
     if "enum" in schema and value not in schema["enum"]:
         allowed = ", ".join(f'"{v}"' for v in schema["enum"])
         causes.append((path, f'Unsupported value: "{value}": supported values: {allowed}'))
     if isinstance(value, str):
         if "pattern" in schema and not re.search(schema["pattern"], value):
-            causes.append((path, f'Invalid value: "{value}": {path} in body should match \'{schema["pattern"]}\''))
+            causes.append(
+                (path, f"Invalid value: \"{value}\": {path} in body should match '{schema['pattern']}'")
+            )
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             causes.append((path, f"Too long: may not be longer than {schema['maxLength']}"))
         if "minLength" in schema and len(value) < schema["minLength"]:
-            causes.append((path, f"Invalid value: {path} in body should be at least {schema['minLength']} chars long"))
+            causes.append(
+                (path, f"Invalid value: {path} in body should be at least {schema['minLength']} chars long")
+            )
     if _type_ok(value, "number"):
         if "minimum" in schema and value < schema["minimum"]:
-            causes.append((path, f"Invalid value: {value}: {path} in body should be greater than or equal to "
-                           f"{schema['minimum']}"))
+            causes.append(
+                (
+                    path,
+                    f"Invalid value: {value}: {path} in body should be greater than or equal to "
+                    f"{schema['minimum']}",
+                )
+            )
         if "maximum" in schema and value > schema["maximum"]:
-            causes.append((path, f"Invalid value: {value}: {path} in body should be less than or equal to "
-                           f"{schema['maximum']}"))
+            causes.append(
+                (
+                    path,
+                    f"Invalid value: {value}: {path} in body should be less than or equal to "
+                    f"{schema['maximum']}",
+                )
+            )
     if isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             causes.append((path, f"Too many: {len(value)}: must have at most {schema['maxItems']} items"))
         if "minItems" in schema and len(value) < schema["minItems"]:
-            causes.append((path, f"Invalid value: {path} in body should have at least {schema['minItems']} items"))
+            causes.append(
+                (path, f"Invalid value: {path} in body should have at least {schema['minItems']} items")
+            )
         if isinstance(schema.get("items"), dict):
             for i, item in enumerate(value):
                 validate(item, schema["items"], f"{path}[{i}]", causes)
@@ -134,5 +161,11 @@ def validate(value: Any, schema: dict[str, Any], path: str, causes: list[tuple[s
 
 
 def _kind(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}.get(
-        type(value), "null")
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+    }.get(type(value), "null")

@@ -62,7 +62,9 @@ _EXISTS_RE = re.compile(rf"^\s*(!?)\s*({_KEY})\s*$")
 
 def _split_top_level(text: str) -> list[str]:
     """Split on commas that are not inside parentheses."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "(":
             depth += 1
@@ -120,6 +122,7 @@ def label_selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[s
 
 
 # --- field selectors -------------------------------------------------------------------------
+
 
 def _path(*keys: str) -> Callable[[dict[str, Any]], str]:
     def get(obj: dict[str, Any]) -> str:
@@ -192,7 +195,7 @@ def parse_field_selector(text: str | None, kind: str) -> list[FieldRequirement]:
             raise SelectorError(f"invalid selector: {part!r}; expected field=value or field!=value")
         field, op, value = m.group(1).strip(), m.group(2), m.group(3).strip()
         if field not in supported:
-            raise SelectorError(f'field label not supported: {field}')
+            raise SelectorError(f"field label not supported: {field}")
         out.append(FieldRequirement(field, op == "!=", value, supported[field]))
     return out
 

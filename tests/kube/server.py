@@ -27,11 +27,25 @@ from tests.kube.tokens import API_AUDIENCES, TokenAuthority
 
 __all__ = ["ApiServer", "ApiCall", "KUBERNETES_VERSION"]
 
-KUBERNETES_VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.0-taskcreds-standin",
-                      "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-                      "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc",
-                      "platform": "linux/amd64"}
-_PUBLIC = ("/version", "/healthz", "/readyz", "/livez", "/.well-known/openid-configuration", "/openid/v1/jwks")
+KUBERNETES_VERSION = {
+    "major": "1",
+    "minor": "33",
+    "gitVersion": "v1.33.0-taskcreds-standin",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "go1.24",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+_PUBLIC = (
+    "/version",
+    "/healthz",
+    "/readyz",
+    "/livez",
+    "/.well-known/openid-configuration",
+    "/openid/v1/jwks",
+)
 
 
 @dataclass(frozen=True)
@@ -92,14 +106,20 @@ class ApiServer:
     # --- plumbing -------------------------------------------------------------------------
 
     @web.middleware
-    async def _middleware(self, request: web.Request,
-                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         self.state.requests.append((request.method, request.path))
         if self.state.latency:
             await asyncio.sleep(self.state.latency)
         if self.state.down:
-            return _status_response(errors.ApiError(503, "ServiceUnavailable", "the server is currently unable to "
-                                                    "handle the request (KubeApi.set_down)"))
+            return _status_response(
+                errors.ApiError(
+                    503,
+                    "ServiceUnavailable",
+                    "the server is currently unable to handle the request (KubeApi.set_down)",
+                )
+            )
         try:
             return await handler(request)
         except errors.ApiError as e:
@@ -188,13 +208,18 @@ class ApiServer:
         if method == "GET":
             verb = "get" if t.name else ("watch" if _bool(q.get("watch")) else "list")
         else:
-            verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
-                    "DELETE": "delete" if t.name else "deletecollection"}.get(method, method.lower())
+            verb = {
+                "POST": "create",
+                "PUT": "update",
+                "PATCH": "patch",
+                "DELETE": "delete" if t.name else "deletecollection",
+            }.get(method, method.lower())
         resource = f"{t.rt.plural}/{t.subresource}" if t.subresource else t.rt.plural
         self.state.api_calls.append(ApiCall(verb, t.rt.group, resource, t.namespace, t.name, user.username))
         if t.rt.namespaced and t.namespace is None and verb not in ("list", "watch"):
-            raise errors.method_not_allowed(f"{verb} on {t.rt.qualified} needs a namespace in the URL "
-                                            f"(/namespaces/<ns>/{t.rt.plural})")
+            raise errors.method_not_allowed(
+                f"{verb} on {t.rt.qualified} needs a namespace in the URL (/namespaces/<ns>/{t.rt.plural})"
+            )
         if t.rt.virtual and verb != "create":
             raise errors.method_not_allowed()
         dry_run = q.get("dryRun") == "All"
@@ -213,8 +238,10 @@ class ApiServer:
             if t.rt.kind == "TokenReview":
                 return self._token_review(body)
             if t.rt.kind == "SelfSubjectAccessReview":
-                return _json({**body, "status": {"allowed": True, "reason": "the stand-in does not implement RBAC"}},
-                             201)
+                return _json(
+                    {**body, "status": {"allowed": True, "reason": "the stand-in does not implement RBAC"}},
+                    201,
+                )
             return await self._create(t, body, user, dry_run)
         if verb in ("update", "patch"):
             if t.name is None:
@@ -230,8 +257,10 @@ class ApiServer:
 
     def _selectors(self, request: web.Request, t: _Target) -> tuple[Any, Any]:
         try:
-            return (parse_label_selector(request.query.get("labelSelector")),
-                    parse_field_selector(request.query.get("fieldSelector"), t.rt.kind))
+            return (
+                parse_label_selector(request.query.get("labelSelector")),
+                parse_field_selector(request.query.get("fieldSelector"), t.rt.kind),
+            )
         except SelectorError as e:
             raise errors.bad_request(str(e)) from None
 
@@ -247,56 +276,93 @@ class ApiServer:
         meta: dict[str, Any] = {"resourceVersion": str(self.store.rv)}
         limit = int(request.query.get("limit") or 0)
         if limit > 0 and start + limit < len(items):
-            meta["continue"] = base64.urlsafe_b64encode(json.dumps({"start": start + limit}).encode()).decode()
+            meta["continue"] = base64.urlsafe_b64encode(
+                json.dumps({"start": start + limit}).encode()
+            ).decode()
             meta["remainingItemCount"] = len(items) - start - limit
-            items = items[start:start + limit]
+            items = items[start : start + limit]
         else:
             items = items[start:]
         if t.rt.builtin:  # built-in lists omit kind/apiVersion in items; custom resource lists keep them
             for item in items:
                 item.pop("kind", None)
                 item.pop("apiVersion", None)
-        return _json({"apiVersion": t.rt.api_version, "kind": f"{t.rt.kind}List", "metadata": meta, "items": items})
+        return _json(
+            {"apiVersion": t.rt.api_version, "kind": f"{t.rt.kind}List", "metadata": meta, "items": items}
+        )
 
     async def _create(self, t: _Target, body: Any, user: UserInfo, dry_run: bool) -> web.Response:
         obj = self.store.prepare_create(t.rt, t.namespace, body)
         name = obj["metadata"].get("name", "")
-        obj, warnings = await self.admission.run(t.rt, "CREATE", obj, None, namespace=t.namespace, name=name,
-                                                 user=user, dry_run=dry_run)
-        assert obj is not None
+        mutated, warnings = await self.admission.run(
+            t.rt, "CREATE", obj, None, namespace=t.namespace, name=name, user=user, dry_run=dry_run
+        )
+        if mutated is None:
+            raise errors.internal("a mutating webhook returned no object")
+        obj = mutated
         if obj.get("metadata", {}).get("namespace") not in (None, t.namespace) and t.rt.namespaced:
             raise errors.bad_request("a mutating webhook changed metadata.namespace")
         obj = self.store.prepare_create(t.rt, t.namespace, obj)
-        _, vwarnings = await self.admission.run(t.rt, "CREATE", obj, None, namespace=t.namespace, name=name,
-                                                user=user, dry_run=dry_run, mutating=False)
+        _, vwarnings = await self.admission.run(
+            t.rt,
+            "CREATE",
+            obj,
+            None,
+            namespace=t.namespace,
+            name=name,
+            user=user,
+            dry_run=dry_run,
+            mutating=False,
+        )
         created = self.store.create(t.rt, t.namespace, obj, dry_run=dry_run, prepared=True)
         return _json(created, 201, warnings + vwarnings)
 
-    async def _update(self, t: _Target, body: Any, user: UserInfo, dry_run: bool,
-                      patch_type: str | None) -> web.Response:
+    async def _update(
+        self, t: _Target, body: Any, user: UserInfo, dry_run: bool, patch_type: str | None
+    ) -> web.Response:
         name = t.name or ""
         for _attempt in range(5):
             if patch_type is None:
                 current, new = self.store.prepare_update(t.rt, t.namespace, name, body, t.subresource)
             else:
-                current, new = self.store.prepare_patch(t.rt, t.namespace, name, patch_type, body, t.subresource)
+                current, new = self.store.prepare_patch(
+                    t.rt, t.namespace, name, patch_type, body, t.subresource
+                )
             expect = current["metadata"]["resourceVersion"]
             warnings: list[str] = []
             if not new["metadata"].get("deletionTimestamp") or new["metadata"].get("finalizers"):
                 mutated, warnings = await self.admission.run(
-                    t.rt, "UPDATE", new, current, namespace=t.namespace, name=name, user=user, dry_run=dry_run,
-                    subresource=t.subresource)
+                    t.rt,
+                    "UPDATE",
+                    new,
+                    current,
+                    namespace=t.namespace,
+                    name=name,
+                    user=user,
+                    dry_run=dry_run,
+                    subresource=t.subresource,
+                )
                 assert mutated is not None
                 new = mutated
-                _, vw = await self.admission.run(t.rt, "UPDATE", new, current, namespace=t.namespace, name=name,
-                                                 user=user, dry_run=dry_run, subresource=t.subresource,
-                                                 mutating=False)
+                _, vw = await self.admission.run(
+                    t.rt,
+                    "UPDATE",
+                    new,
+                    current,
+                    namespace=t.namespace,
+                    name=name,
+                    user=user,
+                    dry_run=dry_run,
+                    subresource=t.subresource,
+                    mutating=False,
+                )
                 warnings += vw
             try:
                 updated = self.store.update(t.rt, t.namespace, name, new, expect_rv=expect, dry_run=dry_run)
             except errors.ApiError as e:
-                if e.reason == "Conflict" and (patch_type is not None or not (body.get("metadata") or {})
-                                               .get("resourceVersion")):
+                if e.reason == "Conflict" and (
+                    patch_type is not None or not (body.get("metadata") or {}).get("resourceVersion")
+                ):
                     continue  # changed while webhooks ran: the API retries patches (and unconditional PUTs)
                 raise
             return _json(updated, 200, warnings)
@@ -310,8 +376,16 @@ class ApiServer:
             if k in request.query:
                 options.setdefault(k, request.query[k])
         current = self.store.get(t.rt, t.namespace, t.name or "")
-        await self.admission.run(t.rt, "DELETE", None, current, namespace=t.namespace, name=t.name or "",
-                                 user=user, dry_run=dry_run)
+        await self.admission.run(
+            t.rt,
+            "DELETE",
+            None,
+            current,
+            namespace=t.namespace,
+            name=t.name or "",
+            user=user,
+            dry_run=dry_run,
+        )
         obj, gone = self.store.delete(t.rt, t.namespace, t.name or "", options, dry_run=dry_run)
         if not gone:
             # the API answers 200 for a held deletion, 202 only when orphanDependents=false was asked for
@@ -321,18 +395,27 @@ class ApiServer:
         details = {"name": obj["metadata"]["name"], "kind": t.rt.plural, "uid": obj["metadata"]["uid"]}
         if t.rt.group:
             details["group"] = t.rt.group
-        return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
+        return _json(
+            {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
+        )
 
     async def _delete_collection(self, request: web.Request, t: _Target, dry_run: bool) -> web.Response:
         labels, fields = self._selectors(request, t)
         out = []
         for obj in self.store.list(t.rt, t.namespace, labels, fields):
             with contextlib.suppress(errors.ApiError):
-                deleted, _ = self.store.delete(t.rt, obj["metadata"].get("namespace"), obj["metadata"]["name"],
-                                               dry_run=dry_run)
+                deleted, _ = self.store.delete(
+                    t.rt, obj["metadata"].get("namespace"), obj["metadata"]["name"], dry_run=dry_run
+                )
                 out.append(deleted)
-        return _json({"apiVersion": t.rt.api_version, "kind": f"{t.rt.kind}List",
-                      "metadata": {"resourceVersion": str(self.store.rv)}, "items": out})
+        return _json(
+            {
+                "apiVersion": t.rt.api_version,
+                "kind": f"{t.rt.kind}List",
+                "metadata": {"resourceVersion": str(self.store.rv)},
+                "items": out,
+            }
+        )
 
     # --- tokens ---------------------------------------------------------------------------
 
@@ -345,42 +428,81 @@ class ApiServer:
         exp = spec["expirationSeconds"]
         rt_name = "TokenRequest.authentication.k8s.io"
         if not isinstance(exp, int) or exp < 600:
-            raise errors.ApiError(422, "Invalid", f'{rt_name} "{sa_name}" is invalid: spec.expirationSeconds: '
-                                  f"Invalid value: {exp}: may not specify a duration less than 10 minutes")
+            raise errors.ApiError(
+                422,
+                "Invalid",
+                f'{rt_name} "{sa_name}" is invalid: spec.expirationSeconds: '
+                f"Invalid value: {exp}: may not specify a duration less than 10 minutes",
+            )
         if exp > 2**32:
-            raise errors.ApiError(422, "Invalid", f'{rt_name} "{sa_name}" is invalid: spec.expirationSeconds: '
-                                  f"Invalid value: {exp}: may not specify a duration larger than 2^32 seconds")
+            raise errors.ApiError(
+                422,
+                "Invalid",
+                f'{rt_name} "{sa_name}" is invalid: spec.expirationSeconds: '
+                f"Invalid value: {exp}: may not specify a duration larger than 2^32 seconds",
+            )
         pod = None
         ref = spec.get("boundObjectRef")
         if ref:
             if ref.get("kind") != "Pod":
-                raise errors.ApiError(422, "Invalid", f'{rt_name} "{sa_name}" is invalid: spec.boundObjectRef.kind: '
-                                      f'Unsupported value: "{ref.get("kind")}": supported values: "Pod" (stand-in)')
+                raise errors.ApiError(
+                    422,
+                    "Invalid",
+                    f'{rt_name} "{sa_name}" is invalid: spec.boundObjectRef.kind: '
+                    f'Unsupported value: "{ref.get("kind")}": supported values: "Pod" (stand-in)',
+                )
             pod_obj = self.store.get(self.store.type_for("", "v1", "pods"), ns, ref.get("name", ""))
             if ref.get("uid") and ref["uid"] != pod_obj["metadata"]["uid"]:
-                raise errors.ApiError(409, "Conflict", f'Operation cannot be fulfilled on pods "{ref.get("name")}": '
-                                      f'the UID in the bound object reference ({ref["uid"]}) does not match the UID '
-                                      "in record. The object might have been deleted and then recreated")
+                raise errors.ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on pods "{ref.get("name")}": '
+                    f"the UID in the bound object reference ({ref['uid']}) does not match the UID "
+                    "in record. The object might have been deleted and then recreated",
+                )
             if pod_obj["spec"].get("serviceAccountName") != sa_name:
-                raise errors.bad_request(f"cannot bind token for serviceaccount {sa_name!r} to pod running with "
-                                         f"different serviceaccount name ({pod_obj['spec'].get('serviceAccountName')})")
+                raise errors.bad_request(
+                    f"cannot bind token for serviceaccount {sa_name!r} to pod running with "
+                    f"different serviceaccount name ({pod_obj['spec'].get('serviceAccountName')})"
+                )
             pod = (pod_obj["metadata"]["name"], pod_obj["metadata"]["uid"])
             spec["boundObjectRef"] = {"kind": "Pod", "apiVersion": "v1", "name": pod[0], "uid": pod[1]}
-        token, expires = self.tokens.issue(namespace=ns, service_account=sa_name,
-                                           service_account_uid=sa["metadata"]["uid"], audiences=spec["audiences"],
-                                           expiration_seconds=exp, pod=pod)
-        return _json({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                      "metadata": {"name": sa_name, "namespace": ns, "creationTimestamp": rfc3339(time.time())},
-                      "spec": spec, "status": {"token": token, "expirationTimestamp": rfc3339(expires)}}, 201)
+        token, expires = self.tokens.issue(
+            namespace=ns,
+            service_account=sa_name,
+            service_account_uid=sa["metadata"]["uid"],
+            audiences=spec["audiences"],
+            expiration_seconds=exp,
+            pod=pod,
+        )
+        return _json(
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "metadata": {"name": sa_name, "namespace": ns, "creationTimestamp": rfc3339(time.time())},
+                "spec": spec,
+                "status": {"token": token, "expirationTimestamp": rfc3339(expires)},
+            },
+            201,
+        )
 
     def _token_review(self, body: Any) -> web.Response:
         spec = (body or {}).get("spec") or {}
         if not isinstance(spec.get("token"), str) or not spec["token"]:
-            raise errors.ApiError(422, "Invalid", 'TokenReview.authentication.k8s.io "" is invalid: spec.token: '
-                                  "Required value")
+            raise errors.ApiError(
+                422, "Invalid", 'TokenReview.authentication.k8s.io "" is invalid: spec.token: Required value'
+            )
         status = self.tokens.review(spec["token"], spec.get("audiences"), self._lookup)
-        return _json({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                      "metadata": {"creationTimestamp": None}, "spec": spec, "status": status}, 201)
+        return _json(
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "metadata": {"creationTimestamp": None},
+                "spec": spec,
+                "status": status,
+            },
+            201,
+        )
 
     # --- watch ----------------------------------------------------------------------------
 
@@ -394,7 +516,9 @@ class ApiServer:
             timeout = float(q.get("timeoutSeconds") or 1800)
             since = int(rv_text) if rv_text not in ("", "0") else None
         except ValueError:
-            raise errors.bad_request(f'resourceVersion: Invalid value: "{rv_text}": must be an integer') from None
+            raise errors.bad_request(
+                f'resourceVersion: Invalid value: "{rv_text}": must be an integer'
+            ) from None
         if send_initial and not bookmarks:
             raise errors.ApiError(422, "Invalid", "sendInitialEvents requires allowWatchBookmarks=true")
         watcher = Watcher((t.rt.group, t.rt.plural), t.namespace if t.rt.namespaced else None, labels, fields)
@@ -405,8 +529,8 @@ class ApiServer:
             backlog = [("ADDED", obj) for obj in self.store.list(t.rt, watcher.namespace, labels, fields)]
         else:
             try:
-                for ev in self.store.events_since(since):
-                    if (seen := watcher.translate(ev)) is not None:
+                for past in self.store.events_since(since):
+                    if (seen := watcher.translate(past)) is not None:
                         backlog.append(seen)
             except errors.ApiError as e:
                 gone = e

@@ -7,6 +7,8 @@ are called; see :mod:`tests.kube.server`.
 
 from __future__ import annotations
 
+import builtins
+
 import asyncio
 import copy
 import secrets
@@ -22,8 +24,16 @@ from tests.kube.patching import PatchError, json_patch, merge_patch, strategic_m
 from tests.kube.resources import BUILTINS, ResourceType, from_crd
 from tests.kube.selectors import FieldRequirement, LabelRequirement, field_matches, match_labels
 
-__all__ = ["Store", "WatchEvent", "Watcher", "rfc3339", "MERGE_PATCH", "JSON_PATCH", "STRATEGIC_PATCH",
-           "APPLY_PATCH"]
+__all__ = [
+    "Store",
+    "WatchEvent",
+    "Watcher",
+    "rfc3339",
+    "MERGE_PATCH",
+    "JSON_PATCH",
+    "STRATEGIC_PATCH",
+    "APPLY_PATCH",
+]
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -93,8 +103,8 @@ class Store:
         self.history: deque[WatchEvent] = deque(maxlen=history)
         self.compacted_rv = 1  # events with rv > compacted_rv are all still in history
         self.watchers: set[Watcher] = set()
-        self.created_events: list[dict[str, Any]] = []
-        self.listeners: list[Callable[[WatchEvent], None]] = []
+        self.created_events: builtins.list[dict[str, Any]] = []
+        self.listeners: builtins.list[Callable[[WatchEvent], None]] = []
         #: how long "the kubelet" takes to stop a scheduled pod's containers after a graceful delete
         self.pod_termination_delay = 0.05
         for rt in BUILTINS:
@@ -116,8 +126,9 @@ class Store:
         rt = self.types.get((group, version, plural))
         if rt is None:
             gv = f"{group}/{version}" if group else version
-            raise errors.ApiError(404, "NotFound", f"the server could not find the requested resource "
-                                  f"({plural} in {gv})")
+            raise errors.ApiError(
+                404, "NotFound", f"the server could not find the requested resource ({plural} in {gv})"
+            )
         return rt
 
     def type_for_kind(self, api_version: str, kind: str) -> ResourceType:
@@ -127,7 +138,7 @@ class Store:
                 return rt
         raise errors.ApiError(404, "NotFound", f"no kind {kind!r} is registered for version {api_version!r}")
 
-    def register_crd(self, crd: dict[str, Any]) -> list[ResourceType]:
+    def register_crd(self, crd: dict[str, Any]) -> builtins.list[ResourceType]:
         try:
             rts = from_crd(crd)
         except ValueError as e:
@@ -159,8 +170,13 @@ class Store:
             raise errors.not_found(rt, name)
         return obj
 
-    def list(self, rt: ResourceType, namespace: str | None = None, labels: list[LabelRequirement] | None = None,
-             fields: list[FieldRequirement] | None = None) -> list[dict[str, Any]]:
+    def list(
+        self,
+        rt: ResourceType,
+        namespace: str | None = None,
+        labels: builtins.list[LabelRequirement] | None = None,
+        fields: builtins.list[FieldRequirement] | None = None,
+    ) -> builtins.list[dict[str, Any]]:
         out = []
         for (ns, _), obj in sorted(self._bucket(rt).items()):
             if rt.namespaced and namespace and ns != namespace:
@@ -185,8 +201,13 @@ class Store:
     def _emit(self, rt: ResourceType, type_: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         if len(self.history) == self.history.maxlen:
             self.compacted_rv = self.history[0].rv
-        ev = WatchEvent(self.rv, type_, (rt.group, rt.plural), self._out(rt, obj),
-                        self._out(rt, old) if old is not None else None)
+        ev = WatchEvent(
+            self.rv,
+            type_,
+            (rt.group, rt.plural),
+            self._out(rt, obj),
+            self._out(rt, old) if old is not None else None,
+        )
         self.history.append(ev)
         for w in list(self.watchers):
             w.queue.put_nowait(ev)
@@ -206,24 +227,42 @@ class Store:
         meta = obj.setdefault("metadata", {})
         if obj.get("kind") not in (None, rt.kind) or obj.get("apiVersion") not in (None, rt.api_version):
             raise errors.bad_request(
-                f"the API version in the data ({obj.get('apiVersion')}) does not match the expected API version "
-                f"({rt.api_version}) or kind {obj.get('kind')!r} is not {rt.kind!r}")
+                f"the API version in the data ({obj.get('apiVersion')}) does not match the expected "
+                "API version "
+                f"({rt.api_version}) or kind {obj.get('kind')!r} is not {rt.kind!r}"
+            )
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
         if rt.namespaced:
             if meta.get("namespace") not in (None, "", namespace):
-                raise errors.bad_request("the namespace of the provided object does not match the namespace "
-                                         "sent on the request")
+                raise errors.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             meta["namespace"] = namespace
         else:
             meta.pop("namespace", None)
-        for k in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
-                  "generation", "managedFields", "selfLink"):
+        for k in (
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "managedFields",
+            "selfLink",
+        ):
             meta.pop(k, None)
         kinds.default_object(rt, obj)
         return obj
 
-    def create(self, rt: ResourceType, namespace: str | None, body: Any, *, dry_run: bool = False,
-               prepared: bool = False) -> dict[str, Any]:
+    def create(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        body: Any,
+        *,
+        dry_run: bool = False,
+        prepared: bool = False,
+    ) -> dict[str, Any]:
         obj = body if prepared else self.prepare_create(rt, namespace, body)
         obj = copy.deepcopy(obj)
         meta = obj["metadata"]
@@ -236,11 +275,18 @@ class Store:
         if rt.namespaced:
             ns = self.objects[("", "namespaces")].get(("", namespace or ""))
             if ns is None:
-                raise errors.ApiError(404, "NotFound", f'namespaces "{namespace}" not found',
-                                      {"name": namespace or "", "kind": "namespaces"})
+                raise errors.ApiError(
+                    404,
+                    "NotFound",
+                    f'namespaces "{namespace}" not found',
+                    {"name": namespace or "", "kind": "namespaces"},
+                )
             if ns["metadata"].get("deletionTimestamp"):
-                raise errors.forbidden(rt, meta.get("name", ""), f"unable to create new content in namespace "
-                                       f"{namespace} because it is being terminated")
+                raise errors.forbidden(
+                    rt,
+                    meta.get("name", ""),
+                    f"unable to create new content in namespace {namespace} because it is being terminated",
+                )
         if rt.has_status and not rt.builtin:
             obj.pop("status", None)  # CRs with a status subresource: status is ignored on create
         if (rt.group, rt.kind) == ("", "Pod"):
@@ -272,8 +318,9 @@ class Store:
         try:
             from_crd(crd)
         except ValueError as e:
-            raise errors.ApiError(422, "Invalid", f'CustomResourceDefinition "{crd["metadata"].get("name")}" '
-                                  f"is invalid: {e}") from None
+            raise errors.ApiError(
+                422, "Invalid", f'CustomResourceDefinition "{crd["metadata"].get("name")}" is invalid: {e}'
+            ) from None
 
     def _after_create(self, rt: ResourceType, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -281,23 +328,31 @@ class Store:
             self.created_events.append(self._out(rt, obj))
         elif (rt.group, rt.kind) == ("", "Namespace"):
             # the service-account controller's job: every namespace gets a `default` ServiceAccount
-            self.create(self.type_for("", "v1", "serviceaccounts"), meta["name"], {"metadata": {"name": "default"}})
+            self.create(
+                self.type_for("", "v1", "serviceaccounts"), meta["name"], {"metadata": {"name": "default"}}
+            )
         elif rt.kind == "CustomResourceDefinition":
             for t in from_crd(obj):
                 self.add_type(t)
-            obj["status"] = {"conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts"},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted"}],
-                "acceptedNames": obj["spec"]["names"], "storedVersions": [v["name"] for v in obj["spec"]["versions"]
-                                                                          if v.get("storage")]}
+            obj["status"] = {
+                "conditions": [
+                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts"},
+                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted"},
+                ],
+                "acceptedNames": obj["spec"]["names"],
+                "storedVersions": [v["name"] for v in obj["spec"]["versions"] if v.get("storage")],
+            }
             old = copy.deepcopy(obj)
             self._bump(obj)
             self._emit(rt, "MODIFIED", obj, old)
         if meta.get("ownerReferences"):
-            self._later(self._collect_orphan, rt, self._key(rt, meta.get("namespace"), meta["name"]), meta["uid"])
+            self._later(
+                self._collect_orphan, rt, self._key(rt, meta.get("namespace"), meta["name"]), meta["uid"]
+            )
 
-    def prepare_update(self, rt: ResourceType, namespace: str | None, name: str, body: Any,
-                       subresource: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def prepare_update(
+        self, rt: ResourceType, namespace: str | None, name: str, body: Any, subresource: str | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(current, candidate) for a PUT: status/main split applied, immutable metadata kept."""
         if not isinstance(body, dict):
             raise errors.bad_request(f"the body of an update must be a JSON object ({rt.kind})")
@@ -307,17 +362,23 @@ class Store:
             raise errors.not_found(rt, name)
         meta = body.get("metadata") or {}
         if meta.get("name") not in (None, name):
-            raise errors.bad_request(f"the name of the object ({meta.get('name')}) does not match the name on "
-                                     f"the URL ({name})")
+            raise errors.bad_request(
+                f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})"
+            )
         if rt.namespaced and meta.get("namespace") not in (None, "", namespace):
-            raise errors.bad_request("the namespace of the provided object does not match the namespace sent "
-                                     "on the request")
+            raise errors.bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request"
+            )
         rv = meta.get("resourceVersion")
         if rv not in (None, "") and rv != current["metadata"]["resourceVersion"]:
             raise errors.conflict(rt, name)
         if meta.get("uid") not in (None, "", current["metadata"]["uid"]):
-            raise errors.conflict(rt, name, f"Precondition failed: UID in precondition: {meta.get('uid')}, "
-                                  f"UID in object meta: {current['metadata']['uid']}")
+            raise errors.conflict(
+                rt,
+                name,
+                f"Precondition failed: UID in precondition: {meta.get('uid')}, "
+                f"UID in object meta: {current['metadata']['uid']}",
+            )
         if subresource == "status":
             new = copy.deepcopy(current)
             if "status" in body:
@@ -334,8 +395,16 @@ class Store:
                     new.pop("status", None)
         new["apiVersion"], new["kind"] = rt.api_version, rt.kind
         nmeta, cmeta = new["metadata"], current["metadata"]
-        for k in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation",
-                  "name", "namespace", "resourceVersion"):
+        for k in (
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "name",
+            "namespace",
+            "resourceVersion",
+        ):
             if k in cmeta:
                 nmeta[k] = cmeta[k]
             else:
@@ -345,8 +414,15 @@ class Store:
         kinds.default_object(rt, new)
         return self._out(rt, current), new
 
-    def prepare_patch(self, rt: ResourceType, namespace: str | None, name: str, content_type: str, patch: Any,
-                      subresource: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def prepare_patch(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        content_type: str,
+        patch: Any,
+        subresource: str | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         current = self._bucket(rt).get(self._key(rt, namespace, name))
         if current is None:
             raise errors.not_found(rt, name)
@@ -363,16 +439,20 @@ class Store:
                     raise errors.unsupported_media_type(
                         f"the body of the request was in an unknown format - accepted media types include: "
                         f"{JSON_PATCH}, {MERGE_PATCH}, {APPLY_PATCH} (strategic merge patch is not supported "
-                        f"for custom resources)")
+                        f"for custom resources)"
+                    )
                 result = strategic_merge_patch(base, patch)
             elif content_type == APPLY_PATCH:
                 raise errors.unsupported_media_type(
                     "the stand-in API does not implement server-side apply (application/apply-patch+yaml); "
-                    f"use {MERGE_PATCH}, {JSON_PATCH} or {STRATEGIC_PATCH}")
+                    f"use {MERGE_PATCH}, {JSON_PATCH} or {STRATEGIC_PATCH}"
+                )
             else:
                 raise errors.unsupported_media_type(
-                    f"the body of the request was in an unknown format ({content_type or 'no Content-Type'}) - "
-                    f"accepted media types include: {JSON_PATCH}, {MERGE_PATCH}, {APPLY_PATCH}, {STRATEGIC_PATCH}")
+                    "the body of the request was in an unknown format "
+                    f"({content_type or 'no Content-Type'}) - accepted media types include: "
+                    f"{JSON_PATCH}, {MERGE_PATCH}, {APPLY_PATCH}, {STRATEGIC_PATCH}"
+                )
         except PatchError as e:
             if e.code == 400:
                 raise errors.bad_request(str(e)) from None
@@ -381,8 +461,16 @@ class Store:
             raise errors.ApiError(422, "Invalid", "the patched object is not a JSON object")
         return self.prepare_update(rt, namespace, name, result, subresource)
 
-    def update(self, rt: ResourceType, namespace: str | None, name: str, new: dict[str, Any], *,
-               expect_rv: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+    def update(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        new: dict[str, Any],
+        *,
+        expect_rv: str | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
         """Commit a candidate from prepare_update/prepare_patch (after admission)."""
         key = self._key(rt, namespace, name)
         current = self._bucket(rt).get(key)
@@ -397,8 +485,17 @@ class Store:
         if cmeta.get("deletionTimestamp"):
             added = [f for f in nmeta.get("finalizers") or [] if f not in (cmeta.get("finalizers") or [])]
             if added:
-                raise errors.invalid(rt, name, [("metadata.finalizers", "Forbidden: no new finalizers can be "
-                                                 f"added if the object is being deleted, found new finalizers {added}")])
+                raise errors.invalid(
+                    rt,
+                    name,
+                    [
+                        (
+                            "metadata.finalizers",
+                            "Forbidden: no new finalizers can be "
+                            f"added if the object is being deleted, found new finalizers {added}",
+                        )
+                    ],
+                )
         causes = kinds.validate_object(rt, new) + kinds.validate_update(rt, current, new)
         if causes:
             raise errors.invalid(rt, name, causes)
@@ -418,8 +515,11 @@ class Store:
                 self.add_type(t)
         old = current
         self._bump(new)
-        if nmeta.get("deletionTimestamp") and not nmeta.get("finalizers") and \
-                not nmeta.get("deletionGracePeriodSeconds"):
+        if (
+            nmeta.get("deletionTimestamp")
+            and not nmeta.get("finalizers")
+            and not nmeta.get("deletionGracePeriodSeconds")
+        ):
             self._bucket(rt).pop(key)
             self._emit(rt, "DELETED", new, None)
             self._after_delete(rt, new)
@@ -432,8 +532,15 @@ class Store:
 
     # --- deletion and garbage collection --------------------------------------------------
 
-    def delete(self, rt: ResourceType, namespace: str | None, name: str, options: dict[str, Any] | None = None,
-               *, dry_run: bool = False) -> tuple[dict[str, Any], bool]:
+    def delete(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        options: dict[str, Any] | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> tuple[dict[str, Any], bool]:
         """Returns (object, gone): gone is False while finalizers hold the object."""
         options = options or {}
         key = self._key(rt, namespace, name)
@@ -443,26 +550,39 @@ class Store:
         pre = options.get("preconditions") or {}
         cmeta = current["metadata"]
         if pre.get("uid") and pre["uid"] != cmeta["uid"]:
-            raise errors.conflict(rt, name, f"Precondition failed: UID in precondition: {pre['uid']}, UID in "
-                                  f"object meta: {cmeta['uid']}")
+            raise errors.conflict(
+                rt,
+                name,
+                f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {cmeta['uid']}",
+            )
         if pre.get("resourceVersion") and pre["resourceVersion"] != cmeta["resourceVersion"]:
-            raise errors.conflict(rt, name, f"Precondition failed: ResourceVersion in precondition: "
-                                  f"{pre['resourceVersion']}, ResourceVersion in object meta: {cmeta['resourceVersion']}")
+            raise errors.conflict(
+                rt,
+                name,
+                f"Precondition failed: ResourceVersion in precondition: "
+                f"{pre['resourceVersion']}, ResourceVersion in object meta: {cmeta['resourceVersion']}",
+            )
         if dry_run:
             return self._out(rt, current), not cmeta.get("finalizers")
-        policy = options.get("propagationPolicy") or ("Orphan" if options.get("orphanDependents") else "Background")
+        policy = options.get("propagationPolicy") or (
+            "Orphan" if options.get("orphanDependents") else "Background"
+        )
         if policy == "Orphan":
             self._orphan_dependents(cmeta["uid"])
         if cmeta.get("deletionTimestamp"):
             if (rt.group, rt.kind) == ("", "Pod") and str(options.get("gracePeriodSeconds")) == "0":
-                self._kubelet_terminated(key, cmeta["uid"])  # a force delete skips the rest of the grace period
+                self._kubelet_terminated(
+                    key, cmeta["uid"]
+                )  # a force delete skips the rest of the grace period
                 return self._out(rt, current), key not in self._bucket(rt)
             return self._out(rt, current), False
         if (rt.group, rt.kind) == ("", "Namespace"):
             return self._delete_namespace(rt, key, current), False
         if (rt.group, rt.kind) == ("", "Pod") and (current.get("spec") or {}).get("nodeName"):
             grace = options.get("gracePeriodSeconds")
-            grace = int(grace if grace is not None else current["spec"].get("terminationGracePeriodSeconds", 30))
+            grace = int(
+                grace if grace is not None else current["spec"].get("terminationGracePeriodSeconds", 30)
+            )
             if grace > 0:
                 return self._delete_pod_gracefully(rt, key, current, grace), False
         if cmeta.get("finalizers"):
@@ -476,8 +596,10 @@ class Store:
         self._remove(rt, key)
         return self._out(rt, current), True
 
-    def _delete_pod_gracefully(self, rt: ResourceType, key: Key, pod: dict[str, Any], grace: int) -> dict[str, Any]:
-        """A scheduled pod: deletionTimestamp = now + grace; the kubelet removes it once its containers stop."""
+    def _delete_pod_gracefully(
+        self, rt: ResourceType, key: Key, pod: dict[str, Any], grace: int
+    ) -> dict[str, Any]:
+        """A scheduled pod: deletionTimestamp = now + grace; the kubelet removes it once stopped."""
         old = copy.deepcopy(pod)
         meta = pod["metadata"]
         meta["deletionTimestamp"] = rfc3339(self.clock() + grace)
@@ -486,8 +608,9 @@ class Store:
         self._bump(pod)
         self._emit(rt, "MODIFIED", pod, old)
         try:
-            asyncio.get_running_loop().call_later(self.pod_termination_delay, self._kubelet_terminated, key,
-                                                  meta["uid"])
+            asyncio.get_running_loop().call_later(
+                self.pod_termination_delay, self._kubelet_terminated, key, meta["uid"]
+            )
         except RuntimeError:
             self._kubelet_terminated(key, meta["uid"])
         return self._out(rt, pod)
@@ -564,7 +687,9 @@ class Store:
     def _orphan_dependents(self, uid: str) -> None:
         for rt, key, obj in list(self._dependents(uid)):
             new = copy.deepcopy(obj)
-            new["metadata"]["ownerReferences"] = [r for r in obj["metadata"]["ownerReferences"] if r.get("uid") != uid]
+            new["metadata"]["ownerReferences"] = [
+                r for r in obj["metadata"]["ownerReferences"] if r.get("uid") != uid
+            ]
             if not new["metadata"]["ownerReferences"]:
                 del new["metadata"]["ownerReferences"]
             self.update(rt, key[0] or None, key[1], new)
@@ -577,7 +702,7 @@ class Store:
         self._emit(rt, "MODIFIED", ns, old)
         name = key[1]
         for t in {(t.group, t.plural): t for t in self.types.values() if t.namespaced}.values():
-            for (obj_ns, obj_name) in list(self._bucket(t)):
+            for obj_ns, obj_name in list(self._bucket(t)):
                 if obj_ns == name:
                     self._later(self._delete_quietly, t, obj_ns, obj_name)
         self._later(self._finish_namespace, name)
@@ -602,7 +727,7 @@ class Store:
 
     # --- watch ----------------------------------------------------------------------------
 
-    def events_since(self, rv: int) -> list[WatchEvent]:
+    def events_since(self, rv: int) -> builtins.list[WatchEvent]:
         """History after ``rv``; raises 410 Gone when part of it was compacted away."""
         if rv < self.compacted_rv:
             raise errors.gone(f"too old resource version: {rv} ({self.compacted_rv})")

@@ -18,8 +18,12 @@ MERGE = "application/merge-patch+json"
 
 
 def pod(name: str, **labels: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
-            "spec": {"containers": [{"name": "agent", "image": "busybox:1.36"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "agent", "image": "busybox:1.36"}]},
+    }
 
 
 @pytest.fixture
@@ -54,27 +58,71 @@ async def test_pod_crud_keeps_api_metadata(core: client.CoreV1Api) -> None:
     assert e.value.status == 404 and json.loads(e.value.body)["message"] == 'pods "p1" not found'
 
 
-@pytest.mark.parametrize(("case", "call", "status", "reason"), [
-    ("create twice", lambda c: c.create_namespaced_pod("default", pod("dup")), 409, "AlreadyExists"),
-    ("missing namespace", lambda c: c.create_namespaced_pod("nowhere", pod("p")), 404, "NotFound"),
-    ("no containers", lambda c: c.create_namespaced_pod(
-        "default", {"metadata": {"name": "empty"}, "spec": {"containers": []}}), 422, "Invalid"),
-    ("bad name", lambda c: c.create_namespaced_pod("default", pod("Not_A_Name")), 422, "Invalid"),
-    ("mount of a missing volume", lambda c: c.create_namespaced_pod("default", {
-        "metadata": {"name": "m"}, "spec": {"containers": [{"name": "a", "image": "i", "volumeMounts": [
-            {"name": "nope", "mountPath": "/x"}]}]}}), 422, "Invalid"),
-    ("pod spec is immutable", lambda c: c.patch_namespaced_pod(
-        "dup", "default", {"spec": {"containers": [{"name": "agent", "env": [{"name": "A", "value": "1"}]}]}}),
-     422, "Invalid"),
-    ("non-string annotation", lambda c: c.patch_namespaced_pod(
-        "dup", "default", {"metadata": {"annotations": {"n": 1}}}), 400, "BadRequest"),
-    ("stale resourceVersion", lambda c: c.replace_namespaced_pod(
-        "dup", "default", {**pod("dup"), "metadata": {"name": "dup", "resourceVersion": "1"}}), 409, "Conflict"),
-    ("unsupported field selector", lambda c: c.list_namespaced_pod("default", field_selector="spec.image=x"),
-     400, "BadRequest"),
-])
-async def test_errors_are_api_status_objects(core: client.CoreV1Api, case: str, call: Any, status: int,
-                                             reason: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "call", "status", "reason"),
+    [
+        ("create twice", lambda c: c.create_namespaced_pod("default", pod("dup")), 409, "AlreadyExists"),
+        ("missing namespace", lambda c: c.create_namespaced_pod("nowhere", pod("p")), 404, "NotFound"),
+        (
+            "no containers",
+            lambda c: c.create_namespaced_pod(
+                "default", {"metadata": {"name": "empty"}, "spec": {"containers": []}}
+            ),
+            422,
+            "Invalid",
+        ),
+        ("bad name", lambda c: c.create_namespaced_pod("default", pod("Not_A_Name")), 422, "Invalid"),
+        (
+            "mount of a missing volume",
+            lambda c: c.create_namespaced_pod(
+                "default",
+                {
+                    "metadata": {"name": "m"},
+                    "spec": {
+                        "containers": [
+                            {"name": "a", "image": "i", "volumeMounts": [{"name": "nope", "mountPath": "/x"}]}
+                        ]
+                    },
+                },
+            ),
+            422,
+            "Invalid",
+        ),
+        (
+            "pod spec is immutable",
+            lambda c: c.patch_namespaced_pod(
+                "dup",
+                "default",
+                {"spec": {"containers": [{"name": "agent", "env": [{"name": "A", "value": "1"}]}]}},
+            ),
+            422,
+            "Invalid",
+        ),
+        (
+            "non-string annotation",
+            lambda c: c.patch_namespaced_pod("dup", "default", {"metadata": {"annotations": {"n": 1}}}),
+            400,
+            "BadRequest",
+        ),
+        (
+            "stale resourceVersion",
+            lambda c: c.replace_namespaced_pod(
+                "dup", "default", {**pod("dup"), "metadata": {"name": "dup", "resourceVersion": "1"}}
+            ),
+            409,
+            "Conflict",
+        ),
+        (
+            "unsupported field selector",
+            lambda c: c.list_namespaced_pod("default", field_selector="spec.image=x"),
+            400,
+            "BadRequest",
+        ),
+    ],
+)
+async def test_errors_are_api_status_objects(
+    core: client.CoreV1Api, case: str, call: Any, status: int, reason: str
+) -> None:
     await core.create_namespaced_pod("default", pod("dup"))
     with pytest.raises(ApiException) as e:
         await call(core)
@@ -103,8 +151,10 @@ async def test_selectors_and_all_namespace_lists(kube_api: KubeApi, core: client
 
 
 async def test_generate_name_and_pagination(core: client.CoreV1Api) -> None:
-    made = [await core.create_namespaced_config_map("default", {"metadata": {"generateName": "cm-"}})
-            for _ in range(5)]
+    made = [
+        await core.create_namespaced_config_map("default", {"metadata": {"generateName": "cm-"}})
+        for _ in range(5)
+    ]
     assert all(m.metadata.name.startswith("cm-") and len(m.metadata.name) == 8 for m in made)
     seen, token = [], None
     while True:
@@ -117,94 +167,148 @@ async def test_generate_name_and_pagination(core: client.CoreV1Api) -> None:
 
 
 async def test_every_patch_type(core: client.CoreV1Api) -> None:
-    await core.create_namespaced_pod("default", {
-        "metadata": {"name": "p", "labels": {"a": "1", "b": "2"}, "finalizers": ["x/one"]},
-        "spec": {"containers": [{"name": "agent", "image": "busybox:1"}]}})
-    merged = await core.patch_namespaced_pod("p", "default", {"metadata": {"labels": {"a": None, "c": "3"}}},
-                                             _content_type=MERGE)
+    await core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": "p", "labels": {"a": "1", "b": "2"}, "finalizers": ["x/one"]},
+            "spec": {"containers": [{"name": "agent", "image": "busybox:1"}]},
+        },
+    )
+    merged = await core.patch_namespaced_pod(
+        "p", "default", {"metadata": {"labels": {"a": None, "c": "3"}}}, _content_type=MERGE
+    )
     assert merged.metadata.labels == {"b": "2", "c": "3"}
-    jp = await core.patch_namespaced_pod("p", "default", [
-        {"op": "test", "path": "/metadata/labels/b", "value": "2"},
-        {"op": "add", "path": "/metadata/annotations", "value": {"j": "p"}}])
+    jp = await core.patch_namespaced_pod(
+        "p",
+        "default",
+        [
+            {"op": "test", "path": "/metadata/labels/b", "value": "2"},
+            {"op": "add", "path": "/metadata/annotations", "value": {"j": "p"}},
+        ],
+    )
     assert jp.metadata.annotations == {"j": "p"}
     # strategic merge (the client's default for dicts): finalizers merge as a set, images by container name
-    sm = await core.patch_namespaced_pod("p", "default", {"metadata": {"finalizers": ["x/two"]},
-                                                          "spec": {"containers": [{"name": "agent", "image": "busybox:2"}]}})
+    sm = await core.patch_namespaced_pod(
+        "p",
+        "default",
+        {
+            "metadata": {"finalizers": ["x/two"]},
+            "spec": {"containers": [{"name": "agent", "image": "busybox:2"}]},
+        },
+    )
     assert sm.metadata.finalizers == ["x/one", "x/two"]
     assert sm.spec.containers[0].image == "busybox:2" and sm.spec.containers[0].name == "agent"
     with pytest.raises(ApiException) as e:
-        await core.patch_namespaced_pod("p", "default", [{"op": "test", "path": "/metadata/labels/b", "value": "9"}])
+        await core.patch_namespaced_pod(
+            "p", "default", [{"op": "test", "path": "/metadata/labels/b", "value": "9"}]
+        )
     assert e.value.status == 422
     with pytest.raises(ApiException) as e:
-        await core.patch_namespaced_pod("p", "default", {"metadata": {}}, _content_type="application/apply-patch+yaml")
+        await core.patch_namespaced_pod(
+            "p", "default", {"metadata": {}}, _content_type="application/apply-patch+yaml"
+        )
     assert e.value.status == 415
 
 
 async def test_pod_status_subresource_is_separate(core: client.CoreV1Api) -> None:
     await core.create_namespaced_pod("default", pod("p"))
-    ignored = await core.patch_namespaced_pod("p", "default", {"status": {"phase": "Running"}}, _content_type=MERGE)
+    ignored = await core.patch_namespaced_pod(
+        "p", "default", {"status": {"phase": "Running"}}, _content_type=MERGE
+    )
     assert ignored.status.phase == "Pending"
-    running = await core.patch_namespaced_pod_status("p", "default", {"status": {"phase": "Running"},
-                                                                      "metadata": {"labels": {"no": "pe"}}},
-                                                     _content_type=MERGE)
+    running = await core.patch_namespaced_pod_status(
+        "p",
+        "default",
+        {"status": {"phase": "Running"}, "metadata": {"labels": {"no": "pe"}}},
+        _content_type=MERGE,
+    )
     assert running.status.phase == "Running" and not running.metadata.labels
 
 
-async def test_custom_resources_with_status_subresource_and_schema(kube_api: KubeApi,
-                                                                   custom: client.CustomObjectsApi) -> None:
+async def test_custom_resources_with_status_subresource_and_schema(
+    kube_api: KubeApi, custom: client.CustomObjectsApi
+) -> None:
     g, v, ns = names.CRD_GROUP, names.CRD_VERSION, "default"
-    body = {"apiVersion": names.API_VERSION, "kind": names.KIND_TASK_LEASE, "metadata": {"name": "t1"},
-            "spec": {"task": "T-1", "pod": "p", "unknown": "pruned"}, "status": {"phase": "Active"}}
+    body = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND_TASK_LEASE,
+        "metadata": {"name": "t1"},
+        "spec": {"task": "T-1", "pod": "p", "unknown": "pruned"},
+        "status": {"phase": "Active"},
+    }
     created = await custom.create_namespaced_custom_object(g, v, ns, names.PLURAL_TASK_LEASES, body)
     assert "status" not in created  # status is ignored on create with a status subresource
     assert created["spec"] == {"task": "T-1", "pod": "p"}  # unknown fields are pruned
-    st = await custom.patch_namespaced_custom_object_status(g, v, ns, names.PLURAL_TASK_LEASES, "t1",
-                                                            {"status": {"phase": "Active"}}, _content_type=MERGE)
+    st = await custom.patch_namespaced_custom_object_status(
+        g, v, ns, names.PLURAL_TASK_LEASES, "t1", {"status": {"phase": "Active"}}, _content_type=MERGE
+    )
     assert st["status"] == {"phase": "Active"}
-    main = await custom.patch_namespaced_custom_object(g, v, ns, names.PLURAL_TASK_LEASES, "t1",
-                                                       {"spec": {"task": "T-2"}, "status": {"phase": "Revoked"}},
-                                                       _content_type=MERGE)
+    main = await custom.patch_namespaced_custom_object(
+        g,
+        v,
+        ns,
+        names.PLURAL_TASK_LEASES,
+        "t1",
+        {"spec": {"task": "T-2"}, "status": {"phase": "Revoked"}},
+        _content_type=MERGE,
+    )
     assert main["status"] == {"phase": "Active"} and main["spec"]["task"] == "T-2"
     assert main["metadata"]["generation"] == 2
     with pytest.raises(ApiException) as e:
-        await custom.patch_namespaced_custom_object_status(g, v, ns, names.PLURAL_TASK_LEASES, "t1",
-                                                           {"status": {"phase": "Gone"}}, _content_type=MERGE)
+        await custom.patch_namespaced_custom_object_status(
+            g, v, ns, names.PLURAL_TASK_LEASES, "t1", {"status": {"phase": "Gone"}}, _content_type=MERGE
+        )
     assert e.value.status == 422 and "supported values" in e.value.body
     # kubernetes_asyncio picks json-patch for a dict body on custom objects: a real API refuses it too
     with pytest.raises(ApiException) as e:
         await custom.patch_namespaced_custom_object(g, v, ns, names.PLURAL_TASK_LEASES, "t1", {"spec": {}})
     assert e.value.status == 400 and "jsonPatchOp" in e.value.body
-    ccs = await custom.create_cluster_custom_object(g, v, names.PLURAL_CLUSTER_CREDENTIAL_SOURCES, {
-        "apiVersion": names.API_VERSION, "kind": names.KIND_CLUSTER_CREDENTIAL_SOURCE,
-        "metadata": {"name": "github"}, "spec": {"provider": "github-app"}})
+    ccs = await custom.create_cluster_custom_object(
+        g,
+        v,
+        names.PLURAL_CLUSTER_CREDENTIAL_SOURCES,
+        {
+            "apiVersion": names.API_VERSION,
+            "kind": names.KIND_CLUSTER_CREDENTIAL_SOURCE,
+            "metadata": {"name": "github"},
+            "spec": {"provider": "github-app"},
+        },
+    )
     assert "namespace" not in ccs["metadata"]
     listed = await custom.list_cluster_custom_object(g, v, names.PLURAL_TASK_LEASES)
     assert [i["metadata"]["name"] for i in listed["items"]] == ["t1"]
     assert listed["items"][0]["kind"] == names.KIND_TASK_LEASE  # CR lists keep kind in items
 
 
-async def test_watch_streams_changes_from_a_resource_version(kube_api: KubeApi, core: client.CoreV1Api) -> None:
+async def test_watch_streams_changes_from_a_resource_version(
+    kube_api: KubeApi, core: client.CoreV1Api
+) -> None:
     listed = await core.list_namespaced_pod("default")
     rv = listed.metadata.resource_version
     await core.create_namespaced_pod("default", pod("w"))
-    await core.patch_namespaced_pod("w", "default", {"metadata": {"annotations": {names.ANNOTATION_TASK_STATUS:
-                                                                                    "completed"}}})
+    await core.patch_namespaced_pod(
+        "w", "default", {"metadata": {"annotations": {names.ANNOTATION_TASK_STATUS: "completed"}}}
+    )
     await core.delete_namespaced_pod("w", "default")
     seen = []
-    async with watch.Watch().stream(core.list_namespaced_pod, "default", resource_version=rv,
-                                    timeout_seconds=1) as stream:
+    async with watch.Watch().stream(
+        core.list_namespaced_pod, "default", resource_version=rv, timeout_seconds=1
+    ) as stream:
         async for ev in stream:
             seen.append((ev["type"], ev["object"].metadata.name))
     assert seen == [("ADDED", "w"), ("MODIFIED", "w"), ("DELETED", "w")]
 
 
-async def test_watch_sees_live_events_and_selector_transitions(kube_api: KubeApi, core: client.CoreV1Api) -> None:
+async def test_watch_sees_live_events_and_selector_transitions(
+    kube_api: KubeApi, core: client.CoreV1Api
+) -> None:
     await core.create_namespaced_pod("default", pod("s", inject="true"))
     seen: list[tuple[str, str]] = []
 
     async def consume() -> None:
-        async with watch.Watch().stream(core.list_namespaced_pod, "default", label_selector="inject=true",
-                                        timeout_seconds=2) as stream:
+        async with watch.Watch().stream(
+            core.list_namespaced_pod, "default", label_selector="inject=true", timeout_seconds=2
+        ) as stream:
             async for ev in stream:
                 seen.append((ev["type"], ev["object"].metadata.name))
                 if len(seen) == 3:
@@ -219,7 +323,9 @@ async def test_watch_sees_live_events_and_selector_transitions(kube_api: KubeApi
     assert seen == [("ADDED", "s"), ("DELETED", "s"), ("ADDED", "s")]
 
 
-async def test_discovery_lists_resources_and_subresources(kube_api: KubeApi, custom: client.CustomObjectsApi) -> None:
+async def test_discovery_lists_resources_and_subresources(
+    kube_api: KubeApi, custom: client.CustomObjectsApi
+) -> None:
     api = await kube_api.kubernetes_asyncio_client()
     core = await client.CoreV1Api(api).get_api_resources()
     rows = {r.name: r for r in core.resources}
@@ -227,7 +333,8 @@ async def test_discovery_lists_resources_and_subresources(kube_api: KubeApi, cus
     assert rows["pods"].namespaced and not rows["namespaces"].namespaced
     groups = await client.ApisApi(api).get_api_versions()
     assert {"taskcreds.io", "events.k8s.io", "coordination.k8s.io", "authentication.k8s.io"} <= {
-        g.name for g in groups.groups}
+        g.name for g in groups.groups
+    }
     resp = await client.CustomObjectsApi(api).get_api_resources(names.CRD_GROUP, names.CRD_VERSION)
     listed = {r.name: r for r in resp.resources}
     assert listed["taskleases"].namespaced and "taskleases/status" in listed
@@ -248,24 +355,47 @@ async def test_unauthenticated_requests_are_refused(kube_api: KubeApi) -> None:
 
 async def test_events_are_recorded_in_both_api_groups(kube_api: KubeApi, core: client.CoreV1Api) -> None:
     api = await kube_api.kubernetes_asyncio_client()
-    await core.create_namespaced_event("default", {
-        "metadata": {"generateName": "p."}, "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
-        "reason": "Issued", "message": "credential github issued", "type": "Normal"})
-    await client.EventsV1Api(api).create_namespaced_event("default", {
-        "metadata": {"generateName": "p."}, "regarding": {"kind": "Pod", "name": "p", "namespace": "default"},
-        "reason": "Revoked", "note": "all leases revoked", "type": "Normal", "action": "Revoke",
-        "reportingController": "taskcreds.io/operator", "reportingInstance": "op-1",
-        "eventTime": "2026-01-01T00:00:00.000000Z"})
-    assert [(e["apiVersion"], e["reason"]) for e in kube_api.events] == [("v1", "Issued"),
-                                                                         ("events.k8s.io/v1", "Revoked")]
+    await core.create_namespaced_event(
+        "default",
+        {
+            "metadata": {"generateName": "p."},
+            "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+            "reason": "Issued",
+            "message": "credential github issued",
+            "type": "Normal",
+        },
+    )
+    await client.EventsV1Api(api).create_namespaced_event(
+        "default",
+        {
+            "metadata": {"generateName": "p."},
+            "regarding": {"kind": "Pod", "name": "p", "namespace": "default"},
+            "reason": "Revoked",
+            "note": "all leases revoked",
+            "type": "Normal",
+            "action": "Revoke",
+            "reportingController": "taskcreds.io/operator",
+            "reportingInstance": "op-1",
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+        },
+    )
+    assert [(e["apiVersion"], e["reason"]) for e in kube_api.events] == [
+        ("v1", "Issued"),
+        ("events.k8s.io/v1", "Revoked"),
+    ]
     by_reason = await core.list_namespaced_event("default", field_selector="reason=Issued")
     assert [e.reason for e in by_reason.items] == ["Issued"]
 
 
 async def test_rbac_view_of_requests(kube_api: KubeApi, core: client.CoreV1Api) -> None:
     await core.create_namespaced_pod("default", pod("r"))
-    await core.patch_namespaced_pod_status("r", "default", {"status": {"phase": "Running"}}, _content_type=MERGE)
+    await core.patch_namespaced_pod_status(
+        "r", "default", {"status": {"phase": "Running"}}, _content_type=MERGE
+    )
     await core.list_pod_for_all_namespaces()
     assert {(c.verb, c.group, c.resource) for c in kube_api.api_calls} == {
-        ("create", "", "pods"), ("patch", "", "pods/status"), ("list", "", "pods")}
+        ("create", "", "pods"),
+        ("patch", "", "pods/status"),
+        ("list", "", "pods"),
+    }
     assert ("PATCH", "/api/v1/namespaces/default/pods/r/status") in kube_api.requests

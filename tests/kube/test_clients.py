@@ -52,10 +52,12 @@ async def test_down_answers_503_and_cuts_watches(kube_api: KubeApi) -> None:
 
     async def watch_forever() -> None:
         try:
-            async with watch.Watch().stream(core.list_namespaced_pod, "default", timeout_seconds=30) as stream:
+            async with watch.Watch().stream(
+                core.list_namespaced_pod, "default", timeout_seconds=30
+            ) as stream:
                 async for _ in stream:
                     pass
-        except Exception:  # noqa: BLE001 - a cut stream may surface as a client error
+        except Exception:  # noqa: BLE001, S110 - a cut stream may surface as a client error
             pass
         ended.set()
 
@@ -96,7 +98,13 @@ async def raw_watch(kube_api: KubeApi, query: str, until: int) -> list[dict]:
 async def test_too_old_resource_version_is_410_gone() -> None:
     async with KubeApi(history=3) as api:
         for i in range(6):
-            api.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"c{i}", "namespace": "default"}})
+            api.put(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": f"c{i}", "namespace": "default"},
+                }
+            )
         events = await raw_watch(api, "resourceVersion=2&timeoutSeconds=1", 1)
         assert events[0]["type"] == "ERROR"
         assert events[0]["object"]["code"] == 410 and events[0]["object"]["reason"] == "Expired"
@@ -104,16 +112,23 @@ async def test_too_old_resource_version_is_410_gone() -> None:
 
 async def test_initial_events_then_bookmark(kube_api: KubeApi) -> None:
     kube_api.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default"}})
-    events = await raw_watch(kube_api, "sendInitialEvents=true&allowWatchBookmarks=true&"
-                             "resourceVersionMatch=NotOlderThan&timeoutSeconds=1", 2)
+    events = await raw_watch(
+        kube_api,
+        "sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1",
+        2,
+    )
     assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
     assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
 
 
 async def test_periodic_bookmarks(kube_api: KubeApi) -> None:
     kube_api.bookmark_interval = 0.1
-    events = await raw_watch(kube_api, f"resourceVersion={kube_api.list('v1', 'Namespace')[0]['metadata']['resourceVersion']}"
-                             "&allowWatchBookmarks=true&timeoutSeconds=2", 2)
+    events = await raw_watch(
+        kube_api,
+        f"resourceVersion={kube_api.list('v1', 'Namespace')[0]['metadata']['resourceVersion']}"
+        "&allowWatchBookmarks=true&timeoutSeconds=2",
+        2,
+    )
     assert [e["type"] for e in events] == ["BOOKMARK", "BOOKMARK"]
     assert int(events[0]["object"]["metadata"]["resourceVersion"]) > 0
 

@@ -31,8 +31,16 @@ async def running(kube_api: KubeApi, registry: kopf.OperatorRegistry) -> AsyncIt
     settings.queueing.idle_timeout = 0.3
     settings.queueing.exit_timeout = 0.3
     stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(kopf.operator(registry=registry, settings=settings, standalone=True,
-                                             clusterwide=True, stop_flag=stop, ready_flag=ready))
+    task = asyncio.create_task(
+        kopf.operator(
+            registry=registry,
+            settings=settings,
+            standalone=True,
+            clusterwide=True,
+            stop_flag=stop,
+            ready_flag=ready,
+        )
+    )
     try:
         await asyncio.wait_for(ready.wait(), 10)
         yield
@@ -55,8 +63,13 @@ async def test_kopf_handlers_fire_on_annotation_change_and_deletion(kube_api: Ku
     def login(**_: Any) -> kopf.ConnectionInfo:
         return kube_api.kopf_connection_info()
 
-    @kopf.on.field("v1", "pods", field=["metadata", "annotations", names.ANNOTATION_TASK_STATUS],
-                   labels={names.LABEL_INJECT: "true"}, registry=registry)
+    @kopf.on.field(
+        "v1",
+        "pods",
+        field=["metadata", "annotations", names.ANNOTATION_TASK_STATUS],
+        labels={names.LABEL_INJECT: "true"},
+        registry=registry,
+    )
     def status_changed(old: Any, new: Any, name: str, body: kopf.Body, **_: Any) -> None:
         seen.append(("field", (name, old, new)))
         kopf.info(body, reason="TaskStatus", message=f"task status is now {new}")
@@ -66,29 +79,50 @@ async def test_kopf_handlers_fire_on_annotation_change_and_deletion(kube_api: Ku
         seen.append(("delete", name))
 
     core = client.CoreV1Api(await kube_api.kubernetes_asyncio_client())
-    await core.create_namespaced_pod("default", {
-        "metadata": {"name": "agent", "labels": {names.LABEL_INJECT: "true"},
-                     "annotations": {names.ANNOTATION_TASK_STATUS: "running"}},
-        "spec": {"containers": [{"name": "a", "image": "busybox:1"}]}})
-    await core.create_namespaced_pod("default", {
-        "metadata": {"name": "bystander"}, "spec": {"containers": [{"name": "a", "image": "busybox:1"}]}})
+    await core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {
+                "name": "agent",
+                "labels": {names.LABEL_INJECT: "true"},
+                "annotations": {names.ANNOTATION_TASK_STATUS: "running"},
+            },
+            "spec": {"containers": [{"name": "a", "image": "busybox:1"}]},
+        },
+    )
+    await core.create_namespaced_pod(
+        "default",
+        {"metadata": {"name": "bystander"}, "spec": {"containers": [{"name": "a", "image": "busybox:1"}]}},
+    )
 
     async with running(kube_api, registry):
         # kopf puts its finalizer on the pods its delete handler covers (and only those)
-        await kube_api.wait_for(lambda: (kube_api.get("v1", "Pod", "default", "agent") or {})
-                                .get("metadata", {}).get("finalizers"))
+        await kube_api.wait_for(
+            lambda: (
+                (kube_api.get("v1", "Pod", "default", "agent") or {}).get("metadata", {}).get("finalizers")
+            )
+        )
         assert "finalizers" not in kube_api.get("v1", "Pod", "default", "bystander")["metadata"]
-        await core.patch_namespaced_pod("agent", "default", {"metadata": {"annotations": {
-            names.ANNOTATION_TASK_STATUS: "completed"}}}, _content_type=MERGE)
+        await core.patch_namespaced_pod(
+            "agent",
+            "default",
+            {"metadata": {"annotations": {names.ANNOTATION_TASK_STATUS: "completed"}}},
+            _content_type=MERGE,
+        )
         await kube_api.wait_for(lambda: any(kind == "field" and v[2] == "completed" for kind, v in seen))
         await core.delete_namespaced_pod("agent", "default")
         await kube_api.wait_for(lambda: kube_api.get("v1", "Pod", "default", "agent") is None)
 
     assert ("delete", "agent") in seen
-    assert [v for kind, v in seen if kind == "field"] == [("agent", None, "running"), ("agent", "running", "completed")]
+    assert [v for kind, v in seen if kind == "field"] == [
+        ("agent", None, "running"),
+        ("agent", "running", "completed"),
+    ]
     # kopf.info() becomes a core/v1 Event about the pod
     assert [(e["reason"], e["involvedObject"]["name"], e["message"]) for e in kube_api.events] == [
-        ("TaskStatus", "agent", "task status is now running"), ("TaskStatus", "agent", "task status is now completed")]
+        ("TaskStatus", "agent", "task status is now running"),
+        ("TaskStatus", "agent", "task status is now completed"),
+    ]
 
 
 async def test_kopf_custom_resource_handler_patches_status(kube_api: KubeApi) -> None:
@@ -105,10 +139,24 @@ async def test_kopf_custom_resource_handler_patches_status(kube_api: KubeApi) ->
 
     async with running(kube_api, registry):
         custom = client.CustomObjectsApi(await kube_api.kubernetes_asyncio_client())
-        await custom.create_namespaced_custom_object(names.CRD_GROUP, names.CRD_VERSION, "default",
-                                                     names.PLURAL_TASK_LEASES, {
-            "apiVersion": names.API_VERSION, "kind": names.KIND_TASK_LEASE, "metadata": {"name": "t"},
-            "spec": {"task": "T-1", "pod": "agent"}})
-        await kube_api.wait_for(lambda: (kube_api.get(names.API_VERSION, names.KIND_TASK_LEASE, "default", "t")
-                                         or {}).get("status", {}).get("phase") == "Active")
+        await custom.create_namespaced_custom_object(
+            names.CRD_GROUP,
+            names.CRD_VERSION,
+            "default",
+            names.PLURAL_TASK_LEASES,
+            {
+                "apiVersion": names.API_VERSION,
+                "kind": names.KIND_TASK_LEASE,
+                "metadata": {"name": "t"},
+                "spec": {"task": "T-1", "pod": "agent"},
+            },
+        )
+        await kube_api.wait_for(
+            lambda: (
+                (kube_api.get(names.API_VERSION, names.KIND_TASK_LEASE, "default", "t") or {})
+                .get("status", {})
+                .get("phase")
+                == "Active"
+            )
+        )
     assert any(c.resource == "taskleases/status" and c.verb == "patch" for c in kube_api.api_calls)

@@ -24,12 +24,21 @@ async def review(kube_api: KubeApi, token: str, audiences: list[str] | None) -> 
     return res.status.to_dict()
 
 
-async def test_token_request_bound_to_a_pod_reviews_with_pod_identity(kube_api: KubeApi,
-                                                                      core: client.CoreV1Api) -> None:
+async def test_token_request_bound_to_a_pod_reviews_with_pod_identity(
+    kube_api: KubeApi, core: client.CoreV1Api
+) -> None:
     p = await core.create_namespaced_pod("default", POD)
-    tr = await core.create_namespaced_service_account_token("default", "default", {"spec": {
-        "audiences": [names.TOKEN_AUDIENCE], "expirationSeconds": 600,
-        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "agent", "uid": p.metadata.uid}}})
+    tr = await core.create_namespaced_service_account_token(
+        "default",
+        "default",
+        {
+            "spec": {
+                "audiences": [names.TOKEN_AUDIENCE],
+                "expirationSeconds": 600,
+                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "agent", "uid": p.metadata.uid},
+            }
+        },
+    )
     assert tr.status.token and tr.status.expiration_timestamp
     status = await review(kube_api, tr.status.token, [names.TOKEN_AUDIENCE])
     assert status["authenticated"] is True
@@ -39,18 +48,29 @@ async def test_token_request_bound_to_a_pod_reviews_with_pod_identity(kube_api: 
     assert status["user"]["extra"]["authentication.kubernetes.io/pod-uid"] == [p.metadata.uid]
 
 
-@pytest.mark.parametrize(("case", "arrange", "audiences", "error"), [
-    ("wrong audience", None, ["vault"], "audiences"),
-    ("pod deleted", "delete", [names.TOKEN_AUDIENCE], "not found"),
-    ("pod replaced (same name, new uid)", "replace", [names.TOKEN_AUDIENCE], "does not match"),
-    ("expired", "expire", [names.TOKEN_AUDIENCE], "expired"),
-    ("service account recreated", "sa", [names.TOKEN_AUDIENCE], "serviceaccounts"),
-    ("not a token at all", "garbage", [names.TOKEN_AUDIENCE], "invalid bearer token"),
-])
-async def test_review_refuses(kube_api: KubeApi, core: client.CoreV1Api, case: str, arrange: str | None,
-                              audiences: list[str], error: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "arrange", "audiences", "error"),
+    [
+        ("wrong audience", None, ["vault"], "audiences"),
+        ("pod deleted", "delete", [names.TOKEN_AUDIENCE], "not found"),
+        ("pod replaced (same name, new uid)", "replace", [names.TOKEN_AUDIENCE], "does not match"),
+        ("expired", "expire", [names.TOKEN_AUDIENCE], "expired"),
+        ("service account recreated", "sa", [names.TOKEN_AUDIENCE], "serviceaccounts"),
+        ("not a token at all", "garbage", [names.TOKEN_AUDIENCE], "invalid bearer token"),
+    ],
+)
+async def test_review_refuses(
+    kube_api: KubeApi,
+    core: client.CoreV1Api,
+    case: str,
+    arrange: str | None,
+    audiences: list[str],
+    error: str,
+) -> None:
     await core.create_namespaced_pod("default", POD)
-    token = kube_api.issue_pod_token("default", "agent", audiences=[names.TOKEN_AUDIENCE], expiration_seconds=60)
+    token = kube_api.issue_pod_token(
+        "default", "agent", audiences=[names.TOKEN_AUDIENCE], expiration_seconds=60
+    )
     if arrange == "delete":
         await core.delete_namespaced_pod("agent", "default")
     elif arrange == "replace":
@@ -69,17 +89,34 @@ async def test_review_refuses(kube_api: KubeApi, core: client.CoreV1Api, case: s
     assert not status.get("user") or not status["user"].get("username")
 
 
-@pytest.mark.parametrize(("case", "spec", "sa", "code"), [
-    ("service account missing", {"audiences": ["x"]}, "nobody", 404),
-    ("shorter than 10 minutes", {"audiences": ["x"], "expirationSeconds": 60}, "default", 422),
-    ("bound pod missing", {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "ghost"}}, "default", 404),
-    ("bound pod uid differs", {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "agent",
-                                                  "uid": "0000"}}, "default", 409),
-    ("pod runs as another service account", {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
-                                                                "name": "agent"}}, "other", 400),
-])
-async def test_token_request_refusals(core: client.CoreV1Api, case: str, spec: dict[str, Any], sa: str,
-                                      code: int) -> None:
+@pytest.mark.parametrize(
+    ("case", "spec", "sa", "code"),
+    [
+        ("service account missing", {"audiences": ["x"]}, "nobody", 404),
+        ("shorter than 10 minutes", {"audiences": ["x"], "expirationSeconds": 60}, "default", 422),
+        (
+            "bound pod missing",
+            {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "ghost"}},
+            "default",
+            404,
+        ),
+        (
+            "bound pod uid differs",
+            {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "agent", "uid": "0000"}},
+            "default",
+            409,
+        ),
+        (
+            "pod runs as another service account",
+            {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "agent"}},
+            "other",
+            400,
+        ),
+    ],
+)
+async def test_token_request_refusals(
+    core: client.CoreV1Api, case: str, spec: dict[str, Any], sa: str, code: int
+) -> None:
     await core.create_namespaced_pod("default", POD)
     await core.create_namespaced_service_account("default", {"metadata": {"name": "other"}})
     with pytest.raises(client.ApiException) as e:
@@ -87,7 +124,9 @@ async def test_token_request_refusals(core: client.CoreV1Api, case: str, spec: d
     assert e.value.status == code, case
 
 
-async def test_service_account_tokens_authenticate_to_the_api(kube_api: KubeApi, core: client.CoreV1Api) -> None:
+async def test_service_account_tokens_authenticate_to_the_api(
+    kube_api: KubeApi, core: client.CoreV1Api
+) -> None:
     import aiohttp
 
     tr = await core.create_namespaced_service_account_token("default", "default", {"spec": {}})

@@ -41,8 +41,9 @@ class WebhookServer:
         if self.delay:
             await asyncio.sleep(self.delay)
         response = {"uid": review["request"]["uid"], **self.reply(review["request"])}
-        return web.json_response({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                                  "response": response})
+        return web.json_response(
+            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+        )
 
     async def start(self) -> None:
         app = web.Application()
@@ -51,7 +52,9 @@ class WebhookServer:
         await self._runner.setup()
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        site = web.SockSite(self._runner, sock, ssl_context=self.ca.issue(["127.0.0.1"]).server_context(self.tmp))
+        site = web.SockSite(
+            self._runner, sock, ssl_context=self.ca.issue(["127.0.0.1"]).server_context(self.tmp)
+        )
         await site.start()
         self.url = f"https://127.0.0.1:{sock.getsockname()[1]}/mutate"
 
@@ -69,20 +72,46 @@ async def hook(tmp_path: Path) -> AsyncIterator[WebhookServer]:
     await server.stop()
 
 
-def configuration(hook: WebhookServer, *, failure_policy: str = "Fail", timeout: int = 2,
-                  namespace_selector: dict[str, Any] | None = None, ca: bytes | None = None) -> dict[str, Any]:
+def configuration(
+    hook: WebhookServer,
+    *,
+    failure_policy: str = "Fail",
+    timeout: int = 2,
+    namespace_selector: dict[str, Any] | None = None,
+    ca: bytes | None = None,
+) -> dict[str, Any]:
     return {
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": "taskcreds"},
-        "webhooks": [{
-            "name": "inject.taskcreds.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-            "failurePolicy": failure_policy, "timeoutSeconds": timeout,
-            "clientConfig": {"url": hook.url, "caBundle": base64.b64encode(ca or hook.ca.cert_pem).decode()},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            "objectSelector": {"matchLabels": {names.LABEL_INJECT: "true"}},
-            "namespaceSelector": namespace_selector or {"matchExpressions": [
-                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}]},
-        }],
+        "webhooks": [
+            {
+                "name": "inject.taskcreds.io",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": failure_policy,
+                "timeoutSeconds": timeout,
+                "clientConfig": {
+                    "url": hook.url,
+                    "caBundle": base64.b64encode(ca or hook.ca.cert_pem).decode(),
+                },
+                "rules": [
+                    {
+                        "operations": ["CREATE"],
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods"],
+                    }
+                ],
+                "objectSelector": {"matchLabels": {names.LABEL_INJECT: "true"}},
+                "namespaceSelector": namespace_selector
+                or {
+                    "matchExpressions": [
+                        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}
+                    ]
+                },
+            }
+        ],
     }
 
 
@@ -93,7 +122,11 @@ def pod(name: str | None = None, inject: bool = True) -> dict[str, Any]:
 
 
 def jsonpatch(ops: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"allowed": True, "patchType": "JSONPatch", "patch": base64.b64encode(json.dumps(ops).encode()).decode()}
+    return {
+        "allowed": True,
+        "patchType": "JSONPatch",
+        "patch": base64.b64encode(json.dumps(ops).encode()).decode(),
+    }
 
 
 @pytest.fixture
@@ -101,13 +134,20 @@ async def core(kube_api: KubeApi) -> client.CoreV1Api:
     return client.CoreV1Api(await kube_api.kubernetes_asyncio_client())
 
 
-async def test_mutation_is_applied_and_review_is_shaped_like_the_apis(kube_api: KubeApi, hook: WebhookServer,
-                                                                      core: client.CoreV1Api) -> None:
+async def test_mutation_is_applied_and_review_is_shaped_like_the_apis(
+    kube_api: KubeApi, hook: WebhookServer, core: client.CoreV1Api
+) -> None:
     kube_api.put(configuration(hook))
-    hook.reply = lambda req: jsonpatch([
-        {"op": "add", "path": "/metadata/annotations", "value": {names.ANNOTATION_INJECTED: "test"}},
-        {"op": "add", "path": "/spec/volumes", "value": [{"name": names.VOLUME_CREDENTIALS,
-                                                          "emptyDir": {"medium": "Memory"}}]}])
+    hook.reply = lambda req: jsonpatch(
+        [
+            {"op": "add", "path": "/metadata/annotations", "value": {names.ANNOTATION_INJECTED: "test"}},
+            {
+                "op": "add",
+                "path": "/spec/volumes",
+                "value": [{"name": names.VOLUME_CREDENTIALS, "emptyDir": {"medium": "Memory"}}],
+            },
+        ]
+    )
     created = await core.create_namespaced_pod("default", pod())
     assert created.metadata.annotations == {names.ANNOTATION_INJECTED: "test"}
     assert [v.name for v in created.spec.volumes] == [names.VOLUME_CREDENTIALS]
@@ -125,21 +165,28 @@ async def test_mutation_is_applied_and_review_is_shaped_like_the_apis(kube_api: 
     assert [c.outcome for c in kube_api.webhook_calls] == ["patched"]
 
 
-async def test_denial_is_surfaced_with_the_webhooks_message(kube_api: KubeApi, hook: WebhookServer,
-                                                            core: client.CoreV1Api) -> None:
+async def test_denial_is_surfaced_with_the_webhooks_message(
+    kube_api: KubeApi, hook: WebhookServer, core: client.CoreV1Api
+) -> None:
     kube_api.put(configuration(hook))
-    hook.reply = lambda req: {"allowed": False, "status": {"code": 403, "message": "taskcreds.io/ttl: 'soon' is "
-                                                           "not a duration; use e.g. 15m"}}
+    hook.reply = lambda req: {
+        "allowed": False,
+        "status": {"code": 403, "message": "taskcreds.io/ttl: 'soon' is not a duration; use e.g. 15m"},
+    }
     with pytest.raises(client.ApiException) as e:
         await core.create_namespaced_pod("default", pod("denied"))
     body = json.loads(e.value.body)
     assert e.value.status == 403 and body["kind"] == "Status"
-    assert body["message"] == ('admission webhook "inject.taskcreds.io" denied the request: taskcreds.io/ttl: '
-                               "'soon' is not a duration; use e.g. 15m")
+    assert body["message"] == (
+        'admission webhook "inject.taskcreds.io" denied the request: taskcreds.io/ttl: '
+        "'soon' is not a duration; use e.g. 15m"
+    )
     assert kube_api.get("v1", "Pod", "default", "denied") is None
 
 
-async def test_denial_without_code_is_400(kube_api: KubeApi, hook: WebhookServer, core: client.CoreV1Api) -> None:
+async def test_denial_without_code_is_400(
+    kube_api: KubeApi, hook: WebhookServer, core: client.CoreV1Api
+) -> None:
     kube_api.put(configuration(hook))
     hook.reply = lambda req: {"allowed": False}
     with pytest.raises(client.ApiException) as e:
@@ -147,15 +194,19 @@ async def test_denial_without_code_is_400(kube_api: KubeApi, hook: WebhookServer
     assert e.value.status == 400 and "denied the request without explanation" in e.value.body
 
 
-@pytest.mark.parametrize(("case", "arrange"), [
-    ("webhook down", "stop"),
-    ("webhook too slow", "slow"),
-    ("untrusted certificate", "wrong-ca"),
-    ("bad patch type", "bad-patch"),
-])
+@pytest.mark.parametrize(
+    ("case", "arrange"),
+    [
+        ("webhook down", "stop"),
+        ("webhook too slow", "slow"),
+        ("untrusted certificate", "wrong-ca"),
+        ("bad patch type", "bad-patch"),
+    ],
+)
 @pytest.mark.parametrize("policy", ["Fail", "Ignore"])
-async def test_failure_policy(kube_api: KubeApi, hook: WebhookServer, core: client.CoreV1Api, case: str,
-                              arrange: str, policy: str) -> None:
+async def test_failure_policy(
+    kube_api: KubeApi, hook: WebhookServer, core: client.CoreV1Api, case: str, arrange: str, policy: str
+) -> None:
     other_ca = TestCA("someone else").cert_pem if arrange == "wrong-ca" else None
     kube_api.put(configuration(hook, failure_policy=policy, timeout=1, ca=other_ca))
     if arrange == "stop":
@@ -176,7 +227,9 @@ async def test_failure_policy(kube_api: KubeApi, hook: WebhookServer, core: clie
         assert kube_api.get("v1", "Pod", "default", "p") is None
 
 
-async def test_selectors_decide_who_is_called(kube_api: KubeApi, hook: WebhookServer, core: client.CoreV1Api) -> None:
+async def test_selectors_decide_who_is_called(
+    kube_api: KubeApi, hook: WebhookServer, core: client.CoreV1Api
+) -> None:
     kube_api.put(configuration(hook, namespace_selector={"matchLabels": {"agents": "yes"}}))
     kube_api.ensure_namespace("agents", {"agents": "yes"})
     await core.create_namespaced_pod("default", pod("in-other-namespace"))
@@ -197,18 +250,27 @@ async def test_warnings_reach_the_client(kube_api: KubeApi, hook: WebhookServer)
             assert r.headers.getall("Warning") == ['299 - "container agent reads a Secret through env"']
 
 
-async def test_invalid_result_after_mutation_is_rejected(kube_api: KubeApi, hook: WebhookServer,
-                                                         core: client.CoreV1Api) -> None:
+async def test_invalid_result_after_mutation_is_rejected(
+    kube_api: KubeApi, hook: WebhookServer, core: client.CoreV1Api
+) -> None:
     kube_api.put(configuration(hook))
-    hook.reply = lambda req: jsonpatch([{"op": "add", "path": "/spec/containers/0/volumeMounts", "value": [
-        {"name": "missing-volume", "mountPath": "/run/taskcreds"}]}])
+    hook.reply = lambda req: jsonpatch(
+        [
+            {
+                "op": "add",
+                "path": "/spec/containers/0/volumeMounts",
+                "value": [{"name": "missing-volume", "mountPath": "/run/taskcreds"}],
+            }
+        ]
+    )
     with pytest.raises(client.ApiException) as e:
         await core.create_namespaced_pod("default", pod("broken"))
     assert e.value.status == 422 and "missing-volume" in e.value.body
 
 
-async def test_service_reference_reaches_a_local_endpoint(kube_api: KubeApi, hook: WebhookServer,
-                                                          core: client.CoreV1Api, tmp_path: Path) -> None:
+async def test_service_reference_reaches_a_local_endpoint(
+    kube_api: KubeApi, hook: WebhookServer, core: client.CoreV1Api, tmp_path: Path
+) -> None:
     # a serving cert for the Service DNS name, the way the operator's own certificate is made
     cfg = configuration(hook)
     port = hook.url.split(":")[2].split("/")[0]
@@ -224,9 +286,15 @@ async def test_service_reference_reaches_a_local_endpoint(kube_api: KubeApi, hoo
     await site.start()
     try:
         wh = cfg["webhooks"][0]
-        wh["clientConfig"] = {"service": {"namespace": "taskcreds", "name": "taskcreds-webhook", "path": "/mutate",
-                                          "port": 443},
-                              "caBundle": base64.b64encode(hook.ca.cert_pem).decode()}
+        wh["clientConfig"] = {
+            "service": {
+                "namespace": "taskcreds",
+                "name": "taskcreds-webhook",
+                "path": "/mutate",
+                "port": 443,
+            },
+            "caBundle": base64.b64encode(hook.ca.cert_pem).decode(),
+        }
         kube_api.put(cfg)
         kube_api.set_service_endpoint("taskcreds", "taskcreds-webhook", f"127.0.0.1:{port}")
         await core.create_namespaced_pod("default", pod("via-service"))

@@ -48,38 +48,80 @@ class TokenAuthority:
         pub = self._key.public_key().public_numbers()
         raw = pub.x.to_bytes(32, "big") + pub.y.to_bytes(32, "big")
         self.kid = hashlib.sha256(raw).hexdigest()[:16]
-        self._jwk = {"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
-                     "x": _b64(pub.x.to_bytes(32, "big")), "y": _b64(pub.y.to_bytes(32, "big"))}
+        self._jwk = {
+            "kty": "EC",
+            "crv": "P-256",
+            "alg": "ES256",
+            "use": "sig",
+            "kid": self.kid,
+            "x": _b64(pub.x.to_bytes(32, "big")),
+            "y": _b64(pub.y.to_bytes(32, "big")),
+        }
         self.issued: list[IssuedToken] = []
 
-    def issue(self, *, namespace: str, service_account: str, service_account_uid: str, audiences: list[str],
-              expiration_seconds: int, pod: tuple[str, str] | None = None) -> tuple[str, int]:
+    def issue(
+        self,
+        *,
+        namespace: str,
+        service_account: str,
+        service_account_uid: str,
+        audiences: list[str],
+        expiration_seconds: int,
+        pod: tuple[str, str] | None = None,
+    ) -> tuple[str, int]:
         """(token, expiry as unix seconds)."""
         now = int(self._clock())
         exp = now + int(expiration_seconds)
         jti = str(uuid.uuid4())
-        k8s: dict[str, Any] = {"namespace": namespace,
-                               "serviceaccount": {"name": service_account, "uid": service_account_uid}}
+        k8s: dict[str, Any] = {
+            "namespace": namespace,
+            "serviceaccount": {"name": service_account, "uid": service_account_uid},
+        }
         if pod:
             k8s["pod"] = {"name": pod[0], "uid": pod[1]}
-        claims = {"iss": ISSUER, "sub": f"system:serviceaccount:{namespace}:{service_account}",
-                  "aud": list(audiences), "iat": now, "nbf": now, "exp": exp, "jti": jti, "kubernetes.io": k8s}
+        claims = {
+            "iss": ISSUER,
+            "sub": f"system:serviceaccount:{namespace}:{service_account}",
+            "aud": list(audiences),
+            "iat": now,
+            "nbf": now,
+            "exp": exp,
+            "jti": jti,
+            "kubernetes.io": k8s,
+        }
         token = jwt.encode(claims, self._key, algorithm="ES256", headers={"kid": self.kid})
-        self.issued.append(IssuedToken(jti, namespace, service_account, tuple(audiences), exp,
-                                       pod[0] if pod else None, pod[1] if pod else None))
+        self.issued.append(
+            IssuedToken(
+                jti,
+                namespace,
+                service_account,
+                tuple(audiences),
+                exp,
+                pod[0] if pod else None,
+                pod[1] if pod else None,
+            )
+        )
         return token, exp
 
     def claims(self, token: str) -> dict[str, Any] | None:
         """Verified claims (signature and issuer only; expiry and audience are the caller's)."""
         try:
-            return jwt.decode(token, self._key.public_key(), algorithms=["ES256"], issuer=ISSUER,
-                              options={"verify_aud": False, "verify_exp": False, "verify_nbf": False,
-                                       "verify_iat": False})
+            return jwt.decode(
+                token,
+                self._key.public_key(),
+                algorithms=["ES256"],
+                issuer=ISSUER,
+                options={"verify_aud": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
+            )
         except jwt.PyJWTError:
             return None
 
-    def review(self, token: str, audiences: list[str] | None,
-               lookup: Callable[[str, str, str], dict[str, Any] | None]) -> dict[str, Any]:
+    def review(
+        self,
+        token: str,
+        audiences: list[str] | None,
+        lookup: Callable[[str, str, str], dict[str, Any] | None],
+    ) -> dict[str, Any]:
         """TokenReview ``status``. ``lookup(kind, namespace, name)`` reads ServiceAccounts and Pods."""
         wanted = list(audiences or API_AUDIENCES)
         claims = self.claims(token)
@@ -90,40 +132,60 @@ class TokenAuthority:
         aud = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
         matched = [a for a in wanted if a in aud]
         if not matched:
-            return _unauthenticated("invalid bearer token, token audiences " + str(aud) + " is invalid for the "
-                                    "target audiences " + str(wanted), wanted)
+            return _unauthenticated(
+                "invalid bearer token, token audiences " + str(aud) + " is invalid for the "
+                "target audiences " + str(wanted),
+                wanted,
+            )
         k8s = claims["kubernetes.io"]
         ns, sa = k8s["namespace"], k8s["serviceaccount"]
         sa_obj = lookup("ServiceAccount", ns, sa["name"])
         if sa_obj is None or sa_obj["metadata"]["uid"] != sa["uid"]:
-            return _unauthenticated(f'invalid bearer token, serviceaccounts "{sa["name"]}" not found '
-                                    "(or was recreated)", wanted)
+            return _unauthenticated(
+                f'invalid bearer token, serviceaccounts "{sa["name"]}" not found (or was recreated)', wanted
+            )
         extra: dict[str, list[str]] = {"authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"]}
         if "pod" in k8s:
             pod = lookup("Pod", ns, k8s["pod"]["name"])
             if pod is None:
-                return _unauthenticated(f'invalid bearer token, pods "{k8s["pod"]["name"]}" not found', wanted)
+                return _unauthenticated(
+                    f'invalid bearer token, pods "{k8s["pod"]["name"]}" not found', wanted
+                )
             if pod["metadata"]["uid"] != k8s["pod"]["uid"]:
-                return _unauthenticated(f'invalid bearer token, pod "{k8s["pod"]["name"]}" uid '
-                                        f'({pod["metadata"]["uid"]}) does not match the claim ({k8s["pod"]["uid"]})',
-                                        wanted)
+                return _unauthenticated(
+                    f'invalid bearer token, pod "{k8s["pod"]["name"]}" uid '
+                    f"({pod['metadata']['uid']}) does not match the claim ({k8s['pod']['uid']})",
+                    wanted,
+                )
             deleting = pod["metadata"].get("deletionTimestamp")
             if deleting and _parse_time(deleting) <= self._clock():
-                return _unauthenticated(f'invalid bearer token, pod "{k8s["pod"]["name"]}" is being deleted',
-                                        wanted)
+                return _unauthenticated(
+                    f'invalid bearer token, pod "{k8s["pod"]["name"]}" is being deleted', wanted
+                )
             extra["authentication.kubernetes.io/pod-name"] = [k8s["pod"]["name"]]
             extra["authentication.kubernetes.io/pod-uid"] = [k8s["pod"]["uid"]]
-        return {"authenticated": True, "audiences": matched, "user": {
-            "username": claims["sub"], "uid": sa["uid"],
-            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
-            "extra": extra}}
+        return {
+            "authenticated": True,
+            "audiences": matched,
+            "user": {
+                "username": claims["sub"],
+                "uid": sa["uid"],
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
+                "extra": extra,
+            },
+        }
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [self._jwk]}
 
     def openid_configuration(self) -> dict[str, Any]:
-        return {"issuer": ISSUER, "jwks_uri": f"{ISSUER}/openid/v1/jwks", "response_types_supported": ["id_token"],
-                "subject_types_supported": ["public"], "id_token_signing_alg_values_supported": ["ES256"]}
+        return {
+            "issuer": ISSUER,
+            "jwks_uri": f"{ISSUER}/openid/v1/jwks",
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        }
 
 
 def _unauthenticated(error: str, audiences: list[str]) -> dict[str, Any]:
