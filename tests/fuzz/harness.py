@@ -34,8 +34,18 @@ from taskcreds.operator.tlsreload import ReloadingCertificate
 from taskcreds.metrics import register_operator
 from tests.operator.validation import FAST_VERSIONS, schema_errors, semantic_errors
 
-__all__ = ["CORPUS", "EXAMPLES", "EXTENDED", "TLSPair", "ThreadedWebhook", "Answer", "check_answer",
-           "make_tls_pair", "is_valid_pod", "remember"]
+__all__ = [
+    "CORPUS",
+    "EXAMPLES",
+    "EXTENDED",
+    "TLSPair",
+    "ThreadedWebhook",
+    "Answer",
+    "check_answer",
+    "make_tls_pair",
+    "is_valid_pod",
+    "remember",
+]
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 EXTENDED = bool(os.environ.get("TASKCREDS_FUZZ_EXAMPLES"))
@@ -113,15 +123,19 @@ class ThreadedWebhook:
         """A fresh HTTPS connection, certificate checked against the test CA."""
         return http.client.HTTPSConnection("localhost", self.port, context=self.client_context, timeout=30)
 
-    def post(self, body: bytes | Iterable[bytes], headers: dict[str, str] | None = None, path: str = "/mutate") -> Answer:
-        """POST ``body`` on this thread's keep-alive connection (reconnecting once if the server closed it)."""
+    def post(
+        self, body: bytes | Iterable[bytes], headers: dict[str, str] | None = None, path: str = "/mutate"
+    ) -> Answer:
+        """POST ``body`` on this thread's keep-alive connection (reconnecting once if it was closed)."""
         hdrs = {"Content-Type": "application/json", **(headers or {})}
         for attempt in (1, 2):
             conn = getattr(self._local, "conn", None) or self.connection()
             self._local.conn = conn
             try:
                 # an iterable body goes out chunked (http.client frames it), bytes with a Content-Length
-                conn.request("POST", path, body=body, headers=hdrs, encode_chunked=not isinstance(body, bytes))
+                conn.request(
+                    "POST", path, body=body, headers=hdrs, encode_chunked=not isinstance(body, bytes)
+                )
                 resp = conn.getresponse()
                 data = resp.read()
                 if resp.will_close:
@@ -136,8 +150,10 @@ class ThreadedWebhook:
         raise AssertionError("unreachable")
 
     def count(self, result: str) -> float:
-        return self.metrics.registry.get_sample_value(
-            "taskcreds_admission_requests_total", {"result": result}) or 0.0
+        return (
+            self.metrics.registry.get_sample_value("taskcreds_admission_requests_total", {"result": result})
+            or 0.0
+        )
 
 
 @dataclass(frozen=True)
@@ -209,8 +225,11 @@ def check_answer(body: bytes, answer: Answer) -> str:
     pod = request["object"]
     patched = jsonpatch.apply_patch(pod, ops)  # raises JsonPatchConflict / JsonPointerException
     if is_valid_pod(pod):
-        assert is_valid_pod(patched), "a valid pod came out invalid:\n" + "\n".join(
-            e for v in FAST_VERSIONS for e in schema_errors(patched, v)) + "\n".join(semantic_errors(patched))
+        assert is_valid_pod(patched), (
+            "a valid pod came out invalid:\n"
+            + "\n".join(e for v in FAST_VERSIONS for e in schema_errors(patched, v))
+            + "\n".join(semantic_errors(patched))
+        )
     return "injected"
 
 

@@ -17,15 +17,28 @@ from hypothesis import strategies as st
 
 from taskcreds import names
 
-__all__ = ["json_values", "json_objects", "reviews_of", "pods", "FIXTURE_REVIEW", "field_paths",
-           "review_bytes"]
+__all__ = [
+    "json_values",
+    "json_objects",
+    "reviews_of",
+    "pods",
+    "FIXTURE_REVIEW",
+    "field_paths",
+    "review_bytes",
+]
 
 FIXTURE_REVIEW: dict[str, Any] = json.loads(
-    (Path(__file__).resolve().parents[1] / "fixtures" / "admission" / "opted-in-pod.json").read_text())
+    (Path(__file__).resolve().parents[1] / "fixtures" / "admission" / "opted-in-pod.json").read_text()
+)
 
 # every JSON scalar, unicode included (hypothesis' text excludes lone surrogates: JSON can't carry them)
-scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-           | st.text(max_size=20))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
 json_values = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
@@ -38,7 +51,9 @@ def review_bytes(doc: Any) -> bytes:
     return json.dumps(doc, ensure_ascii=False).encode()
 
 
-def reviews_of(pod: dict[str, Any], operation: str = "CREATE", namespace: str | None = "team-a") -> dict[str, Any]:
+def reviews_of(
+    pod: dict[str, Any], operation: str = "CREATE", namespace: str | None = "team-a"
+) -> dict[str, Any]:
     """An admission.k8s.io/v1 AdmissionReview for ``pod``, shaped like the kube-apiserver's."""
     request: dict[str, Any] = {
         "uid": str(uuid.uuid4()),
@@ -84,18 +99,45 @@ rarely = st.sampled_from([True] + [False] * 3)
 dns_labels = st.from_regex(r"\A[a-z]([-a-z0-9]{0,10}[a-z0-9])?\Z")
 # annotation values a person (or a confused agent) might write; most valid, some not
 _good_task = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,20}\Z")
-task_ids = st.one_of(_good_task, _good_task, _good_task, _good_task,
-                     st.sampled_from(["", "-lead", "a" * 129, "täsk", "fix issue"]))
+task_ids = st.one_of(
+    _good_task,
+    _good_task,
+    _good_task,
+    _good_task,
+    st.sampled_from(["", "-lead", "a" * 129, "täsk", "fix issue"]),
+)
 _good_credentials = st.lists(dns_labels, min_size=1, max_size=4).map(",".join)
 credential_lists = st.one_of(
-    _good_credentials, _good_credentials, _good_credentials, _good_credentials,
+    _good_credentials,
+    _good_credentials,
+    _good_credentials,
+    _good_credentials,
     st.sampled_from(["", ",", "GitHub", "a,,b", "x" * 254, ",".join(f"c{i}" for i in range(17))]),
 )
-durations = st.one_of(st.sampled_from(["90s", "15m", "1h"]), st.sampled_from(["90s", "15m", "1h30m", "500ms", "2h", "0s", "-5m", "soon", "15", "1e3s"]),
-                      st.integers(1, 10_000).map(lambda n: f"{n}s"), st.text(max_size=8))
+durations = st.one_of(
+    st.sampled_from(["90s", "15m", "1h"]),
+    st.sampled_from(["90s", "15m", "1h30m", "500ms", "2h", "0s", "-5m", "soon", "15", "1e3s"]),
+    st.integers(1, 10_000).map(lambda n: f"{n}s"),
+    st.text(max_size=8),
+)
 statuses = st.sampled_from(["running", "pending"] * 4 + [*names.TASK_STATUSES, "RUNNING", "done", ""])
-mount_paths = st.sampled_from(["/creds", "/creds", "/secrets/task", "/creds", "/run/taskcreds", "/workspace", "relative", "/", "/a/../b",
-                               "/run/secrets/kubernetes.io/serviceaccount", "/c:d", "/créds", "/x//y/"])
+mount_paths = st.sampled_from(
+    [
+        "/creds",
+        "/creds",
+        "/secrets/task",
+        "/creds",
+        "/run/taskcreds",
+        "/workspace",
+        "relative",
+        "/",
+        "/a/../b",
+        "/run/secrets/kubernetes.io/serviceaccount",
+        "/c:d",
+        "/créds",
+        "/x//y/",
+    ]
+)
 label_values = st.from_regex(r"\A([A-Za-z0-9]([-A-Za-z0-9_.]{0,20}[A-Za-z0-9])?)?\Z")
 env_names = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,15}\Z")
 
@@ -107,11 +149,20 @@ def containers(draw: st.DrawFn, names_: list[str], volumes: list[str], init: boo
     for name in names_:
         c: dict[str, Any] = {"name": name, "image": draw(st.sampled_from(["alpine:3", "ghcr.io/x/agent:1"]))}
         if volumes and draw(st.booleans()):
-            mounts = draw(st.lists(st.tuples(st.sampled_from(volumes), st.sampled_from(paths)), max_size=3,
-                                   unique_by=lambda t: t[1]))
-            c["volumeMounts"] = [{"name": v, "mountPath": p, "readOnly": draw(st.booleans())} for v, p in mounts]
+            mounts = draw(
+                st.lists(
+                    st.tuples(st.sampled_from(volumes), st.sampled_from(paths)),
+                    max_size=3,
+                    unique_by=lambda t: t[1],
+                )
+            )
+            c["volumeMounts"] = [
+                {"name": v, "mountPath": p, "readOnly": draw(st.booleans())} for v, p in mounts
+            ]
         if draw(st.booleans()):
-            env = draw(st.lists(st.tuples(env_names, st.text(max_size=30)), max_size=3, unique_by=lambda t: t[0]))
+            env = draw(
+                st.lists(st.tuples(env_names, st.text(max_size=30)), max_size=3, unique_by=lambda t: t[0])
+            )
             c["env"] = [{"name": n, "value": v} for n, v in env]
             if draw(st.integers(0, 4)) == 0:
                 c["env"].append({"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}})
@@ -122,8 +173,12 @@ def containers(draw: st.DrawFn, names_: list[str], volumes: list[str], init: boo
         if draw(st.booleans()):
             c["ports"] = [{"containerPort": draw(st.sampled_from([8080, 9090, 9091, 3000]))}]
         if draw(st.booleans()):
-            c["resources"] = {"requests": {"cpu": draw(st.sampled_from(["100m", "1", "0.5"])),
-                                           "memory": draw(st.sampled_from(["64Mi", "1Gi", "500M"]))}}
+            c["resources"] = {
+                "requests": {
+                    "cpu": draw(st.sampled_from(["100m", "1", "0.5"])),
+                    "memory": draw(st.sampled_from(["64Mi", "1Gi", "500M"])),
+                }
+            }
         if init and draw(st.booleans()):
             c["restartPolicy"] = "Always"
         if draw(st.booleans()):
@@ -136,7 +191,9 @@ def containers(draw: st.DrawFn, names_: list[str], volumes: list[str], init: boo
 def pods(draw: st.DrawFn) -> dict[str, Any]:
     """A pod the API server would accept, with random taskcreds annotations, labels and containers."""
     all_names = draw(st.lists(dns_labels, min_size=1, max_size=5, unique=True))
-    if draw(st.integers(0, 15)) == 0 and names.SIDECAR_CONTAINER not in all_names:  # the name taskcreds reserves
+    if (
+        draw(st.integers(0, 15)) == 0 and names.SIDECAR_CONTAINER not in all_names
+    ):  # the name taskcreds reserves
         all_names.append(names.SIDECAR_CONTAINER)
     split = draw(st.integers(0, len(all_names) - 1))
     init_names, regular = all_names[:split], all_names[split:]
@@ -151,8 +208,11 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
     security = draw(st.sampled_from([None, {}, {"fsGroup": 1000}, {"runAsUser": 1000, "runAsNonRoot": True}]))
     if security is not None:
         spec["securityContext"] = security
-    for key, strategy in (("serviceAccountName", dns_labels), ("restartPolicy", st.sampled_from(["Never", "Always"])),
-                          ("hostNetwork", st.booleans())):
+    for key, strategy in (
+        ("serviceAccountName", dns_labels),
+        ("restartPolicy", st.sampled_from(["Never", "Always"])),
+        ("hostNetwork", st.booleans()),
+    ):
         if draw(st.booleans()):
             spec[key] = draw(strategy)
 
@@ -160,19 +220,38 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
     inject = draw(st.sampled_from(["true"] * 8 + ["false", "True", None]))
     if inject is not None:
         labels[names.LABEL_INJECT] = inject
-    annotations: dict[str, str] = draw(st.dictionaries(
-        st.sampled_from(["note", "example.com/owner", "kubectl.kubernetes.io/last-applied-configuration",
-                         "taskcreds.io/ttls", "taskcreds.io/unknown"]),
-        st.text(max_size=40), max_size=3))
+    annotations: dict[str, str] = draw(
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "note",
+                    "example.com/owner",
+                    "kubectl.kubernetes.io/last-applied-configuration",
+                    "taskcreds.io/ttls",
+                    "taskcreds.io/unknown",
+                ]
+            ),
+            st.text(max_size=40),
+            max_size=3,
+        )
+    )
     if draw(often):
         annotations[names.ANNOTATION_TASK] = draw(task_ids)
     if draw(often):
         annotations[names.ANNOTATION_CREDENTIALS] = draw(credential_lists)
-    optional = ((names.ANNOTATION_TTL, durations), (names.ANNOTATION_MAX_DURATION, durations),
-                (names.ANNOTATION_TASK_STATUS, statuses), (names.ANNOTATION_MOUNT_PATH, mount_paths),
-                (names.ANNOTATION_CONTAINERS,
-                 st.lists(st.sampled_from(all_names + ["missing", "Bad_Name"]), min_size=1, max_size=3).map(",".join)),
-                (names.ANNOTATION_INJECTED, st.sampled_from(["0.1.0", "0.0.1"])))
+    optional = (
+        (names.ANNOTATION_TTL, durations),
+        (names.ANNOTATION_MAX_DURATION, durations),
+        (names.ANNOTATION_TASK_STATUS, statuses),
+        (names.ANNOTATION_MOUNT_PATH, mount_paths),
+        (
+            names.ANNOTATION_CONTAINERS,
+            st.lists(st.sampled_from(all_names + ["missing", "Bad_Name"]), min_size=1, max_size=3).map(
+                ",".join
+            ),
+        ),
+        (names.ANNOTATION_INJECTED, st.sampled_from(["0.1.0", "0.0.1"])),
+    )
     for key, strategy in optional:
         if draw(rarely):
             annotations[key] = draw(strategy)

@@ -12,7 +12,9 @@ import pytest
 from tests.fuzz.harness import CORPUS, EXAMPLES
 
 atheris = pytest.importorskip(
-    "atheris", reason="atheris is not installed (pip install atheris; it ships wheels for CPython 3.11 on Linux)")
+    "atheris",
+    reason="atheris is not installed (pip install atheris; it ships wheels for CPython 3.11 on Linux)",
+)
 
 TARGET = Path(__file__).resolve().parent / "atheris_webhook.py"
 #: iterations: bounded on every run (~5 s), longer with TASKCREDS_FUZZ_EXAMPLES
@@ -31,10 +33,22 @@ def test_atheris_decode_and_mutate(tmp_path: Path) -> None:
         if len(body) <= 64 * 1024:  # libFuzzer mutates small inputs; the big ones are replayed in test_corpus
             (seeds / path.name.removesuffix(".gz")).write_bytes(body)
     proc = subprocess.run(
-        [sys.executable, str(TARGET), f"-runs={RUNS}", "-max_len=8192", "-timeout=10",
-         f"-artifact_prefix={tmp_path}/", str(work), str(seeds)],
+        [
+            sys.executable,
+            str(TARGET),
+            f"-runs={RUNS}",
+            "-max_len=8192",
+            "-timeout=10",
+            f"-artifact_prefix={tmp_path}/",
+            str(work),
+            str(seeds),
+        ],
         # cwd outside the repository: its operator/ folder must not shadow the standard library's
-        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     crashes = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("crash-", "timeout-", "oom-")))
     tail = "\n".join(proc.stderr.splitlines()[-30:])
     assert proc.returncode == 0 and not crashes, f"atheris found {crashes}:\n{tail}"

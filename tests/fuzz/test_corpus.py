@@ -19,12 +19,15 @@ KNOWN_BUGS = {
         "operator/injection/mutate.py: a pod that already carries taskcreds.io/injected skips the "
         "reserved-name checks and sidecar_present looks at initContainers only, so a regular container "
         "named taskcreds-sidecar gets a second (init) one: the patched pod has a duplicate container "
-        "name, which the API server refuses, instead of a denial naming the problem"),
+        "name, which the API server refuses, instead of a denial naming the problem"
+    ),
     "annotation-1mib-credentials.denied.json.gz": (
         "operator/annotations.py parse_credentials: the problem text quotes the whole offending name "
-        "(names {name!r}), so the denial message is 1 MiB; AnnotationError cuts only `value` to 80 chars"),
+        "(names {name!r}), so the denial message is 1 MiB; AnnotationError cuts only `value` to 80 chars"
+    ),
     "annotation-1mib-containers.denied.json.gz": (
-        "operator/annotations.py _containers: same as credentials, the whole name is quoted"),
+        "operator/annotations.py _containers: same as credentials, the whole name is quoted"
+    ),
 }
 
 
@@ -39,8 +42,14 @@ def _expected(path: Path) -> str:
 
 
 def _cases() -> list[object]:
-    return [pytest.param(p, id=p.name, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[p.name])]
-                         if p.name in KNOWN_BUGS else []) for p in _files()]
+    return [
+        pytest.param(
+            p,
+            id=p.name,
+            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[p.name])] if p.name in KNOWN_BUGS else [],
+        )
+        for p in _files()
+    ]
 
 
 def test_corpus_is_present_and_named_by_outcome() -> None:
@@ -62,7 +71,11 @@ def test_corpus_replay(webhook_server: ThreadedWebhook, path: Path) -> None:
     if expected != "untriaged":
         assert outcome == expected, f"{path.name}: {answer.body[:400]!r}"
     doc = json.loads(answer.body)
-    message = doc["error"]["message"] if "error" in doc else doc["response"].get("status", {}).get("message", "")
+    message = (
+        doc["error"]["message"] if "error" in doc else doc["response"].get("status", {}).get("message", "")
+    )
     assert len(message) <= MAX_MESSAGE, f"{path.name}: a {len(message)}-character message"
     warnings = doc.get("response", {}).get("warnings", [])
-    assert sum(map(len, warnings)) <= MAX_MESSAGE, f"{path.name}: {sum(map(len, warnings))} characters of warnings"
+    assert sum(map(len, warnings)) <= MAX_MESSAGE, (
+        f"{path.name}: {sum(map(len, warnings))} characters of warnings"
+    )

@@ -36,9 +36,17 @@ from tests.fuzz.strategies import (
 
 #: an extended local run may take minutes per property; CI keeps the project's 120 s per test
 pytestmark = pytest.mark.timeout(0 if EXTENDED else 120)
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                       HealthCheck.data_too_large, HealthCheck.large_base_example])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
 FIXTURE_BYTES = review_bytes(FIXTURE_REVIEW)
 PATHS = field_paths(FIXTURE_REVIEW)
 
@@ -54,6 +62,7 @@ def exercise(server: ThreadedWebhook, body: bytes, headers: dict[str, str] | Non
 
 
 # --- bytes, JSON, reviews ---------------------------------------------------------------------
+
 
 @FUZZ
 @given(body=st.binary(max_size=2048))
@@ -87,17 +96,22 @@ def test_random_json(webhook_server: ThreadedWebhook, doc: Any) -> None:
 
 @FUZZ
 @given(path=st.sampled_from(PATHS), value=json_values, delete=st.integers(0, 4).map(lambda n: n == 0))
-def test_wrong_type_at_every_field(webhook_server: ThreadedWebhook, path: tuple[Any, ...], value: Any,
-                                   delete: bool) -> None:
+def test_wrong_type_at_every_field(
+    webhook_server: ThreadedWebhook, path: tuple[Any, ...], value: Any, delete: bool
+) -> None:
     """Every member of a real AdmissionReview, replaced by any JSON value (or removed)."""
     exercise(webhook_server, review_bytes(replaced(FIXTURE_REVIEW, path, value, delete)))
 
 
 @FUZZ
-@given(pod=pods(), operation=st.sampled_from(["CREATE"] * 6 + ["UPDATE", "DELETE", "CONNECT"]),
-       namespace=st.sampled_from(["team-a", None, ""]))
-def test_plausible_pods(webhook_server: ThreadedWebhook, pod: dict[str, Any], operation: str,
-                        namespace: str | None) -> None:
+@given(
+    pod=pods(),
+    operation=st.sampled_from(["CREATE"] * 6 + ["UPDATE", "DELETE", "CONNECT"]),
+    namespace=st.sampled_from(["team-a", None, ""]),
+)
+def test_plausible_pods(
+    webhook_server: ThreadedWebhook, pod: dict[str, Any], operation: str, namespace: str | None
+) -> None:
     """Valid pods with random taskcreds annotations: never a 400, and a valid pod stays valid."""
     assume(not known_duplicate_sidecar(pod))
     outcome = exercise(webhook_server, review_bytes(reviews_of(pod, operation, namespace)))
@@ -108,8 +122,9 @@ def test_plausible_pods(webhook_server: ThreadedWebhook, pod: dict[str, Any], op
 
 @FUZZ
 @given(pod=pods(), path_and_value=st.data())
-def test_plausible_pods_with_one_field_broken(webhook_server: ThreadedWebhook, pod: dict[str, Any],
-                                              path_and_value: st.DataObject) -> None:
+def test_plausible_pods_with_one_field_broken(
+    webhook_server: ThreadedWebhook, pod: dict[str, Any], path_and_value: st.DataObject
+) -> None:
     """Hand-written manifests: one member of a plausible pod turned into any JSON value."""
     path = path_and_value.draw(st.sampled_from(field_paths(pod)))
     broken = replaced(pod, path, path_and_value.draw(json_values))
@@ -126,6 +141,7 @@ def known_duplicate_sidecar(pod: dict[str, Any]) -> bool:
     the duplicate name. Kept out of the generator so new bugs still stand out; remove once fixed.
     """
     from taskcreds import names
+
     try:
         annotations = pod["metadata"]["annotations"]
         regular = {c.get("name") for c in pod["spec"]["containers"]}
@@ -135,6 +151,7 @@ def known_duplicate_sidecar(pod: dict[str, Any]) -> bool:
 
 
 # --- sizes and shapes chosen by hand ------------------------------------------------------------
+
 
 def _with_pod_field(value_json: str) -> bytes:
     doc = reviews_of(json.loads(json.dumps(FIXTURE_REVIEW["request"]["object"])))
@@ -146,12 +163,33 @@ SHAPES: list[tuple[str, bytes, str]] = [
     ("nested lists 10k levels", _with_pod_field("[" * 10_000 + "]" * 10_000), "400"),
     ("nested objects 10k levels", _with_pod_field('{"a":' * 10_000 + "1" + "}" * 10_000), "400"),
     ("nested 10k levels, unterminated", b"[" * 10_000, "400"),
-    ("huge array of numbers under 3 MiB", _with_pod_field("[" + ",".join(["0"] * 1_400_000) + "]"), "injected"),
-    ("huge array as spec.containers", review_bytes(reviews_of(
-        {**FIXTURE_REVIEW["request"]["object"], "spec": {"containers": [0] * 1_000_000}})), "denied"),
-    ("huge object of annotations", review_bytes(reviews_of({**FIXTURE_REVIEW["request"]["object"], "metadata": {
-        **FIXTURE_REVIEW["request"]["object"]["metadata"],
-        "annotations": {f"k{i}": "v" for i in range(100_000)}}})), "denied"),
+    (
+        "huge array of numbers under 3 MiB",
+        _with_pod_field("[" + ",".join(["0"] * 1_400_000) + "]"),
+        "injected",
+    ),
+    (
+        "huge array as spec.containers",
+        review_bytes(
+            reviews_of({**FIXTURE_REVIEW["request"]["object"], "spec": {"containers": [0] * 1_000_000}})
+        ),
+        "denied",
+    ),
+    (
+        "huge object of annotations",
+        review_bytes(
+            reviews_of(
+                {
+                    **FIXTURE_REVIEW["request"]["object"],
+                    "metadata": {
+                        **FIXTURE_REVIEW["request"]["object"]["metadata"],
+                        "annotations": {f"k{i}": "v" for i in range(100_000)},
+                    },
+                }
+            )
+        ),
+        "denied",
+    ),
     ("integer beyond 64 bits", _with_pod_field("1" + "0" * 400), "400"),
     ("lone surrogate escape", _with_pod_field('"\\ud800"'), "400"),
     ("NUL and controls in a string", _with_pod_field(json.dumps("\x00\x01\u2028")), "injected"),
@@ -178,7 +216,7 @@ def test_oversize_bodies_are_413(webhook_server: ThreadedWebhook, how: str) -> N
 def _chunks(data: bytes, size: int = 256 * 1024) -> Iterator[bytes]:
     view = memoryview(data)
     for i in range(0, len(view), size):
-        yield bytes(view[i:i + size])
+        yield bytes(view[i : i + size])
 
 
 def test_memory_stays_bounded_under_a_burst_of_oversize_bodies(webhook_server: ThreadedWebhook) -> None:
@@ -217,7 +255,9 @@ def test_memory_stays_bounded_under_a_burst_of_oversize_bodies(webhook_server: T
     assert statuses and set(statuses) == {413}, (statuses, errors)
     assert len(statuses) >= clients // 2, errors
     bound = clients * (webhook.MAX_BODY_BYTES + 1024 * 1024) // 2 + 16 * 1024 * 1024
-    assert peak < bound, f"peak {peak / 2**20:.1f} MiB while refusing oversize bodies; bound {bound / 2**20:.1f} MiB"
+    assert peak < bound, (
+        f"peak {peak / 2**20:.1f} MiB while refusing oversize bodies; bound {bound / 2**20:.1f} MiB"
+    )
     # and the server still answers normally afterwards
     assert check_answer(FIXTURE_BYTES, webhook_server.post(FIXTURE_BYTES)) == "injected"
 
@@ -238,17 +278,23 @@ def _never_raises(pod: Any, config: InjectionConfig, operation: str, namespace: 
 
 
 @FUZZ
-@given(pod=json_objects, config=st.sampled_from(CONFIGS), operation=st.sampled_from(["CREATE", "UPDATE"]),
-       namespace=st.none() | st.text(max_size=5))
-def test_mutate_pod_on_arbitrary_dicts_returns_a_result(pod: dict[str, Any], config: InjectionConfig,
-                                                        operation: str, namespace: str | None) -> None:
+@given(
+    pod=json_objects,
+    config=st.sampled_from(CONFIGS),
+    operation=st.sampled_from(["CREATE", "UPDATE"]),
+    namespace=st.none() | st.text(max_size=5),
+)
+def test_mutate_pod_on_arbitrary_dicts_returns_a_result(
+    pod: dict[str, Any], config: InjectionConfig, operation: str, namespace: str | None
+) -> None:
     _never_raises(pod, config, operation, namespace)
 
 
 @FUZZ
 @given(pod=pods(), data=st.data(), config=st.sampled_from(CONFIGS))
-def test_mutate_pod_on_broken_pods_returns_a_result(pod: dict[str, Any], data: st.DataObject,
-                                                     config: InjectionConfig) -> None:
+def test_mutate_pod_on_broken_pods_returns_a_result(
+    pod: dict[str, Any], data: st.DataObject, config: InjectionConfig
+) -> None:
     """A plausible pod with 1-3 members replaced by any JSON value: a result, never an exception."""
     for _ in range(data.draw(st.integers(1, 3))):
         paths = field_paths(pod)
@@ -258,4 +304,5 @@ def test_mutate_pod_on_broken_pods_returns_a_result(pod: dict[str, Any], data: s
     result = _never_raises(pod, config, "CREATE", "team-a")
     if result.outcome == "injected":
         import jsonpatch
+
         jsonpatch.apply_patch(pod, result.patch)
