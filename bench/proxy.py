@@ -44,6 +44,7 @@ BODY_16K = 16 * 1024
 
 # --- the upstream and the proxy (their own processes) -----------------------------------------
 
+
 def serve_upstream(directory: Path) -> None:
     from aiohttp import web
 
@@ -74,9 +75,10 @@ def serve_upstream(directory: Path) -> None:
 def serve_proxy(directory: Path, upstream_port: int) -> None:
     import logging
 
-    from taskcreds.logs import setup_logging
     from taskcreds.sidecar.podca import PodCA, write_ca_bundle
     from taskcreds.sidecar.proxy import EgressProxy, ProxyRoute, register_proxy
+
+    from taskcreds.logs import setup_logging
 
     setup_logging("INFO", stream=open(os.devnull, "w"))  # noqa: SIM115  (log formatting is part of the cost)
     logging.getLogger("taskcreds.sidecar.proxy").setLevel("INFO")
@@ -91,9 +93,15 @@ def serve_proxy(directory: Path, upstream_port: int) -> None:
         ca = PodCA("bench-pod")
         write_ca_bundle(directory, ca)
         upstream_ssl = ssl.create_default_context(cafile=str(directory / "upstream-ca.pem"))
-        proxy = EgressProxy([ProxyRoute("api", (HOST,), header="Authorization: Bearer {token}")], View(),
-                            deny_unmatched=True, ca=ca, upstream_ssl=upstream_ssl, metrics=register_proxy(),
-                            upstream_resolver=lambda h, p: ("127.0.0.1", upstream_port))
+        proxy = EgressProxy(
+            [ProxyRoute("api", (HOST,), header="Authorization: Bearer {token}")],
+            View(),
+            deny_unmatched=True,
+            ca=ca,
+            upstream_ssl=upstream_ssl,
+            metrics=register_proxy(),
+            upstream_resolver=lambda h, p: ("127.0.0.1", upstream_port),
+        )
         print(await proxy.start(), flush=True)
         await asyncio.Event().wait()
 
@@ -101,6 +109,7 @@ def serve_proxy(directory: Path, upstream_port: int) -> None:
 
 
 # --- the load client --------------------------------------------------------------------------
+
 
 class Connection:
     """One kept-alive HTTPS connection, direct or through the proxy's CONNECT."""
@@ -162,8 +171,12 @@ def throughput(args: tuple[str, str, int, int, float]) -> tuple[int, int]:
 
 
 def _start(role: str, *args: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, __file__, "--role", role, *args], stdout=subprocess.PIPE, text=True,
-                            cwd=tempfile.gettempdir())
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--role", role, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.strip().isdigit():
@@ -190,10 +203,16 @@ def main() -> None:
         lat = {mode: latency(mode, d, upstream_port, proxy_port) for mode in ("direct", "proxy")}
         p50 = {m: statistics.median(v) * 1000 for m, v in lat.items()}
         p99 = {m: pct(v, 0.99) * 1000 for m, v in lat.items()}
-        rows.append(("latency, tiny response, 1 conn", f"p50 {p50['direct']:.3f} ms  p99 {p99['direct']:.3f} ms",
-                     f"p50 {p50['proxy']:.3f} ms  p99 {p99['proxy']:.3f} ms",
-                     f"+{p50['proxy'] - p50['direct']:.3f} / +{p99['proxy'] - p99['direct']:.3f} ms",
-                     "<= 1 / 5 ms", p50["proxy"] - p50["direct"] <= 1 and p99["proxy"] - p99["direct"] <= 5))
+        rows.append(
+            (
+                "latency, tiny response, 1 conn",
+                f"p50 {p50['direct']:.3f} ms  p99 {p99['direct']:.3f} ms",
+                f"p50 {p50['proxy']:.3f} ms  p99 {p99['proxy']:.3f} ms",
+                f"+{p50['proxy'] - p50['direct']:.3f} / +{p99['proxy'] - p99['direct']:.3f} ms",
+                "<= 1 / 5 ms",
+                p50["proxy"] - p50["direct"] <= 1 and p99["proxy"] - p99["direct"] <= 5,
+            )
+        )
         ctx = mp.get_context("fork")
         for conns in (1, 4):
             result = {}
@@ -204,9 +223,16 @@ def main() -> None:
                 n = sum(p[0] for p in parts)
                 result[mode] = (n / THROUGHPUT_SECONDS, sum(p[1] for p in parts) / THROUGHPUT_SECONDS / 2**20)
             ratio = result["proxy"][0] / result["direct"][0]
-            rows.append((f"16 KiB responses, {conns} conn", f"{result['direct'][0]:.0f} req/s "
-                         f"{result['direct'][1]:.1f} MiB/s", f"{result['proxy'][0]:.0f} req/s "
-                         f"{result['proxy'][1]:.1f} MiB/s", f"{ratio:.2f}x", ">= 0.5x", ratio >= 0.5))
+            rows.append(
+                (
+                    f"16 KiB responses, {conns} conn",
+                    f"{result['direct'][0]:.0f} req/s {result['direct'][1]:.1f} MiB/s",
+                    f"{result['proxy'][0]:.0f} req/s {result['proxy'][1]:.1f} MiB/s",
+                    f"{ratio:.2f}x",
+                    ">= 0.5x",
+                    ratio >= 0.5,
+                )
+            )
         widths = [max(len(str(r[i])) for r in rows + [HEADER]) for i in range(5)]
         print(f"egress proxy vs direct ({os.cpu_count()} cores, loopback, TLS both legs)\n")
         for row in [HEADER] + rows:

@@ -37,9 +37,14 @@ LEAF_LIFETIME = timedelta(hours=1)
 LEAF_RENEW_BEFORE = timedelta(minutes=15)  # a leaf is replaced when less than this is left
 BACKDATE = timedelta(minutes=5)  # tolerate a little clock skew between sidecar and agent
 MAX_CACHED_LEAVES = 512  # hosts are bounded by the routes; this only caps a pathological pod
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)*$")
-_SYSTEM_ROOTS = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
-                 "/etc/ssl/cert.pem")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)*$"
+)
+_SYSTEM_ROOTS = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+)
 
 
 class PodCAError(Exception):
@@ -58,23 +63,37 @@ class PodCA:
         self.pod_name = pod_name
         self._key = ec.generate_private_key(ec.SECP256R1())
         start = self._now() - BACKDATE
-        subject = x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "taskcreds"),
-            # CN is limited to 64 characters; a pod name may be up to 253
-            x509.NameAttribute(NameOID.COMMON_NAME, f"taskcreds pod CA {pod_name}"[:64]),
-        ])
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "taskcreds"),
+                # CN is limited to 64 characters; a pod name may be up to 253
+                x509.NameAttribute(NameOID.COMMON_NAME, f"taskcreds pod CA {pod_name}"[:64]),
+            ]
+        )
         public = self._key.public_key()
         self._cert = (
             x509.CertificateBuilder()
-            .subject_name(subject).issuer_name(subject)
+            .subject_name(subject)
+            .issuer_name(subject)
             .public_key(public)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(start + BACKDATE + CA_LIFETIME)
+            .not_valid_before(start)
+            .not_valid_after(start + BACKDATE + CA_LIFETIME)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
             .sign(self._key, hashes.SHA256())
         )
@@ -131,23 +150,36 @@ class PodCA:
             .issuer_name(self._cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before).not_valid_after(not_after)
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
-                           critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False
+            )
             .sign(self._key, hashes.SHA256())
         )
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.set_alpn_protocols(["http/1.1"])
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         fd = os.memfd_create("taskcreds-podca-leaf", os.MFD_CLOEXEC)
         try:
             os.write(fd, cert.public_bytes(serialization.Encoding.PEM) + self._cert_pem + key_pem)
@@ -168,9 +200,11 @@ def normalize_hostname(hostname: str) -> str:
     except ValueError:
         pass
     if not _HOSTNAME.match(host):
-        raise PodCAError(f"{hostname!r} is not a hostname the pod CA signs for: expected a DNS name "
-                         "(letters, digits, '-', '_', dot-separated labels of at most 63 characters) "
-                         "or an IP address")
+        raise PodCAError(
+            f"{hostname!r} is not a hostname the pod CA signs for: expected a DNS name "
+            "(letters, digits, '-', '_', dot-separated labels of at most 63 characters) "
+            "or an IP address"
+        )
     return host
 
 
@@ -188,8 +222,9 @@ def system_roots_path() -> Path | None:
     return None
 
 
-def write_ca_bundle(directory: Path, ca: PodCA, *, roots: Path | None = None,
-                    name: str = CA_BUNDLE_FILE) -> Path:
+def write_ca_bundle(
+    directory: Path, ca: PodCA, *, roots: Path | None = None, name: str = CA_BUNDLE_FILE
+) -> Path:
     """Write system roots + the pod CA to ``directory/name`` atomically, mode 0444; return its path.
 
     Tools that take one CA file (SSL_CERT_FILE, GIT_SSL_CAINFO, CURL_CA_BUNDLE, REQUESTS_CA_BUNDLE)
@@ -198,8 +233,10 @@ def write_ca_bundle(directory: Path, ca: PodCA, *, roots: Path | None = None,
     """
     roots = roots if roots is not None else system_roots_path()
     if roots is None:
-        raise PodCAError("no system CA bundle found (looked for certifi and "
-                         f"{', '.join(_SYSTEM_ROOTS)}); install ca-certificates or certifi")
+        raise PodCAError(
+            "no system CA bundle found (looked for certifi and "
+            f"{', '.join(_SYSTEM_ROOTS)}); install ca-certificates or certifi"
+        )
     try:
         system = roots.read_bytes()
     except OSError as exc:
@@ -222,4 +259,3 @@ def write_ca_bundle(directory: Path, ca: PodCA, *, roots: Path | None = None,
                 os.unlink(tmp)
         raise PodCAError(f"cannot write CA bundle to {directory / name}: {exc.strerror}") from None
     return directory / name
-

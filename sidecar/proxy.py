@@ -44,8 +44,15 @@ from taskcreds import names
 from taskcreds.logs import fields
 
 __all__ = [
-    "ProxyRoute", "CredentialView", "EgressProxy", "ProxyMetrics", "register_proxy", "match_route",
-    "RouteError", "MAX_HEAD_BYTES", "MAX_HEADERS",
+    "ProxyRoute",
+    "CredentialView",
+    "EgressProxy",
+    "ProxyMetrics",
+    "register_proxy",
+    "match_route",
+    "RouteError",
+    "MAX_HEAD_BYTES",
+    "MAX_HEADERS",
 ]
 
 _log = logging.getLogger("taskcreds.sidecar.proxy")
@@ -55,12 +62,37 @@ MAX_HEADERS = 128
 _CHUNK = 64 * 1024
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token (header names)
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,253}$")  # credential and file names
-_HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate",
-    "te", "trailer", "transfer-encoding", "upgrade",
-})
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 _NO_BODY_STATUS = frozenset({204, 304})
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
 
 class RouteError(ValueError):
@@ -68,6 +100,7 @@ class RouteError(ValueError):
 
 
 # --- routes (pure) ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ProxyRoute:
@@ -98,15 +131,18 @@ class ProxyRoute:
             raise RouteError(f"{where}: hosts is empty; list exact names or '*.suffix' patterns")
         object.__setattr__(self, "hosts", tuple(_normalize_pattern(where, h) for h in hosts))
         if (self.header is None) == (self.basic_username is None):
-            raise RouteError(f"{where}: set exactly one of header (e.g. 'Authorization: Bearer {{token}}') "
-                             "and basic_username (HTTP Basic with the token as password)")
+            raise RouteError(
+                f"{where}: set exactly one of header (e.g. 'Authorization: Bearer {{token}}') "
+                "and basic_username (HTTP Basic with the token as password)"
+            )
         if self.header is not None:
             name, template, files = _parse_header_template(where, self.header)
         else:
             username = self.basic_username or ""
             if not username or ":" in username or any(c in username for c in "\r\n\0"):
-                raise RouteError(f"{where}: basic_username {username!r} must be non-empty, "
-                                 "without ':' or line breaks")
+                raise RouteError(
+                    f"{where}: basic_username {username!r} must be non-empty, without ':' or line breaks"
+                )
             name, template, files = "Authorization", "", ("token",)
         object.__setattr__(self, "header_name", name)
         object.__setattr__(self, "_template", template)
@@ -135,8 +171,10 @@ class ProxyRoute:
                 return None
             value = value.strip("\r\n") if self.basic_username is not None or file == "token" else value
             if any(c in value for c in "\r\n\0"):
-                raise RouteError(f"credential {self.credential!r} file {file!r} holds a line break or NUL; "
-                                 "it cannot be sent in an HTTP header")
+                raise RouteError(
+                    f"credential {self.credential!r} file {file!r} holds a line break or NUL; "
+                    "it cannot be sent in an HTTP header"
+                )
             values[file] = value
         if self.basic_username is not None:
             raw = f"{self.basic_username}:{values['token']}".encode()
@@ -151,11 +189,14 @@ def _normalize_pattern(where: str, pattern: str) -> str:
     try:
         host = normalize_hostname(pattern[2:] if wildcard else pattern)
     except PodCAError:
-        raise RouteError(f"{where}: host {pattern!r} is neither a DNS name nor '*.' followed by one "
-                         "(a wildcard matches names below the suffix, never the suffix itself)") from None
+        raise RouteError(
+            f"{where}: host {pattern!r} is neither a DNS name nor '*.' followed by one "
+            "(a wildcard matches names below the suffix, never the suffix itself)"
+        ) from None
     if wildcard and "." not in host:
-        raise RouteError(f"{where}: host {pattern!r} would match a whole top-level domain; "
-                         "use at least '*.example.com'")
+        raise RouteError(
+            f"{where}: host {pattern!r} would match a whole top-level domain; use at least '*.example.com'"
+        )
     return "*." + host if wildcard else host
 
 
@@ -174,15 +215,21 @@ def _parse_header_template(where: str, header: str) -> tuple[str, str, tuple[str
             if field_name is None:
                 continue
             if not _NAME.match(field_name) or spec or conversion:
-                raise RouteError(f"{where}: header placeholder {{{field_name}}} must be a plain file name "
-                                 "such as {token} (no format spec or conversion)")
+                raise RouteError(
+                    f"{where}: header placeholder {{{field_name}}} must be a plain file name "
+                    "such as {token} (no format spec or conversion)"
+                )
             if field_name not in files:
                 files.append(field_name)
     except ValueError as exc:
-        raise RouteError(f"{where}: header template {template!r} is malformed ({exc}); "
-                         "write literal braces as '{{' and '}}'") from None
+        raise RouteError(
+            f"{where}: header template {template!r} is malformed ({exc}); "
+            "write literal braces as '{{' and '}}'"
+        ) from None
     if not files:
-        raise RouteError(f"{where}: header {header!r} has no placeholder; put the credential in with {{token}}")
+        raise RouteError(
+            f"{where}: header {header!r} has no placeholder; put the credential in with {{token}}"
+        )
     return name, template, tuple(files)
 
 
@@ -220,6 +267,7 @@ class CredentialView(Protocol):
 
 # --- metrics ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ProxyMetrics:
     """The proxy's metrics. ``host`` is the route pattern that matched, empty for unmatched hosts,
@@ -254,6 +302,7 @@ def register_proxy(registry: CollectorRegistry | None = None) -> ProxyMetrics:
 
 
 # --- HTTP/1.1 parsing ---------------------------------------------------------------------------
+
 
 class _BadRequest(Exception):
     def __init__(self, status: int, reason: str) -> None:
@@ -307,10 +356,10 @@ def _parse_head(data: bytes) -> _Head:
     return _Head(method, target, version, headers)
 
 
-async def _read_head(reader: asyncio.StreamReader, timeout: float) -> _Head | None:
+async def _read_head(reader: asyncio.StreamReader, idle: float) -> _Head | None:
     """The next request head, or None on a clean EOF or idle timeout before any byte."""
     try:
-        data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), idle)
     except asyncio.IncompleteReadError as exc:
         if not exc.partial.strip():
             return None
@@ -333,7 +382,9 @@ class _Body:
         self.chunked = False
         if te:
             if cl:
-                raise _BadRequest(400, "both Transfer-Encoding and Content-Length: refused (request smuggling)")
+                raise _BadRequest(
+                    400, "both Transfer-Encoding and Content-Length: refused (request smuggling)"
+                )
             if te != ["chunked"]:
                 raise _BadRequest(501, f"Transfer-Encoding {','.join(te)!r} is not supported; use chunked")
             self.chunked = True
@@ -409,15 +460,24 @@ def _split_hostport(value: str, default_port: int) -> tuple[str, int]:
 
 def _response(status: int, reason: str, body: str, *, close: bool) -> bytes:
     data = (body.rstrip("\n") + "\n").encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: {'close' if close else 'keep-alive'}\r\n"
-            "X-Taskcreds-Proxy: 1\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: {'close' if close else 'keep-alive'}\r\n"
+        "X-Taskcreds-Proxy: 1\r\n\r\n"
+    )
     return head.encode() + data
 
 
-_REASONS = {400: "Bad Request", 403: "Forbidden", 431: "Request Header Fields Too Large",
-            501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
-            504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
 
 
 class _Refusal(Exception):
@@ -430,6 +490,7 @@ class _Refusal(Exception):
 
 # --- upstream name mapping (tests map names onto loopback ports) ------------------------------
 
+
 class _MappedResolver(AbstractResolver):
     def __init__(self, resolve: Callable[[str, int], tuple[str, int]]) -> None:
         self._resolve = resolve
@@ -437,14 +498,18 @@ class _MappedResolver(AbstractResolver):
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
         addr, mapped_port = self._resolve(host, port)
         fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        return [ResolveResult(hostname=host, host=addr, port=mapped_port, family=fam, proto=0,
-                              flags=socket.AI_NUMERICHOST)]
+        return [
+            ResolveResult(
+                hostname=host, host=addr, port=mapped_port, family=fam, proto=0, flags=socket.AI_NUMERICHOST
+            )
+        ]
 
     async def close(self) -> None:
         return None
 
 
 # --- the proxy ----------------------------------------------------------------------------------
+
 
 @dataclass
 class _Exchange:
@@ -463,11 +528,21 @@ class _Exchange:
 class EgressProxy:
     """HTTP(S) forward proxy on loopback attaching proxy-delivered credentials (see module doc)."""
 
-    def __init__(self, routes: Sequence[ProxyRoute], view: CredentialView, *, deny_unmatched: bool,
-                 ca: PodCA, upstream_ssl: ssl.SSLContext | None = None, metrics: ProxyMetrics | None = None,
-                 upstream_resolver: Callable[[str, int], tuple[str, int]] | None = None,
-                 idle_timeout: float = 60.0, connect_timeout: float = 10.0,
-                 upstream_read_timeout: float = 300.0, tunnel_idle_timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        routes: Sequence[ProxyRoute],
+        view: CredentialView,
+        *,
+        deny_unmatched: bool,
+        ca: PodCA,
+        upstream_ssl: ssl.SSLContext | None = None,
+        metrics: ProxyMetrics | None = None,
+        upstream_resolver: Callable[[str, int], tuple[str, int]] | None = None,
+        idle_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        upstream_read_timeout: float = 300.0,
+        tunnel_idle_timeout: float = 600.0,
+    ) -> None:
         self._routes = tuple(routes)
         self._view = view
         self._deny = deny_unmatched
@@ -490,20 +565,33 @@ class EgressProxy:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on ``host:port`` (0 picks a free port) and return the bound port."""
         resolver = _MappedResolver(self._resolve) if self._resolve is not None else None
-        connector = aiohttp.TCPConnector(ssl=self._upstream_ssl, resolver=resolver, limit=256,
-                                         keepalive_timeout=30.0, enable_cleanup_closed=True)
+        connector = aiohttp.TCPConnector(
+            ssl=self._upstream_ssl,
+            resolver=resolver,
+            limit=256,
+            keepalive_timeout=30.0,
+            enable_cleanup_closed=True,
+        )
         self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout,
-                                          sock_read=self._read_timeout),
+            connector=connector,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self._connect_timeout, sock_read=self._read_timeout
+            ),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             requote_redirect_url=False,
         )
         self._server = await asyncio.start_server(self._accept, host, port, limit=MAX_HEAD_BYTES)
         bound = int(self._server.sockets[0].getsockname()[1])
-        _log.info("egress proxy listening", extra=fields(
-            address=f"{host}:{bound}", routes=[r.credential for r in self._routes],
-            egress="deny" if self._deny else "allow"))
+        _log.info(
+            "egress proxy listening",
+            extra=fields(
+                address=f"{host}:{bound}",
+                routes=[r.credential for r in self._routes],
+                egress="deny" if self._deny else "allow",
+            ),
+        )
         return bound
 
     async def close(self) -> None:
@@ -543,8 +631,11 @@ class EgressProxy:
         try:
             head = await _read_head(reader, self._idle_timeout)
         except _BadRequest as exc:
-            writer.write(_response(exc.status, _REASONS.get(exc.status, "Error"), f"taskcreds proxy: {exc}",
-                                   close=True))
+            writer.write(
+                _response(
+                    exc.status, _REASONS.get(exc.status, "Error"), f"taskcreds proxy: {exc}", close=True
+                )
+            )
             return
         if head is None:
             return
@@ -558,8 +649,11 @@ class EgressProxy:
             try:
                 head = await _read_head(reader, self._idle_timeout)
             except _BadRequest as exc:
-                writer.write(_response(exc.status, _REASONS.get(exc.status, "Error"),
-                                       f"taskcreds proxy: {exc}", close=True))
+                writer.write(
+                    _response(
+                        exc.status, _REASONS.get(exc.status, "Error"), f"taskcreds proxy: {exc}", close=True
+                    )
+                )
                 return
             if head is not None and head.method == "CONNECT":
                 await self._connect(head, reader, writer)
@@ -586,17 +680,21 @@ class EgressProxy:
             await writer.start_tls(context, ssl_handshake_timeout=self._connect_timeout)
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
             # typically: the agent does not trust the pod CA (its CA bundle env is missing)
-            _log.warning("agent TLS handshake with the egress proxy failed; does the agent trust the "
-                         "pod CA bundle?", extra=fields(host=host, credential=found[0].credential,
-                                                       error=type(exc).__name__))
+            _log.warning(
+                "agent TLS handshake with the egress proxy failed; does the agent trust the pod CA bundle?",
+                extra=fields(host=host, credential=found[0].credential, error=type(exc).__name__),
+            )
             return
         authority = host if port == 443 else f"{host}:{port}"
         while True:
             try:
                 inner = await _read_head(reader, self._idle_timeout)
             except _BadRequest as exc:
-                writer.write(_response(exc.status, _REASONS.get(exc.status, "Error"),
-                                       f"taskcreds proxy: {exc}", close=True))
+                writer.write(
+                    _response(
+                        exc.status, _REASONS.get(exc.status, "Error"), f"taskcreds proxy: {exc}", close=True
+                    )
+                )
                 return
             if inner is None:
                 return
@@ -604,19 +702,39 @@ class EgressProxy:
             if not path.startswith("/"):
                 parsed = URL(path, encoded=True) if "://" in path else None
                 if parsed is None or parsed.host is None or parsed.host.lower().rstrip(".") != host:
-                    writer.write(_response(400, "Bad Request", "taskcreds proxy: inside a tunnel to "
-                                           f"{authority} the request target must be a path", close=True))
+                    writer.write(
+                        _response(
+                            400,
+                            "Bad Request",
+                            "taskcreds proxy: inside a tunnel to "
+                            f"{authority} the request target must be a path",
+                            close=True,
+                        )
+                    )
                     return
                 path = parsed.raw_path_qs or "/"
-            keep = await self._exchange(inner, reader, writer, scheme="https", host=host, port=port,
-                                        authority=authority, path=path, found=found)
+            keep = await self._exchange(
+                inner,
+                reader,
+                writer,
+                scheme="https",
+                host=host,
+                port=port,
+                authority=authority,
+                path=path,
+                found=found,
+            )
             if not keep:
                 return
 
-    async def _plain_http(self, head: _Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _plain_http(
+        self, head: _Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         if not head.target.lower().startswith("http://"):
-            msg = ("taskcreds proxy: this is a forward proxy; send absolute http:// URLs or CONNECT "
-                   "(set HTTPS_PROXY/HTTP_PROXY to this address)")
+            msg = (
+                "taskcreds proxy: this is a forward proxy; send absolute http:// URLs or CONNECT "
+                "(set HTTPS_PROXY/HTTP_PROXY to this address)"
+            )
             with contextlib.suppress(_BadRequest):
                 _Body(reader, head)
             writer.write(_response(400, "Bad Request", msg, close=True))
@@ -629,12 +747,21 @@ class EgressProxy:
         host = url.host.lower().rstrip(".")
         port = url.port or 80
         authority = host if port == 80 else f"{host}:{port}"
-        return await self._exchange(head, reader, writer, scheme="http", host=host, port=port,
-                                    authority=authority, path=url.raw_path_qs or "/",
-                                    found=match_route(self._routes, host))
+        return await self._exchange(
+            head,
+            reader,
+            writer,
+            scheme="http",
+            host=host,
+            port=port,
+            authority=authority,
+            path=url.raw_path_qs or "/",
+            found=match_route(self._routes, host),
+        )
 
-    async def _tunnel_or_deny(self, ex: _Exchange, host: str, port: int, reader: asyncio.StreamReader,
-                              writer: asyncio.StreamWriter) -> None:
+    async def _tunnel_or_deny(
+        self, ex: _Exchange, host: str, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         if self._deny:
             ex.status, ex.result = 403, "denied"
             writer.write(_response(403, "Forbidden", _deny_message(host), close=True))
@@ -642,12 +769,19 @@ class EgressProxy:
             return
         try:
             addr, aport = self._resolve(host, port) if self._resolve else (host, port)
-            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(addr, aport),
-                                                          self._connect_timeout)
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(addr, aport), self._connect_timeout
+            )
         except (TimeoutError, OSError) as exc:
             ex.status, ex.result = 502, "upstream_error"
-            writer.write(_response(502, "Bad Gateway", f"taskcreds proxy: cannot reach {host}:{port} "
-                                   f"({type(exc).__name__})", close=True))
+            writer.write(
+                _response(
+                    502,
+                    "Bad Gateway",
+                    f"taskcreds proxy: cannot reach {host}:{port} ({type(exc).__name__})",
+                    close=True,
+                )
+            )
             self._record(ex)
             return
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -672,9 +806,19 @@ class EgressProxy:
             dst.close()
 
     # --- one request ---------------------------------------------------------------------------
-    async def _exchange(self, head: _Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                        scheme: str, host: str, port: int, authority: str, path: str,
-                        found: tuple[ProxyRoute, str] | None) -> bool:
+    async def _exchange(
+        self,
+        head: _Head,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        scheme: str,
+        host: str,
+        port: int,
+        authority: str,
+        path: str,
+        found: tuple[ProxyRoute, str] | None,
+    ) -> bool:
         """Answer one request; True when the agent's connection can carry another one."""
         ex = _Exchange(host=authority, method=head.method, path=path.split("?", 1)[0])
         keep = head.keep_alive
@@ -682,8 +826,11 @@ class EgressProxy:
             body = _Body(reader, head)
         except _BadRequest as exc:
             ex.status, ex.result = exc.status, "bad_request"
-            writer.write(_response(exc.status, _REASONS.get(exc.status, "Error"), f"taskcreds proxy: {exc}",
-                                   close=True))
+            writer.write(
+                _response(
+                    exc.status, _REASONS.get(exc.status, "Error"), f"taskcreds proxy: {exc}", close=True
+                )
+            )
             self._record(ex)
             return False
         route = None
@@ -697,8 +844,9 @@ class EgressProxy:
             ex.status, ex.result = refusal.status, refusal.result
             # an unread body would be taken for the next request: close instead of draining it
             close = not keep or body.present
-            writer.write(_response(refusal.status, _REASONS.get(refusal.status, "Error"), refusal.body,
-                                   close=close))
+            writer.write(
+                _response(refusal.status, _REASONS.get(refusal.status, "Error"), refusal.body, close=close)
+            )
             self._record(ex)
             return not close
         if body.present and "100-continue" in head.tokens("expect"):
@@ -707,8 +855,13 @@ class EgressProxy:
         url = URL(f"{scheme}://{authority}{path}", encoded=True)
         try:
             async with self._session.request(
-                head.method, url, headers=headers, data=body.chunks() if body.present else None,
-                allow_redirects=False, compress=None, chunked=None,
+                head.method,
+                url,
+                headers=headers,
+                data=body.chunks() if body.present else None,
+                allow_redirects=False,
+                compress=None,
+                chunked=None,
             ) as resp:
                 ex.status = resp.status
                 keep = await self._relay(head, resp, writer, keep) and body.done
@@ -720,23 +873,50 @@ class EgressProxy:
             ex.result, keep = "upstream_error", False
         except aiohttp.ClientConnectorCertificateError as exc:
             ex.status, ex.result, keep = 502, "upstream_cert_error", False
-            reason = getattr(exc.certificate_error, "verify_message", None) or type(exc.certificate_error).__name__
-            writer.write(_response(502, "Bad Gateway", (
-                f"taskcreds proxy: the certificate of {authority} failed verification ({reason}); "
-                "the request was not sent and no credential left the pod"), close=True))
+            reason = (
+                getattr(exc.certificate_error, "verify_message", None) or type(exc.certificate_error).__name__
+            )
+            writer.write(
+                _response(
+                    502,
+                    "Bad Gateway",
+                    (
+                        f"taskcreds proxy: the certificate of {authority} failed verification ({reason}); "
+                        "the request was not sent and no credential left the pod"
+                    ),
+                    close=True,
+                )
+            )
         except aiohttp.ClientSSLError as exc:
             ex.status, ex.result, keep = 502, "upstream_cert_error", False
-            writer.write(_response(502, "Bad Gateway", (
-                f"taskcreds proxy: TLS with {authority} failed ({type(exc).__name__}); "
-                "the request was not sent and no credential left the pod"), close=True))
+            writer.write(
+                _response(
+                    502,
+                    "Bad Gateway",
+                    (
+                        f"taskcreds proxy: TLS with {authority} failed ({type(exc).__name__}); "
+                        "the request was not sent and no credential left the pod"
+                    ),
+                    close=True,
+                )
+            )
         except (TimeoutError, aiohttp.ServerTimeoutError):
             ex.status, ex.result, keep = 504, "upstream_timeout", False
-            writer.write(_response(504, "Gateway Timeout",
-                                   f"taskcreds proxy: {authority} did not answer in time", close=True))
+            writer.write(
+                _response(
+                    504, "Gateway Timeout", f"taskcreds proxy: {authority} did not answer in time", close=True
+                )
+            )
         except (aiohttp.ClientError, OSError) as exc:
             ex.status, ex.result, keep = 502, "upstream_error", False
-            writer.write(_response(502, "Bad Gateway",
-                                   f"taskcreds proxy: {authority} failed: {type(exc).__name__}", close=True))
+            writer.write(
+                _response(
+                    502,
+                    "Bad Gateway",
+                    f"taskcreds proxy: {authority} failed: {type(exc).__name__}",
+                    close=True,
+                )
+            )
         self._record(ex)
         return keep
 
@@ -747,25 +927,41 @@ class EgressProxy:
                 raise _Refusal(403, "denied", _deny_message(host))
             return None
         if self._view.ended:
-            raise _Refusal(403, "ended", (
-                f"taskcreds proxy: the task has ended; credential {route.credential!r} is no longer "
-                f"attached to requests for {host}"))
+            raise _Refusal(
+                403,
+                "ended",
+                (
+                    f"taskcreds proxy: the task has ended; credential {route.credential!r} is no longer "
+                    f"attached to requests for {host}"
+                ),
+            )
         if scheme == "http" and not route.allow_http:
-            raise _Refusal(403, "plain_http_refused", (
-                f"taskcreds proxy: refusing to send credential {route.credential!r} to {host} over plain "
-                f"HTTP; use https://{host}/ (or set allowHttp on the route)"))
+            raise _Refusal(
+                403,
+                "plain_http_refused",
+                (
+                    f"taskcreds proxy: refusing to send credential {route.credential!r} to {host} over plain "
+                    f"HTTP; use https://{host}/ (or set allowHttp on the route)"
+                ),
+            )
         try:
             value = route.render(self._view)
         except RouteError as exc:
             raise _Refusal(502, "no_credential", f"taskcreds proxy: {exc}") from None
         if value is None:
-            raise _Refusal(503, "no_credential", (
-                f"taskcreds proxy: credential {route.credential!r} is not available right now "
-                "(not issued yet, or expired and not yet refreshed); retry shortly"))
+            raise _Refusal(
+                503,
+                "no_credential",
+                (
+                    f"taskcreds proxy: credential {route.credential!r} is not available right now "
+                    "(not issued yet, or expired and not yet refreshed); retry shortly"
+                ),
+            )
         return value
 
-    def _upstream_headers(self, head: _Head, route: ProxyRoute | None, auth: str | None, authority: str,
-                          body: _Body) -> CIMultiDict[str]:
+    def _upstream_headers(
+        self, head: _Head, route: ProxyRoute | None, auth: str | None, authority: str, body: _Body
+    ) -> CIMultiDict[str]:
         drop = _HOP_BY_HOP | head.tokens("connection") | {"host", "expect", "content-length"}
         if route is not None:
             drop = drop | {"authorization", route.header_name.lower()}
@@ -782,15 +978,20 @@ class EgressProxy:
             out["Content-Length"] = "0"
         return out
 
-    async def _relay(self, head: _Head, resp: aiohttp.ClientResponse, writer: asyncio.StreamWriter,
-                     keep: bool) -> bool:
+    async def _relay(
+        self, head: _Head, resp: aiohttp.ClientResponse, writer: asyncio.StreamWriter, keep: bool
+    ) -> bool:
         """Write the upstream's response to the agent, streaming; True when keep-alive holds."""
         status = resp.status
         no_body = head.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
         length: bytes | None = None
         lines = [f"HTTP/1.1 {status} {resp.reason or ''}".rstrip().encode()]
-        conn_tokens = {t.strip().lower().encode() for k, v in resp.raw_headers if k.lower() == b"connection"
-                       for t in v.split(b",")}
+        conn_tokens = {
+            t.strip().lower()
+            for k, v in resp.raw_headers
+            if k.lower() == b"connection"
+            for t in v.split(b",")
+        }
         for name, value in resp.raw_headers:
             lname = name.lower()
             if lname.decode("latin-1") in _HOP_BY_HOP or lname in conn_tokens:
@@ -838,9 +1039,18 @@ class EgressProxy:
 
     def _record(self, ex: _Exchange) -> None:
         duration = time.perf_counter() - ex.started
-        _log.info("proxied", extra=fields(
-            host=ex.host, method=ex.method, path=ex.path, status=ex.status, credential=ex.credential or None,
-            result=ex.result, duration_ms=round(duration * 1000, 2)))
+        _log.info(
+            "proxied",
+            extra=fields(
+                host=ex.host,
+                method=ex.method,
+                path=ex.path,
+                status=ex.status,
+                credential=ex.credential or None,
+                result=ex.result,
+                duration_ms=round(duration * 1000, 2),
+            ),
+        )
         if self._metrics is not None:
             self._metrics.requests.labels(credential=ex.credential, host=ex.pattern, result=ex.result).inc()
             self._metrics.duration.labels(credential=ex.credential).observe(duration)
@@ -851,8 +1061,10 @@ class _RelayBroken(Exception):
 
 
 def _deny_message(host: str) -> str:
-    return (f"taskcreds proxy: egress to {host} is denied: this pod has annotation "
-            f"{names.ANNOTATION_EGRESS}=deny and no proxy route lists {host}")
+    return (
+        f"taskcreds proxy: egress to {host} is denied: this pod has annotation "
+        f"{names.ANNOTATION_EGRESS}=deny and no proxy route lists {host}"
+    )
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

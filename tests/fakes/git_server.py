@@ -49,12 +49,17 @@ class TestCA:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = datetime.now(UTC)
         self.cert = (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(hours=2))
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(hours=2))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                           critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
             .sign(self.key, hashes.SHA256())
         )
 
@@ -82,9 +87,11 @@ class TestCA:
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
-            .issuer_name(self.cert.subject).public_key(key.public_key())
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(hours=1))
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(hours=1))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(self.key, hashes.SHA256())
@@ -92,8 +99,15 @@ class TestCA:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         fd = os.memfd_create("test-upstream", os.MFD_CLOEXEC)
         try:
-            os.write(fd, cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            os.write(
+                fd,
+                cert.public_bytes(serialization.Encoding.PEM)
+                + key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+            )
             ctx.load_cert_chain(f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
@@ -165,8 +179,11 @@ class ApiServer(_HttpsServer):
         @web.middleware
         async def require_token(request: web.Request, handler):  # type: ignore[no-untyped-def]
             if not self._authorized(request):
-                return web.json_response({"message": "Bad credentials"}, status=401,
-                                         headers={"WWW-Authenticate": 'Bearer realm="api"'})
+                return web.json_response(
+                    {"message": "Bad credentials"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="api"'},
+                )
             return await handler(request)
 
         app.middlewares.append(require_token)
@@ -175,6 +192,7 @@ class ApiServer(_HttpsServer):
         app.router.add_get("/api/stream/{n}", self._stream)
         app.router.add_post("/api/upload", self._upload)
         app.router.add_get("/api/headers", self._headers)
+        app.router.add_get("/api/hop-by-hop", self._hop_by_hop)
 
     async def _whoami(self, request: web.Request) -> web.Response:
         return web.json_response({"login": "agent-bot", "path_qs": request.path_qs})
@@ -200,8 +218,25 @@ class ApiServer(_HttpsServer):
             digest.update(chunk)
             total += len(chunk)
         self.uploads.append((total, digest.hexdigest()))
-        return web.json_response({"received": total, "sha256": digest.hexdigest(),
-                                  "chunked": request.headers.get("Transfer-Encoding") == "chunked"})
+        return web.json_response(
+            {
+                "received": total,
+                "sha256": digest.hexdigest(),
+                "chunked": request.headers.get("Transfer-Encoding") == "chunked",
+            }
+        )
+
+    async def _hop_by_hop(self, request: web.Request) -> web.Response:
+        """A response naming a hop-by-hop header in Connection, as some servers send."""
+        return web.Response(
+            text="ok",
+            headers={
+                "Connection": "keep-alive, X-Hop",
+                "X-Hop": "1",
+                "Keep-Alive": "timeout=5",
+                "X-End": "1",
+            },
+        )
 
     async def _headers(self, request: web.Request) -> web.Response:
         return web.json_response({"names": sorted(k.lower() for k in request.headers.keys())})
@@ -210,8 +245,9 @@ class ApiServer(_HttpsServer):
 class GitServer(_HttpsServer):
     """``git http-backend`` behind HTTPS, wanting Basic auth with the token as password."""
 
-    def __init__(self, ca: TestCA, token: str, root: Path,
-                 hostnames: Sequence[str] = ("git.test.local",)) -> None:
+    def __init__(
+        self, ca: TestCA, token: str, root: Path, hostnames: Sequence[str] = ("git.test.local",)
+    ) -> None:
         super().__init__(ca, hostnames, token)
         self.root = Path(root)
         self.backend = shutil.which("git-http-backend") or _git_exec_path("git-http-backend")
@@ -229,8 +265,11 @@ class GitServer(_HttpsServer):
 
     async def _cgi(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
-            return web.Response(status=401, text="authentication required\n",
-                                headers={"WWW-Authenticate": 'Basic realm="git"'})
+            return web.Response(
+                status=401,
+                text="authentication required\n",
+                headers={"WWW-Authenticate": 'Basic realm="git"'},
+            )
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "GIT_PROJECT_ROOT": str(self.root),
@@ -249,8 +288,12 @@ class GitServer(_HttpsServer):
             if header in request.headers:
                 env["HTTP_" + header.upper().replace("-", "_")] = request.headers[header]
         proc = await asyncio.create_subprocess_exec(
-            self.backend, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL)
+            self.backend,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         assert proc.stdin is not None and proc.stdout is not None
 
         async def feed() -> None:
@@ -287,7 +330,9 @@ class GitServer(_HttpsServer):
 def _git_exec_path(tool: str) -> str:
     import subprocess
 
-    exec_path = subprocess.run(["git", "--exec-path"], capture_output=True, text=True, check=True).stdout.strip()
+    exec_path = subprocess.run(
+        ["git", "--exec-path"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     return os.path.join(exec_path, tool)
 
 
@@ -296,9 +341,15 @@ def make_bare_repo(root: Path, name: str = "repo.git") -> Path:
     import subprocess
 
     work = Path(tempfile.mkdtemp(prefix="tc-gitwork-"))
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "GIT_CONFIG_NOSYSTEM": "1",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(work),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
     try:
         src = work / "src"
         subprocess.run(["git", "init", "-q", "-b", "main", str(src)], env=env, check=True)

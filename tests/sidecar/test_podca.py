@@ -1,4 +1,4 @@
-"""The per-pod CA: certificate shapes, leaves that real TLS clients accept, caching, key off disk, the bundle."""
+"""The per-pod CA: certificate shapes, leaves real TLS clients accept, caching, key off disk, the bundle."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-
 from taskcreds.sidecar.podca import (
     CA_BUNDLE_FILE,
     PodCA,
@@ -22,6 +21,7 @@ from taskcreds.sidecar.podca import (
     system_roots_path,
     write_ca_bundle,
 )
+
 from tests.spiffe.disk import assert_not_on_disk
 
 
@@ -35,12 +35,15 @@ class Clock:
 
 async def handshake(ca: PodCA, hostname: str, *, trust: bytes | None = None) -> x509.Certificate:
     """A real TLS handshake on loopback against the leaf for ``hostname``; returns the leaf seen."""
-    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0,
-                                        ssl=ca.server_context_for(hostname))
+    server = await asyncio.start_server(
+        lambda r, w: w.close(), "127.0.0.1", 0, ssl=ca.server_context_for(hostname)
+    )
     port = server.sockets[0].getsockname()[1]
     try:
         client = ssl.create_default_context(cadata=(trust or ca.cert_pem()).decode())
-        _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client, server_hostname=hostname)
+        _reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client, server_hostname=hostname
+        )
         der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         writer.close()
         return x509.load_der_x509_certificate(der)
@@ -53,7 +56,10 @@ def test_the_ca_is_a_short_lived_p256_ca_named_after_the_pod() -> None:
     ca = PodCA("agent-pod-7")
     cert = x509.load_pem_x509_certificate(ca.cert_pem())
     assert cert.subject == cert.issuer and "agent-pod-7" in cert.subject.rfc4514_string()
-    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey) and cert.public_key().curve.name == "secp256r1"
+    assert (
+        isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+        and cert.public_key().curve.name == "secp256r1"
+    )
     bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
     assert bc.critical and bc.value.ca and bc.value.path_length == 0
     assert cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
@@ -62,11 +68,14 @@ def test_the_ca_is_a_short_lived_p256_ca_named_after_the_pod() -> None:
     assert b"PRIVATE" not in ca.cert_pem() and "PRIVATE" not in repr(ca)
 
 
-@pytest.mark.parametrize("hostname,san", [
-    pytest.param("api.github.com", x509.DNSName("api.github.com"), id="dns name"),
-    pytest.param("API.Example.COM.", x509.DNSName("api.example.com"), id="normalized"),
-    pytest.param("127.0.0.1", None, id="ip address"),
-])
+@pytest.mark.parametrize(
+    "hostname,san",
+    [
+        pytest.param("api.github.com", x509.DNSName("api.github.com"), id="dns name"),
+        pytest.param("API.Example.COM.", x509.DNSName("api.example.com"), id="normalized"),
+        pytest.param("127.0.0.1", None, id="ip address"),
+    ],
+)
 async def test_leaves_pass_a_real_clients_hostname_check(hostname: str, san: x509.GeneralName | None) -> None:
     ca = PodCA("p")
     connect_as = hostname.lower().rstrip(".")
@@ -82,8 +91,9 @@ async def test_leaves_pass_a_real_clients_hostname_check(hostname: str, san: x50
 
 async def test_a_leaf_for_one_host_is_refused_for_another() -> None:
     ca = PodCA("p")
-    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0,
-                                        ssl=ca.server_context_for("api.example.com"))
+    server = await asyncio.start_server(
+        lambda r, w: w.close(), "127.0.0.1", 0, ssl=ca.server_context_for("api.example.com")
+    )
     port = server.sockets[0].getsockname()[1]
     try:
         client = ssl.create_default_context(cadata=ca.cert_pem().decode())
@@ -121,8 +131,9 @@ def test_a_leaf_never_outlives_the_ca() -> None:
     assert ca._leaves["api.example.com"][1] <= ca.expires_at
 
 
-@pytest.mark.parametrize("hostname", ["", "exa mple.com", "a..b", "-bad.example.com", "x" * 64 + ".com",
-                                      "évil.com", "host/path"])
+@pytest.mark.parametrize(
+    "hostname", ["", "exa mple.com", "a..b", "-bad.example.com", "x" * 64 + ".com", "évil.com", "host/path"]
+)
 def test_hostnames_that_are_not_names_are_refused(hostname: str) -> None:
     with pytest.raises(PodCAError, match="is not a hostname the pod CA signs for"):
         PodCA("p").server_context_for(hostname)
@@ -134,12 +145,16 @@ def test_the_ca_key_and_leaf_keys_never_touch_a_disk(tmp_path: Path) -> None:
     for host in ("api.example.com", "git.example.com"):
         ca.server_context_for(host)
     write_ca_bundle(tmp_path, ca)
-    key_pem = ca._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+    key_pem = ca._key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     assert_not_on_disk(key_pem.splitlines()[1], [str(tmp_path), "/tmp", "/dev/shm", os.getcwd()], since)
     # the memfds used to load leaf keys are closed at once
-    fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
-           if os.path.exists(f"/proc/self/fd/{fd}")]
+    fds = [
+        os.readlink(f"/proc/self/fd/{fd}")
+        for fd in os.listdir("/proc/self/fd")
+        if os.path.exists(f"/proc/self/fd/{fd}")
+    ]
     assert not [f for f in fds if "taskcreds-podca" in f]
 
 

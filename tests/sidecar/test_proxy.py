@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
-
-from taskcreds import names
 from taskcreds.sidecar.podca import PodCA, write_ca_bundle
 from taskcreds.sidecar.proxy import EgressProxy, ProxyMetrics, ProxyRoute, register_proxy
+
+from taskcreds import names
 from tests.fakes.git_server import ApiServer, GitServer, TestCA, make_bare_repo
 
 API_HOST = "api.test.local"
@@ -71,12 +71,24 @@ class World:
             return "127.0.0.1", self.ports[host]
         raise OSError(f"unknown host {host}")
 
-    async def proxy(self, routes: list[ProxyRoute] | None = None, *, deny: bool = False,
-                    view: StoreView | None = None, metrics: ProxyMetrics | None = None) -> tuple[int, StoreView]:
+    async def proxy(
+        self,
+        routes: list[ProxyRoute] | None = None,
+        *,
+        deny: bool = False,
+        view: StoreView | None = None,
+        metrics: ProxyMetrics | None = None,
+    ) -> tuple[int, StoreView]:
         view = view or StoreView({("api", "token"): self.token, ("github", "token"): self.token})
-        proxy = EgressProxy(DEFAULT_ROUTES if routes is None else routes, view, deny_unmatched=deny,
-                            ca=self.pod_ca, upstream_ssl=self.ca.client_context(), metrics=metrics,
-                            upstream_resolver=self.resolve)
+        proxy = EgressProxy(
+            DEFAULT_ROUTES if routes is None else routes,
+            view,
+            deny_unmatched=deny,
+            ca=self.pod_ca,
+            upstream_ssl=self.ca.client_context(),
+            metrics=metrics,
+            upstream_resolver=self.resolve,
+        )
         self.proxies.append(proxy)
         return await proxy.start(), view
 
@@ -100,11 +112,25 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     open_ = await ApiServer(ca, "open-token-not-ours", (OPEN_HOST,)).start()
     pod_ca = PodCA("agent-pod-1")
     (tmp_path / "shared").mkdir()
-    w = World(token=token, ca=ca, api=api, git=git, evil=evil, mismatch=mismatch, pod_ca=pod_ca,
-              bundle=write_ca_bundle(tmp_path / "shared", pod_ca), upstream_ca_file=ca.write_pem(tmp_path),
-              tmp=tmp_path)
-    w.ports = {API_HOST: api.port, GIT_HOST: git.port, EVIL_HOST: evil.port, MISMATCH_HOST: mismatch.port,
-               OPEN_HOST: open_.port}
+    w = World(
+        token=token,
+        ca=ca,
+        api=api,
+        git=git,
+        evil=evil,
+        mismatch=mismatch,
+        pod_ca=pod_ca,
+        bundle=write_ca_bundle(tmp_path / "shared", pod_ca),
+        upstream_ca_file=ca.write_pem(tmp_path),
+        tmp=tmp_path,
+    )
+    w.ports = {
+        API_HOST: api.port,
+        GIT_HOST: git.port,
+        EVIL_HOST: evil.port,
+        MISMATCH_HOST: mismatch.port,
+        OPEN_HOST: open_.port,
+    }
     w.open = open_  # type: ignore[attr-defined]
     try:
         yield w
@@ -117,25 +143,42 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 def agent_env(w: World, proxy_port: int | None, **extra: str) -> dict[str, str]:
     """What the webhook gives the agent container: proxy and CA env, paths only, no credential."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(w.tmp / "home"), "LANG": "C.UTF-8",
-           "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(w.tmp / "home"),
+        "LANG": "C.UTF-8",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "/bin/false",
+    }
     (w.tmp / "home").mkdir(exist_ok=True)
     if proxy_port is not None:
         proxy = f"http://127.0.0.1:{proxy_port}"
-        env |= {"HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "https_proxy": proxy, "http_proxy": proxy,
-                "NO_PROXY": "localhost", "SSL_CERT_FILE": str(w.bundle), "REQUESTS_CA_BUNDLE": str(w.bundle),
-                "NODE_EXTRA_CA_CERTS": str(w.bundle), "GIT_SSL_CAINFO": str(w.bundle),
-                "CURL_CA_BUNDLE": str(w.bundle)}
+        env |= {
+            "HTTPS_PROXY": proxy,
+            "HTTP_PROXY": proxy,
+            "https_proxy": proxy,
+            "http_proxy": proxy,
+            "NO_PROXY": "localhost",
+            "SSL_CERT_FILE": str(w.bundle),
+            "REQUESTS_CA_BUNDLE": str(w.bundle),
+            "NODE_EXTRA_CA_CERTS": str(w.bundle),
+            "GIT_SSL_CAINFO": str(w.bundle),
+            "CURL_CA_BUNDLE": str(w.bundle),
+        }
     env |= extra
     assert all(w.token not in v for v in env.values()), "the agent's environment must not hold the token"
     return env
 
 
-async def run(*argv: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 30.0) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(*argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                                stderr=subprocess.STDOUT)
+async def run(
+    *argv: str, env: dict[str, str], cwd: Path | None = None, limit: float = 30.0
+) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        out, _ = await asyncio.wait_for(proc.communicate(), limit)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -143,16 +186,28 @@ async def run(*argv: str, env: dict[str, str], cwd: Path | None = None, timeout:
     return proc.returncode or 0, out.decode(errors="replace")
 
 
-def urllib_get(url: str, *, proxy_port: int | None, cafile: Path, headers: dict[str, str] | None = None,
-               data: Any = None, method: str = "GET") -> tuple[int, bytes]:
-    handlers: list[Any] = [urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(cafile)))]
-    proxies = {"https": f"http://127.0.0.1:{proxy_port}", "http": f"http://127.0.0.1:{proxy_port}"} \
-        if proxy_port else {}
+def urllib_get(
+    url: str,
+    *,
+    proxy_port: int | None,
+    cafile: Path,
+    headers: dict[str, str] | None = None,
+    data: Any = None,
+    method: str = "GET",
+) -> tuple[int, bytes]:
+    handlers: list[Any] = [
+        urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(cafile)))
+    ]
+    proxies = (
+        {"https": f"http://127.0.0.1:{proxy_port}", "http": f"http://127.0.0.1:{proxy_port}"}
+        if proxy_port
+        else {}
+    )
     handlers.append(urllib.request.ProxyHandler(proxies))
     opener = urllib.request.build_opener(*handlers)
     try:
-        with opener.open(urllib.request.Request(url, headers=headers or {}, data=data, method=method),
-                         timeout=20) as resp:
+        request = urllib.request.Request(url, headers=headers or {}, data=data, method=method)  # noqa: S310
+        with opener.open(request, timeout=20) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -160,12 +215,20 @@ def urllib_get(url: str, *, proxy_port: int | None, cafile: Path, headers: dict[
 
 # --- git over HTTPS -------------------------------------------------------------------------
 
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 async def test_git_clone_and_push_work_only_through_the_proxy(world: World) -> None:
     w = world
     direct = agent_env(w, None, GIT_SSL_CAINFO=str(w.upstream_ca_file))
-    rc, out = await run("git", "-c", f"http.curloptResolve={GIT_HOST}:{w.git.port}:127.0.0.1", "clone",
-                        f"https://{GIT_HOST}:{w.git.port}/repo.git", str(w.tmp / "direct"), env=direct)
+    rc, out = await run(
+        "git",
+        "-c",
+        f"http.curloptResolve={GIT_HOST}:{w.git.port}:127.0.0.1",
+        "clone",
+        f"https://{GIT_HOST}:{w.git.port}/repo.git",
+        str(w.tmp / "direct"),
+        env=direct,
+    )
     assert rc != 0 and ("terminal prompts disabled" in out or "401" in out or "Authentication" in out), out
     assert not w.git.saw_token
 
@@ -178,14 +241,19 @@ async def test_git_clone_and_push_work_only_through_the_proxy(world: World) -> N
 
     # a commit with a sizeable file, pushed back: receive-pack through the proxy
     (work / "data.bin").write_bytes(os.urandom(3 * 1024 * 1024))
-    ident = {"GIT_AUTHOR_NAME": "agent", "GIT_AUTHOR_EMAIL": "a@example.com",
-             "GIT_COMMITTER_NAME": "agent", "GIT_COMMITTER_EMAIL": "a@example.com"}
+    ident = {
+        "GIT_AUTHOR_NAME": "agent",
+        "GIT_AUTHOR_EMAIL": "a@example.com",
+        "GIT_COMMITTER_NAME": "agent",
+        "GIT_COMMITTER_EMAIL": "a@example.com",
+    }
     assert (await run("git", "add", "data.bin", env=env | ident, cwd=work))[0] == 0
     assert (await run("git", "commit", "-q", "-m", "agent work", env=env | ident, cwd=work))[0] == 0
     rc, out = await run("git", "push", "origin", "HEAD:refs/heads/agent", env=env | ident, cwd=work)
     assert rc == 0, out
-    rc, out = await run("git", "--git-dir", str(w.tmp / "repos" / "repo.git"), "log", "--format=%s", "agent",
-                        env=env)
+    rc, out = await run(
+        "git", "--git-dir", str(w.tmp / "repos" / "repo.git"), "log", "--format=%s", "agent", env=env
+    )
     assert out.strip().splitlines()[0] == "agent work"
 
     # the agent never held the token: not in its env, its repo, its git config or its home
@@ -200,12 +268,24 @@ async def test_git_clone_and_push_work_only_through_the_proxy(world: World) -> N
 
 # --- curl, urllib, node against a bearer-token API ------------------------------------------
 
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_curl_gets_the_api_only_through_the_proxy(world: World) -> None:
     w = world
-    rc, out = await run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(w.upstream_ca_file),
-                        "--resolve", f"{API_HOST}:{w.api.port}:127.0.0.1",
-                        f"https://{API_HOST}:{w.api.port}/api/whoami", env=agent_env(w, None))
+    rc, out = await run(
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--cacert",
+        str(w.upstream_ca_file),
+        "--resolve",
+        f"{API_HOST}:{w.api.port}:127.0.0.1",
+        f"https://{API_HOST}:{w.api.port}/api/whoami",
+        env=agent_env(w, None),
+    )
     assert out == "401"
     port, _ = await w.proxy()
     rc, out = await run("curl", "-sS", f"https://{API_HOST}/api/whoami?x=1", env=agent_env(w, port))
@@ -215,12 +295,14 @@ async def test_curl_gets_the_api_only_through_the_proxy(world: World) -> None:
 
 async def test_urllib_gets_the_api_only_through_the_proxy(world: World) -> None:
     w = world
-    status, _ = await asyncio.to_thread(urllib_get, f"https://127.0.0.1:{w.api.port}/api/whoami",
-                                        proxy_port=None, cafile=w.upstream_ca_file)
+    status, _ = await asyncio.to_thread(
+        urllib_get, f"https://127.0.0.1:{w.api.port}/api/whoami", proxy_port=None, cafile=w.upstream_ca_file
+    )
     assert status == 401
     port, _ = await w.proxy()
-    status, body = await asyncio.to_thread(urllib_get, f"https://{API_HOST}/api/whoami", proxy_port=port,
-                                           cafile=w.bundle)
+    status, body = await asyncio.to_thread(
+        urllib_get, f"https://{API_HOST}/api/whoami", proxy_port=port, cafile=w.bundle
+    )
     assert status == 200 and json.loads(body)["login"] == "agent-bot"
 
 
@@ -273,27 +355,54 @@ async def test_httpx_when_installed(world: World) -> None:
 
 # --- what the proxy attaches, strips and streams --------------------------------------------
 
+
 async def test_placeholders_the_agent_sent_are_replaced_and_proxy_headers_dropped(world: World) -> None:
     w = world
     port, _ = await w.proxy()
     status, body = await asyncio.to_thread(
-        urllib_get, f"https://{API_HOST}/api/headers", proxy_port=port, cafile=w.bundle,
-        headers={"Authorization": "Bearer PLACEHOLDER", "Proxy-Authorization": "Basic Zm9vOmJhcg==",
-                 "X-Agent": "1"})
+        urllib_get,
+        f"https://{API_HOST}/api/headers",
+        proxy_port=port,
+        cafile=w.bundle,
+        headers={
+            "Authorization": "Bearer PLACEHOLDER",
+            "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+            "X-Agent": "1",
+        },
+    )
     assert status == 200
     got = json.loads(body)["names"]
     assert "proxy-authorization" not in got and "x-agent" in got
     assert w.api.seen_auth[-1] == f"Bearer {w.token}"  # one Authorization, ours
 
 
-@pytest.mark.parametrize("route", [
-    pytest.param(ProxyRoute("api", (API_HOST,), header="X-Api-Key: {token}"), id="custom header"),
-    pytest.param(ProxyRoute("api", ("*.test.local",), header="Authorization: Bearer {token}"), id="wildcard host"),
-])
+async def test_hop_by_hop_response_headers_stay_with_the_proxy(world: World) -> None:
+    port, _ = await world.proxy()
+    conn = await AgentConnection.open(port, API_HOST, world.bundle)
+    try:
+        status, headers, body = await conn.get("/api/hop-by-hop")
+        assert status == 200 and body == b"ok" and headers["x-end"] == "1"
+        assert "x-hop" not in headers and "keep-alive" not in headers
+        assert headers["connection"] == "keep-alive"
+        assert (await conn.get("/api/whoami"))[0] == 200  # the connection is still usable
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        pytest.param(ProxyRoute("api", (API_HOST,), header="X-Api-Key: {token}"), id="custom header"),
+        pytest.param(
+            ProxyRoute("api", ("*.test.local",), header="Authorization: Bearer {token}"), id="wildcard host"
+        ),
+    ],
+)
 async def test_route_shapes_attach_the_credential(world: World, route: ProxyRoute) -> None:
     port, _ = await world.proxy([route])
-    status, _ = await asyncio.to_thread(urllib_get, f"https://{API_HOST}/api/whoami", proxy_port=port,
-                                        cafile=world.bundle)
+    status, _ = await asyncio.to_thread(
+        urllib_get, f"https://{API_HOST}/api/whoami", proxy_port=port, cafile=world.bundle
+    )
     assert status == 200
 
 
@@ -304,32 +413,55 @@ async def test_large_bodies_stream_both_ways(world: World) -> None:
 
     def blocks() -> Iterator[bytes]:  # an iterable body: urllib sends it chunked
         for i in range(0, len(payload), 256 * 1024):
-            yield payload[i:i + 256 * 1024]
+            yield payload[i : i + 256 * 1024]
 
-    status, body = await asyncio.to_thread(urllib_get, f"https://{API_HOST}/api/upload", proxy_port=port,
-                                           cafile=w.bundle, data=blocks(), method="POST")
+    status, body = await asyncio.to_thread(
+        urllib_get,
+        f"https://{API_HOST}/api/upload",
+        proxy_port=port,
+        cafile=w.bundle,
+        data=blocks(),
+        method="POST",
+    )
     assert status == 200
-    assert json.loads(body) == {"received": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
-                                "chunked": True}
-    status, body = await asyncio.to_thread(urllib_get, f"https://{API_HOST}/api/upload", proxy_port=port,
-                                           cafile=w.bundle, data=payload[:100_000], method="POST")
+    assert json.loads(body) == {
+        "received": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "chunked": True,
+    }
+    status, body = await asyncio.to_thread(
+        urllib_get,
+        f"https://{API_HOST}/api/upload",
+        proxy_port=port,
+        cafile=w.bundle,
+        data=payload[:100_000],
+        method="POST",
+    )
     assert json.loads(body)["received"] == 100_000 and json.loads(body)["chunked"] is False
     for path, size in (("/api/stream/4000000", 4_000_000), ("/api/bytes/3000000", 3_000_000)):
-        status, body = await asyncio.to_thread(urllib_get, f"https://{API_HOST}{path}", proxy_port=port,
-                                               cafile=w.bundle)
+        status, body = await asyncio.to_thread(
+            urllib_get, f"https://{API_HOST}{path}", proxy_port=port, cafile=w.bundle
+        )
         assert status == 200 and len(body) == size
 
 
 # --- refusals -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("host,reason", [
-    pytest.param(EVIL_HOST, "unable to get local issuer certificate", id="untrusted CA"),
-    pytest.param(MISMATCH_HOST, "Hostname mismatch", id="name mismatch"),
-])
-async def test_a_wrong_upstream_certificate_gets_502_and_no_credential(world: World, host: str, reason: str) -> None:
+
+@pytest.mark.parametrize(
+    "host,reason",
+    [
+        pytest.param(EVIL_HOST, "unable to get local issuer certificate", id="untrusted CA"),
+        pytest.param(MISMATCH_HOST, "Hostname mismatch", id="name mismatch"),
+    ],
+)
+async def test_a_wrong_upstream_certificate_gets_502_and_no_credential(
+    world: World, host: str, reason: str
+) -> None:
     port, _ = await world.proxy()
-    status, body = await asyncio.to_thread(urllib_get, f"https://{host}/api/whoami", proxy_port=port,
-                                           cafile=world.bundle)
+    status, body = await asyncio.to_thread(
+        urllib_get, f"https://{host}/api/whoami", proxy_port=port, cafile=world.bundle
+    )
     assert status == 502
     text = body.decode()
     assert f"the certificate of {host} failed verification" in text and reason in text, text
@@ -347,10 +479,13 @@ async def test_deny_by_default_refuses_unmatched_hosts_with_403(world: World) ->
     assert response.startswith("HTTP/1.1 403 ")
     assert OPEN_HOST in response and f"{names.ANNOTATION_EGRESS}=deny" in response
     # plain http too, and matched hosts keep working
-    status, body = await asyncio.to_thread(urllib_get, f"http://{OPEN_HOST}/", proxy_port=port, cafile=world.bundle)
+    status, body = await asyncio.to_thread(
+        urllib_get, f"http://{OPEN_HOST}/", proxy_port=port, cafile=world.bundle
+    )
     assert status == 403 and OPEN_HOST in body.decode()
-    status, _ = await asyncio.to_thread(urllib_get, f"https://{API_HOST}/api/whoami", proxy_port=port,
-                                        cafile=world.bundle)
+    status, _ = await asyncio.to_thread(
+        urllib_get, f"https://{API_HOST}/api/whoami", proxy_port=port, cafile=world.bundle
+    )
     assert status == 200
     assert world.open.seen_auth == []  # type: ignore[attr-defined]
 
@@ -362,7 +497,9 @@ async def test_allow_mode_tunnels_unmatched_hosts_untouched(world: World) -> Non
     writer.write(f"CONNECT {OPEN_HOST}:443 HTTP/1.1\r\nHost: {OPEN_HOST}:443\r\n\r\n".encode())
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
     # trust only the upstream's CA: the pod CA is not in play for unmatched hosts
-    await writer.start_tls(ssl.create_default_context(cafile=str(world.upstream_ca_file)), server_hostname=OPEN_HOST)
+    await writer.start_tls(
+        ssl.create_default_context(cafile=str(world.upstream_ca_file)), server_hostname=OPEN_HOST
+    )
     peer = writer.get_extra_info("ssl_object").getpeercert()
     assert dict(x[0] for x in peer["issuer"])["commonName"] == "taskcreds upstream test CA"
     writer.write(f"GET /api/whoami HTTP/1.1\r\nHost: {OPEN_HOST}\r\nConnection: close\r\n\r\n".encode())
@@ -379,19 +516,24 @@ async def test_plain_http_to_a_matched_host_is_refused_unless_the_route_allows_i
         w.ports["plain.test.local"] = plain.port
         strict = ProxyRoute("api", ("plain.test.local",), header="Authorization: Bearer {token}")
         port, _ = await w.proxy([strict])
-        status, body = await asyncio.to_thread(urllib_get, "http://plain.test.local/api/whoami", proxy_port=port,
-                                               cafile=w.bundle)
+        status, body = await asyncio.to_thread(
+            urllib_get, "http://plain.test.local/api/whoami", proxy_port=port, cafile=w.bundle
+        )
         assert status == 403 and "over plain HTTP" in body.decode() and plain.seen_auth == []
-        lax = ProxyRoute("api", ("plain.test.local",), header="Authorization: Bearer {token}", allow_http=True)
+        lax = ProxyRoute(
+            "api", ("plain.test.local",), header="Authorization: Bearer {token}", allow_http=True
+        )
         port, _ = await w.proxy([lax])
-        status, _ = await asyncio.to_thread(urllib_get, "http://plain.test.local/api/whoami", proxy_port=port,
-                                            cafile=w.bundle)
+        status, _ = await asyncio.to_thread(
+            urllib_get, "http://plain.test.local/api/whoami", proxy_port=port, cafile=w.bundle
+        )
         assert status == 200 and plain.seen_auth == [f"Bearer {w.token}"]
     finally:
         await plain.stop()
 
 
 # --- the credential's life: rotation, absence, teardown --------------------------------------
+
 
 class AgentConnection:
     """One kept-alive HTTPS connection through the proxy, as an agent's HTTP client holds it."""
@@ -460,6 +602,7 @@ async def test_rotation_and_teardown_on_one_kept_alive_connection(world: World) 
 
 # --- logs and metrics never hold the value --------------------------------------------------
 
+
 async def test_logs_and_metrics_never_hold_the_value(world: World, caplog: pytest.LogCaptureFixture) -> None:
     w = world
     caplog.set_level("DEBUG")
@@ -484,8 +627,14 @@ async def test_logs_and_metrics_never_hold_the_value(world: World, caplog: pytes
         text = record.getMessage() + json.dumps(getattr(record, "fields", {}), default=str)
         assert w.token not in text and basic not in text
     proxied = [r.fields for r in records if r.getMessage() == "proxied"]  # type: ignore[attr-defined]
-    assert {"host": API_HOST, "method": "GET", "path": "/api/whoami", "status": 200, "credential": "api",
-            "result": "forwarded"}.items() <= proxied[1].items()
+    assert {
+        "host": API_HOST,
+        "method": "GET",
+        "path": "/api/whoami",
+        "status": 200,
+        "credential": "api",
+        "result": "forwarded",
+    }.items() <= proxied[1].items()
     assert proxied[0]["result"] == "upstream_cert_error" and proxied[0]["host"] == EVIL_HOST
 
     exposition = generate_latest(metrics.registry).decode()
@@ -498,19 +647,29 @@ async def test_logs_and_metrics_never_hold_the_value(world: World, caplog: pytes
     assert count(credential="api", host=API_HOST, result="ended") == 1
     assert count(credential="api", host=EVIL_HOST, result="upstream_cert_error") == 1
     assert count(credential="", host="", result="denied") == 1
-    assert metrics.registry.get_sample_value("taskcreds_sidecar_proxy_request_duration_seconds_count",
-                                             {"credential": "api"}) == 5
+    assert (
+        metrics.registry.get_sample_value(
+            "taskcreds_sidecar_proxy_request_duration_seconds_count", {"credential": "api"}
+        )
+        == 5
+    )
 
 
 # --- malformed input ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("request_bytes,status", [
-    pytest.param(b"GET /api/whoami HTTP/1.1\r\nHost: x\r\n\r\n", 400, id="origin-form to the proxy"),
-    pytest.param(b"CONNECT api.test.local:99999 HTTP/1.1\r\n\r\n", 400, id="bad CONNECT port"),
-    pytest.param(b"GET http://a/ HTTP/2.0\r\n\r\n", 505, id="unsupported version"),
-    pytest.param(b"GET http://a/ HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 431, id="oversized head"),
-    pytest.param(b"GET http://a/ HTTP/1.1\r\n folded\r\n\r\n", 400, id="folded header"),
-])
+
+@pytest.mark.parametrize(
+    "request_bytes,status",
+    [
+        pytest.param(b"GET /api/whoami HTTP/1.1\r\nHost: x\r\n\r\n", 400, id="origin-form to the proxy"),
+        pytest.param(b"CONNECT api.test.local:99999 HTTP/1.1\r\n\r\n", 400, id="bad CONNECT port"),
+        pytest.param(b"GET http://a/ HTTP/2.0\r\n\r\n", 505, id="unsupported version"),
+        pytest.param(
+            b"GET http://a/ HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 431, id="oversized head"
+        ),
+        pytest.param(b"GET http://a/ HTTP/1.1\r\n folded\r\n\r\n", 400, id="folded header"),
+    ],
+)
 async def test_malformed_requests_get_a_clear_4xx(world: World, request_bytes: bytes, status: int) -> None:
     port, _ = await world.proxy()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -524,8 +683,10 @@ async def test_malformed_requests_get_a_clear_4xx(world: World, request_bytes: b
 async def test_smuggling_shapes_are_refused_before_anything_is_forwarded(world: World) -> None:
     port, _ = await world.proxy()
     conn = await AgentConnection.open(port, API_HOST, world.bundle)
-    conn.writer.write(b"POST /api/upload HTTP/1.1\r\nHost: api.test.local\r\nContent-Length: 5\r\n"
-                      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    conn.writer.write(
+        b"POST /api/upload HTTP/1.1\r\nHost: api.test.local\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    )
     response = await conn.reader.read()
     await conn.close()
     assert response.startswith(b"HTTP/1.1 400") and b"smuggling" in response
