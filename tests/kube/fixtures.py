@@ -10,10 +10,9 @@ Use the pytest fixture by importing it in a conftest.py or test module:
 
 from __future__ import annotations
 
-import builtins
-
 import asyncio
 import base64
+import builtins
 import concurrent.futures
 import copy
 import functools
@@ -282,7 +281,9 @@ class KubeApi:
         return self.store.peek(rt, namespace, name)
 
     @_on_server_loop
-    def list(self, api_version: str, kind: str, namespace: str | None = None) -> builtins.list[dict[str, Any]]:
+    def list(
+        self, api_version: str, kind: str, namespace: str | None = None
+    ) -> builtins.list[dict[str, Any]]:
         return self.store.list(self.store.type_for_kind(api_version, kind), namespace)
 
     @_on_server_loop

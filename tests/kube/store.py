@@ -7,9 +7,8 @@ are called; see :mod:`tests.kube.server`.
 
 from __future__ import annotations
 
-import builtins
-
 import asyncio
+import builtins
 import copy
 import secrets
 import time

@@ -9,6 +9,7 @@ import pytest
 from tests.kube import errors
 from tests.kube.crds import task_lease_crd
 from tests.kube.patching import PatchError, json_patch, merge_patch, strategic_merge_patch
+from tests.kube.rbac import rules_from, uncovered
 from tests.kube.resources import from_crd
 from tests.kube.schema import prune_and_validate
 from tests.kube.selectors import (
@@ -18,6 +19,7 @@ from tests.kube.selectors import (
     parse_field_selector,
     parse_label_selector,
 )
+from tests.kube.server import ApiCall
 
 POD = {
     "spec": {
@@ -203,3 +205,63 @@ def test_schema_prunes_unknown_fields() -> None:
         "spec": {"task": "t", "pod": "p"},
         "status": {"leases": [{"credential": "c"}]},
     }
+
+
+def _call(verb: str, group: str, resource: str, name: str | None = None) -> ApiCall:
+    return ApiCall(verb, group, resource, "ns", name, "system:serviceaccount:taskcreds:operator")
+
+
+RULES = rules_from(
+    [
+        {
+            "kind": "ClusterRole",
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+                {
+                    "apiGroups": ["taskcreds.io"],
+                    "resources": ["taskleases", "taskleases/status"],
+                    "verbs": ["*"],
+                },
+                {
+                    "apiGroups": ["admissionregistration.k8s.io"],
+                    "resources": ["mutatingwebhookconfigurations"],
+                    "verbs": ["get", "patch"],
+                    "resourceNames": ["taskcreds"],
+                },
+                {"apiGroups": [""], "resources": ["serviceaccounts/*"], "verbs": ["create"]},
+            ],
+        },
+        {"kind": "ConfigMap", "data": {}},
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "call", "allowed"),
+    [
+        ("listed verb", _call("watch", "", "pods"), True),
+        ("unlisted verb", _call("delete", "", "pods"), False),
+        ("subresource needs its own entry", _call("patch", "", "pods/status"), False),
+        ("wildcard verbs", _call("deletecollection", "taskcreds.io", "taskleases"), True),
+        ("status subresource listed", _call("patch", "taskcreds.io", "taskleases/status"), True),
+        ("other group", _call("get", "apps", "pods"), False),
+        (
+            "resourceNames match",
+            _call("patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "taskcreds"),
+            True,
+        ),
+        (
+            "resourceNames exclude others",
+            _call("patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "other"),
+            False,
+        ),
+        (
+            "resourceNames never cover list",
+            _call("list", "admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
+            False,
+        ),
+        ("x/* covers subresources", _call("create", "", "serviceaccounts/token", "default"), True),
+    ],
+)
+def test_rbac_coverage(case: str, call: ApiCall, allowed: bool) -> None:
+    assert (uncovered([call], RULES) == []) is allowed, case
