@@ -1,0 +1,337 @@
+"""TaskLeases and the revocation engine: durable, idempotent, visible when a source fails."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+from taskcreds.operator import leases
+from taskcreds.operator.cluster import ClusterError
+from taskcreds.operator.memcluster import MemCluster
+from taskcreds.operator.providers.base import Issued, IssueRequest, NotRevocable, ProviderError
+
+from taskcreds import names
+from taskcreds.metrics import register_operator
+
+NS = "team-a"
+NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+
+
+class FakeSource:
+    """A provider whose revocations are counted and can be made to fail (the source is down)."""
+
+    name = "vault"
+
+    def __init__(self, failures: int = 0, *, not_revocable: bool = False) -> None:
+        self.failures = failures
+        self.not_revocable = not_revocable
+        self.revoked: list[str] = []
+        self.calls = 0
+
+    async def issue(self, request: IssueRequest) -> Issued:  # pragma: no cover - not used here
+        raise NotImplementedError
+
+    async def renew(self, lease_ref: str, request: IssueRequest) -> Issued:  # pragma: no cover
+        raise NotImplementedError
+
+    async def revoke(self, lease_ref: str, source_spec: dict[str, Any], source_namespace: str | None) -> None:
+        self.calls += 1
+        if self.not_revocable:
+            raise NotRevocable(self.name)
+        if self.failures > 0:
+            self.failures -= 1
+            raise ProviderError(self.name, "connection refused to 127.0.0.1:8200")
+        self.revoked.append(lease_ref)
+
+
+def entry(
+    ref: str,
+    credential: str = "db",
+    provider: str = "vault",
+    expires: timedelta = timedelta(minutes=15),
+    static: bool = False,
+) -> dict[str, Any]:
+    issued = Issued(
+        files={"password": "hunter2"}, lease_ref=ref, issued_at=NOW, expires_at=NOW + expires, static=static
+    )
+    return leases.lease_entry(
+        credential,
+        provider,
+        {"kind": names.KIND_CREDENTIAL_SOURCE, "name": credential, "namespace": NS},
+        issued,
+    )
+
+
+@pytest.fixture
+def cluster() -> MemCluster:
+    mem = MemCluster()
+    mem.put_pod(
+        {
+            "metadata": {
+                "name": "agent-1",
+                "namespace": NS,
+                "labels": {names.LABEL_INJECT: "true"},
+                "annotations": {names.ANNOTATION_TASK: "fix-42", names.ANNOTATION_CREDENTIALS: "db"},
+            },
+            "spec": {"serviceAccountName": "agent"},
+        }
+    )
+    return mem
+
+
+def pod(cluster: MemCluster) -> dict[str, Any]:
+    return cluster.pods[(NS, "agent-1")]
+
+
+NAME = leases.lease_name("agent-1", "fix-42")
+FAST = leases.Backoff(attempts=4, base=0.001, cap=0.004)
+
+
+@pytest.mark.parametrize(
+    ("pod_name", "task"),
+    [
+        ("agent-1", "fix-42"),
+        ("Agent_Weird.Name", "t"),
+        ("p" * 253, "x" * 128),
+    ],
+)
+def test_lease_name_is_stable_and_valid(pod_name: str, task: str) -> None:
+    name = leases.lease_name(pod_name, task)
+    assert name == leases.lease_name(pod_name, task)
+    assert len(name) <= 253 and name == name.lower() and name[0].isalnum() and name[-1].isalnum()
+    assert leases.lease_name(pod_name, task + "2") != name
+
+
+async def test_record_creates_owned_lease_with_finalizer(cluster: MemCluster) -> None:
+    lease = await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l1")])
+    assert lease["metadata"]["finalizers"] == [names.FINALIZER_REVOKE]
+    assert lease["metadata"]["ownerReferences"][0]["uid"] == pod(cluster)["metadata"]["uid"]
+    assert lease["spec"] == {"task": "fix-42", "pod": "agent-1", "podUID": pod(cluster)["metadata"]["uid"]}
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l2")])
+    stored = cluster.task_leases[(NS, NAME)]
+    assert [e["leaseRef"] for e in stored["status"]["leases"]] == ["l1", "l2"]
+    assert "hunter2" not in str(stored)
+
+
+async def test_record_survives_a_concurrent_writer(cluster: MemCluster) -> None:
+    await asyncio.gather(
+        *(
+            leases.record_issued(cluster, pod(cluster), "fix-42", [entry(f"l{i}")], attempts=20)
+            for i in range(8)
+        )
+    )
+    refs = sorted(e["leaseRef"] for e in cluster.task_leases[(NS, NAME)]["status"]["leases"])
+    assert refs == sorted(f"l{i}" for i in range(8))  # none lost to a conflict
+
+
+async def test_record_refused_once_revoking(cluster: MemCluster) -> None:
+    await leases.record_ended(cluster, pod(cluster), "fix-42", "cancelled")
+    with pytest.raises(leases.LeaseEnded) as info:
+        await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("late")])
+    assert info.value.reason == "cancelled"
+
+
+async def test_revoke_task_revokes_everything_and_releases(cluster: MemCluster) -> None:
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l1"), entry("l2", "github", "jwt")])
+    vault, jwt = FakeSource(), FakeSource()
+    metrics = register_operator()
+    outcome = await leases.revoke_task(
+        cluster,
+        {"vault": vault, "jwt": jwt},
+        NS,
+        NAME,
+        "completed",
+        metrics=metrics,
+        seen_at=0.0,
+        backoff=FAST,
+    )
+    assert outcome.done and sorted(outcome.revoked) == ["db", "github"]
+    assert (vault.revoked, jwt.revoked) == (["l1"], ["l2"])
+    stored = cluster.task_leases[(NS, NAME)]
+    assert stored["status"]["phase"] == "Revoked" and stored["status"]["reason"] == "completed"
+    assert stored["metadata"]["finalizers"] == []
+    assert all(e["revokedAt"] and e["revokeReason"] == "completed" for e in stored["status"]["leases"])
+    text = generate_latest(metrics.registry).decode()
+    assert 'taskcreds_credentials_revoked_total{provider="vault",reason="completed"} 1.0' in text
+    assert "taskcreds_revocation_lag_seconds_count 1.0" in text
+    again = await leases.revoke_task(
+        cluster, {"vault": vault, "jwt": jwt}, NS, NAME, "failed", metrics=metrics
+    )
+    assert again.done and (vault.calls, jwt.calls) == (1, 1)  # idempotent: nothing revoked twice
+
+
+async def test_failures_are_retried_visibly_then_succeed(cluster: MemCluster) -> None:
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l1")])
+    vault = FakeSource(failures=2)
+    metrics = register_operator()
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    outcome = await leases.revoke_task(
+        cluster,
+        {"vault": vault},
+        NS,
+        NAME,
+        "completed",
+        metrics=metrics,
+        backoff=leases.Backoff(attempts=5, base=0.1, cap=0.15),
+        sleep=fake_sleep,
+    )
+    assert outcome.done and vault.revoked == ["l1"]
+    assert sleeps == [0.1, 0.15]  # capped exponential
+    assert metrics.revocation_failures.labels(provider="vault")._value.get() == 2
+    warnings = [e for e in cluster.events if e["type"] == "Warning"]
+    assert len(warnings) == 2 and "connection refused" in warnings[0]["message"]
+    assert warnings[0]["regarding"]["uid"] == pod(cluster)["metadata"]["uid"]
+    (done,) = cluster.task_leases[(NS, NAME)]["status"]["leases"]
+    assert done["attempts"] == 2 and "lastError" not in done
+
+
+async def test_attempts_exhausted_keeps_finalizer_and_says_why(cluster: MemCluster) -> None:
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l1")])
+    outcome = await leases.revoke_task(
+        cluster, {"vault": FakeSource(failures=99)}, NS, NAME, "completed", metrics=None, backoff=FAST
+    )
+    assert not outcome.done and outcome.failed == ["db"]
+    stored = cluster.task_leases[(NS, NAME)]
+    assert stored["status"]["phase"] == "Revoking"
+    assert stored["metadata"]["finalizers"] == [names.FINALIZER_REVOKE]
+    assert "connection refused" in stored["status"]["leases"][0]["lastError"]
+    # the source comes back; the sweep finishes the job
+    (result,) = await leases.sweep_leases(cluster, {"vault": FakeSource()}, metrics=None, backoff=FAST)
+    assert result.done and cluster.task_leases[(NS, NAME)]["status"]["phase"] == "Revoked"
+
+
+async def test_static_and_unavailable_providers(cluster: MemCluster) -> None:
+    await leases.record_issued(
+        cluster,
+        pod(cluster),
+        "fix-42",
+        [entry("s1", "legacy", "secret", static=True), entry("x1", "gh", "github-app")],
+    )
+    outcome = await leases.revoke_task(
+        cluster, {"secret": FakeSource(not_revocable=True)}, NS, NAME, "completed", metrics=None, backoff=FAST
+    )
+    assert not outcome.done and outcome.not_revocable == ["legacy"] and outcome.failed == ["gh"]
+    entries = {e["credential"]: e for e in cluster.task_leases[(NS, NAME)]["status"]["leases"]}
+    assert entries["legacy"]["revokedAt"] and "cannot be revoked" in entries["legacy"]["notRevocable"]
+    assert "not available" in entries["gh"]["lastError"]
+
+
+async def test_durable_across_a_crash_mid_revocation(cluster: MemCluster) -> None:
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [entry(f"l{i}") for i in range(3)])
+    vault = FakeSource()
+    # the write that marks Revoking succeeds, the write recording the results dies: a crash mid-way
+    original = cluster.patch_task_lease
+    writes = 0
+
+    async def crashing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal writes
+        writes += 1
+        if writes == 2:
+            raise ClusterError("operator killed")
+        return await original(*args, **kwargs)
+
+    cluster.patch_task_lease = crashing  # type: ignore[method-assign]
+    with pytest.raises(ClusterError):
+        await leases.revoke_task(cluster, {"vault": vault}, NS, NAME, "completed", metrics=None, backoff=FAST)
+    stored = cluster.task_leases[(NS, NAME)]
+    assert stored["status"]["phase"] == "Revoking"  # the intent survived
+    assert stored["metadata"]["finalizers"] == [names.FINALIZER_REVOKE]
+    assert not any(e.get("revokedAt") for e in stored["status"]["leases"])
+    cluster.patch_task_lease = original  # type: ignore[method-assign]
+    # a new operator process: nothing in memory, everything from the TaskLease
+    outcome = await leases.revoke_task(
+        cluster, {"vault": FakeSource()}, NS, NAME, "pod_deleted", metrics=None
+    )
+    assert outcome.done
+    stored = cluster.task_leases[(NS, NAME)]
+    assert stored["status"]["phase"] == "Revoked"
+    assert stored["status"]["reason"] == "completed"  # the first reason wins
+    assert {e["revokeReason"] for e in stored["status"]["leases"]} == {"completed"}
+
+
+async def test_issue_racing_revoke_never_leaves_an_unrecorded_lease(cluster: MemCluster) -> None:
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l0")])
+    vault = FakeSource()
+
+    async def issue(i: int) -> str:
+        try:
+            await leases.record_issued(cluster, pod(cluster), "fix-42", [entry(f"n{i}")], attempts=50)
+            return "recorded"
+        except leases.LeaseEnded:
+            return "refused"
+
+    results = await asyncio.gather(
+        leases.revoke_task(cluster, {"vault": vault}, NS, NAME, "completed", metrics=None, backoff=FAST),
+        *(issue(i) for i in range(5)),
+    )
+    recorded = {f"n{i}" for i, r in enumerate(results[1:]) if r == "recorded"}
+    stored = cluster.task_leases[(NS, NAME)]
+    # every recorded lease is revoked (by this run, or a re-run the sweep does)
+    await leases.sweep_leases(cluster, {"vault": vault}, metrics=None, backoff=FAST)
+    stored = cluster.task_leases[(NS, NAME)]
+    assert {e["leaseRef"] for e in stored["status"]["leases"]} == recorded | {"l0"}
+    assert set(vault.revoked) == recorded | {"l0"}
+
+
+async def test_revoke_pod_task_records_the_end_even_with_nothing_issued(cluster: MemCluster) -> None:
+    outcome = await leases.revoke_pod_task(cluster, {}, pod(cluster), "deadline", metrics=None)
+    assert outcome is not None and outcome.done
+    assert cluster.task_leases[(NS, NAME)]["status"]["phase"] == "Revoked"
+    with pytest.raises(leases.LeaseEnded):
+        await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("late")])
+    no_task = {"metadata": {"name": "x", "namespace": NS, "uid": "u", "annotations": {}}}
+    assert await leases.revoke_pod_task(cluster, {}, no_task, "completed", metrics=None) is None
+
+
+async def test_orphans_found_and_swept(cluster: MemCluster) -> None:
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l1")])
+    assert await leases.find_orphaned_leases(cluster) == []
+    lease = cluster.task_leases[(NS, NAME)]
+    cluster.delete_pod(NS, "agent-1")  # GC marks the lease deleted; the finalizer holds it
+    assert cluster.task_leases[(NS, NAME)]["metadata"]["deletionTimestamp"]
+    orphans = await leases.find_orphaned_leases(cluster)
+    assert [o["metadata"]["name"] for o in orphans] == [lease["metadata"]["name"]]
+    vault = FakeSource()
+    (outcome,) = await leases.sweep_leases(cluster, {"vault": vault}, metrics=None, backoff=FAST)
+    assert outcome.done and vault.revoked == ["l1"]
+    assert (NS, NAME) not in cluster.task_leases  # finalizer released: the API deletes it
+
+
+async def test_replaced_pod_uid_is_an_orphan(cluster: MemCluster) -> None:
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l1")])
+    old = cluster.pods.pop((NS, "agent-1"))
+    cluster.put_pod({**old, "metadata": {k: v for k, v in old["metadata"].items() if k != "uid"}})
+    assert len(await leases.find_orphaned_leases(cluster)) == 1
+
+
+async def test_revoke_expired_only_past_expiry(cluster: MemCluster) -> None:
+    await leases.record_issued(
+        cluster,
+        pod(cluster),
+        "fix-42",
+        [entry("old", expires=timedelta(minutes=1)), entry("new", expires=timedelta(hours=1))],
+    )
+    vault = FakeSource()
+    count = await leases.revoke_expired(
+        cluster, {"vault": vault}, metrics=None, now=lambda: NOW + timedelta(minutes=5)
+    )
+    assert count == 1 and vault.revoked == ["old"]
+    entries = {e["leaseRef"]: e for e in cluster.task_leases[(NS, NAME)]["status"]["leases"]}
+    assert entries["old"]["revokeReason"] == "expired" and "revokedAt" not in entries["new"]
+    assert cluster.task_leases[(NS, NAME)]["status"]["phase"] == "Active"
+
+
+def test_count_active() -> None:
+    lease = {
+        "status": {
+            "leases": [{"provider": "jwt"}, {"provider": "jwt", "revokedAt": "x"}, {"provider": "vault"}]
+        }
+    }
+    assert leases.count_active([lease]) == {"jwt": 1, "vault": 1}
