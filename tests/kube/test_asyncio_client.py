@@ -399,3 +399,24 @@ async def test_rbac_view_of_requests(kube_api: KubeApi, core: client.CoreV1Api) 
         ("list", "", "pods"),
     }
     assert ("PATCH", "/api/v1/namespaces/default/pods/r/status") in kube_api.requests
+
+
+async def test_concurrent_updates_from_the_same_version_one_wins(core: client.CoreV1Api) -> None:
+    cm = await core.create_namespaced_config_map("default", {"metadata": {"name": "c"}, "data": {"n": "0"}})
+    rv = cm.metadata.resource_version
+
+    async def write(n: str) -> int:
+        body = {"metadata": {"name": "c", "resourceVersion": rv}, "data": {"n": n}}
+        try:
+            await core.replace_namespaced_config_map("c", "default", body)
+            return 200
+        except client.ApiException as e:
+            return e.status
+
+    assert sorted(await asyncio.gather(write("1"), write("2"))) == [200, 409]
+
+
+async def test_no_op_write_keeps_resource_version(core: client.CoreV1Api) -> None:
+    cm = await core.create_namespaced_config_map("default", {"metadata": {"name": "c", "labels": {"a": "b"}}})
+    same = await core.patch_namespaced_config_map("c", "default", {"metadata": {"labels": {"a": "b"}}})
+    assert same.metadata.resource_version == cm.metadata.resource_version

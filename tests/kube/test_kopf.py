@@ -20,9 +20,12 @@ MERGE = "application/merge-patch+json"
 
 
 @contextlib.asynccontextmanager
-async def running(kube_api: KubeApi, registry: kopf.OperatorRegistry) -> AsyncIterator[None]:
+async def running(
+    kube_api: KubeApi, registry: kopf.OperatorRegistry, initial_streaming: bool = False
+) -> AsyncIterator[None]:
     """kopf.operator() in a task, scanning disabled, standalone; stopped through its stop flag."""
     settings = kopf.OperatorSettings()
+    settings.watching.initial_streaming = initial_streaming
     settings.scanning.disabled = True
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 10
@@ -125,7 +128,15 @@ async def test_kopf_handlers_fire_on_annotation_change_and_deletion(kube_api: Ku
     ]
 
 
-async def test_kopf_custom_resource_handler_patches_status(kube_api: KubeApi) -> None:
+def phase(kube_api: KubeApi, name: str) -> str | None:
+    lease = kube_api.get(names.API_VERSION, names.KIND_TASK_LEASE, "default", name) or {}
+    return lease.get("status", {}).get("phase")
+
+
+@pytest.mark.parametrize("initial_streaming", [False, True], ids=["list-then-watch", "sendInitialEvents"])
+async def test_kopf_custom_resource_handler_patches_status(
+    kube_api: KubeApi, initial_streaming: bool
+) -> None:
     kube_api.register_crd(task_lease_crd())
     registry = kopf.OperatorRegistry()
 
@@ -137,7 +148,15 @@ async def test_kopf_custom_resource_handler_patches_status(kube_api: KubeApi) ->
     def created(patch: kopf.Patch, **_: Any) -> None:
         patch.status["phase"] = "Active"
 
-    async with running(kube_api, registry):
+    kube_api.put(
+        {
+            "apiVersion": names.API_VERSION,
+            "kind": names.KIND_TASK_LEASE,
+            "metadata": {"name": "before", "namespace": "default"},
+            "spec": {"task": "T-0", "pod": "x"},
+        }
+    )
+    async with running(kube_api, registry, initial_streaming):
         custom = client.CustomObjectsApi(await kube_api.kubernetes_asyncio_client())
         await custom.create_namespaced_custom_object(
             names.CRD_GROUP,
@@ -151,12 +170,6 @@ async def test_kopf_custom_resource_handler_patches_status(kube_api: KubeApi) ->
                 "spec": {"task": "T-1", "pod": "agent"},
             },
         )
-        await kube_api.wait_for(
-            lambda: (
-                (kube_api.get(names.API_VERSION, names.KIND_TASK_LEASE, "default", "t") or {})
-                .get("status", {})
-                .get("phase")
-                == "Active"
-            )
-        )
+        for name in ("before", "t"):  # one existed before kopf started, one is created while it runs
+            await kube_api.wait_for(lambda n=name: phase(kube_api, n) == "Active")
     assert any(c.resource == "taskleases/status" and c.verb == "patch" for c in kube_api.api_calls)
