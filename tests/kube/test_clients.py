@@ -35,9 +35,14 @@ async def test_official_sync_client_basic_calls(kube_api: KubeApi) -> None:
     assert status == "Success"
 
 
-async def test_kubeconfig_over_https(kube_api_tls: KubeApi, tmp_path: Path) -> None:
-    assert kube_api_tls.url.startswith("https://127.0.0.1:")
-    path = kube_api_tls.kubeconfig(tmp_path / "config")
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_kubeconfig(tls: bool, tmp_path: Path) -> None:
+    async with KubeApi(tls=tls) as api:
+        assert api.url.startswith(f"{'https' if tls else 'http'}://127.0.0.1:")
+        await _read_default_namespace(api.kubeconfig(tmp_path / "config"))
+
+
+async def _read_default_namespace(path: str) -> None:
     api = await config.new_client_from_config(config_file=path)
     try:
         ns = await client.CoreV1Api(api).read_namespace("default")

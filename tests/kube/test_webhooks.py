@@ -301,3 +301,20 @@ async def test_service_reference_reaches_a_local_endpoint(
         assert [c.outcome for c in kube_api.webhook_calls] == ["allowed"]
     finally:
         await runner.cleanup()
+
+
+async def test_update_reviews_carry_the_old_object(
+    kube_api: KubeApi, hook: WebhookServer, core: client.CoreV1Api
+) -> None:
+    cfg = configuration(hook)
+    cfg["webhooks"][0]["rules"][0]["operations"] = ["UPDATE"]
+    kube_api.put(cfg)
+    await core.create_namespaced_pod("default", pod("u"))
+    assert hook.reviews == []
+    hook.reply = lambda req: jsonpatch([{"op": "add", "path": "/metadata/labels/seen", "value": "yes"}])
+    updated = await core.patch_namespaced_pod("u", "default", {"metadata": {"annotations": {"a": "b"}}})
+    req = hook.reviews[0]["request"]
+    assert req["operation"] == "UPDATE" and req["name"] == "u"
+    assert req["oldObject"]["metadata"].get("annotations") is None
+    assert req["object"]["metadata"]["annotations"] == {"a": "b"}
+    assert updated.metadata.labels["seen"] == "yes"
