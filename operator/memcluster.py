@@ -231,25 +231,49 @@ class MemCluster:
         return copy.deepcopy(self.secrets.get((namespace, name)))
 
     def _secret_body(
-        self, namespace: str, name: str, data: dict[str, bytes], labels: dict[str, str] | None
+        self,
+        namespace: str,
+        name: str,
+        data: dict[str, bytes],
+        labels: dict[str, str] | None,
+        owner: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        old = self.secrets.get((namespace, name))
+        meta: dict[str, Any] = {
+            "namespace": namespace,
+            "name": name,
+            "labels": dict(labels or {}),
+            "uid": old["metadata"]["uid"] if old else str(uuid.uuid4()),
+        }
+        if owner is not None:
+            meta["ownerReferences"] = [_owner_ref(owner)]
         body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "Opaque",
-            "metadata": {"namespace": namespace, "name": name, "labels": dict(labels or {})},
+            "metadata": meta,
             "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
         }
         self._bump(body)
         return body
 
     async def apply_secret(
-        self, namespace: str, name: str, data: dict[str, bytes], labels: dict[str, str] | None = None
+        self,
+        namespace: str,
+        name: str,
+        data: dict[str, bytes],
+        labels: dict[str, str] | None = None,
+        *,
+        owner: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         self._enter("apply_secret")
-        body = self._secret_body(namespace, name, data, labels)
+        body = self._secret_body(namespace, name, data, labels, owner)
         self.secrets[(namespace, name)] = body
         return copy.deepcopy(body)
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        self._enter("delete_secret")
+        self.secrets.pop((namespace, name), None)
 
     async def patch_webhook_ca_bundle(self, configuration: str, ca_bundle_pem: bytes) -> None:
         self._enter("patch_webhook_ca_bundle")
@@ -288,6 +312,8 @@ class MemCluster:
             tuple(audiences),
             seconds,
         )
+        if bound_secret is not None:
+            self._tokens[token].bound_secret = (namespace, *bound_secret)
         return token, self._tokens[token].expires_at.replace(microsecond=0)
 
     async def get_task_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -385,6 +411,17 @@ class MemCluster:
                 "eventTime": _now_text(self._now()),
             }
         )
+
+
+def _owner_ref(owner: dict[str, Any]) -> dict[str, Any]:
+    meta = owner.get("metadata") or {}
+    return {
+        "apiVersion": owner.get("apiVersion", "v1"),
+        "kind": owner.get("kind", "Pod"),
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+        "blockOwnerDeletion": False,
+    }
 
 
 def _owner_ref(owner: dict[str, Any]) -> dict[str, Any]:
