@@ -78,6 +78,7 @@ class World:
         deny: bool = False,
         view: StoreView | None = None,
         metrics: ProxyMetrics | None = None,
+        **settings: float,
     ) -> tuple[int, StoreView]:
         view = view or StoreView({("api", "token"): self.token, ("github", "token"): self.token})
         proxy = EgressProxy(
@@ -88,6 +89,7 @@ class World:
             upstream_ssl=self.ca.client_context(),
             metrics=metrics,
             upstream_resolver=self.resolve,
+            **settings,  # type: ignore[arg-type]
         )
         self.proxies.append(proxy)
         return await proxy.start(), view
@@ -708,3 +710,24 @@ async def test_close_cuts_open_tunnels(world: World) -> None:
     await world.proxies[-1].close()
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+async def test_idle_kept_alive_connections_are_closed(world: World) -> None:
+    port, _ = await world.proxy(idle_timeout=0.2)
+    conn = await AgentConnection.open(port, API_HOST, world.bundle)
+    assert (await conn.get("/api/whoami"))[0] == 200
+    assert await asyncio.wait_for(conn.reader.read(), 5) == b""  # closed by the proxy after 0.2 s idle
+    await conn.close()
+
+
+async def test_head_and_bodiless_answers_keep_the_connection_in_step(world: World) -> None:
+    port, _ = await world.proxy()
+    conn = await AgentConnection.open(port, API_HOST, world.bundle)
+    try:
+        conn.writer.write(f"HEAD /api/bytes/5000 HTTP/1.1\r\nHost: {API_HOST}\r\n\r\n".encode())
+        head = (await conn.reader.readuntil(b"\r\n\r\n")).decode().lower()
+        assert head.startswith("http/1.1 200") and "content-length: 5000" in head
+        status, _, body = await conn.get("/api/whoami")  # no body was read into the next answer
+        assert status == 200 and b"agent-bot" in body
+    finally:
+        await conn.close()
