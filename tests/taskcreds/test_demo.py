@@ -1,0 +1,140 @@
+"""`taskcreds demo`: the whole flow as a person runs it — a real process, its output and what it leaves."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm (tmpfs)")
+
+# anything that looks like a credential value: a JWT, or a long base64/url-safe run
+VALUE_SHAPES = re.compile(r"eyJ[A-Za-z0-9_-]{10,}|[A-Za-z0-9+/_-]{60,}")
+
+
+def demo(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "taskcreds.cli", "demo", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def sidecars_running(directory: Path) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "taskcreds-sidecar" in line or "sidecar.main" in line]
+
+
+def test_demo_shows_issuance_rotation_revocation_and_wipe_and_leaves_nothing() -> None:
+    directory = Path("/dev/shm") / f"taskcreds-test-demo-{uuid.uuid4().hex[:8]}"
+    proc = demo("--dir", str(directory), "--task-seconds", "7", "--ttl", "3s")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    stages = [m.group(1) for m in re.finditer(r"^\[\s*[\d.]+s\]\s+(\S+)", out, re.MULTILINE)]
+    for stage in (
+        "admission",
+        "identity",
+        "issuance",
+        "ready",
+        "rotation",
+        "task",
+        "revocation",
+        "teardown",
+        "done",
+    ):
+        assert stage in stages, f"no {stage} line in:\n{out}"
+    assert (
+        stages.index("issuance")
+        < stages.index("rotation")
+        < stages.index("revocation")
+        < stages.index("teardown")
+    )
+    assert "[REDACTED:llm-api]" in out
+    assert not VALUE_SHAPES.search(out), "the demo printed something shaped like a credential value"
+    assert not directory.exists(), "the demo created the directory and must remove it"
+    assert sidecars_running(directory) == []
+
+
+def test_ctrl_c_in_the_middle_still_revokes_and_wipes() -> None:
+    directory = Path("/dev/shm") / f"taskcreds-test-demo-{uuid.uuid4().hex[:8]}"
+    directory.mkdir()
+    try:
+        proc = demo("--dir", str(directory), "--task-seconds", "60", "--ttl", "30s")
+        deadline = time.monotonic() + 30
+        lines = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "] ready" in line or time.monotonic() > deadline:
+                break
+        assert any("] ready" in line for line in lines), "".join(lines)
+        assert any((directory / "llm-api").iterdir())
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 130, rest
+        assert "interrupted: revoking and wiping" in rest
+        assert directory.exists() and list(directory.iterdir()) == [], (
+            "a directory the user named is left empty"
+        )
+        assert sidecars_running(directory) == []
+    finally:
+        if directory.exists():
+            for entry in directory.iterdir():
+                entry.unlink()
+            directory.rmdir()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ttl", "soon"], "--ttl"),
+        (["--task-seconds", "0"], "--task-seconds"),
+    ],
+)
+def test_bad_arguments_say_what_is_wrong(args: list[str], message: str) -> None:
+    proc = demo(*args)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode in (1, 2)
+    assert message in out
+    assert "Traceback" not in out
+
+
+def test_a_directory_not_on_tmpfs_is_refused(tmp_path: Path) -> None:
+    target = Path.cwd() / f".tmp-demo-{uuid.uuid4().hex[:6]}"  # the repo's disk, not tmpfs
+    try:
+        proc = demo("--dir", str(target))
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 1
+        assert "not on tmpfs" in out
+    finally:
+        if target.exists():
+            target.rmdir()
+
+
+def test_a_non_empty_directory_is_refused_and_nothing_in_it_is_touched() -> None:
+    """Regression: a refused --dir must keep every file that was there (an early build emptied it)."""
+    directory = Path("/dev/shm") / f"taskcreds-test-demo-{uuid.uuid4().hex[:8]}"
+    directory.mkdir()
+    keep = directory / "someone-elses-file"
+    keep.write_text("keep me")
+    (directory / "sub").mkdir()
+    try:
+        proc = demo("--dir", str(directory))
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 1
+        assert "not empty" in out
+        assert keep.read_text() == "keep me"
+        assert (directory / "sub").is_dir()
+    finally:
+        keep.unlink()
+        (directory / "sub").rmdir()
+        directory.rmdir()
