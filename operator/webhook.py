@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -265,7 +266,9 @@ def make_webhook_app(config: InjectionConfig, metrics: OperatorMetrics, *,
     """``POST /mutate``, ``GET /healthz``, ``GET /metrics``. No global state: embed it anywhere."""
     if mutate is None:
         from taskcreds.operator.injection import mutate_pod
-        mutate = mutate_pod
+
+        # the patch is only ever serialized here: take its big values as ready JSON
+        mutate = functools.partial(mutate_pod, encoded=True)
     mutate_fn: MutateFunction = mutate
     # label children resolved once: the hot path only increments
     counted = {r: metrics.admission_requests.labels(result=r) for r in RESULTS}

@@ -226,6 +226,7 @@ def _plan(
     config: InjectionConfig,
     namespace: str | None,
     credential_check: CredentialCheck | None,
+    encoded: bool = False,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Check everything, then build the operations. Raises _Denied before producing any.
 
@@ -360,9 +361,13 @@ def _plan(
                     "value": {names.ANNOTATION_INJECTED: taskcreds.__version__},
                 }
             )
-    new_volumes = parts.volumes()
-    if present_volumes:
-        new_volumes = [v for v in new_volumes if v["name"] not in present_volumes]
+    new_volumes: list[Any]
+    if encoded:
+        new_volumes = parts.volumes_json(present_volumes)
+    else:
+        new_volumes = parts.volumes()
+        if present_volumes:
+            new_volumes = [v for v in new_volumes if v["name"] not in present_volumes]
     add_to_list(ops, spec, "volumes", "/spec", new_volumes)
     for base, container, mount, env in changes:
         if mount:
@@ -370,14 +375,9 @@ def _plan(
         if env:
             add_to_list(ops, container, "env", base, [builders.agent_env(mount_path)])
     if not sidecar_present:  # last: it shifts the indices of existing init containers
-        add_to_list(
-            ops,
-            spec,
-            "initContainers",
-            "/spec",
-            [parts.sidecar(request, mount_path, pod_security)],
-            at_start=True,
-        )
+        render = parts.sidecar_json if encoded else parts.sidecar
+        sidecar = render(request, mount_path, pod_security)
+        add_to_list(ops, spec, "initContainers", "/spec", [sidecar], at_start=True)
     return ops, warnings
 
 
@@ -388,18 +388,23 @@ def mutate_pod(
     *,
     namespace: str | None = None,
     credential_check: CredentialCheck | None = None,
+    encoded: bool = False,
 ) -> MutationResult:
     """Decide about one pod (or pod template) and return the JSONPatch that injects it.
 
     ``namespace`` is the admission request's namespace (a pod being created often has none in its
     metadata); ``credential_check`` asks policy whether the pod's service account may have each
     credential. ``pod`` is never modified.
+
+    ``encoded=True`` is for callers that only serialize the patch (the webhook): the sidecar and
+    volume values are then :class:`orjson.Fragment` (ready JSON, the same bytes ``orjson.dumps``
+    writes for the dicts) instead of dicts, which saves building and encoding ~60 objects per pod.
     """
     try:
         skip = should_inject(pod, operation)
         if skip is not None:
             return MutationResult("skipped", [], _label_warnings(pod), skip)
-        ops, warnings = _plan(pod, config, namespace, credential_check)
+        ops, warnings = _plan(pod, config, namespace, credential_check, encoded)
     except _Denied as denied:
         return MutationResult("denied", [], [], denied.message)
     except (AttributeError, TypeError, KeyError) as exc:

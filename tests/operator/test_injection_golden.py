@@ -13,6 +13,7 @@ Regenerate only for a deliberate behaviour change, and review the diff:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -20,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonpatch
+import orjson
 import pytest
 import yaml
+from taskcreds.operator import injection
 from taskcreds.operator.config import InjectionConfig
 from taskcreds.operator.injection import MutationResult, inject_object, mutate_pod
 
@@ -47,7 +50,11 @@ CONFIGS: dict[str, InjectionConfig] = {
                 "probePort": 9300,
                 "localPort": 9301,
             },
-            "spiffe": {"socketSource": "hostPath", "hostPath": "/run/spire/sockets", "socketFile": "agent.sock"},
+            "spiffe": {
+                "socketSource": "hostPath",
+                "hostPath": "/run/spire/sockets",
+                "socketFile": "agent.sock",
+            },
             "broker": {
                 "url": "https://broker.example:443",
                 "spiffeId": "spiffe://example.org/ns/tc/sa/broker",
@@ -71,14 +78,19 @@ def _pod(annotations: dict[str, Any] | None = None, **spec: Any) -> dict[str, An
         "metadata": {
             "name": "p",
             "labels": {names.LABEL_INJECT: "true"},
-            "annotations": {names.ANNOTATION_TASK: "t-1", names.ANNOTATION_CREDENTIALS: "github", **(annotations or {})},
+            "annotations": {
+                names.ANNOTATION_TASK: "t-1",
+                names.ANNOTATION_CREDENTIALS: "github",
+                **(annotations or {}),
+            },
         },
         "spec": {"containers": [{"name": "agent", "image": "agent:1"}], **spec},
     }
 
 
 def _applied(pod: dict[str, Any], config: InjectionConfig = CONFIGS["default"]) -> dict[str, Any]:
-    return jsonpatch.apply_patch(pod, mutate_pod(pod, config).patch)
+    """The pod as the API server stores it after the first admission (plain dicts: jsonpatch copies them)."""
+    return jsonpatch.apply_patch(pod, injection.mutate_pod(pod, config).patch)
 
 
 def _with_extra_container(pod: dict[str, Any]) -> dict[str, Any]:
@@ -103,15 +115,22 @@ def cases() -> Iterator[tuple[str, Case]]:
             lambda p=path: mutate_pod(_with_extra_container(_applied(_load(p))), CONFIGS["default"]),
         )
     for path in sorted(ADMISSION.glob("*.json")):
+
         def review(p: Path = path) -> MutationResult:
             request = json.loads(p.read_text())["request"]
             return mutate_pod(
-                request["object"], CONFIGS["default"], request["operation"], namespace=request.get("namespace")
+                request["object"],
+                CONFIGS["default"],
+                request["operation"],
+                namespace=request.get("namespace"),
             )
 
         yield f"admission-{path.stem}", review
     for i, doc in enumerate(yaml.safe_load_all((PODS / "workloads.yaml").read_text())):
-        yield f"workload-{i}-{doc['kind']}", lambda d=doc: inject_object(copy.deepcopy(d), CONFIGS["default"])[1]
+        yield (
+            f"workload-{i}-{doc['kind']}",
+            lambda d=doc: inject_object(copy.deepcopy(d), CONFIGS["default"])[1],
+        )
     yield (
         "workload-example-deployment",
         lambda: inject_object(_load(REPO / "examples" / "agent-deployment.yaml"), CONFIGS["default"])[1],
@@ -122,7 +141,10 @@ def cases() -> Iterator[tuple[str, Case]]:
         "non-root-user": (_pod(securityContext={"runAsUser": 4242}), None, "CREATE"),
         "fs-group-only": (_pod(securityContext={"fsGroup": 3000}), None, "CREATE"),
         "ttl-and-deadline": (
-            _pod({names.ANNOTATION_TTL: "1500ms", names.ANNOTATION_MAX_DURATION: "2h"}, securityContext={"fsGroup": 1}),
+            _pod(
+                {names.ANNOTATION_TTL: "1500ms", names.ANNOTATION_MAX_DURATION: "2h"},
+                securityContext={"fsGroup": 1},
+            ),
             None,
             "CREATE",
         ),
@@ -149,7 +171,9 @@ def cases() -> Iterator[tuple[str, Case]]:
                     {
                         "name": "agent",
                         "image": "a",
-                        "volumeMounts": [{"name": "taskcreds", "mountPath": "/run/taskcreds", "readOnly": True}],
+                        "volumeMounts": [
+                            {"name": "taskcreds", "mountPath": "/run/taskcreds", "readOnly": True}
+                        ],
                         "env": [{"name": "TASKCREDS_DIR", "value": "/run/taskcreds"}],
                     },
                     {"name": "other", "image": "b", "env": [], "volumeMounts": []},
@@ -173,7 +197,13 @@ def cases() -> Iterator[tuple[str, Case]]:
         ),
         "network-clashes": (
             _pod(
-                containers=[{"name": "agent", "image": "a", "ports": [{"containerPort": 9090}, {"containerPort": 9091}]}],
+                containers=[
+                    {
+                        "name": "agent",
+                        "image": "a",
+                        "ports": [{"containerPort": 9090}, {"containerPort": 9091}],
+                    }
+                ],
                 hostNetwork=True,
             ),
             None,
@@ -217,20 +247,31 @@ def cases() -> Iterator[tuple[str, Case]]:
     yield (
         "variant-policy-denies",
         lambda: mutate_pod(
-            _pod(), CONFIGS["default"], namespace="team-a", credential_check=lambda ns, sa, c: f"no {c} in {ns}/{sa}"
+            _pod(),
+            CONFIGS["default"],
+            namespace="team-a",
+            credential_check=lambda ns, sa, c: f"no {c} in {ns}/{sa}",
         ),
     )
     yield (
         "variant-policy-grants",
-        lambda: mutate_pod(_pod(), CONFIGS["default"], namespace="team-a", credential_check=lambda ns, sa, c: None),
+        lambda: mutate_pod(
+            _pod(), CONFIGS["default"], namespace="team-a", credential_check=lambda ns, sa, c: None
+        ),
     )
 
 
 def _mark_version(value: Any) -> Any:
     """The injected annotation's value -> ``{version}``, wherever it sits in the patch."""
     if isinstance(value, dict):
-        return {k: (VERSION_MARK if k == names.ANNOTATION_INJECTED and v == taskcreds.__version__ else _mark_version(v))
-                for k, v in value.items()}
+        return {
+            k: (
+                VERSION_MARK
+                if k == names.ANNOTATION_INJECTED and v == taskcreds.__version__
+                else _mark_version(v)
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_mark_version(v) for v in value]
     return value
@@ -240,7 +281,10 @@ def as_golden(result: MutationResult) -> dict[str, Any]:
     patch = []
     for op in result.patch:
         op = dict(op)
-        if op["path"].endswith("/" + names.ANNOTATION_INJECTED.replace("/", "~1")) and op["value"] == taskcreds.__version__:
+        if (
+            op["path"].endswith("/" + names.ANNOTATION_INJECTED.replace("/", "~1"))
+            and op["value"] == taskcreds.__version__
+        ):
             op["value"] = VERSION_MARK
         else:
             op["value"] = _mark_version(op["value"])
@@ -266,6 +310,18 @@ def test_mutation_matches_its_golden_file(name: str) -> None:
     got = json.loads(_dump(as_golden(CASES[name]())))  # same JSON types as the file (tuples -> lists)
     assert got == expected
     # byte order of keys and operations too: the API server gets exactly these bytes
+    assert _dump(got) == (GOLDEN / f"{name}.json").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_webhooks_ready_json_patch_matches_the_golden_file(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the webhook sends (``encoded=True``: sidecar and volumes as ready JSON) is the same patch."""
+    monkeypatch.setattr(sys.modules[__name__], "mutate_pod", functools.partial(mutate_pod, encoded=True))
+    result = CASES[name]()
+    plain = json.loads(orjson.dumps(result.patch))
+    got = as_golden(MutationResult(result.outcome, plain, result.warnings, result.message))
     assert _dump(got) == (GOLDEN / f"{name}.json").read_text()
 
 

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import jsonpatch
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from taskcreds.operator.config import InjectionConfig
@@ -187,3 +188,21 @@ def test_outcome_follows_the_rules(pod: dict[str, Any]) -> None:
         )
     )
     assert (mutate_pod(pod, CONFIGS[0]).outcome == "denied") == should_deny
+
+
+@SETTINGS
+@given(pod=pods(), config=st.sampled_from(CONFIGS), max_duration=st.sampled_from([None, "2h", "1500ms"]))
+def test_the_webhooks_ready_json_patch_is_the_same_bytes(
+    pod: dict[str, Any], config: InjectionConfig, max_duration: str | None
+) -> None:
+    """``encoded=True`` (what the webhook sends) must serialize exactly like the plain dicts."""
+    if max_duration is not None:
+        pod["metadata"]["annotations"][names.ANNOTATION_MAX_DURATION] = max_duration
+    plain = mutate_pod(pod, config, namespace="ns")
+    encoded = mutate_pod(pod, config, namespace="ns", encoded=True)
+    assert orjson.dumps(encoded.patch) == orjson.dumps(plain.patch)
+    assert (encoded.outcome, encoded.warnings, encoded.message) == (
+        plain.outcome,
+        plain.warnings,
+        plain.message,
+    )
