@@ -1,0 +1,151 @@
+"""The jwt provider: ES256 tokens a relying party can verify from the JWKS, keys kept in a Secret and
+rotated without breaking tokens already out, and an honest deny list."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import pytest
+from taskcreds.operator.memcluster import MemCluster
+from taskcreds.operator.providers.base import IssueRequest, ProviderError
+from taskcreds.operator.providers.jwt import SECRET_KEY, JwtProvider
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def request(ttl: int = 600, **spec: Any) -> IssueRequest:
+    return IssueRequest(
+        credential="api",
+        source_spec={"provider": "jwt", "jwt": spec},
+        source_namespace="team-a",
+        namespace="team-a",
+        pod="agent-1",
+        pod_uid="u1",
+        service_account="agent",
+        task="fix-42",
+        ttl_seconds=ttl,
+    )
+
+
+def provider(mem: MemCluster, clock: Clock, **kw: Any) -> JwtProvider:
+    return JwtProvider(
+        mem,
+        secret_namespace="taskcreds-system",
+        secret_name="jwt-keys",
+        issuer="https://taskcreds.example",
+        now=clock,
+        **kw,
+    )
+
+
+def verify(token: str, jwks: dict[str, Any], audience: str) -> dict[str, Any]:
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = next(k for k in jwks["keys"] if k["kid"] == kid)
+    return jwt.decode(
+        token, jwt.algorithms.ECAlgorithm.from_jwk(key), algorithms=["ES256"], audience=audience
+    )
+
+
+async def test_claims_and_lifetime() -> None:
+    mem, clock = MemCluster(), Clock()
+    p = provider(mem, clock)
+    issued = await p.issue(request(ttl=300, audience=["my-api"], claims={"scope": "read"}))
+    claims = verify(issued.files["token"], p.jwks(), "my-api")
+    assert claims["iss"] == "https://taskcreds.example"
+    assert claims["sub"] == "system:taskcreds:team-a:agent-1"
+    assert (claims["task"], claims["pod"], claims["namespace"], claims["credential"]) == (
+        "fix-42",
+        "agent-1",
+        "team-a",
+        "api",
+    )
+    assert claims["exp"] - claims["iat"] == 300 and claims["nbf"] == claims["iat"]
+    assert claims["scope"] == "read" and claims["jti"] in issued.lease_ref
+    assert jwt.get_unverified_header(issued.files["token"])["alg"] == "ES256"
+    assert issued.expires_at - issued.issued_at == timedelta(seconds=300)
+    assert "token" not in repr(issued) or issued.files["token"] not in repr(issued)
+    with pytest.raises(jwt.InvalidAudienceError):
+        verify(issued.files["token"], p.jwks(), "other-api")
+
+
+async def test_default_audience_is_the_credential_name() -> None:
+    p = provider(MemCluster(), Clock())
+    issued = await p.issue(request())
+    assert verify(issued.files["token"], p.jwks(), "api")["aud"] == "api"
+
+
+@pytest.mark.parametrize("claim", ["sub", "exp", "task", "iss"])
+async def test_reserved_claims_refused(claim: str) -> None:
+    p = provider(MemCluster(), Clock())
+    with pytest.raises(ProviderError, match=f"reserved claims {claim}"):
+        await p.issue(request(claims={claim: "x"}))
+
+
+async def test_keys_created_once_and_shared_across_replicas() -> None:
+    mem, clock = MemCluster(), Clock()
+    first = provider(mem, clock)
+    token = (await first.issue(request())).files["token"]
+    secret = mem.secrets[("taskcreds-system", "jwt-keys")]
+    assert list(secret["data"]) == [SECRET_KEY]
+    second = provider(mem, clock)  # another replica: adopts the stored key
+    await second.ensure_keys()
+    assert second.jwks() == first.jwks()
+    verify(token, second.jwks(), "api")
+
+
+async def test_rotation_keeps_old_key_until_its_tokens_expire() -> None:
+    mem, clock = MemCluster(), Clock()
+    p = provider(mem, clock, rotate_every=3600, max_token_ttl=900, reload_every=0)
+    old_token = (await p.issue(request(ttl=900))).files["token"]
+    old_kid = jwt.get_unverified_header(old_token)["kid"]
+    clock.now += timedelta(seconds=3600)
+    new_token = (await p.issue(request(ttl=900))).files["token"]
+    new_kid = jwt.get_unverified_header(new_token)["kid"]
+    assert new_kid != old_kid
+    assert {k["kid"] for k in p.jwks()["keys"]} == {old_kid, new_kid}  # old tokens still verify
+    clock.now += timedelta(seconds=901)
+    await p.ensure_keys(force_reload=True)
+    assert {k["kid"] for k in p.jwks()["keys"]} == {new_kid}  # pruned once nothing it signed is valid
+
+
+async def test_explicit_rotate() -> None:
+    mem, clock = MemCluster(), Clock()
+    p = provider(mem, clock)
+    await p.ensure_keys()
+    kid = await p.rotate()
+    token = (await p.issue(request())).files["token"]
+    assert jwt.get_unverified_header(token)["kid"] == kid and len(p.jwks()["keys"]) == 2
+
+
+async def test_revoke_is_a_deny_list_and_renew_replaces() -> None:
+    clock = Clock()
+    p = provider(MemCluster(), clock)
+    issued = await p.issue(request())
+    renewed = await p.renew(issued.lease_ref, request())
+    assert renewed.lease_ref != issued.lease_ref
+    jti = issued.lease_ref.split(":")[1]
+    assert p.is_revoked(jti)
+    with pytest.raises(jwt.InvalidTokenError, match="revoked"):
+        p.verify(issued.files["token"], "api")
+    p.verify(renewed.files["token"], "api")
+    await p.revoke(issued.lease_ref, {}, None)  # idempotent
+    assert [r["jti"] for r in p.revoked()] == [jti]
+    clock.now += timedelta(hours=1)
+    assert p.revoked() == []  # expired tokens need no deny entry
+    with pytest.raises(ProviderError, match="not jwt"):
+        await p.revoke("garbage", {}, None)
+
+
+async def test_corrupt_key_secret_is_named() -> None:
+    mem = MemCluster()
+    mem.put_secret("taskcreds-system", "jwt-keys", {SECRET_KEY: "not json"})
+    with pytest.raises(ProviderError, match="delete it to have a new one made"):
+        await provider(mem, Clock()).issue(request())
