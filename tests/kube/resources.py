@@ -138,7 +138,7 @@ def from_crd(crd: dict[str, Any]) -> list[ResourceType]:
     for v in spec["versions"]:
         if not v.get("served", True):
             continue
-        subs = tuple(k for k in ("status", "scale") if k in (v.get("subresources") or {}))
+        subs = ("status",) if "status" in (v.get("subresources") or {}) else ()
         out.append(
             ResourceType(
                 group,

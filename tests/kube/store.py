@@ -135,7 +135,12 @@ class Store:
         for rt in self.types.values():
             if (rt.group, rt.version, rt.kind) == (group, version, kind):
                 return rt
-        raise errors.ApiError(404, "NotFound", f"no kind {kind!r} is registered for version {api_version!r}")
+        raise errors.ApiError(
+            404,
+            "NotFound",
+            f"no kind {kind!r} is registered for version {api_version!r} (custom kinds need "
+            "KubeApi.register_crd / register_crds_from first)",
+        )
 
     def register_crd(self, crd: dict[str, Any]) -> builtins.list[ResourceType]:
         try:
