@@ -260,6 +260,7 @@ async def _revocation_lag(pods: int = 200, leases_per_pod: int = 3) -> list[floa
             entries.append(lease_entry("api", "jwt", source, issued))
         await record_issued(cluster, pod, f"task-{i}", entries)
     set_at: dict[str, float] = {}
+    all_done = asyncio.Event()
     lags: list[float] = []
     metrics = register_operator()
 
@@ -267,6 +268,8 @@ async def _revocation_lag(pods: int = 200, leases_per_pod: int = 3) -> list[floa
         outcome = await revoke_pod_task(cluster, providers, pod, reason, seen_at, metrics=metrics)
         assert outcome is not None and outcome.done
         lags.append(time.perf_counter() - set_at[pod["metadata"]["name"]])
+        if len(lags) == pods:
+            all_done.set()
 
     hub = TaskStatusHub()
     lifecycle = TaskLifecycle(revoke=revoke, status_sink=hub.update)
@@ -285,8 +288,7 @@ async def _revocation_lag(pods: int = 200, leases_per_pod: int = 3) -> list[floa
         cluster.set_annotation(NS, f"agent-{i}", names.ANNOTATION_TASK_STATUS, "completed")
         if i % 5 == 4:
             await asyncio.sleep(0.025)
-    while len(lags) < pods:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(all_done.wait(), 30)
     watcher.cancel()
     await asyncio.gather(watcher, *pending, return_exceptions=True)
     await lifecycle.close()
