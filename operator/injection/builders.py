@@ -89,7 +89,10 @@ class Pieces:
         self._listen_probe = f"0.0.0.0:{side.probe_port}"
         self._spiffe_socket = f"unix://{names.SIDECAR_SPIFFE_PATH}/{spiffe.socket_file}"
         self._volume_json = {v["name"]: orjson.Fragment(orjson.dumps(v)) for v in self.volumes()}
-        self._json = _SidecarJSON(self)
+        try:
+            self._json: _SidecarJSON | None = _SidecarJSON(self)
+        except ValueError:  # a config value spells one of the cut marks: encode each sidecar whole
+            self._json = None
 
     def volumes(self) -> list[dict[str, Any]]:
         """The four pod volumes, in OUR_VOLUMES order."""
@@ -228,6 +231,8 @@ class Pieces:
         For callers that only serialize the patch (the webhook): joining precomputed bytes with the
         few per-pod values skips building and then encoding ~60 dicts and lists per pod.
         """
+        if self._json is None:
+            return orjson.Fragment(orjson.dumps(self.sidecar(request, mount_path, pod_security)))
         return self._json.sidecar(request, mount_path, pod_security)
 
 
@@ -277,7 +282,7 @@ class _SidecarJSON:
         for mark in _MARKS:
             quoted = orjson.dumps(mark)
             if encoded.count(quoted) != 1:  # a config value holding a mark: cannot happen, but be sure
-                raise ValueError(f"cannot precompute the sidecar JSON: {mark!r} occurs in the configuration")
+                raise ValueError(f"cannot cut the sidecar JSON: {mark!r} occurs in the configuration")
             cuts.append(quoted)
         self._head, rest = encoded.split(cuts[0])
         self._mount, rest = rest.split(cuts[1])
@@ -286,7 +291,7 @@ class _SidecarJSON:
         if [e["name"] for e in env[:3]] != [names.ENV_DIR, names.ENV_TASK, names.ENV_CREDENTIALS] or (
             env[-1]["name"] != names.ENV_SPIFFE_SOCKET
         ):
-            raise ValueError("the sidecar env layout changed; update _SidecarJSON with it")
+            raise RuntimeError("the sidecar env layout changed; update _SidecarJSON with it")
         self._dir = b"[" + _value_prefix(names.ENV_DIR)
         self._task = b"}," + _value_prefix(names.ENV_TASK)
         self._creds = b"}," + _value_prefix(names.ENV_CREDENTIALS)

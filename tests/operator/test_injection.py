@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import jsonpatch
+import orjson
 import pytest
 import yaml
 from taskcreds.operator import injection
+from taskcreds.operator.annotations import InjectionRequest, parse_request
 from taskcreds.operator.config import InjectionConfig
-from taskcreds.operator.injection import MutationResult, inject_object, mutate_pod
+from taskcreds.operator.injection import MutationResult, builders, inject_object, mutate_pod
 
 import taskcreds
 from taskcreds import names
@@ -774,3 +776,42 @@ def test_network_clashes_are_warned_about(spec: dict[str, Any], warning: str) ->
     result = mutate_pod(pod(securityContext={"fsGroup": 1}, **spec), CONFIG)
     assert result.outcome == "injected"
     assert len(result.warnings) == 1 and result.warnings[0].startswith(warning), result.warnings
+
+
+# --- the webhook's ready-JSON rendering ----------------------------------------------------------
+
+
+def test_config_derived_pieces_are_built_once_per_config() -> None:
+    other = InjectionConfig.from_mapping({"sidecar": {"image": "example.com/sidecar:2"}})
+    assert builders.pieces(CONFIG) is builders.pieces(CONFIG)
+    assert builders.pieces(other) is not builders.pieces(CONFIG)
+    assert (
+        builders.sidecar_container(other, parse_request(pod()["metadata"]["annotations"]), "/c", {})["image"]
+        == "example.com/sidecar:2"
+    )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(CONFIG, id="default"),
+        pytest.param(
+            InjectionConfig.from_mapping({"broker": {"url": "https://broker.example/@@taskcreds-env@@"}}),
+            id="config-spelling-a-cut-mark",
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    "security", [{}, {"runAsUser": 0}, {"runAsUser": 7, "fsGroup": 8}, {"fsGroup": 0}], ids=str
+)
+def test_ready_json_sidecar_is_the_dicts_bytes(config: InjectionConfig, security: dict[str, Any]) -> None:
+    # builders do not validate: odd characters check the JSON escaping of every per-pod value
+    request = InjectionRequest(task='a"b\\c\u2603', credentials=("x", "y.z"), ttl=90.0, max_duration=1.5)
+    parts = builders.pieces(config)
+    for mount in ("/run/taskcreds", '/ü/"q"'):
+        assert orjson.dumps(parts.sidecar_json(request, mount, security)) == orjson.dumps(
+            parts.sidecar(request, mount, security)
+        )
+    assert orjson.dumps(parts.volumes_json({"taskcreds-token"})) == orjson.dumps(
+        [v for v in parts.volumes() if v["name"] != "taskcreds-token"]
+    )
