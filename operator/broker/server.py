@@ -54,6 +54,7 @@ __all__ = ["make_broker_app", "BrokerServer", "BROKER_KEY", "Broker", "trust_dom
 log = logging.getLogger("taskcreds.broker")
 
 _TASK = re.compile(names.TASK_ID_PATTERN)
+HANDSHAKE_TIMEOUT = 5.0
 _PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
@@ -127,7 +128,10 @@ class Broker:
                 f"body of {request.content_length} bytes is over the limit of {self.settings.max_body_bytes}"
             )
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self.settings.body_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            raise BadRequest(f"body not received within {self.settings.body_timeout:g} s") from None
         except web.HTTPRequestEntityTooLarge:
             raise TooLarge(f"body is over the limit of {self.settings.max_body_bytes} bytes") from None
         if len(raw) > self.settings.max_body_bytes:
@@ -596,12 +600,20 @@ class BrokerServer:
     SVID's fingerprint changes), so a rotated SVID is presented from the next connection on.
     """
 
-    def __init__(self, app: web.Application, svid_source: Callable[[], X509SvidMaterial]) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        svid_source: Callable[[], X509SvidMaterial],
+        *,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
         self.app = app
         self._svid_source = svid_source
+        self.handshake_timeout = handshake_timeout
         self._fingerprint: str | None = None
         self._context: ssl.SSLContext | None = None
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
         self.port: int | None = None
         self.host: str | None = None
 
@@ -635,19 +647,49 @@ class BrokerServer:
         listening.sni_callback = self._sni  # swaps in the current SVID's context per handshake
         svid = self._svid_source()
         load_svid(listening, svid)
-        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+        # bounded waits for slow or stalled clients: handshake 5 s, idle keep-alive 75 s, body 10 s
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0, keepalive_timeout=75.0
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=listening)
-        await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.host, self.port = host, sockets[0].getsockname()[1]
+        assert self._runner.server is not None
+        _quiet_parser_errors()
+        self._server = await asyncio.get_running_loop().create_server(
+            self._runner.server,
+            host,
+            port,
+            ssl=listening,
+            ssl_handshake_timeout=self.handshake_timeout,
+            reuse_address=True,
+            backlog=1024,
+        )
+        self.host, self.port = host, self._server.sockets[0].getsockname()[1]
         return self.port
 
     async def stop(self) -> None:
         self.app[BROKER_KEY].ready = False
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class _TypeOnly(logging.Filter):
+    """aiohttp logs malformed requests with their bytes (which may hold a bearer token): keep the type."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None:
+            record.msg, record.args = f"bad HTTP request: {record.exc_info[0].__name__}", None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_parser_errors() -> None:
+    target = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _TypeOnly) for f in target.filters):
+        target.addFilter(_TypeOnly())
 
 
 def trust_domain_of(svid: X509SvidMaterial) -> str:

@@ -28,6 +28,8 @@ class BrokerSettings:
     rate_burst: int = 20
     default_wait: float = 30.0
     max_wait: float = 60.0
+    body_timeout: float = 10.0
+    """Seconds a client has to send its request body (a stalled upload gets 400)."""
     record_attempts: int = 3
     """Tries to record a lease on its TaskLease (on resourceVersion conflicts) before giving up."""
 

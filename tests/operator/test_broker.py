@@ -428,3 +428,59 @@ async def test_metrics_count_issuance_and_requests(harness: Harness) -> None:
     assert 'taskcreds_leases_active{provider="jwt"} 1.0' in text
     assert 'taskcreds_broker_requests_total{code="200",endpoint="/v1/credentials"} 1.0' in text
     assert 'taskcreds_issue_duration_seconds_count{provider="jwt"} 1.0' in text
+
+
+async def test_stalled_handshake_is_closed() -> None:
+    h = Harness()
+    from taskcreds.operator.broker.server import BrokerServer as Server
+
+    h.server = Server(h.app, lambda: h.broker_svid, handshake_timeout=0.3)
+    await h.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.server.port)
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the server, nothing said
+        assert time.monotonic() - started < 2.0
+        writer.close()
+    finally:
+        await h.close()
+
+
+async def test_stalled_body_is_refused() -> None:
+    h = Harness(settings=BrokerSettings(jwt_issuer="https://broker.test", body_timeout=0.3))
+    h.put_sources()
+    await h.start()
+    try:
+        pod = h.add_pod("agent-1")
+        agent = h.agent(pod)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", h.server.port, ssl=client_context(agent.svid)
+        )
+        writer.write(
+            b"POST /v1/credentials HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + agent.token.encode() + b"\r\nContent-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert head.startswith(b"HTTP/1.1 400")
+        writer.close()
+    finally:
+        await h.close()
+
+
+async def test_malformed_http_never_logs_its_bytes(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    pod = harness.add_pod("agent-1")
+    agent = harness.agent(pod)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", harness.server.port, ssl=client_context(agent.svid)
+    )
+    # a header line without its colon: aiohttp's parser error quotes the offending line, token and all
+    writer.write(b"GET /healthz HTTP/1.1\r\nAuthorization Bearer " + agent.token.encode() + b"\r\n\r\n")
+    await writer.drain()
+    await asyncio.wait_for(reader.read(), 3)
+    writer.close()
+    assert agent.token not in caplog.text
+    assert all(agent.token not in str(r.__dict__) for r in caplog.records)
