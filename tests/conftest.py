@@ -7,7 +7,7 @@ import os
 import pytest
 
 # shared fixtures usable in every test without importing them by name
-pytest_plugins = ["tests.spiffe.fixtures"]
+pytest_plugins = ["tests.spiffe.fixtures", "tests.kube.fixtures"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,259 @@
+"""taskcreds-operator as it runs in a cluster, against the Kubernetes API stand-in.
+
+One operator process (run_operator) with every part: the API stand-in calls its webhook over HTTPS
+exactly as kube-apiserver does (caBundle the operator patched in itself), a client with an SVID and a
+pod-bound token gets credentials from its broker, and a task-status change seen through kopf's watch
+revokes them at their source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from taskcreds.operator.config import load_config
+from taskcreds.operator.kube import connect
+from taskcreds.operator.main import OperatorParts, kopf_settings_for_taskcreds, run_operator
+from taskcreds.operator.settings import OperatorSettings
+
+from taskcreds import names
+from taskcreds.devauthority import DevAuthority
+from taskcreds.metrics import register_operator
+from taskcreds.svid import client_context
+from tests.kube.fixtures import KubeApi
+
+CRDS = Path(__file__).resolve().parents[2] / "charts" / "taskcreds" / "crds"
+TD = "taskcreds.local"
+OPERATOR_ID = f"spiffe://{TD}/ns/taskcreds-system/sa/taskcreds-operator"
+AGENT_ID = f"spiffe://{TD}/ns/agents/sa/coding-agent"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def agent_pod() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "agent-1",
+            "namespace": "agents",
+            "labels": {names.LABEL_INJECT: "true"},
+            "annotations": {names.ANNOTATION_TASK: "fix-42", names.ANNOTATION_CREDENTIALS: "api"},
+        },
+        "spec": {
+            "serviceAccountName": "coding-agent",
+            "securityContext": {"fsGroup": 1000, "runAsUser": 1000},
+            "containers": [{"name": "agent", "image": "example.com/agent:1"}],
+        },
+    }
+
+
+@pytest.fixture
+async def operator(kube_api: KubeApi) -> Any:
+    kube_api.register_crds_from(CRDS)
+    for ns in ("taskcreds-system", "agents"):
+        kube_api.ensure_namespace(ns)
+    kube_api.put(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "coding-agent", "namespace": "agents"},
+        }
+    )
+    ports = {"webhook": free_port(), "broker": free_port(), "metrics": free_port()}
+    kube_api.put(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "taskcreds"},
+            "webhooks": [
+                {
+                    "name": "inject.taskcreds.io",
+                    "clientConfig": {
+                        "service": {
+                            "namespace": "taskcreds-system",
+                            "name": "taskcreds-webhook",
+                            "path": "/mutate",
+                            "port": 443,
+                        }
+                    },
+                    "rules": [
+                        {
+                            "operations": ["CREATE"],
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "resources": ["pods"],
+                        }
+                    ],
+                    "objectSelector": {"matchLabels": {names.LABEL_INJECT: "true"}},
+                    "failurePolicy": "Fail",
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                    "timeoutSeconds": 5,
+                }
+            ],
+        }
+    )
+    kube_api.put(
+        {
+            "apiVersion": names.API_VERSION,
+            "kind": "CredentialSource",
+            "metadata": {"name": "api", "namespace": "agents"},
+            "spec": {
+                "provider": "jwt",
+                "defaultTTL": "10m",
+                "maxTTL": "1h",
+                "allowedServiceAccounts": ["coding-agent"],
+            },
+        }
+    )
+    kube_api.set_service_endpoint("taskcreds-system", "taskcreds-webhook", f"127.0.0.1:{ports['webhook']}")
+    authority = DevAuthority(TD, allow=True)
+    operator_svid = authority.mint_x509_svid(OPERATOR_ID)
+    settings = OperatorSettings(
+        webhook_listen=("127.0.0.1", ports["webhook"]),
+        broker_listen=("127.0.0.1", ports["broker"]),
+        metrics_listen=("127.0.0.1", ports["metrics"]),
+        webhook_service="taskcreds-webhook",
+    )
+    # kopf cancels every task created after it started when it stops (it assumes the loop is its
+    # own), so the operator runs on its own loop in a thread, as it has the process to itself in a pod
+    loop_box: dict[str, Any] = {}
+    failure: list[BaseException] = []
+    metrics = register_operator()
+
+    async def operator_main() -> None:
+        cluster = await connect(url=kube_api.url, token=kube_api.admin_token)
+        kopf_settings = kopf_settings_for_taskcreds()
+        kopf_settings.queueing.idle_timeout = 0.3
+        kopf_settings.queueing.exit_timeout = 0.3
+        loop_box["stop"] = asyncio.Event()
+        loop_box["loop"] = asyncio.get_running_loop()
+        parts = loop_box["parts"] = OperatorParts(metrics=metrics)
+        try:
+            await run_operator(
+                settings,
+                load_config(None),
+                cluster=cluster,
+                svid_source=lambda: operator_svid,
+                stop=loop_box["stop"],
+                parts=parts,
+                kopf_login=lambda **_: kube_api.kopf_connection_info(),
+                kopf_settings=kopf_settings,
+                sweep_interval=1.0,
+            )
+        finally:
+            await cluster.close()
+
+    def thread_main() -> None:
+        try:
+            asyncio.run(operator_main())
+        except BaseException as exc:  # surfaced by the fixture
+            failure.append(exc)
+
+    thread = threading.Thread(target=thread_main, name="operator", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not ("parts" in loop_box and loop_box["parts"].ready.is_set()):
+        assert not failure, f"operator failed to start: {failure[0]!r}"
+        assert thread.is_alive() and time.monotonic() < deadline, "operator not ready within 60 s"
+        await asyncio.sleep(0.05)
+    yield kube_api, authority, loop_box["parts"]
+    loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
+    await asyncio.to_thread(thread.join, 30)
+    assert not thread.is_alive(), "operator did not stop within 30 s"
+    assert not failure, f"operator stopped with {failure[0]!r}"
+
+
+async def test_operator_admits_issues_and_revokes_through_a_real_api_flow(operator: Any) -> None:
+    kube_api, authority, parts = operator
+
+    # the operator made its webhook CA and patched it in: the API server can now call it over TLS
+    mwc = kube_api.get("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", None, "taskcreds")
+    assert mwc["webhooks"][0]["clientConfig"].get("caBundle")
+    secret = kube_api.get("v1", "Secret", "taskcreds-system", "taskcreds-webhook-tls")
+    assert set(secret["data"]) >= {"tls.crt", "tls.key", "ca.crt"}
+
+    # a pod created through the API is injected by the operator's webhook
+    api = await kube_api.kubernetes_asyncio_client()
+    from kubernetes_asyncio import client as k8s
+
+    core = k8s.CoreV1Api(api)
+    created = await core.create_namespaced_pod("agents", agent_pod())
+    init = [c.name for c in created.spec.init_containers or []]
+    assert init[0] == names.SIDECAR_CONTAINER
+    assert created.metadata.annotations[names.ANNOTATION_INJECTED]
+
+    # its sidecar (here: a client with its SVID and pod-bound token) gets a credential from the broker
+    svid = authority.mint_x509_svid(AGENT_ID)
+    token = kube_api.issue_pod_token("agents", "agent-1", "coding-agent")
+    ctx: ssl.SSLContext = client_context(svid)
+    url = f"https://127.0.0.1:{parts.ports['broker']}/v1/credentials"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            url, json={"task": "fix-42"}, ssl=ctx, headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+    issued = body["credentials"][0]
+    assert issued["name"] == "api" and issued["provider"] == "jwt"
+    value = issued["files"]["token"]
+
+    # the task completes: the operator sees it on its watch and revokes at the source
+    seen = time.monotonic()
+    await core.patch_namespaced_pod(
+        "agent-1",
+        "agents",
+        {"metadata": {"annotations": {names.ANNOTATION_TASK_STATUS: "completed"}}},
+    )
+    lease = None
+    while time.monotonic() - seen < 10:
+        leases = kube_api.list(names.API_VERSION, "TaskLease", "agents")
+        lease = leases[0] if leases else None
+        released = lease and names.FINALIZER_REVOKE not in (lease["metadata"].get("finalizers") or [])
+        if released and (lease.get("status") or {}).get("phase") == "Revoked":
+            break
+        await asyncio.sleep(0.02)
+    assert lease is not None and lease["status"]["phase"] == "Revoked", lease
+    assert all(e.get("revokedAt") for e in lease["status"]["leases"])
+    assert names.FINALIZER_REVOKE not in (lease["metadata"].get("finalizers") or [])
+
+    # and the broker refuses the task from now on
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            url, json={"task": "fix-42"}, ssl=ctx, headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            assert resp.status == 409
+            assert (await resp.json())["error"]["code"] == "task_terminal"
+
+    # metrics tell an SRE what happened; no value anywhere in them, the TaskLease or the Events
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{parts.ports['metrics']}/metrics") as resp:
+            text = await resp.text()
+    assert 'taskcreds_admission_requests_total{result="injected"} 1.0' in text
+    assert 'taskcreds_credentials_revoked_total{provider="jwt",reason="completed"} 1.0' in text
+    assert "taskcreds_revocation_lag_seconds_count 1.0" in text
+    assert "taskcreds_webhook_certificate_expiry_timestamp_seconds" in text
+    everything = str(kube_api.list(names.API_VERSION, "TaskLease")) + str(kube_api.events) + text
+    assert value not in everything
+    assert base64.b64encode(value.encode()).decode()[:40] not in everything
+
+
+async def test_operator_health_endpoints(operator: Any) -> None:
+    _, _, parts = operator
+    async with aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/readyz"):
+            async with http.get(f"http://127.0.0.1:{parts.ports['metrics']}{path}") as resp:
+                assert resp.status == 200
