@@ -115,9 +115,13 @@ class RevokeOutcome:
 
 
 # --- pure builders ---------------------------------------------------------------------------------
-def lease_name(pod: str, task: str) -> str:
-    """``<pod>-<10 hex of sha256(task)>``: stable per (pod, task), a valid object name."""
-    digest = hashlib.sha256(task.encode()).hexdigest()[:10]
+def lease_name(pod: str, task: str, pod_uid: str) -> str:
+    """``<pod>-<10 hex of sha256(task, uid)>``: stable per (pod, task), a valid object name.
+
+    The uid is in the hash so a pod recreated under the same name (a StatefulSet's) never inherits
+    the previous pod's TaskLease, while that one is still being revoked.
+    """
+    digest = hashlib.sha256(f"{task}\x00{pod_uid}".encode()).hexdigest()[:10]
     base = _INVALID.sub("-", pod.lower())[:240].strip("-") or "pod"
     return f"{base}-{digest}"
 
@@ -129,7 +133,7 @@ def task_lease_body(pod: Mapping[str, Any], task: str) -> dict[str, Any]:
         "apiVersion": names.API_VERSION,
         "kind": names.KIND_TASK_LEASE,
         "metadata": {
-            "name": lease_name(meta["name"], task),
+            "name": lease_name(meta["name"], task, meta["uid"]),
             "namespace": meta["namespace"],
             "labels": {"app.kubernetes.io/managed-by": "taskcreds"},
             "finalizers": [names.FINALIZER_REVOKE],
@@ -204,7 +208,7 @@ def _rv(lease: Mapping[str, Any]) -> dict[str, Any]:
 async def ensure_task_lease(cluster: Cluster, pod: Mapping[str, Any], task: str) -> dict[str, Any]:
     """Get the pod's TaskLease for ``task``, creating it (phase Active) when missing."""
     meta = pod["metadata"]
-    name = lease_name(meta["name"], task)
+    name = lease_name(meta["name"], task, meta["uid"])
     lease = await cluster.get_task_lease(meta["namespace"], name)
     if lease is None:
         try:
@@ -518,7 +522,7 @@ async def revoke_pod_task(
     task = (meta.get("annotations") or {}).get(names.ANNOTATION_TASK)
     if not task or not meta.get("uid"):
         return None
-    name = lease_name(meta["name"], task)
+    name = lease_name(meta["name"], task, meta["uid"])
     if meta.get("deletionTimestamp") is None and reason != "pod_deleted":
         await record_ended(cluster, pod, task, reason)
     return await revoke_task(

@@ -424,17 +424,6 @@ def _owner_ref(owner: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _owner_ref(owner: dict[str, Any]) -> dict[str, Any]:
-    meta = owner.get("metadata") or {}
-    return {
-        "apiVersion": owner.get("apiVersion", "v1"),
-        "kind": owner.get("kind", "Pod"),
-        "name": meta.get("name"),
-        "uid": meta.get("uid"),
-        "blockOwnerDeletion": False,
-    }
-
-
 def _parse_selector(selector: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in (selector or "").split(","):

@@ -166,7 +166,9 @@ class Broker:
 
     async def _lease(self, caller: Caller, task: str) -> dict[str, Any] | None:
         try:
-            return await self.cluster.get_task_lease(caller.namespace, leases.lease_name(caller.pod, task))
+            return await self.cluster.get_task_lease(
+                caller.namespace, leases.lease_name(caller.pod, task, caller.pod_uid)
+            )
         except ClusterError as exc:
             raise Unavailable(f"cannot read the TaskLease: {type(exc).__name__}") from None
 
@@ -372,7 +374,7 @@ class Broker:
         try:
             await leases.record_issued(self.cluster, pod, task, entries)
         except (leases.LeaseEnded, ClusterError):
-            lease = leases.lease_name(pod["metadata"]["name"], task)
+            lease = leases.lease_name(pod["metadata"]["name"], task, pod["metadata"]["uid"])
             log.error(
                 "issued lease could be neither revoked nor recorded",
                 extra=fields(lease=lease, lease_refs=[e["leaseRef"] for e in entries]),
@@ -452,12 +454,13 @@ class Broker:
         if not isinstance(text, str) or len(text) > 64:
             raise BadRequest("reason must be a string of at most 64 characters")
         text = _PRINTABLE.sub("?", text)
+        pod: dict[str, Any] | None
         try:
             pod, _, _ = await self._view(caller, task)
         except TaskTerminal:
             pod = await self._pod(caller)  # already over: still idempotent
-        if pod is None:
-            raise NotFound(f"pod {caller.namespace}/{caller.pod} does not exist")
+        if pod is None or pod["metadata"].get("uid") != caller.pod_uid:
+            raise NotFound(f"pod {caller.namespace}/{caller.pod} with uid {caller.pod_uid} does not exist")
         self.hub.end(caller.pod_uid, "cancelled", task=task)
         try:
             ended = await leases.record_ended(self.cluster, pod, task, "cancelled")

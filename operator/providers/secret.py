@@ -38,7 +38,7 @@ class SecretProvider:
         self._now = now
 
     async def issue(self, request: IssueRequest) -> Issued:
-        ref = (request.source_spec.get("secret") or {}).get("secretRef")
+        ref: dict[str, Any] = (request.source_spec.get("secret") or {}).get("secretRef") or {}
         raw = await read_secret_value(
             self._cluster,
             ref,

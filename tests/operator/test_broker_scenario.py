@@ -66,7 +66,12 @@ class KubeHarness(Harness):
         return super().agent(pod, **kw)
 
     def lease(self, pod: str, task: str) -> dict[str, Any] | None:
-        return self.kube_api.get(names.API_VERSION, names.KIND_TASK_LEASE, NS, leases.lease_name(pod, task))
+        return self.kube_api.get(
+            names.API_VERSION,
+            names.KIND_TASK_LEASE,
+            NS,
+            leases.lease_name(pod, task, self.kube_api.get("v1", "Pod", NS, pod)["metadata"]["uid"]),
+        )
 
     def events_text(self) -> str:
         return json.dumps(self.kube_api.events)
@@ -77,7 +82,9 @@ class MemHarness(Harness):
         self.cluster.set_annotation(NS, name, names.ANNOTATION_TASK_STATUS, status)
 
     def lease(self, pod: str, task: str) -> dict[str, Any] | None:
-        return self.cluster.task_leases.get((NS, leases.lease_name(pod, task)))
+        return self.cluster.task_leases.get(
+            (NS, leases.lease_name(pod, task, self.cluster.pods[(NS, pod)]["metadata"]["uid"]))
+        )
 
     def events_text(self) -> str:
         return json.dumps(self.cluster.events)

@@ -238,7 +238,12 @@ async def test_revoke_task_over_http_releases_finalizer(kube: KubeCluster, kube_
     metrics = register_operator()
     outcome = await leases.revoke_pod_task(kube, {"jwt": jwt}, pod, "completed", metrics=metrics)
     assert outcome is not None and outcome.done and sorted(outcome.revoked) == ["api", "api", "api"]
-    lease = kube_api.get(names.API_VERSION, names.KIND_TASK_LEASE, NS, leases.lease_name("agent-1", "fix-42"))
+    lease = kube_api.get(
+        names.API_VERSION,
+        names.KIND_TASK_LEASE,
+        NS,
+        leases.lease_name("agent-1", "fix-42", pod["metadata"]["uid"]),
+    )
     assert lease["status"]["phase"] == "Revoked"
     assert not lease["metadata"].get("finalizers")
     assert all(e["revokeReason"] == "completed" for e in lease["status"]["leases"])

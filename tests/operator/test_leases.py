@@ -86,7 +86,10 @@ def pod(cluster: MemCluster) -> dict[str, Any]:
     return cluster.pods[(NS, "agent-1")]
 
 
-NAME = leases.lease_name("agent-1", "fix-42")
+def nm(cluster: MemCluster) -> str:
+    return leases.lease_name("agent-1", "fix-42", pod(cluster)["metadata"]["uid"])
+
+
 FAST = leases.Backoff(attempts=4, base=0.001, cap=0.004)
 
 
@@ -99,10 +102,11 @@ FAST = leases.Backoff(attempts=4, base=0.001, cap=0.004)
     ],
 )
 def test_lease_name_is_stable_and_valid(pod_name: str, task: str) -> None:
-    name = leases.lease_name(pod_name, task)
-    assert name == leases.lease_name(pod_name, task)
+    name = leases.lease_name(pod_name, task, "uid-1")
+    assert name == leases.lease_name(pod_name, task, "uid-1")
+    assert name != leases.lease_name(pod_name, task, "uid-2")  # a recreated pod starts afresh
     assert len(name) <= 253 and name == name.lower() and name[0].isalnum() and name[-1].isalnum()
-    assert leases.lease_name(pod_name, task + "2") != name
+    assert leases.lease_name(pod_name, task + "2", "uid-1") != name
 
 
 async def test_record_creates_owned_lease_with_finalizer(cluster: MemCluster) -> None:
@@ -111,7 +115,7 @@ async def test_record_creates_owned_lease_with_finalizer(cluster: MemCluster) ->
     assert lease["metadata"]["ownerReferences"][0]["uid"] == pod(cluster)["metadata"]["uid"]
     assert lease["spec"] == {"task": "fix-42", "pod": "agent-1", "podUID": pod(cluster)["metadata"]["uid"]}
     await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l2")])
-    stored = cluster.task_leases[(NS, NAME)]
+    stored = cluster.task_leases[(NS, nm(cluster))]
     assert [e["leaseRef"] for e in stored["status"]["leases"]] == ["l1", "l2"]
     assert "hunter2" not in str(stored)
 
@@ -123,7 +127,7 @@ async def test_record_survives_a_concurrent_writer(cluster: MemCluster) -> None:
             for i in range(8)
         )
     )
-    refs = sorted(e["leaseRef"] for e in cluster.task_leases[(NS, NAME)]["status"]["leases"])
+    refs = sorted(e["leaseRef"] for e in cluster.task_leases[(NS, nm(cluster))]["status"]["leases"])
     assert refs == sorted(f"l{i}" for i in range(8))  # none lost to a conflict
 
 
@@ -142,7 +146,7 @@ async def test_revoke_task_revokes_everything_and_releases(cluster: MemCluster) 
         cluster,
         {"vault": vault, "jwt": jwt},
         NS,
-        NAME,
+        nm(cluster),
         "completed",
         metrics=metrics,
         seen_at=0.0,
@@ -150,7 +154,7 @@ async def test_revoke_task_revokes_everything_and_releases(cluster: MemCluster) 
     )
     assert outcome.done and sorted(outcome.revoked) == ["db", "github"]
     assert (vault.revoked, jwt.revoked) == (["l1"], ["l2"])
-    stored = cluster.task_leases[(NS, NAME)]
+    stored = cluster.task_leases[(NS, nm(cluster))]
     assert stored["status"]["phase"] == "Revoked" and stored["status"]["reason"] == "completed"
     assert stored["metadata"]["finalizers"] == []
     assert all(e["revokedAt"] and e["revokeReason"] == "completed" for e in stored["status"]["leases"])
@@ -158,7 +162,7 @@ async def test_revoke_task_revokes_everything_and_releases(cluster: MemCluster) 
     assert 'taskcreds_credentials_revoked_total{provider="vault",reason="completed"} 1.0' in text
     assert "taskcreds_revocation_lag_seconds_count 1.0" in text
     again = await leases.revoke_task(
-        cluster, {"vault": vault, "jwt": jwt}, NS, NAME, "failed", metrics=metrics
+        cluster, {"vault": vault, "jwt": jwt}, NS, nm(cluster), "failed", metrics=metrics
     )
     assert again.done and (vault.calls, jwt.calls) == (1, 1)  # idempotent: nothing revoked twice
 
@@ -176,7 +180,7 @@ async def test_failures_are_retried_visibly_then_succeed(cluster: MemCluster) ->
         cluster,
         {"vault": vault},
         NS,
-        NAME,
+        nm(cluster),
         "completed",
         metrics=metrics,
         backoff=leases.Backoff(attempts=5, base=0.1, cap=0.15),
@@ -188,23 +192,23 @@ async def test_failures_are_retried_visibly_then_succeed(cluster: MemCluster) ->
     warnings = [e for e in cluster.events if e["type"] == "Warning"]
     assert len(warnings) == 2 and "connection refused" in warnings[0]["message"]
     assert warnings[0]["regarding"]["uid"] == pod(cluster)["metadata"]["uid"]
-    (done,) = cluster.task_leases[(NS, NAME)]["status"]["leases"]
+    (done,) = cluster.task_leases[(NS, nm(cluster))]["status"]["leases"]
     assert done["attempts"] == 2 and "lastError" not in done
 
 
 async def test_attempts_exhausted_keeps_finalizer_and_says_why(cluster: MemCluster) -> None:
     await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l1")])
     outcome = await leases.revoke_task(
-        cluster, {"vault": FakeSource(failures=99)}, NS, NAME, "completed", metrics=None, backoff=FAST
+        cluster, {"vault": FakeSource(failures=99)}, NS, nm(cluster), "completed", metrics=None, backoff=FAST
     )
     assert not outcome.done and outcome.failed == ["db"]
-    stored = cluster.task_leases[(NS, NAME)]
+    stored = cluster.task_leases[(NS, nm(cluster))]
     assert stored["status"]["phase"] == "Revoking"
     assert stored["metadata"]["finalizers"] == [names.FINALIZER_REVOKE]
     assert "connection refused" in stored["status"]["leases"][0]["lastError"]
     # the source comes back; the sweep finishes the job
     (result,) = await leases.sweep_leases(cluster, {"vault": FakeSource()}, metrics=None, backoff=FAST)
-    assert result.done and cluster.task_leases[(NS, NAME)]["status"]["phase"] == "Revoked"
+    assert result.done and cluster.task_leases[(NS, nm(cluster))]["status"]["phase"] == "Revoked"
 
 
 async def test_static_and_unavailable_providers(cluster: MemCluster) -> None:
@@ -215,10 +219,16 @@ async def test_static_and_unavailable_providers(cluster: MemCluster) -> None:
         [entry("s1", "legacy", "secret", static=True), entry("x1", "gh", "github-app")],
     )
     outcome = await leases.revoke_task(
-        cluster, {"secret": FakeSource(not_revocable=True)}, NS, NAME, "completed", metrics=None, backoff=FAST
+        cluster,
+        {"secret": FakeSource(not_revocable=True)},
+        NS,
+        nm(cluster),
+        "completed",
+        metrics=None,
+        backoff=FAST,
     )
     assert not outcome.done and outcome.not_revocable == ["legacy"] and outcome.failed == ["gh"]
-    entries = {e["credential"]: e for e in cluster.task_leases[(NS, NAME)]["status"]["leases"]}
+    entries = {e["credential"]: e for e in cluster.task_leases[(NS, nm(cluster))]["status"]["leases"]}
     assert entries["legacy"]["revokedAt"] and "cannot be revoked" in entries["legacy"]["notRevocable"]
     assert "not available" in entries["gh"]["lastError"]
 
@@ -239,18 +249,20 @@ async def test_durable_across_a_crash_mid_revocation(cluster: MemCluster) -> Non
 
     cluster.patch_task_lease = crashing  # type: ignore[method-assign]
     with pytest.raises(ClusterError):
-        await leases.revoke_task(cluster, {"vault": vault}, NS, NAME, "completed", metrics=None, backoff=FAST)
-    stored = cluster.task_leases[(NS, NAME)]
+        await leases.revoke_task(
+            cluster, {"vault": vault}, NS, nm(cluster), "completed", metrics=None, backoff=FAST
+        )
+    stored = cluster.task_leases[(NS, nm(cluster))]
     assert stored["status"]["phase"] == "Revoking"  # the intent survived
     assert stored["metadata"]["finalizers"] == [names.FINALIZER_REVOKE]
     assert not any(e.get("revokedAt") for e in stored["status"]["leases"])
     cluster.patch_task_lease = original  # type: ignore[method-assign]
     # a new operator process: nothing in memory, everything from the TaskLease
     outcome = await leases.revoke_task(
-        cluster, {"vault": FakeSource()}, NS, NAME, "pod_deleted", metrics=None
+        cluster, {"vault": FakeSource()}, NS, nm(cluster), "pod_deleted", metrics=None
     )
     assert outcome.done
-    stored = cluster.task_leases[(NS, NAME)]
+    stored = cluster.task_leases[(NS, nm(cluster))]
     assert stored["status"]["phase"] == "Revoked"
     assert stored["status"]["reason"] == "completed"  # the first reason wins
     assert {e["revokeReason"] for e in stored["status"]["leases"]} == {"completed"}
@@ -268,14 +280,16 @@ async def test_issue_racing_revoke_never_leaves_an_unrecorded_lease(cluster: Mem
             return "refused"
 
     results = await asyncio.gather(
-        leases.revoke_task(cluster, {"vault": vault}, NS, NAME, "completed", metrics=None, backoff=FAST),
+        leases.revoke_task(
+            cluster, {"vault": vault}, NS, nm(cluster), "completed", metrics=None, backoff=FAST
+        ),
         *(issue(i) for i in range(5)),
     )
     recorded = {f"n{i}" for i, r in enumerate(results[1:]) if r == "recorded"}
-    stored = cluster.task_leases[(NS, NAME)]
+    stored = cluster.task_leases[(NS, nm(cluster))]
     # every recorded lease is revoked (by this run, or a re-run the sweep does)
     await leases.sweep_leases(cluster, {"vault": vault}, metrics=None, backoff=FAST)
-    stored = cluster.task_leases[(NS, NAME)]
+    stored = cluster.task_leases[(NS, nm(cluster))]
     assert {e["leaseRef"] for e in stored["status"]["leases"]} == recorded | {"l0"}
     assert set(vault.revoked) == recorded | {"l0"}
 
@@ -283,7 +297,7 @@ async def test_issue_racing_revoke_never_leaves_an_unrecorded_lease(cluster: Mem
 async def test_revoke_pod_task_records_the_end_even_with_nothing_issued(cluster: MemCluster) -> None:
     outcome = await leases.revoke_pod_task(cluster, {}, pod(cluster), "deadline", metrics=None)
     assert outcome is not None and outcome.done
-    assert cluster.task_leases[(NS, NAME)]["status"]["phase"] == "Revoked"
+    assert cluster.task_leases[(NS, nm(cluster))]["status"]["phase"] == "Revoked"
     with pytest.raises(leases.LeaseEnded):
         await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("late")])
     no_task = {"metadata": {"name": "x", "namespace": NS, "uid": "u", "annotations": {}}}
@@ -293,15 +307,16 @@ async def test_revoke_pod_task_records_the_end_even_with_nothing_issued(cluster:
 async def test_orphans_found_and_swept(cluster: MemCluster) -> None:
     await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l1")])
     assert await leases.find_orphaned_leases(cluster) == []
-    lease = cluster.task_leases[(NS, NAME)]
+    name = nm(cluster)
+    lease = cluster.task_leases[(NS, name)]
     cluster.delete_pod(NS, "agent-1")  # GC marks the lease deleted; the finalizer holds it
-    assert cluster.task_leases[(NS, NAME)]["metadata"]["deletionTimestamp"]
+    assert cluster.task_leases[(NS, name)]["metadata"]["deletionTimestamp"]
     orphans = await leases.find_orphaned_leases(cluster)
     assert [o["metadata"]["name"] for o in orphans] == [lease["metadata"]["name"]]
     vault = FakeSource()
     (outcome,) = await leases.sweep_leases(cluster, {"vault": vault}, metrics=None, backoff=FAST)
     assert outcome.done and vault.revoked == ["l1"]
-    assert (NS, NAME) not in cluster.task_leases  # finalizer released: the API deletes it
+    assert (NS, name) not in cluster.task_leases  # finalizer released: the API deletes it
 
 
 async def test_replaced_pod_uid_is_an_orphan(cluster: MemCluster) -> None:
@@ -323,9 +338,9 @@ async def test_revoke_expired_only_past_expiry(cluster: MemCluster) -> None:
         cluster, {"vault": vault}, metrics=None, now=lambda: NOW + timedelta(minutes=5)
     )
     assert count == 1 and vault.revoked == ["old"]
-    entries = {e["leaseRef"]: e for e in cluster.task_leases[(NS, NAME)]["status"]["leases"]}
+    entries = {e["leaseRef"]: e for e in cluster.task_leases[(NS, nm(cluster))]["status"]["leases"]}
     assert entries["old"]["revokeReason"] == "expired" and "revokedAt" not in entries["new"]
-    assert cluster.task_leases[(NS, NAME)]["status"]["phase"] == "Active"
+    assert cluster.task_leases[(NS, nm(cluster))]["status"]["phase"] == "Active"
 
 
 def test_count_active() -> None:
