@@ -212,8 +212,20 @@ async def source_from_ref(cluster: Cluster, ref: dict[str, Any]) -> Source | Non
 
 
 def secret_namespace(ref: dict[str, Any], source_namespace: str | None, operator_namespace: str) -> str:
-    """Where a ``secretRef`` points: its own ``namespace``, else the source's, else the operator's."""
-    return str(ref.get("namespace") or source_namespace or operator_namespace)
+    """Where a ``secretRef`` points: its own ``namespace``, else the source's, else the operator's.
+
+    A namespaced CredentialSource may only name Secrets in its own namespace: the operator can read
+    Secrets cluster-wide, so honouring another namespace would let any tenant who can write a
+    CredentialSource read any Secret. Only a ClusterCredentialSource (cluster-admin) may point
+    elsewhere.
+    """
+    wanted = ref.get("namespace")
+    if source_namespace is not None and wanted and wanted != source_namespace:
+        raise SourceError(
+            f"secretRef {ref.get('name')!r} names namespace {wanted!r}, but a CredentialSource in "
+            f"{source_namespace!r} may only use Secrets in its own namespace (use a ClusterCredentialSource)"
+        )
+    return str(wanted or source_namespace or operator_namespace)
 
 
 async def read_secret_value(
@@ -227,7 +239,10 @@ async def read_secret_value(
     """The bytes of ``ref.key`` in Secret ``ref.name``; ProviderError naming the Secret (never the value)."""
     if not isinstance(ref, dict) or not ref.get("name") or not ref.get("key"):
         raise ProviderError(provider, f"secretRef {ref!r} needs name and key", retryable=False)
-    namespace = secret_namespace(ref, source_namespace, operator_namespace)
+    try:
+        namespace = secret_namespace(ref, source_namespace, operator_namespace)
+    except SourceError as exc:
+        raise ProviderError(provider, str(exc), retryable=False) from None
     secret = await cluster.get_secret(namespace, str(ref["name"]))
     if secret is None:
         raise ProviderError(provider, f"Secret {namespace}/{ref['name']} not found")

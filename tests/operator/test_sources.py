@@ -163,3 +163,31 @@ async def test_read_secret_value_errors_never_show_values() -> None:
                 mem, ref, source_namespace="agents", operator_namespace="op", provider="secret"
             )
         assert message in str(info.value) and "the-value" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        {"name": "db-root", "key": "password", "namespace": "kube-system"},
+        {"name": "other-tenant", "key": "token", "namespace": "team-b"},
+    ],
+)
+def test_a_namespaced_source_cannot_reach_secrets_of_another_namespace(ref: dict[str, str]) -> None:
+    """The operator reads Secrets cluster-wide: a tenant's CredentialSource must not borrow that."""
+    with pytest.raises(SourceError, match="only use Secrets in its own namespace"):
+        secret_namespace(ref, "agents", "taskcreds-system")
+    assert secret_namespace({**ref, "namespace": "agents"}, "agents", "taskcreds-system") == "agents"
+
+
+async def test_the_secret_provider_refuses_a_cross_namespace_ref_without_reading_it() -> None:
+    from taskcreds.operator.memcluster import MemCluster
+    from taskcreds.operator.providers.base import ProviderError
+    from taskcreds.operator.sources import read_secret_value
+
+    mem = MemCluster()
+    mem.put_secret("kube-system", "db-root", {"password": "hunter2-canary"})
+    with pytest.raises(ProviderError) as err:
+        await read_secret_value(mem, {"name": "db-root", "key": "password", "namespace": "kube-system"},
+                                source_namespace="agents", operator_namespace="taskcreds-system", provider="secret")
+    assert not err.value.retryable
+    assert "hunter2-canary" not in str(err.value)
