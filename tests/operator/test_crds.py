@@ -227,3 +227,14 @@ def test_task_lease_written_by_the_operator_fits_the_schema() -> None:
     bad = copy.deepcopy(body)
     bad["status"]["phase"] = "Done"
     assert _errors("tasklease.yaml", bad)
+
+
+def test_namespaced_source_cannot_name_another_namespace_secret() -> None:
+    spec = _mutate(
+        PER_PROVIDER["secret"], "secret.secretRef", {"name": "x", "key": "k", "namespace": "kube-system"}
+    )
+    assert _errors("credentialsource.yaml", _source(names.KIND_CREDENTIAL_SOURCE, spec))
+    cluster = {**spec, "allowedNamespaces": ["agents"]}
+    assert (
+        _errors("clustercredentialsource.yaml", _source(names.KIND_CLUSTER_CREDENTIAL_SOURCE, cluster)) == []
+    )

@@ -187,7 +187,27 @@ async def test_the_secret_provider_refuses_a_cross_namespace_ref_without_reading
     mem = MemCluster()
     mem.put_secret("kube-system", "db-root", {"password": "hunter2-canary"})
     with pytest.raises(ProviderError) as err:
-        await read_secret_value(mem, {"name": "db-root", "key": "password", "namespace": "kube-system"},
-                                source_namespace="agents", operator_namespace="taskcreds-system", provider="secret")
+        await read_secret_value(
+            mem,
+            {"name": "db-root", "key": "password", "namespace": "kube-system"},
+            source_namespace="agents",
+            operator_namespace="taskcreds-system",
+            provider="secret",
+        )
     assert not err.value.retryable
     assert "hunter2-canary" not in str(err.value)
+
+
+async def test_namespaced_source_may_not_read_another_namespace() -> None:
+    mem = MemCluster()
+    mem.put_secret("kube-system", "admin", {"token": "cluster-admin-token"})
+    with pytest.raises(ProviderError) as info:
+        await read_secret_value(
+            mem,
+            {"name": "admin", "key": "token", "namespace": "kube-system"},
+            source_namespace="agents",
+            operator_namespace="op",
+            provider="secret",
+        )
+    assert "may only use Secrets in its own namespace" in str(info.value)
+    assert "cluster-admin-token" not in str(info.value)
