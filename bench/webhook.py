@@ -410,7 +410,8 @@ def main() -> int:
         print(f"\nServer CPU per request: floor {base:.0f} us (TLS + HTTP), our server's own work "
               f"{own - base:+.0f} us, mutation in the loop {full - own:+.0f} us."
               f"\nA client CPU near 100% means the load generator, not the server, set that row's req/s."
-              f"\nBy server CPU per request (immune to the client and to other load): taskcreds webhook at "
+              f"\nBy server CPU per request (not capped by the client; still inflated by other load on "
+              f"shared cores): taskcreds webhook at "
               f"{base / full:.2f}x the floor, mutation stubbed {base / own:.2f}x.")
     print("\nPer review, CPU only (no HTTP, best of 5):")
     print(f"  mutate_pod (pure mutation)                 {cpu['mutation'] * 1e6:8.1f} us")
