@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from taskcreds.operator.cluster import (
     AlreadyExists,
     ClusterError,
@@ -38,10 +38,17 @@ __all__ = ["MemCluster", "merge_patch"]
 Key = tuple[str, str]
 
 
+def _copy(obj: Any) -> Any:
+    """A deep copy of JSON-shaped data (what the API's wire format would give: no shared state)."""
+    if obj is None:
+        return None
+    return orjson.loads(orjson.dumps(obj))
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch: dicts merge, ``None`` deletes, everything else replaces."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return _copy(patch)
     out = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -98,7 +105,7 @@ class MemCluster:
 
     def put_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
         """Create or replace a pod (fills uid, creationTimestamp, resourceVersion) and tell watchers."""
-        pod = copy.deepcopy(pod)
+        pod = _copy(pod)
         meta = pod.setdefault("metadata", {})
         meta.setdefault("namespace", "default")
         key = (meta["namespace"], meta["name"])
@@ -112,11 +119,11 @@ class MemCluster:
         self._bump(pod)
         self.pods[key] = pod
         self._notify("MODIFIED" if old else "ADDED", pod)
-        return copy.deepcopy(pod)
+        return _copy(pod)
 
     def set_annotation(self, namespace: str, name: str, key: str, value: str | None) -> dict[str, Any]:
         """Set (or with None remove) one pod annotation, as ``kubectl annotate`` would."""
-        pod = copy.deepcopy(self.pods[(namespace, name)])
+        pod = _copy(self.pods[(namespace, name)])
         annotations = pod["metadata"].setdefault("annotations", {})
         if value is None:
             annotations.pop(key, None)
@@ -147,7 +154,7 @@ class MemCluster:
 
     def put_source(self, body: dict[str, Any]) -> None:
         """Store a CredentialSource (namespaced) or ClusterCredentialSource, by its ``kind``."""
-        body = copy.deepcopy(body)
+        body = _copy(body)
         body.setdefault("apiVersion", names.API_VERSION)
         self._bump(body)
         meta = body["metadata"]
@@ -178,7 +185,7 @@ class MemCluster:
     def _notify(self, kind: str, pod: dict[str, Any]) -> None:
         for namespace, selector, queue in self._watchers:
             if _matches(pod, namespace, selector):
-                queue.put_nowait((kind, copy.deepcopy(pod)))
+                queue.put_nowait((kind, _copy(pod)))
 
     async def watch_pods(
         self, namespace: str | None = None, label_selector: str | None = None
@@ -190,7 +197,7 @@ class MemCluster:
         try:
             for pod in list(self.pods.values()):
                 if _matches(pod, namespace, selector):
-                    yield ("ADDED", copy.deepcopy(pod))
+                    yield ("ADDED", _copy(pod))
             while True:
                 yield await queue.get()
         finally:
@@ -216,19 +223,19 @@ class MemCluster:
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         self._enter("get_pod")
         pod = self.pods.get((namespace, name))
-        return copy.deepcopy(pod) if pod else None
+        return _copy(pod) if pod else None
 
     async def get_credential_source(self, namespace: str, name: str) -> dict[str, Any] | None:
         self._enter("get_credential_source")
-        return copy.deepcopy(self.sources.get((namespace, name)))
+        return _copy(self.sources.get((namespace, name)))
 
     async def get_cluster_credential_source(self, name: str) -> dict[str, Any] | None:
         self._enter("get_cluster_credential_source")
-        return copy.deepcopy(self.cluster_sources.get(name))
+        return _copy(self.cluster_sources.get(name))
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         self._enter("get_secret")
-        return copy.deepcopy(self.secrets.get((namespace, name)))
+        return _copy(self.secrets.get((namespace, name)))
 
     def _secret_body(
         self,
@@ -269,7 +276,7 @@ class MemCluster:
         self._enter("apply_secret")
         body = self._secret_body(namespace, name, data, labels, owner)
         self.secrets[(namespace, name)] = body
-        return copy.deepcopy(body)
+        return _copy(body)
 
     async def delete_secret(self, namespace: str, name: str) -> None:
         self._enter("delete_secret")
@@ -318,19 +325,19 @@ class MemCluster:
 
     async def get_task_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         self._enter("get_task_lease")
-        return copy.deepcopy(self.task_leases.get((namespace, name)))
+        return _copy(self.task_leases.get((namespace, name)))
 
     async def list_task_leases(self, namespace: str | None = None) -> list[dict[str, Any]]:
         self._enter("list_task_leases")
         return [
-            copy.deepcopy(v)
+            _copy(v)
             for (ns, _), v in sorted(self.task_leases.items())
             if namespace is None or ns == namespace
         ]
 
     async def create_task_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         self._enter("create_task_lease")
-        body = copy.deepcopy(body)
+        body = _copy(body)
         meta = body.setdefault("metadata", {})
         meta["namespace"] = namespace
         key = (namespace, meta["name"])
@@ -344,7 +351,7 @@ class MemCluster:
         body.pop("status", None)  # status only through the subresource, as with the real API
         self._bump(body)
         self.task_leases[key] = body
-        return copy.deepcopy(body)
+        return _copy(body)
 
     async def patch_task_lease(
         self, namespace: str, name: str, patch: dict[str, Any], *, subresource: str | None = None
@@ -375,7 +382,7 @@ class MemCluster:
             del self.task_leases[key]
         else:
             self.task_leases[key] = updated
-        return copy.deepcopy(updated)
+        return _copy(updated)
 
     async def delete_task_lease(self, namespace: str, name: str) -> None:
         self._enter("delete_task_lease")
