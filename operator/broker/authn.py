@@ -10,16 +10,19 @@ appears in a message or a log record.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from taskcreds.operator.broker.errors import Unauthenticated, Unavailable
-from taskcreds.operator.cluster import Cluster, ClusterError
+from taskcreds.operator.cluster import Cluster, ClusterError, TokenIdentity
 
 from taskcreds import names
 from taskcreds.svid import SvidError, parse_spiffe_id
 
-__all__ = ["Caller", "SpiffeIdTemplate", "authenticate", "bearer_token"]
+__all__ = ["Caller", "SpiffeIdTemplate", "ReviewCache", "authenticate", "bearer_token"]
 
 _DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*"
@@ -70,6 +73,38 @@ class SpiffeIdTemplate:
         return match.group("namespace"), match.group("sa")
 
 
+class ReviewCache:
+    """Positive TokenReviews remembered briefly (keyed by the token's SHA-256, never the token).
+
+    A sidecar calls every few seconds (status long-polls, renewals); one review per token per
+    ``ttl`` keeps the API server's load flat. Safe because every request still reads the pod and
+    checks its uid: a token whose pod is gone is refused by that check within the cache lifetime.
+    """
+
+    def __init__(self, ttl: float = 30.0, size: int = 10_000) -> None:
+        self.ttl, self.size = ttl, size
+        self._entries: OrderedDict[bytes, tuple[float, TokenIdentity]] = OrderedDict()
+
+    @staticmethod
+    def _key(token: str, audience: str) -> bytes:
+        return hashlib.sha256(f"{audience}\x00{token}".encode()).digest()
+
+    def get(self, token: str, audience: str) -> TokenIdentity | None:
+        key = self._key(token, audience)
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        if hit[0] < time.monotonic():
+            del self._entries[key]
+            return None
+        return hit[1]
+
+    def put(self, token: str, audience: str, identity: TokenIdentity) -> None:
+        self._entries[self._key(token, audience)] = (time.monotonic() + self.ttl, identity)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
 def bearer_token(authorization: str | None) -> str:
     """The token of an ``Authorization: Bearer`` header; Unauthenticated otherwise (never echoes it)."""
     if not authorization:
@@ -82,17 +117,25 @@ def bearer_token(authorization: str | None) -> str:
 
 
 async def authenticate(
-    cluster: Cluster, template: SpiffeIdTemplate, peer_id: str | None, authorization: str | None
+    cluster: Cluster,
+    template: SpiffeIdTemplate,
+    peer_id: str | None,
+    authorization: str | None,
+    cache: ReviewCache | None = None,
 ) -> Caller:
     """The caller, proven by SVID and TokenReview together; Unauthenticated (401) otherwise."""
     if peer_id is None:
         raise Unauthenticated("no client X.509-SVID: present your SVID in the TLS handshake")
     namespace, service_account = template.parse(peer_id)
     token = bearer_token(authorization)
-    try:
-        identity = await cluster.review_token(token, names.TOKEN_AUDIENCE)
-    except ClusterError as exc:
-        raise Unavailable(f"TokenReview failed: {type(exc).__name__}; retry later") from None
+    identity = cache.get(token, names.TOKEN_AUDIENCE) if cache is not None else None
+    if identity is None:
+        try:
+            identity = await cluster.review_token(token, names.TOKEN_AUDIENCE)
+        except ClusterError as exc:
+            raise Unavailable(f"TokenReview failed: {type(exc).__name__}; retry later") from None
+        if identity is not None and cache is not None:
+            cache.put(token, names.TOKEN_AUDIENCE, identity)
     if identity is None or names.TOKEN_AUDIENCE not in identity.audiences:
         raise Unauthenticated(f"the bearer token is not authenticated for audience {names.TOKEN_AUDIENCE!r}")
     if (identity.namespace, identity.service_account) != (namespace, service_account):

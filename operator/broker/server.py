@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 from taskcreds.operator import leases
 from taskcreds.operator.broker import policy
-from taskcreds.operator.broker.authn import Caller, SpiffeIdTemplate, authenticate
+from taskcreds.operator.broker.authn import Caller, ReviewCache, SpiffeIdTemplate, authenticate
 from taskcreds.operator.broker.errors import (
     BadRequest,
     BrokerError,
@@ -92,6 +92,9 @@ class Broker:
         self.template = SpiffeIdTemplate(settings.spiffe_id_template, trust_domain)
         self.now = now
         self._buckets: dict[str, _TokenBucket] = {}
+        self.reviews = (
+            ReviewCache(settings.review_cache_seconds) if settings.review_cache_seconds > 0 else None
+        )
         self.ready = True
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -99,7 +102,9 @@ class Broker:
         if not self.ready:
             raise Unavailable("the broker is shutting down; retry against another replica")
         peer = peer_spiffe_id(request.transport.get_extra_info("ssl_object") if request.transport else None)
-        caller = await authenticate(self.cluster, self.template, peer, request.headers.get("Authorization"))
+        caller = await authenticate(
+            self.cluster, self.template, peer, request.headers.get("Authorization"), self.reviews
+        )
         self._rate_limit(caller.pod_uid)
         return caller
 

@@ -28,6 +28,8 @@ class BrokerSettings:
     rate_burst: int = 20
     default_wait: float = 30.0
     max_wait: float = 60.0
+    review_cache_seconds: float = 30.0
+    """How long a positive TokenReview is reused for the same token (0: review every request)."""
     body_timeout: float = 10.0
     """Seconds a client has to send its request body (a stalled upload gets 400)."""
     record_attempts: int = 3

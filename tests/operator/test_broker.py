@@ -495,3 +495,16 @@ async def test_pod_recreated_under_the_same_name_starts_afresh(harness: Harness)
     assert reply.status == 200, reply.doc
     old_lease = harness.cluster.task_leases[(NS, lease_name("agent-1", "fix-42", old["metadata"]["uid"]))]
     assert old_lease["metadata"]["deletionTimestamp"] and old_lease["status"]["phase"] == "Active"
+
+
+async def test_token_reviews_are_cached_but_a_gone_pod_is_still_refused(harness: Harness) -> None:
+    pod = harness.add_pod("agent-1")
+    agent = harness.agent(pod)
+    before = harness.cluster.calls.get("review_token", 0)
+    for _ in range(5):
+        assert (await harness.call(agent, "GET", "/v1/tasks/fix-42/status")).status == 200
+    assert harness.cluster.calls["review_token"] - before == 1
+    harness.cluster.delete_pod(NS, "agent-1")
+    harness.add_pod("agent-1")  # same name, new uid: the cached review names the old uid
+    reply = await harness.issue(agent)
+    assert (reply.status, reply.code) == (404, "not_found")
