@@ -62,6 +62,8 @@ __all__ = [
     "count_active",
     "RevokeOutcome",
     "LeaseEnded",
+    "LeaseBusy",
+    "owned_by",
     "Backoff",
     "format_time",
 ]
@@ -81,6 +83,10 @@ def _utcnow() -> datetime:
 def format_time(value: datetime) -> str:
     """RFC 3339 UTC with whole seconds, as the API and docs/broker-api.md write times."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class LeaseBusy(ClusterError):
+    """The TaskLease's name is held by a previous pod of the same name, still being revoked (retry)."""
 
 
 class LeaseEnded(Exception):
@@ -115,13 +121,13 @@ class RevokeOutcome:
 
 
 # --- pure builders ---------------------------------------------------------------------------------
-def lease_name(pod: str, task: str, pod_uid: str) -> str:
-    """``<pod>-<10 hex of sha256(task, uid)>``: stable per (pod, task), a valid object name.
+def lease_name(pod: str, task: str) -> str:
+    """``<pod>-<10 hex of sha256(task)>``: stable per (pod, task), a valid object name.
 
-    The uid is in the hash so a pod recreated under the same name (a StatefulSet's) never inherits
-    the previous pod's TaskLease, while that one is still being revoked.
+    A pod recreated under the same name (a StatefulSet's) meets its predecessor's TaskLease until
+    that one is revoked and collected: :func:`owned_by` tells them apart.
     """
-    digest = hashlib.sha256(f"{task}\x00{pod_uid}".encode()).hexdigest()[:10]
+    digest = hashlib.sha256(task.encode()).hexdigest()[:10]
     base = _INVALID.sub("-", pod.lower())[:240].strip("-") or "pod"
     return f"{base}-{digest}"
 
@@ -133,7 +139,7 @@ def task_lease_body(pod: Mapping[str, Any], task: str) -> dict[str, Any]:
         "apiVersion": names.API_VERSION,
         "kind": names.KIND_TASK_LEASE,
         "metadata": {
-            "name": lease_name(meta["name"], task, meta["uid"]),
+            "name": lease_name(meta["name"], task),
             "namespace": meta["namespace"],
             "labels": {"app.kubernetes.io/managed-by": "taskcreds"},
             "finalizers": [names.FINALIZER_REVOKE],
@@ -166,6 +172,12 @@ def lease_entry(
         "renewable": issued.renewable,
         "static": issued.static,
     }
+
+
+def owned_by(lease: Mapping[str, Any] | None, pod_uid: str) -> bool:
+    """Whether a TaskLease belongs to the pod with this uid (not to a predecessor of the same name)."""
+    owners = ((lease or {}).get("metadata") or {}).get("ownerReferences") or []
+    return any(o.get("uid") == pod_uid for o in owners)
 
 
 def find_entry(lease: Mapping[str, Any] | None, credential: str, lease_ref: str) -> dict[str, Any] | None:
@@ -208,7 +220,7 @@ def _rv(lease: Mapping[str, Any]) -> dict[str, Any]:
 async def ensure_task_lease(cluster: Cluster, pod: Mapping[str, Any], task: str) -> dict[str, Any]:
     """Get the pod's TaskLease for ``task``, creating it (phase Active) when missing."""
     meta = pod["metadata"]
-    name = lease_name(meta["name"], task, meta["uid"])
+    name = lease_name(meta["name"], task)
     lease = await cluster.get_task_lease(meta["namespace"], name)
     if lease is None:
         try:
@@ -219,6 +231,11 @@ async def ensure_task_lease(cluster: Cluster, pod: Mapping[str, Any], task: str)
                 raise ClusterError(
                     f"TaskLease {meta['namespace']}/{name} vanished while being created"
                 ) from None
+    if not owned_by(lease, meta["uid"]):
+        raise LeaseBusy(
+            f"TaskLease {meta['namespace']}/{name} still belongs to a previous pod named "
+            f"{meta['name']!r} and is being revoked; retry shortly"
+        )
     if not (lease.get("status") or {}).get("phase"):
         try:
             lease = await cluster.patch_task_lease(
@@ -522,7 +539,19 @@ async def revoke_pod_task(
     task = (meta.get("annotations") or {}).get(names.ANNOTATION_TASK)
     if not task or not meta.get("uid"):
         return None
-    name = lease_name(meta["name"], task, meta["uid"])
+    name = lease_name(meta["name"], task)
+    existing = await cluster.get_task_lease(meta["namespace"], name)
+    if existing is not None and not owned_by(existing, meta["uid"]):  # a predecessor's: an orphan
+        return await revoke_task(
+            cluster,
+            providers,
+            meta["namespace"],
+            name,
+            "pod_deleted",
+            metrics=metrics,
+            seen_at=seen_at,
+            backoff=backoff,
+        )
     if meta.get("deletionTimestamp") is None and reason != "pod_deleted":
         await record_ended(cluster, pod, task, reason)
     return await revoke_task(

@@ -170,12 +170,12 @@ class Broker:
             ) from None
 
     async def _lease(self, caller: Caller, task: str) -> dict[str, Any] | None:
+        """This pod's TaskLease for ``task`` (None too when the name is still a predecessor's)."""
         try:
-            return await self.cluster.get_task_lease(
-                caller.namespace, leases.lease_name(caller.pod, task, caller.pod_uid)
-            )
+            lease = await self.cluster.get_task_lease(caller.namespace, leases.lease_name(caller.pod, task))
         except ClusterError as exc:
             raise Unavailable(f"cannot read the TaskLease: {type(exc).__name__}") from None
+        return lease if leases.owned_by(lease, caller.pod_uid) else None
 
     def _ended(self, caller: Caller, lease: Mapping[str, Any] | None) -> str | None:
         status = (lease or {}).get("status") or {}
@@ -379,7 +379,7 @@ class Broker:
         try:
             await leases.record_issued(self.cluster, pod, task, entries)
         except (leases.LeaseEnded, ClusterError):
-            lease = leases.lease_name(pod["metadata"]["name"], task, pod["metadata"]["uid"])
+            lease = leases.lease_name(pod["metadata"]["name"], task)
             log.error(
                 "issued lease could be neither revoked nor recorded",
                 extra=fields(lease=lease, lease_refs=[e["leaseRef"] for e in entries]),

@@ -44,7 +44,7 @@ async def test_issue_jwt_records_lease_and_verifies(harness: Harness) -> None:
         "read",
     )
     assert claims["exp"] - claims["iat"] == 600
-    lease = harness.cluster.task_leases[(NS, lease_name("agent-1", "fix-42", pod["metadata"]["uid"]))]
+    lease = harness.cluster.task_leases[(NS, lease_name("agent-1", "fix-42"))]
     assert lease["status"]["phase"] == "Active"
     assert [e["leaseRef"] for e in lease["status"]["leases"]] == [cred["leaseRef"]]
     assert lease["metadata"]["finalizers"] == [names.FINALIZER_REVOKE]
@@ -85,7 +85,7 @@ async def test_renew_replaces_and_records_both_leases(harness: Harness) -> None:
     assert reply.doc["leaseRef"] != first["leaseRef"]
     jti = first["leaseRef"].split(":")[1]
     assert harness.providers["jwt"].is_revoked(jti)  # the replaced token is on the deny list
-    lease = harness.cluster.task_leases[(NS, lease_name("agent-1", "fix-42", pod["metadata"]["uid"]))]
+    lease = harness.cluster.task_leases[(NS, lease_name("agent-1", "fix-42"))]
     assert [e["leaseRef"] for e in lease["status"]["leases"]] == [first["leaseRef"], reply.doc["leaseRef"]]
     unknown = await harness.call(
         agent, "POST", "/v1/credentials/api/renew", {"task": "fix-42", "leaseRef": "jwt:x:1"}
@@ -100,7 +100,7 @@ async def test_revoke_then_refuse_forever(harness: Harness) -> None:
     assert issued.status == 200
     reply = await harness.call(agent, "POST", "/v1/tasks/fix-42/revoke", {"reason": "sigterm"})
     assert (reply.status, reply.doc) == (200, {"task": "fix-42", "revoked": ["api", "legacy"]})
-    lease = harness.cluster.task_leases[(NS, lease_name("agent-1", "fix-42", pod["metadata"]["uid"]))]
+    lease = harness.cluster.task_leases[(NS, lease_name("agent-1", "fix-42"))]
     assert lease["status"]["phase"] == "Revoked"
     assert lease["metadata"].get("finalizers") in (None, [])
     static = next(e for e in lease["status"]["leases"] if e["credential"] == "legacy")
@@ -195,7 +195,7 @@ async def test_all_or_nothing(harness: Harness) -> None:
     )
     revoked = harness.providers["jwt"].revoked()
     assert len(revoked) == 1  # the jwt issued in the same request was revoked
-    lease = harness.cluster.task_leases.get((NS, lease_name("agent-1", "fix-42", pod["metadata"]["uid"])))
+    lease = harness.cluster.task_leases.get((NS, lease_name("agent-1", "fix-42")))
     assert not (lease or {}).get("status", {}).get("leases")
 
 
@@ -486,15 +486,24 @@ async def test_malformed_http_never_logs_its_bytes(
     assert all(agent.token not in str(r.__dict__) for r in caplog.records)
 
 
-async def test_pod_recreated_under_the_same_name_starts_afresh(harness: Harness) -> None:
+async def test_pod_recreated_under_the_same_name_waits_for_its_predecessor(harness: Harness) -> None:
     old = harness.add_pod("agent-1")
     assert (await harness.issue(harness.agent(old))).status == 200
     harness.cluster.delete_pod(NS, "agent-1")  # its TaskLease waits for revocation (finalizer)
     new = harness.add_pod("agent-1")  # a StatefulSet's replacement: same name, same task, new uid
-    reply = await harness.issue(harness.agent(new))
+    agent = harness.agent(new)
+    busy = await harness.issue(agent)
+    assert (busy.status, busy.code) == (503, "unavailable")  # retryable, not task_terminal
+    status = await harness.call(agent, "GET", "/v1/tasks/fix-42/status")
+    assert status.doc["terminal"] is False  # the predecessor's ending is not this pod's
+    from taskcreds.operator.leases import sweep_leases
+
+    (outcome,) = await sweep_leases(harness.cluster, harness.providers, metrics=None)
+    assert outcome.done and (NS, lease_name("agent-1", "fix-42")) not in harness.cluster.task_leases
+    reply = await harness.issue(agent)
     assert reply.status == 200, reply.doc
-    old_lease = harness.cluster.task_leases[(NS, lease_name("agent-1", "fix-42", old["metadata"]["uid"]))]
-    assert old_lease["metadata"]["deletionTimestamp"] and old_lease["status"]["phase"] == "Active"
+    lease = harness.cluster.task_leases[(NS, lease_name("agent-1", "fix-42"))]
+    assert lease["metadata"]["ownerReferences"][0]["uid"] == new["metadata"]["uid"]
 
 
 async def test_token_reviews_are_cached_but_a_gone_pod_is_still_refused(harness: Harness) -> None:

@@ -70,7 +70,7 @@ class KubeHarness(Harness):
             names.API_VERSION,
             names.KIND_TASK_LEASE,
             NS,
-            leases.lease_name(pod, task, self.kube_api.get("v1", "Pod", NS, pod)["metadata"]["uid"]),
+            leases.lease_name(pod, task),
         )
 
     def events_text(self) -> str:
@@ -82,9 +82,7 @@ class MemHarness(Harness):
         self.cluster.set_annotation(NS, name, names.ANNOTATION_TASK_STATUS, status)
 
     def lease(self, pod: str, task: str) -> dict[str, Any] | None:
-        return self.cluster.task_leases.get(
-            (NS, leases.lease_name(pod, task, self.cluster.pods[(NS, pod)]["metadata"]["uid"]))
-        )
+        return self.cluster.task_leases.get((NS, leases.lease_name(pod, task)))
 
     def events_text(self) -> str:
         return json.dumps(self.cluster.events)

@@ -242,7 +242,7 @@ async def test_revoke_task_over_http_releases_finalizer(kube: KubeCluster, kube_
         names.API_VERSION,
         names.KIND_TASK_LEASE,
         NS,
-        leases.lease_name("agent-1", "fix-42", pod["metadata"]["uid"]),
+        leases.lease_name("agent-1", "fix-42"),
     )
     assert lease["status"]["phase"] == "Revoked"
     assert not lease["metadata"].get("finalizers")

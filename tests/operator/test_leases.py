@@ -87,7 +87,7 @@ def pod(cluster: MemCluster) -> dict[str, Any]:
 
 
 def nm(cluster: MemCluster) -> str:
-    return leases.lease_name("agent-1", "fix-42", pod(cluster)["metadata"]["uid"])
+    return leases.lease_name("agent-1", "fix-42")
 
 
 FAST = leases.Backoff(attempts=4, base=0.001, cap=0.004)
@@ -102,11 +102,10 @@ FAST = leases.Backoff(attempts=4, base=0.001, cap=0.004)
     ],
 )
 def test_lease_name_is_stable_and_valid(pod_name: str, task: str) -> None:
-    name = leases.lease_name(pod_name, task, "uid-1")
-    assert name == leases.lease_name(pod_name, task, "uid-1")
-    assert name != leases.lease_name(pod_name, task, "uid-2")  # a recreated pod starts afresh
+    name = leases.lease_name(pod_name, task)
+    assert name == leases.lease_name(pod_name, task)
     assert len(name) <= 253 and name == name.lower() and name[0].isalnum() and name[-1].isalnum()
-    assert leases.lease_name(pod_name, task + "2", "uid-1") != name
+    assert leases.lease_name(pod_name, task + "2") != name
 
 
 async def test_record_creates_owned_lease_with_finalizer(cluster: MemCluster) -> None:
