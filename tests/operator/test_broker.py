@@ -85,6 +85,8 @@ async def test_renew_replaces_and_records_both_leases(harness: Harness) -> None:
     assert reply.doc["leaseRef"] != first["leaseRef"]
     jti = first["leaseRef"].split(":")[1]
     assert harness.providers["jwt"].is_revoked(jti)  # the replaced token is on the deny list
+    published = await harness.call(harness.agent(pod, no_svid=True), "GET", "/v1/jwt/revoked")
+    assert [r["jti"] for r in published.doc["revoked"]] == [jti]  # relying parties can check it
     lease = harness.cluster.task_leases[(NS, lease_name("agent-1", "fix-42"))]
     assert [e["leaseRef"] for e in lease["status"]["leases"]] == [first["leaseRef"], reply.doc["leaseRef"]]
     unknown = await harness.call(
