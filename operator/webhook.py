@@ -34,8 +34,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Protocol, TypedDict
 
 import orjson
 import pybase64
@@ -128,8 +127,9 @@ class BadReview(ValueError):
         self.status = status
 
 
-@dataclass(frozen=True)
-class ParsedReview:
+class ParsedReview(NamedTuple):
+    """The parts of a checked AdmissionReview the handler uses (a tuple: built on every request)."""
+
     uid: str
     operation: str
     namespace: str | None
