@@ -44,7 +44,7 @@ from taskcreds.operator.settings import SettingsError, parse_listen
 from taskcreds.operator.tlsreload import ReloadingCertificate, TLSFilesError
 
 from taskcreds import names
-from taskcreds.logs import fields, setup_logging
+from taskcreds.logs import fields, quiet_http_parser_errors, setup_logging
 from taskcreds.metrics import OperatorMetrics, register_operator
 
 if TYPE_CHECKING:
@@ -62,6 +62,10 @@ log = logging.getLogger("taskcreds.operator.webhook")
 ADMISSION_API_VERSION = "admission.k8s.io/v1"
 #: the kube-apiserver's own limit for a request body
 MAX_BODY_BYTES = 3 * 1024 * 1024
+#: seconds a client may take for the TLS handshake, to send a whole body, and to stay idle
+HANDSHAKE_TIMEOUT = 5.0
+BODY_TIMEOUT = 10.0
+KEEPALIVE_TIMEOUT = 10.0
 #: orjson's nesting limit; a Pod is about 10-15 levels deep (managedFields included), and the
 #: API server has already decoded it into a typed Pod, which cannot nest without bound
 MAX_DEPTH = 1024
@@ -282,9 +286,12 @@ def make_webhook_app(config: InjectionConfig, metrics: OperatorMetrics, *,
                 return _bad_request(413, f"body is {request.content_length} bytes; at most {max_body} "
                                          "are accepted")
             try:
-                body = await request.read()
+                async with asyncio.timeout(BODY_TIMEOUT):  # a body that never finishes must not pin a slot
+                    body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 return _bad_request(413, f"body exceeds {max_body} bytes")
+            except TimeoutError:
+                return _bad_request(408, f"body not received within {BODY_TIMEOUT:g} s")
             try:
                 review = parse_review(body)
             except BadReview as exc:
@@ -336,13 +343,21 @@ async def serve(app: web.Application, tls: ReloadingCertificate, host: str, port
 
     ``on_ready`` gets the bound (host, port) pairs once listening (port 0 picks a free port).
     """
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    # deadlines for slow or stalled clients (the API server is neither): TLS handshake, idle
+    # keep-alive (aiohttp applies it from the connection's start too) and, in the handler, the body
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0, keepalive_timeout=KEEPALIVE_TIMEOUT)
     await runner.setup()
+    quiet_http_parser_errors()
     watcher: asyncio.Task[None] | None = None
+    server: asyncio.base_events.Server | None = None
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=tls.context)
-        await site.start()
-        addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
+        assert runner.server is not None
+        # asyncio's server rather than web.TCPSite: only it takes a TLS handshake deadline
+        server = await asyncio.get_running_loop().create_server(
+            runner.server, host, port, ssl=tls.context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            reuse_address=True, backlog=1024,
+        )
+        addresses = [(str(sock.getsockname()[0]), int(sock.getsockname()[1])) for sock in server.sockets]
         bound = [f"{h}:{p}" for h, p in addresses]
         expires = tls.not_after.isoformat() if tls.not_after else None
         log.info("webhook serving", extra=fields(listen=bound, cert=str(tls.cert_file), cert_expires=expires))
@@ -356,6 +371,8 @@ async def serve(app: web.Application, tls: ReloadingCertificate, host: str, port
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        if server is not None:
+            server.close()
         await runner.cleanup()
 
 

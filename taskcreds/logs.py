@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["setup_logging", "JsonFormatter", "fields"]
+__all__ = ["setup_logging", "JsonFormatter", "fields", "quiet_http_parser_errors"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,3 +50,20 @@ def setup_logging(level: str | int = "INFO", stream: Any = None) -> None:
     root.setLevel(level if isinstance(level, int) else level.upper())
     for noisy in ("aiohttp.access", "kubernetes_asyncio", "urllib3", "grpc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _TypeOnly(logging.Filter):
+    """Reduce a logged exception to its type: aiohttp's HTTP parse errors quote the request bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None:
+            record.msg, record.args = f"bad HTTP request: {record.exc_info[0].__name__}", None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_http_parser_errors() -> None:
+    """Keep request bytes (which can hold tokens or pod env values) out of aiohttp's error logs."""
+    target = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _TypeOnly) for f in target.filters):
+        target.addFilter(_TypeOnly())
