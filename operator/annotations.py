@@ -11,6 +11,7 @@ import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 
 from taskcreds import names
@@ -24,6 +25,7 @@ __all__ = [
     "parse_credentials",
     "unknown_annotations",
     "go_duration",
+    "shown",
     "MAX_CREDENTIALS",
     "KNOWN_ANNOTATIONS",
     "PUBLIC_ANNOTATIONS",
@@ -35,6 +37,8 @@ _TASK = re.compile(names.TASK_ID_PATTERN)
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SHOWN = 80  # longer values are cut in messages: they are for people, and one line
+#: values longer than this are never remembered by the parse caches (memory stays bounded)
+_CACHED_LENGTH: Final = 512
 
 ACCEPT_TASK: Final = f"a task id matching {names.TASK_ID_PATTERN} (for example fix-issue-42)"
 ACCEPT_CREDENTIALS: Final = (
@@ -72,6 +76,18 @@ PUBLIC_ANNOTATIONS: Final = (
 )
 
 
+def shown(value: object, limit: int = _SHOWN) -> str:
+    """``value`` as text for a message, cut to ``limit`` characters with an ellipsis and the full length.
+
+    Messages quote user input so people can find it, but a 1 MiB annotation must not become a
+    1 MiB denial (the API server hands it to the client and into audit logs).
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
 class AnnotationError(ValueError):
     """A missing or malformed ``taskcreds.io/*`` annotation.
 
@@ -84,8 +100,7 @@ class AnnotationError(ValueError):
         if value is None:
             text = f"{key}: missing; required: {accepted}"
         else:
-            shown = value if len(value) <= _SHOWN else value[:_SHOWN] + "…"
-            text = f'{key}: "{shown}" ' + (
+            text = f'{key}: "{shown(value)}" ' + (
                 f"{problem}; accepted: {accepted}" if problem else f"is not {accepted}"
             )
         super().__init__(text)
@@ -116,7 +131,21 @@ def go_duration(seconds: float) -> str:
 
 
 def parse_credentials(value: str, key: str = names.ANNOTATION_CREDENTIALS) -> tuple[str, ...]:
-    """``"github, vault-db,github"`` -> ``("github", "vault-db")``: trimmed, deduplicated, in order."""
+    """``"github, vault-db,github"`` -> ``("github", "vault-db")``: trimmed, deduplicated, in order.
+
+    Remembered per raw string (pods of one workload all carry the same value); failures are not.
+    """
+    if len(value) <= _CACHED_LENGTH:
+        return _parse_credentials_cached(value, key)
+    return _parse_credentials(value, key)
+
+
+@lru_cache(maxsize=1024)
+def _parse_credentials_cached(value: str, key: str) -> tuple[str, ...]:
+    return _parse_credentials(value, key)
+
+
+def _parse_credentials(value: str, key: str) -> tuple[str, ...]:
     seen: dict[str, None] = {}
     for part in value.split(","):
         name = part.strip()
@@ -124,7 +153,7 @@ def parse_credentials(value: str, key: str = names.ANNOTATION_CREDENTIALS) -> tu
             continue
         if len(name) > 253 or not _SUBDOMAIN.match(name):
             raise AnnotationError(
-                key, value, ACCEPT_CREDENTIALS, f"names {name!r}, which is not a DNS-1123 subdomain"
+                key, value, ACCEPT_CREDENTIALS, f"names {shown(name)!r}, which is not a DNS-1123 subdomain"
             )
         seen[name] = None
     if not seen:
@@ -134,18 +163,37 @@ def parse_credentials(value: str, key: str = names.ANNOTATION_CREDENTIALS) -> tu
     return tuple(seen)
 
 
-def _duration(annotations: Mapping[str, Any], key: str) -> float | None:
-    value = annotations.get(key)
+@lru_cache(maxsize=256)
+def _cached_duration(text: str) -> float:
+    """parse_duration, remembered: pods use a handful of distinct durations."""
+    return parse_duration(text)
+
+
+def _duration(key: str, value: str | None) -> float | None:
     if value is None:
         return None
+    text = value.strip()
     try:
-        return parse_duration(str(value).strip())
+        if len(text) <= _CACHED_LENGTH:
+            return _cached_duration(text)
+        return parse_duration(text)
     except DurationError as exc:
         problem = "is zero or negative" if "longer than zero" in str(exc) else None
-        raise AnnotationError(key, str(value), DURATION_ACCEPTED, problem) from None
+        raise AnnotationError(key, value, DURATION_ACCEPTED, problem) from None
+
+
+@lru_cache(maxsize=256)
+def _containers_cached(value: str) -> tuple[str, ...]:
+    return _parse_containers(value)
 
 
 def _containers(value: str) -> tuple[str, ...]:
+    if len(value) <= _CACHED_LENGTH:
+        return _containers_cached(value)
+    return _parse_containers(value)
+
+
+def _parse_containers(value: str) -> tuple[str, ...]:
     seen: dict[str, None] = {}
     for part in value.split(","):
         name = part.strip()
@@ -156,7 +204,7 @@ def _containers(value: str) -> tuple[str, ...]:
                 names.ANNOTATION_CONTAINERS,
                 value,
                 ACCEPT_CONTAINERS,
-                f"names {name!r}, which is not a container name",
+                f"names {shown(name)!r}, which is not a container name",
             )
         seen[name] = None
     if not seen:
@@ -177,52 +225,83 @@ def _mount_path(value: str) -> str:
     return posixpath.normpath(path)
 
 
+def _not_a_string(key: str, value: Any) -> AnnotationError:
+    kind = (
+        "boolean"
+        if isinstance(value, bool)
+        else "number"
+        if isinstance(value, (int, float))
+        else type(value).__name__
+    )
+    return AnnotationError(
+        key, str(value), "a string (annotation values are strings: quote it in YAML)", f"is a YAML {kind}"
+    )
+
+
 def parse_request(annotations: Mapping[str, Any] | None) -> InjectionRequest:
-    """Parse the pod's annotations (CONTRACT.md section 1); raises AnnotationError on the first problem."""
+    """Parse the pod's annotations (CONTRACT.md section 1); raises AnnotationError on the first problem.
+
+    The webhook calls this for every admitted pod, and the pods of one workload carry the same
+    values: the parsed request is remembered per tuple of raw values (short ones only, so the
+    cache's memory stays bounded). Refusals are never remembered, so each one is raised afresh.
+    """
     annotations = annotations or {}
-    for key in PUBLIC_ANNOTATIONS:
-        value = annotations.get(key)
-        if value is not None and not isinstance(value, str):
-            raise AnnotationError(
-                key,
-                str(value),
-                "a string (annotation values are strings: quote it in YAML)",
-                "is a YAML "
-                + (
-                    "boolean"
-                    if isinstance(value, bool)
-                    else "number"
-                    if isinstance(value, (int, float))
-                    else type(value).__name__
-                ),
-            )
-    task = annotations.get(names.ANNOTATION_TASK)
+    get = annotations.get
+    values = (
+        get(names.ANNOTATION_TASK),
+        get(names.ANNOTATION_CREDENTIALS),
+        get(names.ANNOTATION_TASK_STATUS),
+        get(names.ANNOTATION_TTL),
+        get(names.ANNOTATION_MAX_DURATION),
+        get(names.ANNOTATION_CONTAINERS),
+        get(names.ANNOTATION_MOUNT_PATH),
+    )
+    total = 0
+    for key, value in zip(PUBLIC_ANNOTATIONS, values, strict=True):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise _not_a_string(key, value)
+        total += len(value)
+    if total <= _CACHED_LENGTH:
+        return _parse_values_cached(*values)
+    return _parse_values(*values)
+
+
+@lru_cache(maxsize=1024)
+def _parse_values_cached(*values: str | None) -> InjectionRequest:
+    return _parse_values(*values)
+
+
+def _parse_values(
+    task: str | None,
+    raw_credentials: str | None,
+    status: str | None,
+    ttl: str | None,
+    max_duration: str | None,
+    raw_containers: str | None,
+    raw_mount: str | None,
+) -> InjectionRequest:
+    """The values of PUBLIC_ANNOTATIONS, in that order (None: absent), checked and typed."""
     if task is None:
         raise AnnotationError(names.ANNOTATION_TASK, None, ACCEPT_TASK)
-    if not isinstance(task, str) or not _TASK.match(task):
-        raise AnnotationError(names.ANNOTATION_TASK, str(task), ACCEPT_TASK)
-
-    raw_credentials = annotations.get(names.ANNOTATION_CREDENTIALS)
+    if not _TASK.match(task):
+        raise AnnotationError(names.ANNOTATION_TASK, task, ACCEPT_TASK)
     if raw_credentials is None:
         raise AnnotationError(names.ANNOTATION_CREDENTIALS, None, ACCEPT_CREDENTIALS)
-    credentials = parse_credentials(str(raw_credentials))
-
-    status = annotations.get(names.ANNOTATION_TASK_STATUS)
+    credentials = parse_credentials(raw_credentials)
     if status is None:
         status = names.DEFAULT_TASK_STATUS
     elif status not in names.TASK_STATUSES:
-        raise AnnotationError(names.ANNOTATION_TASK_STATUS, str(status), ACCEPT_STATUS)
-
-    raw_containers = annotations.get(names.ANNOTATION_CONTAINERS)
-    raw_mount = annotations.get(names.ANNOTATION_MOUNT_PATH)
+        raise AnnotationError(names.ANNOTATION_TASK_STATUS, status, ACCEPT_STATUS)
     return InjectionRequest(
         task=task,
         credentials=credentials,
         task_status=status,
-        ttl=_duration(annotations, names.ANNOTATION_TTL),
-        max_duration=_duration(annotations, names.ANNOTATION_MAX_DURATION),
-        containers=None if raw_containers is None else _containers(str(raw_containers)),
-        mount_path=None if raw_mount is None else _mount_path(str(raw_mount)),
+        ttl=_duration(names.ANNOTATION_TTL, ttl),
+        max_duration=_duration(names.ANNOTATION_MAX_DURATION, max_duration),
+        containers=None if raw_containers is None else _containers(raw_containers),
+        mount_path=None if raw_mount is None else _mount_path(raw_mount),
     )
 
 
