@@ -315,14 +315,23 @@ async def ensure_webhook_certificate(cluster: Cluster, *, namespace: str, secret
     common_name = f"taskcreds-webhook-ca.{namespace}"
     pair: StoredPair | None = None
     for _attempt in range(5):
-        stored = _pair_from_secret(await cluster.get_secret(namespace, secret_name))
+        secret = await cluster.get_secret(namespace, secret_name)
+        stored = _pair_from_secret(secret)
         pair, why = plan_pair(stored, common_name, dns_names, now)
         if why is None:
             break
         log.info("webhook certificate (re)made", extra=fields(
             secret=f"{namespace}/{secret_name}", reason=why, expires=not_after(pair.tls_cert).isoformat()))
+        # optimistic concurrency: create only if absent, replace only the version we read, so two
+        # replicas starting together never each serve their own pair (one would be untrusted)
+        version = ((secret or {}).get("metadata") or {}).get("resourceVersion")
         try:
-            await cluster.apply_secret(namespace, secret_name, pair.secret_data(), labels=dict(_LABELS))
+            if secret is None:
+                await cluster.apply_secret(namespace, secret_name, pair.secret_data(), labels=dict(_LABELS),
+                                           create_only=True)
+            else:
+                await cluster.apply_secret(namespace, secret_name, pair.secret_data(), labels=dict(_LABELS),
+                                           resource_version=version)
         except Conflict:
             log.info("another replica wrote the webhook certificate first; using its pair",
                      extra=fields(secret=f"{namespace}/{secret_name}"))

@@ -70,10 +70,14 @@ class Cluster(Protocol):
         labels: dict[str, str] | None = None,
         *,
         owner: dict[str, Any] | None = None,
+        create_only: bool = False,
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
         """Create or replace a Secret (webhook CA, JWT signing keys, token binding objects).
 
         ``owner`` (an object with apiVersion/kind/metadata.name/uid) becomes its ownerReference.
+        Concurrency between replicas: ``create_only`` raises AlreadyExists when the Secret exists;
+        ``resource_version`` replaces only that version (Conflict otherwise). Neither: last writer wins.
         """
         ...
 

@@ -200,8 +200,12 @@ class KubeCluster:
         labels: dict[str, str] | None = None,
         *,
         owner: dict[str, Any] | None = None,
+        create_only: bool = False,
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels or {})}
+        if resource_version is not None:
+            meta["resourceVersion"] = resource_version  # the API answers 409 Conflict if it moved on
         if owner is not None:
             om = owner.get("metadata") or {}
             meta["ownerReferences"] = [
@@ -221,9 +225,15 @@ class KubeCluster:
             "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
         }
         what = f"Secret {namespace}/{name}"
+        if resource_version is not None:
+            replaced = await self._call(what, self.core.replace_namespaced_secret, name, namespace, body)
+            assert replaced is not None
+            return replaced
         try:
             created = await self._call(what, self.core.create_namespaced_secret, namespace, body)
         except AlreadyExists:
+            if create_only:
+                raise
             replaced = await self._call(what, self.core.replace_namespaced_secret, name, namespace, body)
             assert replaced is not None
             return replaced

@@ -30,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -71,6 +73,10 @@ __all__ = [
 log = logging.getLogger("taskcreds.leases")
 
 ACTIVE: Final = "Active"
+#: how long a replica's claim on revoking a TaskLease holds before another replica may take over
+CLAIM_SECONDS: Final = 30.0
+#: this process's name in revocation claims (every replica sees every pod event; one revokes)
+REPLICA_ID: Final = f"{os.environ.get('HOSTNAME', 'operator')}-{uuid.uuid4().hex[:8]}"
 REVOKING: Final = "Revoking"
 REVOKED: Final = "Revoked"
 _INVALID = re.compile(r"[^a-z0-9-]")
@@ -118,6 +124,7 @@ class RevokeOutcome:
     revoked: list[str] = field(default_factory=list)  # credentials revoked at their source in this run
     not_revocable: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    claimed_by: str | None = None  # another replica holds the revocation claim: it revokes, not us
 
 
 # --- pure builders ---------------------------------------------------------------------------------
@@ -457,8 +464,14 @@ async def revoke_task(
     backoff: Backoff = Backoff(),
     now: Callable[[], datetime] = _utcnow,
     sleep: Callable[[float], Any] = asyncio.sleep,
+    replica: str = REPLICA_ID,
+    claim_seconds: float = CLAIM_SECONDS,
 ) -> RevokeOutcome:
     """Revoke every unrevoked lease of a TaskLease at its source; durable and idempotent.
+
+    One replica revokes: the first to move the TaskLease to Revoking records itself as
+    ``status.revoker`` and renews that claim on every attempt; others return at once
+    (``claimed_by`` set) unless the claim is older than ``claim_seconds``.
 
     Marks the TaskLease Revoking (first reason wins), revokes concurrently, records each result,
     retries failures with capped exponential backoff (lastError on the lease, a Warning Event on
@@ -472,19 +485,44 @@ async def revoke_task(
     if lease is None:
         outcome.done = True
         return outcome
-    while (lease.get("status") or {}).get("phase") not in (REVOKING, REVOKED):
+    # claim the revocation: every replica sees the same pod event, one revokes at the source; a
+    # claim not renewed within CLAIM_SECONDS (its replica died) is taken over by the next caller
+    while True:
+        status = lease.get("status") or {}
+        if status.get("phase") == REVOKED:
+            break
+        claim = status.get("revoker") or {}
+        claimed_at = parse_timestamp(claim.get("at"))
+        held_by_other = (
+            status.get("phase") == REVOKING
+            and claim.get("id") not in (None, replica)
+            and claimed_at is not None
+            and (now() - claimed_at).total_seconds() < claim_seconds
+        )
+        if held_by_other:
+            outcome.claimed_by = claim.get("id")
+            return outcome
         try:
             lease = await cluster.patch_task_lease(
                 namespace,
                 lease_name,
-                {"metadata": _rv(lease), "status": {"phase": REVOKING, "reason": reason}},
+                {
+                    "metadata": _rv(lease),
+                    "status": {
+                        "phase": REVOKING,
+                        "reason": status.get("reason") or reason,
+                        "revoker": {"id": replica, "at": format_time(now())},
+                    },
+                },
                 subresource="status",
             )
+            break
         except Conflict:
-            lease = await cluster.get_task_lease(namespace, lease_name)
-            if lease is None:
+            fresh = await cluster.get_task_lease(namespace, lease_name)
+            if fresh is None:
                 outcome.done = True
                 return outcome
+            lease = fresh
     reason = (lease.get("status") or {}).get("reason") or reason
     for attempt in range(max(1, backoff.attempts)):
         pending = [e for e in (lease.get("status") or {}).get("leases") or [] if not e.get("revokedAt")]
@@ -496,7 +534,8 @@ async def revoke_task(
         changes = await _revoke_entries(
             cluster, providers, lease, pending, reason, metrics=metrics, now=now, outcome=outcome
         )
-        lease = await _write_changes(cluster, lease, changes, {})
+        renew_claim = {"revoker": {"id": replica, "at": format_time(now())}}
+        lease = await _write_changes(cluster, lease, changes, renew_claim)
     pending = [e for e in (lease.get("status") or {}).get("leases") or [] if not e.get("revokedAt")]
     if pending:
         outcome.failed = sorted({e["credential"] for e in pending})
@@ -529,6 +568,7 @@ async def revoke_pod_task(
     *,
     metrics: OperatorMetrics | None,
     backoff: Backoff = Backoff(),
+    replica: str = REPLICA_ID,
 ) -> RevokeOutcome | None:
     """Revoke the task named on ``pod`` (the lifecycle handlers' RevokeFn, with the first args bound).
 
@@ -555,7 +595,8 @@ async def revoke_pod_task(
     if meta.get("deletionTimestamp") is None and reason != "pod_deleted":
         await record_ended(cluster, pod, task, reason)
     return await revoke_task(
-        cluster, providers, meta["namespace"], name, reason, metrics=metrics, seen_at=seen_at, backoff=backoff
+        cluster, providers, meta["namespace"], name, reason,
+        metrics=metrics, seen_at=seen_at, backoff=backoff, replica=replica,
     )
 
 
@@ -611,6 +652,7 @@ async def sweep_leases(
     metrics: OperatorMetrics | None,
     namespace: str | None = None,
     backoff: Backoff = Backoff(),
+    replica: str = REPLICA_ID,
     now: Callable[[], datetime] = _utcnow,
 ) -> list[RevokeOutcome]:
     """The periodic sweep: finish Revoking leases, revoke orphans (pod_deleted) and expired leases."""
@@ -627,7 +669,8 @@ async def sweep_leases(
             reason = (lease.get("status") or {}).get("reason") or "pod_deleted"
             outcomes.append(
                 await revoke_task(
-                    cluster, providers, key[0], key[1], reason, metrics=metrics, backoff=backoff, now=now
+                    cluster, providers, key[0], key[1], reason, metrics=metrics, backoff=backoff, now=now,
+                    replica=replica,
                 )
             )
     await revoke_expired(cluster, providers, metrics=metrics, namespace=namespace, now=now)

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import tempfile
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,6 +46,8 @@ class OperatorParts:
 
     metrics: OperatorMetrics
     ports: dict[str, int] = field(default_factory=dict)
+    #: this replica's name in revocation claims on TaskLeases (one replica revokes each task)
+    replica_id: str = field(default_factory=lambda: f"{os.environ.get('HOSTNAME', 'op')}-{uuid.uuid4().hex[:8]}")
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -179,8 +182,8 @@ async def run_operator(
 
     # 4. the lifecycle: kopf pod events -> hub + revocation; the periodic sweep
     lifecycle = TaskLifecycle(
-        revoke=partial(leases.revoke_pod_task, cluster, providers, metrics=metrics),
-        sweep=partial(leases.sweep_leases, cluster, providers, metrics=metrics),
+        revoke=partial(leases.revoke_pod_task, cluster, providers, metrics=metrics, replica=parts.replica_id),
+        sweep=partial(leases.sweep_leases, cluster, providers, metrics=metrics, replica=parts.replica_id),
         status_sink=hub.update,
     )
     registry = build_registry(lifecycle)

@@ -272,8 +272,19 @@ class MemCluster:
         labels: dict[str, str] | None = None,
         *,
         owner: dict[str, Any] | None = None,
+        create_only: bool = False,
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
         self._enter("apply_secret")
+        existing = self.secrets.get((namespace, name))
+        if create_only and existing is not None:
+            raise AlreadyExists(f"Secret {namespace}/{name} exists")
+        if resource_version is not None:
+            current = (existing or {}).get("metadata", {}).get("resourceVersion")
+            if existing is None:
+                raise NotFound(f"Secret {namespace}/{name} not found")
+            if current != resource_version:
+                raise Conflict(f"Secret {namespace}/{name} changed (resourceVersion {current})")
         body = self._secret_body(namespace, name, data, labels, owner)
         self.secrets[(namespace, name)] = body
         return _copy(body)

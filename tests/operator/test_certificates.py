@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from taskcreds.operator import certificates as certs
-from taskcreds.operator.cluster import Conflict
+from taskcreds.operator.cluster import AlreadyExists, Conflict
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 NAMES = certs.dns_names_for("taskcreds-webhook", "taskcreds-system")
@@ -172,10 +172,16 @@ class FakeCluster:
         return self.secrets.get((namespace, name))
 
     async def apply_secret(self, namespace: str, name: str, data: dict[str, bytes],
-                           labels: dict[str, str] | None = None) -> dict[str, Any]:
+                           labels: dict[str, str] | None = None, *, create_only: bool = False,
+                           resource_version: str | None = None) -> dict[str, Any]:
         if self.before_apply is not None:
             hook, self.before_apply = self.before_apply, None
             await hook()
+        current = self.secrets.get((namespace, name))
+        if create_only and current is not None:
+            raise AlreadyExists("secrets already exists")
+        if resource_version is not None and (current or {}).get("metadata", {}).get("resourceVersion") != resource_version:
+            raise Conflict("the object has been modified")
         self.writes += 1
         self.store(namespace, name, data)
         return self.secrets[(namespace, name)]
@@ -284,24 +290,34 @@ async def test_conflict_rereads_and_uses_the_winners_pair(tmp_path: Path) -> Non
     assert (tmp_path / "tls.crt").read_bytes() == winner["tls.crt"]
 
 
-async def test_last_writer_without_conflict_converges_on_the_stored_pair(tmp_path: Path) -> None:
-    """Without a Conflict (apply_secret takes no resourceVersion), the last writer's pair wins; the
-    other replica adopts it on its next periodic run."""
+async def test_two_replicas_starting_together_serve_one_pair(tmp_path: Path) -> None:
+    """The other replica stores its pair between our read and our write: our create-only write
+    fails and we adopt its pair at once, so neither serves a pair the caBundle does not trust."""
     cluster = FakeCluster()
     other_dir = tmp_path / "other"
 
-    async def other_replica_writes_after_us() -> None:
-        await ensure(cluster, other_dir)  # completes fully (its write lands) before ours
+    async def other_replica_writes_after_our_read() -> None:
+        await ensure(cluster, other_dir)
 
-    cluster.before_apply = other_replica_writes_after_us
+    cluster.before_apply = other_replica_writes_after_our_read
     await ensure(cluster, tmp_path / "ours")
     stored = cluster.data()
+    assert cluster.writes == 1, "only the winner wrote"
     assert cluster.ca_bundles["taskcreds"] == stored["ca.crt"]
     assert (tmp_path / "ours" / "tls.crt").read_bytes() == stored["tls.crt"]
-    assert (other_dir / "tls.crt").read_bytes() != stored["tls.crt"], "the race this test is about"
-    await ensure(cluster, other_dir)
     assert (other_dir / "tls.crt").read_bytes() == stored["tls.crt"]
-    assert cluster.writes == 2
+
+
+async def test_a_rotation_replaces_only_the_version_it_read(tmp_path: Path) -> None:
+    """Rotating a stored pair is a replace of the version read: a concurrent rotation wins once."""
+    cluster = FakeCluster()
+    old = datetime(2026, 1, 1, tzinfo=UTC)
+    await ensure(cluster, tmp_path / "first", now=old)
+    first = cluster.data()
+    await ensure(cluster, tmp_path / "late", now=old + timedelta(days=70))  # past 2/3 of 90 days: rotated
+    assert cluster.data()["tls.crt"] != first["tls.crt"]
+    with pytest.raises(Conflict):
+        await cluster.apply_secret("taskcreds-system", "wh-tls", first, resource_version="1")
 
 
 def test_stored_pair_repr_holds_no_key_material(serving: tuple[bytes, bytes],

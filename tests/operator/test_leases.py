@@ -349,3 +349,29 @@ def test_count_active() -> None:
         }
     }
     assert leases.count_active([lease]) == {"jwt": 1, "vault": 1}
+
+
+async def test_one_replica_revokes_while_its_claim_is_fresh_another_takes_over_when_stale(
+    cluster: MemCluster,
+) -> None:
+    """Every replica sees the same pod event; the first to claim the TaskLease revokes at the source."""
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l1")])
+    source = FakeSource(failures=10)  # replica A's attempts all fail: the source is down
+    clock = [NOW]
+    a = await leases.revoke_task(cluster, {"vault": source}, NS, nm(cluster), "completed", metrics=None,
+                                 backoff=leases.Backoff(attempts=1, base=0.001, cap=0.001),
+                                 now=lambda: clock[0], replica="replica-a")
+    assert not a.done and a.claimed_by is None
+    calls_by_a = source.calls
+    b = await leases.revoke_task(cluster, {"vault": FakeSource()}, NS, nm(cluster), "completed",
+                                 metrics=None, backoff=FAST, now=lambda: clock[0], replica="replica-b")
+    assert b.claimed_by == "replica-a" and not b.done, "a fresh claim is left to its holder"
+    assert source.calls == calls_by_a
+    clock[0] = NOW + timedelta(seconds=leases.CLAIM_SECONDS + 1)  # replica A died mid-revocation
+    healthy = FakeSource()
+    c = await leases.revoke_task(cluster, {"vault": healthy}, NS, nm(cluster), "completed", metrics=None,
+                                 backoff=FAST, now=lambda: clock[0], replica="replica-b")
+    assert c.done and healthy.revoked == ["l1"]
+    stored = cluster.task_leases[(NS, nm(cluster))]
+    assert stored["status"]["phase"] == "Revoked"
+    assert stored["status"]["revoker"]["id"] == "replica-b"

@@ -1,0 +1,273 @@
+"""Two operator replicas against one API (the chart's default), and the chart's RBAC against the
+calls the operator really makes.
+
+Both replicas serve the webhook and the broker and both see every pod event; revocation must still
+happen exactly once per lease at its source, with the TaskLease finishing Revoked. Every API call
+either replica made, under its own service-account identity, must be allowed by the Role and
+ClusterRole the chart renders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from taskcreds.operator.config import load_config
+from taskcreds.operator.kube import connect
+from taskcreds.operator.main import OperatorParts, kopf_settings_for_taskcreds, run_operator
+from taskcreds.operator.settings import OperatorSettings
+
+from taskcreds import names
+from taskcreds.devauthority import DevAuthority
+from taskcreds.metrics import OperatorMetrics, register_operator
+from taskcreds.svid import client_context
+from tests.chart.helm import Helm, find_helm
+from tests.kube.fixtures import KubeApi
+from tests.kube.rbac import rules_from, uncovered
+from tests.kube.tokens import API_AUDIENCES
+
+CRDS = Path(__file__).resolve().parents[2] / "charts" / "taskcreds" / "crds"
+TD = "taskcreds.local"
+OPERATOR_SA = "taskcreds-operator"
+OPERATOR_USER = f"system:serviceaccount:taskcreds-system:{OPERATOR_SA}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Replica:
+    """One taskcreds-operator on its own loop and thread (kopf owns its loop, as in a pod)."""
+
+    def __init__(self, kube_api: KubeApi, svid: Any, token: str) -> None:
+        self.ports = {"webhook": free_port(), "broker": free_port(), "metrics": free_port()}
+        self.metrics: OperatorMetrics = register_operator()
+        self._kube_api, self._svid, self._token = kube_api, svid, token
+        self._box: dict[str, Any] = {}
+        self.failure: list[BaseException] = []
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:
+            self.failure.append(exc)
+
+    async def _run(self) -> None:
+        cluster = await connect(url=self._kube_api.url, token=self._token)
+        kopf_settings = kopf_settings_for_taskcreds()
+        kopf_settings.queueing.idle_timeout = 0.3
+        kopf_settings.queueing.exit_timeout = 0.3
+        self._box["stop"], self._box["loop"] = asyncio.Event(), asyncio.get_running_loop()
+        parts = self._box["parts"] = OperatorParts(metrics=self.metrics)
+        settings = OperatorSettings(
+            webhook_listen=("127.0.0.1", self.ports["webhook"]),
+            broker_listen=("127.0.0.1", self.ports["broker"]),
+            metrics_listen=("127.0.0.1", self.ports["metrics"]),
+        )
+        info = self._kube_api.kopf_connection_info()
+        import kopf
+
+        login = kopf.ConnectionInfo(server=info.server, token=self._token, ca_data=info.ca_data)
+        try:
+            await run_operator(
+                settings,
+                load_config(None),
+                cluster=cluster,
+                svid_source=lambda: self._svid,
+                stop=self._box["stop"],
+                parts=parts,
+                kopf_login=lambda **_: login,
+                kopf_settings=kopf_settings,
+                sweep_interval=0.5,
+            )
+        finally:
+            await cluster.close()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    @property
+    def ready(self) -> bool:
+        return "parts" in self._box and self._box["parts"].ready.is_set()
+
+    def stop(self) -> None:
+        if "loop" in self._box:
+            self._box["loop"].call_soon_threadsafe(self._box["stop"].set)
+        self.thread.join(30)
+
+
+@pytest.fixture
+def helm_binary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Helm]:
+    binary = find_helm()
+    if binary is None:
+        pytest.skip("helm not found: expected .venv/bin/helm (scripts/bootstrap.sh installs it)")
+    yield Helm(binary=binary, home=tmp_path_factory.mktemp("helm-home"))
+
+
+async def test_two_replicas_revoke_every_lease_once_within_the_charts_rbac(
+    kube_api: KubeApi, helm_binary: Helm
+) -> None:
+    kube_api.register_crds_from(CRDS)
+    for ns in ("taskcreds-system", "agents"):
+        kube_api.ensure_namespace(ns)
+    for ns, sa in (("taskcreds-system", OPERATOR_SA), ("agents", "coding-agent")):
+        kube_api.put(
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}}
+        )
+    kube_api.put(
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "taskcreds"},
+            "webhooks": [
+                {
+                    "name": "inject.taskcreds.io",
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                    "clientConfig": {
+                        "service": {
+                            "namespace": "taskcreds-system",
+                            "name": "taskcreds-webhook",
+                            "path": "/mutate",
+                            "port": 443,
+                        }
+                    },
+                    "rules": [
+                        {
+                            "operations": ["CREATE"],
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "resources": ["pods"],
+                        }
+                    ],
+                    "objectSelector": {"matchLabels": {names.LABEL_INJECT: "true"}},
+                    "failurePolicy": "Fail",
+                }
+            ],
+        }
+    )
+    kube_api.put(
+        {
+            "apiVersion": names.API_VERSION,
+            "kind": "CredentialSource",
+            "metadata": {"name": "api", "namespace": "agents"},
+            "spec": {
+                "provider": "jwt",
+                "defaultTTL": "10m",
+                "maxTTL": "1h",
+                "allowedServiceAccounts": ["coding-agent"],
+            },
+        }
+    )
+    authority = DevAuthority(TD, allow=True)
+    operator_svid = authority.mint_x509_svid(f"spiffe://{TD}/ns/taskcreds-system/sa/{OPERATOR_SA}")
+    token = kube_api.issue_token("taskcreds-system", OPERATOR_SA, list(API_AUDIENCES))
+    replicas = [Replica(kube_api, operator_svid, token) for _ in range(2)]
+    for replica in replicas:
+        replica.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not all(r.ready for r in replicas):
+            assert not any(r.failure for r in replicas), [r.failure for r in replicas]
+            assert time.monotonic() < deadline, "replicas not ready within 60 s"
+            await asyncio.sleep(0.05)
+        # the API server reaches the webhook Service: the first replica's endpoint
+        kube_api.set_service_endpoint(
+            "taskcreds-system", "taskcreds-webhook", f"127.0.0.1:{replicas[0].ports['webhook']}"
+        )
+
+        from kubernetes_asyncio import client as k8s
+
+        core = k8s.CoreV1Api(await kube_api.kubernetes_asyncio_client())
+        pods = [f"agent-{i}" for i in range(3)]
+        for pod in pods:
+            await core.create_namespaced_pod(
+                "agents",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": pod,
+                        "namespace": "agents",
+                        "labels": {names.LABEL_INJECT: "true"},
+                        "annotations": {
+                            names.ANNOTATION_TASK: f"task-{pod}",
+                            names.ANNOTATION_CREDENTIALS: "api",
+                        },
+                    },
+                    "spec": {
+                        "serviceAccountName": "coding-agent",
+                        "securityContext": {"fsGroup": 1000},
+                        "containers": [{"name": "agent", "image": "example.com/agent:1"}],
+                    },
+                },
+            )
+        # each pod's sidecar gets its credential from either replica's broker (as a Service would spread them)
+        async with aiohttp.ClientSession() as http:
+            agent_svid = authority.mint_x509_svid(f"spiffe://{TD}/ns/agents/sa/coding-agent")
+            for i, pod in enumerate(pods):
+                broker = replicas[i % 2].ports["broker"]
+                pod_token = kube_api.issue_pod_token("agents", pod, "coding-agent")
+                async with http.post(
+                    f"https://127.0.0.1:{broker}/v1/credentials",
+                    json={"task": f"task-{pod}"},
+                    ssl=client_context(agent_svid),
+                    headers={"Authorization": f"Bearer {pod_token}"},
+                ) as r:
+                    assert r.status == 200, await r.text()
+        # every task ends at once; both replicas see every event
+        for pod in pods:
+            await core.patch_namespaced_pod(
+                pod, "agents", {"metadata": {"annotations": {names.ANNOTATION_TASK_STATUS: "completed"}}}
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            leases = kube_api.list(names.API_VERSION, "TaskLease", "agents")
+            done = [
+                lease
+                for lease in leases
+                if (lease.get("status") or {}).get("phase") == "Revoked"
+                and names.FINALIZER_REVOKE not in (lease["metadata"].get("finalizers") or [])
+            ]
+            if len(done) == len(pods):
+                break
+            await asyncio.sleep(0.05)
+        assert len(done) == len(pods), leases
+        assert all(
+            e.get("revokedAt") and e.get("revokeReason") == "completed"
+            for lease in done
+            for e in lease["status"]["leases"]
+        )
+        # revoked once per lease at its source, whichever replica did it
+        revoked = sum(
+            r.metrics.credentials_revoked.labels(provider="jwt", reason="completed")._value.get()
+            for r in replicas
+        )
+        assert revoked == len(pods), (
+            [
+                r.metrics.credentials_revoked.labels(provider="jwt", reason="completed")._value.get()
+                for r in replicas
+            ],
+            [lease["status"] for lease in done],
+        )
+    finally:
+        for replica in replicas:
+            replica.stop()
+    assert not any(r.failure for r in replicas), [r.failure for r in replicas]
+
+    # the chart's RBAC allows every call the operator made under its own identity
+    calls = [c for c in kube_api.api_calls if c.user == OPERATOR_USER]
+    assert calls, "the operator made no API call under its service account"
+    chart = helm_binary.template()
+    missing = uncovered(calls, rules_from(chart))
+    assert missing == [], f"the chart's Role/ClusterRole would refuse: {sorted(set(missing))}"
