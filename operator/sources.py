@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import string
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -26,6 +27,8 @@ from taskcreds.durations import DurationError, parse_duration
 __all__ = [
     "Source",
     "SourceError",
+    "ProxySettings",
+    "parse_proxy",
     "parse_source",
     "resolve_source",
     "source_from_ref",
@@ -47,10 +50,42 @@ PROVIDER_BLOCKS: Final = {
 DEFAULT_DEFAULT_TTL: Final = 900.0  # 15m, when a source names no defaultTTL
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: a lower-case DNS name (labels of 1-63 characters); a proxy host is one, or ``*.`` + one with a dot
+_DNS = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+#: headers the sidecar's proxy manages itself: a credential can never ride in them
+_MANAGED_HEADERS = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate", "te",
+     "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
+)
+MAX_PROXY_HOSTS: Final = 64
 
 
 class SourceError(ValueError):
     """A CredentialSource whose spec cannot be used; names the source, the field and what is accepted."""
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """``spec.proxy`` of a source with ``delivery: proxy``: where and how the sidecar attaches it.
+
+    Non-secret (hosts and a header template, never a value): it travels in the broker's answer.
+    Exactly one of ``header`` and ``basic_username`` is set.
+    """
+
+    hosts: tuple[str, ...]
+    header: str | None = None
+    basic_username: str | None = None
+    allow_http: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``proxy`` block of a credential object in the broker's answer (docs/broker-api.md)."""
+        return {
+            "hosts": list(self.hosts),
+            "header": self.header,
+            "basicUsername": self.basic_username,
+            "allowHttp": self.allow_http,
+        }
 
 
 @dataclass(frozen=True)
@@ -68,6 +103,8 @@ class Source:
     files: tuple[str, ...]
     delivery: str
     spec: dict[str, Any] = field(repr=False, compare=False)
+    proxy: ProxySettings | None = None
+    """Set exactly when ``delivery`` is ``proxy``."""
 
     @property
     def ref(self) -> dict[str, str]:
@@ -155,6 +192,7 @@ def parse_source(obj: dict[str, Any]) -> Source:
     delivery = spec.get("delivery") or "file"
     if delivery not in ("file", "proxy"):
         raise SourceError(f"{where}: spec.delivery {delivery!r} is not one of file, proxy")
+    proxy = parse_proxy(where, spec.get("proxy"), delivery=delivery, files=files_t)
     return Source(
         kind=kind,
         name=str(meta.get("name")),
@@ -167,7 +205,131 @@ def parse_source(obj: dict[str, Any]) -> Source:
         files=files_t,
         delivery=delivery,
         spec=spec,
+        proxy=proxy,
     )
+
+
+def _proxy_host(where: str, index: int, raw: Any) -> str:
+    field_name = f"{where}: spec.proxy.hosts[{index}]"
+    if not isinstance(raw, str):
+        raise SourceError(f"{field_name} must be a string, got {type(raw).__name__}")
+    host = raw.strip().lower().rstrip(".")
+    wildcard = host.startswith("*.")
+    name = host[2:] if wildcard else host
+    if not _DNS.match(name):
+        raise SourceError(
+            f"{field_name} {raw!r} is not a host name: expected an exact DNS name (api.github.com) "
+            "or '*.' followed by one (*.githubusercontent.com)"
+        )
+    if wildcard and "." not in name:
+        raise SourceError(
+            f"{field_name} {raw!r} would match a whole top-level domain; use at least '*.example.com'"
+        )
+    return host
+
+
+def _proxy_header(where: str, header: Any, files: tuple[str, ...]) -> str:
+    field_name = f"{where}: spec.proxy.header"
+    if not isinstance(header, str):
+        raise SourceError(f"{field_name} must be a string such as 'Authorization: Bearer {{token}}'")
+    name, sep, template = header.partition(":")
+    name, template = name.strip(), template.strip()
+    if not sep or not _HEADER_NAME.match(name) or any(c in header for c in "\r\n\0"):
+        raise SourceError(
+            f"{field_name} {header!r} must look like 'Name: value with {{token}}' on one line"
+        )
+    if name.lower() in _MANAGED_HEADERS:
+        raise SourceError(f"{field_name}: header {name!r} is managed by the proxy and cannot carry a credential")
+    placeholders: list[str] = []
+    try:
+        for _literal, placeholder, spec, conversion in string.Formatter().parse(template):
+            if placeholder is None:
+                continue
+            if spec or conversion or not _FILE.match(placeholder):
+                raise SourceError(
+                    f"{field_name}: placeholder {{{placeholder}}} must be a plain file name such as {{token}}"
+                )
+            placeholders.append(placeholder)
+    except ValueError as exc:
+        raise SourceError(
+            f"{field_name} {header!r} is malformed ({exc}); write literal braces as '{{{{' and '}}}}'"
+        ) from None
+    if not placeholders:
+        raise SourceError(f"{field_name} {header!r} has no placeholder; put the credential in with {{token}}")
+    unknown = [p for p in placeholders if p not in files]
+    if unknown:
+        raise SourceError(
+            f"{field_name}: placeholder {{{unknown[0]}}} is not one of the source's files "
+            f"({', '.join(files)})"
+        )
+    return f"{name}: {template}"
+
+
+def parse_proxy(
+    where: str, raw: Any, *, delivery: str, files: tuple[str, ...]
+) -> ProxySettings | None:
+    """Check ``spec.proxy`` against ``spec.delivery`` (pure); every error names the field."""
+    if delivery != "proxy":
+        if raw is not None:
+            raise SourceError(
+                f"{where}: spec.proxy is set but spec.delivery is {delivery!r}; "
+                "set delivery: proxy, or remove spec.proxy"
+            )
+        return None
+    if not isinstance(raw, dict):
+        raise SourceError(
+            f"{where}: spec.proxy is required when spec.delivery is proxy: "
+            "{hosts: [api.example.com], header: 'Authorization: Bearer {token}'} or basic: {username: ...}"
+        )
+    unknown = sorted(set(raw) - {"hosts", "header", "basic", "allowHttp"})
+    if unknown:
+        raise SourceError(
+            f"{where}: spec.proxy.{unknown[0]} is not a field; expected hosts, header, basic, allowHttp"
+        )
+    hosts_raw = raw.get("hosts")
+    if not isinstance(hosts_raw, list) or not hosts_raw:
+        raise SourceError(
+            f"{where}: spec.proxy.hosts is required: a non-empty list of host names or '*.suffix' patterns"
+        )
+    if len(hosts_raw) > MAX_PROXY_HOSTS:
+        raise SourceError(f"{where}: spec.proxy.hosts lists {len(hosts_raw)} hosts; at most {MAX_PROXY_HOSTS}")
+    hosts: list[str] = []
+    for index, item in enumerate(hosts_raw):
+        host = _proxy_host(where, index, item)
+        if host not in hosts:
+            hosts.append(host)
+    has_header, has_basic = raw.get("header") is not None, raw.get("basic") is not None
+    if has_header == has_basic:
+        raise SourceError(
+            f"{where}: spec.proxy needs exactly one of header (e.g. 'Authorization: Bearer {{token}}') "
+            "and basic ({username: x-access-token}: HTTP Basic with the token as password)"
+        )
+    header = basic_username = None
+    if has_header:
+        header = _proxy_header(where, raw["header"], files)
+    else:
+        basic = raw["basic"]
+        username = basic.get("username") if isinstance(basic, dict) else None
+        if (
+            not isinstance(username, str)
+            or not username
+            or ":" in username
+            or any(c in username for c in "\r\n\0")
+        ):
+            raise SourceError(
+                f"{where}: spec.proxy.basic.username must be a non-empty string without ':' or line breaks, "
+                f"got {username!r}"
+            )
+        if "token" not in files:
+            raise SourceError(
+                f"{where}: spec.proxy.basic sends the file 'token' as the password, but spec.files is "
+                f"({', '.join(files)}); add token or use spec.proxy.header"
+            )
+        basic_username = username
+    allow_http = raw.get("allowHttp", False)
+    if not isinstance(allow_http, bool):
+        raise SourceError(f"{where}: spec.proxy.allowHttp must be true or false, got {allow_http!r}")
+    return ProxySettings(tuple(hosts), header, basic_username, allow_http)
 
 
 async def resolve_source(cluster: Cluster, namespace: str, name: str) -> Source | None:

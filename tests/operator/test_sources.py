@@ -8,6 +8,7 @@ import pytest
 from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.providers.base import ProviderError
 from taskcreds.operator.sources import (
+    ProxySettings,
     SourceError,
     default_files,
     parse_source,
@@ -211,3 +212,101 @@ async def test_namespaced_source_may_not_read_another_namespace() -> None:
         )
     assert "may only use Secrets in its own namespace" in str(info.value)
     assert "cluster-admin-token" not in str(info.value)
+
+
+# --- proxy delivery (spec.delivery: proxy + spec.proxy) -------------------------------------------
+PROXY = {**BASE, "delivery": "proxy"}
+GOOD_PROXY = [
+    (
+        "bearer header",
+        {"hosts": ["api.github.com"], "header": "Authorization: Bearer {token}"},
+        ProxySettings(("api.github.com",), header="Authorization: Bearer {token}"),
+    ),
+    (
+        "basic for git, wildcard, upper case and a trailing dot normalized, duplicates dropped",
+        {"hosts": ["GitHub.com.", "*.githubusercontent.com", "github.com"], "basic": {"username": "x-access-token"}},
+        ProxySettings(("github.com", "*.githubusercontent.com"), basic_username="x-access-token"),
+    ),
+    (
+        "custom header with spaces trimmed, plain http allowed",
+        {"hosts": ["api.internal"], "header": "X-Api-Key :  {token}", "allowHttp": True},
+        ProxySettings(("api.internal",), header="X-Api-Key: {token}", allow_http=True),
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "proxy", "expected"), GOOD_PROXY, ids=[g[0] for g in GOOD_PROXY])
+def test_proxy_settings_are_parsed(case: str, proxy: dict[str, Any], expected: ProxySettings) -> None:
+    s = parse_source(obj({**PROXY, "proxy": proxy}))
+    assert s.delivery == "proxy" and s.proxy == expected
+
+
+def test_proxy_settings_travel_as_json_without_values() -> None:
+    s = parse_source(obj({**PROXY, "proxy": {"hosts": ["github.com"], "basic": {"username": "x-access-token"}}}))
+    assert s.proxy is not None and s.proxy.to_json() == {
+        "hosts": ["github.com"],
+        "header": None,
+        "basicUsername": "x-access-token",
+        "allowHttp": False,
+    }
+    assert parse_source(obj(BASE)).proxy is None
+
+
+def test_every_host_the_broker_accepts_the_sidecar_route_accepts() -> None:
+    """Operator and sidecar check hosts separately; a source the broker hands out must never fail
+    in the sidecar (the pod would never be ready)."""
+    from taskcreds.sidecar.proxy import ProxyRoute
+
+    for _case, proxy, _expected in GOOD_PROXY:
+        settings = parse_source(obj({**PROXY, "proxy": proxy})).proxy
+        assert settings is not None
+        route = ProxyRoute("github", settings.hosts, header=settings.header,
+                           basic_username=settings.basic_username, allow_http=settings.allow_http)
+        assert route.hosts == settings.hosts
+
+
+BAD_PROXY = [
+    ("proxy delivery without proxy", PROXY, "spec.proxy is required when spec.delivery is proxy"),
+    ("proxy settings on a file source", {**BASE, "proxy": {"hosts": ["a.b"]}}, "spec.proxy is set but"),
+    ("no hosts", {**PROXY, "proxy": {"header": "A: {token}"}}, "spec.proxy.hosts is required"),
+    ("empty hosts", {**PROXY, "proxy": {"hosts": [], "header": "A: {token}"}}, "spec.proxy.hosts is required"),
+    ("host with a path", {**PROXY, "proxy": {"hosts": ["a.b/c"], "header": "A: {token}"}},
+     "spec.proxy.hosts[0] 'a.b/c' is not a host name"),
+    ("bare star", {**PROXY, "proxy": {"hosts": ["ok.example", "*"], "header": "A: {token}"}},
+     "spec.proxy.hosts[1] '*' is not a host name"),
+    ("wildcard over a top-level domain", {**PROXY, "proxy": {"hosts": ["*.com"], "header": "A: {token}"}},
+     "spec.proxy.hosts[0] '*.com' would match a whole top-level domain"),
+    ("host not a string", {**PROXY, "proxy": {"hosts": [7], "header": "A: {token}"}},
+     "spec.proxy.hosts[0] must be a string"),
+    ("neither header nor basic", {**PROXY, "proxy": {"hosts": ["a.b"]}}, "exactly one of header"),
+    ("both header and basic", {**PROXY, "proxy": {"hosts": ["a.b"], "header": "A: {token}", "basic": {"username": "u"}}},
+     "exactly one of header"),
+    ("header without a placeholder", {**PROXY, "proxy": {"hosts": ["a.b"], "header": "Authorization: Bearer x"}},
+     "spec.proxy.header 'Authorization: Bearer x' has no placeholder"),
+    ("header without a name", {**PROXY, "proxy": {"hosts": ["a.b"], "header": "{token}"}},
+     "spec.proxy.header '{token}' must look like"),
+    ("header placeholder names no file", {**PROXY, "proxy": {"hosts": ["a.b"], "header": "A: {password}"}},
+     "placeholder {password} is not one of the source's files (token)"),
+    ("header placeholder with a format spec", {**PROXY, "proxy": {"hosts": ["a.b"], "header": "A: {token:>9}"}},
+     "must be a plain file name"),
+    ("header the proxy manages", {**PROXY, "proxy": {"hosts": ["a.b"], "header": "Host: {token}"}},
+     "header 'Host' is managed by the proxy"),
+    ("header with a line break", {**PROXY, "proxy": {"hosts": ["a.b"], "header": "A: {token}\r\nB: c"}},
+     "on one line"),
+    ("basic username with a colon", {**PROXY, "proxy": {"hosts": ["a.b"], "basic": {"username": "a:b"}}},
+     "spec.proxy.basic.username must be"),
+    ("basic without a token file", {**PROXY, "files": ["password"], "proxy": {"hosts": ["a.b"], "basic": {"username": "u"}}},
+     "spec.proxy.basic sends the file 'token'"),
+    ("allowHttp not a boolean", {**PROXY, "proxy": {"hosts": ["a.b"], "header": "A: {token}", "allowHttp": "yes"}},
+     "spec.proxy.allowHttp must be true or false"),
+    ("unknown proxy field", {**PROXY, "proxy": {"hosts": ["a.b"], "header": "A: {token}", "host": "a.b"}},
+     "spec.proxy.host is not a field"),
+]
+
+
+@pytest.mark.parametrize(("case", "spec", "message"), BAD_PROXY, ids=[b[0] for b in BAD_PROXY])
+def test_proxy_refusals_name_the_field(case: str, spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(SourceError) as info:
+        parse_source(obj(spec))
+    assert message in str(info.value)
+    assert "CredentialSource agents/github" in str(info.value)
