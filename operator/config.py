@@ -4,7 +4,7 @@ The Helm chart renders this YAML into a ConfigMap and points ``TASKCREDS_CONFIG`
 ``taskcreds inject --config`` reads the same file. Every key has a safe default, so no file at
 all is a valid configuration. Keys are camelCase, as in every Kubernetes manifest::
 
-    sidecar:   {image, imagePullPolicy, resources: {requests, limits}, probePort, localPort}
+    sidecar:   {image, imagePullPolicy, resources: {requests, limits}, probePort, localPort, proxyPort}
     spiffe:    {socketSource: csi|hostPath, hostPath, socketFile, trustDomain}
     broker:    {url, spiffeId}
     injection: {mountPath, tmpfsSizeLimit, strict, defaultTTL, tokenExpirationSeconds}
@@ -185,6 +185,8 @@ class SidecarConfig(_Model):
     """All interfaces: /healthz, /readyz, /metrics for the kubelet and Prometheus."""
     local_port: int = names.SIDECAR_LOCAL_PORT
     """127.0.0.1 only: adds POST /v1/redact for the agent."""
+    proxy_port: int = 9092
+    """127.0.0.1 only: the egress proxy for credentials with ``delivery: proxy`` (HTTPS_PROXY)."""
 
     @field_validator("image")
     @classmethod
@@ -193,17 +195,19 @@ class SidecarConfig(_Model):
             raise ValueError(f"{value!r} is not a container image reference (for example {DEFAULT_IMAGE})")
         return value
 
-    @field_validator("probe_port", "local_port")
+    @field_validator("probe_port", "local_port", "proxy_port")
     @classmethod
     def _ports(cls, value: int) -> int:
         return _port(value)
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> SidecarConfig:
-        if self.probe_port == self.local_port:
-            raise ValueError(
-                f"probePort and localPort are both {self.probe_port}; accepted: two different ports"
-            )
+        ports = {"probePort": self.probe_port, "localPort": self.local_port, "proxyPort": self.proxy_port}
+        seen: dict[int, str] = {}
+        for key, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{seen[port]} and {key} are both {port}; accepted: different ports")
+            seen[port] = key
         return self
 
 

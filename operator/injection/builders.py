@@ -27,6 +27,9 @@ __all__ = [
     "sidecar_env",
     "agent_mount",
     "agent_env",
+    "PROXY_ENV_NAMES",
+    "CA_BUNDLE_FILE",
+    "ENV_LISTEN_PROXY",
 ]
 
 #: the uid the sidecar runs as when the pod names none (the distroless "nonroot" user)
@@ -37,6 +40,17 @@ OUR_VOLUMES: Final[tuple[str, ...]] = (
     names.VOLUME_SPIFFE,
     names.VOLUME_SA_TOKEN,
 )
+#: the sidecar's proxy listener (the sidecar reads it; taskcreds.names gains it with the proxy work)
+ENV_LISTEN_PROXY: Final[str] = getattr(names, "ENV_LISTEN_PROXY", "TASKCREDS_LISTEN_PROXY")
+#: the CA bundle the sidecar writes into the credentials directory (the proxy's pod CA + system roots)
+CA_BUNDLE_FILE: Final = "ca-bundle.crt"
+_PROXY_URL_ENV: Final = ("HTTPS_PROXY", "HTTP_PROXY")
+_NO_PROXY_ENV: Final = "NO_PROXY"
+#: in-cluster and loopback traffic never goes through the sidecar's proxy
+NO_PROXY: Final = "localhost,127.0.0.1,::1,.svc,.cluster.local"
+#: the CA-bundle variables of OpenSSL/Python, requests, Node.js, git and curl
+_CA_ENV: Final = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "CURL_CA_BUNDLE")
+PROXY_ENV_NAMES: Final[tuple[str, ...]] = (*_PROXY_URL_ENV, _NO_PROXY_ENV, *_CA_ENV)
 _PROBE_PORT_NAME: Final = "tc-probe"
 _TOKEN_FILE: Final = f"{names.SIDECAR_TOKEN_PATH}/{names.SIDECAR_TOKEN_FILE}"
 
@@ -63,6 +77,8 @@ class Pieces:
         "_broker_id",
         "_listen_local",
         "_listen_probe",
+        "_listen_proxy",
+        "_proxy_url",
         "_spiffe_socket",
         "_volume_json",
         "_json",
@@ -87,6 +103,8 @@ class Pieces:
         self._broker_id = config.broker.spiffe_id
         self._listen_local = f"127.0.0.1:{side.local_port}"
         self._listen_probe = f"0.0.0.0:{side.probe_port}"
+        self._listen_proxy = f"127.0.0.1:{side.proxy_port}"
+        self._proxy_url = f"http://{self._listen_proxy}"
         self._spiffe_socket = f"unix://{names.SIDECAR_SPIFFE_PATH}/{spiffe.socket_file}"
         self._volume_json = {v["name"]: orjson.Fragment(orjson.dumps(v)) for v in self.volumes()}
         try:
@@ -137,8 +155,17 @@ class Pieces:
             },
         ]
 
+    def proxy_env(self, mount_path: str) -> list[dict[str, Any]]:
+        """Agent env for credentials delivered by the sidecar's proxy: a loopback URL and paths only."""
+        bundle = f"{mount_path}/{CA_BUNDLE_FILE}"
+        return [
+            *({"name": name, "value": self._proxy_url} for name in _PROXY_URL_ENV),
+            {"name": _NO_PROXY_ENV, "value": NO_PROXY},
+            *({"name": name, "value": bundle} for name in _CA_ENV),
+        ]
+
     def sidecar_env(
-        self, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any]
+        self, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any], proxy: bool = False
     ) -> list[dict[str, Any]]:
         """The sidecar's environment: exactly the names in taskcreds.names it reads."""
         env: list[dict[str, Any]] = [
@@ -161,6 +188,8 @@ class Pieces:
             {"name": names.ENV_LISTEN_LOCAL, "value": self._listen_local},
             {"name": names.ENV_LISTEN_PROBE, "value": self._listen_probe},
         ]
+        if proxy:
+            env.append({"name": ENV_LISTEN_PROXY, "value": self._listen_proxy})
         fs_group = pod_security.get("fsGroup")
         if fs_group is not None:
             env.append({"name": names.ENV_FS_GROUP, "value": str(fs_group)})
@@ -168,7 +197,7 @@ class Pieces:
         return env
 
     def sidecar(
-        self, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any]
+        self, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any], proxy: bool = False
     ) -> dict[str, Any]:
         """The native sidecar (an init container with restartPolicy Always), hardened.
 
@@ -192,7 +221,7 @@ class Pieces:
             "command": ["taskcreds-sidecar"],
             "restartPolicy": "Always",
             "ports": [{"name": _PROBE_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
-            "env": self.sidecar_env(request, mount_path, pod_security),
+            "env": self.sidecar_env(request, mount_path, pod_security, proxy),
             "resources": {key: dict(value) for key, value in self._resources},
             "volumeMounts": [
                 {"name": names.VOLUME_CREDENTIALS, "mountPath": mount_path},
@@ -224,7 +253,7 @@ class Pieces:
         return [fragment for name, fragment in self._volume_json.items() if name not in present]
 
     def sidecar_json(
-        self, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any]
+        self, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any], proxy: bool = False
     ) -> orjson.Fragment:
         """:meth:`sidecar` as ready JSON: the same bytes ``orjson.dumps`` gives for the dict.
 
@@ -232,8 +261,8 @@ class Pieces:
         few per-pod values skips building and then encoding ~60 dicts and lists per pod.
         """
         if self._json is None:
-            return orjson.Fragment(orjson.dumps(self.sidecar(request, mount_path, pod_security)))
-        return self._json.sidecar(request, mount_path, pod_security)
+            return orjson.Fragment(orjson.dumps(self.sidecar(request, mount_path, pod_security, proxy)))
+        return self._json.sidecar(request, mount_path, pod_security, proxy)
 
 
 _MARKS: Final = ("@@taskcreds-env@@", "@@taskcreds-mount@@", "@@taskcreds-security@@")
@@ -265,6 +294,7 @@ class _SidecarJSON:
         "_ttl",
         "_max",
         "_fixed",
+        "_proxy",
         "_fs_group",
         "_socket",
     )
@@ -298,11 +328,12 @@ class _SidecarJSON:
         self._ttl = b"}," + _value_prefix(names.ENV_TTL)
         self._max = b"}," + _value_prefix(names.ENV_MAX_DURATION)
         self._fixed = b"}," + b",".join(orjson.dumps(e) for e in env[3:-1])
+        self._proxy = b"," + orjson.dumps({"name": ENV_LISTEN_PROXY, "value": pieces._listen_proxy})
         self._fs_group = b"," + _value_prefix(names.ENV_FS_GROUP)
         self._socket = b"," + orjson.dumps(env[-1]) + b"]"
 
     def sidecar(
-        self, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any]
+        self, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any], proxy: bool = False
     ) -> orjson.Fragment:
         dumps = orjson.dumps
         mount = dumps(mount_path)
@@ -320,6 +351,8 @@ class _SidecarJSON:
         if request.max_duration is not None:
             parts += (self._max, dumps(_duration_text(request.max_duration)))
         parts.append(self._fixed)
+        if proxy:
+            parts.append(self._proxy)
         fs_group = pod_security.get("fsGroup")
         if fs_group is not None:
             parts += (self._fs_group, dumps(str(fs_group)), b"}")
@@ -349,17 +382,25 @@ def volumes(config: InjectionConfig) -> list[dict[str, Any]]:
 
 
 def sidecar_env(
-    config: InjectionConfig, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any]
+    config: InjectionConfig,
+    request: InjectionRequest,
+    mount_path: str,
+    pod_security: dict[str, Any],
+    proxy: bool = False,
 ) -> list[dict[str, Any]]:
     """The sidecar's environment: exactly the names in taskcreds.names it reads."""
-    return pieces(config).sidecar_env(request, mount_path, pod_security)
+    return pieces(config).sidecar_env(request, mount_path, pod_security, proxy)
 
 
 def sidecar_container(
-    config: InjectionConfig, request: InjectionRequest, mount_path: str, pod_security: dict[str, Any]
+    config: InjectionConfig,
+    request: InjectionRequest,
+    mount_path: str,
+    pod_security: dict[str, Any],
+    proxy: bool = False,
 ) -> dict[str, Any]:
     """The native sidecar container for ``config`` (see :meth:`Pieces.sidecar`)."""
-    return pieces(config).sidecar(request, mount_path, pod_security)
+    return pieces(config).sidecar(request, mount_path, pod_security, proxy)
 
 
 def agent_mount(mount_path: str) -> dict[str, Any]:

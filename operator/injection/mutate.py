@@ -22,6 +22,7 @@ from taskcreds.operator.annotations import (
     PUBLIC_ANNOTATIONS,
     AnnotationError,
     parse_request,
+    shown,
     unknown_annotations,
 )
 from taskcreds.operator.config import InjectionConfig
@@ -34,6 +35,9 @@ from taskcreds import names
 __all__ = [
     "MutationResult",
     "CredentialCheck",
+    "DeliveryLookup",
+    "PROXY_ENV",
+    "MAX_MESSAGE",
     "Outcome",
     "mutate_pod",
     "should_inject",
@@ -43,6 +47,15 @@ __all__ = [
 Outcome = Literal["injected", "skipped", "denied"]
 CredentialCheck = Callable[[str, str, str], "str | None"]
 """(namespace, service account, credential) -> a denial reason, or None when granted."""
+DeliveryLookup = Callable[[str, str], "tuple[str, Any]"]
+"""(namespace, credential) -> ("file" | "proxy", the source's proxy settings or None)."""
+
+#: env names set in every selected container when a credential is delivered by the sidecar's proxy
+PROXY_ENV: Final = builders.PROXY_ENV_NAMES
+#: every denial and warning is cut to this many characters (user input can be a megabyte)
+MAX_MESSAGE: Final = 1024
+#: at most this many static-secret findings are listed one by one
+_MAX_LISTED: Final = 5
 
 NOT_MUTATED_OPERATIONS: Final = frozenset({"UPDATE", "DELETE", "CONNECT"})
 _SIDECAR_PATHS: Final = frozenset(
@@ -67,6 +80,11 @@ class _Denied(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def _bounded(message: str) -> str:
+    """At most MAX_MESSAGE characters: the API server passes messages on to clients and audit logs."""
+    return message if len(message) <= MAX_MESSAGE else shown(message, MAX_MESSAGE - 30)
 
 
 def should_inject(pod: dict[str, Any], operation: str = "CREATE") -> str | None:
@@ -126,7 +144,7 @@ def _service_account(spec: dict[str, Any]) -> str:
 
 def _describe_available(containers: list[dict[str, Any]], init: list[dict[str, Any]]) -> str:
     found = [c.get("name") for c in containers] + [c.get("name") for c in init]
-    return ", ".join(str(n) for n in found if n and n != names.SIDECAR_CONTAINER) or "none"
+    return shown(", ".join(shown(n, 63) for n in found if n and n != names.SIDECAR_CONTAINER) or "none", 300)
 
 
 def _select(spec: dict[str, Any], wanted: tuple[str, ...] | None) -> list[tuple[str, int, dict[str, Any]]]:
@@ -140,7 +158,7 @@ def _select(spec: dict[str, Any], wanted: tuple[str, ...] | None) -> list[tuple[
         by_name.setdefault(c.get("name"), ("initContainers", i, c))
     for i, c in enumerate(containers):
         by_name[c.get("name")] = ("containers", i, c)
-    raw = ",".join(wanted)
+    raw = shown(",".join(wanted), 200)
     if names.SIDECAR_CONTAINER in wanted:
         raise _Denied(
             f'{names.ANNOTATION_CONTAINERS}: "{raw}" names {names.SIDECAR_CONTAINER}, which taskcreds '
@@ -152,17 +170,19 @@ def _select(spec: dict[str, Any], wanted: tuple[str, ...] | None) -> list[tuple[
         eph = {c.get("name") for c in spec.get("ephemeralContainers") or []}
         extra = " (ephemeral containers cannot get the mount)" if eph & set(missing) else ""
         raise _Denied(
-            f'{names.ANNOTATION_CONTAINERS}: "{raw}" names {", ".join(map(repr, missing))}, which '
+            f'{names.ANNOTATION_CONTAINERS}: "{raw}" names {shown(", ".join(map(repr, missing)), 200)}, which '
             f"the pod does not have{extra}; accepted: names of its containers or init containers "
             f"({_describe_available(containers, init)})"
         )
     return [by_name[n] for n in wanted]
 
 
-def _network_warnings(spec: dict[str, Any], config: InjectionConfig) -> list[str]:
+def _network_warnings(spec: dict[str, Any], config: InjectionConfig, proxy: bool = False) -> list[str]:
     """Ports the sidecar needs that the pod already claims, and host networking."""
     found = []
     ours = {config.sidecar.probe_port: "probePort", config.sidecar.local_port: "localPort"}
+    if proxy:
+        ours[config.sidecar.proxy_port] = "proxyPort"
     for group in (spec.get("initContainers") or (), spec["containers"]):
         for c in group:
             ports = c.get("ports")
@@ -183,25 +203,55 @@ def _network_warnings(spec: dict[str, Any], config: InjectionConfig) -> list[str
     return found
 
 
+def _missing_proxy_env(
+    container: dict[str, Any], wanted: list[dict[str, Any]], warnings: list[str]
+) -> list[dict[str, Any]]:
+    """The proxy env entries ``container`` lacks; one it sets otherwise is kept, with a warning.
+
+    An entry equal to ours counts as present (reinvocation adds nothing).
+    """
+    own = {var.get("name"): var for var in container.get("env") or ()}
+    missing = []
+    for entry in wanted:
+        found = own.get(entry["name"])
+        if found is None:
+            missing.append(entry)
+        elif found.get("value") != entry["value"] or "valueFrom" in found:
+            warnings.append(
+                f"container {shown(container.get('name'), 63)!r} sets {entry['name']} itself, so taskcreds "
+                f"leaves it as it is; credentials delivered by proxy need {entry['name']}={entry['value']} "
+                "in that container (remove its own value to let taskcreds set it)"
+            )
+    return missing
+
+
 def _static_secrets(container: dict[str, Any]) -> list[str]:
     """Env variables (and envFrom sources) that put a Kubernetes Secret into the container's environment."""
     found = []
     for var in container.get("env") or ():
         value_from = var.get("valueFrom")
         if value_from and value_from.get("secretKeyRef"):
-            found.append(f"env {var.get('name')} (secretKeyRef {value_from['secretKeyRef'].get('name')})")
+            ref = value_from["secretKeyRef"].get("name")
+            found.append(f"env {shown(var.get('name'), 100)} (secretKeyRef {shown(ref, 100)})")
     for source in container.get("envFrom") or ():
         ref = source.get("secretRef")
         if ref:
-            found.append(f"envFrom secretRef {ref.get('name')}")
+            found.append(f"envFrom secretRef {shown(ref.get('name'), 100)}")
     return found
 
 
 def _check_names(
-    spec: dict[str, Any], containers: list[Any], init: list[Any], present_volumes: set[Any]
+    spec: dict[str, Any], containers: list[Any], init: list[Any], present_volumes: set[Any], already: bool
 ) -> None:
-    """Refuse a pod that already uses a volume or container name taskcreds reserves."""
-    clash = [n for n in builders.OUR_VOLUMES if n in present_volumes]
+    """Refuse a pod that already uses a volume or container name taskcreds reserves.
+
+    A pod that says it is injected (``taskcreds.io/injected``) legitimately has our volumes and our
+    init container, but a regular or ephemeral container by the sidecar's name is never ours: the
+    annotation is only a claim, and adding our sidecar beside it would duplicate the name.
+    """
+    if already:
+        init = []
+    clash = [] if already else [n for n in builders.OUR_VOLUMES if n in present_volumes]
     if clash:
         raise _Denied(
             f"spec.volumes: the pod already has a volume named {', '.join(map(repr, clash))}, a name "
@@ -217,7 +267,8 @@ def _check_names(
     if taken:
         raise _Denied(
             f"the pod already has a container named {sidecar!r}, a name taskcreds "
-            "reserves; accepted: any other container name"
+            "reserves (whether or not the pod carries "
+            f"{names.ANNOTATION_INJECTED}); accepted: any other container name"
         )
 
 
@@ -227,6 +278,7 @@ def _plan(
     namespace: str | None,
     credential_check: CredentialCheck | None,
     encoded: bool = False,
+    delivery: DeliveryLookup | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Check everything, then build the operations. Raises _Denied before producing any.
 
@@ -273,15 +325,22 @@ def _plan(
         if c.get("name") == names.SIDECAR_CONTAINER:
             sidecar_present = True
             break
-    if not already:
-        _check_names(spec, containers, init, present_volumes)
+    _check_names(spec, containers, init, present_volumes, already)
+    ns = namespace or metadata.get("namespace") or "default"
+    proxy = False
+    if delivery is not None:
+        for credential in request.credentials:
+            if delivery(ns, credential)[0] == "proxy":
+                proxy = True
+                break
 
     if request.containers is None:  # the common case: every regular container
         selected = [("containers", i, c) for i, c in enumerate(containers)]
     else:
         selected = _select(spec, request.containers)
     secret_use: list[str] = []
-    changes: list[tuple[str, dict[str, Any], bool, bool]] = []
+    changes: list[tuple[str, dict[str, Any], bool, bool, list[dict[str, Any]]]] = []
+    wanted_proxy_env = builders.pieces(config).proxy_env(mount_path) if proxy else []
     for key, index, container in selected:
         mounts = container.get("volumeMounts") or ()
         has_mount = False
@@ -312,22 +371,29 @@ def _plan(
         if has_secret or container.get("envFrom"):
             cname = container.get("name")
             secret_use += [f"container {cname!r}: {s}" for s in _static_secrets(container)]
-        if not (has_mount and has_env):
-            changes.append((f"/spec/{key}/{index}", container, not has_mount, not has_env))
+        proxy_env = _missing_proxy_env(container, wanted_proxy_env, warnings) if proxy else []
+        if not (has_mount and has_env) or proxy_env:
+            changes.append((f"/spec/{key}/{index}", container, not has_mount, not has_env, proxy_env))
     if secret_use:
+        listed = secret_use[:_MAX_LISTED]
+        more = len(secret_use) - len(listed)
         if config.injection.strict:
             raise _Denied(
                 "static secrets in an agent container's environment are refused (strict mode): "
-                + "; ".join(secret_use)
-                + f"; accepted: credentials through {names.ANNOTATION_CREDENTIALS}"
+                + "; ".join(listed)
+                + (f"; and {more} more" if more else "")
+                + f"; accepted: credentials through {names.ANNOTATION_CREDENTIALS} (a CredentialSource "
+                "with delivery: proxy keeps the value out of the agent altogether)"
             )
         warnings += [
-            f"{s} puts a static Kubernetes Secret into the agent's environment; prefer a taskcreds credential"
-            for s in secret_use
+            f"{s} puts a static Kubernetes Secret into the agent's environment; prefer a taskcreds credential "
+            "(consider a CredentialSource with delivery: proxy so the agent never holds the value)"
+            for s in listed
         ]
+        if more:
+            warnings.append(f"and {more} more static Secret references in the agent's environment")
 
     if credential_check is not None:
-        ns = namespace or metadata.get("namespace") or "default"
         sa = _service_account(spec)
         for credential in request.credentials:
             reason = credential_check(ns, sa, credential)
@@ -339,7 +405,7 @@ def _plan(
 
     pod_security = spec.get("securityContext") or {}
     if not already and not sidecar_present:
-        warnings += _network_warnings(spec, config)
+        warnings += _network_warnings(spec, config, proxy)
         if not pod_security.get("runAsUser") and pod_security.get("fsGroup") is None:
             warnings.append(
                 "the pod sets neither securityContext.runAsUser nor fsGroup: credential files (mode 0440, "
@@ -369,14 +435,16 @@ def _plan(
         if present_volumes:
             new_volumes = [v for v in new_volumes if v["name"] not in present_volumes]
     add_to_list(ops, spec, "volumes", "/spec", new_volumes)
-    for base, container, mount, env in changes:
+    for base, container, mount, env, proxy_env in changes:
         if mount:
             add_to_list(ops, container, "volumeMounts", base, [builders.agent_mount(mount_path)])
         if env:
-            add_to_list(ops, container, "env", base, [builders.agent_env(mount_path)])
+            add_to_list(ops, container, "env", base, [builders.agent_env(mount_path), *proxy_env])
+        elif proxy_env:
+            add_to_list(ops, container, "env", base, proxy_env)
     if not sidecar_present:  # last: it shifts the indices of existing init containers
         render = parts.sidecar_json if encoded else parts.sidecar
-        sidecar = render(request, mount_path, pod_security)
+        sidecar = render(request, mount_path, pod_security, proxy)
         add_to_list(ops, spec, "initContainers", "/spec", [sidecar], at_start=True)
     return ops, warnings
 
@@ -389,12 +457,18 @@ def mutate_pod(
     namespace: str | None = None,
     credential_check: CredentialCheck | None = None,
     encoded: bool = False,
+    delivery: DeliveryLookup | None = None,
 ) -> MutationResult:
     """Decide about one pod (or pod template) and return the JSONPatch that injects it.
 
     ``namespace`` is the admission request's namespace (a pod being created often has none in its
     metadata); ``credential_check`` asks policy whether the pod's service account may have each
     credential. ``pod`` is never modified.
+
+    ``delivery`` says how each credential reaches the pod (:meth:`CredentialIndex.delivery
+    <taskcreds.operator.credindex.CredentialIndex.delivery>`): when any is ``proxy``, every selected
+    container gets the proxy and CA-bundle variables (paths and a loopback URL, never a value) and
+    the sidecar its proxy listener; a variable a container already sets is left alone, with a warning.
 
     ``encoded=True`` is for callers that only serialize the patch (the webhook): the sidecar and
     volume values are then :class:`orjson.Fragment` (ready JSON, the same bytes ``orjson.dumps``
@@ -404,9 +478,9 @@ def mutate_pod(
         skip = should_inject(pod, operation)
         if skip is not None:
             return MutationResult("skipped", [], _label_warnings(pod), skip)
-        ops, warnings = _plan(pod, config, namespace, credential_check, encoded)
+        ops, warnings = _plan(pod, config, namespace, credential_check, encoded, delivery)
     except _Denied as denied:
-        return MutationResult("denied", [], [], denied.message)
+        return MutationResult("denied", [], [], _bounded(denied.message))
     except (AttributeError, TypeError, KeyError) as exc:
         # the API server decodes pods into typed objects before admission, so only hand-written
         # YAML (taskcreds inject) gets here: say so instead of failing
@@ -415,8 +489,11 @@ def mutate_pod(
             [],
             [],
             f"the pod is not well-formed (a field has the wrong type or shape: "
-            f"{type(exc).__name__}: {exc}); accepted: a manifest the Kubernetes API accepts",
+            f"{type(exc).__name__}: {shown(exc, 200)}); accepted: a manifest the Kubernetes API accepts",
         )
+    for i, warning in enumerate(warnings):
+        if len(warning) > MAX_MESSAGE:
+            warnings[i] = _bounded(warning)
     if not ops:
         return MutationResult("skipped", [], warnings, "already injected; nothing missing")
     return MutationResult("injected", ops, warnings, None)
