@@ -260,6 +260,27 @@ def cases() -> Iterator[tuple[str, Case]]:
         ),
     )
 
+    def by_proxy(ns: str, credential: str) -> tuple[str, Any]:
+        return ("proxy", {"hosts": ["api.github.com"]}) if credential == "github" else ("file", None)
+
+    yield (
+        "variant-proxy-delivery",
+        lambda: mutate_pod(_pod(securityContext={"fsGroup": 1}), CONFIGS["default"], delivery=by_proxy),
+    )
+    yield (
+        "variant-proxy-env-set-by-the-pod",
+        lambda: mutate_pod(
+            _pod(
+                containers=[
+                    {"name": "agent", "image": "a", "env": [{"name": "HTTPS_PROXY", "value": "http://corp:3128"}]}
+                ],
+                securityContext={"fsGroup": 1},
+            ),
+            CONFIGS["default"],
+            delivery=by_proxy,
+        ),
+    )
+
 
 def _mark_version(value: Any) -> Any:
     """The injected annotation's value -> ``{version}``, wherever it sits in the patch."""
