@@ -25,6 +25,7 @@ sidecar:
   resources: {requests: {cpu: 10m, memory: 48Mi}, limits: {cpu: 200m, memory: 96Mi}}
   probePort: 9090
   localPort: 9091
+  proxyPort: 9092
 spiffe:
   socketSource: csi
   hostPath: /run/spire/agent-sockets
