@@ -238,3 +238,90 @@ def test_namespaced_source_cannot_name_another_namespace_secret() -> None:
     assert (
         _errors("clustercredentialsource.yaml", _source(names.KIND_CLUSTER_CREDENTIAL_SOURCE, cluster)) == []
     )
+
+
+# --- proxy delivery --------------------------------------------------------------------------------
+PROXY_SPECS = {
+    "bearer header": {"hosts": ["api.github.com"], "header": "Authorization: Bearer {token}"},
+    "basic for git with a wildcard": {
+        "hosts": ["github.com", "*.githubusercontent.com"],
+        "basic": {"username": "x-access-token"},
+    },
+    "api key over plain http": {"hosts": ["api.internal"], "header": "X-Api-Key: {token}", "allowHttp": True},
+}
+
+
+@pytest.mark.parametrize("case", sorted(PROXY_SPECS))
+@pytest.mark.parametrize("crd", ["credentialsource.yaml", "clustercredentialsource.yaml"])
+def test_proxy_specs_are_accepted_and_parsed(crd: str, case: str) -> None:
+    spec = {**PER_PROVIDER["jwt"], "delivery": "proxy", "proxy": PROXY_SPECS[case]}
+    if crd == "clustercredentialsource.yaml":
+        obj = _source(names.KIND_CLUSTER_CREDENTIAL_SOURCE, {**spec, "allowedNamespaces": ["agents"]})
+    else:
+        obj = _source(names.KIND_CREDENTIAL_SOURCE, spec)
+    assert _errors(crd, obj) == []
+    parsed = parse_source(obj)  # and the broker reads it the same way
+    assert parsed.proxy is not None and list(parsed.proxy.hosts) == PROXY_SPECS[case]["hosts"]
+
+
+_HDR = "Authorization: Bearer {token}"
+BAD_PROXY = [
+    ("proxy delivery without proxy", {"delivery": "proxy"}),
+    ("proxy settings without proxy delivery", {"proxy": {"hosts": ["a.example"], "header": _HDR}}),
+    ("proxy settings with file delivery", {"delivery": "file", "proxy": {"hosts": ["a.example"], "header": _HDR}}),
+    ("no hosts", {"delivery": "proxy", "proxy": {"header": _HDR}}),
+    ("empty hosts", {"delivery": "proxy", "proxy": {"hosts": [], "header": _HDR}}),
+    ("host with a port", {"delivery": "proxy", "proxy": {"hosts": ["a.example:443"], "header": _HDR}}),
+    ("host with upper case", {"delivery": "proxy", "proxy": {"hosts": ["API.example"], "header": _HDR}}),
+    ("bare star", {"delivery": "proxy", "proxy": {"hosts": ["*"], "header": _HDR}}),
+    ("star in the middle", {"delivery": "proxy", "proxy": {"hosts": ["a.*.example"], "header": _HDR}}),
+    ("neither header nor basic", {"delivery": "proxy", "proxy": {"hosts": ["a.example"]}}),
+    (
+        "both header and basic",
+        {"delivery": "proxy", "proxy": {"hosts": ["a.example"], "header": _HDR, "basic": {"username": "u"}}},
+    ),
+    ("header without placeholder", {"delivery": "proxy", "proxy": {"hosts": ["a.example"], "header": "A: b"}}),
+    ("header without name", {"delivery": "proxy", "proxy": {"hosts": ["a.example"], "header": "{token}"}}),
+    (
+        "header with a line break",
+        {"delivery": "proxy", "proxy": {"hosts": ["a.example"], "header": "A: {token}\r\nB: c"}},
+    ),
+    (
+        "basic username with a colon",
+        {"delivery": "proxy", "proxy": {"hosts": ["a.example"], "basic": {"username": "a:b"}}},
+    ),
+    ("basic without username", {"delivery": "proxy", "proxy": {"hosts": ["a.example"], "basic": {}}}),
+    (
+        "allowHttp not a boolean",
+        {"delivery": "proxy", "proxy": {"hosts": ["a.example"], "header": _HDR, "allowHttp": "yes"}},
+    ),
+    (
+        "unknown proxy field",
+        {"delivery": "proxy", "proxy": {"hosts": ["a.example"], "header": _HDR, "value": "a secret"}},
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "extra"), BAD_PROXY, ids=[b[0] for b in BAD_PROXY])
+def test_bad_proxy_specs_are_rejected_by_the_schema_and_the_broker(case: str, extra: dict[str, Any]) -> None:
+    from taskcreds.operator.sources import SourceError
+
+    spec = {**PER_PROVIDER["jwt"], **extra}
+    obj = _source(names.KIND_CREDENTIAL_SOURCE, spec)
+    assert _errors("credentialsource.yaml", obj), case
+    cluster = _source(names.KIND_CLUSTER_CREDENTIAL_SOURCE, {**spec, "allowedNamespaces": ["agents"]})
+    assert _errors("clustercredentialsource.yaml", cluster), case
+    if case not in ("host with upper case",):  # the broker normalizes case; the API server stores it as written
+        with pytest.raises(SourceError):
+            parse_source(obj)
+
+
+def test_proxy_rules_for_the_api_server_are_in_cel_too() -> None:
+    """jsonschema above checks oneOf; a real API server also runs these CEL rules (same meaning)."""
+    for crd in ("credentialsource.yaml", "clustercredentialsource.yaml"):
+        spec = _schema(crd)["properties"]["spec"]
+        rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
+        assert "(has(self.delivery) && self.delivery == 'proxy') == has(self.proxy)" in rules
+        proxy = spec["properties"]["proxy"]
+        assert [r["rule"] for r in proxy["x-kubernetes-validations"]] == ["has(self.header) != has(self.basic)"]
+        assert proxy["properties"]["hosts"]["x-kubernetes-validations"]
