@@ -237,7 +237,8 @@ class Broker:
 
     @staticmethod
     def _credential_json(grant: policy.Grant, issued: Issued) -> dict[str, Any]:
-        return {
+        """One credential object of an answer; values only in ``files`` (``proxy`` is hosts/template)."""
+        doc: dict[str, Any] = {
             "name": grant.credential,
             "provider": grant.source.provider,
             "leaseRef": issued.lease_ref,
@@ -248,6 +249,9 @@ class Broker:
             "delivery": grant.source.delivery,
             "files": dict(issued.files),
         }
+        if grant.source.proxy is not None:
+            doc["proxy"] = grant.source.proxy.to_json()
+        return doc
 
     async def _undo(self, done: list[tuple[policy.Grant, Issued]]) -> list[tuple[policy.Grant, Issued]]:
         """Revoke what this request issued; returns those that could not be revoked (to record)."""

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import time
+from typing import Any
 
 import aiohttp
 import jwt
@@ -519,3 +520,48 @@ async def test_token_reviews_are_cached_but_a_gone_pod_is_still_refused(harness:
     harness.add_pod("agent-1")  # same name, new uid: the cached review names the old uid
     reply = await harness.issue(agent)
     assert (reply.status, reply.code) == (404, "not_found")
+
+
+PROXY_CASES = [
+    (
+        "bearer header for an API",
+        {"hosts": ["api.github.com", "*.githubusercontent.com"], "header": "Authorization: Bearer {token}"},
+        {
+            "hosts": ["api.github.com", "*.githubusercontent.com"],
+            "header": "Authorization: Bearer {token}",
+            "basicUsername": None,
+            "allowHttp": False,
+        },
+    ),
+    (
+        "basic for git, plain http allowed",
+        {"hosts": ["git.internal"], "basic": {"username": "x-access-token"}, "allowHttp": True},
+        {"hosts": ["git.internal"], "header": None, "basicUsername": "x-access-token", "allowHttp": True},
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "proxy", "expected"), PROXY_CASES, ids=[c[0] for c in PROXY_CASES])
+async def test_proxy_source_answers_carry_the_proxy_block_and_no_value_in_it(
+    harness: Harness, case: str, proxy: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    from tests.operator.test_broker_harness import source
+
+    harness.cluster.put_source(
+        source("gh", "secret", secret={"secretRef": {"name": "legacy-token", "key": "token"}},
+               delivery="proxy", proxy=proxy, files=["token"])
+    )
+    pod = harness.add_pod("agent-1", credentials="gh,legacy")
+    agent = harness.agent(pod)
+    reply = await harness.issue(agent)
+    assert reply.status == 200, reply.doc
+    creds = {c["name"]: c for c in reply.doc["credentials"]}
+    assert creds["gh"]["delivery"] == "proxy" and creds["gh"]["proxy"] == expected
+    assert creds["gh"]["files"] == {"token": CANARY}, "the value still travels in files, for the sidecar's store"
+    assert CANARY not in json.dumps(creds["gh"]["proxy"])
+    assert creds["legacy"]["delivery"] == "file" and "proxy" not in creds["legacy"]
+    renewed = await harness.call(
+        agent, "POST", "/v1/credentials/gh/renew", {"task": "fix-42", "leaseRef": creds["gh"]["leaseRef"]}
+    )
+    assert renewed.status == 200, renewed.doc
+    assert renewed.doc["delivery"] == "proxy" and renewed.doc["proxy"] == expected
