@@ -68,6 +68,8 @@ class IssuedCredential:
     static: bool
     delivery: str
     files: Mapping[str, str] = field(repr=False)
+    proxy: Mapping[str, Any] | None = None
+    """The ``proxy`` block of a proxy-delivered credential (hosts and templates, never a value)."""
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> IssuedCredential:
@@ -79,6 +81,7 @@ class IssuedCredential:
             issued_at=parse_time(doc["issuedAt"]), expires_at=parse_time(doc["expiresAt"]),
             renewable=bool(doc.get("renewable", False)), static=bool(doc.get("static", False)),
             delivery=str(doc.get("delivery") or "file"), files=dict(files),
+            proxy=dict(doc["proxy"]) if isinstance(doc.get("proxy"), dict) else None,
         )
 
 
