@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from taskcreds.operator.credindex import CredentialIndex
 from taskcreds.operator.endings import deadline_of, task_ending
 
 from taskcreds import names
@@ -171,11 +172,32 @@ class TaskLifecycle:
         return len(self._deadlines)
 
 
-def build_registry(lifecycle: TaskLifecycle) -> Any:
-    """A kopf registry with the pod event handler; kopf is imported here only."""
+def build_registry(lifecycle: TaskLifecycle, index: CredentialIndex | None = None) -> Any:
+    """A kopf registry with the pod event handler (and, given an index, the source handlers).
+
+    kopf is imported here only. The source handlers keep the admission webhook's
+    :class:`~taskcreds.operator.credindex.CredentialIndex` current: every listed, added or changed
+    CredentialSource / ClusterCredentialSource is indexed, every deleted one dropped.
+    """
     import kopf
 
     registry = kopf.OperatorRegistry()
+
+    if index is not None:
+        for plural, kind in (
+            (names.PLURAL_CREDENTIAL_SOURCES, names.KIND_CREDENTIAL_SOURCE),
+            (names.PLURAL_CLUSTER_CREDENTIAL_SOURCES, names.KIND_CLUSTER_CREDENTIAL_SOURCE),
+        ):
+
+            @kopf.on.event(names.CRD_GROUP, names.CRD_VERSION, plural, registry=registry)
+            async def source_event(event: dict[str, Any], _kind: str = kind, **_: Any) -> None:
+                obj = event.get("object")
+                if not isinstance(obj, dict):
+                    return
+                if event.get("type") == "DELETED":
+                    index.delete(obj, _kind)
+                else:
+                    index.update(obj, _kind)
 
     @kopf.on.event("v1", "pods", labels={names.LABEL_INJECT: "true"}, registry=registry)
     async def pod_event(event: dict[str, Any], **_: Any) -> None:

@@ -29,6 +29,7 @@ from taskcreds.operator.cluster import Cluster
 from taskcreds.operator.config import ConfigError, InjectionConfig, config_from_env
 from taskcreds.operator.settings import OperatorSettings, SettingsError
 
+from taskcreds import names
 from taskcreds.logs import fields, setup_logging
 from taskcreds.metrics import OperatorMetrics, register_operator
 
@@ -110,6 +111,8 @@ async def run_operator(
     from taskcreds.operator.broker.server import BrokerServer, make_broker_app, trust_domain_of
     from taskcreds.operator.broker.settings import BrokerSettings
     from taskcreds.operator.certificates import ensure_webhook_certificate, maintain_webhook_certificate
+    from taskcreds.operator.credindex import CredentialIndex
+    from taskcreds.operator.injection import mutate_pod
     from taskcreds.operator.lifecycle import TaskLifecycle, build_registry
     from taskcreds.operator.providers.registry import make_providers
     from taskcreds.operator.taskstatus import TaskStatusHub
@@ -149,7 +152,14 @@ async def run_operator(
     tls = ReloadingCertificate(
         str(Path(cert_dir) / "tls.crt"), str(Path(cert_dir) / "tls.key"), metrics=metrics
     )
-    webhook_app = make_webhook_app(config, metrics)
+    # admission consults the sources through an in-memory index a watch keeps current (no I/O per pod)
+    index = CredentialIndex()
+    webhook_app = make_webhook_app(
+        config,
+        metrics,
+        mutate=partial(mutate_pod, encoded=True, delivery=index.delivery),
+        credential_check=index.check,
+    )
     webhook_ready: asyncio.Future[list[tuple[str, int]]] = asyncio.get_running_loop().create_future()
     spawn(
         serve(
@@ -186,7 +196,7 @@ async def run_operator(
         sweep=partial(leases.sweep_leases, cluster, providers, metrics=metrics, replica=parts.replica_id),
         status_sink=hub.update,
     )
-    registry = build_registry(lifecycle)
+    registry = build_registry(lifecycle, index)
     login = kopf_login or _default_login
     kopf.on.login(registry=registry)(login)
     kopf_ready = asyncio.Event()
@@ -201,6 +211,11 @@ async def run_operator(
         )
     )
     spawn(lifecycle.sweep_forever(sweep_interval), "lease-sweep")
+    lister = _source_lister(cluster)
+    if lister is not None:
+        spawn(index.prime(lister), "credential-index")
+    else:
+        log.warning("this cluster client cannot list credential sources: admission does not check policy")
 
     try:
         addrs = await asyncio.wait_for(asyncio.shield(webhook_ready), timeout=30)
@@ -226,6 +241,31 @@ async def run_operator(
             await runner.cleanup()
         if own_cert_dir is not None:
             own_cert_dir.cleanup()
+
+
+def _source_lister(cluster: Cluster) -> Callable[[str], Awaitable[list[dict[str, Any]]]] | None:
+    """list_kind(kind) for the credential index's first full list, or None when the client has none.
+
+    The Cluster protocol has no list of sources (the broker only ever gets one by name), so this
+    uses the kubernetes_asyncio CustomObjectsApi that :class:`taskcreds.operator.kube.KubeCluster`
+    exposes; the watch (kopf) keeps the index current afterwards.
+    """
+    custom = getattr(cluster, "custom", None)
+    if custom is None:
+        return None
+    plurals = {
+        "CredentialSource": names.PLURAL_CREDENTIAL_SOURCES,
+        "ClusterCredentialSource": names.PLURAL_CLUSTER_CREDENTIAL_SOURCES,
+    }
+
+    async def list_kind(kind: str) -> list[dict[str, Any]]:
+        doc = await custom.list_cluster_custom_object(
+            names.CRD_GROUP, names.CRD_VERSION, plurals[kind], _request_timeout=30
+        )
+        items = doc.get("items") if isinstance(doc, dict) else None
+        return [i for i in items or () if isinstance(i, dict)]
+
+    return list_kind
 
 
 def _default_login(**kwargs: Any) -> Any:

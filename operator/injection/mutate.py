@@ -169,8 +169,9 @@ def _select(spec: dict[str, Any], wanted: tuple[str, ...] | None) -> list[tuple[
     if missing:
         eph = {c.get("name") for c in spec.get("ephemeralContainers") or []}
         extra = " (ephemeral containers cannot get the mount)" if eph & set(missing) else ""
+        absent = shown(", ".join(map(repr, missing)), 200)
         raise _Denied(
-            f'{names.ANNOTATION_CONTAINERS}: "{raw}" names {shown(", ".join(map(repr, missing)), 200)}, which '
+            f'{names.ANNOTATION_CONTAINERS}: "{raw}" names {absent}, which '
             f"the pod does not have{extra}; accepted: names of its containers or init containers "
             f"({_describe_available(containers, init)})"
         )
@@ -386,8 +387,8 @@ def _plan(
                 "with delivery: proxy keeps the value out of the agent altogether)"
             )
         warnings += [
-            f"{s} puts a static Kubernetes Secret into the agent's environment; prefer a taskcreds credential "
-            "(consider a CredentialSource with delivery: proxy so the agent never holds the value)"
+            f"{s} puts a static Kubernetes Secret into the agent's environment; prefer a taskcreds "
+            "credential (consider a CredentialSource with delivery: proxy so the agent never holds the value)"
             for s in listed
         ]
         if more:
