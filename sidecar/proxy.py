@@ -36,12 +36,12 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDict
-from prometheus_client import CollectorRegistry, Counter, Histogram
 from taskcreds.sidecar.podca import PodCA, PodCAError, normalize_hostname
 from yarl import URL
 
 from taskcreds import names
 from taskcreds.logs import fields
+from taskcreds.metrics import SidecarMetrics, register_sidecar
 
 __all__ = [
     "ProxyRoute",
@@ -76,23 +76,6 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _NO_BODY_STATUS = frozenset({204, 304})
-_LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
 
 
 class RouteError(ValueError):
@@ -267,38 +250,10 @@ class CredentialView(Protocol):
 
 # --- metrics ------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class ProxyMetrics:
-    """The proxy's metrics. ``host`` is the route pattern that matched, empty for unmatched hosts,
-    so the label's values are bounded by the pod's routes."""
-
-    registry: CollectorRegistry
-    requests: Counter  # labels: credential, host, result
-    duration: Histogram  # labels: credential
-
-
-def register_proxy(registry: CollectorRegistry | None = None) -> ProxyMetrics:
-    """Create the proxy's metrics in ``registry`` (a fresh one when omitted)."""
-    reg = registry if registry is not None else CollectorRegistry()
-    return ProxyMetrics(
-        registry=reg,
-        requests=Counter(
-            "taskcreds_sidecar_proxy_requests_total",
-            "Requests and tunnels through the egress proxy, by credential, matched host pattern and "
-            "result (forwarded|tunneled|denied|ended|no_credential|plain_http_refused|"
-            "upstream_cert_error|upstream_error|upstream_timeout|bad_request).",
-            ["credential", "host", "result"],
-            registry=reg,
-        ),
-        duration=Histogram(
-            "taskcreds_sidecar_proxy_request_duration_seconds",
-            "From a request's head read to its response's end, through the proxy.",
-            ["credential"],
-            buckets=_LATENCY_BUCKETS,
-            registry=reg,
-        ),
-    )
+#: the proxy's metrics are the sidecar's (``proxy_requests``, ``proxy_duration``); these names stay
+#: for callers that made the proxy's metrics on their own
+ProxyMetrics = SidecarMetrics
+register_proxy = register_sidecar
 
 
 # --- HTTP/1.1 parsing ---------------------------------------------------------------------------
@@ -536,7 +491,7 @@ class EgressProxy:
         deny_unmatched: bool,
         ca: PodCA,
         upstream_ssl: ssl.SSLContext | None = None,
-        metrics: ProxyMetrics | None = None,
+        metrics: SidecarMetrics | None = None,
         upstream_resolver: Callable[[str, int], tuple[str, int]] | None = None,
         idle_timeout: float = 60.0,
         connect_timeout: float = 10.0,
@@ -1052,8 +1007,9 @@ class EgressProxy:
             ),
         )
         if self._metrics is not None:
-            self._metrics.requests.labels(credential=ex.credential, host=ex.pattern, result=ex.result).inc()
-            self._metrics.duration.labels(credential=ex.credential).observe(duration)
+            labels = {"credential": ex.credential, "host": ex.pattern, "result": ex.result}
+            self._metrics.proxy_requests.labels(**labels).inc()
+            self._metrics.proxy_duration.labels(credential=ex.credential).observe(duration)
 
 
 class _RelayBroken(Exception):

@@ -16,6 +16,7 @@ __all__ = ["OperatorMetrics", "SidecarMetrics", "register_operator", "register_s
 PREFIX = "taskcreds_"
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_PROXY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,10 @@ class SidecarMetrics:
     teardown: Counter  # labels: reason
     ready: Gauge
     redactions: Counter  # labels: credential (or token kind)
+    #: egress proxy (docs/proxy.md). ``host`` is the route pattern that matched, empty for unmatched
+    #: hosts, so the label's values are bounded by the pod's routes
+    proxy_requests: Counter  # labels: credential, host, result
+    proxy_duration: Histogram  # labels: credential
 
 
 def register_sidecar(registry: CollectorRegistry | None = None) -> SidecarMetrics:
@@ -156,6 +161,21 @@ def register_sidecar(registry: CollectorRegistry | None = None) -> SidecarMetric
             PREFIX + "sidecar_redactions_total",
             "Values replaced by /v1/redact.",
             ["credential"],
+            registry=reg,
+        ),
+        proxy_requests=Counter(
+            PREFIX + "sidecar_proxy_requests_total",
+            "Requests and tunnels through the egress proxy, by credential, matched host pattern and "
+            "result (forwarded|tunneled|denied|ended|no_credential|plain_http_refused|"
+            "upstream_cert_error|upstream_error|upstream_timeout|bad_request).",
+            ["credential", "host", "result"],
+            registry=reg,
+        ),
+        proxy_duration=Histogram(
+            PREFIX + "sidecar_proxy_request_duration_seconds",
+            "From a request's head read to its response's end, through the proxy.",
+            ["credential"],
+            buckets=_PROXY,
             registry=reg,
         ),
     )
