@@ -50,6 +50,8 @@ class OperatorParts:
     #: this replica's name in revocation claims on TaskLeases (one replica revokes each task)
     replica_id: str = field(default_factory=lambda: f"{os.environ.get('HOSTNAME', 'op')}-{uuid.uuid4().hex[:8]}")
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the admission webhook's view of the CredentialSources (set once the webhook is made)
+    credential_index: Any = None
 
 
 def _metrics_app(metrics: OperatorMetrics, ready: asyncio.Event) -> web.Application:
@@ -154,6 +156,7 @@ async def run_operator(
     )
     # admission consults the sources through an in-memory index a watch keeps current (no I/O per pod)
     index = CredentialIndex()
+    parts.credential_index = index
     webhook_app = make_webhook_app(
         config,
         metrics,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import socket
 import ssl
 import threading
@@ -257,3 +258,47 @@ async def test_operator_health_endpoints(operator: Any) -> None:
         for path in ("/healthz", "/readyz"):
             async with http.get(f"http://127.0.0.1:{parts.ports['metrics']}{path}") as resp:
                 assert resp.status == 200
+
+
+async def test_operator_webhook_denies_a_credential_no_source_grants(operator: Any) -> None:
+    """A source created through the API reaches the webhook's index by the watch; a pod asking for it
+    under a service account it does not list is refused at create time, naming what would grant it."""
+    kube_api, _, parts = operator
+    api = await kube_api.kubernetes_asyncio_client()
+    from kubernetes_asyncio import client as k8s
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    custom = k8s.CustomObjectsApi(api)
+    await custom.create_namespaced_custom_object(
+        names.CRD_GROUP,
+        names.CRD_VERSION,
+        "agents",
+        names.PLURAL_CREDENTIAL_SOURCES,
+        {
+            "apiVersion": names.API_VERSION,
+            "kind": "CredentialSource",
+            "metadata": {"name": "deploy-keys", "namespace": "agents"},
+            "spec": {"provider": "jwt", "maxTTL": "1h", "allowedServiceAccounts": ["release-bot"]},
+        },
+    )
+    index = parts.credential_index
+    deadline = time.monotonic() + 10
+    while not (index.synced and index.resolve("agents", "deploy-keys") is not None):
+        assert time.monotonic() < deadline, "the index never saw the new CredentialSource"
+        await asyncio.sleep(0.02)
+
+    pod = agent_pod()
+    pod["metadata"]["name"] = "agent-2"
+    pod["metadata"]["annotations"][names.ANNOTATION_CREDENTIALS] = "api,deploy-keys"
+    core = k8s.CoreV1Api(api)
+    with pytest.raises(ApiException) as info:
+        await core.create_namespaced_pod("agents", pod)
+    message = json.loads(info.value.body)["message"]
+    assert 'admission webhook "inject.taskcreds.io" denied the request' in message
+    for words in ("deploy-keys", "coding-agent", "agents", "allowedServiceAccounts", "release-bot"):
+        assert words in message, message
+    assert kube_api.get("v1", "Pod", "agents", "agent-2") is None
+    # the granted credential alone still goes through
+    pod["metadata"]["annotations"][names.ANNOTATION_CREDENTIALS] = "api"
+    created = await core.create_namespaced_pod("agents", pod)
+    assert created.spec.init_containers[0].name == names.SIDECAR_CONTAINER
