@@ -57,6 +57,7 @@ ENV_DIR: Final = "TASKCREDS_DIR"
 # --- sidecar (CONTRACT.md section 4) --------------------------------------------------------
 SIDECAR_PROBE_PORT: Final = 9090  # all interfaces: /healthz, /readyz, /metrics only
 SIDECAR_LOCAL_PORT: Final = 9091  # 127.0.0.1: adds POST /v1/redact
+SIDECAR_PROXY_PORT: Final = 9092  # 127.0.0.1: the egress proxy, when a credential has delivery proxy
 MANIFEST_FILE: Final = "taskcreds.json"
 DATA_DIR_LINK: Final = "..data"
 FILE_MODE: Final = 0o440
@@ -89,6 +90,11 @@ ENV_TOKEN_FILE: Final = "TASKCREDS_TOKEN_FILE"  # the pod-bound projected SA tok
 ENV_PODINFO_DIR: Final = "TASKCREDS_PODINFO_DIR"  # downward-API volume: file "annotations"
 ENV_LISTEN_LOCAL: Final = "TASKCREDS_LISTEN_LOCAL"  # default 127.0.0.1:9091
 ENV_LISTEN_PROBE: Final = "TASKCREDS_LISTEN_PROBE"  # default 0.0.0.0:9090
+ENV_LISTEN_PROXY: Final = "TASKCREDS_LISTEN_PROXY"  # default 127.0.0.1:9092 (egress proxy, docs/proxy.md)
+#: test/dev hooks only (never set by the webhook): a PEM file the proxy trusts for upstreams instead
+#: of the system roots, and ``host=ip:port[,host=ip:port]`` upstream address overrides
+ENV_PROXY_UPSTREAM_CA: Final = "TASKCREDS_PROXY_UPSTREAM_CA"
+ENV_PROXY_RESOLVE: Final = "TASKCREDS_PROXY_RESOLVE"
 ENV_FS_GROUP: Final = "TASKCREDS_FS_GROUP"  # the pod's fsGroup, when it has one
 ENV_LOG_LEVEL: Final = "TASKCREDS_LOG_LEVEL"
 #: "1" lets the SPIFFE development authority start (taskcreds demo and tests only)
