@@ -49,6 +49,8 @@ def containers(draw: st.DrawFn, names_: list[str], volumes: list[str], init: boo
                 env.append({"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}})
             if draw(st.integers(0, 19)) == 0:
                 env.append({"name": names.ENV_DIR, "value": draw(paths)})
+            if draw(st.integers(0, 5)) == 0:  # a corporate proxy of its own: kept, with a warning
+                env.append({"name": "HTTPS_PROXY", "value": "http://proxy.corp:3128"})
             c["env"] = env
         if draw(st.integers(0, 4)) == 0:
             c["envFrom"] = [{"secretRef": {"name": "legacy"}}]
@@ -101,6 +103,18 @@ def pods(draw: st.DrawFn) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 
+def _all_by_proxy(namespace: str, credential: str) -> tuple[str, Any]:
+    return "proxy", None
+
+
+def _vault_by_proxy(namespace: str, credential: str) -> tuple[str, Any]:
+    return ("proxy", None) if credential == "vault" else ("file", None)
+
+
+#: how credentials reach the pod: the index's answer (None: no index, as in `taskcreds inject`)
+deliveries = st.sampled_from([None, _all_by_proxy, _vault_by_proxy])
+
+
 def selected_names(pod: dict[str, Any]) -> set[str]:
     wanted = pod["metadata"]["annotations"].get(names.ANNOTATION_CONTAINERS)
     if wanted is None:
@@ -109,15 +123,26 @@ def selected_names(pod: dict[str, Any]) -> set[str]:
 
 
 @SETTINGS
-@given(pod=pods(), config=st.sampled_from(CONFIGS))
-def test_injection_is_idempotent_and_valid(pod: dict[str, Any], config: InjectionConfig) -> None:
-    result = mutate_pod(pod, config)
+@given(pod=pods(), config=st.sampled_from(CONFIGS), delivery=deliveries)
+def test_injection_is_idempotent_and_valid(
+    pod: dict[str, Any], config: InjectionConfig, delivery: Any
+) -> None:
+    result = mutate_pod(pod, config, delivery=delivery)
     if result.outcome != "injected":
         return
     once = jsonpatch.apply_patch(pod, result.patch)
     assert_valid_pod_spec(once, FAST_VERSIONS)
-    again = mutate_pod(once, config)
+    again = mutate_pod(once, config, delivery=delivery)
     assert (again.outcome, again.patch) == ("skipped", [])
+    if delivery is not None:  # every selected container has the proxy, or warned that it keeps its own
+        chosen = selected_names(pod)
+        for c in once["spec"]["containers"] + (once["spec"].get("initContainers") or []):
+            if c["name"] in chosen:
+                env = {e["name"]: e.get("value") for e in c.get("env") or []}
+                assert env["HTTPS_PROXY"] in ("http://127.0.0.1:9092", "http://proxy.corp:3128")
+                assert env["SSL_CERT_FILE"] == env[names.ENV_DIR] + "/ca-bundle.crt"
+                if env["HTTPS_PROXY"] != "http://127.0.0.1:9092":
+                    assert any(c["name"] in w and "HTTPS_PROXY" in w for w in result.warnings)
 
 
 @SETTINGS
@@ -191,15 +216,20 @@ def test_outcome_follows_the_rules(pod: dict[str, Any]) -> None:
 
 
 @SETTINGS
-@given(pod=pods(), config=st.sampled_from(CONFIGS), max_duration=st.sampled_from([None, "2h", "1500ms"]))
+@given(
+    pod=pods(),
+    config=st.sampled_from(CONFIGS),
+    max_duration=st.sampled_from([None, "2h", "1500ms"]),
+    delivery=deliveries,
+)
 def test_the_webhooks_ready_json_patch_is_the_same_bytes(
-    pod: dict[str, Any], config: InjectionConfig, max_duration: str | None
+    pod: dict[str, Any], config: InjectionConfig, max_duration: str | None, delivery: Any
 ) -> None:
     """``encoded=True`` (what the webhook sends) must serialize exactly like the plain dicts."""
     if max_duration is not None:
         pod["metadata"]["annotations"][names.ANNOTATION_MAX_DURATION] = max_duration
-    plain = mutate_pod(pod, config, namespace="ns")
-    encoded = mutate_pod(pod, config, namespace="ns", encoded=True)
+    plain = mutate_pod(pod, config, namespace="ns", delivery=delivery)
+    encoded = mutate_pod(pod, config, namespace="ns", encoded=True, delivery=delivery)
     assert orjson.dumps(encoded.patch) == orjson.dumps(plain.patch)
     assert (encoded.outcome, encoded.warnings, encoded.message) == (
         plain.outcome,
