@@ -16,11 +16,14 @@ from taskcreds.sidecar.errors import ConfigError
 from taskcreds import names
 from taskcreds.durations import DurationError, parse_duration
 
-__all__ = ["SidecarConfig", "from_env", "parse_listen", "CREDENTIAL_NAME", "DEFAULT_LISTEN_LOCAL",
-           "DEFAULT_LISTEN_PROBE"]
+__all__ = ["SidecarConfig", "from_env", "parse_listen", "parse_resolve", "CREDENTIAL_NAME",
+           "DEFAULT_LISTEN_LOCAL", "DEFAULT_LISTEN_PROBE", "DEFAULT_LISTEN_PROXY", "RESERVED_NAMES"]
 
 DEFAULT_LISTEN_LOCAL = f"127.0.0.1:{names.SIDECAR_LOCAL_PORT}"
 DEFAULT_LISTEN_PROBE = f"0.0.0.0:{names.SIDECAR_PROBE_PORT}"
+DEFAULT_LISTEN_PROXY = f"127.0.0.1:{names.SIDECAR_PROXY_PORT}"
+#: top-level names in $TASKCREDS_DIR the sidecar writes itself: never a credential's name
+RESERVED_NAMES = (names.MANIFEST_FILE, "ca-bundle.crt")
 #: a CredentialSource name: a DNS subdomain (lowercase), so never hidden and never a path
 CREDENTIAL_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -53,6 +56,12 @@ class SidecarConfig:
     """Downward-API directory holding ``annotations``; None: no file fallback."""
     listen_local: tuple[str, int]
     listen_probe: tuple[str, int]
+    listen_proxy: tuple[str, int]
+    """The egress proxy's address (loopback), used only when a credential has delivery proxy."""
+    proxy_upstream_ca: str | None
+    """Test/dev hook: a PEM file the proxy trusts for upstreams instead of the system roots."""
+    proxy_resolve: dict[str, tuple[str, int]]
+    """Test/dev hook: upstream host -> (ip, port) the proxy connects to instead of resolving it."""
     fs_group: int | None
     log_level: str
     spiffe_socket: str | None
@@ -75,6 +84,20 @@ def parse_listen(key: str, value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def parse_resolve(key: str, value: str) -> dict[str, tuple[str, int]]:
+    """``host=ip:port[,host=ip:port]`` -> {host: (ip, port)} (the proxy's upstream override)."""
+    out: dict[str, tuple[str, int]] = {}
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        host, sep, address = part.partition("=")
+        if not sep or not host.strip():
+            raise ConfigError(f"{key}: {part!r} is not host=ip:port (e.g. git.test.local=127.0.0.1:8443)")
+        out[host.strip().lower()] = parse_listen(key, address.strip())
+    return out
+
+
 def from_env(env: Mapping[str, str]) -> SidecarConfig:
     """Build and validate the configuration from ``env`` (``os.environ`` in production)."""
     directory = _need(env, names.ENV_DIR, "the absolute path of the tmpfs credential directory")
@@ -91,7 +114,7 @@ def from_env(env: Mapping[str, str]) -> SidecarConfig:
         name = part.strip()
         if not name:
             continue
-        if not CREDENTIAL_NAME.match(name) or name == names.MANIFEST_FILE:
+        if not CREDENTIAL_NAME.match(name) or name in RESERVED_NAMES:
             raise ConfigError(f"{names.ENV_CREDENTIALS}: {name!r} is not a CredentialSource name: expected "
                               "lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")
         if name not in credentials:
@@ -156,6 +179,10 @@ def from_env(env: Mapping[str, str]) -> SidecarConfig:
                                   or DEFAULT_LISTEN_LOCAL),
         listen_probe=parse_listen(names.ENV_LISTEN_PROBE, env.get(names.ENV_LISTEN_PROBE, "").strip()
                                   or DEFAULT_LISTEN_PROBE),
+        listen_proxy=parse_listen(names.ENV_LISTEN_PROXY, env.get(names.ENV_LISTEN_PROXY, "").strip()
+                                  or DEFAULT_LISTEN_PROXY),
+        proxy_upstream_ca=env.get(names.ENV_PROXY_UPSTREAM_CA, "").strip() or None,
+        proxy_resolve=parse_resolve(names.ENV_PROXY_RESOLVE, env.get(names.ENV_PROXY_RESOLVE, "")),
         fs_group=fs_group,
         log_level=level,
         spiffe_socket=socket,

@@ -2,7 +2,8 @@
 
 Exit codes: 0 after SIGTERM/SIGINT (credentials torn down), 2 for a bad environment variable,
 1 when the credential directory is unusable (not tmpfs/ramfs, planted entries) or a listener
-cannot bind. Every refusal is one line on stderr, never a traceback.
+cannot bind. The egress proxy (``TASKCREDS_LISTEN_PROXY``) starts later, once the broker's first
+answer names a proxy-delivered credential; if it cannot bind, ``/readyz`` stays 503 saying why. Every refusal is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ async def run(config: SidecarConfig, writer: CredentialWriter) -> int:
     try:
         return await runner.run()
     finally:
+        if runner.proxy is not None:  # started by the runner once a credential has delivery proxy
+            await runner.proxy.close()
         await servers.close()
         await client.close()
         await identity.close()

@@ -12,6 +12,12 @@ Teardown is triggered by whichever comes first:
 - SIGTERM or SIGINT;
 - any broker call answering ``409 task_terminal``.
 
+Two deliveries, one store: every credential the broker sends lands in ``Runner.credentials`` (and
+the redactor). ``file`` credentials are written to ``$TASKCREDS_DIR``; ``proxy`` credentials never
+are: the egress proxy (:class:`ProxyDelivery`, started once the first answer names one) reads them
+from the store on each request, so a rotation is attached from the next request on, and teardown
+turns every matched host into a 403 at once.
+
 After teardown the sidecar stays up serving ``/healthz`` (exiting would make the kubelet restart a
 native sidecar) until SIGTERM, then exits 0. A restarted sidecar that finds the teardown marker
 never fetches again. Valid credentials stay on disk while the broker is away; one that expires
@@ -24,9 +30,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from taskcreds.sidecar import schedule
@@ -40,7 +49,9 @@ from taskcreds.sidecar.errors import (
     TaskTerminal,
     WriterError,
 )
-from taskcreds.sidecar.podinfo import read_task_status
+from taskcreds.sidecar.podca import PodCA, PodCAError, write_ca_bundle
+from taskcreds.sidecar.podinfo import PodinfoError, parse_annotations, read_task_status
+from taskcreds.sidecar.proxy import EgressProxy, ProxyRoute, RouteError
 from taskcreds.sidecar.redact import Redactor
 from taskcreds.sidecar.teardown import teardown
 from taskcreds.sidecar.writer import CredentialFiles, CredentialWriter
@@ -49,7 +60,7 @@ from taskcreds import names
 from taskcreds.logs import fields
 from taskcreds.metrics import SidecarMetrics
 
-__all__ = ["Runner", "IdentityLike"]
+__all__ = ["Runner", "IdentityLike", "ProxyDelivery", "CredentialStoreView", "egress_denied", "route_for"]
 
 _log = logging.getLogger("taskcreds.sidecar")
 _POLICY_BASE = 5.0  # seconds: first retry after a policy denial (it will not change soon)
@@ -73,13 +84,118 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def egress_denied(podinfo_dir: str | None) -> bool:
+    """Whether the pod asked for deny-by-default egress (``taskcreds.io/egress: deny``).
+
+    Read once at start from the downward-API file; absent file, absent annotation or any other
+    value means allow (the annotation is opt-in; the webhook validates it).
+    """
+    if not podinfo_dir:
+        return False
+    try:
+        with open(Path(podinfo_dir) / names.PODINFO_ANNOTATIONS_FILE, encoding="utf-8") as f:
+            annotations = parse_annotations(f.read())
+    except (OSError, UnicodeDecodeError, PodinfoError):
+        return False
+    return annotations.get(names.ANNOTATION_EGRESS, "").strip().lower() == "deny"
+
+
+def route_for(cred: IssuedCredential) -> ProxyRoute:
+    """The proxy route of a proxy-delivered credential, from the broker's ``proxy`` block.
+
+    RouteError (naming the field, never a value) when the block is missing or unusable.
+    """
+    block: Mapping[str, Any] = cred.proxy or {}
+    hosts = block.get("hosts")
+    if not isinstance(hosts, list) or not hosts:
+        raise RouteError(f"credential {cred.name!r} has delivery proxy but the broker sent no proxy.hosts")
+    return ProxyRoute(cred.name, tuple(str(h) for h in hosts), header=block.get("header"),
+                      basic_username=block.get("basicUsername"),
+                      allow_http=bool(block.get("allowHttp", False)))
+
+
+class CredentialStoreView:
+    """The runner's credential store as the proxy reads it (taskcreds.sidecar.proxy.CredentialView).
+
+    Only proxy-delivered credentials are attached; an expired one reads as absent (the proxy answers
+    503 until its replacement arrives).
+    """
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    def value(self, credential: str, file: str = "token") -> str | None:
+        cred = self._runner.credentials.get(credential)
+        if cred is None or cred.delivery != "proxy" or cred.expires_at <= self._runner.now():
+            return None
+        return cred.files.get(file)
+
+    @property
+    def ended(self) -> bool:
+        return self._runner.ending
+
+
+class ProxyDelivery:
+    """The egress proxy's part of the sidecar: a pod CA (key in memory only), ``ca-bundle.crt`` in
+    ``$TASKCREDS_DIR`` (public material only), and the listener on loopback. Started on first need."""
+
+    def __init__(self, config: SidecarConfig, metrics: SidecarMetrics, *, roots: Path | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.roots = roots
+        self.deny_unmatched = egress_denied(config.podinfo_dir)
+        self.proxy: EgressProxy | None = None
+        self.port: int | None = None
+        self.routes: tuple[ProxyRoute, ...] = ()
+
+    @property
+    def listening(self) -> bool:
+        return self.port is not None
+
+    def _upstream_ssl(self) -> ssl.SSLContext | None:
+        if self.config.proxy_upstream_ca is None:
+            return None
+        return ssl.create_default_context(cafile=self.config.proxy_upstream_ca)
+
+    def _resolver(self) -> Callable[[str, int], tuple[str, int]] | None:
+        mapping = self.config.proxy_resolve
+        if not mapping:
+            return None
+
+        def resolve(host: str, port: int) -> tuple[str, int]:
+            if host.lower() in mapping:
+                return mapping[host.lower()]
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)  # dev hook only
+            return str(info[0][4][0]), int(info[0][4][1])
+
+        return resolve
+
+    async def start(self, routes: Sequence[ProxyRoute], view: CredentialStoreView) -> int:
+        """Make the pod CA, write the bundle, listen. OSError/PodCAError when that cannot happen."""
+        ca = PodCA(self.config.pod_name)
+        await asyncio.to_thread(write_ca_bundle, Path(self.config.dir), ca, roots=self.roots)
+        self.routes = tuple(routes)
+        proxy = EgressProxy(self.routes, view, deny_unmatched=self.deny_unmatched, ca=ca,
+                            upstream_ssl=self._upstream_ssl(), metrics=self.metrics,
+                            upstream_resolver=self._resolver())
+        self.port = await proxy.start(*self.config.listen_proxy)
+        self.proxy = proxy
+        return self.port
+
+    async def close(self) -> None:
+        if self.proxy is not None:
+            await self.proxy.close()
+            self.proxy = None
+
+
 class Runner:
     """Orchestrates one sidecar. ``run()`` returns the process exit code."""
 
     def __init__(self, config: SidecarConfig, *, identity: IdentityLike, client: BrokerClient,
                  writer: CredentialWriter, redactor: Redactor, metrics: SidecarMetrics,
                  rng: random.Random | None = None, podinfo_interval: float = 1.0,
-                 identity_timeout: float = 86400.0, now: Callable[[], datetime] = _utcnow) -> None:
+                 identity_timeout: float = 86400.0, now: Callable[[], datetime] = _utcnow,
+                 proxy: ProxyDelivery | None = None) -> None:
         self.config = config
         self.identity = identity
         self.client = client
@@ -92,7 +208,11 @@ class Runner:
         self.now = now
         self.credentials: dict[str, IssuedCredential] = {}
         self.torn_down = False
+        self.ending = False  # set the moment teardown is decided: the proxy stops attaching at once
         self.end_reason: str | None = None
+        self.proxy = proxy
+        self.view = CredentialStoreView(self)
+        self._proxy_error: str | None = None
         self._ending: asyncio.Future[tuple[str, bool]] | None = None
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -106,7 +226,15 @@ class Runner:
         missing = [n for n in self.config.credentials if n not in self.credentials]
         if self.torn_down:
             return False, {"tornDown": True, "reason": self.end_reason}
-        return not missing, {"missing": missing}
+        proxied = sorted(n for n, c in self.credentials.items() if c.delivery == "proxy")
+        if not proxied:
+            return not missing, {"missing": missing}
+        listening = self.proxy is not None and self.proxy.listening
+        details: dict[str, Any] = {"missing": missing, "proxy": {
+            "listening": listening, "credentials": proxied,
+            **({"port": self.proxy.port} if self.proxy is not None and listening else {}),
+            **({"error": self._proxy_error} if self._proxy_error and not listening else {})}}
+        return not missing and listening, details
 
     def end(self, reason: str, *, broker_knows: bool = False) -> None:
         """Ask for teardown (idempotent: the first reason wins).
@@ -114,6 +242,7 @@ class Runner:
         ``broker_knows``: the broker told us the task ended, so it is revoking already.
         """
         if self._ending is not None and not self._ending.done():
+            self.ending = True
             self._ending.set_result((reason, broker_knows))
 
     def request_stop(self) -> None:
@@ -147,6 +276,7 @@ class Runner:
         await self._cancel_all()
         self.end_reason = reason
         self.torn_down = True
+        self.credentials.clear()  # proxy values live only here: drop them (the proxy answers 403 now)
         try:
             await teardown(reason, writer=self.writer, metrics=self.metrics, task=self.config.task,
                            client=self.client if self._identity_ready and not broker_knows else None)
@@ -225,6 +355,7 @@ class Runner:
                 self._tighten_deadline(result.deadline.timestamp())
             for cred in result.credentials:
                 self._accept(cred, "issued")
+            await self._ensure_proxy()
             self._publish()
             if result.task_status in names.TERMINAL_STATUSES:
                 self.end(result.task_status)
@@ -258,6 +389,7 @@ class Runner:
                 continue
             attempt = 0
             self._accept(new, "refreshed")
+            await self._ensure_proxy()
             self._publish()
 
     async def _sleep_until_or_expiry(self, name: str, seconds: float) -> None:
@@ -332,6 +464,45 @@ class Runner:
             else:
                 await asyncio.sleep(1.0)
 
+    # --- proxy delivery --------------------------------------------------------------------------
+    async def _ensure_proxy(self) -> None:
+        """Start the egress proxy the first time the store holds a proxy-delivered credential.
+
+        A failure (port in use, unusable route, no system CA bundle) is logged and retried on the
+        next refresh; until then /readyz says why and stays 503.
+        """
+        proxied = [c for c in self.credentials.values() if c.delivery == "proxy"]
+        if not proxied or self.ending:
+            return
+        if self.proxy is None:
+            self.proxy = ProxyDelivery(self.config, self.metrics)
+        if self.proxy.listening:
+            known = {r.credential for r in self.proxy.routes}
+            new = sorted(c.name for c in proxied if c.name not in known)
+            if new:
+                _log.warning("proxy credentials arrived after the proxy started; not routed until a restart",
+                             extra=fields(**self._log_fields, credentials=new))
+            return
+        try:
+            routes = [route_for(c) for c in sorted(proxied, key=lambda c: c.name)]
+            port = await self.proxy.start(routes, self.view)
+        except (OSError, PodCAError, RouteError, ssl.SSLError) as exc:
+            self._proxy_error = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+            _log.error("cannot start the egress proxy; not ready", extra=fields(
+                **self._log_fields, error=self._proxy_error))
+            self._spawn(self._retry_proxy())
+            return
+        self._proxy_error = None
+        _log.info("egress proxy ready", extra=fields(
+            **self._log_fields, port=port, credentials=[r.credential for r in routes],
+            hosts=sorted({h for r in routes for h in r.hosts}),
+            egress="deny" if self.proxy.deny_unmatched else "allow"))
+
+    async def _retry_proxy(self) -> None:
+        await asyncio.sleep(5.0)
+        await self._ensure_proxy()
+        self._publish()
+
     # --- helpers ---------------------------------------------------------------------------------
     def _tighten_deadline(self, at: float) -> None:
         if self._deadline is None or at < self._deadline:
@@ -370,8 +541,10 @@ class Runner:
         """Write the current set (file deliveries) atomically and update readiness."""
         if self.torn_down:
             return
-        files = [CredentialFiles(c.name, c.provider, c.expires_at, c.files)
-                 for n in self.config.credentials if (c := self.credentials.get(n)) and c.delivery == "file"]
+        files = [CredentialFiles(c.name, c.provider, c.expires_at, c.files) if c.delivery == "file" else
+                 CredentialFiles(c.name, c.provider, c.expires_at, {}, delivery=c.delivery,
+                                 hosts=tuple(str(h) for h in (c.proxy or {}).get("hosts") or ()))
+                 for n in self.config.credentials if (c := self.credentials.get(n))]
         try:
             self.writer.write(files)
         except (OSError, WriterError) as exc:

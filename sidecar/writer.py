@@ -11,6 +11,11 @@
       taskcreds.json -> ..data/taskcreds.json
       .taskcreds-started                 first start of the sidecar in this pod (max-duration clock)
       .taskcreds-ended                   written at teardown: a restarted sidecar never fetches again
+      ca-bundle.crt                      system roots + the pod CA, when a credential has delivery proxy
+                                         (public material only; written by podca.write_ca_bundle)
+
+Proxy-delivered credentials are never written here: the manifest lists them (``"delivery": "proxy"``
+and their hosts) so the agent knows which hosts it may call, and that is all.
 
 A reader that opens files through ``..data`` (or the top-level links) sees one whole generation,
 never a mix. Every path operation is relative to a directory descriptor and never follows a link
@@ -38,12 +43,13 @@ from taskcreds.sidecar.errors import NotInMemoryFilesystem, UnsafeEntry, UnsafeN
 from taskcreds import names
 
 __all__ = ["CredentialFiles", "CredentialWriter", "filesystem_magic", "check_in_memory", "check_name",
-           "ENDED_MARKER", "STARTED_MARKER", "TMPFS_MAGIC", "RAMFS_MAGIC"]
+           "ENDED_MARKER", "STARTED_MARKER", "CA_BUNDLE", "TMPFS_MAGIC", "RAMFS_MAGIC"]
 
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
 ENDED_MARKER = ".taskcreds-ended"
 STARTED_MARKER = ".taskcreds-started"
+CA_BUNDLE = "ca-bundle.crt"  # taskcreds.sidecar.podca.CA_BUNDLE_FILE; its temporaries are ".ca-bundle.crt.*"
 DATA = names.DATA_DIR_LINK
 DATA_TMP = DATA + "_tmp"
 _GENERATION = re.compile(r"^\.\.\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d\.\d{9}(_\d+)?$")
@@ -60,6 +66,9 @@ class CredentialFiles:
     provider: str
     expires_at: datetime
     files: Mapping[str, str] = field(repr=False)
+    delivery: str = "file"
+    """``proxy``: listed in the manifest with ``hosts``, nothing written (``files`` must be empty)."""
+    hosts: tuple[str, ...] = ()
 
 
 def filesystem_magic(path: str) -> int:
@@ -87,9 +96,9 @@ def check_in_memory(path: str) -> None:
 def check_name(name: str, what: str) -> str:
     """A credential or file name that stays inside its directory: no '/', NUL, '..', leading dot."""
     if (not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\0" in name
-            or len(name) > _NAME_MAX or name == names.MANIFEST_FILE):
+            or len(name) > _NAME_MAX or name in (names.MANIFEST_FILE, CA_BUNDLE)):
         raise UnsafeName(f"{what} name {name!r} is not allowed: expected 1-{_NAME_MAX} characters, no '/', "
-                         f"no NUL, not starting with '.', not {names.MANIFEST_FILE!r}")
+                         f"no NUL, not starting with '.', not {names.MANIFEST_FILE!r} or {CA_BUNDLE!r}")
     return name
 
 
@@ -129,7 +138,7 @@ class CredentialWriter:
         for entry, kind in plan:
             if kind == "generation":
                 self._shred_tree(entry)
-            elif kind == "link":
+            elif kind in ("link", "bundle"):
                 os.unlink(entry, dir_fd=dfd)
 
     def close(self) -> None:
@@ -142,17 +151,21 @@ class CredentialWriter:
         """Replace the whole set atomically. An empty set still writes a manifest listing nothing."""
         for cred in credentials:
             check_name(cred.name, "credential")
+            if cred.delivery != "file" and cred.files:
+                raise WriterError(f"credential {cred.name!r} has delivery {cred.delivery!r}: its values are "
+                                  "never written to the credential directory")
             for file_name in cred.files:
                 check_name(file_name, f"file of credential {cred.name!r}:")
+        on_disk = [c for c in credentials if c.delivery == "file"]
         dfd = self._fd()
-        wanted = {c.name for c in credentials} | {names.MANIFEST_FILE}
+        wanted = {c.name for c in on_disk} | {names.MANIFEST_FILE}
         for link in wanted:  # check before touching anything: all or nothing
             self._check_top_level(link)
         generation = self._new_generation()
         os.mkdir(generation, 0o700, dir_fd=dfd)
         gfd = os.open(generation, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
         try:
-            for cred in credentials:
+            for cred in on_disk:
                 os.mkdir(cred.name, 0o700, dir_fd=gfd)
                 cfd = os.open(cred.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=gfd)
                 try:
@@ -199,7 +212,7 @@ class CredentialWriter:
             kind = self._classify(entry, st, dfd)
             if kind == "generation":
                 self._shred_tree(entry)
-            elif kind == "link":
+            elif kind in ("link", "bundle"):
                 os.unlink(entry, dir_fd=dfd)
         self._retired, self._current, self._links = [], None, set()
 
@@ -232,9 +245,12 @@ class CredentialWriter:
         return self._dfd
 
     def _classify(self, entry: str, st: os.stat_result, dfd: int) -> str | None:
-        """'generation', 'link' or 'marker' for the writer's own entries, None for anything else."""
+        """'generation', 'link', 'marker' or 'bundle' for the sidecar's own entries, else None."""
         if entry in (ENDED_MARKER, STARTED_MARKER, ENDED_MARKER + ".tmp", STARTED_MARKER + ".tmp"):
             return "marker" if stat.S_ISREG(st.st_mode) else None
+        if entry == CA_BUNDLE or entry.startswith(f".{CA_BUNDLE}."):
+            # public certificates only; a restarted sidecar makes a new pod CA and rewrites it
+            return "bundle" if stat.S_ISREG(st.st_mode) else None
         if _GENERATION.match(entry):
             return "generation" if stat.S_ISDIR(st.st_mode) else None
         if not stat.S_ISLNK(st.st_mode):
@@ -317,11 +333,7 @@ class CredentialWriter:
     def _manifest(self, credentials: Sequence[CredentialFiles]) -> bytes:
         doc = {
             "task": self.task,
-            "credentials": [
-                {"name": c.name, "provider": c.provider, "files": sorted(c.files),
-                 "expiresAt": c.expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-                for c in credentials
-            ],
+            "credentials": [_manifest_entry(c) for c in credentials],
         }
         return (json.dumps(doc, indent=2) + "\n").encode()
 
@@ -356,6 +368,19 @@ class CredentialWriter:
         except ValueError:
             return {"reason": "unknown"}  # a damaged marker still means: ended
         return doc if isinstance(doc, dict) else {"reason": "unknown"}
+
+
+def _manifest_entry(cred: CredentialFiles) -> dict[str, Any]:
+    """Names, hosts and expiry of one credential: never a value. A file entry has no ``delivery``
+    key (the manifest's original shape; absent means file)."""
+    entry: dict[str, Any] = {"name": cred.name, "provider": cred.provider}
+    if cred.delivery == "file":
+        entry["files"] = sorted(cred.files)
+    else:
+        entry["delivery"] = cred.delivery
+        entry["hosts"] = list(cred.hosts)
+    entry["expiresAt"] = cred.expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return entry
 
 
 def _shred_dir(dir_fd: int) -> None:
