@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from taskcreds.operator import annotations as parsing
 from taskcreds.operator.annotations import (
     AnnotationError,
     InjectionRequest,
@@ -210,3 +211,32 @@ def test_unknown_taskcreds_keys_are_reported_others_ignored() -> None:
 )
 def test_durations_are_handed_to_the_sidecar_losslessly(seconds: float, text: str) -> None:
     assert go_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("case", "value", "expected"),
+    [
+        ("short text unchanged", "github", "github"),
+        ("exactly the limit", "x" * 80, "x" * 80),
+        ("cut with its length", "y" * 81, "y" * 80 + "… (81 characters)"),
+        ("not a string", 12345, "12345"),
+    ],
+)
+def test_shown_cuts_quoted_input(case: str, value: object, expected: str) -> None:
+    assert parsing.shown(value) == expected
+
+
+def test_remembered_parses_are_equal_and_refusals_are_raised_every_time() -> None:
+    ann = {names.ANNOTATION_TASK: "t-1", names.ANNOTATION_CREDENTIALS: "a,b", names.ANNOTATION_TTL: "5m"}
+    first, second = parsing.parse_request(ann), parsing.parse_request(dict(ann))
+    assert first == second and first.credentials == ("a", "b") and first.ttl == 300
+    bad = {**ann, names.ANNOTATION_TTL: "soon"}
+    for _ in range(2):
+        with pytest.raises(parsing.AnnotationError, match="taskcreds.io/ttl"):
+            parsing.parse_request(bad)
+    # a value too long to remember is still parsed, and still refused with a short message
+    long_ok = {**ann, names.ANNOTATION_CREDENTIALS: ",".join(f"c{i}" for i in range(16)) + ",c1" * 300}
+    assert len(parsing.parse_request(long_ok).credentials) == 16
+    with pytest.raises(parsing.AnnotationError) as info:
+        parsing.parse_request({**ann, names.ANNOTATION_CREDENTIALS: "ok,BAD" + "x" * 10_000})
+    assert len(str(info.value)) < 400 and "(10006 characters)" in str(info.value)
