@@ -189,7 +189,7 @@ def build_registry(lifecycle: TaskLifecycle, index: CredentialIndex | None = Non
             (names.PLURAL_CLUSTER_CREDENTIAL_SOURCES, names.KIND_CLUSTER_CREDENTIAL_SOURCE),
         ):
 
-            @kopf.on.event(names.CRD_GROUP, names.CRD_VERSION, plural, registry=registry)
+            @kopf.on.event(names.CRD_GROUP, names.CRD_VERSION, plural, registry=registry)  # type: ignore[arg-type]
             async def source_event(event: dict[str, Any], _kind: str = kind, **_: Any) -> None:
                 obj = event.get("object")
                 if not isinstance(obj, dict):

@@ -49,7 +49,13 @@ _NO_PROXY_ENV: Final = "NO_PROXY"
 #: in-cluster and loopback traffic never goes through the sidecar's proxy
 NO_PROXY: Final = "localhost,127.0.0.1,::1,.svc,.cluster.local"
 #: the CA-bundle variables of OpenSSL/Python, requests, Node.js, git and curl
-_CA_ENV: Final = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "CURL_CA_BUNDLE")
+_CA_ENV: Final = (
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "GIT_SSL_CAINFO",
+    "CURL_CA_BUNDLE",
+)
 PROXY_ENV_NAMES: Final[tuple[str, ...]] = (*_PROXY_URL_ENV, _NO_PROXY_ENV, *_CA_ENV)
 _PROBE_PORT_NAME: Final = "tc-probe"
 _TOKEN_FILE: Final = f"{names.SIDECAR_TOKEN_PATH}/{names.SIDECAR_TOKEN_FILE}"
