@@ -265,3 +265,34 @@ def test_a_restarted_sidecar_accepts_and_wipes_its_ca_bundle(shm_dir: Path) -> N
     os.mkdir(shm_dir / CA_BUNDLE)  # a directory of that name is not ours: refused
     with pytest.raises(Exception, match="not created by taskcreds"):
         CredentialWriter(str(shm_dir), task="t").prepare()
+
+
+CONFIG = [
+    ("resolve without '='", {names.ENV_PROXY_RESOLVE: "git.test.local:127.0.0.1:443"}, names.ENV_PROXY_RESOLVE),
+    ("resolve without a port", {names.ENV_PROXY_RESOLVE: "git.test.local=127.0.0.1"}, names.ENV_PROXY_RESOLVE),
+    ("proxy listen not HOST:PORT", {names.ENV_LISTEN_PROXY: "9092"}, names.ENV_LISTEN_PROXY),
+    ("a credential named like the CA bundle", {names.ENV_CREDENTIALS: "ca-bundle.crt"}, names.ENV_CREDENTIALS),
+]
+
+
+@pytest.mark.parametrize(("case", "extra", "key"), CONFIG, ids=[c[0] for c in CONFIG])
+def test_proxy_config_refusals_name_the_variable(case: str, extra: dict[str, str], key: str) -> None:
+    from taskcreds.sidecar.config import from_env
+    from taskcreds.sidecar.errors import ConfigError
+
+    env = sidecar_env(directory=Path("/dev/shm/x"), broker_url="https://b:1", token_file=Path("/t"),
+                      socket_uri="unix:///s", **extra)
+    with pytest.raises(ConfigError, match=key):
+        from_env(env)
+
+
+def test_proxy_config_defaults_and_hooks() -> None:
+    from taskcreds.sidecar.config import from_env
+
+    base = sidecar_env(directory=Path("/dev/shm/x"), broker_url="https://b:1", token_file=Path("/t"),
+                       socket_uri="unix:///s")
+    base.pop(names.ENV_LISTEN_PROXY, None)
+    config = from_env(base)
+    assert config.listen_proxy == ("127.0.0.1", names.SIDECAR_PROXY_PORT) and config.proxy_resolve == {}
+    hooked = from_env({**base, names.ENV_PROXY_RESOLVE: "Git.Test.Local=127.0.0.1:8443, a.b=10.0.0.1:443"})
+    assert hooked.proxy_resolve == {"git.test.local": ("127.0.0.1", 8443), "a.b": ("10.0.0.1", 443)}
