@@ -182,8 +182,8 @@ class PodRun:
     local_port: int | None = None
     ready_at: float | None = None
     #: every value seen on disk: (credential, file) -> values, in order; memory only
-    values: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    vault_accessors: dict[str, str | None] = field(default_factory=dict)  # token -> accessor
+    values: dict[tuple[str, str], list[str]] = field(default_factory=dict, repr=False)
+    vault_accessors: dict[str, str | None] = field(default_factory=dict, repr=False)  # token -> accessor
     agent_outputs: list[str] = field(default_factory=list)
     agent_envs: list[dict[str, str]] = field(default_factory=list)
     partial_reads: list[str] = field(default_factory=list)
@@ -200,6 +200,10 @@ class PodRun:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def on_disk(self) -> set[str]:
+        """Credentials with at least one readable file right now."""
+        return {c for c in self.credentials if any(p.is_file() for p in (self.creds_dir / c).glob("*"))}
 
     def credential_files(self) -> list[Path]:
         """Credential files (and ``..`` generation dirs) still in the tmpfs dir: empty after teardown."""
@@ -288,7 +292,7 @@ class Harness:
             ("api", "jwt", "1m", "1h"),
             ("bao", "vault", "1m", "1h"),
             ("api-fast", "jwt", "3s", "1h"),
-            ("bao-fast", "vault", "3s", "7s"),
+            ("bao-fast", "vault", "3s", "5s"),
         ):
             spec: dict[str, Any] = {
                 "provider": provider,
@@ -650,6 +654,16 @@ class Harness:
         )
 
     # --- proofs ----------------------------------------------------------------------------------
+    def assert_vault(self, run: PodRun, credential: str, *, alive: bool, which: slice | int = -1) -> None:
+        """Use the token(s) of ``credential`` (latest by default) and check they work / are refused.
+        Raises with a message that names the credential and the index, never the value."""
+        values = run.values[(credential, "token")]
+        chosen = values[which] if isinstance(which, slice) else [values[which]]
+        for n, token in enumerate(chosen):
+            if self.vault_token_alive(token) != alive:
+                state = "is refused" if alive else "still works"
+                raise AssertionError(f"{credential}: issued OpenBao token #{n} of {len(values)} {state}")
+
     def vault_token_alive(self, token: str) -> bool:
         """Use the token: lookup-self succeeds only while it lives at its source."""
         try:
@@ -668,9 +682,13 @@ class Harness:
             return {r["jti"] for r in (await resp.json())["revoked"]}
 
     @staticmethod
-    def jti_of(token: str) -> str:
+    def claims_of(token: str) -> dict[str, Any]:
         payload = token.split(".")[1]
-        return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"])
+        return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+    @classmethod
+    def jti_of(cls, token: str) -> str:
+        return str(cls.claims_of(token)["jti"])
 
     async def assert_dead_at_source(
         self, run: PodRun, lease: dict[str, Any], *, reason: str | Iterable[str], check_jwt_list: bool = True
@@ -690,19 +708,22 @@ class Harness:
         for (cred, _file), values in run.values.items():
             provider = "vault" if cred.startswith("bao") else "jwt"
             for value in values:
+                # explicit raises: an assert here could show a value in pytest's report
                 if provider == "vault":
-                    assert not self.vault_token_alive(value), f"{cred}: an issued OpenBao token still works"
+                    if self.vault_token_alive(value):
+                        raise AssertionError(f"{cred}: an issued OpenBao token still works")
                     accessor = run.vault_accessors.get(value)
-                    if accessor is not None:  # nothing lost: the lease it came with is in the TaskLease
-                        assert accessor in refs or any(accessor in r for r in refs), f"{cred}: lease missing"
+                    # nothing lost: the lease it came with is in the TaskLease (accessors are not secret)
+                    if accessor is not None and not any(accessor in r for r in refs):
+                        raise AssertionError(f"{cred}: lease {accessor} missing from the TaskLease")
                 else:
                     jti = self.jti_of(value)
-                    assert any(jti in r for r in refs), f"{cred}: issued jti not in the TaskLease"
-                    exp = json.loads(
-                        base64.urlsafe_b64decode(value.split(".")[1] + "=" * (-len(value.split(".")[1]) % 4))
-                    )["exp"]
-                    if check_jwt_list and exp > time.time():  # the deny list drops expired ids
-                        assert jti in revoked_jtis, f"{cred}: issued jti not on /v1/jwt/revoked"
+                    if not any(jti in r for r in refs):
+                        raise AssertionError(f"{cred}: issued jti {jti} not in the TaskLease")
+                    exp = self.claims_of(value)["exp"]
+                    if check_jwt_list and exp > time.time() and jti not in revoked_jtis:
+                        # the deny list drops expired ids: only live tokens must be on it
+                        raise AssertionError(f"{cred}: live jti {jti} not on /v1/jwt/revoked")
 
     # --- the canary sweep ------------------------------------------------------------------------
     async def haystacks(self) -> dict[str, str]:
