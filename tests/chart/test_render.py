@@ -317,7 +317,7 @@ def test_injection_config_parses_and_points_at_the_broker(helm: Helm, name: str,
     docs = render(helm, name)
     raw, config = rendered_config(docs, tmp_path)
     assert {k: set(v) for k, v in raw.items()} == {
-        "sidecar": {"image", "imagePullPolicy", "resources", "probePort", "localPort"},
+        "sidecar": {"image", "imagePullPolicy", "resources", "probePort", "localPort", "proxyPort"},
         "spiffe": {"socketSource", "hostPath", "socketFile", "trustDomain"},
         "broker": {"url", "spiffeId"},
         "injection": {"mountPath", "tmpfsSizeLimit", "strict", "defaultTTL", "tokenExpirationSeconds"},

@@ -14,21 +14,8 @@ from tests.fuzz.harness import CORPUS, ThreadedWebhook, check_answer
 #: repeat a megabyte of it (the API server passes it on to the client and into audit logs)
 MAX_MESSAGE = 4096
 
-KNOWN_BUGS = {
-    "preinjected-regular-sidecar-name.denied.json": (
-        "operator/injection/mutate.py: a pod that already carries taskcreds.io/injected skips the "
-        "reserved-name checks and sidecar_present looks at initContainers only, so a regular container "
-        "named taskcreds-sidecar gets a second (init) one: the patched pod has a duplicate container "
-        "name, which the API server refuses, instead of a denial naming the problem"
-    ),
-    "annotation-1mib-credentials.denied.json.gz": (
-        "operator/annotations.py parse_credentials: the problem text quotes the whole offending name "
-        "(names {name!r}), so the denial message is 1 MiB; AnnotationError cuts only `value` to 80 chars"
-    ),
-    "annotation-1mib-containers.denied.json.gz": (
-        "operator/annotations.py _containers: same as credentials, the whole name is quoted"
-    ),
-}
+#: corpus files that reproduce a bug not fixed yet (strict xfail: a fix makes them fail until removed)
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _files() -> list[Path]:
