@@ -81,17 +81,18 @@ async def test_operator_restart_mid_revocation(cluster: Harness) -> None:
     await asyncio.to_thread(cluster.bao.start)  # re-seeded (dev mode itself forgot the old tokens)
     restarted = time.time()
     await asyncio.to_thread(cluster.start_operator)
+    ready = time.monotonic()
     lease = await cluster.wait_revoked(run)
     revoked_at = time.monotonic()
     await cluster.wait_files_gone(run)
     record_lag("operator restart mid-revocation", "completed", t0, revoked_at, time.monotonic(),
-               "includes OpenBao down + operator restart")
+               f"OpenBao down + restart; {(revoked_at - ready) * 1000:.0f}ms after the new operator was ready")
     # durability: the vault lease was revoked by the restarted operator, from the TaskLease alone
     for entry in lease["status"]["leases"]:
         if entry["provider"] == "vault":
             at = parse_timestamp(entry["revokedAt"])
             assert at is not None and at.timestamp() >= int(restarted), entry
-    await cluster.assert_dead_at_source(run, lease, reason="completed", check_jwt_list=False)
+    await cluster.assert_dead_at_source(run, lease, reason="completed", check_jwt_list=False)  # see the xfail below
     cluster.finish(run)
     await cluster.assert_no_leaks()
 
@@ -109,3 +110,20 @@ async def test_webhook_down_refuses_opted_in_pods(cluster: Harness) -> None:
         assert names.ANNOTATION_INJECTED not in plain["metadata"]["annotations"]
     finally:
         await asyncio.to_thread(cluster.start_operator)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="operator/providers/jwt.py keeps the jti deny list in memory only (JwtProvider._revoked): "
+    "after an operator restart GET /v1/jwt/revoked no longer lists revoked, still-live tokens",
+)
+async def test_jwt_deny_list_survives_an_operator_restart(cluster: Harness) -> None:
+    run = await cluster.launch("deny-list", ("api",))
+    await cluster.wait_ready(run)
+    await cluster.set_annotation(run, names.ANNOTATION_TASK_STATUS, "completed")
+    lease = await cluster.wait_revoked(run)
+    await cluster.assert_dead_at_source(run, lease, reason="completed")  # listed before the restart
+    cluster.finish(run)
+    cluster.stop_operator()
+    await asyncio.to_thread(cluster.start_operator)
+    await cluster.assert_dead_at_source(run, lease, reason="completed")  # and after it
