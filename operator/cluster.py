@@ -58,6 +58,13 @@ class Cluster(Protocol):
 
     async def get_cluster_credential_source(self, name: str) -> dict[str, Any] | None: ...
 
+    async def list_credential_sources(self, kind: str) -> list[dict[str, Any]]:
+        """Every CredentialSource (all namespaces) or ClusterCredentialSource, by ``kind``.
+
+        Only for the admission index's first full list; a watch keeps it current afterwards.
+        """
+        ...
+
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret with ``data`` base64 as the API returns it."""
         ...

@@ -187,6 +187,18 @@ class KubeCluster:
             missing_ok=True,
         )
 
+    async def list_credential_sources(self, kind: str) -> list[dict[str, Any]]:
+        plural = (
+            names.PLURAL_CLUSTER_CREDENTIAL_SOURCES
+            if kind == names.KIND_CLUSTER_CREDENTIAL_SOURCE
+            else names.PLURAL_CREDENTIAL_SOURCES
+        )
+        doc = await self._call(
+            f"{kind} list", self.custom.list_cluster_custom_object, names.CRD_GROUP, names.CRD_VERSION, plural
+        )
+        items = doc.get("items") if isinstance(doc, dict) else None
+        return [item for item in items or () if isinstance(item, dict)]
+
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._call(
             f"Secret {namespace}/{name}", self.core.read_namespaced_secret, name, namespace, missing_ok=True

@@ -199,7 +199,7 @@ def build_registry(lifecycle: TaskLifecycle, index: CredentialIndex | None = Non
                 else:
                     index.update(obj, _kind)
 
-    @kopf.on.event("v1", "pods", labels={names.LABEL_INJECT: "true"}, registry=registry)
+    @kopf.on.event("v1", "pods", labels={names.LABEL_INJECT: "true"}, registry=registry)  # type: ignore[arg-type]
     async def pod_event(event: dict[str, Any], **_: Any) -> None:
         obj = event.get("object")
         if isinstance(obj, dict):

@@ -29,7 +29,6 @@ from taskcreds.operator.cluster import Cluster
 from taskcreds.operator.config import ConfigError, InjectionConfig, config_from_env
 from taskcreds.operator.settings import OperatorSettings, SettingsError
 
-from taskcreds import names
 from taskcreds.logs import fields, setup_logging
 from taskcreds.metrics import OperatorMetrics, register_operator
 
@@ -170,7 +169,7 @@ async def run_operator(
             tls,
             *settings.webhook_listen,
             stop,
-            on_ready=lambda addrs: webhook_ready.done() or webhook_ready.set_result(addrs),
+            on_ready=lambda addrs: None if webhook_ready.done() else webhook_ready.set_result(addrs),
         ),
         "webhook",
     )
@@ -214,11 +213,7 @@ async def run_operator(
         )
     )
     spawn(lifecycle.sweep_forever(sweep_interval), "lease-sweep")
-    lister = _source_lister(cluster)
-    if lister is not None:
-        spawn(index.prime(lister), "credential-index")
-    else:
-        log.warning("this cluster client cannot list credential sources: admission does not check policy")
+    spawn(index.prime(cluster.list_credential_sources), "credential-index")
 
     try:
         addrs = await asyncio.wait_for(asyncio.shield(webhook_ready), timeout=30)
@@ -244,31 +239,6 @@ async def run_operator(
             await runner.cleanup()
         if own_cert_dir is not None:
             own_cert_dir.cleanup()
-
-
-def _source_lister(cluster: Cluster) -> Callable[[str], Awaitable[list[dict[str, Any]]]] | None:
-    """list_kind(kind) for the credential index's first full list, or None when the client has none.
-
-    The Cluster protocol has no list of sources (the broker only ever gets one by name), so this
-    uses the kubernetes_asyncio CustomObjectsApi that :class:`taskcreds.operator.kube.KubeCluster`
-    exposes; the watch (kopf) keeps the index current afterwards.
-    """
-    custom = getattr(cluster, "custom", None)
-    if custom is None:
-        return None
-    plurals = {
-        "CredentialSource": names.PLURAL_CREDENTIAL_SOURCES,
-        "ClusterCredentialSource": names.PLURAL_CLUSTER_CREDENTIAL_SOURCES,
-    }
-
-    async def list_kind(kind: str) -> list[dict[str, Any]]:
-        doc = await custom.list_cluster_custom_object(
-            names.CRD_GROUP, names.CRD_VERSION, plurals[kind], _request_timeout=30
-        )
-        items = doc.get("items") if isinstance(doc, dict) else None
-        return [i for i in items or () if isinstance(i, dict)]
-
-    return list_kind
 
 
 def _default_login(**kwargs: Any) -> Any:

@@ -233,6 +233,12 @@ class MemCluster:
         self._enter("get_cluster_credential_source")
         return _copy(self.cluster_sources.get(name))
 
+    async def list_credential_sources(self, kind: str) -> list[dict[str, Any]]:
+        self._enter("list_credential_sources")
+        if kind == names.KIND_CLUSTER_CREDENTIAL_SOURCE:
+            return [_copy(body) for body in self.cluster_sources.values()]
+        return [_copy(body) for body in self.sources.values()]
+
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         self._enter("get_secret")
         return _copy(self.secrets.get((namespace, name)))
