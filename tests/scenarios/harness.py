@@ -134,7 +134,11 @@ def encoded_forms(value: str) -> dict[str, str]:
         "json-escaped": json.dumps(value)[1:-1],
     }
     forms["base64-unpadded"] = forms["base64"].rstrip("=")
-    return {k: v for k, v in forms.items() if len(v) >= 8}
+    distinct: dict[str, str] = {}
+    for name, text in forms.items():  # one report per distinct text (raw often equals url-encoded)
+        if len(text) >= 8 and text not in distinct.values():
+            distinct[name] = text
+    return distinct
 
 
 def find_leaks(values: Iterable[str], haystacks: Mapping[str, str]) -> list[str]:
