@@ -286,6 +286,8 @@ class Broker:
 
     async def jwt_revoked(self, request: web.Request) -> web.Response:
         provider = self.providers.get("jwt")
+        if provider is not None and hasattr(provider, "sync_revoked"):
+            await provider.sync_revoked()  # the TaskLeases are the shared record: same on every replica
         revoked = provider.revoked() if provider is not None else []  # type: ignore[attr-defined]
         return web.json_response({"revoked": revoked})
 

@@ -90,6 +90,7 @@ class JwtProvider:
         self._loaded_at = -1e18
         self._lock = asyncio.Lock()
         self._revoked: dict[str, float] = {}  # jti -> exp (unix)
+        self._revoked_synced_at = -1e18  # monotonic time of the last merge from the TaskLeases
 
     # --- keys ---------------------------------------------------------------------------------
     async def _read(self) -> list[_Key] | None:
@@ -189,6 +190,28 @@ class JwtProvider:
         """Revoked, not yet expired tokens: ``[{"jti", "exp"}]``."""
         self._prune()
         return [{"jti": j, "exp": int(e)} for j, e in sorted(self._revoked.items())]
+
+    async def sync_revoked(self, *, max_age: float = 2.0) -> None:
+        """Merge the revoked, unexpired jwt leases recorded on every TaskLease into the deny list.
+
+        The TaskLeases are the durable, shared record: this is what makes ``/v1/jwt/revoked`` the
+        same on every replica and after an operator restart (the in-memory list alone was neither).
+        Listed at most every ``max_age`` seconds; a failed list keeps the current list.
+        """
+        if time.monotonic() - self._revoked_synced_at < max_age:
+            return
+        self._revoked_synced_at = time.monotonic()
+        try:
+            task_leases = await self._cluster.list_task_leases(None)
+        except Exception:  # the API is away: answer from memory, try again next time
+            return
+        for lease in task_leases:
+            for entry in (lease.get("status") or {}).get("leases") or []:
+                ref = str(entry.get("leaseRef") or "")
+                parts = ref.split(":")
+                if entry.get("provider") == _NAME and entry.get("revokedAt") and len(parts) == 3 and parts[2].isdigit():
+                    self._revoked.setdefault(parts[1], float(parts[2]))
+        self._prune()
 
     def _prune(self) -> None:
         now = self._now().timestamp()

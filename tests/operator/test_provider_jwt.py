@@ -149,3 +149,28 @@ async def test_corrupt_key_secret_is_named() -> None:
     mem.put_secret("taskcreds-system", "jwt-keys", {SECRET_KEY: "not json"})
     with pytest.raises(ProviderError, match="delete it to have a new one made"):
         await provider(mem, Clock()).issue(request())
+
+
+async def test_deny_list_is_rebuilt_from_the_task_leases_on_another_replica_or_after_a_restart() -> None:
+    """The in-memory deny list of one replica is not the record: the TaskLeases are."""
+    from taskcreds.operator import leases
+
+    clock = Clock()
+    mem = MemCluster()
+    pod = mem.put_pod({"metadata": {"name": "agent-1", "namespace": "team-a",
+                                    "annotations": {"taskcreds.io/task": "fix-42"}}, "spec": {}})
+    first = provider(mem, clock)
+    issued = await first.issue(request())
+    entry = leases.lease_entry("api", "jwt", {"kind": "CredentialSource", "name": "api", "namespace": "team-a"},
+                               issued)
+    await leases.record_issued(mem, pod, "fix-42", [entry])
+    await leases.revoke_task(mem, {"jwt": first}, "team-a", leases.lease_name("agent-1", "fix-42"),
+                             "completed", metrics=None)
+    jti = issued.lease_ref.split(":")[1]
+    restarted = provider(mem, clock)  # another replica, or this one after a restart
+    await restarted.issue(request())  # loads the shared signing keys from their Secret
+    assert restarted.revoked() == []
+    await restarted.sync_revoked(max_age=0)
+    assert [r["jti"] for r in restarted.revoked()] == [jti]
+    with pytest.raises(jwt.InvalidTokenError, match="revoked"):
+        restarted.verify(issued.files["token"], "api")
