@@ -112,11 +112,6 @@ async def test_webhook_down_refuses_opted_in_pods(cluster: Harness) -> None:
         await asyncio.to_thread(cluster.start_operator)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="operator/providers/jwt.py keeps the jti deny list in memory only (JwtProvider._revoked): "
-    "after an operator restart GET /v1/jwt/revoked no longer lists revoked, still-live tokens",
-)
 async def test_jwt_deny_list_survives_an_operator_restart(cluster: Harness) -> None:
     run = await cluster.launch("deny-list", ("api",))
     await cluster.wait_ready(run)
