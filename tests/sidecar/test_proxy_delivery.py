@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import os
+import secrets
 import urllib.error
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -30,8 +31,9 @@ GIT_HOST = "git.test.local"
 OTHER_HOST = "elsewhere.test.local"
 POD = "agent-0"
 TASK = "task-1"
-GIT_TOKEN = "ghs_proxyDeliveredToken1234567890abcdef"  # in the Secret only; never on the agent's disk
-GIT_TOKEN_2 = "ghs_rotatedProxyToken0987654321fedcba99"
+# made at test time (a token-shaped literal in the repository would look like a leak)
+GIT_TOKEN = "ghs_" + secrets.token_hex(18)  # in the Secret only; never on the agent's disk
+GIT_TOKEN_2 = "ghs_" + secrets.token_hex(18)
 FILE_VALUE = "file-delivered-canary-value-4c2d"
 
 
