@@ -13,23 +13,18 @@ import base64
 import json
 import socket
 import ssl
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from taskcreds.operator.config import load_config
-from taskcreds.operator.kube import connect
-from taskcreds.operator.main import OperatorParts, kopf_settings_for_taskcreds, run_operator
-from taskcreds.operator.settings import OperatorSettings
 
 from taskcreds import names
 from taskcreds.devauthority import DevAuthority
-from taskcreds.metrics import register_operator
 from taskcreds.svid import client_context
 from tests.kube.fixtures import KubeApi
+from tests.operator.running import Replica
 
 CRDS = Path(__file__).resolve().parents[2] / "charts" / "taskcreds" / "crds"
 TD = "taskcreds.local"
@@ -123,59 +118,14 @@ async def operator(kube_api: KubeApi) -> Any:
     kube_api.set_service_endpoint("taskcreds-system", "taskcreds-webhook", f"127.0.0.1:{ports['webhook']}")
     authority = DevAuthority(TD, allow=True)
     operator_svid = authority.mint_x509_svid(OPERATOR_ID)
-    settings = OperatorSettings(
-        webhook_listen=("127.0.0.1", ports["webhook"]),
-        broker_listen=("127.0.0.1", ports["broker"]),
-        metrics_listen=("127.0.0.1", ports["metrics"]),
-        webhook_service="taskcreds-webhook",
-    )
-    # kopf cancels every task created after it started when it stops (it assumes the loop is its
-    # own), so the operator runs on its own loop in a thread, as it has the process to itself in a pod
-    loop_box: dict[str, Any] = {}
-    failure: list[BaseException] = []
-    metrics = register_operator()
-
-    async def operator_main() -> None:
-        cluster = await connect(url=kube_api.url, token=kube_api.admin_token)
-        kopf_settings = kopf_settings_for_taskcreds()
-        kopf_settings.queueing.idle_timeout = 0.3
-        kopf_settings.queueing.exit_timeout = 0.3
-        loop_box["stop"] = asyncio.Event()
-        loop_box["loop"] = asyncio.get_running_loop()
-        parts = loop_box["parts"] = OperatorParts(metrics=metrics)
-        try:
-            await run_operator(
-                settings,
-                load_config(None),
-                cluster=cluster,
-                svid_source=lambda: operator_svid,
-                stop=loop_box["stop"],
-                parts=parts,
-                kopf_login=lambda **_: kube_api.kopf_connection_info(),
-                kopf_settings=kopf_settings,
-                sweep_interval=1.0,
-            )
-        finally:
-            await cluster.close()
-
-    def thread_main() -> None:
-        try:
-            asyncio.run(operator_main())
-        except BaseException as exc:  # surfaced by the fixture
-            failure.append(exc)
-
-    thread = threading.Thread(target=thread_main, name="operator", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not ("parts" in loop_box and loop_box["parts"].ready.is_set()):
-        assert not failure, f"operator failed to start: {failure[0]!r}"
-        assert thread.is_alive() and time.monotonic() < deadline, "operator not ready within 60 s"
-        await asyncio.sleep(0.05)
-    yield kube_api, authority, loop_box["parts"]
-    loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
-    await asyncio.to_thread(thread.join, 30)
-    assert not thread.is_alive(), "operator did not stop within 30 s"
-    assert not failure, f"operator stopped with {failure[0]!r}"
+    replica = Replica(kube_api, operator_svid, kube_api.admin_token)
+    replica.ports = {"webhook": ports["webhook"], "broker": ports["broker"], "metrics": ports["metrics"]}
+    replica.start()
+    await replica.wait_ready()
+    yield kube_api, authority, replica.parts
+    await asyncio.to_thread(replica.stop)
+    assert not replica.thread.is_alive(), "operator did not stop within 30 s"
+    assert not replica.failure, f"operator stopped with {replica.failure[0]!r}"
 
 
 async def test_operator_admits_issues_and_revokes_through_a_real_api_flow(operator: Any) -> None:

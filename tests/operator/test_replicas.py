@@ -10,100 +10,26 @@ ClusterRole the chart renders.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from taskcreds.operator.config import load_config
-from taskcreds.operator.kube import connect
-from taskcreds.operator.main import OperatorParts, kopf_settings_for_taskcreds, run_operator
-from taskcreds.operator.settings import OperatorSettings
 
 from taskcreds import names
 from taskcreds.devauthority import DevAuthority
-from taskcreds.metrics import OperatorMetrics, register_operator
 from taskcreds.svid import client_context
 from tests.chart.helm import Helm, find_helm
 from tests.kube.fixtures import KubeApi
 from tests.kube.rbac import rules_from, uncovered
 from tests.kube.tokens import API_AUDIENCES
+from tests.operator.running import Replica
 
 CRDS = Path(__file__).resolve().parents[2] / "charts" / "taskcreds" / "crds"
 TD = "taskcreds.local"
 OPERATOR_SA = "taskcreds-operator"
 OPERATOR_USER = f"system:serviceaccount:taskcreds-system:{OPERATOR_SA}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Replica:
-    """One taskcreds-operator on its own loop and thread (kopf owns its loop, as in a pod)."""
-
-    def __init__(self, kube_api: KubeApi, svid: Any, token: str) -> None:
-        self.ports = {"webhook": free_port(), "broker": free_port(), "metrics": free_port()}
-        self.metrics: OperatorMetrics = register_operator()
-        self._kube_api, self._svid, self._token = kube_api, svid, token
-        self._box: dict[str, Any] = {}
-        self.failure: list[BaseException] = []
-        self.thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._run())
-        except BaseException as exc:
-            self.failure.append(exc)
-
-    async def _run(self) -> None:
-        cluster = await connect(url=self._kube_api.url, token=self._token)
-        kopf_settings = kopf_settings_for_taskcreds()
-        kopf_settings.queueing.idle_timeout = 0.3
-        kopf_settings.queueing.exit_timeout = 0.3
-        self._box["stop"], self._box["loop"] = asyncio.Event(), asyncio.get_running_loop()
-        parts = self._box["parts"] = OperatorParts(metrics=self.metrics)
-        settings = OperatorSettings(
-            webhook_listen=("127.0.0.1", self.ports["webhook"]),
-            broker_listen=("127.0.0.1", self.ports["broker"]),
-            metrics_listen=("127.0.0.1", self.ports["metrics"]),
-        )
-        info = self._kube_api.kopf_connection_info()
-        import kopf
-
-        login = kopf.ConnectionInfo(server=info.server, token=self._token, ca_data=info.ca_data)
-        try:
-            await run_operator(
-                settings,
-                load_config(None),
-                cluster=cluster,
-                svid_source=lambda: self._svid,
-                stop=self._box["stop"],
-                parts=parts,
-                kopf_login=lambda **_: login,
-                kopf_settings=kopf_settings,
-                sweep_interval=0.5,
-            )
-        finally:
-            await cluster.close()
-
-    def start(self) -> None:
-        self.thread.start()
-
-    @property
-    def ready(self) -> bool:
-        return "parts" in self._box and self._box["parts"].ready.is_set()
-
-    def stop(self) -> None:
-        if "loop" in self._box:
-            self._box["loop"].call_soon_threadsafe(self._box["stop"].set)
-        self.thread.join(30)
 
 
 @pytest.fixture
