@@ -28,7 +28,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     write = terminalreporter.write_line
     write("")
-    write("taskcreds scenarios: revocation lag (trigger -> TaskLease Revoked + finalizer released; -> files gone)")
+    write(
+        "taskcreds scenarios: revocation lag (trigger -> TaskLease Revoked + finalizer released; -> files gone)"
+    )
     write(f"{'scenario':<34} {'reason':<12} {'revoked':>9} {'files gone':>11}  note")
     for row in LAG_ROWS:
         rev = "-" if row.revoked_s is None else f"{row.revoked_s * 1000:7.0f}ms"

@@ -96,7 +96,9 @@ def seed_openbao(bao: OpenBao) -> None:
     root = bao.client()
     root.sys.create_or_update_policy("taskcreds-operator", OPERATOR_POLICY)
     root.sys.create_or_update_policy("task-read", TASK_POLICY)
-    root.auth.token.create(id=OPERATOR_TOKEN, policies=["taskcreds-operator", "task-read"], ttl="1h", no_parent=True)
+    root.auth.token.create(
+        id=OPERATOR_TOKEN, policies=["taskcreds-operator", "task-read"], ttl="1h", no_parent=True
+    )
 
 
 def free_port() -> int:
@@ -460,7 +462,9 @@ class Harness:
         from taskcreds.operator.config import load_config
 
         socket_dir = Path(tempfile.mkdtemp(prefix="tc-scn-", dir="/tmp"))
-        api = WorkloadApiServer(self.authority, str(socket_dir / load_config(None).spiffe.socket_file), AGENT_ID)
+        api = WorkloadApiServer(
+            self.authority, str(socket_dir / load_config(None).spiffe.socket_file), AGENT_ID
+        )
         api.start()
         creds_dir = Path("/dev/shm") / f"tc-scn-{uuid.uuid4().hex[:10]}"
         creds_dir.mkdir()
@@ -499,7 +503,7 @@ class Harness:
             run.local.start_sidecar(stdout=log, stderr=log)
         run.probe_port = None
 
-    async def _ports(self, run: PodRun, timeout: float = 20) -> None:
+    async def _ports(self, run: PodRun, timeout: float = 20) -> None:  # noqa: ASYNC109 - a poll bound, not a cancel scope
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in reversed(run.sidecar_log().splitlines()):
@@ -513,7 +517,7 @@ class Harness:
             await asyncio.sleep(POLL)
         raise AssertionError(f"no 'sidecar started' line within {timeout}s: {run.sidecar_log()[-1500:]}")
 
-    async def wait_ready(self, run: PodRun, timeout: float = 20) -> float:
+    async def wait_ready(self, run: PodRun, timeout: float = 20) -> float:  # noqa: ASYNC109 - a poll bound, not a cancel scope
         """Poll /readyz; every 200 must find every credential file already on disk (the agent container
         starts only then). Returns seconds to ready."""
         t0 = time.monotonic()
@@ -621,7 +625,7 @@ class Harness:
 
         return self.kube.get(names.API_VERSION, names.KIND_TASK_LEASE, NS, lease_name(run.name, run.task))
 
-    async def wait_lease(self, run: PodRun, phase: str, timeout: float = 20) -> dict[str, Any]:
+    async def wait_lease(self, run: PodRun, phase: str, timeout: float = 20) -> dict[str, Any]:  # noqa: ASYNC109 - a poll bound, not a cancel scope
         deadline = time.monotonic() + timeout
         lease = None
         while time.monotonic() < deadline:
@@ -631,7 +635,7 @@ class Harness:
             await asyncio.sleep(POLL)
         raise AssertionError(f"TaskLease not {phase} within {timeout}s: {json.dumps(lease)[:1500]}")
 
-    async def wait_revoked(self, run: PodRun, timeout: float = 20) -> dict[str, Any]:
+    async def wait_revoked(self, run: PodRun, timeout: float = 20) -> dict[str, Any]:  # noqa: ASYNC109 - a poll bound, not a cancel scope
         """TaskLease Revoked with its finalizer released (the last state seen, if GC then removed it)."""
         deadline = time.monotonic() + timeout
         lease = last = None
@@ -645,7 +649,7 @@ class Harness:
             await asyncio.sleep(POLL)
         raise AssertionError(f"TaskLease not Revoked+released within {timeout}s: {json.dumps(last)[:2000]}")
 
-    async def wait_files_gone(self, run: PodRun, timeout: float = 20) -> None:
+    async def wait_files_gone(self, run: PodRun, timeout: float = 20) -> None:  # noqa: ASYNC109 - a poll bound, not a cancel scope
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not run.credential_files():
@@ -741,12 +745,16 @@ class Harness:
             metrics = list(run.metrics_texts)
             if run.probe_port and run.local.process is not None and run.local.process.poll() is None:
                 with contextlib.suppress(Exception):
-                    metrics.append(await asyncio.to_thread(self.scrape, f"http://127.0.0.1:{run.probe_port}/metrics"))
+                    metrics.append(
+                        await asyncio.to_thread(self.scrape, f"http://127.0.0.1:{run.probe_port}/metrics")
+                    )
             hay[f"sidecar {run.name} /metrics"] = "\n".join(metrics)
         hay["operator logs"] = "\n".join(self.capture.lines)
         op_metrics = list(self.operator_metrics)
         if self.operator_running:
-            op_metrics.append(await asyncio.to_thread(self.scrape, f"http://127.0.0.1:{self.ports['metrics']}/metrics"))
+            op_metrics.append(
+                await asyncio.to_thread(self.scrape, f"http://127.0.0.1:{self.ports['metrics']}/metrics")
+            )
         hay["operator /metrics"] = "\n".join(op_metrics)
         hay["events"] = json.dumps(self.kube.events)
         kinds = [
@@ -758,9 +766,7 @@ class Harness:
         ]
         for api_version, kind in kinds:
             hay[f"{kind} objects"] = json.dumps(self.kube.list(api_version, kind))
-        secrets = [
-            s for s in self.kube.list("v1", "Secret") if s["metadata"]["name"] != BAO_SECRET
-        ]
+        secrets = [s for s in self.kube.list("v1", "Secret") if s["metadata"]["name"] != BAO_SECRET]
         decoded = []
         for s in secrets:
             for v in (s.get("data") or {}).values():
@@ -800,8 +806,9 @@ class Harness:
             logging.getLogger().setLevel(self._old_root_level)
 
 
-def record_lag(scenario: str, reason: str, t0: float, revoked_at: float | None, files_at: float | None,
-               note: str = "") -> LagRow:
+def record_lag(
+    scenario: str, reason: str, t0: float, revoked_at: float | None, files_at: float | None, note: str = ""
+) -> LagRow:
     row = LagRow(
         scenario,
         reason,

@@ -25,8 +25,14 @@ VALUE = "tc-canary-value-0123456789"
         pytest.param("no value here", None, id="clean text"),
         pytest.param(f"Bearer {VALUE}", "raw", id="raw in a log line"),
         pytest.param(base64.b64encode(VALUE.encode()).decode(), "base64", id="base64"),
-        pytest.param(base64.urlsafe_b64encode(VALUE.encode()).decode().rstrip("="), "base64url", id="base64url"),
-        pytest.param(base64.b64encode(VALUE.encode()).decode().rstrip("="), "base64url", id="base64 unpadded (the same text as base64url here)"),
+        pytest.param(
+            base64.urlsafe_b64encode(VALUE.encode()).decode().rstrip("="), "base64url", id="base64url"
+        ),
+        pytest.param(
+            base64.b64encode(VALUE.encode()).decode().rstrip("="),
+            "base64url",
+            id="base64 unpadded (the same text as base64url here)",
+        ),
         pytest.param('{"v": "' + VALUE + '"}', "raw", id="inside JSON"),
         pytest.param(VALUE[:-1], None, id="a prefix is not the value"),
     ],
@@ -58,7 +64,9 @@ async def test_sweep_finds_a_planted_value_everywhere_it_searches(cluster: Harne
     async with await cluster.api() as api:
         core = client.CoreV1Api(api)
         await core.patch_namespaced_pod(
-            run.name, NS, {"metadata": {"annotations": {"example.com/leak": urllib.parse.quote(planted, safe="")}}}
+            run.name,
+            NS,
+            {"metadata": {"annotations": {"example.com/leak": urllib.parse.quote(planted, safe="")}}},
         )
         await core.create_namespaced_config_map(NS, {"metadata": {"name": "leak"}, "data": {"v": planted}})
         await core.create_namespaced_secret(NS, {"metadata": {"name": "leak"}, "data": {"v": encoded}})

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from taskcreds.operator.endings import parse_timestamp
 
 from taskcreds import names
-from taskcreds.operator.endings import parse_timestamp
 from tests.scenarios.harness import Harness, hashes, record_lag
 
 CREDS = ("api", "bao")
@@ -67,8 +67,14 @@ async def test_rotation_replaces_values_and_kills_the_old_ones(cluster: Harness)
     lease = await cluster.wait_revoked(run)
     revoked_at = time.monotonic()
     await cluster.wait_files_gone(run)
-    record_lag("rotation, then completed", "completed", t0, revoked_at, time.monotonic(),
-               f"{len(jwts)} jwt, {len(tokens)} vault values")
+    record_lag(
+        "rotation, then completed",
+        "completed",
+        t0,
+        revoked_at,
+        time.monotonic(),
+        f"{len(jwts)} jwt, {len(tokens)} vault values",
+    )
     assert len(lease["status"]["leases"]) >= len(jwts) + len(tokens) - 1  # nothing lost
     await cluster.assert_dead_at_source(run, lease, reason="completed")
     cluster.finish(run)
@@ -102,8 +108,9 @@ async def test_max_duration(cluster: Harness) -> None:
     lease = await cluster.wait_revoked(run, timeout=10)
     revoked_at = time.monotonic()
     await cluster.wait_files_gone(run)
-    record_lag("max-duration 3s", "deadline", deadline, revoked_at, time.monotonic(),
-               "from creationTimestamp + 3s")
+    record_lag(
+        "max-duration 3s", "deadline", deadline, revoked_at, time.monotonic(), "from creationTimestamp + 3s"
+    )
     assert revoked_at >= deadline - 0.05, "revoked before max-duration passed"
     assert revoked_at - created < 5, "revoked long after max-duration"
     await cluster.assert_dead_at_source(run, lease, reason="deadline")
@@ -122,7 +129,13 @@ async def test_sidecar_sigkilled_then_task_completes(cluster: Harness) -> None:
     assert run.on_disk() == set(CREDS), "files vanished without a sidecar: the test would prove nothing"
     cluster.start_sidecar(run)  # the kubelet restarts a native sidecar: it finds the task over and wipes
     await cluster.wait_files_gone(run)
-    record_lag("sidecar SIGKILLed, completed", "completed", t0, revoked_at, time.monotonic(),
-               "files wiped by the restarted sidecar")
+    record_lag(
+        "sidecar SIGKILLed, completed",
+        "completed",
+        t0,
+        revoked_at,
+        time.monotonic(),
+        "files wiped by the restarted sidecar",
+    )
     cluster.finish(run)
     await cluster.assert_no_leaks()

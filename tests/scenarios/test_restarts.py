@@ -11,9 +11,9 @@ import time
 
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
+from taskcreds.operator.endings import parse_timestamp
 
 from taskcreds import names
-from taskcreds.operator.endings import parse_timestamp
 from tests.scenarios.harness import NS, Harness, hashes, record_lag
 
 
@@ -37,8 +37,7 @@ async def test_broker_restart_sidecar_keeps_credentials_and_reconnects(cluster: 
     revoked_at = time.monotonic()
     await cluster.wait_files_gone(run)
     files_at = time.monotonic()
-    record_lag("broker (operator) restart", "completed", t0, revoked_at, files_at,
-               f"down {up - down:.1f}s")
+    record_lag("broker (operator) restart", "completed", t0, revoked_at, files_at, f"down {up - down:.1f}s")
     # the sidecar reconnected: it learned the end from the broker, before the kubelet's file refresh
     assert "broker reports the task ended" in run.sidecar_log()
     assert files_at - t0 < cluster.kubelet_lag
@@ -64,7 +63,9 @@ async def test_openbao_restart_sidecar_keeps_credentials_operator_retries(cluste
     lease = await cluster.wait_revoked(run)
     revoked_at = time.monotonic()
     await cluster.wait_files_gone(run)
-    record_lag("OpenBao restart", "completed", t0, revoked_at, time.monotonic(), f"{len(tokens)} vault values")
+    record_lag(
+        "OpenBao restart", "completed", t0, revoked_at, time.monotonic(), f"{len(tokens)} vault values"
+    )
     await cluster.assert_dead_at_source(run, lease, reason="completed")
     cluster.finish(run)
     await cluster.assert_no_leaks()
@@ -85,14 +86,20 @@ async def test_operator_restart_mid_revocation(cluster: Harness) -> None:
     lease = await cluster.wait_revoked(run)
     revoked_at = time.monotonic()
     await cluster.wait_files_gone(run)
-    record_lag("operator restart mid-revocation", "completed", t0, revoked_at, time.monotonic(),
-               f"OpenBao down + restart; {(revoked_at - ready) * 1000:.0f}ms after the new operator was ready")
+    record_lag(
+        "operator restart mid-revocation",
+        "completed",
+        t0,
+        revoked_at,
+        time.monotonic(),
+        f"OpenBao down + restart; {(revoked_at - ready) * 1000:.0f}ms after the new operator was ready",
+    )
     # durability: the vault lease was revoked by the restarted operator, from the TaskLease alone
     for entry in lease["status"]["leases"]:
         if entry["provider"] == "vault":
             at = parse_timestamp(entry["revokedAt"])
             assert at is not None and at.timestamp() >= int(restarted), entry
-    await cluster.assert_dead_at_source(run, lease, reason="completed", check_jwt_list=False)  # see the xfail below
+    await cluster.assert_dead_at_source(run, lease, reason="completed", check_jwt_list=True)
     cluster.finish(run)
     await cluster.assert_no_leaks()
 
