@@ -10,6 +10,7 @@ import asyncio
 import socket
 import threading
 import time
+import uuid
 from typing import Any
 
 from taskcreds.operator.config import load_config
@@ -38,6 +39,7 @@ class Replica:
         self._kube_api, self._svid, self._token = kube_api, svid, token
         self._box: dict[str, Any] = {}
         self.failure: list[BaseException] = []
+        self.replica_id = f"replica-{uuid.uuid4().hex[:8]}"  # one process, several replicas: distinct ids
         self.thread = threading.Thread(target=self._main, daemon=True)
 
     def _main(self) -> None:
@@ -52,7 +54,7 @@ class Replica:
         kopf_settings.queueing.idle_timeout = 0.3
         kopf_settings.queueing.exit_timeout = 0.3
         self._box["stop"], self._box["loop"] = asyncio.Event(), asyncio.get_running_loop()
-        parts = self._box["parts"] = OperatorParts(metrics=self.metrics)
+        parts = self._box["parts"] = OperatorParts(metrics=self.metrics, replica_id=self.replica_id)
         settings = OperatorSettings(
             webhook_listen=("127.0.0.1", self.ports["webhook"]),
             broker_listen=("127.0.0.1", self.ports["broker"]),
