@@ -48,7 +48,9 @@ class OperatorParts:
     ports: dict[str, int] = field(default_factory=dict)
     #: this replica's name in revocation claims on TaskLeases (one replica revokes each task)
     #: the pod name when there is one, so a restarted container resumes its own claims at once
-    replica_id: str = field(default_factory=lambda: os.environ.get("HOSTNAME") or f"op-{uuid.uuid4().hex[:8]}")
+    replica_id: str = field(
+        default_factory=lambda: os.environ.get("HOSTNAME") or f"op-{uuid.uuid4().hex[:8]}"
+    )
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     #: the admission webhook's view of the CredentialSources (set once the webhook is made)
     credential_index: Any = None
