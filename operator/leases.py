@@ -23,6 +23,12 @@ Status shape (no value ever)::
         notRevocable: "why"        # when the source cannot revoke it (static secret, bound token)
         lastError: "why the last attempt failed"
         attempts: 2
+      compactedLeases: 12          # entries dropped once revoked and long expired (see compact_entries)
+
+A long task with short TTLs renews many times and each new value is a new entry: entries that are
+revoked (the sweep revokes expired ones with reason ``expired``) and expired more than
+:data:`COMPACT_AFTER` ago are dropped when the next one is recorded, so the list (``maxItems`` in the
+CRD) stays bounded; each drop is logged with its leaseRef, so issuance stays traceable.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from taskcreds.operator.cluster import AlreadyExists, Cluster, ClusterError, Conflict, NotFound
@@ -56,6 +62,8 @@ __all__ = [
     "record_issued",
     "record_ended",
     "find_entry",
+    "compact_entries",
+    "COMPACT_AFTER",
     "revoke_task",
     "revoke_pod_task",
     "revoke_expired",
@@ -78,6 +86,9 @@ CLAIM_SECONDS: Final = 30.0
 #: this process's name in revocation claims (every replica sees every pod event; one revokes)
 REPLICA_ID: Final = f"{os.environ.get('HOSTNAME', 'operator')}-{uuid.uuid4().hex[:8]}"
 REVOKING: Final = "Revoking"
+#: how long after expiry a revoked entry stays on an Active TaskLease (clock skew, relying parties'
+#: leeway on ``exp``): past it the value is dead everywhere and its entry may be dropped
+COMPACT_AFTER: Final = timedelta(minutes=5)
 REVOKED: Final = "Revoked"
 _INVALID = re.compile(r"[^a-z0-9-]")
 
@@ -195,6 +206,25 @@ def find_entry(lease: Mapping[str, Any] | None, credential: str, lease_ref: str)
     return None
 
 
+def compact_entries(
+    entries: list[dict[str, Any]], now: datetime, keep_for: timedelta = COMPACT_AFTER
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split entries into (kept, dropped): dropped are revoked, not static, expired before now - keep_for.
+
+    Unrevoked entries stay (the sweep must revoke them first, which also keeps ``leases_active``
+    right), static ones stay (their value does not expire), and so do entries with unreadable times.
+    """
+    kept, dropped = [], []
+    cutoff = now - keep_for
+    for entry in entries:
+        expires = parse_timestamp(entry.get("expiresAt"))
+        if entry.get("revokedAt") and not entry.get("static") and expires is not None and expires < cutoff:
+            dropped.append(entry)
+        else:
+            kept.append(entry)
+    return kept, dropped
+
+
 def count_active(leases: list[dict[str, Any]]) -> dict[str, int]:
     """Unrevoked entries per provider across TaskLeases (to set ``leases_active`` after a restart)."""
     out: dict[str, int] = {}
@@ -264,8 +294,12 @@ async def record_issued(
     *,
     attempts: int = 3,
     replace: Mapping[str, dict[str, Any]] | None = None,
+    now: Callable[[], datetime] = _utcnow,
 ) -> dict[str, Any]:
     """Append ``entries`` to the task's TaskLease (or, with ``replace``, update entries by leaseRef).
+
+    Entries revoked and long expired are dropped on the way (:func:`compact_entries`), counted in
+    ``status.compactedLeases``.
 
     Raises LeaseEnded when the task's leases are already being revoked (the caller must then
     revoke what it issued), ClusterError when it cannot record (the caller revokes and answers 503).
@@ -281,15 +315,32 @@ async def record_issued(
             current = [
                 dict(e, **replace[e["leaseRef"]]) if e.get("leaseRef") in replace else e for e in current
             ]
+        current, dropped = compact_entries(current, now())
+        new_status: dict[str, Any] = {"phase": ACTIVE, "leases": current + entries}
+        if dropped:
+            new_status["compactedLeases"] = int(status.get("compactedLeases") or 0) + len(dropped)
         try:
-            return await cluster.patch_task_lease(
+            written = await cluster.patch_task_lease(
                 lease["metadata"]["namespace"],
                 lease["metadata"]["name"],
-                {"metadata": _rv(lease), "status": {"phase": ACTIVE, "leases": current + entries}},
+                {"metadata": _rv(lease), "status": new_status},
                 subresource="status",
             )
         except Conflict as exc:
             last = exc
+            continue
+        for gone in dropped:
+            log.info(
+                "expired lease dropped from the TaskLease",
+                extra=fields(
+                    namespace=lease["metadata"]["namespace"],
+                    lease=lease["metadata"]["name"],
+                    credential=gone.get("credential"),
+                    lease_ref=gone.get("leaseRef"),
+                    expired_at=gone.get("expiresAt"),
+                ),
+            )
+        return written
     raise ClusterError(f"could not record on the TaskLease after {attempts} conflicting writes: {last}")
 
 

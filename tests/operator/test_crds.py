@@ -209,6 +209,7 @@ def test_task_lease_written_by_the_operator_fits_the_schema() -> None:
         "phase": "Revoked",
         "reason": "completed",
         "revokedAt": "2026-11-29T10:05:00Z",
+        "compactedLeases": 3,
         "leases": [
             {
                 **entry,
@@ -226,6 +227,9 @@ def test_task_lease_written_by_the_operator_fits_the_schema() -> None:
     assert _errors("tasklease.yaml", bad)
     bad = copy.deepcopy(body)
     bad["status"]["phase"] = "Done"
+    assert _errors("tasklease.yaml", bad)
+    bad = copy.deepcopy(body)
+    bad["status"]["compactedLeases"] = -1
     assert _errors("tasklease.yaml", bad)
 
 

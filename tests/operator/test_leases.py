@@ -375,3 +375,52 @@ async def test_one_replica_revokes_while_its_claim_is_fresh_another_takes_over_w
     stored = cluster.task_leases[(NS, nm(cluster))]
     assert stored["status"]["phase"] == "Revoked"
     assert stored["status"]["revoker"]["id"] == "replica-b"
+
+
+@pytest.mark.parametrize(
+    ("case", "change", "dropped"),
+    [
+        ("revoked, expired long ago", {"revokedAt": "2026-11-29T09:00:00Z", "expiresAt": "2026-11-29T09:00:00Z"}, True),
+        ("revoked, expired within the grace", {"revokedAt": "2026-11-29T09:57:00Z", "expiresAt": "2026-11-29T09:57:00Z"}, False),
+        ("revoked early, not yet expired", {"revokedAt": "2026-11-29T09:00:00Z", "expiresAt": "2026-11-29T11:00:00Z"}, False),
+        ("expired but not revoked yet (the sweep revokes first)", {"expiresAt": "2026-11-29T09:00:00Z"}, False),
+        ("static value, never expires", {"revokedAt": "2026-11-29T09:00:00Z", "expiresAt": "2026-11-29T09:00:00Z", "static": True}, False),
+        ("unreadable expiry", {"revokedAt": "2026-11-29T09:00:00Z", "expiresAt": "soon"}, False),
+    ],
+)
+def test_compact_entries(case: str, change: dict[str, Any], dropped: bool) -> None:
+    item = {**entry("l1"), **change}
+    kept, gone = leases.compact_entries([item], NOW)
+    assert (gone == [item], kept == [item]) == (dropped, not dropped), case
+
+
+async def test_a_long_task_with_short_ttls_stays_under_the_crd_item_limit(cluster: MemCluster) -> None:
+    """3,000 renewals of a 1-minute credential, with the sweep running: the list stays bounded.
+
+    Without compaction every renewal adds an entry and the CRD's ``maxItems: 2000`` would refuse
+    the write after ~2,000 renewals: the broker could no longer record and the task would starve.
+    """
+    vault, clock = FakeSource(), [NOW]
+    for i in range(3000):
+        clock[0] = NOW + timedelta(seconds=40 * i)
+        issued = entry(f"l{i}", expires=timedelta(minutes=1))
+        issued["issuedAt"] = leases.format_time(clock[0])
+        issued["expiresAt"] = leases.format_time(clock[0] + timedelta(minutes=1))
+        await leases.record_issued(cluster, pod(cluster), "fix-42", [issued], now=lambda: clock[0])
+        if i % 45 == 0:  # the sweep, every 30 s of operator time
+            await leases.revoke_expired(cluster, {"vault": vault}, metrics=None, now=lambda: clock[0])
+    status = cluster.task_leases[(NS, nm(cluster))]["status"]
+    assert len(status["leases"]) < 40
+    assert status["compactedLeases"] + len(status["leases"]) == 3000  # every issuance accounted for
+    assert status["leases"][-1]["leaseRef"] == "l2999" and "revokedAt" not in status["leases"][-1]
+
+
+async def test_compaction_is_logged_by_lease_reference(cluster: MemCluster, caplog: pytest.LogCaptureFixture) -> None:
+    old = {**entry("old"), "revokedAt": "2026-11-29T08:00:00Z", "expiresAt": "2026-11-29T08:00:00Z"}
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [old])
+    with caplog.at_level("INFO", logger="taskcreds.leases"):
+        await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("new")], now=lambda: NOW)
+    status = cluster.task_leases[(NS, nm(cluster))]["status"]
+    assert [e["leaseRef"] for e in status["leases"]] == ["new"] and status["compactedLeases"] == 1
+    dropped = [r for r in caplog.records if r.getMessage() == "expired lease dropped from the TaskLease"]
+    assert [r.fields["lease_ref"] for r in dropped] == ["old"]  # type: ignore[attr-defined]
