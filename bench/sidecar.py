@@ -36,13 +36,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from taskcreds import names  # noqa: E402
-from taskcreds.devauthority import DevAuthority, WorkloadApiServer  # noqa: E402
 from taskcreds.operator.broker.server import BrokerServer, make_broker_app  # noqa: E402
 from taskcreds.operator.broker.settings import BrokerSettings  # noqa: E402
 from taskcreds.operator.memcluster import MemCluster  # noqa: E402
 from taskcreds.operator.providers.registry import make_providers  # noqa: E402
 
+from taskcreds import names  # noqa: E402
+from taskcreds.devauthority import DevAuthority, WorkloadApiServer  # noqa: E402
 from taskcreds.logs import setup_logging  # noqa: E402
 from taskcreds.metrics import register_operator  # noqa: E402
 
@@ -84,7 +84,7 @@ def free_port() -> int:
 
 
 async def start_broker(authority: DevAuthority) -> tuple[BrokerServer, int, str, str]:
-    """The real broker on the in-memory cluster, one ``jwt`` source per credential; (server, port, pod uid, token)."""
+    """The real broker on the in-memory cluster, a ``jwt`` source per credential: server, port, uid, token."""
     cluster = MemCluster()
     settings = BrokerSettings(namespace="taskcreds-system")
     for credential in CREDENTIALS:
@@ -102,7 +102,10 @@ async def start_broker(authority: DevAuthority) -> tuple[BrokerServer, int, str,
                 "name": "agent-0",
                 "namespace": NS,
                 "labels": {names.LABEL_INJECT: "true"},
-                "annotations": {names.ANNOTATION_TASK: "task-1", names.ANNOTATION_CREDENTIALS: ",".join(CREDENTIALS)},
+                "annotations": {
+                    names.ANNOTATION_TASK: "task-1",
+                    names.ANNOTATION_CREDENTIALS: ",".join(CREDENTIALS),
+                },
             },
             "spec": {"serviceAccountName": "agent"},
         }
@@ -118,8 +121,10 @@ async def start_broker(authority: DevAuthority) -> tuple[BrokerServer, int, str,
 
 async def main() -> None:
     setup_logging("WARNING")
-    floors = {name: subprocess.Popen([sys.executable, "-c", f"{code}; import time; time.sleep(60)"])
-              for name, code in FLOORS.items()}
+    floors = {
+        name: subprocess.Popen([sys.executable, "-c", f"{code}; import time; time.sleep(60)"])  # noqa: ASYNC220
+        for name, code in FLOORS.items()
+    }
     work = Path(tempfile.mkdtemp(prefix="tc-bench-", dir="/tmp"))
     shm = Path(tempfile.mkdtemp(prefix="tc-bench-", dir="/dev/shm"))
     authority = DevAuthority(TRUST_DOMAIN, allow=True)
@@ -133,12 +138,13 @@ async def main() -> None:
         names.ENV_POD_NAME: "agent-0", names.ENV_POD_NAMESPACE: NS, names.ENV_POD_UID: uid,
         names.ENV_BROKER_URL: f"https://127.0.0.1:{port}", names.ENV_BROKER_SPIFFE_ID: BROKER_ID,
         names.ENV_TOKEN_FILE: str(work / "token"), names.ENV_SPIFFE_SOCKET: api.socket_uri,
-        names.ENV_LISTEN_LOCAL: f"127.0.0.1:{free_port()}", names.ENV_LISTEN_PROBE: f"127.0.0.1:{free_port()}",
+        names.ENV_LISTEN_LOCAL: f"127.0.0.1:{free_port()}",
+        names.ENV_LISTEN_PROBE: f"127.0.0.1:{free_port()}",
         names.ENV_LOG_LEVEL: "info",
     })
     log = open(work / "sidecar.log", "wb")  # noqa: SIM115
     started = time.monotonic()
-    proc = subprocess.Popen([SIDECAR], env=env, stderr=log, stdout=log)
+    proc = subprocess.Popen([SIDECAR], env=env, stderr=log, stdout=log)  # noqa: ASYNC220
     try:
         while not all((shm / n).exists() for n in CREDENTIALS):
             if proc.poll() is not None or time.monotonic() - started > 20:
@@ -174,7 +180,8 @@ async def main() -> None:
     floor_rss = floor_rss["floor (bare python, import asyncio)"]
     rows = [
         ("steady RSS, 5 credentials", f"{floor_rss:.1f} MB", f"{rss:.1f} MB", "<= 45 MB", rss <= 45),
-        ("  of which anonymous (RssAnon)", f"{floor_anon:.1f} MB", f"{anon:.1f} MB", "(no shared libs)", True),
+        ("  of which anonymous (RssAnon)", f"{floor_anon:.1f} MB", f"{anon:.1f} MB", "(no shared libs)",
+         True),
         ("SVID ready -> credentials on disk", "-", f"{(issued_at - svid_at) * 1000:.0f} ms", "<= 500 ms",
          issued_at - svid_at <= 0.5),
         ("process start -> credentials on disk", "-", f"{to_disk * 1000:.0f} ms", "(imports included)", True),
