@@ -427,7 +427,7 @@ class Runner:
                 return
             except BrokerError as exc:
                 attempt += 1
-                delay = self._delay_after(exc, attempt, None)
+                delay = self._delay_after(exc, attempt, None, schedule.STATUS_MAX_DELAY)
                 _log.debug("task status long-poll failed", extra=fields(
                     **self._log_fields, attempt=attempt, error=f"{type(exc).__name__}: {exc}"))
                 await asyncio.sleep(delay)
@@ -508,13 +508,17 @@ class Runner:
         if self._deadline is None or at < self._deadline:
             self._deadline = at
 
-    def _delay_after(self, exc: BrokerError, attempt: int, remaining: float | None) -> float:
+    def _delay_after(self, exc: BrokerError, attempt: int, remaining: float | None,
+                     max_delay: float = schedule.MAX_DELAY) -> float:
+        """The wait before retry ``attempt``: short while the agent has nothing valid (not ready)."""
         if isinstance(exc, RateLimited):
             return max(schedule.MIN_DELAY, exc.retry_after)
         if not exc.retryable:
             return _NO_RETRY_DELAY
         base = _POLICY_BASE if isinstance(exc, PolicyDenied) else schedule.BASE_DELAY
-        return schedule.backoff(attempt, self.rng, remaining=remaining, base=base)
+        ready, _ = self.readiness()
+        return schedule.backoff(attempt, self.rng, remaining=remaining, ready=ready, base=base,
+                                max_delay=max_delay)
 
     def _record_failure(self, credentials: Any, exc: BrokerError, attempt: int, delay: float) -> None:
         for name in credentials:

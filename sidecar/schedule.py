@@ -1,9 +1,16 @@
 """When to refresh a credential and how long to wait after a failure. Pure: no I/O, no clock.
 
 Refresh at 2/3 of the lifetime, jittered by +-10 % of the lifetime so many pods issued together do
-not refresh together, and never later than expiry minus a safety margin. Failures back off
-exponentially from 1 s to 60 s, capped by a quarter of the remaining lifetime so a short-lived
-credential still gets several tries before it expires, and never below ``MIN_DELAY`` (no busy loop).
+not refresh together, and never later than expiry minus a safety margin.
+
+Failures back off exponentially from 1 s, jittered to 50-100 %, never below ``MIN_DELAY`` (no busy
+loop). The ceiling depends on what is at stake (:func:`retry_cap`):
+
+- valid credentials remain on disk: up to ``MAX_DELAY`` (60 s), and at most a quarter of the
+  lifetime left so a short-lived credential still gets several tries before it expires;
+- nothing valid is left (the credential expired, or the sidecar is not ready): ``RECOVERY_MAX_DELAY``
+  (2 s), so the agent gets its credentials back within about 2 s of the broker's return instead of
+  after a backoff that grew during the whole outage.
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
-__all__ = ["next_refresh_at", "backoff", "MIN_DELAY", "MAX_DELAY", "REFRESH_FRACTION", "JITTER_FRACTION"]
+__all__ = ["next_refresh_at", "backoff", "retry_cap", "MIN_DELAY", "MAX_DELAY", "BASE_DELAY",
+           "RECOVERY_MAX_DELAY", "STATUS_MAX_DELAY", "REFRESH_FRACTION", "JITTER_FRACTION"]
 
 REFRESH_FRACTION = 2 / 3
 JITTER_FRACTION = 0.10
@@ -20,6 +28,11 @@ SAFETY_MAX = timedelta(seconds=30)
 MIN_DELAY = 0.25  # seconds
 BASE_DELAY = 1.0
 MAX_DELAY = 60.0
+RECOVERY_MAX_DELAY = 2.0
+"""Ceiling while the agent has nothing valid: it is waiting, so retry often (still jittered)."""
+STATUS_MAX_DELAY = 5.0
+"""Ceiling for the task-status long-poll: a task that ended during an outage is torn down within
+seconds of the broker's return (the downward-API fallback is much slower)."""
 
 
 def next_refresh_at(issued_at: datetime, expires_at: datetime, now: datetime, rng: random.Random) -> datetime:
@@ -36,16 +49,31 @@ def next_refresh_at(issued_at: datetime, expires_at: datetime, now: datetime, rn
     return max(now, min(target, latest))
 
 
-def backoff(attempt: int, rng: random.Random, *, remaining: float | None = None,
-            base: float = BASE_DELAY) -> float:
+def retry_cap(*, remaining: float | None, ready: bool = True, base: float = BASE_DELAY,
+              max_delay: float = MAX_DELAY) -> float:
+    """The longest wait before a retry (before jitter).
+
+    ``remaining``: seconds of validity left on the credential being refreshed (None: no credential
+    involved, e.g. the status long-poll; 0 or less: it has expired). ``ready``: whether the sidecar
+    is ready (every requested credential on disk). With nothing valid at stake the cap is
+    ``RECOVERY_MAX_DELAY`` (but never below ``base``: a policy denial still waits its slower base).
+    """
+    if not ready or (remaining is not None and remaining <= 0):
+        return min(max_delay, max(RECOVERY_MAX_DELAY, base))
+    if remaining is not None:
+        return min(max_delay, remaining / 4)
+    return max_delay
+
+
+def backoff(attempt: int, rng: random.Random, *, remaining: float | None = None, ready: bool = True,
+            base: float = BASE_DELAY, max_delay: float = MAX_DELAY) -> float:
     """Seconds to wait before retry number ``attempt`` (1 for the first retry).
 
-    ``remaining`` is the lifetime left on the credential being refreshed (None when there is none):
-    the delay never exceeds a quarter of it. ``base`` starts slower for answers that will not
-    change soon (policy denials). The result is jittered to 50-100 % and at least ``MIN_DELAY``.
+    Doubles from ``base`` up to :func:`retry_cap` (see there for ``remaining`` and ``ready``);
+    ``base`` starts slower for answers that will not change soon (policy denials). The result is
+    jittered to 50-100 % and at least ``MIN_DELAY``.
     """
     exponent = min(max(attempt, 1) - 1, 16)
-    delay = min(base * (2 ** exponent), MAX_DELAY)
-    if remaining is not None and remaining > 0:
-        delay = min(delay, remaining / 4)
+    cap = retry_cap(remaining=remaining, ready=ready, base=base, max_delay=max_delay)
+    delay = min(base * (2 ** exponent), cap)
     return max(MIN_DELAY, delay * rng.uniform(0.5, 1.0))

@@ -6,7 +6,15 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from taskcreds.sidecar.schedule import MAX_DELAY, MIN_DELAY, backoff, next_refresh_at
+from taskcreds.sidecar.schedule import (
+    MAX_DELAY,
+    MIN_DELAY,
+    RECOVERY_MAX_DELAY,
+    STATUS_MAX_DELAY,
+    backoff,
+    next_refresh_at,
+    retry_cap,
+)
 
 T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
@@ -53,3 +61,44 @@ def test_backoff_capped_by_remaining_lifetime(remaining: float, most: float) -> 
 def test_policy_denials_start_slower() -> None:
     rng = random.Random(5)
     assert min(backoff(1, rng, base=5.0) for _ in range(200)) >= 2.5
+
+
+# The outage bug: a credential expired while the broker was down, the attempt counter had grown,
+# and the next retry came ~23 s later although the agent had nothing. Each row: what is at stake
+# -> the ceiling of the wait before the next retry.
+@pytest.mark.parametrize(("remaining", "ready", "base", "max_delay", "cap"), [
+    pytest.param(None, False, 1.0, MAX_DELAY, RECOVERY_MAX_DELAY, id="not ready: nothing issued yet or expired"),
+    pytest.param(-5.0, False, 1.0, MAX_DELAY, RECOVERY_MAX_DELAY, id="expired during an outage"),
+    pytest.param(0.0, True, 1.0, MAX_DELAY, RECOVERY_MAX_DELAY, id="expiring this instant"),
+    pytest.param(600.0, False, 1.0, MAX_DELAY, RECOVERY_MAX_DELAY, id="valid, but another credential is missing"),
+    pytest.param(600.0, True, 1.0, MAX_DELAY, 60.0, id="valid for 10 min: the long cap is fine"),
+    pytest.param(40.0, True, 1.0, MAX_DELAY, 10.0, id="valid for 40 s: a quarter of what is left"),
+    pytest.param(None, True, 1.0, MAX_DELAY, MAX_DELAY, id="no credential involved, ready"),
+    pytest.param(None, True, 1.0, STATUS_MAX_DELAY, STATUS_MAX_DELAY, id="status long-poll, ready"),
+    pytest.param(None, False, 1.0, STATUS_MAX_DELAY, RECOVERY_MAX_DELAY, id="status long-poll, not ready"),
+    pytest.param(None, False, 5.0, MAX_DELAY, 5.0, id="policy denial while not ready keeps its slower base"),
+])
+def test_retry_cap(remaining: float | None, ready: bool, base: float, max_delay: float, cap: float) -> None:
+    assert retry_cap(remaining=remaining, ready=ready, base=base, max_delay=max_delay) == cap
+
+
+@pytest.mark.parametrize(("remaining", "ready", "low", "high"), [
+    pytest.param(None, False, RECOVERY_MAX_DELAY / 2, RECOVERY_MAX_DELAY, id="nothing valid: 1-2 s"),
+    pytest.param(-1.0, True, RECOVERY_MAX_DELAY / 2, RECOVERY_MAX_DELAY, id="expired: 1-2 s"),
+    pytest.param(3600.0, True, MAX_DELAY / 2, MAX_DELAY, id="an hour left: 30-60 s"),
+])
+def test_after_a_long_outage_the_next_retry_is(remaining: float | None, ready: bool,
+                                               low: float, high: float) -> None:
+    rng = random.Random(6)
+    delays = [backoff(attempt, rng, remaining=remaining, ready=ready) for attempt in range(8, 40)
+              for _ in range(20)]
+    assert all(low <= d <= high for d in delays)
+    assert len(set(delays)) > 100, "jittered: pods that lost the broker together do not return together"
+
+
+def test_recovery_retries_never_busy_loop() -> None:
+    rng = random.Random(7)
+    for attempt in range(1, 50):
+        for remaining in (None, -1.0, 0.0, 0.1):
+            delay = backoff(attempt, rng, remaining=remaining, ready=False)
+            assert delay >= (0.5 if attempt == 1 else 1.0), (attempt, remaining, delay)
