@@ -209,14 +209,18 @@ def _missing_proxy_env(
 ) -> list[dict[str, Any]]:
     """The proxy env entries ``container`` lacks; one it sets otherwise is kept, with a warning.
 
-    An entry equal to ours counts as present (reinvocation adds nothing).
+    An entry equal to ours counts as present (reinvocation adds nothing). A proxy variable the
+    container sets in the other spelling (``HTTPS_PROXY`` for ``https_proxy``) is its choice too:
+    most tools read the lower-case name first, so adding ours would silently override it.
     """
     own = {var.get("name"): var for var in container.get("env") or ()}
     missing = []
     for entry in wanted:
         found = own.get(entry["name"])
         if found is None:
-            missing.append(entry)
+            twin = own.get(entry["name"].swapcase()) if entry["name"].swapcase() in PROXY_ENV else None
+            if twin is None or (twin.get("value") == entry["value"] and "valueFrom" not in twin):
+                missing.append(entry)
         elif found.get("value") != entry["value"] or "valueFrom" in found:
             warnings.append(
                 f"container {shown(container.get('name'), 63)!r} sets {entry['name']} itself, so taskcreds "
