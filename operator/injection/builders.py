@@ -44,8 +44,10 @@ OUR_VOLUMES: Final[tuple[str, ...]] = (
 ENV_LISTEN_PROXY: Final[str] = getattr(names, "ENV_LISTEN_PROXY", "TASKCREDS_LISTEN_PROXY")
 #: the CA bundle the sidecar writes into the credentials directory (the proxy's pod CA + system roots)
 CA_BUNDLE_FILE: Final = "ca-bundle.crt"
-_PROXY_URL_ENV: Final = ("HTTPS_PROXY", "HTTP_PROXY")
-_NO_PROXY_ENV: Final = "NO_PROXY"
+#: both spellings: curl reads only ``http_proxy`` for plain HTTP, wget and many Python/Go clients
+#: read the lower-case names first or only
+_PROXY_URL_ENV: Final = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
+_NO_PROXY_ENV: Final = ("NO_PROXY", "no_proxy")
 #: in-cluster and loopback traffic never goes through the sidecar's proxy
 NO_PROXY: Final = "localhost,127.0.0.1,::1,.svc,.cluster.local"
 #: the CA-bundle variables of OpenSSL/Python, requests, Node.js, git and curl
@@ -56,7 +58,7 @@ _CA_ENV: Final = (
     "GIT_SSL_CAINFO",
     "CURL_CA_BUNDLE",
 )
-PROXY_ENV_NAMES: Final[tuple[str, ...]] = (*_PROXY_URL_ENV, _NO_PROXY_ENV, *_CA_ENV)
+PROXY_ENV_NAMES: Final[tuple[str, ...]] = (*_PROXY_URL_ENV, *_NO_PROXY_ENV, *_CA_ENV)
 _PROBE_PORT_NAME: Final = "tc-probe"
 _TOKEN_FILE: Final = f"{names.SIDECAR_TOKEN_PATH}/{names.SIDECAR_TOKEN_FILE}"
 
@@ -166,7 +168,7 @@ class Pieces:
         bundle = f"{mount_path}/{CA_BUNDLE_FILE}"
         return [
             *({"name": name, "value": self._proxy_url} for name in _PROXY_URL_ENV),
-            {"name": _NO_PROXY_ENV, "value": NO_PROXY},
+            *({"name": name, "value": NO_PROXY} for name in _NO_PROXY_ENV),
             *({"name": name, "value": bundle} for name in _CA_ENV),
         ]
 

@@ -27,7 +27,8 @@ CONFIG = InjectionConfig()
 STRICT = InjectionConfig.from_mapping({"injection": {"strict": True}})
 PROXY_URL = "http://127.0.0.1:9092"
 CA_NAMES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "CURL_CA_BUNDLE")
-PROXY_NAMES = ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", *CA_NAMES)
+URL_NAMES = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
+PROXY_NAMES = (*URL_NAMES, "NO_PROXY", "no_proxy", *CA_NAMES)
 
 
 def by_proxy(*proxied: str) -> Any:
@@ -89,7 +90,12 @@ PROXY_CASES = [
         by_proxy("github"),
         {},
         None,
-        {"agent": {"HTTPS_PROXY": PROXY_URL, **{n: "/run/taskcreds/ca-bundle.crt" for n in CA_NAMES}}},
+        {
+            "agent": {
+                **{n: PROXY_URL for n in URL_NAMES},
+                **{n: "/run/taskcreds/ca-bundle.crt" for n in CA_NAMES},
+            }
+        },
     ),
     (
         "custom mount path: the bundle is under it",
@@ -100,6 +106,7 @@ PROXY_CASES = [
             "agent": {
                 "SSL_CERT_FILE": "/secrets/tc/ca-bundle.crt",
                 "NO_PROXY": "localhost,127.0.0.1,::1,.svc,.cluster.local",
+                "no_proxy": "localhost,127.0.0.1,::1,.svc,.cluster.local",
             }
         },
     ),
@@ -152,6 +159,8 @@ def test_proxy_env_follows_the_delivery(
     ("case", "own"),
     [
         ("a corporate proxy", {"name": "HTTPS_PROXY", "value": "http://user:pw@corp:3128"}),
+        ("a corporate proxy, lower case", {"name": "https_proxy", "value": "http://user:pw@corp:3128"}),
+        ("its own no_proxy", {"name": "no_proxy", "value": "corp.internal"}),
         ("a CA bundle of its own", {"name": "SSL_CERT_FILE", "value": "/etc/ssl/corp.pem"}),
         (
             "a value from a ConfigMap",
@@ -170,24 +179,28 @@ def test_a_variable_the_container_sets_is_kept_with_a_warning(case: str, own: di
         "in that container (remove its own value to let taskcreds set it)"
     ]
     assert "user:pw" not in " ".join(result.warnings), "a value the pod set is never repeated"
-    others = set(PROXY_NAMES) - {own["name"]}
-    assert others <= set(env_of(container(mutated, "agent")))
+    # the other spelling is the container's choice too: ours would win in most tools (lower case first)
+    twin = own["name"].swapcase() if own["name"].endswith(("_PROXY", "_proxy")) else own["name"]
+    agent_env = env_of(container(mutated, "agent"))
+    assert twin == own["name"] or twin not in agent_env, "the other spelling overrides the container's own"
+    assert set(PROXY_NAMES) - {own["name"], twin} <= set(agent_env)
     assert_valid_pod_spec(mutated)
 
 
 def _ours(name: str) -> str:
-    return {
-        "HTTPS_PROXY": PROXY_URL,
-        "HTTP_PROXY": PROXY_URL,
-        "NO_PROXY": "localhost,127.0.0.1,::1,.svc,.cluster.local",
-    }.get(name, "/run/taskcreds/ca-bundle.crt")
+    if name in URL_NAMES:
+        return PROXY_URL
+    if name in ("NO_PROXY", "no_proxy"):
+        return "localhost,127.0.0.1,::1,.svc,.cluster.local"
+    return "/run/taskcreds/ca-bundle.crt"
 
 
 def test_proxy_port_is_configurable_and_its_clash_is_warned_about() -> None:
     config = InjectionConfig.from_mapping({"sidecar": {"proxyPort": 15001}})
     p = pod([{"name": "agent", "image": "a", "ports": [{"containerPort": 15001}]}])
     mutated, result = inject(p, config, delivery=by_proxy("github"))
-    assert env_of(container(mutated, "agent"))["HTTPS_PROXY"] == "http://127.0.0.1:15001"
+    agent_env = env_of(container(mutated, "agent"))
+    assert {agent_env[n] for n in URL_NAMES} == {"http://127.0.0.1:15001"}
     assert env_of(container(mutated, names.SIDECAR_CONTAINER))["TASKCREDS_LISTEN_PROXY"] == "127.0.0.1:15001"
     assert any("declares port 15001" in w and "sidecar.proxyPort" in w for w in result.warnings)
     # without proxy delivery the port is not the sidecar's, so no warning
