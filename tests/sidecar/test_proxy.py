@@ -347,12 +347,28 @@ async def test_node_https_gets_the_api_only_through_the_proxy(world: World) -> N
     assert result["status"] == 200 and json.loads(result["body"])["login"] == "agent-bot", out
 
 
-async def test_httpx_when_installed(world: World) -> None:
-    httpx = pytest.importorskip("httpx", reason="httpx is not installed in this environment")
-    port, _ = await world.proxy()
-    async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{port}", verify=str(world.bundle)) as client:
-        resp = await client.get(f"https://{API_HOST}/api/whoami")
-    assert resp.status_code == 200
+async def test_httpx_gets_the_api_only_through_the_proxy(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    httpx = pytest.importorskip("httpx", reason="httpx is in the test extra: pip install -e .[test]")
+    w = world
+    direct_tls = ssl.create_default_context(cafile=str(w.upstream_ca_file))
+    async with httpx.AsyncClient(verify=direct_tls, trust_env=False) as client:
+        assert (await client.get(f"https://127.0.0.1:{w.api.port}/api/whoami")).status_code == 401
+    port, _ = await w.proxy()
+    # the way the webhook configures it: the lower-case variable only, read from the environment
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
+    pod_tls = ssl.create_default_context(cafile=str(w.bundle))
+    async with httpx.AsyncClient(verify=pod_tls) as client:
+        first = await client.get(f"https://{API_HOST}/api/whoami?n=1")
+        second = await client.get(f"https://{API_HOST}/api/whoami?n=2")  # same kept-alive tunnel
+    assert [r.status_code for r in (first, second)] == [200, 200]
+    assert [r.json() for r in (first, second)] == [
+        {"login": "agent-bot", "path_qs": "/api/whoami?n=1"},
+        {"login": "agent-bot", "path_qs": "/api/whoami?n=2"},
+    ]
 
 
 # --- what the proxy attaches, strips and streams --------------------------------------------
