@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "MAX_MESSAGE",
     "BrokerError",
     "BadRequest",
     "Unauthenticated",
@@ -32,11 +33,18 @@ __all__ = [
 ]
 
 
+#: longest message sent or logged: names quoted from a request body (up to 64 KiB) are cut
+MAX_MESSAGE = 2048
+
+
 class BrokerError(Exception):
     status = 500
     code = "internal"
 
     def __init__(self, message: str) -> None:
+        if len(message) > MAX_MESSAGE:
+            cut = MAX_MESSAGE - 64
+            message = f"{message[:cut]}… ({len(message) - cut} more characters)"
         super().__init__(message)
         self.message = message
 
