@@ -145,6 +145,8 @@ class Broker:
             doc = json.loads(raw or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise BadRequest("body is not JSON") from None
+        except RecursionError:  # json.loads recurses per level: 64 KiB of "[" is far deeper than it goes
+            raise BadRequest("body is not JSON: nested too deeply") from None
         if not isinstance(doc, dict):
             raise BadRequest("body must be a JSON object")
         unknown = sorted(set(doc) - allowed)
