@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from taskcreds.operator import leases
 from taskcreds.operator.broker import policy
 from taskcreds.operator.broker.authn import Caller, ReviewCache, SpiffeIdTemplate, authenticate
@@ -676,8 +677,15 @@ class BrokerServer:
         await self._runner.setup()
         assert self._runner.server is not None
         _quiet_parser_errors()
+        server = self._runner.server
+
+        def protocol() -> RequestHandler:
+            handler = server()
+            handler.__class__ = _JsonErrorHandler  # same slots; only handle_error differs
+            return handler
+
         self._server = await asyncio.get_running_loop().create_server(
-            self._runner.server,
+            protocol,
             host,
             port,
             ssl=listening,
@@ -706,6 +714,47 @@ class _TypeOnly(logging.Filter):
             record.msg, record.args = f"bad HTTP request: {record.exc_info[0].__name__}", None
             record.exc_info, record.exc_text = None, None
         return True
+
+
+class _JsonErrorHandler(RequestHandler):
+    """aiohttp's connection handler, answering requests it cannot parse as the broker does."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        return _handle_error(self, request, status, exc)
+
+
+def _handle_error(
+    self: RequestHandler,
+    request: web.BaseRequest,
+    status: int = 500,
+    exc: BaseException | None = None,
+) -> web.StreamResponse:
+    """aiohttp's answer to a request it could not parse, as a broker error: JSON, and no echo.
+
+    aiohttp's own answer is text/plain quoting the offending bytes (an over-long ``Authorization``
+    header came back with the first 100 characters of the bearer token) and it logs at ERROR: a
+    client's malformed request is the client's problem, logged at INFO with its type only.
+    """
+    kind = type(exc).__name__ if exc is not None else f"HTTP {status}"
+    self.logger.info("bad HTTP request: %s", kind)
+    if request.writer.output_size > 0:
+        raise ConnectionError("the response is already started; cannot send an error")
+    if status >= 500:
+        status, body = 503, {"error": {"code": "unavailable", "message": "internal error; retry"}}
+    else:
+        code = "too_large" if status == 413 else "bad_request"
+        body = {"error": {"code": code, "message": f"malformed HTTP request ({kind}); nothing was done"}}
+    response = web.json_response(body, status=status)
+    response.force_close()
+    return response
 
 
 def _quiet_parser_errors() -> None:
