@@ -1,0 +1,191 @@
+# ruff: noqa: F811  (the harness fixture is imported by name)
+"""Who may talk to the broker: SVIDs past notAfter or before notBefore, another service account,
+another namespace, another trust domain's CA, tokens of another pod or audience, or expired.
+
+Each case is the real broker over SPIFFE mTLS on loopback; each refusal is checked against a
+control request that differs only in the one thing under test and succeeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import pytest
+from cryptography import x509
+
+from taskcreds.devauthority import DevAuthority
+from tests.operator.test_broker_harness import (  # noqa: F401  (harness is a fixture)
+    BROKER_ID,
+    NS,
+    SA,
+    TRUST_DOMAIN,
+    Agent,
+    Harness,
+    harness,
+    spiffe_id,
+)
+
+
+@dataclass
+class Clock:
+    """A settable clock for the authority: SVIDs minted in the past or the future."""
+
+    offset: timedelta = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+@pytest.fixture
+async def timed_harness() -> tuple[Harness, Clock]:
+    """The standard broker, but its authority's clock can be moved (the CA made 3 h in the past)."""
+    clock = Clock(timedelta(hours=-3))
+    h = Harness()
+    h.authority = DevAuthority(TRUST_DOMAIN, allow=True, now=clock)
+    clock.offset = timedelta(0)
+    h.broker_svid = h.authority.mint_x509_svid(BROKER_ID)
+    h.put_sources()
+    await h.start()
+    yield h, clock
+    await h.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "minted_at", "ttl"),
+    [
+        ("expired an hour ago", timedelta(hours=-2), 3600.0),
+        ("expired a second ago", timedelta(seconds=-62), 60.0),
+        ("not valid for another hour", timedelta(hours=1, minutes=30), 3600.0),
+    ],
+)
+async def test_svid_outside_its_validity_fails_the_handshake(
+    timed_harness: tuple[Harness, Clock], case: str, minted_at: timedelta, ttl: float
+) -> None:
+    h, clock = timed_harness
+    pod = h.add_pod("agent-1")
+    clock.offset = minted_at
+    stale = h.authority.mint_x509_svid(spiffe_id(), ttl=ttl)
+    clock.offset = timedelta(0)
+    leaf = x509.load_der_x509_certificate(stale.leaf_der)
+    now = datetime.now(UTC)
+    assert not (leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc), case  # really out of range
+    with pytest.raises(aiohttp.ClientError):
+        await h.issue(h.agent(pod, svid=stale))
+    fresh = await h.issue(h.agent(pod))  # same authority, same pod, valid now: the control
+    assert fresh.status == 200, fresh.doc
+
+
+def _other_pod_token(h: Harness, pod: dict) -> str:
+    other = h.add_pod("agent-other", namespace="team-b", service_account="builder")
+    meta = other["metadata"]
+    return h.cluster.issue_pod_token("team-b", "builder", meta["name"], meta["uid"])
+
+
+#: case -> (how the agent is built from the harness and its pod, expected status, code, words in message)
+IDENTITY_CASES: list[tuple[str, Callable[[Harness, dict], Agent], int, str, str]] = [
+    (
+        "svid of another service account",
+        lambda h, p: h.agent(p, svid_id=spiffe_id(NS, "builder")),
+        401,
+        "unauthenticated",
+        "disagree",
+    ),
+    (
+        "svid of another namespace",
+        lambda h, p: h.agent(p, svid_id=spiffe_id("team-b", SA)),
+        401,
+        "unauthenticated",
+        "disagree",
+    ),
+    (
+        "svid outside the id template",
+        lambda h, p: h.agent(p, svid_id=f"spiffe://{TRUST_DOMAIN}/ns/{NS}/sa/{SA}/extra"),
+        401,
+        "unauthenticated",
+        "template",
+    ),
+    (
+        "token of a pod in another namespace",
+        lambda h, p: h.agent(p, token=_other_pod_token(h, p)),
+        401,
+        "unauthenticated",
+        "disagree",
+    ),
+    (
+        "token with the kube-apiserver audience",
+        lambda h, p: h.agent(p, audiences=("https://kubernetes.default.svc",)),
+        401,
+        "unauthenticated",
+        "audience",
+    ),
+    (
+        "token with no audience we know",
+        lambda h, p: h.agent(p, audiences=("vault",)),
+        401,
+        "unauthenticated",
+        "audience",
+    ),
+    (
+        "token that expired",
+        lambda h, p: h.agent(
+            p, token=h.cluster.issue_pod_token(NS, SA, p["metadata"]["name"], p["metadata"]["uid"], ttl=-1)
+        ),
+        401,
+        "unauthenticated",
+        "not authenticated",
+    ),
+    (
+        "token made up",
+        lambda h, p: h.agent(p, token="eyJhbGciOiJSUzI1NiJ9.e30.c2ln"),
+        401,
+        "unauthenticated",
+        "not authenticated",
+    ),
+    (
+        "no client certificate",
+        lambda h, p: h.agent(p, no_svid=True),
+        401,
+        "unauthenticated",
+        "no client X.509-SVID",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "status", "code", "words"), IDENTITY_CASES, ids=[c[0] for c in IDENTITY_CASES]
+)
+async def test_identity_refusals(
+    harness: Harness, case: str, make: Callable[[Harness, dict], Agent], status: int, code: str, words: str
+) -> None:
+    pod = harness.add_pod("agent-1")
+    reply = await harness.issue(make(harness, pod))
+    assert (reply.status, reply.code) == (status, code), reply.doc
+    assert words in reply.doc["error"]["message"]
+    assert (await harness.issue(harness.agent(pod))).status == 200  # the control
+
+
+async def test_svid_of_another_trust_domain_fails_the_handshake(harness: Harness) -> None:
+    """An SVID of trust domain other.local (its own CA) is not chained to the broker's bundle."""
+    other = DevAuthority("other.local", allow=True)
+    pod = harness.add_pod("agent-1")
+    with pytest.raises(aiohttp.ClientError):
+        await harness.issue(
+            harness.agent(pod, svid=other.mint_x509_svid(f"spiffe://other.local/ns/{NS}/sa/{SA}"))
+        )
+
+
+async def test_token_of_another_pod_of_the_same_account_is_about_that_pod_only(harness: Harness) -> None:
+    """A stolen token works only for its own pod's task: the thief's SVID adds nothing."""
+    victim = harness.add_pod("agent-1", task="victim-task")
+    thief = harness.add_pod("agent-2", task="thief-task")
+    stolen = harness.agent(thief, token=harness.agent(victim).token)
+    for task in ("thief-task", "victim-task"):
+        reply = await harness.issue(stolen, task=task)
+        if task == "thief-task":
+            assert (reply.status, reply.code) == (403, "policy_denied"), reply.doc
+            assert "is not the task of pod team-a/agent-1" in reply.doc["error"]["message"]
+        else:  # the token's pod is the victim: same answer the victim's own sidecar would get
+            assert reply.status == 200 and all(c["name"] == "api" for c in reply.doc["credentials"])
