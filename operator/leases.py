@@ -677,7 +677,12 @@ async def revoke_expired(
         changes = await _revoke_entries(
             cluster, providers, lease, pending, "expired", metrics=metrics, now=now, outcome=outcome
         )
-        await _write_changes(cluster, lease, changes, {})
+        try:
+            await _write_changes(cluster, lease, changes, {})
+        except NotFound:
+            # collected since the list (its task ended meanwhile): its finalizer was released only after
+            # every lease on it was revoked, so there is nothing to record; the rest of the sweep goes on
+            pass
         total += len(outcome.revoked) + len(outcome.not_revocable)
     return total
 
