@@ -723,12 +723,14 @@ async def sweep_leases(
         pending_finalizer = names.FINALIZER_REVOKE in (lease["metadata"].get("finalizers") or [])
         if key in orphans or phase == REVOKING or (phase == REVOKED and pending_finalizer):
             reason = (lease.get("status") or {}).get("reason") or "pod_deleted"
-            outcomes.append(
-                await revoke_task(
+            try:
+                outcome = await revoke_task(
                     cluster, providers, key[0], key[1], reason, metrics=metrics, backoff=backoff, now=now,
                     replica=replica,
                 )
-            )
+            except NotFound:
+                continue  # collected since the list: released (so revoked) by whoever finished it
+            outcomes.append(outcome)
     await revoke_expired(cluster, providers, metrics=metrics, namespace=namespace, now=now)
     if metrics is not None:
         active = count_active([lease for lease in await cluster.list_task_leases(namespace)])

@@ -9,7 +9,8 @@ from typing import Any
 from taskcreds.operator import leases
 from taskcreds.operator.memcluster import MemCluster
 
-from tests.operator.test_leases import NOW, NS, FakeSource, cluster, entry, nm, pod  # noqa: F401 (fixture)
+from taskcreds import names
+from tests.operator.test_leases import FAST, NOW, NS, FakeSource, cluster, entry, nm, pod  # noqa: F401 (fixture)
 
 
 class _CollectedWhileRevoking(FakeSource):
@@ -30,3 +31,24 @@ async def test_revoke_expired_survives_a_lease_collected_mid_sweep(cluster: MemC
     count = await leases.revoke_expired(cluster, {"vault": vault}, metrics=None, now=lambda: NOW + timedelta(minutes=5))
     assert vault.revoked == ["old"] and count == 1
     assert (NS, nm(cluster)) not in cluster.task_leases
+
+
+async def test_sweep_goes_on_past_an_orphan_collected_mid_revocation(cluster: MemCluster) -> None:  # noqa: F811
+    """Two orphaned TaskLeases; the first is collected while its lease is revoked: the second is still swept."""
+    second = cluster.put_pod(
+        {
+            "metadata": {
+                "name": "agent-2",
+                "namespace": NS,
+                "labels": {names.LABEL_INJECT: "true"},
+                "annotations": {names.ANNOTATION_TASK: "fix-43", names.ANNOTATION_CREDENTIALS: "db"},
+            },
+            "spec": {"serviceAccountName": "agent"},
+        }
+    )
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("a")])
+    await leases.record_issued(cluster, second, "fix-43", [entry("b")])
+    cluster.pods.clear()  # both pods gone: both TaskLeases are orphans
+    vault = _CollectedWhileRevoking(cluster)
+    await leases.sweep_leases(cluster, {"vault": vault}, metrics=None, backoff=FAST)
+    assert sorted(vault.revoked) == ["a", "b"]
