@@ -87,7 +87,9 @@ def fd_kinds(ports: dict[str, int]) -> dict[str, int]:
             else:
                 kinds[f"conn out to :{remote} state {state}"] += 1
         else:
-            kinds[target.split(":", 1)[0] if ":" in target else ("file" if target.startswith("/") else target)] += 1
+            kinds[
+                target.split(":", 1)[0] if ":" in target else ("file" if target.startswith("/") else target)
+            ] += 1
     return dict(kinds)
 
 
@@ -108,7 +110,9 @@ def operator_child(conn: Any, kube_url: str, token: str, svid: Any, idle_timeout
     asyncio.run(_amain(conn, kube_url, token, svid, idle_timeout, counter))
 
 
-async def _amain(conn: Any, kube_url: str, token: str, svid: Any, idle_timeout: float, counter: _LogCounter) -> None:
+async def _amain(
+    conn: Any, kube_url: str, token: str, svid: Any, idle_timeout: float, counter: _LogCounter
+) -> None:
     import kopf
     from taskcreds.operator.config import load_config
     from taskcreds.operator.kube import connect
@@ -168,7 +172,9 @@ async def _amain(conn: Any, kube_url: str, token: str, svid: Any, idle_timeout: 
             "lifecycle_ended": len(life._ended) if life else -1,  # noqa: SLF001
             "lifecycle_deadlines": len(life._deadlines) if life else -1,  # noqa: SLF001
             "rate_buckets": len(broker._buckets) if broker else -1,  # noqa: SLF001
-            "review_cache": len(getattr(broker.reviews, "_entries", ()) or ()) if broker and broker.reviews else 0,
+            "review_cache": len(getattr(broker.reviews, "_entries", ()) or ())
+            if broker and broker.reviews
+            else 0,
             "fd_kinds": fd_kinds({**parts.ports, "kube-api": kube_port}),
             "warnings": dict(counter.counts),
             "warning_samples": list(counter.samples),

@@ -17,7 +17,8 @@ What runs (every part real except the kubelet and the cluster):
 Churn: pods arrive at a steady rate, each lives so that about ``--concurrency`` are live at once, and
 ends one of three ways in turn: task-status ``completed``, ``failed`` (then the pod is deleted, as a
 Job's cleanup would), or the pod deleted outright. One extra "long runner" lives for the whole soak
-at the shortest TTL to show what renewals do to its TaskLease (one entry per renewal, no compaction).
+at the shortest TTL to show what renewals do to its TaskLease (one entry per renewal; entries
+revoked and expired over 5 minutes ago are dropped since fe9bb09).
 
 Measured: operator RSS every few seconds (first vs last third of the load), open fds, threads and
 asyncio tasks of the operator's loop before and after (after every pod ended and every TaskLease was
@@ -107,8 +108,11 @@ class Bounds:
     """asyncio tasks of the operator's loop, after vs before."""
     table_growth: int = 0
     """Per-pod entries left in the operator's lifecycle tables (latest, ended, deadlines)."""
-    lag_p99: float = 2.0
-    """Seconds, revocation lag p99."""
+    operator_errors: int = 0
+    """ERROR records the operator logged (a failed sweep, a revocation left to the sweep)."""
+    lag_p99: float = 5.0
+    """Seconds, revocation lag p99: generous on purpose (2 shared cores, other suites running); what it
+    catches is revocation falling back to the 30 s sweep, or stalling."""
     lag_timeout: float = 30.0
     rss_growth_mb: float = 24.0
     """Median RSS of the last third of the load minus that of the first third (MB)."""
@@ -169,36 +173,84 @@ class SoakResult:
         slope = sum((t - mean_t) * (m - mean_m) for t, m in load) / var
         return statistics.median(first or [load[0][1]]), statistics.median(last or [load[-1][1]]), slope * 60
 
+    def checks(self) -> dict[str, str | None]:
+        """Each bound by name: None when it held, else what broke, in words."""
+        b, out = self.bounds, {}
+
+        def check(name: str, broken: bool, message: str) -> None:
+            out[name] = message if broken else None
+
+        def grew(key: str) -> int:
+            return int(self.after.get(key, 0)) - int(self.before.get(key, 0))
+
+        left = self.leases_left + self.leases_not_revoked
+        check(
+            "leases left",
+            left > b.leases_left,
+            f"{self.leases_left} TaskLeases left, {self.leases_not_revoked} not Revoked (bound {b.leases_left})",
+        )
+        check(
+            "revocations stuck",
+            len(self.stuck) > b.stuck,
+            f"{len(self.stuck)} TaskLeases not Revoked within {b.lag_timeout:g} s: {self.stuck[:5]}",
+        )
+        check(
+            "errors",
+            sum(self.errors.values()) > b.errors,
+            f"errors while tasks ran: {dict(self.errors)}; first: {self.error_samples[:3]}",
+        )
+        for key, name, bound in (
+            ("own_fds", "file descriptors", b.fd_growth),
+            ("tasks", "loop tasks", b.task_growth),
+            ("threads", "threads", b.thread_growth),
+        ):
+            check(
+                name,
+                grew(key) > bound,
+                f"operator {name} grew by {grew(key)} (before "
+                f"{self.before.get(key)}, after {self.after.get(key)}; bound {bound})",
+            )
+        tables = {k: grew(k) for k in ("lifecycle_latest", "lifecycle_ended", "lifecycle_deadlines")}
+        check(
+            "lifecycle tables",
+            max(tables.values()) > b.table_growth,
+            f"the operator's lifecycle tables hold entries after every pod ended: {tables}",
+        )
+        conns = int(self.after.get("api_conns", 0))
+        check(
+            "api connections",
+            conns > b.api_connections,
+            f"{conns} open Kubernetes API connections after the run (bound {b.api_connections})",
+        )
+        lags = self.lags()
+        check(
+            "revocation lag",
+            not lags or not pct(lags, 0.99) <= b.lag_p99,
+            f"revocation lag p99 {pct(lags, 0.99):.3f} s above {b.lag_p99:g} s"
+            if lags
+            else "no revocation lag measured: the soak proved nothing",
+        )
+        first, last, _ = self.rss_thirds()
+        check(
+            "rss",
+            not last - first <= b.rss_growth_mb,
+            f"operator RSS grew {last - first:.1f} MB from the first to the last third (bound {b.rss_growth_mb:g} MB)",
+        )
+        logged = {
+            k: v for k, v in (self.after.get("warnings") or {}).items() if k.startswith(("ERROR", "CRITICAL"))
+        }
+        check(
+            "operator errors logged",
+            sum(logged.values()) > b.operator_errors,
+            f"the operator logged errors: {logged}; first: {(self.after.get('warning_samples') or [])[:3]}",
+        )
+        ran = sum(1 for x in self.pods if x.name != LONG_RUNNER)
+        check("every pod ran", ran < self.params.pods, f"only {ran} of {self.params.pods} pods ran")
+        return out
+
     def failures(self) -> list[str]:
         """Every bound this run broke, in words."""
-        b, out = self.bounds, []
-        if self.leases_left + self.leases_not_revoked > b.leases_left:
-            out.append(f"{self.leases_left} TaskLeases left, {self.leases_not_revoked} not Revoked (bound {b.leases_left})")
-        if len(self.stuck) > b.stuck:
-            out.append(f"{len(self.stuck)} TaskLeases not Revoked within {b.lag_timeout:g} s: {self.stuck[:5]}")
-        if sum(self.errors.values()) > b.errors:
-            out.append(f"errors while tasks ran: {dict(self.errors)}")
-        for key, bound in (("own_fds", b.fd_growth), ("tasks", b.task_growth), ("threads", b.thread_growth)):
-            grew = self.after.get(key, 0) - self.before.get(key, 0)
-            if grew > bound:
-                out.append(f"operator {key} grew by {grew} (before {self.before.get(key)}, after {self.after.get(key)}; bound {bound})")
-        for key in ("lifecycle_latest", "lifecycle_ended", "lifecycle_deadlines"):
-            grew = self.after.get(key, 0) - self.before.get(key, 0)
-            if grew > b.table_growth:
-                out.append(f"operator {key} holds {grew} more entries after every pod ended")
-        if self.after.get("api_conns", 0) > b.api_connections:
-            out.append(f"{self.after.get('api_conns')} open Kubernetes API connections after the run (bound {b.api_connections})")
-        lags = self.lags()
-        if not lags:
-            out.append("no revocation lag measured: the soak proved nothing")
-        elif pct(lags, 0.99) > b.lag_p99:
-            out.append(f"revocation lag p99 {pct(lags, 0.99):.3f} s above {b.lag_p99:g} s")
-        first, last, _ = self.rss_thirds()
-        if last - first > b.rss_growth_mb:
-            out.append(f"operator RSS grew {last - first:.1f} MB from the first to the last third (bound {b.rss_growth_mb:g} MB)")
-        if len(self.pods) < self.params.pods:
-            out.append(f"only {len(self.pods)} of {self.params.pods} pods ran")
-        return out
+        return [m for m in self.checks().values() if m]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -251,7 +303,9 @@ class _Operator:
             if not await asyncio.to_thread(self._conn.poll, 30):
                 raise RuntimeError("the operator process did not answer 'stats' within 30 s")
             stats = dict(self._conn.recv())
-        api = sum(v for k, v in (stats.get("fd_kinds") or {}).items() if k.startswith("client conn to kube-api"))
+        api = sum(
+            v for k, v in (stats.get("fd_kinds") or {}).items() if k.startswith("client conn to kube-api")
+        )
         stats["api_conns"], stats["own_fds"] = api, stats["fds"] - api
         return stats
 
@@ -307,10 +361,20 @@ def _setup_cluster(kube: KubeApi) -> None:
                 {
                     "name": "inject.taskcreds.io",
                     "clientConfig": {
-                        "service": {"namespace": OPERATOR_NS, "name": "taskcreds-webhook", "path": "/mutate", "port": 443}
+                        "service": {
+                            "namespace": OPERATOR_NS,
+                            "name": "taskcreds-webhook",
+                            "path": "/mutate",
+                            "port": 443,
+                        }
                     },
                     "rules": [
-                        {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}
+                        {
+                            "operations": ["CREATE"],
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "resources": ["pods"],
+                        }
                     ],
                     "objectSelector": {"matchLabels": {names.LABEL_INJECT: "true"}},
                     "failurePolicy": "Fail",
@@ -359,7 +423,7 @@ class _Soak:
     def __init__(self, params: SoakParams, bounds: Bounds) -> None:
         self.p, self.b = params, bounds
         self.result = SoakResult(params, bounds)
-        self.rng = random.Random(params.seed)
+        self.rng = random.Random(params.seed)  # noqa: S311 - lifetimes, not secrets
         self.kube = KubeApi().start_sync()
         self.authority = DevAuthority(TD, allow=True)
         self.tokens = Path("/dev/shm") / f"taskcreds-soak-{uuid.uuid4().hex[:10]}"
@@ -384,7 +448,9 @@ class _Soak:
             self.kube, self.authority.mint_x509_svid(OPERATOR_ID, ttl=24 * 3600), self.p.idle_timeout
         )
         await self.operator.start()
-        self.kube.set_service_endpoint(OPERATOR_NS, "taskcreds-webhook", f"127.0.0.1:{self.operator.ports['webhook']}")
+        self.kube.set_service_endpoint(
+            OPERATOR_NS, "taskcreds-webhook", f"127.0.0.1:{self.operator.ports['webhook']}"
+        )
         self.api = await self.kube.kubernetes_asyncio_client()
         core = client.CoreV1Api(self.api)
         # the webhook answers once its source index is primed: a dry run until it injects
@@ -398,7 +464,7 @@ class _Soak:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("the operator's webhook never injected a dry-run pod within 30 s")
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # noqa: ASYNC110 - polling the API stand-in's store, no event to wait on
 
     # --- one pod ---------------------------------------------------------------------------------
     async def agent(
@@ -590,13 +656,15 @@ class _Soak:
         for i in range(p.pods):
             await asyncio.sleep(max(0.0, self.t0 + i * arrive_over / p.pods - time.monotonic()))
             jittered = life * self.rng.uniform(0.7, 1.3)
-            agents.append(asyncio.create_task(self.agent(i, jittered, ENDINGS[i % 3], p.ttls[i % len(p.ttls)])))
+            agents.append(
+                asyncio.create_task(self.agent(i, jittered, ENDINGS[i % 3], p.ttls[i % len(p.ttls)]))
+            )
         await asyncio.gather(*agents)
         self.result.load_window = (0.0, time.monotonic() - self.t0)
         # drain: every TaskLease collected, kopf's idle per-object workers gone
         deadline = time.monotonic() + self.b.lag_timeout
         while self.kube.list(names.API_VERSION, names.KIND_TASK_LEASE, NS) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # noqa: ASYNC110 - polling the API stand-in's store, no event to wait on
         await asyncio.sleep(p.idle_timeout + 1.5)
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -604,7 +672,9 @@ class _Soak:
         self.result.after = await self.operator.stats()  # type: ignore[union-attr]
         left = self.kube.list(names.API_VERSION, names.KIND_TASK_LEASE)
         self.result.leases_left = len(left)
-        self.result.leases_not_revoked = sum(1 for o in left if (o.get("status") or {}).get("phase") != "Revoked")
+        self.result.leases_not_revoked = sum(
+            1 for o in left if (o.get("status") or {}).get("phase") != "Revoked"
+        )
         long = next((r for r in self.result.pods if r.name == LONG_RUNNER), None)
         if long is not None:
             decile = max(1, len(long.renew_s) // 10)
@@ -645,47 +715,141 @@ def markdown(r: SoakResult) -> str:
     peak_rss = max((s["rss_kb"] for _, s in r.samples), default=0) / 1024
     ms = lambda v: f"{v * 1000:.0f} ms"  # noqa: E731
     rows = [
-        ("pods (ended: completed / failed / deleted)", f"{len(r.pods)} ({' / '.join(str(sum(1 for x in r.pods if x.ending == e)) for e in ENDINGS)})", ""),
-        ("run", f"{r.wall_s:.0f} s wall, load {r.load_window[1]:.0f} s, peak {r.peak_live} live pods, TTL {'/'.join(map(str, p.ttls))} s", ""),
+        (
+            "pods (ended: completed / failed / deleted)",
+            f"{len(r.pods)} ({' / '.join(str(sum(1 for x in r.pods if x.ending == e)) for e in ENDINGS)})",
+            "",
+        ),
+        (
+            "run",
+            f"{r.wall_s:.0f} s wall, load {r.load_window[1]:.0f} s, peak {r.peak_live} live pods, TTL {'/'.join(map(str, p.ttls))} s",
+            "",
+        ),
         ("credentials issued / renewed", f"{len(issues)} / {len(r.renew_s)}", ""),
-        ("operator RSS, first third -> last third (median)", f"{first:.1f} -> {last:.1f} MB (+{last - first:.1f}), slope {slope:+.2f} MB/min, peak {peak_rss:.1f} MB", f"growth <= {b.rss_growth_mb:g} MB"),
+        (
+            "operator RSS, first third -> last third (median)",
+            f"{first:.1f} -> {last:.1f} MB (+{last - first:.1f}), slope {slope:+.2f} MB/min, peak {peak_rss:.1f} MB",
+            f"growth <= {b.rss_growth_mb:g} MB",
+        ),
         ("operator open fds, before -> after (all)", f"{r.before.get('fds')} -> {r.after.get('fds')}", ""),
-        ("operator fds except Kubernetes API connections", f"{r.before.get('own_fds')} -> {r.after.get('own_fds')}", f"growth <= {b.fd_growth}"),
-        ("operator Kubernetes API connections, before -> peak -> after", f"{r.before.get('api_conns')} -> {max((s.get('api_conns', 0) for _, s in r.samples), default=0)} -> {r.after.get('api_conns')}", f"<= {b.api_connections} (pools)"),
-        ("operator loop asyncio tasks, before -> after", f"{r.before.get('tasks')} -> {r.after.get('tasks')}", f"growth <= {b.task_growth}"),
-        ("operator fds by kind, after", ", ".join(f"{k}: {v}" for k, v in sorted((r.after.get("fd_kinds") or {}).items())), ""),
-        ("operator threads, before -> after", f"{r.before.get('threads')} -> {r.after.get('threads')}", f"growth <= {b.thread_growth}"),
-        ("lifecycle tables (latest/ended/deadlines) after", f"{r.after.get('lifecycle_latest')}/{r.after.get('lifecycle_ended')}/{r.after.get('lifecycle_deadlines')}", f"growth <= {b.table_growth}"),
-        ("status hub entries / rate buckets after", f"{r.after.get('hub_entries')} / {r.after.get('rate_buckets')}", "hub forgets 600 s after deletion"),
-        ("TaskLeases left / not Revoked at the end", f"{r.leases_left} / {r.leases_not_revoked}", f"<= {b.leases_left}"),
-        ("TaskLeases not Revoked within the timeout", f"{len(r.stuck)}", f"<= {b.stuck} ({b.lag_timeout:g} s)"),
-        ("revocation lag p50 / p99 / max", f"{ms(pct(lags, .5))} / {ms(pct(lags, .99))} / {ms(max(lags, default=float('nan')))}", f"p99 <= {b.lag_p99:g} s"),
+        (
+            "operator fds except Kubernetes API connections",
+            f"{r.before.get('own_fds')} -> {r.after.get('own_fds')}",
+            f"growth <= {b.fd_growth}",
+        ),
+        (
+            "operator Kubernetes API connections, before -> peak -> after",
+            f"{r.before.get('api_conns')} -> {max((s.get('api_conns', 0) for _, s in r.samples), default=0)} -> {r.after.get('api_conns')}",
+            f"<= {b.api_connections} (pools)",
+        ),
+        (
+            "operator loop asyncio tasks, before -> after",
+            f"{r.before.get('tasks')} -> {r.after.get('tasks')}",
+            f"growth <= {b.task_growth}",
+        ),
+        (
+            "operator fds by kind, after",
+            ", ".join(f"{k}: {v}" for k, v in sorted((r.after.get("fd_kinds") or {}).items())),
+            "",
+        ),
+        (
+            "operator threads, before -> after",
+            f"{r.before.get('threads')} -> {r.after.get('threads')}",
+            f"growth <= {b.thread_growth}",
+        ),
+        (
+            "lifecycle tables (latest/ended/deadlines) after",
+            f"{r.after.get('lifecycle_latest')}/{r.after.get('lifecycle_ended')}/{r.after.get('lifecycle_deadlines')}",
+            f"growth <= {b.table_growth}",
+        ),
+        (
+            "status hub entries / rate buckets after",
+            f"{r.after.get('hub_entries')} / {r.after.get('rate_buckets')}",
+            "hub forgets 600 s after deletion",
+        ),
+        (
+            "TaskLeases left / not Revoked at the end",
+            f"{r.leases_left} / {r.leases_not_revoked}",
+            f"<= {b.leases_left}",
+        ),
+        (
+            "TaskLeases not Revoked within the timeout",
+            f"{len(r.stuck)}",
+            f"<= {b.stuck} ({b.lag_timeout:g} s)",
+        ),
+        (
+            "revocation lag p50 / p99 / max",
+            f"{ms(pct(lags, 0.5))} / {ms(pct(lags, 0.99))} / {ms(max(lags, default=float('nan')))}",
+            f"p99 <= {b.lag_p99:g} s",
+        ),
     ]
     for e in ENDINGS:
-        rows.append((f"  lag p50 / p99, ended by {e}", f"{ms(pct(by_ending[e], .5))} / {ms(pct(by_ending[e], .99))}", ""))
+        rows.append(
+            (
+                f"  lag p50 / p99, ended by {e}",
+                f"{ms(pct(by_ending[e], 0.5))} / {ms(pct(by_ending[e], 0.99))}",
+                "",
+            )
+        )
     rows += [
-        ("sidecar long-poll told, p50 / p99", f"{ms(pct(told, .5))} / {ms(pct(told, .99))} ({len(told)} pods)", ""),
-        ("issuance p50 / p99 (new mTLS session)", f"{ms(pct(issues, .5))} / {ms(pct(issues, .99))}", ""),
-        ("renewal p50 / p99", f"{ms(pct(r.renew_s, .5))} / {ms(pct(r.renew_s, .99))}", ""),
-        ("admission (pod create through the webhook) p99", ms(pct(admits, .99)), ""),
+        (
+            "sidecar long-poll told, p50 / p99",
+            f"{ms(pct(told, 0.5))} / {ms(pct(told, 0.99))} ({len(told)} pods)",
+            "",
+        ),
+        ("issuance p50 / p99 (new mTLS session)", f"{ms(pct(issues, 0.5))} / {ms(pct(issues, 0.99))}", ""),
+        ("renewal p50 / p99", f"{ms(pct(r.renew_s, 0.5))} / {ms(pct(r.renew_s, 0.99))}", ""),
+        ("admission (pod create through the webhook) p99", ms(pct(admits, 0.99)), ""),
         ("errors while tasks ran", f"{sum(r.errors.values())} {dict(r.errors) or ''}", f"<= {b.errors}"),
-        ("refusals after the task ended (expected)", f"{sum(r.refused_after_end.values())} {dict(r.refused_after_end) or ''}", ""),
+        (
+            "refusals after the task ended (expected)",
+            f"{sum(r.refused_after_end.values())} {dict(r.refused_after_end) or ''}",
+            "",
+        ),
         ("first errors", "; ".join(r.error_samples) or "none", ""),
-        ("operator warnings logged", f"{sum((r.after.get('warnings') or {}).values())} {r.after.get('warnings') or ''}", ""),
+        (
+            "operator warnings logged",
+            f"{sum((r.after.get('warnings') or {}).values())} {r.after.get('warnings') or ''}",
+            "",
+        ),
     ]
     typical = [x for x in r.pods if x.lease_entries and x.name != LONG_RUNNER]
     if typical:
-        rows.append(("TaskLease at task end, typical pod: entries / bytes (max)", f"{max(x.lease_entries for x in typical)} / {max(x.lease_bytes for x in typical)}", ""))
+        rows.append(
+            (
+                "TaskLease at task end, typical pod: entries / bytes (max)",
+                f"{max(x.lease_entries for x in typical)} / {max(x.lease_bytes for x in typical)}",
+                "",
+            )
+        )
     if r.long_runner:
         lr = r.long_runner
         per = lr["bytes"] / max(1, lr["entries"])
         hours = ETCD_LIMIT / per * lr["ttl"] * (2 / 3) / 3600 if lr["entries"] else float("nan")
-        rows.append(("long runner TaskLease: entries / bytes", f"{lr['entries']} entries, {lr['bytes']} bytes after {lr['seconds']:.0f} s at TTL {lr['ttl']} s ({per:.0f} B/entry; 1.5 MiB after ~{hours:.1f} h); renewal p50 first -> last decile {ms(lr['renew_p50_first_decile'])} -> {ms(lr['renew_p50_last_decile'])}", "no compaction"))
+        series = [(t, s_["long_entries"]) for t, s_ in r.samples if "long_entries" in s_]
+        if series:
+            half = next((n for t, n in series if t >= lr["seconds"] / 2), series[-1][1])
+            rows.append(
+                (
+                    "long runner TaskLease entries: at half time / peak / at the end",
+                    f"{half} / {max(n for _, n in series)} / {series[-1][1]} (sampled)",
+                    "",
+                )
+            )
+        rows.append(
+            (
+                "long runner TaskLease: entries / bytes",
+                f"{lr['entries']} entries, {lr['bytes']} bytes after {lr['seconds']:.0f} s at TTL {lr['ttl']} s ({per:.0f} B/entry; 1.5 MiB would take ~{hours:.1f} h without compaction); renewal p50 first -> last decile {ms(lr['renew_p50_first_decile'])} -> {ms(lr['renew_p50_last_decile'])}",
+                "entries revoked+expired > 5 min are dropped (fe9bb09)",
+            )
+        )
     out = ["| measure | value | bound |", "|---|---|---|"]
     out += [f"| {a} | {v} | {bd} |" for a, v, bd in rows]
     fails = r.failures()
     out.append("")
-    out.append("**All bounds held.**" if not fails else "**Bounds broken:**\n" + "\n".join(f"- {f}" for f in fails))
+    out.append(
+        "**All bounds held.**" if not fails else "**Bounds broken:**\n" + "\n".join(f"- {f}" for f in fails)
+    )
     return "\n".join(out)
 
 
@@ -698,8 +862,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-every", type=float, default=SoakParams.sample_every)
     ap.add_argument("--json", help="also write every sample and figure here")
     args = ap.parse_args(argv)
-    params = SoakParams(pods=args.pods, duration=args.duration, concurrency=args.concurrency, sample_every=args.sample_every)
-    print(f"soak: {params.pods} pods over {params.duration:g} s, ~{params.concurrency} live; this takes a while", flush=True)
+    params = SoakParams(
+        pods=args.pods, duration=args.duration, concurrency=args.concurrency, sample_every=args.sample_every
+    )
+    print(
+        f"soak: {params.pods} pods over {params.duration:g} s, ~{params.concurrency} live; this takes a while",
+        flush=True,
+    )
     result = asyncio.run(run_soak(params))
     print(markdown(result))
     if args.json:
