@@ -663,8 +663,10 @@ class _Soak:
         self.result.load_window = (0.0, time.monotonic() - self.t0)
         # drain: every TaskLease collected, kopf's idle per-object workers gone
         deadline = time.monotonic() + self.b.lag_timeout
-        while self.kube.list(names.API_VERSION, names.KIND_TASK_LEASE, NS) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)  # noqa: ASYNC110 - polling the API stand-in's store, no event to wait on
+        while self.kube.list(names.API_VERSION, names.KIND_TASK_LEASE, NS):  # the store has no event to await
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
         await asyncio.sleep(p.idle_timeout + 1.5)
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
