@@ -28,7 +28,9 @@ class _CollectedWhileRevoking(FakeSource):
 async def test_revoke_expired_survives_a_lease_collected_mid_sweep(cluster: MemCluster) -> None:  # noqa: F811
     await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("old", expires=timedelta(minutes=1))])
     vault = _CollectedWhileRevoking(cluster)
-    count = await leases.revoke_expired(cluster, {"vault": vault}, metrics=None, now=lambda: NOW + timedelta(minutes=5))
+    count = await leases.revoke_expired(
+        cluster, {"vault": vault}, metrics=None, now=lambda: NOW + timedelta(minutes=5)
+    )
     assert vault.revoked == ["old"] and count == 1
     assert (NS, nm(cluster)) not in cluster.task_leases
 
