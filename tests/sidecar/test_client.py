@@ -1,10 +1,11 @@
-"""The broker client over real mutual TLS with SVIDs from the development authority."""
+"""The broker client against the real broker, over real mutual TLS with SVIDs from the development
+authority, TokenReview by the Kubernetes API stand-in."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from taskcreds.sidecar.client import BrokerClient
 from taskcreds.sidecar.identity import IdentitySource
 
 from taskcreds.devauthority import DevAuthority
-from tests.sidecar.fakebroker import BROKER_ID, TOKEN, FakeBroker
+from tests.sidecar.conftest import BROKER_ID, POD, TASK, RealBroker, jwt_claims, sha256
 
 
 @pytest.fixture
@@ -26,139 +27,162 @@ async def identity(workload_api) -> AsyncIterator[IdentitySource]:  # noqa: ANN0
     await source.close()
 
 
-def make_client(broker: FakeBroker, identity: IdentitySource, token_file: Path,
-                expected: str = BROKER_ID) -> BrokerClient:
-    return BrokerClient(url=broker.url, broker_spiffe_id=expected, token_file=str(token_file),
-                        task="task-1", identity=identity, timeout=3.0)
+@pytest.fixture
+async def client(broker: RealBroker, identity: IdentitySource, token_file: Path) -> AsyncIterator[BrokerClient]:
+    c = make_client(broker.url, identity, token_file)
+    yield c
+    await c.close()
 
 
-async def test_issue_renew_revoke_round_trip(broker: FakeBroker, identity: IdentitySource, token_file: Path) -> None:
-    client = make_client(broker, identity, token_file)
-    try:
-        result = await client.issue(["github", "db"], "90s")
-        assert [c.name for c in result.credentials] == ["github", "db"]
-        github = result.credentials[0]
-        assert github.files["token"] in broker.values and github.lease_ref == "lease-github-1"
-        assert 85 <= (github.expires_at - github.issued_at).total_seconds() <= 91
-        assert "canary" not in repr(github), "values never in repr"
-        renewed = await client.renew("github", github.lease_ref)
-        assert renewed.lease_ref != github.lease_ref and renewed.files["token"] != github.files["token"]
-        assert await client.revoke_task("sigterm") == ["db", "github"]
-        assert broker.revoked_with == ["sigterm"]
-        with pytest.raises(errors.TaskTerminal):
-            await client.issue()
-        seen = broker.requests()
-        assert {s.token for s in seen} == {TOKEN}
-        assert {s.peer for s in seen} == {identity.current.spiffe_id}
-    finally:
-        await client.close()
+def make_client(url: str, identity: IdentitySource, token_file: Path, *, expected: str = BROKER_ID,
+                task: str = TASK) -> BrokerClient:
+    return BrokerClient(url=url, broker_spiffe_id=expected, token_file=str(token_file), task=task,
+                        identity=identity, timeout=3.0)
 
 
-@pytest.mark.parametrize(("code", "error"), [
-    ("bad_request", errors.BadRequest), ("unauthenticated", errors.Unauthenticated),
-    ("policy_denied", errors.PolicyDenied), ("not_found", errors.NotFound),
-    ("task_terminal", errors.TaskTerminal), ("too_large", errors.TooLarge),
-    ("rate_limited", errors.RateLimited), ("provider_error", errors.ProviderFailed),
-    ("unavailable", errors.BrokerUnavailable),
-])
-async def test_error_codes_become_typed_errors(broker: FakeBroker, identity: IdentitySource, token_file: Path,
-                                               code: str, error: type[errors.BrokerError]) -> None:
-    broker.fail_with = code
-    client = make_client(broker, identity, token_file)
+async def test_issue_renew_revoke_round_trip(broker: RealBroker, client: BrokerClient, identity: IdentitySource,
+                                             token_file: Path) -> None:
+    result = await client.issue(["github", "db"], "90s")
+    assert [c.name for c in result.credentials] == ["github", "db"]
+    github, db = result.credentials
+    assert set(github.files) == {"token"} and set(db.files) == {"password"}, "the sources' spec.files"
+    claims = jwt_claims(github.files["token"])
+    assert (claims["credential"], claims["pod"], claims["task"]) == ("github", POD, TASK)
+    assert 89 <= (github.expires_at - github.issued_at).total_seconds() <= 90
+    assert github.files["token"] not in repr(github), "values never in repr"
+    recorded = {e["leaseRef"] for e in broker.lease_entries()}
+    assert {github.lease_ref, db.lease_ref} <= recorded, "the broker recorded both leases on the TaskLease"
+
+    renewed = await client.renew("github", github.lease_ref)
+    assert renewed.lease_ref != github.lease_ref and renewed.files["token"] != github.files["token"]
+    assert broker.jwt_revoked(github.files["token"]), "the replaced token is on the deny list"
+
+    assert await client.revoke_task("sigterm") == ["db", "github"]
+    lease = broker.lease()
+    assert lease is not None and lease["status"]["phase"] == "Revoked"
+    assert broker.jwt_revoked(renewed.files["token"]) and broker.jwt_revoked(db.files["password"])
+    with pytest.raises(errors.TaskTerminal):
+        await client.issue()
+    assert {s.token_sha256 for s in broker.seen} == {sha256(token_file.read_text().strip())}
+    assert {s.peer_cert_sha256 for s in broker.seen} == {identity.current.fingerprint}
+
+
+async def _flood(client: BrokerClient) -> None:
+    """More status reads than the broker's per-pod burst (20) allows."""
+    for _ in range(40):
+        await client.wait_status(None)
+
+
+# Each documented error code, produced by the real broker the way it happens in a cluster.
+CASES: list[tuple[str, type[errors.BrokerError], Callable[[RealBroker, BrokerClient, Path], Awaitable[object]]]] = [
+    ("bad_request", errors.BadRequest, lambda b, c, t: c.issue(ttl="soon")),
+    ("unauthenticated", errors.Unauthenticated,
+     lambda b, c, t: (t.write_text("not-a-token"), c.issue())[1]),
+    ("policy_denied", errors.PolicyDenied, lambda b, c, t: c.issue(["not-granted"])),
+    ("not_found", errors.NotFound, lambda b, c, t: c.renew("github", "jwt:no-such-lease:1")),
+    ("task_terminal", errors.TaskTerminal, lambda b, c, t: c.revoke_task("test")),  # then issue (below)
+    ("too_large", errors.TooLarge, lambda b, c, t: c.issue(["x" * 100] * 1000)),
+    ("rate_limited", errors.RateLimited, lambda b, c, t: _flood(c)),
+    ("provider_error", errors.ProviderFailed, lambda b, c, t: c.issue(["broken"])),
+    ("unavailable", errors.BrokerUnavailable, lambda b, c, t: (b.kube.set_down(True), c.issue())[1]),
+]
+
+
+@pytest.mark.parametrize(("code", "error", "cause"), CASES, ids=[c[0] for c in CASES])
+async def test_error_codes_become_typed_errors(
+        broker: RealBroker, client: BrokerClient, token_file: Path, code: str, error: type[errors.BrokerError],
+        cause: Callable[[RealBroker, BrokerClient, Path], Awaitable[object]]) -> None:
+    if code == "provider_error":  # the pod must ask for the broken source for the broker to try it
+        broker.add_pod("agent-broken", credentials="broken")
+        token_file.write_text(broker.token("agent-broken"))
     try:
         with pytest.raises(error) as raised:
-            await client.issue()
-        assert type(raised.value) is error and raised.value.code == code
-        if code == "rate_limited":
-            assert raised.value.retry_after == 1.0  # type: ignore[attr-defined]
+            await cause(broker, client, token_file)
+            await client.issue()  # task_terminal: the call after the revoke
     finally:
-        await client.close()
+        broker.kube.set_down(False)
+    assert type(raised.value) is error and raised.value.code == code
+    assert token_file.read_text().strip() not in str(raised.value), "never the token in a message"
+    if code == "rate_limited":
+        assert raised.value.retry_after >= 1.0  # type: ignore[attr-defined]
 
 
 async def test_a_server_with_another_spiffe_id_never_receives_the_token(
-        dev_authority: DevAuthority, identity: IdentitySource, token_file: Path) -> None:
-    impostor = await FakeBroker(dev_authority, spiffe_id="spiffe://taskcreds.local/ns/team-a/sa/agent").start()
-    client = make_client(impostor, identity, token_file)
+        broker: RealBroker, dev_authority: DevAuthority, identity: IdentitySource, token_file: Path) -> None:
+    url = await broker.serve_as(dev_authority.mint_x509_svid("spiffe://taskcreds.local/ns/team-a/sa/agent"))
+    client = make_client(url, identity, token_file)
     try:
         with pytest.raises(errors.WrongBrokerIdentity, match="nothing was sent") as raised:
             await client.issue()
-        assert TOKEN not in str(raised.value)
-        assert impostor.seen == [], "no request reached the impostor"
+        assert token_file.read_text().strip() not in str(raised.value)
+        assert broker.seen == [], "no request reached the impostor"
     finally:
         await client.close()
-        await impostor.stop()
 
 
-async def test_a_broker_from_another_trust_domain_fails_the_handshake(identity: IdentitySource,
-                                                                       token_file: Path) -> None:
-    foreign = await FakeBroker(DevAuthority("other.example", allow=True),
-                               spiffe_id="spiffe://other.example/ns/taskcreds-system/sa/taskcreds-operator").start()
-    client = make_client(foreign, identity, token_file)
+async def test_a_broker_from_another_trust_domain_fails_the_handshake(
+        broker: RealBroker, identity: IdentitySource, token_file: Path) -> None:
+    foreign = DevAuthority("other.example", allow=True)
+    url = await broker.serve_as(
+        foreign.mint_x509_svid("spiffe://other.example/ns/taskcreds-system/sa/taskcreds-operator"))
+    client = make_client(url, identity, token_file)
     try:
         with pytest.raises(errors.BrokerUnavailable):
             await client.issue()
-        assert foreign.seen == []
+        assert broker.seen == []
     finally:
         await client.close()
-        await foreign.stop()
 
 
-async def test_the_token_file_is_read_on_every_request(broker: FakeBroker, identity: IdentitySource,
+async def test_the_token_file_is_read_on_every_request(broker: RealBroker, client: BrokerClient,
                                                        token_file: Path) -> None:
-    client = make_client(broker, identity, token_file)
-    try:
+    await client.issue()
+    token_file.write_text("rotated-but-garbage")
+    with pytest.raises(errors.Unauthenticated):
         await client.issue()
-        token_file.write_text("rotated-by-the-kubelet")
-        with pytest.raises(errors.Unauthenticated):
-            await client.issue()
-        assert broker.seen[-1].token == "rotated-by-the-kubelet"
-        token_file.unlink()
-        with pytest.raises(errors.TokenUnavailable, match=str(token_file)):
-            await client.issue()
-    finally:
-        await client.close()
-
-
-async def test_next_connection_presents_the_rotated_svid(broker: FakeBroker, identity: IdentitySource,
-                                                         token_file: Path) -> None:
-    client = make_client(broker, identity, token_file)
-    try:
+    assert broker.seen[-1].token_sha256 == sha256("rotated-but-garbage")
+    rotated = broker.token()  # the kubelet's next projected token for the same pod
+    token_file.write_text(rotated)
+    await client.issue()
+    assert broker.seen[-1].token_sha256 == sha256(rotated)
+    token_file.unlink()
+    with pytest.raises(errors.TokenUnavailable, match=str(token_file)):
         await client.issue()
-        first = broker.seen[-1].peer_cert_sha256
-        assert first == identity.current.fingerprint
-        identity.api.rotate()  # type: ignore[attr-defined]
-        deadline = time.monotonic() + 5
-        while identity.current.fingerprint == first and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await client.issue()
-        assert broker.seen[-1].peer_cert_sha256 == identity.current.fingerprint != first
-    finally:
-        await client.close()
 
 
-async def test_long_poll_returns_when_the_status_changes(broker: FakeBroker, identity: IdentitySource,
-                                                         token_file: Path) -> None:
-    client = make_client(broker, identity, token_file)
-    try:
-        now = await client.wait_status(None)
-        assert (now.status, now.terminal) == ("running", False)
-        asyncio.get_running_loop().call_later(0.2, broker.set_status, "completed", "completed")
-        started = time.monotonic()
-        later = await client.wait_status("running", 20)
-        assert (later.status, later.terminal, later.reason) == ("completed", True, "completed")
-        assert time.monotonic() - started < 2
-        assert broker.seen[-1].path == "/v1/tasks/task-1/status"
-    finally:
-        await client.close()
+async def test_next_connection_presents_the_rotated_svid(broker: RealBroker, client: BrokerClient,
+                                                         identity: IdentitySource) -> None:
+    await client.issue()
+    first = broker.seen[-1].peer_cert_sha256
+    assert first == identity.current.fingerprint
+    identity.api.rotate()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 5
+    while identity.current.fingerprint == first and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await client.issue()
+    assert broker.seen[-1].peer_cert_sha256 == identity.current.fingerprint != first
 
 
-async def test_unreachable_broker_is_unavailable(broker: FakeBroker, identity: IdentitySource,
+async def test_long_poll_returns_when_the_status_changes(broker: RealBroker, client: BrokerClient) -> None:
+    now = await client.wait_status(None)
+    assert (now.status, now.terminal) == ("running", False)
+
+    async def complete() -> None:
+        await asyncio.sleep(0.2)
+        await broker.set_status("completed")
+
+    patcher = asyncio.create_task(complete())
+    started = time.monotonic()
+    later = await client.wait_status("running", 20)
+    await patcher
+    assert (later.status, later.terminal, later.reason) == ("completed", True, "completed")
+    assert time.monotonic() - started < 1.5
+    assert broker.seen[-1].path == f"/v1/tasks/{TASK}/status"
+
+
+async def test_unreachable_broker_is_unavailable(broker: RealBroker, client: BrokerClient,
                                                  token_file: Path) -> None:
     await broker.stop()
-    client = make_client(broker, identity, token_file)
-    try:
-        with pytest.raises(errors.BrokerUnavailable, match="unreachable") as raised:
-            await client.issue()
-        assert TOKEN not in str(raised.value)
-    finally:
-        await client.close()
+    with pytest.raises(errors.BrokerUnavailable, match="unreachable") as raised:
+        await client.issue()
+    assert token_file.read_text().strip() not in str(raised.value)
