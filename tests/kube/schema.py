@@ -2,8 +2,8 @@
 
 What a real API server does with a CR and code can trip over: unknown fields are silently dropped
 (unless ``x-kubernetes-preserve-unknown-fields``), and type, enum, required, pattern, bounds and
-lengths are checked (422 with every failing field). CEL rules (``x-kubernetes-validations``),
-``format`` and defaults are not applied (documented in README.md).
+lengths are checked, and CEL rules (``x-kubernetes-validations``, tests/kube/cel.py) evaluated
+(422 with every failing field). ``format`` and defaults are not applied (documented in README.md).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import copy
 import re
 from typing import Any
 
-from tests.kube import errors
+from tests.kube import cel, errors
 from tests.kube.resources import ResourceType
 
 __all__ = ["prune_and_validate", "prune", "validate"]
@@ -20,7 +20,10 @@ __all__ = ["prune_and_validate", "prune", "validate"]
 _ROOT_META = ("apiVersion", "kind", "metadata")
 
 
-def prune_and_validate(rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+def prune_and_validate(
+    rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``old``: the stored object on an update, for CEL transition rules (``oldSelf``)."""
     schema = rt.schema or {}
     out = copy.deepcopy(obj)
     for key in list(out):
@@ -36,7 +39,7 @@ def prune_and_validate(rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         if key in _ROOT_META:
             continue
         if key in out:
-            validate(out[key], sub, key, causes)
+            validate(out[key], sub, key, causes, (old or {}).get(key, cel.MISSING))
     for req in schema.get("required") or []:
         if req not in _ROOT_META and req not in out:
             causes.append((req, "Required value"))
@@ -91,7 +94,10 @@ def _type_ok(value: Any, t: str) -> bool:
     return isinstance(value, _TYPES.get(t, object))
 
 
-def validate(value: Any, schema: dict[str, Any], path: str, causes: list[tuple[str, str]]) -> None:
+def validate(
+    value: Any, schema: dict[str, Any], path: str, causes: list[tuple[str, str]], old: Any = cel.MISSING
+) -> None:
+    """Append (field, message) for everything wrong with ``value``; ``old`` feeds CEL ``oldSelf``."""
     if value is None:
         if not schema.get("nullable"):
             causes.append((path, 'Invalid value: "null": must not be null'))
@@ -153,11 +159,14 @@ def validate(value: Any, schema: dict[str, Any], path: str, causes: list[tuple[s
                 causes.append((f"{path}.{req}", "Required value"))
         props = schema.get("properties") or {}
         additional = schema.get("additionalProperties")
+        olds = old if isinstance(old, dict) else {}
         for k, v in value.items():
             if k in props:
-                validate(v, props[k], f"{path}.{k}", causes)
+                validate(v, props[k], f"{path}.{k}", causes, olds.get(k, cel.MISSING))
             elif isinstance(additional, dict):
-                validate(v, additional, f"{path}[{k}]", causes)
+                validate(v, additional, f"{path}[{k}]", causes, olds.get(k, cel.MISSING))
+    if schema.get("x-kubernetes-validations"):
+        causes.extend(cel.violations(value, schema, path, old))
 
 
 def _kind(value: Any) -> str:

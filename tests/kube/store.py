@@ -484,7 +484,7 @@ class Store:
             raise errors.conflict(rt, name)
         new = copy.deepcopy(new)
         if rt.schema is not None:
-            new = schema.prune_and_validate(rt, new)
+            new = schema.prune_and_validate(rt, new, current)
         cmeta, nmeta = current["metadata"], new["metadata"]
         if cmeta.get("deletionTimestamp"):
             added = [f for f in nmeta.get("finalizers") or [] if f not in (cmeta.get("finalizers") or [])]

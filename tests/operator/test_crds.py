@@ -329,3 +329,157 @@ def test_proxy_rules_for_the_api_server_are_in_cel_too() -> None:
         proxy = spec["properties"]["proxy"]
         assert [r["rule"] for r in proxy["x-kubernetes-validations"]] == ["has(self.header) != has(self.basic)"]
         assert proxy["properties"]["hosts"]["x-kubernetes-validations"]
+
+
+# --- CEL rules (x-kubernetes-validations), evaluated as the API server does (tests/kube/cel.py) ---
+def _cel_causes(crd: str, spec: dict[str, Any]) -> list[str]:
+    from tests.kube import schema
+
+    causes: list[tuple[str, str]] = []
+    schema.validate(spec, _schema(crd)["properties"]["spec"], "spec", causes)
+    return [f"{field}: {message}" for field, message in causes]
+
+
+@pytest.mark.parametrize("crd", ["credentialsource.yaml", "clustercredentialsource.yaml", "tasklease.yaml"])
+def test_every_cel_rule_compiles(crd: str) -> None:
+    from tests.kube import cel
+
+    rules = list(cel.rules_in(_schema(crd)))
+    for path, rule in rules:
+        cel.compile_rule(rule["rule"])  # raises CelRuleError naming the rule
+        assert rule.get("message"), f"{crd} {path}: a rule without a message gives users only its source"
+    assert rules or crd == "tasklease.yaml"
+
+
+VALID_SPECS = {
+    **{f"provider {k}": v for k, v in PER_PROVIDER.items()},
+    **{f"proxy {k}": {**PER_PROVIDER["jwt"], "delivery": "proxy", "proxy": v} for k, v in PROXY_SPECS.items()},
+    "defaultTTL equal to maxTTL": {**PER_PROVIDER["jwt"], "defaultTTL": "1h", "maxTTL": "60m"},
+    "no defaultTTL": {k: v for k, v in PER_PROVIDER["jwt"].items() if k != "defaultTTL"},
+    "jwt with extra claims": {**PER_PROVIDER["jwt"], "jwt": {"audience": ["a"], "claims": {"scope": "read"}}},
+}
+
+
+@pytest.mark.parametrize("crd", ["credentialsource.yaml", "clustercredentialsource.yaml"])
+@pytest.mark.parametrize("case", sorted(VALID_SPECS))
+def test_valid_specs_pass_every_cel_rule(crd: str, case: str) -> None:
+    spec = dict(VALID_SPECS[case])
+    if crd == "clustercredentialsource.yaml":
+        spec["allowedNamespaces"] = ["agents"]
+    assert _cel_causes(crd, spec) == []
+
+
+_VAULT = AGREED["vault"]
+CEL_REFUSED = [
+    ("defaultTTL over maxTTL", {**PER_PROVIDER["jwt"], "defaultTTL": "2h"}, "defaultTTL must not exceed maxTTL"),
+    ("vault provider without its block", {"provider": "vault", **BASE}, "provider vault needs spec.vault"),
+    ("github-app without its block", {"provider": "github-app", **BASE}, "provider github-app needs spec.githubApp"),
+    (
+        "kubernetes-token without its block",
+        {"provider": "kubernetes-token", **BASE},
+        "provider kubernetes-token needs spec.kubernetesToken",
+    ),
+    ("secret without its block", {"provider": "secret", **BASE}, "provider secret needs spec.secret"),
+    (
+        "vault token auth without its Secret",
+        {**PER_PROVIDER["vault token"], "vault": {**_VAULT, "auth": {"method": "token"}}},
+        "auth.method token needs auth.tokenSecretRef",
+    ),
+    (
+        "vault approle auth without approle",
+        {**PER_PROVIDER["vault token"], "vault": {**_VAULT, "auth": {"method": "approle"}}},
+        "auth.method approle needs auth.approle",
+    ),
+    (
+        "vault kubernetes auth without its block",
+        {**PER_PROVIDER["vault token"], "vault": {**_VAULT, "auth": {"method": "kubernetes"}}},
+        "auth.method kubernetes needs auth.kubernetes",
+    ),
+    (
+        "vault dynamic without path",
+        {**PER_PROVIDER["vault token"], "vault": {**_VAULT, "mode": "dynamic", "path": None}},
+        "vault mode dynamic needs path and fileMap",
+    ),
+    (
+        "jwt claims setting sub",
+        {**PER_PROVIDER["jwt"], "jwt": {"audience": ["a"], "claims": {"sub": "admin"}}},
+        "jwt.claims must not set reserved claims",
+    ),
+    (
+        "proxy delivery without proxy",
+        {**PER_PROVIDER["jwt"], "delivery": "proxy"},
+        "spec.proxy is required when spec.delivery is proxy, and only then",
+    ),
+    (
+        "proxy block on a file credential",
+        {**PER_PROVIDER["jwt"], "proxy": PROXY_SPECS["bearer header"]},
+        "spec.proxy is required when spec.delivery is proxy, and only then",
+    ),
+    (
+        "proxy with header and basic",
+        {
+            **PER_PROVIDER["jwt"],
+            "delivery": "proxy",
+            "proxy": {"hosts": ["a.example.com"], "header": _HDR, "basic": {"username": "u"}},
+        },
+        "spec.proxy needs exactly one of header and basic",
+    ),
+    (
+        "wildcard over a top-level domain",
+        {**PER_PROVIDER["jwt"], "delivery": "proxy", "proxy": {"hosts": ["*.com"], "header": _HDR}},
+        "a '*.' host needs at least two labels after it",
+    ),
+]
+
+
+@pytest.mark.parametrize("crd", ["credentialsource.yaml", "clustercredentialsource.yaml"])
+@pytest.mark.parametrize(("case", "spec", "message"), CEL_REFUSED, ids=[c[0] for c in CEL_REFUSED])
+def test_cel_rules_refuse_with_their_message(crd: str, case: str, spec: dict[str, Any], message: str) -> None:
+    spec = copy.deepcopy(spec)
+    for block in spec.values():  # None marks a field the case removes
+        if isinstance(block, dict):
+            for key in [k for k, v in block.items() if v is None]:
+                del block[key]
+    if crd == "clustercredentialsource.yaml":
+        spec["allowedNamespaces"] = ["agents"]
+    causes = _cel_causes(crd, spec)
+    assert any(message in c for c in causes), (case, causes)
+
+
+async def test_the_api_stand_in_refuses_a_source_breaking_a_cel_rule(kube_api: Any) -> None:
+    """Through the API as a user would: 422 naming the field and the rule's message; nothing stored."""
+    from kubernetes_asyncio.client import ApiException, CustomObjectsApi
+
+    kube_api.register_crds_from(CRDS)
+    kube_api.ensure_namespace("agents")
+    api = CustomObjectsApi(await kube_api.kubernetes_asyncio_client())
+    args = (names.CRD_GROUP, names.CRD_VERSION, "agents", names.PLURAL_CREDENTIAL_SOURCES)
+    body = _source(names.KIND_CREDENTIAL_SOURCE, {**PER_PROVIDER["jwt"], "defaultTTL": "2h"})
+    with pytest.raises(ApiException) as info:
+        await api.create_namespaced_custom_object(*args, body)
+    assert info.value.status == 422
+    assert "spec: Invalid value" in info.value.body and "defaultTTL must not exceed maxTTL" in info.value.body
+    assert (await api.list_namespaced_custom_object(*args))["items"] == []
+    await api.create_namespaced_custom_object(*args, _source(names.KIND_CREDENTIAL_SOURCE, PER_PROVIDER["jwt"]))
+    assert len((await api.list_namespaced_custom_object(*args))["items"]) == 1
+
+
+async def test_task_lease_spec_is_immutable_through_the_api(kube_api: Any) -> None:
+    """The transition rule ``self == oldSelf``: created freely, changed never (422), status still writable."""
+    from kubernetes_asyncio.client import ApiException, CustomObjectsApi
+
+    kube_api.register_crds_from(CRDS)
+    kube_api.ensure_namespace("agents")
+    api = CustomObjectsApi(await kube_api.kubernetes_asyncio_client())
+    args = (names.CRD_GROUP, names.CRD_VERSION, "agents", names.PLURAL_TASK_LEASES)
+    MERGE = "application/merge-patch+json"  # noqa: N806
+    pod = {"metadata": {"name": "agent-1", "namespace": "agents", "uid": "u-1"}}
+    created = await api.create_namespaced_custom_object(*args, task_lease_body(pod, "fix-42"))
+    name = created["metadata"]["name"]
+    with pytest.raises(ApiException) as info:
+        await api.patch_namespaced_custom_object(*args, name, {"spec": {"task": "fix-43"}}, _content_type=MERGE)
+    assert info.value.status == 422 and "spec is immutable" in info.value.body
+    status = {"status": {"phase": "Active", "leases": []}}
+    await api.patch_namespaced_custom_object_status(*args, name, status, _content_type=MERGE)
+    stored = await api.get_namespaced_custom_object(*args, name)
+    assert stored["spec"]["task"] == "fix-42" and stored["status"]["phase"] == "Active"
