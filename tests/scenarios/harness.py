@@ -222,6 +222,13 @@ class PodRun:
         return left
 
 
+class _NonRenewingWorkloadApi(WorkloadApiServer):
+    """A Workload API that never re-issues the SVID: it expires (an agent whose SPIRE agent is stuck)."""
+
+    async def _refresh_forever(self) -> None:
+        await asyncio.Event().wait()
+
+
 class Harness:
     """The cluster on one machine. Sync methods may block; async ones run on the test's loop."""
 
@@ -453,8 +460,24 @@ class Harness:
         assert stored is not None
         return stored
 
-    async def launch(self, name: str, credentials: Iterable[str], **annotations: str) -> PodRun:
-        """Create an opted-in pod through the API, lay it out as the kubelet would and start its sidecar."""
+    async def launch(
+        self,
+        name: str,
+        credentials: Iterable[str],
+        *,
+        start: bool = True,
+        svid_ttl: float | None = None,
+        renew_svid: bool = True,
+        creds_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        **annotations: str,
+    ) -> PodRun:
+        """Create an opted-in pod through the API, lay it out as the kubelet would and start its sidecar.
+
+        Fault hooks: ``start=False`` admits without starting the sidecar; ``svid_ttl`` / ``renew_svid``
+        shape the pod's SPIFFE Workload API (no renewal: the SVID simply expires); ``creds_dir`` is
+        the tmpfs dir to use (e.g. a small mounted tmpfs, kept by the caller); ``env`` adds sidecar env.
+        """
         creds = tuple(credentials)
         task = f"task-{name}"
         stored = await self.create_pod(self.pod_manifest(name, task, creds, **annotations))
@@ -462,12 +485,14 @@ class Harness:
         from taskcreds.operator.config import load_config
 
         socket_dir = Path(tempfile.mkdtemp(prefix="tc-scn-", dir="/tmp"))
-        api = WorkloadApiServer(
-            self.authority, str(socket_dir / load_config(None).spiffe.socket_file), AGENT_ID
+        api_cls = WorkloadApiServer if renew_svid else _NonRenewingWorkloadApi
+        api = api_cls(
+            self.authority, str(socket_dir / load_config(None).spiffe.socket_file), AGENT_ID, svid_ttl=svid_ttl
         )
         api.start()
-        creds_dir = Path("/dev/shm") / f"tc-scn-{uuid.uuid4().hex[:10]}"
-        creds_dir.mkdir()
+        if creds_dir is None:
+            creds_dir = Path("/dev/shm") / f"tc-scn-{uuid.uuid4().hex[:10]}"
+            creds_dir.mkdir()
         root = socket_dir / "pod"
         local = LocalPod(
             copy.deepcopy(stored),
@@ -481,6 +506,7 @@ class Harness:
                 names.ENV_LISTEN_LOCAL: "127.0.0.1:0",
                 names.ENV_LISTEN_PROBE: "127.0.0.1:0",
                 names.ENV_FS_GROUP: str(os.getgid()),
+                **(env or {}),
             },
         )
         run = PodRun(
@@ -494,7 +520,8 @@ class Harness:
             log_path=socket_dir / "sidecar.log",
         )
         self.runs.append(run)
-        self.start_sidecar(run)
+        if start:
+            self.start_sidecar(run)
         return run
 
     def start_sidecar(self, run: PodRun) -> None:
