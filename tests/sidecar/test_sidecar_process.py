@@ -235,7 +235,9 @@ print(json.dumps({"snapshots": snapshots, "problems": problems[:5], "distinct": 
 
 
 def _as_user(uid: int, gid: int, *argv: str) -> list[str]:
-    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "/usr/bin/python3", *argv]
+    """The system Python as another user; isolated (-I), so the repository's ``operator/`` folder
+    cannot shadow the standard library's ``operator`` when run from the repository root."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "/usr/bin/python3", "-I", *argv]
 
 
 async def test_files_are_group_readable_only_and_readers_never_see_a_partial_set(
