@@ -747,3 +747,142 @@ async def test_head_and_bodiless_answers_keep_the_connection_in_step(world: Worl
         assert status == 200 and b"agent-bot" in body
     finally:
         await conn.close()
+
+
+# --- upstreams that misbehave: timeouts, closed kept-alive connections, broken HTTP ----------
+
+RAW_HOST = "raw.test.local"
+
+
+class ScriptedUpstream:
+    """A TLS server answering each request with the next scripted bytes (None: stay silent);
+    ``close_after`` closes the connection after an answer although it said keep-alive."""
+
+    def __init__(self, ca: TestCA, answers: list[bytes | None], close_after: bool = False) -> None:
+        self.ca, self.answers, self.close_after = ca, list(answers), close_after
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(
+            self._serve, "127.0.0.1", 0, ssl=self.ca.server_context([RAW_HOST])
+        )
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while self.answers:
+                self.requests.append(await reader.readuntil(b"\r\n\r\n"))
+                answer = self.answers.pop(0)
+                if answer is None:
+                    await asyncio.sleep(30)
+                    return
+                writer.write(answer)
+                await writer.drain()
+                if self.close_after:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+OK_16K = b"HTTP/1.1 200 OK\r\nContent-Length: 16384\r\nX-Up: 1\r\n\r\n" + b"z" * 16384
+OK_CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n"
+)
+
+
+UPSTREAM_CASES = [
+    # (case, scripted answers, upstream closes after each, what the agent sees, upstream connections)
+    (
+        "kept-alive upstream connection is reused",
+        [OK_16K, OK_16K, OK_16K],
+        False,
+        [(200, b"z" * 16384)] * 3,
+        1,
+    ),
+    (
+        "kept-alive connection closed by the upstream: reconnects",
+        [OK_16K, OK_16K],
+        True,
+        [(200, b"z" * 16384), (200, b"z" * 16384)],
+        2,
+    ),
+    (
+        "chunked answer is framed again for the agent",
+        [OK_CHUNKED, OK_CHUNKED],
+        False,
+        [(200, b"hello world"), (200, b"hello world")],
+        1,
+    ),
+    (
+        "interim 103 is dropped, the final answer relayed",
+        [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK_16K],
+        False,
+        [(200, b"z" * 16384)],
+        1,
+    ),
+    (
+        "not HTTP at all: 502 naming why",
+        [b"SSH-2.0-OpenSSH\r\n\r\n"],
+        False,
+        [(502, b"taskcreds proxy: raw.test.local: the upstream's status line is not HTTP/1.x\n")],
+        1,
+    ),
+    (
+        "Content-Length and a shorter body: connection cut",
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"],
+        True,
+        [(0, b"")],
+        1,
+    ),
+    (
+        "silent upstream: 504 after the read timeout",
+        [None],
+        False,
+        [(504, b"taskcreds proxy: raw.test.local did not answer in time\n")],
+        1,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "answers", "close_after", "expected", "connections"),
+    UPSTREAM_CASES,
+    ids=[c[0] for c in UPSTREAM_CASES],
+)
+async def test_upstream_answers_the_agent_sees(
+    world: World,
+    case: str,
+    answers: list[bytes | None],
+    close_after: bool,
+    expected: list[tuple[int, bytes]],
+    connections: int,
+) -> None:
+    upstream = ScriptedUpstream(world.ca, answers, close_after)
+    world.ports[RAW_HOST] = await upstream.start()
+    route = ProxyRoute("api", (RAW_HOST,), header="Authorization: Bearer {token}")
+    port, _ = await world.proxy([route], upstream_read_timeout=0.3)
+    conn = await AgentConnection.open(port, RAW_HOST, world.bundle)
+    try:
+        seen = []
+        for _ in expected:
+            try:
+                status, _, body = await asyncio.wait_for(conn.get("/x", host=RAW_HOST), 5)
+            except asyncio.IncompleteReadError:
+                status, body = 0, b""  # the proxy cut the connection: the agent knows the body is short
+            seen.append((status, body))
+            await asyncio.sleep(0.05)  # lets a closing upstream's FIN arrive before the next request
+        assert seen == expected
+        assert upstream.connections == connections
+        assert all(f"Bearer {world.token}".encode() in r for r in upstream.requests)
+    finally:
+        await conn.close()
+        await upstream.stop()
