@@ -30,8 +30,23 @@ def demo(*args: str) -> subprocess.Popen[str]:
 
 
 def sidecars_running(directory: Path) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "taskcreds-sidecar" in line or "sidecar.main" in line]
+    """Sidecar processes of this demo (their TASKCREDS_DIR is under ``directory``), wherever parented.
+
+    Other tests may run sidecars on this machine at the same time: those are not this demo's.
+    """
+    out = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "taskcreds-sidecar" not in args and "sidecar.main" not in args:
+                continue
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        dirs = [e.split(b"=", 1)[1].decode(errors="replace") for e in env if e.startswith(b"TASKCREDS_DIR=")]
+        if any(d == str(directory) or d.startswith(f"{directory}/") for d in dirs):
+            out.append(f"{proc.name} {args}")
+    return out
 
 
 def test_demo_shows_issuance_rotation_revocation_and_wipe_and_leaves_nothing() -> None:
