@@ -46,7 +46,7 @@ from taskcreds.operator.taskstatus import TaskStatusHub
 
 from taskcreds import names
 from taskcreds.durations import DurationError, parse_duration
-from taskcreds.logs import fields
+from taskcreds.logs import fields, quiet_http_parser_errors
 from taskcreds.metrics import OperatorMetrics
 from taskcreds.svid import X509SvidMaterial, load_svid, parse_spiffe_id, peer_spiffe_id, server_context
 
@@ -676,7 +676,7 @@ class BrokerServer:
         )
         await self._runner.setup()
         assert self._runner.server is not None
-        _quiet_parser_errors()
+        quiet_http_parser_errors()
         server = self._runner.server
 
         def protocol() -> RequestHandler:
@@ -704,16 +704,6 @@ class BrokerServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-
-class _TypeOnly(logging.Filter):
-    """aiohttp logs malformed requests with their bytes (which may hold a bearer token): keep the type."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[0] is not None:
-            record.msg, record.args = f"bad HTTP request: {record.exc_info[0].__name__}", None
-            record.exc_info, record.exc_text = None, None
-        return True
 
 
 class _JsonErrorHandler(RequestHandler):
@@ -755,12 +745,6 @@ def _handle_error(
     response = web.json_response(body, status=status)
     response.force_close()
     return response
-
-
-def _quiet_parser_errors() -> None:
-    target = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, _TypeOnly) for f in target.filters):
-        target.addFilter(_TypeOnly())
 
 
 def trust_domain_of(svid: X509SvidMaterial) -> str:
