@@ -706,6 +706,26 @@ class EgressProxy:
     def routes(self) -> tuple[ProxyRoute, ...]:
         return self._routes
 
+    def update_routes(self, routes: Sequence[ProxyRoute]) -> bool:
+        """Use these routes from now on, without restarting the listener; True when they changed.
+
+        A renewal or a new issuance may bring a changed ``proxy`` block (hosts, header) or a new
+        proxy-delivered credential mid-task. New connections and the next request on every
+        intercepted kept-alive connection use the new routes; open blind tunnels are left alone
+        (nothing is attached to them).
+        """
+        routes = tuple(routes)
+        if routes == self._routes:
+            return False
+        self._routes = routes
+        _log.info(
+            "egress proxy routes updated",
+            extra=fields(
+                credentials=[r.credential for r in routes], hosts=sorted({h for r in routes for h in r.hosts})
+            ),
+        )
+        return True
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on ``host:port`` (0 picks a free port) and return the bound port."""
         self._pool = _UpstreamPool(self._upstream_ssl, self._resolve, self._connect_timeout)
@@ -815,7 +835,8 @@ class EgressProxy:
             self._record(ex)
             return
         ex.host = f"{host}:{port}"
-        found = match_route(self._routes, host)
+        routes = self._routes
+        found = match_route(routes, host)
         if found is None:
             await self._tunnel_or_deny(ex, host, port, reader, writer)
             return
@@ -844,6 +865,9 @@ class EgressProxy:
                 return
             if inner is None:
                 return
+            if self._routes is not routes:  # updated mid-connection: this request follows the new ones
+                routes = self._routes
+                found = match_route(routes, host)
             path = inner.target
             if not path.startswith("/"):
                 parsed = URL(path, encoded=True) if "://" in path else None

@@ -886,3 +886,41 @@ async def test_upstream_answers_the_agent_sees(
     finally:
         await conn.close()
         await upstream.stop()
+
+
+# --- routes updated mid-task -------------------------------------------------------------------
+
+
+async def test_routes_update_without_restarting_the_listener(world: World) -> None:
+    w = world
+    bearer = ProxyRoute("api", (API_HOST,), header="Authorization: Bearer {token}")
+    port, _ = await w.proxy([bearer], deny=True)
+    proxy = w.proxies[-1]
+    conn = await AgentConnection.open(port, API_HOST, w.bundle)
+    try:
+        assert (await conn.get("/api/whoami"))[0] == 200
+        assert proxy.update_routes([bearer]) is False, "the same routes are no change"
+
+        # a renewal brings another header: the next request on the same connection carries it
+        api_key = ProxyRoute("api", (API_HOST,), header="X-Api-Key: {token}")
+        assert proxy.update_routes([api_key]) is True
+        status, _, _ = await conn.get("/api/whoami")
+        assert status == 200 and w.api.seen_auth[-1] is None, "the old Authorization is no longer sent"
+
+        # a new credential for another host: intercepted from the next CONNECT on (TLS with the
+        # pod CA succeeds only when the proxy intercepts; a blind tunnel would show the real cert)
+        assert proxy.update_routes([api_key, ProxyRoute("open", (OPEN_HOST,), header="X-Api-Key: {token}")])
+        other = await AgentConnection.open(port, OPEN_HOST, w.bundle)
+        await other.close()
+
+        # the host's route is gone: deny-by-default answers 403 on the open connection and new ones
+        assert proxy.update_routes([ProxyRoute("github", (GIT_HOST,), basic_username="x-access-token")])
+        status, _, body = await conn.get("/api/whoami")
+        assert status == 403 and b"egress to api.test.local is denied" in body
+    finally:
+        await conn.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"CONNECT {API_HOST}:443 HTTP/1.1\r\n\r\n".encode())
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 403")
+    writer.close()
+    assert proxy.routes[0].credential == "github" and len(proxy.routes) == 1
