@@ -182,6 +182,12 @@ class ProxyDelivery:
         self.proxy = proxy
         return self.port
 
+    def update_routes(self, routes: Sequence[ProxyRoute]) -> None:
+        """Routes changed mid-task: the running proxy uses them from its next request."""
+        self.routes = tuple(routes)
+        if self.proxy is not None:
+            self.proxy.update_routes(self.routes)
+
     async def close(self) -> None:
         if self.proxy is not None:
             await self.proxy.close()
@@ -476,12 +482,12 @@ class Runner:
             return
         if self.proxy is None:
             self.proxy = ProxyDelivery(self.config, self.metrics)
-        if self.proxy.listening:
-            known = {r.credential for r in self.proxy.routes}
-            new = sorted(c.name for c in proxied if c.name not in known)
-            if new:
-                _log.warning("proxy credentials arrived after the proxy started; not routed until a restart",
-                             extra=fields(**self._log_fields, credentials=new))
+        if self.proxy.listening:  # a renewal or new issuance may change the proxy block: follow it
+            try:
+                self.proxy.update_routes([route_for(c) for c in sorted(proxied, key=lambda c: c.name)])
+            except RouteError as exc:
+                _log.error("unusable proxy route from the broker; the previous routes stay",
+                           extra=fields(**self._log_fields, error=str(exc)))
             return
         try:
             routes = [route_for(c) for c in sorted(proxied, key=lambda c: c.name)]
