@@ -298,3 +298,44 @@ def test_proxy_config_defaults_and_hooks() -> None:
     assert config.listen_proxy == ("127.0.0.1", names.SIDECAR_PROXY_PORT) and config.proxy_resolve == {}
     hooked = from_env({**base, names.ENV_PROXY_RESOLVE: "Git.Test.Local=127.0.0.1:8443, a.b=10.0.0.1:443"})
     assert hooked.proxy_resolve == {"git.test.local": ("127.0.0.1", 8443), "a.b": ("10.0.0.1", 443)}
+
+
+async def test_a_changed_proxy_block_mid_task_updates_the_running_proxy(shm_dir: Path) -> None:
+    """A renewal or new issuance with another ``proxy`` block: same listener, new routes; an
+    unusable block leaves the previous routes in place (logged, never half-applied)."""
+    from taskcreds.sidecar.config import from_env
+    from taskcreds.sidecar.runner import ProxyDelivery, Runner
+
+    from taskcreds.metrics import register_sidecar
+
+    config = from_env({
+        **sidecar_env(directory=shm_dir, broker_url="https://b:1", token_file=Path("/t"),
+                      socket_uri="unix:///s", credentials="gh"),
+        names.ENV_LISTEN_PROXY: f"127.0.0.1:{free_port()}",
+    })
+    metrics = register_sidecar()
+    delivery = ProxyDelivery(config, metrics)
+    runner = Runner(config, identity=None, client=None, writer=None, redactor=None,  # type: ignore[arg-type]
+                    metrics=metrics, proxy=delivery)
+    header = "Authorization: Bearer {token}"
+    try:
+        runner.credentials["gh"] = _cred({"hosts": [GIT_HOST], "header": header})
+        await runner._ensure_proxy()
+        port, listener = delivery.port, delivery.proxy
+        assert port is not None and listener is not None
+        assert [r.hosts for r in listener.routes] == [(GIT_HOST,)]
+
+        runner.credentials["gh"] = _cred({"hosts": [GIT_HOST, OTHER_HOST], "header": header})
+        await runner._ensure_proxy()
+        assert (delivery.port, delivery.proxy) == (port, listener), "the listener was not restarted"
+        assert [r.hosts for r in listener.routes] == [(GIT_HOST, OTHER_HOST)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"CONNECT {OTHER_HOST}:443 HTTP/1.1\r\n\r\n".encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200"), "intercepted"
+        writer.close()
+
+        runner.credentials["gh"] = _cred({"hosts": []})  # unusable: refused, previous routes stay
+        await runner._ensure_proxy()
+        assert [r.hosts for r in listener.routes] == [(GIT_HOST, OTHER_HOST)]
+    finally:
+        await delivery.close()
