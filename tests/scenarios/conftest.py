@@ -9,6 +9,7 @@ import pytest
 
 from tests.openbao import OpenBao
 from tests.openbao import openbao as openbao  # noqa: F401, PLC0414  (module-scoped fixture)
+from tests.scenarios.faults import FAULT_ROWS, markdown_table
 from tests.scenarios.harness import LAG_ROWS, Harness
 
 
@@ -24,9 +25,14 @@ def cluster(openbao: OpenBao) -> Iterator[Harness]:  # noqa: F811
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    write = terminalreporter.write_line
+    if FAULT_ROWS:
+        write("")
+        write("taskcreds fault matrix (tests/scenarios/faults.py)")
+        for line in markdown_table(FAULT_ROWS).splitlines():
+            write(line)
     if not LAG_ROWS:
         return
-    write = terminalreporter.write_line
     write("")
     write(
         "taskcreds scenarios: revocation lag (trigger -> TaskLease Revoked + finalizer released; -> files gone)"

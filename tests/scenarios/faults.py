@@ -34,10 +34,12 @@ from taskcreds import names
 from tests.scenarios.harness import BAO_SECRET, NS, SA, Harness, PodRun
 from tests.scenarios.tcpproxy import TcpProxy
 
-__all__ = ["FAULTS", "FaultRow", "FaultCluster", "run_fault", "markdown_table", "main"]
+__all__ = ["FAULTS", "FAULT_ROWS", "FaultRow", "FaultCluster", "run_fault", "markdown_table", "main"]
 
 SKEW_DIR = Path(__file__).resolve().parent / "skewclock"
 KUBELET_LAG = 2.0
+#: rows of this process, in order (test_faults.py appends; conftest.py prints them at the end)
+FAULT_ROWS: list[FaultRow] = []
 TMPFS_SIZE = "8k"  # two pages: the start marker fits, the credential set does not  # downward-API refresh after a patch (a real kubelet: ~1 min; shortened for time)
 
 
@@ -127,7 +129,10 @@ class FaultCluster:
                         "allowedServiceAccounts": [SA],
                         "vault": {
                             "address": self.proxy.address,
-                            "auth": {"method": "token", "tokenSecretRef": {"name": BAO_SECRET, "key": "token"}},
+                            "auth": {
+                                "method": "token",
+                                "tokenSecretRef": {"name": BAO_SECRET, "key": "token"},
+                            },
                             "mode": "token",
                             "policies": ["task-read"],
                         },
@@ -254,7 +259,7 @@ async def conclude(
     row.lost, lost_problems = leases_lost(h, run)
     row.problems.extend(lost_problems)
     if not run.values:
-        row.note = (row.note + "; no value ever reached the disk").strip("; ")
+        row.note = (row.note + "; the 20 ms reader never saw a value on disk").strip("; ")
     if run.partial_reads:
         row.problems.append(f"a reader saw an incomplete set: {run.partial_reads[:2]}")
     h.finish(run)
@@ -278,7 +283,9 @@ async def dead_at_source(h: Harness, run: PodRun) -> tuple[bool, list[str]]:
             if _provider(cred) == "vault":
                 if h.vault_token_alive(value):
                     problems.append(f"{cred}: OpenBao token #{n} still works")
-            elif h.claims_of(value)["exp"] > time.time() and (denied is None or h.jti_of(value) not in denied):
+            elif h.claims_of(value)["exp"] > time.time() and (
+                denied is None or h.jti_of(value) not in denied
+            ):
                 problems.append(f"{cred}: live jwt #{n} (jti {h.jti_of(value)}) not on /v1/jwt/revoked")
     return not problems, problems
 
@@ -334,8 +341,10 @@ async def broker_down_at_start(fc: FaultCluster) -> FaultRow:
     h.stop_operator()  # the broker lives in the operator: down before the sidecar's first call
     h.start_sidecar(run)
     watch = PodWatch(h, run).start()
-    await asyncio.sleep(2.0)
-    row.check(not watch.ready_count and not run.credential_files(), "ready or files while the broker was down")
+    await asyncio.sleep(1.2)
+    row.check(
+        not watch.ready_count and not run.credential_files(), "ready or files while the broker was down"
+    )
     not_ready_while_down = watch.last_status == 503
     row.check(not_ready_while_down, f"/readyz {watch.last_status} while the broker was down (503 expected)")
     await asyncio.to_thread(h.start_operator)
@@ -376,8 +385,10 @@ async def openbao_down(fc: FaultCluster) -> FaultRow:
         wiped = await watch.wait(lambda: not run.credential_files(), 3)
         row.check(wiped, "files kept while OpenBao was down")
         row.check(h.vault_token_alive(run.latest("bao-px")), "token dead before OpenBao was reachable?")
-        await asyncio.sleep(1.0)
-        row.check(h.lease(run)["status"]["phase"] == "Revoking", "TaskLease left Revoking while OpenBao was down")
+        await asyncio.sleep(0.5)
+        row.check(
+            h.lease(run)["status"]["phase"] == "Revoking", "TaskLease left Revoking while OpenBao was down"
+        )
     finally:
         fc.proxy.set_down(False)
     back = time.monotonic()
@@ -391,8 +402,8 @@ async def openbao_down(fc: FaultCluster) -> FaultRow:
 
 
 async def openbao_slow(fc: FaultCluster) -> FaultRow:
-    h, row = fc.h, FaultRow("OpenBao slow (+0.5 s per packet)")
-    fc.proxy.set_delay(0.5)
+    h, row = fc.h, FaultRow("OpenBao slow (+0.3 s per packet)")
+    fc.proxy.set_delay(0.3)
     try:
         run, watch = await _launch(fc, "bao-slow", ("api", "bao-px"))
         t_ready = time.monotonic()
@@ -405,13 +416,15 @@ async def openbao_slow(fc: FaultCluster) -> FaultRow:
 
 
 async def api_down(fc: FaultCluster) -> FaultRow:
-    h, row = fc.h, FaultRow("API stand-in down 2 s mid-task")
+    h, row = fc.h, FaultRow("API stand-in down 1 s mid-task")
     run, watch = await _launch(fc, "api-down", ("api", "bao"))
     await _ready(row, watch)
     h.kube.set_down(True)  # 503 for everything, watches cut
     try:
-        await asyncio.sleep(2.0)
-        row.check(run.on_disk() == {"api", "bao"} and watch.ready, "the pod lost its credentials or readiness")
+        await asyncio.sleep(1.0)
+        row.check(
+            run.on_disk() == {"api", "bao"} and watch.ready, "the pod lost its credentials or readiness"
+        )
     finally:
         h.kube.set_down(False)
     t0 = await _complete(h, run)  # at once: the operator's watches are still reconnecting
@@ -420,8 +433,8 @@ async def api_down(fc: FaultCluster) -> FaultRow:
 
 
 async def api_slow(fc: FaultCluster) -> FaultRow:
-    h, row = fc.h, FaultRow("API stand-in slow (+300 ms per request)")
-    h.kube.set_latency(0.3)
+    h, row = fc.h, FaultRow("API stand-in slow (+200 ms per request)")
+    h.kube.set_latency(0.2)
     try:
         run, watch = await _launch(fc, "api-slow", ("api", "bao"))  # admission and TokenReview slow too
         await _ready(row, watch, timeout=20)
@@ -457,7 +470,9 @@ async def sidecar_sigkill(fc: FaultCluster) -> FaultRow:
     run.local.kill_sidecar()
     t0 = await _complete(h, run)
     await h.wait_revoked(run)
-    row.check(run.on_disk() == {"api", "bao"}, "files vanished without a sidecar: the row would prove nothing")
+    row.check(
+        run.on_disk() == {"api", "bao"}, "files vanished without a sidecar: the row would prove nothing"
+    )
     ready_before = watch.ready_count
     h.start_sidecar(run)  # the kubelet restarts a native sidecar
     row = await conclude(fc, run, watch, row, t0)
@@ -468,27 +483,38 @@ async def sidecar_sigkill(fc: FaultCluster) -> FaultRow:
 
 async def svid_expiry(fc: FaultCluster) -> FaultRow:
     h, row = fc.h, FaultRow("SVID expires, no renewal")
-    svid_ttl = 3.0
+    svid_ttl = 2.0
     run, watch = await _launch(fc, "svid", ("api-fast", "bao-px-fast"), svid_ttl=svid_ttl, renew_svid=False)
     expires = run.workload_api.current.expires_at.timestamp()
     await _ready(row, watch)
     h.collect(run)
-    values_before = len(run.all_values())
     # after the SVID: at most one more credential lifetime (3 s) until nothing valid is left
     gone = await watch.wait(lambda: not run.credential_files() and not watch.ready, expires - time.time() + 5)
     gone_after = time.time() - expires
     renewed_after = [
-        v for (c, _f), vs in run.values.items() if _provider(c) == "jwt" for v in vs
+        v
+        for (c, _f), vs in run.values.items()
+        if _provider(c) == "jwt"
+        for v in vs
         if h.claims_of(v)["iat"] > expires
     ]
     row.check(not renewed_after, f"{len(renewed_after)} jwt issued after the SVID expired")
     row.check(gone, "files or readiness kept after the credentials expired")
     log = run.sidecar_log()
-    said = next((w for w in ("certificate expired", "expired", "SVID", "identity") if w in log.split("sidecar started", 1)[-1]), None)
+    said = next(
+        (
+            w
+            for w in ("certificate expired", "expired", "SVID", "identity")
+            if w in log.split("sidecar started", 1)[-1]
+        ),
+        None,
+    )
     row.check(said is not None, "the sidecar never said why it could not refresh")
     row.note = (
-        f"{values_before} values before; files and /readyz gone {gone_after:.1f}s after the SVID expired "
-        "(credential expiry, 3 s TTL)"
+        f"files and /readyz gone {gone_after:.1f}s after the SVID expired (3 s credential TTL)"
+        if gone
+        else f"still ready with files {gone_after:.1f}s after the SVID expired; "
+        f"{len(renewed_after)} jwt issued after it"
     )
     t0 = await _complete(h, run)
     return await conclude(fc, run, watch, row, t0)
@@ -500,20 +526,22 @@ async def clock_skew(fc: FaultCluster, skew: int = 30) -> FaultRow:
     Past the TTL every credential looks expired on arrival: never ready is then the right answer,
     but it must not re-issue in a loop."""
     h, row = fc.h, FaultRow(f"sidecar clock {skew} s ahead (1 min TTLs)")
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(SKEW_DIR), os.environ.get("PYTHONPATH")])),
-           "TASKCREDS_TEST_CLOCK_SKEW": str(skew)}
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SKEW_DIR), os.environ.get("PYTHONPATH")])),
+        "TASKCREDS_TEST_CLOCK_SKEW": str(skew),
+    }
     run, watch = await _launch(fc, "skew", ("api", "bao"), env=env)
     if skew < 60:
         await _ready(row, watch, timeout=8)
     else:
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(1.5)
         row.check(not watch.ready_count, "ready with credentials its own clock sees as expired")
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(1.5)
     lease = h.lease(run) or {}
     issued = len((lease.get("status") or {}).get("leases") or [])
     # 1 min credentials: one issue each, a refresh not before ~40 s; a storm is a weakness
-    row.check(issued <= 2 * len(run.credentials), f"{issued} credentials issued in the first ~2 s (refresh storm)")
-    row.note = f"{issued} leases issued in ~2 s for 2 credentials"
+    row.check(issued <= 2 * len(run.credentials), f"{issued} credentials issued in ~1.5 s (refresh storm)")
+    row.note = f"{issued} leases issued in ~1.5 s for 2 credentials"
     t0 = await _complete(h, run)
     return await conclude(fc, run, watch, row, t0)
 
@@ -525,7 +553,9 @@ async def full_tmpfs(fc: FaultCluster) -> FaultRow:
     try:
         proc = subprocess.run(  # noqa: S603, S607, ASYNC221 - fixed arguments, ~1 ms
             ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0755", "tmpfs", str(mount)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode != 0:
             mount.rmdir()
@@ -539,12 +569,21 @@ async def full_tmpfs(fc: FaultCluster) -> FaultRow:
         said = "No space left" in log or "ENOSPC" in log or "cannot write" in log
         row.check(said, "the sidecar did not say the directory is full")
         row.check(not watch.ready_count, "ready with a full directory")
-        row.note = f"sidecar {'exited ' + str(proc_.returncode) if exited else 'up, not ready'}; says why: {said}"
+        state = (
+            f"exited {proc_.returncode}"
+            if exited
+            else ("up and READY" if watch.ready_count else "up, not ready")
+        )
+        row.note = f"sidecar {state}; logged ENOSPC: {said}"
         t0 = await _complete(h, run)
         row = await conclude(fc, run, watch, row, t0)
-        left = sorted(p.name for p in run.credential_files())
+        left = run.credential_files()
         if left:
-            row.note += f"; left in the dir after teardown: {left}"
+            inside = [p for d in left if d.is_dir() for p in d.rglob("*") if p.is_file()]
+            row.note += (
+                f"; left after teardown: {len(left)} generation dir(s) holding {len(inside)} file(s), "
+                f"{sum(p.stat().st_size for p in inside)} bytes (teardown hit ENOSPC)"
+            )
         return row
     finally:
         with contextlib.suppress(Exception):
@@ -611,7 +650,10 @@ async def _main_async(selected: list[str]) -> list[FaultRow]:
                 started = time.monotonic()
                 row = await run_fault(fc, name)
                 rows.append(row)
-                print(f"{name}: {'ok' if row.ok else 'FAILED'} ({time.monotonic() - started:.1f}s)", file=sys.stderr)
+                print(
+                    f"{name}: {'ok' if row.ok else 'FAILED'} ({time.monotonic() - started:.1f}s)",
+                    file=sys.stderr,
+                )
         finally:
             fc.close()
             h.close()

@@ -487,7 +487,10 @@ class Harness:
         socket_dir = Path(tempfile.mkdtemp(prefix="tc-scn-", dir="/tmp"))
         api_cls = WorkloadApiServer if renew_svid else _NonRenewingWorkloadApi
         api = api_cls(
-            self.authority, str(socket_dir / load_config(None).spiffe.socket_file), AGENT_ID, svid_ttl=svid_ttl
+            self.authority,
+            str(socket_dir / load_config(None).spiffe.socket_file),
+            AGENT_ID,
+            svid_ttl=svid_ttl,
         )
         api.start()
         if creds_dir is None:
