@@ -159,7 +159,11 @@ async def _amain(
     lifecycles = _find("taskcreds.operator.lifecycle.TaskLifecycle")
     brokers = _find("taskcreds.operator.broker.server.Broker")
 
-    async def stats() -> Stats:
+    def type_counts() -> dict[str, int]:
+        counts: Counter[str] = Counter(type(o).__qualname__ for o in gc.get_objects())
+        return dict(counts.most_common(40))
+
+    async def stats(deep: bool = False) -> Stats:
         life = lifecycles[0] if lifecycles else None
         broker = brokers[0] if brokers else None
         return {
@@ -175,6 +179,7 @@ async def _amain(
             "review_cache": len(getattr(broker.reviews, "_entries", ()) or ())
             if broker and broker.reviews
             else 0,
+            "types": type_counts() if deep else {},
             "fd_kinds": fd_kinds({**parts.ports, "kube-api": kube_port}),
             "warnings": dict(counter.counts),
             "warning_samples": list(counter.samples),
@@ -186,8 +191,8 @@ async def _amain(
                 command = conn.recv()
             except (EOFError, OSError):
                 command = "stop"
-            if command == "stats":
-                conn.send(asyncio.run_coroutine_threadsafe(stats(), loop).result(30))
+            if command in ("stats", "deep-stats"):
+                conn.send(asyncio.run_coroutine_threadsafe(stats(command == "deep-stats"), loop).result(30))
             else:
                 loop.call_soon_threadsafe(stop.set)
                 return

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import random
 import shutil
 import ssl
@@ -143,6 +144,9 @@ class SoakResult:
     errors: Counter[str] = field(default_factory=Counter)
     refused_after_end: Counter[str] = field(default_factory=Counter)
     error_samples: list[str] = field(default_factory=list)
+    late_renewals: int = 0
+    reissued: int = 0
+    cpu_s: dict[str, float] = field(default_factory=dict)
     samples: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     load_window: tuple[float, float] = (0.0, 0.0)
     before: dict[str, Any] = field(default_factory=dict)
@@ -253,6 +257,12 @@ class SoakResult:
         return [m for m in self.checks().values() if m]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
+    fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     """Nearest-rank percentile (``q`` in 0..1); NaN for no values."""
     if not values:
@@ -297,9 +307,10 @@ class _Operator:
             raise RuntimeError(f"the operator process did not start: {detail}")
         self.ports = detail
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self, deep: bool = False) -> dict[str, Any]:
+        """RSS, fds, threads, loop tasks, per-pod tables; ``deep`` adds object counts by type."""
         async with self._lock:
-            self._conn.send("stats")
+            self._conn.send("deep-stats" if deep else "stats")
             if not await asyncio.to_thread(self._conn.poll, 30):
                 raise RuntimeError("the operator process did not answer 'stats' within 30 s")
             stats = dict(self._conn.recv())
@@ -507,7 +518,7 @@ class _Soak:
         """The simulated sidecar for ``life`` seconds, then the task's end; True when the pod was deleted."""
         from taskcreds.operator.leases import lease_name
         from taskcreds.sidecar.client import BrokerClient
-        from taskcreds.sidecar.errors import BrokerError, TaskTerminal
+        from taskcreds.sidecar.errors import BrokerError, NotFound, TaskTerminal
 
         name, ended = rec.name, asyncio.Event()
         token_file = self.tokens / name
@@ -531,14 +542,30 @@ class _Soak:
             return time.monotonic() + (cred.expires_at - cred.issued_at).total_seconds() * 2 / 3
 
         async def renew_forever(creds: dict[str, tuple[Any, float]]) -> None:
+            expired: set[str] = set()
             while True:
                 cname, (cred, at) = min(creds.items(), key=lambda kv: kv[1][1])
                 await asyncio.sleep(max(0.0, at - time.monotonic()))
                 t = time.monotonic()
                 try:
-                    new = await client.renew(cname, cred.lease_ref)
+                    if cname in expired:  # as the real sidecar: a lease gone at the broker -> issue anew
+                        expired.discard(cname)
+                        self.result.reissued += 1
+                        new = next(c for c in (await client.issue([cname])).credentials if c.name == cname)
+                    else:
+                        new = await client.renew(cname, cred.lease_ref)
                 except TaskTerminal:
                     return
+                except NotFound as exc:
+                    if ended.is_set():
+                        fail("renew", exc)
+                        return
+                    # the lease expired (and the sweep revoked it) before this renewal landed: a late
+                    # renewal, not a broken one; the next round issues anew, as runner.py does
+                    self.result.late_renewals += 1
+                    expired.add(cname)
+                    creds[cname] = (cred, time.monotonic() + 0.1)
+                    continue
                 except BrokerError as exc:
                     fail("renew", exc)
                     if ended.is_set():
@@ -639,7 +666,16 @@ class _Soak:
 
         p = self.p
         await self.start()
-        self.result.before = await self.operator.stats()  # type: ignore[union-attr]
+        # the baseline once kopf's start-up settles: the same task count twice, half a second apart
+        settle, last = time.monotonic() + 15, -1
+        while time.monotonic() < settle:
+            count = (await self.operator.stats())["tasks"]  # type: ignore[union-attr]
+            if count == last:
+                break
+            last = count
+            await asyncio.sleep(0.5)
+        self.result.before = await self.operator.stats(deep=True)  # type: ignore[union-attr]
+        cpu0 = (_cpu_seconds(self.operator.process.pid or 0), _cpu_seconds(os.getpid()))  # type: ignore[union-attr]
         # Little's law: arrivals over A, each living W, A + W = duration, concurrency = pods / A * W
         arrive_over = p.duration / (1 + p.concurrency / p.pods)
         life = p.concurrency * arrive_over / p.pods
@@ -671,7 +707,11 @@ class _Soak:
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
-        self.result.after = await self.operator.stats()  # type: ignore[union-attr]
+        self.result.after = await self.operator.stats(deep=True)  # type: ignore[union-attr]
+        self.result.cpu_s = {
+            "operator": _cpu_seconds(self.operator.process.pid or 0) - cpu0[0],  # type: ignore[union-attr]
+            "driver": _cpu_seconds(os.getpid()) - cpu0[1],
+        }
         left = self.kube.list(names.API_VERSION, names.KIND_TASK_LEASE)
         self.result.leases_left = len(left)
         self.result.leases_not_revoked = sum(
@@ -800,6 +840,12 @@ def markdown(r: SoakResult) -> str:
             "",
         ),
         ("issuance p50 / p99 (new mTLS session)", f"{ms(pct(issues, 0.5))} / {ms(pct(issues, 0.99))}", ""),
+        ("late renewals (lease expired first) / re-issued", f"{r.late_renewals} / {r.reissued}", ""),
+        (
+            "CPU seconds: operator process / driver (API stand-in + sidecars)",
+            f"{r.cpu_s.get('operator', 0):.0f} / {r.cpu_s.get('driver', 0):.0f}",
+            "",
+        ),
         ("renewal p50 / p99", f"{ms(pct(r.renew_s, 0.5))} / {ms(pct(r.renew_s, 0.99))}", ""),
         ("admission (pod create through the webhook) p99", ms(pct(admits, 0.99)), ""),
         ("errors while tasks ran", f"{sum(r.errors.values())} {dict(r.errors) or ''}", f"<= {b.errors}"),
@@ -845,6 +891,15 @@ def markdown(r: SoakResult) -> str:
                 "entries revoked+expired > 5 min are dropped (fe9bb09)",
             )
         )
+    grown = {k: v - (r.before.get("types") or {}).get(k, 0) for k, v in (r.after.get("types") or {}).items()}
+    top = sorted(((v, k) for k, v in grown.items() if v > 0), reverse=True)[:6]
+    rows.append(
+        (
+            "operator objects grown most, by type (after - before)",
+            ", ".join(f"{k} +{v}" for v, k in top) or "none",
+            "",
+        )
+    )
     out = ["| measure | value | bound |", "|---|---|---|"]
     out += [f"| {a} | {v} | {bd} |" for a, v, bd in rows]
     fails = r.failures()
