@@ -159,16 +159,24 @@ def latency(mode: str, directory: str, upstream_port: int, proxy_port: int) -> l
     return out
 
 
-def throughput(args: tuple[str, str, int, int, float]) -> tuple[int, int]:
-    mode, directory, upstream_port, proxy_port, until = args
+def throughput(args: tuple[str, str, int, int, float]) -> tuple[int, int, float]:
+    """Requests and bytes in ``seconds`` on one kept-alive connection, and this client's CPU time."""
+    mode, directory, upstream_port, proxy_port, seconds = args
     conn = Connection(mode, directory, upstream_port, proxy_port)
     for _ in range(20):
         conn.get("/16k")
     n = size = 0
-    while time.time() < until:
+    cpu0, until = time.process_time(), time.perf_counter() + seconds
+    while time.perf_counter() < until:
         size += conn.get("/16k")
         n += 1
-    return n, size
+    return n, size, time.process_time() - cpu0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _start(role: str, *args: str) -> tuple[subprocess.Popen[str], int]:
@@ -216,17 +224,21 @@ def main() -> None:
         )
         ctx = mp.get_context("fork")
         for conns in (1, 4):
-            totals = {"direct": [0, 0], "proxy": [0, 0]}
+            totals = {m: [0, 0, 0.0] for m in ("direct", "proxy")}  # requests, bytes, CPU seconds
             ratios = []
             with ctx.Pool(conns) as pool:
                 for _ in range(SLICES):
                     rate = {}
                     for mode in ("direct", "proxy"):
-                        until = time.time() + THROUGHPUT_SECONDS / SLICES
-                        parts = pool.map(throughput, [(mode, d, upstream_port, proxy_port, until)] * conns)
-                        n, size = sum(p[0] for p in parts), sum(p[1] for p in parts)
+                        servers = (upstream.pid, proxy.pid)
+                        before = sum(cpu_seconds(pid) for pid in servers)
+                        seconds = THROUGHPUT_SECONDS / SLICES
+                        parts = pool.map(throughput, [(mode, d, upstream_port, proxy_port, seconds)] * conns)
+                        n = sum(p[0] for p in parts)
                         totals[mode][0] += n
-                        totals[mode][1] += size
+                        totals[mode][1] += sum(p[1] for p in parts)
+                        totals[mode][2] += sum(p[2] for p in parts)
+                        totals[mode][2] += sum(cpu_seconds(pid) for pid in servers) - before
                         rate[mode] = n
                     ratios.append(rate["proxy"] / rate["direct"])
             result = {
@@ -241,6 +253,19 @@ def main() -> None:
                     f"{ratio:.2f}x (slices {min(ratios):.2f}-{max(ratios):.2f})",
                     ">= 0.5x",
                     ratio >= 0.5,
+                )
+            )
+            # CPU per request over every process (clients, upstream, proxy): what throughput is on a
+            # CPU-bound machine, and unlike req/s hardly moved by other load on a shared one
+            cpu = {m: t[2] / t[0] * 1e6 for m, t in totals.items()}
+            rows.append(
+                (
+                    f"  CPU per request, {conns} conn",
+                    f"{cpu['direct']:.0f} us",
+                    f"{cpu['proxy']:.0f} us",
+                    f"{cpu['direct'] / cpu['proxy']:.2f}x",
+                    ">= 0.5x",
+                    cpu["direct"] / cpu["proxy"] >= 0.5,
                 )
             )
         widths = [max(len(str(r[i])) for r in rows + [HEADER]) for i in range(5)]

@@ -494,6 +494,7 @@ class _Refusal(Exception):
 # bytes join, the response head one split, and the body moves in as few writes as it arrived in.
 
 _UPSTREAM_LIMIT = 256 * 1024  # the largest upstream response head; also the read buffer's size
+_COALESCE = 64 * 1024  # a body up to this size with a Content-Length is relayed in one write
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -1265,6 +1266,13 @@ class EgressProxy:
             writer.write(pending)
             await writer.drain()
             return keep
+        if length is not None and length <= _COALESCE:
+            # small bodies (most API answers) go out with the head in one write: one TLS flight,
+            # one send, one wake-up of the agent; bounded by _COALESCE, so nothing large is held
+            pending += await self._read_exactly(reader, length)
+            writer.write(pending)
+            await writer.drain()
+            return keep
         try:
             async for chunk in self._body_pieces(resp, reader):
                 if chunk_out:
@@ -1284,6 +1292,22 @@ class EgressProxy:
             writer.write(pending)
             await writer.drain()
         return keep
+
+    async def _read_exactly(self, reader: asyncio.StreamReader, n: int) -> bytes:
+        """``n`` body bytes, arriving within ``upstream_read_timeout`` of each other (as a whole:
+        a small body that trickles for that long is a stuck upstream)."""
+        dl = _DEADLINE.get()
+        dl.at = time.monotonic() + self._read_timeout
+        try:
+            return await reader.readexactly(n)
+        except asyncio.CancelledError:
+            if dl.expired():
+                raise _RelayBroken() from None
+            raise
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise _RelayBroken() from exc
+        finally:
+            dl.at = math.inf
 
     async def _body_pieces(self, resp: _Response, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
         """The response body as it arrives (de-chunked), bounded pieces, never the whole body.
