@@ -45,7 +45,7 @@ from taskcreds.svid import X509SvidMaterial
 from tests.kube.fixtures import KubeApi
 from tests.operator.test_broker_harness import NS, SA, TRUST_DOMAIN, source
 from tests.operator.test_broker_scenario import CRDS, KubeHarness
-from tests.spiffe.fixtures import AGENT_ID, BROKER_ID, dev_authority, workload_api  # noqa: F401  (fixtures)
+from tests.spiffe.fixtures import AGENT_ID, BROKER_ID  # dev_authority, workload_api: global fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 SIDECAR = str(REPO / ".venv" / "bin" / "taskcreds-sidecar")
@@ -269,7 +269,7 @@ class SidecarProcess:
 
     def get(self, path: str, *, base: str | None = None, timeout: float = 2.0) -> tuple[int, Any]:
         try:
-            with urllib.request.urlopen((base or self.local) + path, timeout=timeout) as resp:
+            with urllib.request.urlopen((base or self.local) + path, timeout=timeout) as resp:  # noqa: S310 - loopback http
                 body = resp.read()
                 return resp.status, body
         except urllib.error.HTTPError as exc:
@@ -281,7 +281,8 @@ class SidecarProcess:
         except OSError:
             return None
 
-    async def wait_for(self, check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    async def wait_for(self, check: Callable[[], Any], timeout: float = 10.0,  # noqa: ASYNC109 - a poll bound
+                       what: str = "condition") -> Any:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             result = await asyncio.to_thread(check)
@@ -319,7 +320,7 @@ class SidecarProcess:
         finally:
             self.stop()
 
-    async def aterminate(self, timeout: float = 10.0) -> int:
+    async def aterminate(self, timeout: float = 10.0) -> int:  # noqa: ASYNC109 - the wait for exit
         """SIGTERM and wait without blocking the event loop (the broker runs on it)."""
         return await asyncio.to_thread(self.terminate, timeout)
 

@@ -1,5 +1,7 @@
 """Refresh timing and backoff: pure functions, checked over many random draws."""
 
+# ruff: noqa: S311 - seeded generators for reproducible draws; nothing here is cryptographic
+
 from __future__ import annotations
 
 import random
