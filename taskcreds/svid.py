@@ -186,6 +186,24 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | No
         return None
 
 
+def peer_validity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> tuple[datetime, datetime] | None:
+    """(notBefore, notAfter) of the peer's leaf certificate, UTC, or None without one.
+
+    The handshake checks the dates once; a kept-alive connection outlives them. A server that
+    must not serve an expired SVID checks this on every request.
+    """
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return None
+    return cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
 def load_svid(context: ssl.SSLContext, svid: X509SvidMaterial) -> None:
     """(Re)load an SVID's chain, key and bundle into an existing context.
 

@@ -40,6 +40,8 @@ MAX_MESSAGE = 2048
 class BrokerError(Exception):
     status = 500
     code = "internal"
+    #: close the connection after answering (the client must handshake again, e.g. with a new SVID)
+    close_connection = False
 
     def __init__(self, message: str) -> None:
         if len(message) > MAX_MESSAGE:

@@ -36,6 +36,7 @@ from taskcreds.operator.broker.errors import (
     RateLimited,
     TaskTerminal,
     TooLarge,
+    Unauthenticated,
     Unavailable,
 )
 from taskcreds.operator.broker.settings import BrokerSettings
@@ -48,7 +49,14 @@ from taskcreds import names
 from taskcreds.durations import DurationError, parse_duration
 from taskcreds.logs import fields, quiet_http_parser_errors
 from taskcreds.metrics import OperatorMetrics
-from taskcreds.svid import X509SvidMaterial, load_svid, parse_spiffe_id, peer_spiffe_id, server_context
+from taskcreds.svid import (
+    X509SvidMaterial,
+    load_svid,
+    parse_spiffe_id,
+    peer_spiffe_id,
+    peer_validity,
+    server_context,
+)
 
 __all__ = ["make_broker_app", "BrokerServer", "BROKER_KEY", "Broker", "trust_domain_of"]
 
@@ -102,7 +110,17 @@ class Broker:
     async def _caller(self, request: web.Request) -> Caller:
         if not self.ready:
             raise Unavailable("the broker is shutting down; retry against another replica")
-        peer = peer_spiffe_id(request.transport.get_extra_info("ssl_object") if request.transport else None)
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        peer = peer_spiffe_id(ssl_object)
+        window = peer_validity(ssl_object)
+        if window is not None and not window[0] <= self.now() <= window[1]:
+            # the handshake checked the dates; a kept-alive connection can outlive them
+            refused = Unauthenticated(
+                f"the client X.509-SVID is valid from {leases.format_time(window[0])} to "
+                f"{leases.format_time(window[1])}, not now: reconnect with a current SVID"
+            )
+            refused.close_connection = True
+            raise refused
         caller = await authenticate(
             self.cluster, self.template, peer, request.headers.get("Authorization"), self.reviews
         )
@@ -568,6 +586,8 @@ async def _errors(
                 extra=fields(endpoint=_endpoint(request), code=exc.code, message=exc.message),
             )
         response = web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+        if exc.close_connection:
+            response.force_close()
     except web.HTTPException as exc:
         code = {404: "not_found", 405: "bad_request", 413: "too_large"}.get(exc.status, "bad_request")
         response = web.json_response({"error": {"code": code, "message": exc.reason}}, status=exc.status)

@@ -17,10 +17,6 @@ from tests.scenarios.harness import Harness
 
 #: faults that show a real weakness in the product, not fixable in tests/scenarios (see the README)
 KNOWN: dict[str, str] = {
-    "svid-expiry": (
-        "the broker checks the client SVID only in the TLS handshake (taskcreds/svid.py peer_spiffe_id, "
-        "operator/broker/server.py:105): the sidecar's keep-alive connection keeps renewing after the SVID expired"
-    ),
     "clock-skew-90s": (
         "the sidecar compares the broker's absolute expiresAt with its own clock (sidecar/runner.py "
         "_sleep_until_or_expiry/_refresh_loop): 90 s ahead, every 1 min credential is dropped on arrival and "

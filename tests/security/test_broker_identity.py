@@ -8,6 +8,7 @@ control request that differs only in the one thing under test and succeeds.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -189,3 +190,26 @@ async def test_token_of_another_pod_of_the_same_account_is_about_that_pod_only(h
             assert "is not the task of pod team-a/agent-1" in reply.doc["error"]["message"]
         else:  # the token's pod is the victim: same answer the victim's own sidecar would get
             assert reply.status == 200 and all(c["name"] == "api" for c in reply.doc["credentials"])
+
+
+async def test_svid_expiring_on_a_kept_alive_connection_is_refused(harness: Harness) -> None:
+    """The handshake checks the dates once: a connection kept alive past notAfter must not carry on.
+
+    Found by the fault matrix (tests/scenarios/faults.py, "SVID expiry without renewal"): a sidecar
+    whose SVID was no longer renewed kept getting credentials over its open connection.
+    """
+    pod = harness.add_pod("agent-1")
+    short = harness.authority.mint_x509_svid(spiffe_id(), ttl=2.0)
+    agent = harness.agent(pod, svid=short)
+    first = await harness.issue(agent)
+    assert first.status == 200, first.doc
+    not_after = x509.load_der_x509_certificate(short.leaf_der).not_valid_after_utc
+    await asyncio.sleep(max(0.0, (not_after - datetime.now(UTC)).total_seconds()) + 1.2)
+    late = await harness.issue(agent)  # same session: the kept-alive connection
+    assert (late.status, late.code) == (401, "unauthenticated"), late.doc
+    assert "reconnect with a current SVID" in late.doc["error"]["message"]
+    assert late.headers.get("Connection", "").lower() == "close"
+    with pytest.raises(aiohttp.ClientError):  # a new connection: the handshake refuses the SVID
+        await harness.issue(agent)
+    fresh = await harness.issue(harness.agent(pod))  # the control: a current SVID
+    assert fresh.status == 200, fresh.doc
