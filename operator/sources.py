@@ -239,7 +239,9 @@ def _proxy_header(where: str, header: Any, files: tuple[str, ...]) -> str:
             f"{field_name} {header!r} must look like 'Name: value with {{token}}' on one line"
         )
     if name.lower() in _MANAGED_HEADERS:
-        raise SourceError(f"{field_name}: header {name!r} is managed by the proxy and cannot carry a credential")
+        raise SourceError(
+            f"{field_name}: header {name!r} is managed by the proxy and cannot carry a credential"
+        )
     placeholders: list[str] = []
     try:
         for _literal, placeholder, spec, conversion in string.Formatter().parse(template):
@@ -292,7 +294,9 @@ def parse_proxy(
             f"{where}: spec.proxy.hosts is required: a non-empty list of host names or '*.suffix' patterns"
         )
     if len(hosts_raw) > MAX_PROXY_HOSTS:
-        raise SourceError(f"{where}: spec.proxy.hosts lists {len(hosts_raw)} hosts; at most {MAX_PROXY_HOSTS}")
+        raise SourceError(
+            f"{where}: spec.proxy.hosts lists {len(hosts_raw)} hosts; at most {MAX_PROXY_HOSTS}"
+        )
     hosts: list[str] = []
     for index, item in enumerate(hosts_raw):
         host = _proxy_host(where, index, item)

@@ -29,7 +29,9 @@ class ProviderError(Exception):
 class NotRevocable(ProviderError):
     """The credential cannot be revoked at its source (static secrets); said, never hidden."""
 
-    def __init__(self, provider: str, message: str = "static credential: cannot be revoked at its source") -> None:
+    def __init__(
+        self, provider: str, message: str = "static credential: cannot be revoked at its source"
+    ) -> None:
         super().__init__(provider, message, retryable=False)
 
 
@@ -61,7 +63,8 @@ class Issued:
 
     def __repr__(self) -> str:  # never print values, even by accident
         return (f"Issued(lease_ref={self.lease_ref!r}, files={sorted(self.files)}, "
-                f"expires_at={self.expires_at.isoformat()}, renewable={self.renewable}, static={self.static})")
+                f"expires_at={self.expires_at.isoformat()}, renewable={self.renewable}, "
+                f"static={self.static})")
 
 
 @runtime_checkable

@@ -209,7 +209,8 @@ class JwtProvider:
             for entry in (lease.get("status") or {}).get("leases") or []:
                 ref = str(entry.get("leaseRef") or "")
                 parts = ref.split(":")
-                if entry.get("provider") == _NAME and entry.get("revokedAt") and len(parts) == 3 and parts[2].isdigit():
+                revoked = entry.get("provider") == _NAME and entry.get("revokedAt")
+                if revoked and len(parts) == 3 and parts[2].isdigit():
                     self._revoked.setdefault(parts[1], float(parts[2]))
         self._prune()
 
