@@ -330,36 +330,8 @@ class _Operator:
         self._conn.close()
 
 
-def _without_transition_rules(node: Any) -> Any:
-    """The CRD with CEL rules that use ``oldSelf`` dropped.
-
-    Why: the API stand-in's CEL support (tests/kube/cel.py, in progress when this was written) has no
-    ``oldSelf`` and fails every TaskLease update on ``spec: self == oldSelf``; a real API server
-    passes that rule for every write the operator makes (it never changes a spec). Rules without
-    ``oldSelf`` are kept and checked.
-    """
-    if isinstance(node, dict):
-        out = {k: _without_transition_rules(v) for k, v in node.items()}
-        rules = out.get("x-kubernetes-validations")
-        if isinstance(rules, list):
-            kept = [r for r in rules if "oldSelf" not in str(r.get("rule", ""))]
-            if kept:
-                out["x-kubernetes-validations"] = kept
-            else:
-                del out["x-kubernetes-validations"]
-        return out
-    if isinstance(node, list):
-        return [_without_transition_rules(v) for v in node]
-    return node
-
-
 def _setup_cluster(kube: KubeApi) -> None:
-    import yaml
-
-    for path in sorted(CRDS.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                kube.register_crd(_without_transition_rules(doc))
+    kube.register_crds_from(CRDS)
     for ns in (OPERATOR_NS, NS):
         kube.ensure_namespace(ns)
     kube.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SA, "namespace": NS}})
