@@ -84,6 +84,7 @@ class TaskStatusHub:
     def __init__(self, *, now: Callable[[], datetime] = _utcnow) -> None:
         self._now = now
         self._entries: dict[str, _Entry] = {}
+        self._forgetting: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -111,10 +112,15 @@ class TaskStatusHub:
         if not uid:
             return None
         state = self._set(uid, state_of(pod, now=self._now(), deleted=deleted))
-        if deleted:
+        if deleted and uid not in self._forgetting:  # one timer per pod, however many delete events
             with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule
-                asyncio.get_running_loop().call_later(FORGET_AFTER, self._entries.pop, uid, None)
+                asyncio.get_running_loop().call_later(FORGET_AFTER, self._forget, uid)
+                self._forgetting.add(uid)
         return state
+
+    def _forget(self, uid: str) -> None:
+        self._entries.pop(uid, None)
+        self._forgetting.discard(uid)
 
     def end(self, uid: str, reason: str, *, task: str | None = None) -> TaskState:
         """Record that the task has ended (a revoke): final, whatever the pod says later."""

@@ -71,6 +71,11 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: rate buckets are pruned of full (idle) ones this often, so they follow the live pods
+_PRUNE_EVERY = 60.0
+_MAX_BUCKETS = 50_000
+
+
 class _TokenBucket:
     __slots__ = ("tokens", "stamp")
 
@@ -101,6 +106,8 @@ class Broker:
         self.template = SpiffeIdTemplate(settings.spiffe_id_template, trust_domain)
         self.now = now
         self._buckets: dict[str, _TokenBucket] = {}
+        self.monotonic: Callable[[], float] = time.monotonic  # the rate limiter's clock (tests move it)
+        self._buckets_pruned = self.monotonic()
         self.reviews = (
             ReviewCache(settings.review_cache_seconds) if settings.review_cache_seconds > 0 else None
         )
@@ -127,12 +134,20 @@ class Broker:
         self._rate_limit(caller.pod_uid)
         return caller
 
+    def _prune_buckets(self, now: float) -> None:
+        """Forget buckets that have refilled: a full bucket is the same as a new one (ended pods go)."""
+        refill = self.settings.rate_burst / max(self.settings.rate_per_second, 1e-6)
+        self._buckets = {k: b for k, b in self._buckets.items() if now - b.stamp < refill}
+        if len(self._buckets) > _MAX_BUCKETS:  # a flood of distinct pods within one refill time
+            self._buckets.clear()
+        self._buckets_pruned = now
+
     def _rate_limit(self, key: str) -> None:
-        now = time.monotonic()
+        now = self.monotonic()
         bucket = self._buckets.get(key)
         if bucket is None:
-            if len(self._buckets) > 50_000:  # forget idle pods rather than grow without bound
-                self._buckets.clear()
+            if now - self._buckets_pruned > _PRUNE_EVERY or len(self._buckets) > _MAX_BUCKETS:
+                self._prune_buckets(now)
             bucket = self._buckets[key] = _TokenBucket(self.settings.rate_burst, now)
         bucket.tokens = min(
             float(self.settings.rate_burst),

@@ -565,3 +565,29 @@ async def test_proxy_source_answers_carry_the_proxy_block_and_no_value_in_it(
     )
     assert renewed.status == 200, renewed.doc
     assert renewed.doc["delivery"] == "proxy" and renewed.doc["proxy"] == expected
+
+
+def test_rate_buckets_follow_the_live_pods(harness: Harness) -> None:
+    """Ended pods' buckets are forgotten once refilled (the soak saw one per pod ever seen, kept)."""
+    from taskcreds.operator.broker.errors import RateLimited
+    from taskcreds.operator.broker.server import BROKER_KEY
+
+    broker = harness.app[BROKER_KEY]
+    clock = [1000.0]
+    broker.monotonic = lambda: clock[0]
+    broker._buckets_pruned = clock[0]
+    for i in range(300):  # 300 pods, a request each
+        broker._rate_limit(f"uid-{i}")
+    assert len(broker._buckets) == 300
+    clock[0] += 61.0  # past the prune interval and a full refill (burst 20 at 5/s: 4 s)
+    broker._rate_limit("uid-live")
+    assert set(broker._buckets) == {"uid-live"}
+    clock[0] += 59.0
+    for _ in range(20):  # a pod spends its whole burst just before the next prune
+        broker._rate_limit("uid-busy")
+    clock[0] += 2.0
+    broker._rate_limit("uid-new")  # prunes: uid-busy has not refilled (2 s of 4), it keeps its limit
+    assert set(broker._buckets) == {"uid-busy", "uid-new"}
+    with pytest.raises(RateLimited):
+        for _ in range(20):
+            broker._rate_limit("uid-busy")
