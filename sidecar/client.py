@@ -77,7 +77,8 @@ class IssuedCredential:
         if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
             raise ValueError("credential 'files' must map file names to strings")
         return cls(
-            name=str(doc["name"]), provider=str(doc.get("provider", "")), lease_ref=str(doc.get("leaseRef", "")),
+            name=str(doc["name"]), provider=str(doc.get("provider", "")),
+            lease_ref=str(doc.get("leaseRef", "")),
             issued_at=parse_time(doc["issuedAt"]), expires_at=parse_time(doc["expiresAt"]),
             renewable=bool(doc.get("renewable", False)), static=bool(doc.get("static", False)),
             delivery=str(doc.get("delivery") or "file"), files=dict(files),
@@ -113,7 +114,8 @@ class _BrokerConnector(aiohttp.TCPConnector):
         super().__init__(**kwargs)
         self._expected_id = expected_id
 
-    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+    # aiohttp's own signature: the timeout is aiohttp's, applied by it
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
         proto = await super()._create_connection(req, traces, timeout)
         transport = proto.transport
         peer = peer_spiffe_id(transport.get_extra_info("ssl_object") if transport else None)
@@ -171,7 +173,8 @@ class BrokerClient:
         except (KeyError, TypeError, ValueError) as exc:
             raise BrokerUnavailable(f"the broker's renew answer for {name!r} is malformed: {exc}") from None
 
-    async def revoke_task(self, reason: str, *, timeout: float | None = None) -> list[str]:
+    # the timeout is aiohttp's per-request ClientTimeout (the session's default otherwise)
+    async def revoke_task(self, reason: str, *, timeout: float | None = None) -> list[str]:  # noqa: ASYNC109
         """``POST /v1/tasks/{task}/revoke``: every credential of the task, now. Idempotent."""
         doc = await self._call("POST", f"/v1/tasks/{quote(self.task, safe='')}/revoke",
                                {"reason": reason[:64]}, timeout=timeout)
@@ -238,8 +241,10 @@ class BrokerClient:
                     self._retired.remove(entry)
                     await session.close()
 
+    # the timeout is aiohttp's per-request ClientTimeout (wait_status needs a longer one)
     async def _call(self, method: str, path: str, body: dict[str, Any] | None, *,
-                    params: dict[str, str] | None = None, timeout: float | None = None) -> dict[str, Any]:
+                    params: dict[str, str] | None = None,
+                    timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
         token = self._read_token()
         session = await self._current_session()
         self._inflight[session] = self._inflight.get(session, 0) + 1

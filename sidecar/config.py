@@ -116,7 +116,8 @@ def from_env(env: Mapping[str, str]) -> SidecarConfig:
             continue
         if not CREDENTIAL_NAME.match(name) or name in RESERVED_NAMES:
             raise ConfigError(f"{names.ENV_CREDENTIALS}: {name!r} is not a CredentialSource name: expected "
-                              "lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")
+                              "lowercase letters, digits, '-' and '.', starting and ending with a letter or "
+                              "digit")
         if name not in credentials:
             credentials.append(name)
     if not credentials:
@@ -169,7 +170,8 @@ def from_env(env: Mapping[str, str]) -> SidecarConfig:
         ttl=ttl,
         max_duration=max_duration,
         pod_name=_need(env, names.ENV_POD_NAME, "the pod's name (downward API metadata.name)"),
-        pod_namespace=_need(env, names.ENV_POD_NAMESPACE, "the pod's namespace (downward API metadata.namespace)"),
+        pod_namespace=_need(env, names.ENV_POD_NAMESPACE,
+                            "the pod's namespace (downward API metadata.namespace)"),
         pod_uid=env.get(names.ENV_POD_UID, "").strip() or None,
         broker_url=broker_url,
         broker_spiffe_id=broker_id,

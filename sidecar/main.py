@@ -3,7 +3,8 @@
 Exit codes: 0 after SIGTERM/SIGINT (credentials torn down), 2 for a bad environment variable,
 1 when the credential directory is unusable (not tmpfs/ramfs, planted entries) or a listener
 cannot bind. The egress proxy (``TASKCREDS_LISTEN_PROXY``) starts later, once the broker's first
-answer names a proxy-delivered credential; if it cannot bind, ``/readyz`` stays 503 saying why. Every refusal is one line on stderr, never a traceback.
+answer names a proxy-delivered credential; if it cannot bind, ``/readyz`` stays 503 saying why.
+Every refusal is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ async def run(config: SidecarConfig, writer: CredentialWriter) -> int:
         return _fail(1, f"cannot listen ({config.listen_local[0]}:{config.listen_local[1]}, "
                         f"{config.listen_probe[0]}:{config.listen_probe[1]}): {exc.strerror or exc}")
     _log.info("sidecar started", extra=fields(
-        task=config.task, pod=f"{config.pod_namespace}/{config.pod_name}", credentials=list(config.credentials),
+        task=config.task, pod=f"{config.pod_namespace}/{config.pod_name}",
+        credentials=list(config.credentials),
         local_port=servers.local_port, probe_port=servers.probe_port, dir=config.dir))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -35,8 +35,8 @@ _PEM_MAX = 16384
 # (hundreds of MB/s) instead of trying every position. Every pattern has a bounded length: the
 # stream's window depends on it.
 TOKEN_SHAPES: dict[str, str] = {
-    "private-key": r"-----BEGIN[A-Z0-9 ]{0,40} PRIVATE KEY-----[\s\S]{0,%d}?-----END[A-Z0-9 ]{0,40} PRIVATE KEY-----"
-                   % _PEM_MAX,
+    "private-key": rf"-----BEGIN[A-Z0-9 ]{{0,40}} PRIVATE KEY-----[\s\S]{{0,{_PEM_MAX}}}?"
+                   r"-----END[A-Z0-9 ]{0,40} PRIVATE KEY-----",
     "github-token": r"(?:gh[pousr]_(?<![A-Za-z0-9_]..._)[A-Za-z0-9]{30,251}"
                     r"|github_pat_(?<![A-Za-z0-9_]github_pat_)[A-Za-z0-9_]{22,244})",
     "aws-access-key-id": r"A[KS]IA(?<![A-Za-z0-9]....)[A-Z0-9]{16}(?![A-Za-z0-9])",
@@ -134,7 +134,8 @@ class _Compiled:
             found = kept
         return found
 
-    def replace(self, text: str, counts: Counter[str], start: int = 0, cut: int | None = None) -> tuple[str, int]:
+    def replace(self, text: str, counts: Counter[str], start: int = 0,
+                cut: int | None = None) -> tuple[str, int]:
         """Redact matches starting in ``[start, cut)``; returns (output, index where output stops).
 
         Text before ``start`` is context only (look-behinds see it) and is not part of the output.
