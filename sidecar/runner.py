@@ -34,7 +34,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,12 +65,13 @@ __all__ = ["Runner", "IdentityLike", "ProxyDelivery", "CredentialStoreView", "eg
 _log = logging.getLogger("taskcreds.sidecar")
 _POLICY_BASE = 5.0  # seconds: first retry after a policy denial (it will not change soon)
 _NO_RETRY_DELAY = 60.0  # seconds: 400/413 will not change on retry; try again rarely
+_WRITE_MAX_DELAY = 30.0  # seconds: a full emptyDir rarely frees itself; retry, but not often
 
 
 class IdentityLike(Protocol):
     """The identity source as the runner uses it (taskcreds.sidecar.identity.IdentitySource)."""
 
-    async def start(self, timeout: float) -> Any: ...
+    async def start(self, timeout: float) -> Any: ...  # noqa: ASYNC109 - IdentitySource.start's own signature
 
     @property
     def current(self) -> Any: ...
@@ -117,8 +118,8 @@ def route_for(cred: IssuedCredential) -> ProxyRoute:
 class CredentialStoreView:
     """The runner's credential store as the proxy reads it (taskcreds.sidecar.proxy.CredentialView).
 
-    Only proxy-delivered credentials are attached; an expired one reads as absent (the proxy answers
-    503 until its replacement arrives).
+    Only proxy-delivered credentials are attached; an expired one (by the runner's monotonic count,
+    not the wall clock) reads as absent (the proxy answers 503 until its replacement arrives).
     """
 
     def __init__(self, runner: Runner) -> None:
@@ -126,7 +127,7 @@ class CredentialStoreView:
 
     def value(self, credential: str, file: str = "token") -> str | None:
         cred = self._runner.credentials.get(credential)
-        if cred is None or cred.delivery != "proxy" or cred.expires_at <= self._runner.now():
+        if cred is None or cred.delivery != "proxy" or self._runner.expires_in(credential) <= 0:
             return None
         return cred.files.get(file)
 
@@ -224,23 +225,54 @@ class Runner:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._deadline: float | None = None
         self._identity_ready = False
+        # clock: the broker's minus ours (schedule.broker_offset); per credential, when to refresh and
+        # when it expires on the monotonic clock, counted from its answer's arrival
+        self._offset = 0.0
+        self._due: dict[str, tuple[float, float]] = {}  # name -> (refresh at, expires at), monotonic
+        # disk: the names in the last set written, and why the last write failed (None: it did not)
+        self._on_disk: set[str] = set()
+        self._write_error: str | None = None
+        self._write_attempt = 0
+        self._write_retry: asyncio.TimerHandle | None = None
         self._log_fields = {"task": config.task, "pod": f"{config.pod_namespace}/{config.pod_name}"}
 
     # --- public ----------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """For /readyz: ready once every requested credential is on disk and not torn down."""
-        missing = [n for n in self.config.credentials if n not in self.credentials]
+        """For /readyz: ready once every requested credential is on disk and not torn down.
+
+        On disk means written: the last write succeeded and it held exactly the credentials held now
+        (a credential in memory whose write failed, e.g. ENOSPC, is not ready).
+        """
         if self.torn_down:
             return False, {"tornDown": True, "reason": self.end_reason}
+        missing = [n for n in self.config.credentials if n not in self.credentials]
+        written = self._write_error is None and self._on_disk == set(self.credentials)
+        disk: dict[str, Any] = {}
+        if not written:
+            disk["notWritten"] = sorted(set(self.credentials) - self._on_disk)
+            if self._write_error:
+                disk["writeError"] = self._write_error
         proxied = sorted(n for n, c in self.credentials.items() if c.delivery == "proxy")
         if not proxied:
-            return not missing, {"missing": missing}
+            return not missing and written, {"missing": missing, **disk}
         listening = self.proxy is not None and self.proxy.listening
-        details: dict[str, Any] = {"missing": missing, "proxy": {
+        details: dict[str, Any] = {"missing": missing, **disk, "proxy": {
             "listening": listening, "credentials": proxied,
             **({"port": self.proxy.port} if self.proxy is not None and listening else {}),
             **({"error": self._proxy_error} if self._proxy_error and not listening else {})}}
-        return not missing and listening, details
+        return not missing and written and listening, details
+
+    def expires_in(self, name: str) -> float:
+        """Seconds until credential ``name`` expires (0 or less: expired), on the monotonic clock.
+
+        Counted from its answer's arrival with the broker's own times, so a sidecar whose wall clock
+        is off by minutes keeps and refreshes credentials exactly like one whose clock is right.
+        """
+        due = self._due.get(name)
+        if due is not None:
+            return due[1] - time.monotonic()
+        cred = self.credentials.get(name)  # placed in the store without an answer (tests): wall clock
+        return (cred.expires_at - self.now()).total_seconds() if cred is not None else 0.0
 
     def end(self, reason: str, *, broker_knows: bool = False) -> None:
         """Ask for teardown (idempotent: the first reason wins).
@@ -282,6 +314,8 @@ class Runner:
         await self._cancel_all()
         self.end_reason = reason
         self.torn_down = True
+        if self._write_retry is not None:
+            self._write_retry.cancel()
         self.credentials.clear()  # proxy values live only here: drop them (the proxy answers 403 now)
         try:
             await teardown(reason, writer=self.writer, metrics=self.metrics, task=self.config.task,
@@ -336,8 +370,8 @@ class Runner:
             await asyncio.Event().wait()
         self._identity_ready = True
         self.on_svid_update()
-        _log.info("SPIFFE identity ready", extra=fields(**self._log_fields,
-                                                         spiffe_id=getattr(self.identity.current, "spiffe_id", None)))
+        _log.info("SPIFFE identity ready", extra=fields(
+            **self._log_fields, spiffe_id=getattr(self.identity.current, "spiffe_id", None)))
         self._spawn(self._watch_broker())
         await self._initial_issue()
         for name in self.config.credentials:
@@ -346,6 +380,7 @@ class Runner:
     async def _initial_issue(self) -> None:
         attempt = 0
         while True:
+            sent = time.monotonic()
             try:
                 result = await self.client.issue(list(self.config.credentials), self.config.ttl)
             except BrokerError as exc:
@@ -357,10 +392,10 @@ class Runner:
                 self._record_failure(self.config.credentials, exc, attempt, delay)
                 await asyncio.sleep(delay)
                 continue
+            for cred in result.credentials:
+                self._accept(cred, "issued", sent=sent)
             if result.deadline is not None:
                 self._tighten_deadline(result.deadline.timestamp())
-            for cred in result.credentials:
-                self._accept(cred, "issued")
             await self._ensure_proxy()
             self._publish()
             if result.task_status in names.TERMINAL_STATUSES:
@@ -371,10 +406,11 @@ class Runner:
         attempt = 0
         while True:
             cred = self.credentials.get(name)
-            if cred is not None and attempt == 0:
-                at = schedule.next_refresh_at(cred.issued_at, cred.expires_at, self.now(), self.rng)
-                await self._sleep_until_or_expiry(name, (at - self.now()).total_seconds())
+            due = self._due.get(name)
+            if cred is not None and due is not None and attempt == 0:
+                await self._sleep_until_or_expiry(name, due[0] - time.monotonic())
                 cred = self.credentials.get(name)
+            sent = time.monotonic()
             try:
                 if cred is not None and cred.lease_ref:
                     new = await self.client.renew(name, cred.lease_ref, self.config.ttl)
@@ -388,13 +424,15 @@ class Runner:
                 error = exc if isinstance(exc, BrokerError) else BrokerError(
                     f"the broker's answer did not include credential {name!r}")
                 attempt += 1
-                remaining = (cred.expires_at - self.now()).total_seconds() if cred else None
+                remaining = self.expires_in(name) if cred else None
                 delay = self._delay_after(error, attempt, remaining)
                 self._record_failure((name,), error, attempt, delay)
                 await self._sleep_until_or_expiry(name, delay)
                 continue
             attempt = 0
-            self._accept(new, "refreshed")
+            # a renewal that extended the same lease keeps its first issuedAt: not a fresh issue
+            fresh = cred is None or (new.lease_ref, new.issued_at) != (cred.lease_ref, cred.issued_at)
+            self._accept(new, "refreshed", sent=sent, fresh=fresh)
             await self._ensure_proxy()
             self._publish()
 
@@ -403,8 +441,7 @@ class Runner:
         deadline = time.monotonic() + max(0.0, seconds)
         while True:
             remaining = deadline - time.monotonic()
-            cred = self.credentials.get(name)
-            expires_in = (cred.expires_at - self.now()).total_seconds() if cred else None
+            expires_in = self.expires_in(name) if name in self.credentials else None
             if expires_in is not None and expires_in <= 0:
                 self._expire(name)
                 continue
@@ -414,6 +451,7 @@ class Runner:
 
     def _expire(self, name: str) -> None:
         cred = self.credentials.pop(name, None)
+        self._due.pop(name, None)
         if cred is None:
             return
         with contextlib.suppress(KeyError):
@@ -453,7 +491,8 @@ class Runner:
         while True:
             status = await asyncio.to_thread(read_task_status, self.config.podinfo_dir)
             if status in names.TERMINAL_STATUSES:
-                _log.info("downward API shows the task ended", extra=fields(**self._log_fields, status=status))
+                _log.info("downward API shows the task ended",
+                          extra=fields(**self._log_fields, status=status))
                 self.end(status)
                 return
             await asyncio.sleep(self.podinfo_interval)
@@ -510,7 +549,9 @@ class Runner:
         self._publish()
 
     # --- helpers ---------------------------------------------------------------------------------
-    def _tighten_deadline(self, at: float) -> None:
+    def _tighten_deadline(self, broker_at: float) -> None:
+        """The broker's deadline (its clock, Unix time) on ours: the clocks may disagree by minutes."""
+        at = broker_at - self._offset
         if self._deadline is None or at < self._deadline:
             self._deadline = at
 
@@ -533,11 +574,22 @@ class Runner:
             **self._log_fields, credentials=list(credentials), code=exc.code, attempt=attempt,
             retry_in=round(delay, 2), error=str(exc)))
 
-    def _accept(self, cred: IssuedCredential, what: str) -> None:
+    def _accept(self, cred: IssuedCredential, what: str, *, sent: float, fresh: bool = True) -> None:
+        """Take one credential from an answer to a call made at ``sent`` (monotonic) into the store."""
         if cred.name not in self.config.credentials:
             _log.warning("broker sent a credential that was not asked for; ignored",
                          extra=fields(**self._log_fields, credential=cred.name))
             return
+        received, local_now = time.monotonic(), self.now()
+        offset = schedule.broker_offset(self._offset, cred.issued_at, local_now, fresh=fresh,
+                                        round_trip=received - sent)
+        if abs(offset - self._offset) > 2 * schedule.TIME_RESOLUTION:
+            _log.warning("this node's clock disagrees with the broker's; timing credentials by the broker's",
+                         extra=fields(**self._log_fields, broker_minus_local_seconds=round(offset, 1)))
+        self._offset = offset
+        broker_now = local_now + timedelta(seconds=offset)
+        due = schedule.timing(cred.issued_at, cred.expires_at, broker_now, self.rng)
+        self._due[cred.name] = (received + due.refresh_in, received + due.expires_in)
         # known to the redactor before it is visible on disk
         self.redactor.add_files(cred.name, dict(cred.files))
         self.credentials[cred.name] = cred
@@ -548,9 +600,17 @@ class Runner:
             expires_at=cred.expires_at.isoformat(), files=sorted(cred.files)))
 
     def _publish(self) -> None:
-        """Write the current set (file deliveries) atomically and update readiness."""
+        """Write the current set (file deliveries) atomically and update readiness.
+
+        A failed write (ENOSPC on a too-small emptyDir, ...) leaves the sidecar not ready, is logged
+        with its cause, counted as ``sidecar_refresh_total{result="write_failure"}`` per credential,
+        and retried with backoff (never a busy loop); the writer has removed its partial set already.
+        """
         if self.torn_down:
             return
+        if self._write_retry is not None:
+            self._write_retry.cancel()
+            self._write_retry = None
         files = [CredentialFiles(c.name, c.provider, c.expires_at, c.files) if c.delivery == "file" else
                  CredentialFiles(c.name, c.provider, c.expires_at, {}, delivery=c.delivery,
                                  hosts=tuple(str(h) for h in (c.proxy or {}).get("hosts") or ()))
@@ -558,13 +618,34 @@ class Runner:
         try:
             self.writer.write(files)
         except (OSError, WriterError) as exc:
-            _log.error("cannot write credentials", extra=fields(
-                **self._log_fields, error=f"{type(exc).__name__}: {exc}"))
-            self.metrics.ready.set(0)
+            self._write_failed(files, exc)
             return
+        self._on_disk = {f.name for f in files}
+        if self._write_error is not None:
+            _log.info("credentials written after earlier failures", extra=fields(
+                **self._log_fields, attempts=self._write_attempt + 1))
+        self._write_error, self._write_attempt = None, 0
         asyncio.get_running_loop().call_later(self.writer.grace + 0.05, self._collect)
         ready, _ = self.readiness()
         self.metrics.ready.set(1 if ready else 0)
+
+    def _write_failed(self, files: Sequence[CredentialFiles], exc: Exception) -> None:
+        self._write_attempt += 1
+        cause = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}" if isinstance(exc, OSError) \
+            else f"{type(exc).__name__}: {exc}"
+        self._write_error = cause
+        self.metrics.ready.set(0)
+        for f in files:
+            self.metrics.refresh.labels(credential=f.name, result="write_failure").inc()
+        delay = schedule.backoff(self._write_attempt, self.rng, max_delay=_WRITE_MAX_DELAY)
+        _log.error("cannot write credentials; not ready", extra=fields(
+            **self._log_fields, dir=self.config.dir, error=cause, attempt=self._write_attempt,
+            retry_in=round(delay, 2), credentials=[f.name for f in files]))
+        self._write_retry = asyncio.get_running_loop().call_later(delay, self._retry_write)
+
+    def _retry_write(self) -> None:
+        self._write_retry = None
+        self._publish()
 
     def _collect(self) -> None:
         if not self.torn_down:

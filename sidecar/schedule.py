@@ -16,10 +16,12 @@ loop). The ceiling depends on what is at stake (:func:`retry_cap`):
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-__all__ = ["next_refresh_at", "backoff", "retry_cap", "MIN_DELAY", "MAX_DELAY", "BASE_DELAY",
-           "RECOVERY_MAX_DELAY", "STATUS_MAX_DELAY", "REFRESH_FRACTION", "JITTER_FRACTION"]
+__all__ = ["next_refresh_at", "timing", "Timing", "broker_offset", "backoff", "retry_cap", "MIN_DELAY",
+           "MAX_DELAY", "BASE_DELAY", "RECOVERY_MAX_DELAY", "STATUS_MAX_DELAY", "REFRESH_FRACTION",
+           "JITTER_FRACTION", "TIME_RESOLUTION"]
 
 REFRESH_FRACTION = 2 / 3
 JITTER_FRACTION = 0.10
@@ -47,6 +49,55 @@ def next_refresh_at(issued_at: datetime, expires_at: datetime, now: datetime, rn
     target = issued_at + lifetime * REFRESH_FRACTION + jitter
     latest = expires_at - min(lifetime * SAFETY_FRACTION, SAFETY_MAX)
     return max(now, min(target, latest))
+
+
+TIME_RESOLUTION = 1.0
+"""The broker writes times in whole seconds (docs/broker-api.md): ``issuedAt`` may be up to this much
+before the moment it stands for."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """When to refresh and when the credential expires, in seconds after its answer arrived.
+
+    Counted on the monotonic clock from the answer's arrival, so the sidecar's own wall clock (which
+    may be minutes off the broker's) plays no part.
+    """
+
+    refresh_in: float
+    expires_in: float
+
+
+def timing(issued_at: datetime, expires_at: datetime, broker_now: datetime, rng: random.Random) -> Timing:
+    """The refresh rule of :func:`next_refresh_at`, as delays from ``broker_now``.
+
+    ``issued_at``, ``expires_at`` and ``broker_now`` are all on the broker's clock: ``broker_now`` is
+    its time when the answer arrived (:func:`broker_offset`; ``issued_at`` for a fresh credential).
+    A renewal that extends the same lease keeps its first ``issued_at``, which is why the lifetime
+    alone is not enough: what is left is ``expires_at - broker_now``.
+    """
+    at = next_refresh_at(issued_at, expires_at, broker_now, rng)
+    return Timing(refresh_in=(at - broker_now).total_seconds(),
+                  expires_in=(expires_at - broker_now).total_seconds())
+
+
+def broker_offset(previous: float, issued_at: datetime, local_now: datetime, *, fresh: bool,
+                  round_trip: float) -> float:
+    """The broker's clock minus the sidecar's, in seconds, narrowed by one answer.
+
+    Starts from ``previous`` (0: trust the local clock until an answer proves it wrong) and moves it
+    only as far as the answer forces: the broker wrote ``issued_at`` before the answer arrived at
+    ``local_now``, so the offset is at least ``issued_at - local_now``; a ``fresh`` credential (issued
+    during this call, not an extension of an earlier lease) was issued at most ``round_trip`` seconds
+    ago, plus the whole-second rounding, which bounds it from above. A synchronised clock is left
+    alone (offset 0, the exact expiry); a skewed one is corrected to within ``TIME_RESOLUTION`` plus
+    the round trip, erring towards a shorter lifetime when the sidecar's clock is ahead.
+    """
+    low = (issued_at - local_now).total_seconds()
+    offset = max(previous, low)
+    if fresh:
+        offset = min(offset, low + TIME_RESOLUTION + max(0.0, round_trip))
+    return offset
 
 
 def retry_cap(*, remaining: float | None, ready: bool = True, base: float = BASE_DELAY,
