@@ -26,8 +26,10 @@ before a swap still reads it whole; :meth:`wipe` removes everything at once.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import errno
 import json
 import os
 import re
@@ -148,7 +150,12 @@ class CredentialWriter:
 
     # --- writing ---------------------------------------------------------------------------------
     def write(self, credentials: Sequence[CredentialFiles]) -> None:
-        """Replace the whole set atomically. An empty set still writes a manifest listing nothing."""
+        """Replace the whole set atomically. An empty set still writes a manifest listing nothing.
+
+        A write that fails (ENOSPC on a too-small volume, ...) removes its partial generation before
+        raising, so no half-written value stays behind and the space is free again; the previous set
+        stays in place. A failure after the ``..data`` swap keeps the new set (it is whole).
+        """
         for cred in credentials:
             check_name(cred.name, "credential")
             if cred.delivery != "file" and cred.files:
@@ -163,7 +170,29 @@ class CredentialWriter:
             self._check_top_level(link)
         generation = self._new_generation()
         os.mkdir(generation, 0o700, dir_fd=dfd)
-        gfd = os.open(generation, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+        try:
+            self._fill(generation, on_disk, credentials)
+            self._replace_link(DATA, generation)
+        except BaseException:
+            self._discard(generation, DATA_TMP)
+            raise
+        previous, self._current = self._current, generation
+        if previous is not None:
+            self._retired.append((time.monotonic(), previous))
+        try:
+            for link in wanted:
+                self._replace_link(link, f"{DATA}/{link}")
+            for stale in sorted(self._links - wanted):
+                self._remove_link(stale)
+        except BaseException:
+            self._links |= wanted  # the next write repairs them, and removes what is stale
+            raise
+        self._links = wanted
+        self.collect()
+
+    def _fill(self, generation: str, on_disk: Sequence[CredentialFiles],
+              credentials: Sequence[CredentialFiles]) -> None:
+        gfd = os.open(generation, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self._fd())
         try:
             for cred in on_disk:
                 os.mkdir(cred.name, 0o700, dir_fd=gfd)
@@ -178,16 +207,19 @@ class CredentialWriter:
             self._own(gfd, _DIR_MODE)
         finally:
             os.close(gfd)
-        self._replace_link(DATA, generation)
-        for link in wanted:
-            self._replace_link(link, f"{DATA}/{link}")
-        for stale in sorted(self._links - wanted):
-            self._remove_link(stale)
-        self._links = wanted
-        if self._current is not None:
-            self._retired.append((time.monotonic(), self._current))
-        self._current = generation
-        self.collect()
+
+    def _discard(self, generation: str, tmp_link: str) -> None:
+        """Remove a generation that never went live (and the link being made), best effort: the
+        caller raises the original error."""
+        dfd = self._fd()
+        try:
+            self._shred_tree(generation)
+        except OSError:
+            pass  # wipe() at teardown tries again
+        try:
+            os.unlink(tmp_link, dir_fd=dfd)
+        except OSError:
+            pass
 
     def collect(self, *, force: bool = False) -> None:
         """Shred retired generations older than ``grace`` seconds (all of them with ``force``)."""
@@ -205,16 +237,29 @@ class CredentialWriter:
         return len(self._retired)
 
     def wipe(self) -> None:
-        """Overwrite and unlink every credential file and remove the layout; markers stay."""
+        """Overwrite and unlink every credential file and remove the layout; markers stay.
+
+        Works on a full filesystem: nothing is created, overwriting in place needs no new blocks, and
+        a file whose overwrite fails is unlinked all the same. Every entry is tried; the first error
+        is raised at the end.
+        """
         dfd = self._fd()
+        errors: list[OSError] = []
         for entry in sorted(os.listdir(dfd)):
-            st = os.lstat(entry, dir_fd=dfd)
-            kind = self._classify(entry, st, dfd)
-            if kind == "generation":
-                self._shred_tree(entry)
-            elif kind in ("link", "bundle"):
-                os.unlink(entry, dir_fd=dfd)
+            try:
+                st = os.lstat(entry, dir_fd=dfd)
+                kind = self._classify(entry, st, dfd)
+                if kind == "generation":
+                    self._shred_tree(entry, errors)
+                elif kind in ("link", "bundle"):
+                    os.unlink(entry, dir_fd=dfd)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                errors.append(exc)
         self._retired, self._current, self._links = [], None, set()
+        if errors:
+            raise errors[0]
 
     # --- markers ---------------------------------------------------------------------------------
     def mark_ended(self, reason: str) -> None:
@@ -241,7 +286,8 @@ class CredentialWriter:
             try:
                 self._dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             except OSError as exc:
-                raise WriterError(f"cannot open credential directory {self.directory}: {exc.strerror}") from None
+                raise WriterError(
+                    f"cannot open credential directory {self.directory}: {exc.strerror}") from None
         return self._dfd
 
     def _classify(self, entry: str, st: os.stat_result, dfd: int) -> str | None:
@@ -316,19 +362,31 @@ class CredentialWriter:
         if stat.S_ISLNK(st.st_mode):
             os.unlink(name, dir_fd=dfd)
 
-    def _shred_tree(self, generation: str) -> None:
-        """Zero and unlink every file under one generation, then remove its directories."""
+    def _shred_tree(self, generation: str, errors: list[OSError] | None = None) -> None:
+        """Zero and unlink every file under one generation, then remove its directories.
+
+        ``errors``: collect failures there and go on (teardown); without it, raise the first one
+        after trying everything.
+        """
         dfd = self._fd()
         try:
             gfd = os.open(generation, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
         except FileNotFoundError:
             return
+        found: list[OSError] = []
         try:
             os.fchmod(gfd, 0o700)
-            _shred_dir(gfd)
+            _shred_dir(gfd, found)
         finally:
             os.close(gfd)
-        os.rmdir(generation, dir_fd=dfd)
+        try:
+            os.rmdir(generation, dir_fd=dfd)
+        except OSError as exc:
+            found.append(exc)
+        if errors is not None:
+            errors.extend(found)
+        elif found:
+            raise found[0]
 
     def _manifest(self, credentials: Sequence[CredentialFiles]) -> bytes:
         doc = {
@@ -346,13 +404,20 @@ class CredentialWriter:
             pass
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
         try:
-            os.write(fd, json.dumps(doc).encode())
-            if self.fs_group is not None:
-                os.fchown(fd, -1, self.fs_group)
-            os.fchmod(fd, 0o444)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            try:
+                data = json.dumps(doc).encode()
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                if self.fs_group is not None:
+                    os.fchown(fd, -1, self.fs_group)
+                os.fchmod(fd, 0o444)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)  # no half-written marker left behind (a full volume)
+            raise
 
     def _read_marker(self, name: str) -> dict[str, Any] | None:
         try:
@@ -383,27 +448,37 @@ def _manifest_entry(cred: CredentialFiles) -> dict[str, Any]:
     return entry
 
 
-def _shred_dir(dir_fd: int) -> None:
+def _shred_dir(dir_fd: int, errors: list[OSError]) -> None:
+    """Zero in place (no new blocks) and unlink every file below ``dir_fd``; a failed overwrite is
+    recorded in ``errors`` and the file unlinked anyway. Goes on after any error."""
     for entry in os.listdir(dir_fd):
-        st = os.lstat(entry, dir_fd=dir_fd)
-        if stat.S_ISDIR(st.st_mode):
-            sub = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-            try:
-                os.fchmod(sub, 0o700)
-                _shred_dir(sub)
-            finally:
-                os.close(sub)
-            os.rmdir(entry, dir_fd=dir_fd)
+        try:
+            st = os.lstat(entry, dir_fd=dir_fd)
+            if stat.S_ISDIR(st.st_mode):
+                sub = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                try:
+                    os.fchmod(sub, 0o700)
+                    _shred_dir(sub, errors)
+                finally:
+                    os.close(sub)
+                os.rmdir(entry, dir_fd=dir_fd)
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size:
+                try:
+                    # the directory is ours and private, so chmod by name cannot be redirected
+                    os.chmod(entry, 0o600, dir_fd=dir_fd)
+                    fd = os.open(entry, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                    try:
+                        os.write(fd, b"\0" * st.st_size)
+                    finally:
+                        os.close(fd)
+                except OSError as exc:
+                    errors.append(exc)  # unlinked all the same: the value must not stay reachable
+            os.unlink(entry, dir_fd=dir_fd)
+        except FileNotFoundError:
             continue
-        if stat.S_ISREG(st.st_mode) and st.st_size:
-            # the directory is ours and private, so chmod by name cannot be redirected
-            os.chmod(entry, 0o600, dir_fd=dir_fd)
-            fd = os.open(entry, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-            try:
-                os.write(fd, b"\0" * st.st_size)
-            finally:
-                os.close(fd)
-        os.unlink(entry, dir_fd=dir_fd)
+        except OSError as exc:
+            errors.append(exc)
 
 
 def _describe(st: os.stat_result) -> str:
