@@ -16,17 +16,7 @@ from tests.scenarios.faults import FAULT_ROWS, FAULTS, KUBELET_LAG, FaultCluster
 from tests.scenarios.harness import Harness
 
 #: faults that show a real weakness in the product, not fixable in tests/scenarios (see the README)
-KNOWN: dict[str, str] = {
-    "clock-skew-90s": (
-        "the sidecar compares the broker's absolute expiresAt with its own clock (sidecar/runner.py "
-        "_sleep_until_or_expiry/_refresh_loop): 90 s ahead, every 1 min credential is dropped on arrival and "
-        "re-issued in a loop until the broker's 429"
-    ),
-    "full-tmpfs": (
-        "sidecar/runner.py readiness() counts credentials in memory, not on disk: /readyz is 200 after the write "
-        "failed with ENOSPC; teardown then fails with ENOSPC too and leaves the partial generation behind"
-    ),
-}
+KNOWN: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
