@@ -13,9 +13,12 @@ from taskcreds.sidecar.schedule import (
     MIN_DELAY,
     RECOVERY_MAX_DELAY,
     STATUS_MAX_DELAY,
+    TIME_RESOLUTION,
     backoff,
+    broker_offset,
     next_refresh_at,
     retry_cap,
+    timing,
 )
 
 T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
@@ -104,3 +107,62 @@ def test_recovery_retries_never_busy_loop() -> None:
         for remaining in (None, -1.0, 0.0, 0.1):
             delay = backoff(attempt, rng, remaining=remaining, ready=False)
             assert delay >= (0.5 if attempt == 1 else 1.0), (attempt, remaining, delay)
+
+
+# Clock skew: the broker's times (whole seconds) and the sidecar's wall clock disagree. Each row: the
+# broker-minus-sidecar offset known so far, the answer (issuedAt as the broker wrote it, whether it is
+# a fresh issue, the call's round trip), the sidecar's clock at arrival -> the offset it concludes.
+B = T0  # the broker's time when the answer arrives
+OFFSETS = [
+    pytest.param(0.0, B, True, 0.05, B, 0.0, id="synchronised: the local clock is trusted as is"),
+    pytest.param(0.0, B - timedelta(seconds=0.9), True, 0.05, B, 0.0, id="synchronised, issuedAt rounded down"),
+    pytest.param(0.0, B, True, 0.05, B + timedelta(seconds=90), -88.95,
+                 id="sidecar 90 s ahead: corrected, erring by up to 1 s + the round trip towards less time"),
+    pytest.param(0.0, B, True, 0.05, B - timedelta(seconds=90), 90.0, id="sidecar 90 s behind"),
+    pytest.param(0.0, B - timedelta(minutes=10), False, 0.05, B + timedelta(seconds=90), 0.0,
+                 id="lease extension keeps its first issuedAt: no upper bound from it"),
+    pytest.param(-88.95, B - timedelta(minutes=10), False, 0.05, B + timedelta(seconds=90), -88.95,
+                 id="extension while 90 s ahead: the offset learned from the first issue stays"),
+    pytest.param(-88.95, B, True, 0.05, B + timedelta(seconds=30), -30.0,
+                 id="the node's clock was corrected: follow it"),
+]
+
+
+@pytest.mark.parametrize(("previous", "issued_at", "fresh", "round_trip", "local_now", "offset"), OFFSETS)
+def test_broker_offset(previous: float, issued_at: datetime, fresh: bool, round_trip: float,
+                       local_now: datetime, offset: float) -> None:
+    got = broker_offset(previous, issued_at, local_now, fresh=fresh, round_trip=round_trip)
+    assert got == pytest.approx(offset, abs=1e-9)
+
+
+@pytest.mark.parametrize("skew", [-3600.0, -90.0, -30.0, 0.0, 30.0, 90.0, 3600.0])
+def test_a_skewed_sidecar_times_a_fresh_credential_like_a_synchronised_one(skew: float) -> None:
+    """1 min credential issued now: expires in (59, 60] s and refreshes near 40 s, whatever the skew."""
+    rng = random.Random(8)
+    issued, expires = T0, T0 + timedelta(minutes=1)
+    for fraction in (0.0, 0.5, 0.99):  # where within the second the broker issued it (issuedAt rounds down)
+        local_now = T0 + timedelta(seconds=fraction + 0.05 + skew)
+        offset = broker_offset(0.0, issued, local_now, fresh=True, round_trip=0.05)
+        t = timing(issued, expires, local_now + timedelta(seconds=offset), rng)
+        true_left = 60 - fraction - 0.05
+        # within the broker's whole-second rounding plus the round trip of the truth, either way
+        assert true_left - TIME_RESOLUTION - 0.05 <= t.expires_in <= true_left + TIME_RESOLUTION + 0.05
+        assert t.expires_in > 58, "never 'expired on arrival'"
+        assert 60 * (2 / 3 - 0.1) - 1.1 <= t.refresh_in <= 60 * (2 / 3 + 0.1)
+
+
+@pytest.mark.parametrize(("issued", "expires", "now", "refresh_low", "refresh_high", "expires_in"), [
+    pytest.param(0, 60, 0, 34.0, 46.0, 60.0, id="fresh 1 min: refresh at 2/3 +- 10 %"),
+    pytest.param(0, 100, 40, 0.0, 36.7, 60.0, id="extended lease (first issuedAt kept): what is left counts"),
+    pytest.param(0, 60, 59, 0.0, 0.0, 1.0, id="nearly expired: refresh now"),
+    pytest.param(0, 60, 90, 0.0, 0.0, -30.0, id="already expired on the broker's clock"),
+    pytest.param(0, 0, 0, 0.0, 0.0, 0.0, id="no lifetime"),
+])
+def test_timing(issued: int, expires: int, now: int, refresh_low: float, refresh_high: float,
+                expires_in: float) -> None:
+    rng = random.Random(9)
+    at = [timing(T0 + timedelta(seconds=issued), T0 + timedelta(seconds=expires), T0 + timedelta(seconds=now), rng)
+          for _ in range(500)]
+    assert all(t.expires_in == expires_in for t in at)
+    assert all(refresh_low <= t.refresh_in <= refresh_high for t in at)
+    assert all(t.refresh_in <= max(0.0, t.expires_in) for t in at)
