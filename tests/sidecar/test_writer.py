@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import pytest
 from taskcreds.sidecar.errors import NotInMemoryFilesystem, UnsafeEntry, UnsafeName
+from taskcreds.sidecar.teardown import teardown
 from taskcreds.sidecar.writer import ENDED_MARKER, CredentialFiles, CredentialWriter
+
+from taskcreds.metrics import register_sidecar
 
 EXPIRES = datetime(2026, 11, 29, 10, 15, tzinfo=UTC)
 
@@ -91,7 +95,7 @@ def test_retired_generation_kept_for_the_grace_period_then_shredded(shm_dir: Pat
 
 
 def test_group_readable_by_fs_group_only(shm_dir: Path) -> None:
-    os.chmod(shm_dir, 0o755)
+    os.chmod(shm_dir, 0o755)  # noqa: S103 - deliberate: other users may traverse; the files' own modes must stop them
     w = CredentialWriter(str(shm_dir), fs_group=1000, grace=0.0)
     w.prepare()
     w.write(creds(1))
@@ -107,7 +111,7 @@ def test_group_readable_by_fs_group_only(shm_dir: Path) -> None:
 
 
 def test_without_fs_group_other_users_cannot_read(shm_dir: Path, writer: CredentialWriter) -> None:
-    os.chmod(shm_dir, 0o755)
+    os.chmod(shm_dir, 0o755)  # noqa: S103 - deliberate: other users may traverse; the files' own modes must stop them
     writer.write(creds(1))
     result = subprocess.run(["cat", str(shm_dir / "github" / "token")], user=1000, group=1000, extra_groups=[],
                             capture_output=True)
@@ -227,3 +231,73 @@ def test_prepare_removes_leftovers_of_a_crashed_run_and_keeps_markers(shm_dir: P
     assert sorted(p.name for p in shm_dir.iterdir()) == [".taskcreds-started"]
     assert second.started_at() == started
     second.close()
+
+
+# --- a full volume: a real 8 KiB tmpfs (two pages; each file takes one) --------------------------------
+
+PAGE = 4096
+
+
+@pytest.fixture
+def tiny_tmpfs() -> Iterator[Path]:
+    """A real 8 KiB tmpfs, as a too-small ``emptyDir: {medium: Memory, sizeLimit}``; needs mount rights."""
+    path = Path(tempfile.mkdtemp(prefix="tc-full-", dir="/dev/shm"))
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k,mode=0700", "tmpfs", str(path)],  # noqa: S607
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        path.rmdir()
+        pytest.skip(f"cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()[:120]}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True, check=False)  # noqa: S607
+        path.rmdir()
+
+
+def everything_in(directory: Path) -> list[str]:
+    """Every entry below ``directory`` (links, generations, files), markers included."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+def one(name: str, size: int) -> CredentialFiles:
+    return CredentialFiles(name, "secret", EXPIRES, {"token": "x" * size})
+
+
+# each row: the set written before (fits or None), the set that does not fit
+FULL = [
+    pytest.param(None, [one("api", 10), one("bao", 10)], id="first set does not fit"),
+    pytest.param([one("api", 10)], [one("api", 10), one("bao", PAGE)], id="a bigger set after one that fit"),
+]
+
+
+@pytest.mark.parametrize(("before", "too_big"), FULL)
+def test_a_write_that_does_not_fit_leaves_nothing_behind(tiny_tmpfs: Path, before: list[CredentialFiles] | None,
+                                                         too_big: list[CredentialFiles]) -> None:
+    w = CredentialWriter(str(tiny_tmpfs), task="t", grace=0.0)
+    w.prepare()
+    if before is not None:
+        w.write(before)
+    layout = everything_in(tiny_tmpfs)
+    with pytest.raises(OSError) as raised:
+        w.write(too_big)
+    assert raised.value.errno == errno.ENOSPC
+    assert everything_in(tiny_tmpfs) == layout, "the partial generation was left behind"
+    if before is not None:
+        assert (tiny_tmpfs / "api" / "token").read_text() == "x" * 10, "the previous set is still whole"
+    w.close()
+
+
+async def test_teardown_on_a_full_volume_removes_every_file(tiny_tmpfs: Path) -> None:
+    w = CredentialWriter(str(tiny_tmpfs), task="t", grace=0.0)
+    w.prepare()
+    w.write([one("api", 10)])  # the value and the manifest: both pages, the volume is full
+    with pytest.raises(OSError) as raised:
+        w.mark_ended("probe")
+    assert raised.value.errno == errno.ENOSPC, "the volume must really be full for this test to mean anything"
+    assert not [p for p in everything_in(tiny_tmpfs) if ENDED_MARKER in p], "no half-written marker left"
+    metrics = register_sidecar()
+    await teardown("completed", writer=w, metrics=metrics, task="t")
+    assert everything_in(tiny_tmpfs) == [ENDED_MARKER]
+    assert json.loads((tiny_tmpfs / ENDED_MARKER).read_text())["reason"] == "completed"
+    assert w.ended() is not None, "a restarted sidecar does not fetch again"
+    w.close()
