@@ -8,9 +8,11 @@ import json
 import os
 import stat
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -376,3 +378,62 @@ def test_redact_cli_fails_closed_when_the_sidecar_is_unreachable() -> None:
 
 
 __all__ = ["SIDECAR"]
+
+
+SKEW_DIR = REPO / "tests" / "scenarios" / "skewclock"
+
+
+@pytest.mark.parametrize("skew", [90, -90], ids=["clock 90 s ahead", "clock 90 s behind"])
+async def test_a_skewed_clock_changes_nothing(broker: RealBroker, env_for, shm_dir: Path, sidecar_process,  # noqa: ANN001
+                                              skew: int) -> None:
+    # 6 s credentials, the node's clock 90 s off: ready, one issue per credential, rotation before expiry
+    env = env_for(**{names.ENV_TTL: "6s", "TASKCREDS_TEST_CLOCK_SKEW": str(skew),
+                     "PYTHONPATH": os.pathsep.join(filter(None, [str(SKEW_DIR), os.environ.get("PYTHONPATH")]))})
+    sc = sidecar_process(env)
+    await ready(sc)
+    first = read_values(shm_dir)
+    claims = jwt_claims(first["github"])
+    await asyncio.sleep(1.0)
+    assert len(broker.lease_entries()) == len(SOURCES), "one issue per credential, no refresh storm"
+    assert sc.readyz() == 200
+    await sc.wait_for(lambda: read_values(shm_dir).get("github") not in (None, first["github"]), 6, "rotation")
+    rotated = time.time()
+    assert claims["iat"] + 2.0 <= rotated < claims["exp"], "refreshed near 2/3 of the lifetime, before expiry"
+    assert sc.readyz() == 200
+    assert len(broker.lease_entries()) <= 2 * len(SOURCES)
+    assert await sc.aterminate() == 0
+    assert credential_files(shm_dir) == []
+
+
+@pytest.fixture
+def tiny_tmpfs() -> Iterator[Path]:
+    """A real 8 KiB tmpfs: the start marker fits, the credential set does not; needs mount rights."""
+    path = Path(tempfile.mkdtemp(prefix="tc-full-", dir="/dev/shm"))
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k,mode=0700", "tmpfs", str(path)],  # noqa: S607
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        path.rmdir()
+        pytest.skip(f"cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()[:120]}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True, check=False)  # noqa: S607
+        path.rmdir()
+
+
+async def test_a_full_volume_is_never_ready_and_teardown_leaves_no_file(
+        broker: RealBroker, workload_api, token_file: Path, tiny_tmpfs: Path, sidecar_process) -> None:  # noqa: ANN001
+    env = sidecar_env(directory=tiny_tmpfs, broker_url=broker.url, token_file=token_file,
+                      socket_uri=workload_api().socket_uri, pod_uid=broker.uid)
+    sc = sidecar_process(env)
+    await sc.wait_for(lambda: "No space left on device" in sc.logs(), 10, "the write failure logged")
+    status, body = sc.get("/readyz", base=sc.probe)
+    assert status == 503 and "No space left on device" in body.decode(), body
+    await asyncio.sleep(1.5)  # retried with backoff, never ready meanwhile, never a busy loop
+    assert sc.readyz() == 503
+    failures = [r for r in sc.log_records() if r.get("msg", r.get("message", "")).startswith("cannot write")]
+    assert 2 <= len(failures) <= 6, f"{len(failures)} write attempts in ~2 s"
+    assert b'result="write_failure"' in metrics_of(sc)
+    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == [STARTED_MARKER], "the partial set was removed"
+    assert await sc.aterminate() == 0
+    assert sorted(str(p.relative_to(tiny_tmpfs)) for p in tiny_tmpfs.rglob("*")) == LEFT_AFTER_TEARDOWN
