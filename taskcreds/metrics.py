@@ -117,7 +117,7 @@ class SidecarMetrics:
 
     registry: CollectorRegistry
     credential_expiry: Gauge  # labels: credential
-    refresh: Counter  # labels: credential, result = success|failure
+    refresh: Counter  # labels: credential, result = success|failure|write_failure (tmpfs write failed)
     svid_expiry: Gauge
     teardown: Counter  # labels: reason
     ready: Gauge
