@@ -14,6 +14,7 @@ import hashlib
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from taskcreds.operator.broker.errors import Unauthenticated, Unavailable
@@ -81,9 +82,14 @@ class ReviewCache:
     checks its uid: a token whose pod is gone is refused by that check within the cache lifetime.
     """
 
-    def __init__(self, ttl: float = 30.0, size: int = 10_000) -> None:
-        self.ttl, self.size = ttl, size
+    def __init__(
+        self, ttl: float = 30.0, size: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl, self.size, self.clock = ttl, size, clock
         self._entries: OrderedDict[bytes, tuple[float, TokenIdentity]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     @staticmethod
     def _key(token: str, audience: str) -> bytes:
@@ -94,14 +100,22 @@ class ReviewCache:
         hit = self._entries.get(key)
         if hit is None:
             return None
-        if hit[0] < time.monotonic():
+        if hit[0] < self.clock():
             del self._entries[key]
             return None
         return hit[1]
 
     def put(self, token: str, audience: str, identity: TokenIdentity) -> None:
-        self._entries[self._key(token, audience)] = (time.monotonic() + self.ttl, identity)
-        while len(self._entries) > self.size:
+        """Remember a review; expired entries go as new ones come (oldest first), so the cache follows
+        the live pods instead of filling to ``size`` with ended ones (seen in the soak)."""
+        now = self.clock()
+        key = self._key(token, audience)
+        self._entries[key] = (now + self.ttl, identity)
+        self._entries.move_to_end(key)  # entries stay in expiry order (one ttl for all)
+        while self._entries:
+            expires, _ = next(iter(self._entries.values()))
+            if expires >= now and len(self._entries) <= self.size:
+                break
             self._entries.popitem(last=False)
 
 
