@@ -21,7 +21,35 @@ from taskcreds.operator.settings import OperatorSettings
 from taskcreds.metrics import OperatorMetrics, register_operator
 from tests.kube.fixtures import KubeApi
 
-__all__ = ["Replica", "free_port"]
+__all__ = ["Replica", "free_port", "webhook_configuration"]
+
+
+def webhook_configuration(namespace: str = "taskcreds-system", *, timeout: int = 5) -> dict[str, Any]:
+    """The chart's MutatingWebhookConfiguration (service ``taskcreds-webhook`` in ``namespace``),
+    without the caBundle: the operator patches that in itself, as it does in a cluster."""
+    from taskcreds import names
+
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "taskcreds"},
+        "webhooks": [
+            {
+                "name": "inject.taskcreds.io",
+                "clientConfig": {
+                    "service": {"namespace": namespace, "name": "taskcreds-webhook", "path": "/mutate", "port": 443}
+                },
+                "rules": [
+                    {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}
+                ],
+                "objectSelector": {"matchLabels": {names.LABEL_INJECT: "true"}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": timeout,
+            }
+        ],
+    }
 
 
 def free_port() -> int:

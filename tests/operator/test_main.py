@@ -24,7 +24,7 @@ from taskcreds import names
 from taskcreds.devauthority import DevAuthority
 from taskcreds.svid import client_context
 from tests.kube.fixtures import KubeApi
-from tests.operator.running import Replica
+from tests.operator.running import Replica, webhook_configuration
 
 CRDS = Path(__file__).resolve().parents[2] / "charts" / "taskcreds" / "crds"
 TD = "taskcreds.local"
@@ -69,39 +69,7 @@ async def operator(kube_api: KubeApi) -> Any:
         }
     )
     ports = {"webhook": free_port(), "broker": free_port(), "metrics": free_port()}
-    kube_api.put(
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": "taskcreds"},
-            "webhooks": [
-                {
-                    "name": "inject.taskcreds.io",
-                    "clientConfig": {
-                        "service": {
-                            "namespace": "taskcreds-system",
-                            "name": "taskcreds-webhook",
-                            "path": "/mutate",
-                            "port": 443,
-                        }
-                    },
-                    "rules": [
-                        {
-                            "operations": ["CREATE"],
-                            "apiGroups": [""],
-                            "apiVersions": ["v1"],
-                            "resources": ["pods"],
-                        }
-                    ],
-                    "objectSelector": {"matchLabels": {names.LABEL_INJECT: "true"}},
-                    "failurePolicy": "Fail",
-                    "sideEffects": "None",
-                    "admissionReviewVersions": ["v1"],
-                    "timeoutSeconds": 5,
-                }
-            ],
-        }
-    )
+    kube_api.put(webhook_configuration())
     kube_api.put(
         {
             "apiVersion": names.API_VERSION,

@@ -24,7 +24,7 @@ from tests.chart.helm import Helm, find_helm
 from tests.kube.fixtures import KubeApi
 from tests.kube.rbac import rules_from, uncovered
 from tests.kube.tokens import API_AUDIENCES
-from tests.operator.running import Replica
+from tests.operator.running import Replica, webhook_configuration
 
 CRDS = Path(__file__).resolve().parents[2] / "charts" / "taskcreds" / "crds"
 TD = "taskcreds.local"
@@ -50,38 +50,7 @@ async def test_two_replicas_revoke_every_lease_once_within_the_charts_rbac(
         kube_api.put(
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}}
         )
-    kube_api.put(
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": "taskcreds"},
-            "webhooks": [
-                {
-                    "name": "inject.taskcreds.io",
-                    "sideEffects": "None",
-                    "admissionReviewVersions": ["v1"],
-                    "clientConfig": {
-                        "service": {
-                            "namespace": "taskcreds-system",
-                            "name": "taskcreds-webhook",
-                            "path": "/mutate",
-                            "port": 443,
-                        }
-                    },
-                    "rules": [
-                        {
-                            "operations": ["CREATE"],
-                            "apiGroups": [""],
-                            "apiVersions": ["v1"],
-                            "resources": ["pods"],
-                        }
-                    ],
-                    "objectSelector": {"matchLabels": {names.LABEL_INJECT: "true"}},
-                    "failurePolicy": "Fail",
-                }
-            ],
-        }
-    )
+    kube_api.put(webhook_configuration(timeout=10))
     kube_api.put(
         {
             "apiVersion": names.API_VERSION,

@@ -52,6 +52,7 @@ from taskcreds.devauthority import DevAuthority, WorkloadApiServer
 from taskcreds.localpod import LocalPod
 from tests.kube.fixtures import KubeApi
 from tests.openbao import OpenBao
+from tests.operator.running import webhook_configuration
 
 __all__ = [
     "Harness",
@@ -258,39 +259,7 @@ class Harness:
         for ns in (OPERATOR_NS, NS):
             kube.ensure_namespace(ns)
         kube.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SA, "namespace": NS}})
-        kube.put(
-            {
-                "apiVersion": "admissionregistration.k8s.io/v1",
-                "kind": "MutatingWebhookConfiguration",
-                "metadata": {"name": "taskcreds"},
-                "webhooks": [
-                    {
-                        "name": "inject.taskcreds.io",
-                        "clientConfig": {
-                            "service": {
-                                "namespace": OPERATOR_NS,
-                                "name": "taskcreds-webhook",
-                                "path": "/mutate",
-                                "port": 443,
-                            }
-                        },
-                        "rules": [
-                            {
-                                "operations": ["CREATE"],
-                                "apiGroups": [""],
-                                "apiVersions": ["v1"],
-                                "resources": ["pods"],
-                            }
-                        ],
-                        "objectSelector": {"matchLabels": {names.LABEL_INJECT: "true"}},
-                        "failurePolicy": "Fail",
-                        "sideEffects": "None",
-                        "admissionReviewVersions": ["v1"],
-                        "timeoutSeconds": 5,
-                    }
-                ],
-            }
-        )
+        kube.put(webhook_configuration(OPERATOR_NS))
         kube.set_service_endpoint(OPERATOR_NS, "taskcreds-webhook", f"127.0.0.1:{self.ports['webhook']}")
         kube.put(
             {

@@ -53,6 +53,7 @@ from taskcreds import names
 from taskcreds.devauthority import DevAuthority
 from taskcreds.svid import X509SvidMaterial, client_context
 from tests.kube.fixtures import KubeApi
+from tests.operator.running import webhook_configuration
 
 __all__ = ["SoakParams", "Bounds", "SoakResult", "run_soak", "main", "markdown"]
 
@@ -335,39 +336,7 @@ def _setup_cluster(kube: KubeApi) -> None:
     for ns in (OPERATOR_NS, NS):
         kube.ensure_namespace(ns)
     kube.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SA, "namespace": NS}})
-    kube.put(
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": "taskcreds"},
-            "webhooks": [
-                {
-                    "name": "inject.taskcreds.io",
-                    "clientConfig": {
-                        "service": {
-                            "namespace": OPERATOR_NS,
-                            "name": "taskcreds-webhook",
-                            "path": "/mutate",
-                            "port": 443,
-                        }
-                    },
-                    "rules": [
-                        {
-                            "operations": ["CREATE"],
-                            "apiGroups": [""],
-                            "apiVersions": ["v1"],
-                            "resources": ["pods"],
-                        }
-                    ],
-                    "objectSelector": {"matchLabels": {names.LABEL_INJECT: "true"}},
-                    "failurePolicy": "Fail",
-                    "sideEffects": "None",
-                    "admissionReviewVersions": ["v1"],
-                    "timeoutSeconds": 10,
-                }
-            ],
-        }
-    )
+    kube.put(webhook_configuration(OPERATOR_NS, timeout=10))
     kube.put(
         {
             "apiVersion": names.API_VERSION,
