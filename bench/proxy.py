@@ -9,6 +9,11 @@ on, as in the sidecar), and load clients (plain sockets + ``ssl``, one kept-aliv
 - ``proxy``: client -> CONNECT -> proxy (TLS with the pod CA) -> upstream (verified TLS, token
   attached, pooled kept-alive upstream connection).
 
+- ``relay`` (when ``socat`` is installed): the same client -> a native TLS-terminating relay
+  (``socat``, OpenSSL both legs, no HTTP at all) -> the upstream. Not a floor but a ceiling: what a
+  second TLS hop costs on this machine with no Python in it, so the proxy's ratio can be read
+  against what any TLS-terminating proxy could reach here.
+
 Rows: per-request latency on one kept-alive connection (tiny response; p50/p99, and what the proxy
 adds); throughput of 16 KiB responses with 1 and 4 concurrent connections, direct and proxy in
 alternating slices (the ratio is the median over slices, so load from other processes on a shared
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import shutil
@@ -126,6 +132,10 @@ class Connection:
             sock = socket.create_connection(("127.0.0.1", upstream_port))
             ctx = ssl.create_default_context(cafile=os.path.join(directory, "upstream-ca.pem"))
             self.auth = f"Authorization: Bearer {TOKEN}\r\n"
+        elif mode == "relay":  # proxy_port is the relay's port in this mode
+            sock = socket.create_connection(("127.0.0.1", proxy_port))
+            ctx = ssl.create_default_context(cafile=os.path.join(directory, "relay-ca.pem"))
+            self.auth = f"Authorization: Bearer {TOKEN}\r\n"
         else:
             sock = socket.create_connection(("127.0.0.1", proxy_port))
             sock.sendall(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n".encode())
@@ -180,9 +190,43 @@ def throughput(args: tuple[str, str, int, int, float]) -> tuple[int, int, float]
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
+    """User + system CPU time of a process so far, with its ended children's (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def start_relay(directory: Path, upstream_port: int) -> tuple[subprocess.Popen[bytes], int] | None:
+    """``socat`` terminating TLS for HOST and opening verified TLS to the upstream; None without socat."""
+    socat = shutil.which("socat")
+    if socat is None:
+        return None
+    from tests.fakes.git_server import TestCA
+
+    ca = TestCA("bench relay CA")
+    (directory / "relay-ca.pem").write_bytes(ca.cert_pem())
+    pem = directory / "relay.pem"
+    pem.touch(mode=0o600)
+    pem.write_bytes(ca.server_pem([HOST]))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            socat,
+            "-b65536",
+            f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay,cert={pem},verify=0",
+            f"OPENSSL:127.0.0.1:{upstream_port},cafile={directory / 'upstream-ca.pem'},"
+            f"commonname={HOST},nodelay",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.connect(("127.0.0.1", port))
+            return proc, port
+        time.sleep(0.01)
+    proc.kill()
+    return None
 
 
 def _start(role: str, *args: str) -> tuple[subprocess.Popen[str], int]:
@@ -214,6 +258,11 @@ def main() -> None:
         proxy, proxy_port = _start("proxy", str(directory), str(upstream_port))
         procs.append(proxy)
         d = str(directory)
+        relay = start_relay(directory, upstream_port)
+        if relay is not None:
+            procs.append(relay[0])
+        modes = ("direct", "proxy", "relay") if relay is not None else ("direct", "proxy")
+        port_of = {"direct": proxy_port, "proxy": proxy_port, "relay": relay[1] if relay else 0}
         rows = []
         lat = {mode: latency(mode, d, upstream_port, proxy_port) for mode in ("direct", "proxy")}
         p50 = {m: statistics.median(v) * 1000 for m, v in lat.items()}
@@ -230,16 +279,19 @@ def main() -> None:
         )
         ctx = mp.get_context("fork")
         for conns in (1, 4):
-            totals = {m: [0, 0, 0.0] for m in ("direct", "proxy")}  # requests, bytes, CPU seconds
-            ratios = []
+            totals = {m: [0, 0, 0.0] for m in modes}  # requests, bytes, CPU seconds
+            ratios, relay_ratios = [], []
             with ctx.Pool(conns) as pool:
                 for _ in range(SLICES):
                     rate = {}
-                    for mode in ("direct", "proxy"):
-                        servers = (upstream.pid, proxy.pid)
+                    for mode in modes:
+                        servers = (upstream.pid, relay[0].pid if mode == "relay" else proxy.pid)  # type: ignore[index]
                         before = sum(cpu_seconds(pid) for pid in servers)
                         seconds = THROUGHPUT_SECONDS / SLICES
-                        parts = pool.map(throughput, [(mode, d, upstream_port, proxy_port, seconds)] * conns)
+                        job = (mode, d, upstream_port, port_of[mode], seconds)
+                        parts = pool.map(throughput, [job] * conns)
+                        if mode == "relay":
+                            time.sleep(0.05)  # socat's per-connection children exit: their CPU reaches it
                         n = sum(p[0] for p in parts)
                         totals[mode][0] += n
                         totals[mode][1] += sum(p[1] for p in parts)
@@ -247,6 +299,8 @@ def main() -> None:
                         totals[mode][2] += sum(cpu_seconds(pid) for pid in servers) - before
                         rate[mode] = n
                     ratios.append(rate["proxy"] / rate["direct"])
+                    if "relay" in rate:
+                        relay_ratios.append(rate["relay"] / rate["direct"])
             result = {
                 m: (t[0] / THROUGHPUT_SECONDS, t[1] / THROUGHPUT_SECONDS / 2**20) for m, t in totals.items()
             }
@@ -274,6 +328,18 @@ def main() -> None:
                     cpu["direct"] / cpu["proxy"] >= 0.5,
                 )
             )
+            if relay_ratios:
+                rr = statistics.median(relay_ratios)
+                rows.append(
+                    (
+                        f"  ceiling: native TLS relay (socat), {conns} conn",
+                        "",
+                        f"{result['relay'][0]:.0f} req/s, {cpu['relay']:.0f} us CPU",
+                        f"{rr:.2f}x req/s, {cpu['direct'] / cpu['relay']:.2f}x CPU",
+                        "(reference)",
+                        True,
+                    )
+                )
         widths = [max(len(str(r[i])) for r in rows + [HEADER]) for i in range(5)]
         print(f"egress proxy vs direct ({os.cpu_count()} cores, loopback, TLS both legs)\n")
         for row in [HEADER] + rows:

@@ -75,7 +75,8 @@ class TestCA:
         """What the proxy's ``upstream_ssl`` is in tests: trusts this CA only, checks hostnames."""
         return ssl.create_default_context(cadata=self.cert_pem().decode())
 
-    def server_context(self, hostnames: Sequence[str]) -> ssl.SSLContext:
+    def server_pem(self, hostnames: Sequence[str]) -> bytes:
+        """A new leaf for ``hostnames`` (1 h), certificate then PKCS#8 key, PEM: for a server to load."""
         key = ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = []
         for h in hostnames:
@@ -96,18 +97,15 @@ class TestCA:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(self.key, hashes.SHA256())
         )
+        return cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def server_context(self, hostnames: Sequence[str]) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         fd = os.memfd_create("test-upstream", os.MFD_CLOEXEC)
         try:
-            os.write(
-                fd,
-                cert.public_bytes(serialization.Encoding.PEM)
-                + key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                ),
-            )
+            os.write(fd, self.server_pem(hostnames))
             ctx.load_cert_chain(f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
