@@ -10,10 +10,12 @@ and pod annotations.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -235,7 +237,9 @@ def test_pod_deleted(scenario: Scenario, release: dict[str, str]) -> None:
     eventually(gone_or_revoked, timeout=60)
 
 
-def test_webhook_down_refuses_opted_in_pods(kube: Any, release: dict[str, str], agent_namespace: str) -> None:
+@contextlib.contextmanager
+def operator_down(kube: Any, release: dict[str, str]) -> Iterator[None]:
+    """The operator Deployment scaled to 0 (webhook and broker gone) until the block ends."""
     apps = kube.AppsV1Api()
     deployments = apps.list_namespaced_deployment(release["namespace"]).items
     operator = next(
@@ -253,11 +257,30 @@ def test_webhook_down_refuses_opted_in_pods(kube: Any, release: dict[str, str], 
             assert not [p for p in pods if p.metadata.name.startswith(operator.metadata.name)]
 
         eventually(no_endpoints, timeout=120)
-        with pytest.raises(kube.exceptions.ApiException) as refused:
-            core.create_namespaced_pod(agent_namespace, agent_pod("no-webhook"))
-        assert "failed calling webhook" in refused.value.body
-        core.create_namespaced_pod(agent_namespace, agent_pod("plain", labelled=False))
+        yield
     finally:
         apps.patch_namespaced_deployment_scale(
             operator.metadata.name, release["namespace"], {"spec": {"replicas": replicas}}
         )
+
+
+def test_webhook_down_refuses_opted_in_pods(kube: Any, release: dict[str, str], agent_namespace: str) -> None:
+    core = kube.CoreV1Api()
+    with operator_down(kube, release):
+        with pytest.raises(kube.exceptions.ApiException) as refused:
+            core.create_namespaced_pod(agent_namespace, agent_pod("no-webhook"))
+        assert "failed calling webhook" in refused.value.body
+        core.create_namespaced_pod(agent_namespace, agent_pod("plain", labelled=False))
+
+
+def test_task_ends_while_the_broker_is_down(scenario: Scenario, release: dict[str, str]) -> None:
+    """Fault matrix row "broker down mid-task" (tests/scenarios/faults.py) on a real cluster: the
+    sidecar wipes its files from the downward-API file alone; the operator revokes once it is back."""
+    scenario.create()
+    scenario.wait_running()
+    scenario.read_value()
+    with operator_down(scenario.kube, release):
+        scenario.set_status("completed")
+        eventually(lambda: scenario._assert(scenario.files_left() == "", "credential files still present"))
+    scenario.wait_revoked("completed")
+    scenario.sweep(release["namespace"])
