@@ -491,8 +491,11 @@ async def svid_expiry(fc: FaultCluster) -> FaultRow:
     # after the SVID: at most one more credential lifetime (3 s) until nothing valid is left
     def nothing_valid_left() -> bool:
         """No credential reachable, in its own name or inside a generation (an empty ``..data`` stays)."""
-        names_left = {p.name for p in run.credential_files()}
-        inside = {q.name for p in run.credential_files() if p.is_dir() for q in p.iterdir()}
+        try:
+            names_left = {p.name for p in run.credential_files()}
+            inside = {q.name for p in run.credential_files() if p.is_dir() for q in p.iterdir()}
+        except FileNotFoundError:  # a generation went while we looked: look again at the next poll
+            return False
         return not (names_left | inside) & set(run.credentials) and not watch.ready
 
     gone = await watch.wait(nothing_valid_left, expires - time.time() + 5)

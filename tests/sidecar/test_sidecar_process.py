@@ -39,9 +39,18 @@ FAILED_CALL = "broker call failed; retrying"
 
 
 def credential_files(directory: Path) -> list[str]:
-    """Every file anywhere in the directory (retired generations included), except markers and manifest."""
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()
-                  and not p.name.startswith(".taskcreds-") and p.name != names.MANIFEST_FILE)
+    """Every file anywhere in the directory (retired generations included), except markers and manifest.
+
+    The sidecar removes generations while this walks: a directory that vanishes mid-walk means the
+    walk starts again (it saw a moment that no longer exists).
+    """
+    for _ in range(50):
+        try:
+            return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()
+                          and not p.name.startswith(".taskcreds-") and p.name != names.MANIFEST_FILE)
+        except FileNotFoundError:
+            continue
+    raise AssertionError(f"{directory} kept changing under 50 walks")
 
 
 def visible_credentials(directory: Path) -> list[str]:
