@@ -588,7 +588,9 @@ class Runner:
                          extra=fields(**self._log_fields, broker_minus_local_seconds=round(offset, 1)))
         self._offset = offset
         broker_now = local_now + timedelta(seconds=offset)
-        due = schedule.timing(cred.issued_at, cred.expires_at, broker_now, self.rng)
+        held = self.credentials.get(cred.name)
+        stalled = held is not None and held.lease_ref == cred.lease_ref and cred.expires_at <= held.expires_at
+        due = schedule.timing(cred.issued_at, cred.expires_at, broker_now, self.rng, stalled=stalled)
         self._due[cred.name] = (received + due.refresh_in, received + due.expires_in)
         # known to the redactor before it is visible on disk
         self.redactor.add_files(cred.name, dict(cred.files))

@@ -68,17 +68,26 @@ class Timing:
     expires_in: float
 
 
-def timing(issued_at: datetime, expires_at: datetime, broker_now: datetime, rng: random.Random) -> Timing:
+def timing(issued_at: datetime, expires_at: datetime, broker_now: datetime, rng: random.Random, *,
+           stalled: bool = False) -> Timing:
     """The refresh rule of :func:`next_refresh_at`, as delays from ``broker_now``.
 
     ``issued_at``, ``expires_at`` and ``broker_now`` are all on the broker's clock: ``broker_now`` is
     its time when the answer arrived (:func:`broker_offset`; ``issued_at`` for a fresh credential).
     A renewal that extends the same lease keeps its first ``issued_at``, which is why the lifetime
     alone is not enough: what is left is ``expires_at - broker_now``.
+
+    ``stalled``: this answer renewed the lease without moving its expiry (the source's maximum
+    lifetime is near). The 2/3 point has then passed for good, and refreshing at once would ask
+    again and again in a loop; instead the next refresh comes at 2/3 of what is left, so each
+    answer leaves a third as much and the broker replaces the lease after a few calls.
     """
     at = next_refresh_at(issued_at, expires_at, broker_now, rng)
-    return Timing(refresh_in=(at - broker_now).total_seconds(),
-                  expires_in=(expires_at - broker_now).total_seconds())
+    refresh_in = (at - broker_now).total_seconds()
+    expires_in = (expires_at - broker_now).total_seconds()
+    if stalled and expires_in > 0:
+        refresh_in = max(refresh_in, expires_in * REFRESH_FRACTION)
+    return Timing(refresh_in=refresh_in, expires_in=expires_in)
 
 
 def broker_offset(previous: float, issued_at: datetime, local_now: datetime, *, fresh: bool,

@@ -166,3 +166,27 @@ def test_timing(issued: int, expires: int, now: int, refresh_low: float, refresh
     assert all(t.expires_in == expires_in for t in at)
     assert all(refresh_low <= t.refresh_in <= refresh_high for t in at)
     assert all(t.refresh_in <= max(0.0, t.expires_in) for t in at)
+
+
+@pytest.mark.parametrize(("now", "expires", "refresh_in"), [
+    pytest.param(40, 60, 20 * 2 / 3, id="renewed at 2/3 without moving the expiry: 2/3 of what is left"),
+    pytest.param(59, 60, 2 / 3, id="1 s left: 2/3 s, not at once"),
+    pytest.param(61, 60, 0.0, id="already expired: at once (the caller drops it)"),
+])
+def test_a_stalled_renewal_is_not_asked_again_at_once(now: int, expires: int, refresh_in: float) -> None:
+    """Found in CI: a vault lease near its maxTTL was renewed 17 times in 0.4 s, each answer keeping
+    the same expiry, until the broker replaced it (or its rate limit answered 429)."""
+    t = timing(T0, T0 + timedelta(seconds=expires), T0 + timedelta(seconds=now), random.Random(3), stalled=True)
+    assert t.refresh_in == pytest.approx(refresh_in)
+    not_stalled = timing(T0, T0 + timedelta(seconds=expires), T0 + timedelta(seconds=now), random.Random(3))
+    assert not_stalled.refresh_in == 0.0  # the 2/3 point has passed: without the hint, at once
+
+
+def test_stalled_renewals_end_in_a_few_calls() -> None:
+    """Each stalled answer leaves a third as much: from 20 s left, 5 calls reach under 0.1 s."""
+    left, calls = 20.0, 0
+    while left > 0.1:
+        t = timing(T0, T0 + timedelta(seconds=left), T0, random.Random(1), stalled=True)
+        left -= t.refresh_in
+        calls += 1
+    assert calls <= 6
