@@ -352,3 +352,19 @@ def run_sidecar_once(env: dict[str, str], timeout: float = 20.0) -> subprocess.C
 
 __all__ = ["SidecarProcess", "RealBroker", "Seen", "sidecar_env", "run_sidecar_once", "free_port", "jwt_claims",
            "sha256", "AGENT_ID", "BROKER_ID", "POD", "TASK", "SOURCES", "NS", "sys"]
+
+
+@pytest.fixture
+def tiny_tmpfs() -> Iterator[Path]:
+    """A real 8 KiB tmpfs, as a too-small ``emptyDir: {medium: Memory, sizeLimit}``; needs mount rights."""
+    path = Path(tempfile.mkdtemp(prefix="tc-full-", dir="/dev/shm"))
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k,mode=0700", "tmpfs", str(path)],  # noqa: S607
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        path.rmdir()
+        pytest.skip(f"cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()[:120]}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True, check=False)  # noqa: S607
+        path.rmdir()

@@ -8,11 +8,9 @@ import json
 import os
 import stat
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -417,20 +415,6 @@ async def test_a_skewed_clock_changes_nothing(broker: RealBroker, env_for, shm_d
     assert credential_files(shm_dir) == []
 
 
-@pytest.fixture
-def tiny_tmpfs() -> Iterator[Path]:
-    """A real 8 KiB tmpfs: the start marker fits, the credential set does not; needs mount rights."""
-    path = Path(tempfile.mkdtemp(prefix="tc-full-", dir="/dev/shm"))
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k,mode=0700", "tmpfs", str(path)],  # noqa: S607
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        path.rmdir()
-        pytest.skip(f"cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()[:120]}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], capture_output=True, check=False)  # noqa: S607
-        path.rmdir()
 
 
 async def test_a_full_volume_is_never_ready_and_teardown_leaves_no_file(

@@ -238,20 +238,6 @@ def test_prepare_removes_leftovers_of_a_crashed_run_and_keeps_markers(shm_dir: P
 PAGE = 4096
 
 
-@pytest.fixture
-def tiny_tmpfs() -> Iterator[Path]:
-    """A real 8 KiB tmpfs, as a too-small ``emptyDir: {medium: Memory, sizeLimit}``; needs mount rights."""
-    path = Path(tempfile.mkdtemp(prefix="tc-full-", dir="/dev/shm"))
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k,mode=0700", "tmpfs", str(path)],  # noqa: S607
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        path.rmdir()
-        pytest.skip(f"cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()[:120]}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], capture_output=True, check=False)  # noqa: S607
-        path.rmdir()
 
 
 def everything_in(directory: Path) -> list[str]:
