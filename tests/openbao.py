@@ -40,6 +40,17 @@ import requests
 
 __all__ = ["OpenBao", "Postgres", "openbao", "openbao_tls", "postgres", "bao_binary", "free_port_pair"]
 
+#: what the operator's own OpenBao token may do for the vault provider (docs/install.md): child
+#: tokens by accessor, and renew/revoke of dynamic leases. Add read on each dynamic ``path`` used.
+OPERATOR_POLICY = """
+path "auth/token/create-orphan" { capabilities = ["update"] }
+path "auth/token/renew-accessor" { capabilities = ["update"] }
+path "auth/token/revoke-accessor" { capabilities = ["update"] }
+path "auth/token/lookup-self" { capabilities = ["read"] }
+path "sys/leases/renew" { capabilities = ["update"] }
+path "sys/leases/revoke" { capabilities = ["update"] }
+"""
+
 _READY_TIMEOUT = 15.0
 _PG_BIN = Path("/usr/lib/postgresql/15/bin")
 

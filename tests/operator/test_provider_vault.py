@@ -25,6 +25,7 @@ from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.providers.base import IssueRequest, Provider, ProviderError
 from taskcreds.operator.providers.vault import VaultProvider, parse_settings
 
+from tests.openbao import OPERATOR_POLICY as OPENBAO_OPERATOR_POLICY
 from tests.openbao import OpenBao, Postgres
 from tests.openbao import openbao as openbao_fixture  # noqa: F401  (the `openbao` fixture)
 from tests.openbao import openbao_tls as openbao_tls_fixture  # noqa: F401  (the `openbao_tls` fixture)
@@ -37,15 +38,7 @@ ROLE_ID = "taskcreds-role-id"
 SECRET_ID = "approle-secret-canary-77ab"
 KV_VALUE = "kv-value-canary-91c3"
 
-OPERATOR_POLICY = """
-path "auth/token/create-orphan" { capabilities = ["update"] }
-path "auth/token/renew-accessor" { capabilities = ["update"] }
-path "auth/token/revoke-accessor" { capabilities = ["update"] }
-path "auth/token/lookup-self" { capabilities = ["read"] }
-path "sys/leases/renew" { capabilities = ["update"] }
-path "sys/leases/revoke" { capabilities = ["update"] }
-path "database/creds/readonly" { capabilities = ["read"] }
-"""
+OPERATOR_POLICY = OPENBAO_OPERATOR_POLICY + 'path "database/creds/readonly" { capabilities = ["read"] }\n'
 REPO_READ_POLICY = 'path "secret/data/app/*" { capabilities = ["read"] }'
 
 

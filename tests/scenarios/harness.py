@@ -51,7 +51,7 @@ from taskcreds import names
 from taskcreds.devauthority import DevAuthority, WorkloadApiServer
 from taskcreds.localpod import LocalPod
 from tests.kube.fixtures import KubeApi
-from tests.openbao import OpenBao
+from tests.openbao import OPERATOR_POLICY, OpenBao
 from tests.operator.running import webhook_configuration
 
 __all__ = [
@@ -81,14 +81,6 @@ OPERATOR_TOKEN = "scenario-operator-" + uuid.uuid4().hex[:12]
 BAO_SECRET = "openbao-operator"
 POLL = 0.01
 
-OPERATOR_POLICY = """
-path "auth/token/create-orphan" { capabilities = ["update"] }
-path "auth/token/renew-accessor" { capabilities = ["update"] }
-path "auth/token/revoke-accessor" { capabilities = ["update"] }
-path "auth/token/lookup-self" { capabilities = ["read"] }
-path "sys/leases/renew" { capabilities = ["update"] }
-path "sys/leases/revoke" { capabilities = ["update"] }
-"""
 TASK_POLICY = 'path "secret/data/repo/*" { capabilities = ["read"] }'
 
 
