@@ -13,16 +13,26 @@ import sys
 import time
 from typing import Any
 
+import orjson
+
 __all__ = ["setup_logging", "JsonFormatter", "fields", "quiet_http_parser_errors"]
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"ts", "level", "logger", "msg", **fields}`` on one line."""
+    """``{"ts", "level", "logger", "msg", **fields}`` on one line.
+
+    Encoded with orjson (about 10x :mod:`json` here): the egress proxy writes one line per request.
+    """
+
+    _second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
 
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{cached[1]}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -33,7 +43,10 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             # type and message only: a traceback's locals could hold anything
             out["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
-        return json.dumps(out, default=str)
+        try:
+            return orjson.dumps(out, default=str).decode()
+        except (orjson.JSONEncodeError, TypeError):  # e.g. an int over 64 bits, a non-str key
+            return json.dumps(out, default=str)
 
 
 def fields(**kv: Any) -> dict[str, Any]:
@@ -43,6 +56,9 @@ def fields(**kv: Any) -> dict[str, Any]:
 
 def setup_logging(level: str | int = "INFO", stream: Any = None) -> None:
     """Route the root logger to JSON lines; idempotent."""
+    # no JSON line shows the process or thread: not looking them up saves a syscall and a few
+    # microseconds per record (the egress proxy logs every request)
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     root = logging.getLogger()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
