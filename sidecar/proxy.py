@@ -73,6 +73,9 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+_HOP_BY_HOP_BYTES = frozenset(h.encode() for h in _HOP_BY_HOP)
+#: request headers never passed upstream (the proxy writes Host and the body's framing itself)
+_DROP = _HOP_BY_HOP | {"host", "expect", "content-length"}
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -102,6 +105,9 @@ class ProxyRoute:
     header_name: str = field(init=False, repr=False, compare=False)
     _template: str = field(init=False, repr=False, compare=False)
     files: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    drop: frozenset[str] = field(init=False, repr=False, compare=False)  # request headers not passed on
+    # the last values read and the header made from them: most requests reuse it
+    _rendered: tuple[tuple[str | None, ...], str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = f"proxy route for credential {self.credential!r}"
@@ -128,6 +134,8 @@ class ProxyRoute:
         object.__setattr__(self, "header_name", name)
         object.__setattr__(self, "_template", template)
         object.__setattr__(self, "files", files)
+        object.__setattr__(self, "drop", _DROP | {"authorization", name.lower()})
+        object.__setattr__(self, "_rendered", ((), ""))
 
     def matches(self, host: str) -> str | None:
         """The pattern of this route that matches ``host`` (normalized), or None."""
@@ -145,11 +153,15 @@ class ProxyRoute:
         Raises RouteError (naming the file, never its content) for a value that would break
         the header: line breaks or NUL.
         """
+        raw = tuple(view.value(self.credential, file) for file in self.files)
+        if None in raw:
+            object.__setattr__(self, "_rendered", ((), ""))  # keep no copy of a value that is gone
+            return None
+        if self._rendered[0] == raw:
+            return self._rendered[1]
         values: dict[str, str] = {}
-        for file in self.files:
-            value = view.value(self.credential, file)
-            if value is None:
-                return None
+        for file, value in zip(self.files, raw, strict=True):
+            assert value is not None
             value = value.strip("\r\n") if self.basic_username is not None or file == "token" else value
             if "\n" in value or "\r" in value or "\0" in value:
                 raise RouteError(
@@ -158,9 +170,12 @@ class ProxyRoute:
                 )
             values[file] = value
         if self.basic_username is not None:
-            raw = f"{self.basic_username}:{values['token']}".encode()
-            return "Basic " + base64.b64encode(raw).decode("ascii")
-        return self._template.format_map(values)
+            userpass = f"{self.basic_username}:{values['token']}".encode()
+            rendered = "Basic " + base64.b64encode(userpass).decode("ascii")
+        else:
+            rendered = self._template.format_map(values)
+        object.__setattr__(self, "_rendered", (raw, rendered))
+        return rendered
 
 
 def _normalize_pattern(where: str, pattern: str) -> str:
@@ -263,23 +278,32 @@ class _BadRequest(Exception):
         self.status = status
 
 
-@dataclass
 class _Head:
-    method: str
-    target: str
-    version: str
-    headers: list[tuple[str, str]]
-    index: dict[str, list[str]] = field(default_factory=dict, repr=False)  # lower-case name -> values
+    """A parsed request head; ``index`` maps lower-case names to their values."""
 
-    def __post_init__(self) -> None:
-        for k, v in self.headers:
-            self.index.setdefault(k.lower(), []).append(v)
+    __slots__ = ("method", "target", "version", "headers", "index")
+
+    def __init__(self, method: str, target: str, version: str, headers: list[tuple[str, str]]) -> None:
+        self.method, self.target, self.version, self.headers = method, target, version, headers
+        index: dict[str, list[str]] = {}
+        for k, v in headers:
+            lk = k.lower()
+            if lk in index:
+                index[lk].append(v)
+            else:
+                index[lk] = [v]
+        self.index = index
 
     def get(self, name: str) -> list[str]:
-        return self.index.get(name.lower(), [])
+        """The values of header ``name`` (lower case)."""
+        return self.index.get(name, _NONE)
 
     def tokens(self, name: str) -> set[str]:
-        return {t.strip().lower() for v in self.get(name) for t in v.split(",") if t.strip()}
+        """The comma-separated tokens of header ``name`` (lower case), lower-cased."""
+        values = self.index.get(name)
+        if values is None:
+            return _NO_TOKENS
+        return {t.strip().lower() for v in values for t in v.split(",") if t.strip()}
 
     @property
     def keep_alive(self) -> bool:
@@ -287,6 +311,10 @@ class _Head:
         if self.version == "HTTP/1.0":
             return "keep-alive" in conn
         return "close" not in conn
+
+
+_NONE: list[str] = []  # shared: never appended to
+_NO_TOKENS: set[str] = set()  # shared: never added to
 
 
 def _parse_head(data: bytes) -> _Head:
@@ -374,10 +402,14 @@ class _Body:
 
     def __init__(self, reader: asyncio.StreamReader, head: _Head) -> None:
         self.reader = reader
+        self.length: int | None = 0
+        self.chunked = False
+        self.done = True
+        if "transfer-encoding" not in head.index and "content-length" not in head.index:
+            return  # most requests: no body
         te = [t for v in head.get("transfer-encoding") for t in v.lower().replace(" ", "").split(",") if t]
         cl = {v.strip() for v in head.get("content-length")}
-        self.length: int | None = None
-        self.chunked = False
+        self.length = None
         if te:
             if cl:
                 raise _BadRequest(
@@ -624,7 +656,7 @@ def _parse_response(data: bytes, *, head_only: bool) -> _Response:
         if lname == b"connection":
             conn_tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
             continue
-        if lname.decode("latin-1") in _HOP_BY_HOP:
+        if lname in _HOP_BY_HOP_BYTES:
             continue
         out.append(line)
     if conn_tokens:
@@ -650,18 +682,16 @@ def _parse_response(data: bytes, *, head_only: bool) -> _Response:
 # --- the proxy ----------------------------------------------------------------------------------
 
 
-@dataclass
 class _Exchange:
     """What one request turned into, for the log line and the metrics."""
 
-    host: str
-    method: str
-    path: str
-    credential: str = ""
-    pattern: str = ""
-    status: int = 0
-    result: str = "forwarded"
-    started: float = field(default_factory=time.perf_counter)
+    __slots__ = ("host", "method", "path", "credential", "pattern", "status", "result", "started")
+
+    def __init__(self, host: str, method: str, path: str, status: int = 0, result: str = "forwarded") -> None:
+        self.host, self.method, self.path = host, method, path
+        self.credential = self.pattern = ""
+        self.status, self.result = status, result
+        self.started = time.perf_counter()
 
 
 class EgressProxy:
@@ -1220,14 +1250,15 @@ class EgressProxy:
     ) -> bytes:
         """The request head for the upstream: the agent's headers minus hop-by-hop ones and any
         placeholder credential, plus the real one and the body's framing."""
-        drop = _HOP_BY_HOP | head.tokens("connection") | {"host", "expect", "content-length"}
-        if route is not None:
-            drop = drop | {"authorization", route.header_name.lower()}
+        drop = _DROP if route is None else route.drop
+        conn_tokens = head.tokens("connection")
+        if conn_tokens:
+            drop = drop | conn_tokens
         lines = [f"{head.method} {path} HTTP/1.1", f"Host: {authority}"]
         lines.extend(f"{name}: {value}" for name, value in head.headers if name.lower() not in drop)
         if body.chunked:
             lines.append("Transfer-Encoding: chunked")
-        elif body.length or head.get("content-length"):
+        elif body.length or "content-length" in head.index:
             lines.append(f"Content-Length: {body.length}")
         out = "\r\n".join(lines).encode("latin-1") + b"\r\n"
         if route is not None and auth is not None:
