@@ -30,7 +30,7 @@ import re
 import ssl
 import string
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -398,10 +398,15 @@ async def _read_head(reader: asyncio.StreamReader, idle: float) -> _Head | None:
 
 
 class _Body:
-    """The request body's framing, read lazily as an async iterator; ``done`` once fully read."""
+    """The request body's framing, read lazily as an async iterator; ``done`` once fully read.
 
-    def __init__(self, reader: asyncio.StreamReader, head: _Head) -> None:
+    Each piece must arrive within ``stall`` seconds (the agent connection's idle timeout): an agent
+    that stops sending mid-body gets a 408 instead of holding an upstream connection open forever.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, head: _Head, stall: float = math.inf) -> None:
         self.reader = reader
+        self.stall = stall
         self.length: int | None = 0
         self.chunked = False
         self.done = True
@@ -431,20 +436,40 @@ class _Body:
         return self.chunked or bool(self.length)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        if self.chunked:
-            async for chunk in self._dechunk():
+        dl = _DEADLINE.get(None)
+        pieces = self._dechunk() if self.chunked else self._sized()
+        try:
+            while True:
+                if dl is not None:
+                    dl.at = time.monotonic() + self.stall  # only while waiting for the agent
+                try:
+                    chunk = await anext(pieces)
+                except StopAsyncIteration:
+                    break
+                except asyncio.CancelledError:
+                    if dl is not None and dl.expired():
+                        raise _BadRequest(
+                            408, f"the request body stalled for {self.stall:g} s; the proxy stopped waiting"
+                        ) from None
+                    raise
+                finally:
+                    if dl is not None:
+                        dl.at = math.inf
                 yield chunk
-        else:
-            remaining = self.length or 0
-            while remaining:
-                chunk = await self.reader.read(min(remaining, _CHUNK))
-                if not chunk:
-                    raise _BadRequest(400, "the request body ended before Content-Length")
-                remaining -= len(chunk)
-                yield chunk
+        finally:
+            await pieces.aclose()
         self.done = True
 
-    async def _dechunk(self) -> AsyncIterator[bytes]:
+    async def _sized(self) -> AsyncGenerator[bytes, None]:
+        remaining = self.length or 0
+        while remaining:
+            chunk = await self.reader.read(min(remaining, _CHUNK))
+            if not chunk:
+                raise _BadRequest(400, "the request body ended before Content-Length")
+            remaining -= len(chunk)
+            yield chunk
+
+    async def _dechunk(self) -> AsyncGenerator[bytes, None]:
         while True:
             line = await self.reader.readline()
             try:
@@ -501,6 +526,7 @@ def _response(status: int, reason: str, body: str, *, close: bool) -> bytes:
 _REASONS = {
     400: "Bad Request",
     403: "Forbidden",
+    408: "Request Timeout",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
     502: "Bad Gateway",
@@ -695,7 +721,10 @@ class _Exchange:
 
 
 class EgressProxy:
-    """HTTP(S) forward proxy on loopback attaching proxy-delivered credentials (see module doc)."""
+    """HTTP(S) forward proxy on loopback attaching proxy-delivered credentials (see module doc).
+
+    At most ``max_connections`` agent connections are served at once; one more gets a 503.
+    """
 
     def __init__(
         self,
@@ -711,6 +740,7 @@ class EgressProxy:
         connect_timeout: float = 10.0,
         upstream_read_timeout: float = 300.0,
         tunnel_idle_timeout: float = 600.0,
+        max_connections: int = 512,
     ) -> None:
         self._routes = tuple(routes)
         self._view = view
@@ -723,6 +753,7 @@ class EgressProxy:
         self._connect_timeout = connect_timeout
         self._read_timeout = upstream_read_timeout
         self._tunnel_idle_timeout = tunnel_idle_timeout
+        self._max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._pool: _UpstreamPool | None = None
         self._counters: dict[tuple[str, str, str], Any] = {}
@@ -807,6 +838,20 @@ class EgressProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._tasks) >= self._max_connections:
+            # each connection holds memory, a file descriptor and maybe an upstream connection: a
+            # runaway agent must not take the sidecar (and its renewals) down with it
+            writer.write(
+                _response(
+                    503,
+                    "Service Unavailable",
+                    f"taskcreds proxy: {self._max_connections} connections are open; retry shortly",
+                    close=True,
+                )
+            )
+            self._record(_Exchange(host="", method="", path="", status=503, result="over_limit"))
+            await _close(writer)
+            return
         self._tasks.add(task)
         deadline = _Deadline(task)
         _DEADLINE.set(deadline)  # this task runs in its own context: no other connection sees it
@@ -1024,7 +1069,7 @@ class EgressProxy:
         ex = _Exchange(host=authority, method=head.method, path=path.split("?", 1)[0])
         keep = head.keep_alive
         try:
-            body = _Body(reader, head)
+            body = _Body(reader, head, self._idle_timeout)
         except _BadRequest as exc:
             ex.status, ex.result = exc.status, "bad_request"
             writer.write(

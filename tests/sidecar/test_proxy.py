@@ -736,6 +736,48 @@ async def test_idle_kept_alive_connections_are_closed(world: World) -> None:
     await conn.close()
 
 
+async def test_connections_over_the_limit_get_503_and_the_ones_served_go_on(world: World) -> None:
+    metrics = register_proxy()
+    port, _ = await world.proxy(max_connections=2, metrics=metrics)
+    held = [await AgentConnection.open(port, API_HOST, world.bundle) for _ in range(2)]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"2 connections are open; retry shortly" in answer
+        assert (await held[0].get("/api/whoami"))[0] == 200  # the ones served are unaffected
+        assert (
+            metrics.registry.get_sample_value(
+                "taskcreds_sidecar_proxy_requests_total", {"credential": "", "host": "", "result": "over_limit"}
+            )
+            == 1
+        )
+    finally:
+        for conn in held:
+            await conn.close()
+    await asyncio.sleep(0.1)  # the two closes reach the proxy: a new connection is served again
+    conn = await AgentConnection.open(port, API_HOST, world.bundle)
+    try:
+        assert (await conn.get("/api/whoami"))[0] == 200
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    "framing", ["Content-Length: 100", "Transfer-Encoding: chunked"], ids=["sized", "chunked"]
+)
+async def test_a_request_body_that_stops_arriving_gets_408(world: World, framing: str) -> None:
+    port, _ = await world.proxy(idle_timeout=0.3)
+    conn = await AgentConnection.open(port, API_HOST, world.bundle)
+    part = b"9\r\nonly-part" if "chunked" in framing else b"only-part"
+    try:
+        conn.writer.write(f"POST /api/upload HTTP/1.1\r\nHost: {API_HOST}\r\n{framing}\r\n\r\n".encode() + part)
+        answer = await asyncio.wait_for(conn.reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"the request body stalled for 0.3 s" in answer
+    finally:
+        await conn.close()
+
+
 async def test_head_and_bodiless_answers_keep_the_connection_in_step(world: World) -> None:
     port, _ = await world.proxy()
     conn = await AgentConnection.open(port, API_HOST, world.bundle)
