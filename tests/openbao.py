@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,9 @@ import hvac
 import pytest
 import requests
 
-__all__ = ["OpenBao", "Postgres", "openbao", "openbao_tls", "postgres", "bao_binary", "free_port_pair"]
+from tests.ports import free_port_pair
+
+__all__ = ["OpenBao", "Postgres", "openbao", "openbao_tls", "postgres", "bao_binary"]
 
 #: what the operator's own OpenBao token may do for the vault provider (docs/install.md): child
 #: tokens by accessor, and renew/revoke of dynamic leases. Add read on each dynamic ``path`` used.
@@ -64,23 +65,6 @@ def bao_binary() -> str | None:
     if venv_bin.exists():
         return str(venv_bin)
     return shutil.which("bao")
-
-
-def free_port_pair() -> int:
-    """A free loopback port whose successor is free too (dev mode also binds PORT+1 for its cluster)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free pair of loopback ports found")
 
 
 @dataclass

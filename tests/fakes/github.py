@@ -36,6 +36,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.ports import free_port
+
 __all__ = ["FakeGitHub", "FakeApp", "IssuedToken", "github", "new_private_key_pem", "TOKEN_LIFETIME"]
 
 TOKEN_LIFETIME = timedelta(hours=1)  # GitHub's fixed installation-token lifetime
@@ -92,7 +94,7 @@ class FakeGitHub:
         self.requests: list[tuple[str, str]] = []
         self._failures: list[int] = []
         self._runner: web.AppRunner | None = None
-        self.port = 0
+        self.port = free_port()  # kept across stop()/start(): not an ephemeral one (tests/ports.py)
 
     @property
     def url(self) -> str:

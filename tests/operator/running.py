@@ -7,7 +7,6 @@ each operator gets a loop to itself, as it has the process to itself in a pod.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 import uuid
@@ -20,8 +19,9 @@ from taskcreds.operator.settings import OperatorSettings
 
 from taskcreds.metrics import OperatorMetrics, register_operator
 from tests.kube.fixtures import KubeApi
+from tests.ports import free_port
 
-__all__ = ["Replica", "free_port", "webhook_configuration"]
+__all__ = ["Replica", "webhook_configuration"]
 
 
 def webhook_configuration(namespace: str = "taskcreds-system", *, timeout: int = 5) -> dict[str, Any]:
@@ -50,12 +50,6 @@ def webhook_configuration(namespace: str = "taskcreds-system", *, timeout: int =
             }
         ],
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Replica:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -25,17 +24,12 @@ from taskcreds.devauthority import DevAuthority
 from taskcreds.svid import client_context
 from tests.kube.fixtures import KubeApi
 from tests.operator.running import Replica, webhook_configuration
+from tests.ports import free_port
 
 CRDS = Path(__file__).resolve().parents[2] / "charts" / "taskcreds" / "crds"
 TD = "taskcreds.local"
 OPERATOR_ID = f"spiffe://{TD}/ns/taskcreds-system/sa/taskcreds-operator"
 AGENT_ID = f"spiffe://{TD}/ns/agents/sa/coding-agent"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def agent_pod() -> dict[str, Any]:

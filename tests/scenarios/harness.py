@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from taskcreds.localpod import LocalPod
 from tests.kube.fixtures import KubeApi
 from tests.openbao import OPERATOR_POLICY, OpenBao
 from tests.operator.running import webhook_configuration
+from tests.ports import free_port
 
 __all__ = [
     "Harness",
@@ -92,12 +92,6 @@ def seed_openbao(bao: OpenBao) -> None:
     root.auth.token.create(
         id=OPERATOR_TOKEN, policies=["taskcreds-operator", "task-read"], ttl="1h", no_parent=True
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- revocation lag table (printed by tests/scenarios/conftest.py) -------------------------------

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 from typing import Any
+
+from tests.ports import free_port
 
 __all__ = ["TcpProxy"]
 
@@ -23,9 +24,7 @@ class TcpProxy:
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
+        self.port = free_port()  # outside the ephemeral range: the port must stay ours while down
         self.delay = 0.0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from taskcreds.svid import X509SvidMaterial
 from tests.kube.fixtures import KubeApi
 from tests.operator.test_broker_harness import NS, SA, TRUST_DOMAIN, source
 from tests.operator.test_broker_scenario import CRDS, KubeHarness
+from tests.ports import free_port
 from tests.spiffe.fixtures import AGENT_ID, BROKER_ID  # dev_authority, workload_api: global fixtures
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,7 +98,7 @@ class RealBroker:
         self.kube = kube
         self.authority = authority
         self.seen: list[Seen] = []
-        self.port = 0
+        self.port = free_port()  # kept across stop()/start(): not an ephemeral one (tests/ports.py)
         self.harness: KubeHarness | None = None
         self._watch: asyncio.Task[None] | None = None
         self._extra: list[BrokerServer] = []
@@ -235,12 +235,6 @@ def token_file(tmp_path: Path, broker: RealBroker) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def sidecar_env(*, directory: Path, broker_url: str, token_file: Path, socket_uri: str,
                 credentials: str = "github,db", pod_uid: str = "", **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKCREDS_")}
@@ -350,7 +344,7 @@ def run_sidecar_once(env: dict[str, str], timeout: float = 20.0) -> subprocess.C
     return subprocess.run([SIDECAR], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-__all__ = ["SidecarProcess", "RealBroker", "Seen", "sidecar_env", "run_sidecar_once", "free_port", "jwt_claims",
+__all__ = ["SidecarProcess", "RealBroker", "Seen", "sidecar_env", "run_sidecar_once", "jwt_claims",
            "sha256", "AGENT_ID", "BROKER_ID", "POD", "TASK", "SOURCES", "NS", "sys"]
 
 

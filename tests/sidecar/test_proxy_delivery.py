@@ -24,7 +24,8 @@ from taskcreds.sidecar.writer import CA_BUNDLE, CredentialWriter
 from taskcreds import names
 from tests.fakes.git_server import GitServer, TestCA, make_bare_repo
 from tests.operator.test_broker_harness import NS, SA, Harness, source
-from tests.sidecar.conftest import SidecarProcess, free_port, sidecar_env
+from tests.ports import free_port
+from tests.sidecar.conftest import SidecarProcess, sidecar_env
 from tests.sidecar.test_proxy import urllib_get
 
 GIT_HOST = "git.test.local"
