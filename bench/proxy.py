@@ -2,7 +2,7 @@
 
 Three real processes on loopback: an HTTPS upstream (aiohttp, test CA, wants a bearer token), the
 egress proxy (:class:`taskcreds.sidecar.proxy.EgressProxy` with JSON request logging and metrics
-on, as in the sidecar), and load clients (plain sockets + ``ssl``, one kept-alive connection each):
+on, on the sidecar's own loop, uvloop), and load clients (plain sockets + ``ssl``, one kept-alive connection each):
 
 - ``direct``: the same client -> upstream on one kept-alive TLS connection, sending the token
   itself. This is the floor: one TLS leg and no proxy process at all;
@@ -88,6 +88,7 @@ def serve_upstream(directory: Path) -> None:
 def serve_proxy(directory: Path, upstream_port: int) -> None:
     import logging
 
+    from taskcreds.sidecar.main import run_loop
     from taskcreds.sidecar.podca import PodCA, write_ca_bundle
     from taskcreds.sidecar.proxy import EgressProxy, ProxyRoute, register_proxy
 
@@ -118,7 +119,7 @@ def serve_proxy(directory: Path, upstream_port: int) -> None:
         print(await proxy.start(), flush=True)
         await asyncio.Event().wait()
 
-    asyncio.run(main())
+    run_loop(main())  # the sidecar's own loop (uvloop)
 
 
 # --- the load client --------------------------------------------------------------------------

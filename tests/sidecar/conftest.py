@@ -56,6 +56,16 @@ SOURCES = {"github": "token", "db": "password"}
 assert NS == "team-a" and SA == "agent" and AGENT_ID.endswith(f"/ns/{NS}/sa/{SA}")
 
 
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """The egress proxy's tests run on both loops: the sidecar runs it on uvloop
+    (``taskcreds.sidecar.main.run_loop``), and the code must not depend on which."""
+    import uvloop
+
+    if item.path.name == "test_proxy.py":
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
+
+
 @pytest.fixture
 def shm_dir() -> Iterator[Path]:
     """A fresh directory on tmpfs (/dev/shm), removed afterwards."""

@@ -176,16 +176,16 @@ def agent_env(w: World, proxy_port: int | None, **extra: str) -> dict[str, str]:
 async def run(
     *argv: str, env: dict[str, str], cwd: Path | None = None, limit: float = 30.0
 ) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    """Run a client to completion on a thread: the same spawn on either event loop (uvloop's own
+    fork-based spawn can crash its child in a process that has gRPC's fork handlers loaded)."""
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), limit)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode or 0, out.decode(errors="replace")
+        done = await asyncio.to_thread(
+            subprocess.run, argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            timeout=limit, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"{argv[0]} did not finish in {limit} s") from None
+    return done.returncode, done.stdout.decode(errors="replace")
 
 
 def urllib_get(
