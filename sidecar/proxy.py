@@ -38,7 +38,7 @@ from taskcreds.sidecar.podca import PodCA, PodCAError, normalize_hostname
 from yarl import URL
 
 from taskcreds import names
-from taskcreds.logs import fields
+from taskcreds.logs import fields, info_line
 from taskcreds.metrics import SidecarMetrics, register_sidecar
 
 __all__ = [
@@ -1441,29 +1441,17 @@ class EgressProxy:
 
     def _record(self, ex: _Exchange) -> None:
         duration = time.perf_counter() - ex.started
-        if _log.isEnabledFor(logging.INFO):
-            # makeRecord + handle: Logger.info would walk the stack for the caller's file and line,
-            # which no JSON line shows and which cost as much as formatting the line
-            _log.handle(
-                _log.makeRecord(
-                    _log.name,
-                    logging.INFO,
-                    __file__,
-                    0,
-                    "proxied",
-                    (),
-                    None,
-                    extra=fields(
-                        host=ex.host,
-                        method=ex.method,
-                        path=ex.path,
-                        status=ex.status,
-                        credential=ex.credential or None,
-                        result=ex.result,
-                        duration_ms=round(duration * 1000, 2),
-                    ),
-                )
-            )
+        info_line(
+            _log,
+            "proxied",
+            host=ex.host,
+            method=ex.method,
+            path=ex.path,
+            status=ex.status,
+            credential=ex.credential or None,
+            result=ex.result,
+            duration_ms=round(duration * 1000, 2),
+        )
         if self._metrics is not None:
             key = (ex.credential, ex.pattern, ex.result)
             counter = self._counters.get(key)

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["setup_logging", "JsonFormatter", "fields", "quiet_http_parser_errors"]
+__all__ = ["setup_logging", "JsonFormatter", "fields", "info_line", "quiet_http_parser_errors"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,29 +24,88 @@ class JsonFormatter(logging.Formatter):
     Encoded with orjson (about 10x :mod:`json` here): the egress proxy writes one line per request.
     """
 
-    _second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
-
     def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        cached = self._second
-        if cached[0] != second:
-            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        out: dict[str, Any] = {
-            "ts": f"{cached[1]}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            out.update(extra)
+        error = None
         if record.exc_info and record.exc_info[0] is not None:
             # type and message only: a traceback's locals could hold anything
-            out["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
-        try:
-            return orjson.dumps(out, default=str).decode()
-        except (orjson.JSONEncodeError, TypeError):  # e.g. an int over 64 bits, a non-str key
-            return json.dumps(out, default=str)
+            error = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+        extra = getattr(record, "fields", None)
+        return _line(
+            record.created,
+            record.levelname.lower(),
+            record.name,
+            record.getMessage(),
+            extra if isinstance(extra, dict) else None,
+            error,
+        )
+
+
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
+def _line(
+    created: float, level: str, logger: str, msg: str, extra: dict[str, Any] | None, error: str | None
+) -> str:
+    global _second
+    whole = int(created)
+    cached = _second
+    if cached[0] != whole:
+        cached = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    out: dict[str, Any] = {
+        "ts": f"{cached[1]}.{int((created - whole) * 1000):03d}Z",
+        "level": level,
+        "logger": logger,
+        "msg": msg,
+    }
+    if extra:
+        out.update(extra)
+    if error is not None:
+        out["error"] = error
+    try:
+        return orjson.dumps(out, default=str).decode()
+    except (orjson.JSONEncodeError, TypeError):  # e.g. an int over 64 bits, a non-str key
+        return json.dumps(out, default=str)
+
+
+def info_line(logger: logging.Logger, msg: str, **kv: Any) -> None:
+    """``logger.info(msg, extra=fields(**kv))`` for lines written per request (the egress proxy).
+
+    Why: a LogRecord and the handler dispatch cost more than the rest of a proxied request's
+    Python work (bench/proxy.py). When the root logger has just the JSON handler that
+    :func:`setup_logging` installs, the same line is written straight to its stream; with any other
+    set-up (pytest's log capture, a handler added by an embedding program) this is plain logging.
+    """
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _sole_json_handler(logger)
+    if handler is None:
+        # makeRecord + handle: Logger.info would walk the stack for a file and line no line shows
+        record = logger.makeRecord(logger.name, logging.INFO, "", 0, msg, (), None, extra={"fields": kv})
+        logger.handle(record)
+        return
+    line = _line(time.time(), "info", logger.name, msg, kv, None) + "\n"
+    handler.acquire()
+    try:
+        handler.stream.write(line)
+        handler.stream.flush()
+    finally:
+        handler.release()
+
+
+def _sole_json_handler(logger: logging.Logger) -> logging.StreamHandler[Any] | None:
+    """The handler setup_logging installed, when it is the only place a line from ``logger`` goes."""
+    node: logging.Logger | None = logger
+    while node is not None and node is not logging.root:
+        if node.handlers or node.filters or not node.propagate:
+            return None
+        node = node.parent
+    handlers = logging.root.handlers
+    if len(handlers) != 1 or logging.root.filters:
+        return None
+    handler = handlers[0]
+    if type(handler) is not logging.StreamHandler or handler.filters or handler.level > logging.INFO:
+        return None
+    return handler if isinstance(handler.formatter, JsonFormatter) else None
 
 
 def fields(**kv: Any) -> dict[str, Any]:

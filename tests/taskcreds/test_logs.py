@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from taskcreds.logs import fields, setup_logging
+from taskcreds.logs import fields, info_line, setup_logging
 
 
 @pytest.fixture
@@ -67,3 +67,62 @@ def test_an_exception_is_its_type_and_message_never_a_traceback(lines: io.String
     (line,) = parsed(lines)
     assert line["error"] == "ValueError: broker answered 503"
     assert "Traceback" not in text and "tc-canary-not-for-logs" not in text
+
+
+def test_a_per_request_line_is_the_same_line_logging_writes(
+    lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = logging.getLogger("taskcreds.sidecar.proxy")
+    with monkeypatch.context() as patch:  # the point of info_line: no LogRecord, no handler dispatch
+        # as in the sidecar: the JSON handler alone (pytest adds its own while a test runs)
+        patch.setattr(logging.root, "handlers", [h for h in logging.root.handlers if getattr(h, "stream", None) is lines])
+        patch.setattr(logging.Logger, "makeRecord", lambda *a, **k: pytest.fail("a LogRecord was made"))
+        info_line(log, "proxied", host="api.example.com", status=200, credential=None, duration_ms=1.25)
+    log.info("proxied", extra=fields(host="api.example.com", status=200, credential=None, duration_ms=1.25))
+    fast, slow = parsed(lines)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(fast.pop("ts")))
+    slow.pop("ts")
+    assert fast == slow == {
+        "level": "info",
+        "logger": "taskcreds.sidecar.proxy",
+        "msg": "proxied",
+        "host": "api.example.com",
+        "status": 200,
+        "credential": None,
+        "duration_ms": 1.25,
+    }
+
+
+def test_a_per_request_line_follows_the_level(lines: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging.root, "handlers", [h for h in logging.root.handlers if getattr(h, "stream", None) is lines])
+    logging.getLogger().setLevel("WARNING")
+    info_line(logging.getLogger("taskcreds.sidecar.proxy"), "proxied", status=200)
+    assert lines.getvalue() == ""
+
+
+def test_a_per_request_line_goes_through_logging_when_anything_else_listens(
+    lines: io.StringIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")  # pytest's capture handler: a second handler on the root logger
+    log = logging.getLogger("taskcreds.sidecar.proxy")
+    info_line(log, "proxied", status=200)
+    assert [r.fields for r in caplog.records if r.getMessage() == "proxied"] == [{"status": 200}]  # type: ignore[attr-defined]
+    assert parsed(lines)[0]["status"] == 200  # and the JSON handler still writes it
+
+
+def test_a_filter_on_the_way_still_applies(lines: io.StringIO) -> None:
+    parent = logging.getLogger("taskcreds.sidecar")
+
+    class DropAll(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return False
+
+    drop = DropAll()
+    logging.root.handlers[:] = [h for h in logging.root.handlers if getattr(h, "stream", None) is lines]
+    child = logging.getLogger("taskcreds.sidecar.proxy")
+    child.addFilter(drop)
+    try:
+        info_line(child, "proxied", status=200)
+    finally:
+        child.removeFilter(drop)
+    assert lines.getvalue() == "" and parent is child.parent
