@@ -437,7 +437,11 @@ class _Body:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         dl = _DEADLINE.get(None)
-        pieces = self._dechunk() if self.chunked else self._sized()
+        pieces = (
+            self._dechunk()
+            if self.chunked
+            else self._exactly(self.length or 0, "the request body ended before Content-Length")
+        )
         try:
             while True:
                 if dl is not None:
@@ -460,13 +464,13 @@ class _Body:
             await pieces.aclose()
         self.done = True
 
-    async def _sized(self) -> AsyncGenerator[bytes, None]:
-        remaining = self.length or 0
-        while remaining:
-            chunk = await self.reader.read(min(remaining, _CHUNK))
+    async def _exactly(self, size: int, short: str) -> AsyncGenerator[bytes, None]:
+        """``size`` body bytes in pieces as they arrive; a 400 saying ``short`` if the agent stops."""
+        while size:
+            chunk = await self.reader.read(min(size, _CHUNK))
             if not chunk:
-                raise _BadRequest(400, "the request body ended before Content-Length")
-            remaining -= len(chunk)
+                raise _BadRequest(400, short)
+            size -= len(chunk)
             yield chunk
 
     async def _dechunk(self) -> AsyncGenerator[bytes, None]:
@@ -480,12 +484,7 @@ class _Body:
                 while (await self.reader.readline()) not in (b"\r\n", b"\n", b""):
                     pass  # trailers are dropped
                 return
-            remaining = size
-            while remaining:
-                chunk = await self.reader.read(min(remaining, _CHUNK))
-                if not chunk:
-                    raise _BadRequest(400, "the request body ended inside a chunk")
-                remaining -= len(chunk)
+            async for chunk in self._exactly(size, "the request body ended inside a chunk"):
                 yield chunk
             if await self.reader.readexactly(2) != b"\r\n":
                 raise _BadRequest(400, "a chunk of the request body is not followed by CRLF")
