@@ -70,10 +70,11 @@ def _line(
 def info_line(logger: logging.Logger, msg: str, **kv: Any) -> None:
     """``logger.info(msg, extra=fields(**kv))`` for lines written per request (the egress proxy).
 
-    Why: a LogRecord and the handler dispatch cost more than the rest of a proxied request's
-    Python work (bench/proxy.py). When the root logger has just the JSON handler that
+    Why: a LogRecord and the handler dispatch cost as much as the line itself, and the proxy
+    writes one per request (bench/proxy.py). When the root logger has just the JSON handler that
     :func:`setup_logging` installs, the same line is written straight to its stream; with any other
     set-up (pytest's log capture, a handler added by an embedding program) this is plain logging.
+    A failing stream is handled as logging handles it (``Handler.handleError``), never raised.
     """
     if not logger.isEnabledFor(logging.INFO):
         return
@@ -88,6 +89,8 @@ def info_line(logger: logging.Logger, msg: str, **kv: Any) -> None:
     try:
         handler.stream.write(line)
         handler.stream.flush()
+    except Exception:
+        handler.handleError(logger.makeRecord(logger.name, logging.INFO, "", 0, msg, (), None))
     finally:
         handler.release()
 

@@ -126,3 +126,12 @@ def test_a_filter_on_the_way_still_applies(lines: io.StringIO) -> None:
     finally:
         child.removeFilter(drop)
     assert lines.getvalue() == "" and parent is child.parent
+
+
+def test_a_failing_stream_is_logging_s_problem_not_the_caller_s(
+    lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logging.root, "handlers", [h for h in logging.root.handlers if getattr(h, "stream", None) is lines])
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # as in production: a bad stream is skipped
+    lines.close()  # e.g. stderr gone
+    info_line(logging.getLogger("taskcreds.sidecar.proxy"), "proxied", status=200)  # does not raise
