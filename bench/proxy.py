@@ -2,7 +2,8 @@
 
 Three real processes on loopback: an HTTPS upstream (aiohttp, test CA, wants a bearer token), the
 egress proxy (:class:`taskcreds.sidecar.proxy.EgressProxy` with JSON request logging and metrics
-on, on the sidecar's own loop, uvloop), and load clients (plain sockets + ``ssl``, one kept-alive connection each):
+on, on the sidecar's own loop, uvloop), and load clients (plain sockets + ``ssl``, one kept-alive
+connection each):
 
 - ``direct``: the same client -> upstream on one kept-alive TLS connection, sending the token
   itself. This is the floor: one TLS leg and no proxy process at all;
