@@ -60,6 +60,7 @@ def _serve(conn: Any, pods: int) -> None:
     from taskcreds import names
     from taskcreds.devauthority import DevAuthority
     from taskcreds.logs import setup_logging
+    from taskcreds.loop import run_loop
     from taskcreds.metrics import register_operator
 
     setup_logging("WARNING")
@@ -114,7 +115,7 @@ def _serve(conn: Any, pods: int) -> None:
                 break
         await server.stop()
 
-    asyncio.run(main())
+    run_loop(main())  # the loop taskcreds-operator runs on
 
 
 def _cpu_seconds(pid: int) -> float:

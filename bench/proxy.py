@@ -89,11 +89,11 @@ def serve_upstream(directory: Path) -> None:
 def serve_proxy(directory: Path, upstream_port: int) -> None:
     import logging
 
-    from taskcreds.sidecar.main import run_loop
     from taskcreds.sidecar.podca import PodCA, write_ca_bundle
     from taskcreds.sidecar.proxy import EgressProxy, ProxyRoute, register_proxy
 
     from taskcreds.logs import setup_logging
+    from taskcreds.loop import run_loop
 
     setup_logging("INFO", stream=open(os.devnull, "w"))  # noqa: SIM115  (log formatting is part of the cost)
     logging.getLogger("taskcreds.sidecar.proxy").setLevel("INFO")

@@ -40,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from taskcreds.operator import certificates as certs  # noqa: E402
 
+from taskcreds.loop import run_loop  # noqa: E402
+
 REVIEW_FILE = ROOT / "tests" / "fixtures" / "admission" / "opted-in-pod.json"
 CONNECTIONS = 16
 REQUESTS = 3000
@@ -147,7 +149,7 @@ def _floor_server(cert: str, key: str, answer: bytes, out: Any) -> None:
         out.send(runner.addresses[0][1])
         await asyncio.Event().wait()
 
-    asyncio.run(main())
+    run_loop(main())  # the loop taskcreds-operator runs on
 
 
 def _stubbed_server(cert: str, key: str, out: Any) -> None:
@@ -171,7 +173,7 @@ def _stubbed_server(cert: str, key: str, out: Any) -> None:
         app = webhook.make_webhook_app(config, metrics, mutate=lambda *a, **kw: precomputed)
         await webhook.serve(app, tls, "127.0.0.1", 0, asyncio.Event(), on_ready=lambda a: out.send(a[0][1]))
 
-    asyncio.run(main())
+    run_loop(main())  # the loop taskcreds-operator runs on
 
 
 def _kopf_setup() -> tuple[Any, Any]:
@@ -234,7 +236,7 @@ def _kopf_server(cert: str, key: str, out: Any) -> None:
             out.send(int(str(config.get("url")).rsplit(":", 1)[1].split("/")[0]))
         await asyncio.Event().wait()
 
-    asyncio.run(main())
+    run_loop(main())  # the loop taskcreds-operator runs on
 
 
 def _free_port() -> int:

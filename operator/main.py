@@ -30,6 +30,7 @@ from taskcreds.operator.config import ConfigError, InjectionConfig, config_from_
 from taskcreds.operator.settings import OperatorSettings, SettingsError
 
 from taskcreds.logs import fields, setup_logging
+from taskcreds.loop import run_loop
 from taskcreds.metrics import OperatorMetrics, register_operator
 
 __all__ = ["main", "run_operator", "OperatorParts", "kopf_settings_for_taskcreds"]
@@ -289,7 +290,7 @@ def main() -> int:
     setup_logging(settings.log_level)
     log.info("starting", extra=fields(namespace=settings.namespace))
     try:
-        return asyncio.run(_amain(settings, config))
+        return run_loop(_amain(settings, config))
     except KeyboardInterrupt:
         return 130
 

@@ -45,6 +45,7 @@ from taskcreds.operator.tlsreload import ReloadingCertificate, TLSFilesError
 
 from taskcreds import names
 from taskcreds.logs import fields, quiet_http_parser_errors, setup_logging
+from taskcreds.loop import run_loop
 from taskcreds.metrics import OperatorMetrics, register_operator
 
 if TYPE_CHECKING:
@@ -417,4 +418,4 @@ def run_standalone(args: argparse.Namespace) -> int:
             return fail(f"--listen {args.listen}: cannot listen ({exc.strerror or exc})")
         return 0
 
-    return asyncio.run(main())
+    return run_loop(main())

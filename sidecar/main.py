@@ -14,8 +14,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
-from typing import Any, TypeVar
 
 from taskcreds.sidecar.client import BrokerClient
 from taskcreds.sidecar.config import SidecarConfig, from_env
@@ -26,12 +24,12 @@ from taskcreds.sidecar.server import start_servers
 from taskcreds.sidecar.writer import CredentialWriter
 
 from taskcreds.logs import fields, setup_logging
+from taskcreds.loop import run_loop
 from taskcreds.metrics import register_sidecar
 
-__all__ = ["main", "run", "run_loop"]
+__all__ = ["main", "run"]
 
 _log = logging.getLogger("taskcreds.sidecar")
-T = TypeVar("T")
 
 
 def _fail(code: int, message: str) -> int:
@@ -92,20 +90,6 @@ def main() -> None:
     except (WriterError, OSError) as exc:
         sys.exit(_fail(1, str(exc)))
     sys.exit(run_loop(run(config, writer)))
-
-
-def run_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run the sidecar's coroutine on uvloop (asyncio's loop where uvloop is missing).
-
-    Why uvloop: the egress proxy moves every byte through two TLS transports; uvloop's are
-    compiled, asyncio's are pure Python. bench/proxy.py, same run: 16 KiB throughput through the
-    proxy 0.44 -> 0.51x direct at one connection, 0.46 -> 0.53x at four.
-    """
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - a platform without a uvloop wheel
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

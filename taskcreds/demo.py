@@ -31,6 +31,7 @@ import jsonpatch
 
 from taskcreds import names
 from taskcreds.durations import DurationError, format_duration, parse_duration
+from taskcreds.loop import run_loop
 
 __all__ = ["run", "Demo", "DEMO_NAMESPACE", "DEMO_POD"]
 
@@ -486,7 +487,7 @@ def run(args: Any) -> int:
         return 2
     os.environ.setdefault(names.ENV_DEV_AUTHORITY, "1")
     try:
-        return asyncio.run(_main(args))
+        return run_loop(_main(args))
     except DemoError as exc:
         print(f"taskcreds demo: {exc}", file=sys.stderr)
         return 1

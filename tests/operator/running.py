@@ -17,6 +17,7 @@ from taskcreds.operator.kube import connect
 from taskcreds.operator.main import OperatorParts, kopf_settings_for_taskcreds, run_operator
 from taskcreds.operator.settings import OperatorSettings
 
+from taskcreds.loop import run_loop
 from taskcreds.metrics import OperatorMetrics, register_operator
 from tests.kube.fixtures import KubeApi
 from tests.ports import free_port
@@ -66,7 +67,7 @@ class Replica:
 
     def _main(self) -> None:
         try:
-            asyncio.run(self._run())
+            run_loop(self._run())  # the loop taskcreds-operator runs on
         except BaseException as exc:
             self.failure.append(exc)
 

@@ -49,6 +49,7 @@ import hvac.exceptions
 from taskcreds import names
 from taskcreds.devauthority import DevAuthority, WorkloadApiServer
 from taskcreds.localpod import LocalPod
+from taskcreds.loop import run_loop
 from tests.kube.fixtures import KubeApi
 from tests.openbao import OPERATOR_POLICY, OpenBao
 from tests.operator.running import webhook_configuration
@@ -335,7 +336,7 @@ class Harness:
 
         def thread_main() -> None:
             try:
-                asyncio.run(operator_main())
+                run_loop(operator_main())  # the loop taskcreds-operator runs on
             except BaseException as exc:  # noqa: BLE001 - surfaced by stop_operator
                 box["failure"].append(exc)
 

@@ -58,7 +58,7 @@ assert NS == "team-a" and SA == "agent" and AGENT_ID.endswith(f"/ns/{NS}/sa/{SA}
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     """The egress proxy's tests run on both loops: the sidecar runs it on uvloop
-    (``taskcreds.sidecar.main.run_loop``), and the code must not depend on which."""
+    (``taskcreds.loop.run_loop``), and the code must not depend on which."""
     import uvloop
 
     if item.path.name == "test_proxy.py":

@@ -103,11 +103,12 @@ def _find(cls_path: str) -> list[Any]:
 def operator_child(conn: Any, kube_url: str, token: str, svid: Any, idle_timeout: float) -> None:
     """Entry point of the child process: run the whole operator until told to stop."""
     from taskcreds.logs import setup_logging
+    from taskcreds.loop import run_loop
 
     setup_logging("WARNING")
     counter = _LogCounter()
     logging.getLogger().addHandler(counter)
-    asyncio.run(_amain(conn, kube_url, token, svid, idle_timeout, counter))
+    run_loop(_amain(conn, kube_url, token, svid, idle_timeout, counter))  # the operator's own loop
 
 
 async def _amain(
