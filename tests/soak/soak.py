@@ -178,6 +178,30 @@ class SoakResult:
         slope = sum((t - mean_t) * (m - mean_m) for t, m in load) / var
         return statistics.median(first or [load[0][1]]), statistics.median(last or [load[-1][1]]), slope * 60
 
+    def rss_per_live_pod(self) -> float:
+        """MB of operator RSS per running pod: least squares over the samples up to the most pods.
+
+        What sizes the operator (docs/install.md): its memory follows the pods running at once.
+        """
+        ramp: list[tuple[float, float]] = []
+        most = -1
+        for _, s in self.samples:
+            live = s.get("live_pods")
+            if live is None:
+                continue
+            ramp.append((float(live), s["rss_kb"] / 1024))
+            if live >= most:
+                most, upto = live, len(ramp)
+        ramp = ramp[:upto] if ramp else ramp
+        if len(ramp) < 3:
+            return float("nan")
+        mean_x = sum(x for x, _ in ramp) / len(ramp)
+        mean_y = sum(y for _, y in ramp) / len(ramp)
+        var = sum((x - mean_x) ** 2 for x, _ in ramp)
+        if not var:
+            return float("nan")
+        return sum((x - mean_x) * (y - mean_y) for x, y in ramp) / var
+
     def checks(self) -> dict[str, str | None]:
         """Each bound by name: None when it held, else what broke, in words."""
         b, out = self.bounds, {}
@@ -713,6 +737,11 @@ def markdown(r: SoakResult) -> str:
             "operator RSS, first third -> last third (median)",
             f"{first:.1f} -> {last:.1f} MB (+{last - first:.1f}), slope {slope:+.2f} MB/min, peak {peak_rss:.1f} MB",
             f"growth <= {b.rss_growth_mb:g} MB",
+        ),
+        (
+            "operator RSS per running pod (fit up to the most pods)",
+            f"{r.rss_per_live_pod():.2f} MB",
+            "",
         ),
         ("operator open fds, before -> after (all)", f"{r.before.get('fds')} -> {r.after.get('fds')}", ""),
         (

@@ -129,3 +129,19 @@ def test_percentile_is_nearest_rank() -> None:
     assert math.isnan(pct([], 0.5))
     assert pct([3.0, 1.0, 2.0], 0.5) == 2.0
     assert pct([float(i) for i in range(1, 101)], 0.99) == 99.0
+
+
+def test_rss_per_running_pod_fits_the_ramp_up_and_ignores_the_drain() -> None:
+    r = SoakResult(SoakParams(pods=2), Bounds())
+    ramp = [
+        (float(t), {"rss_kb": (100 + 0.5 * live) * 1024, "live_pods": live})
+        for t, live in enumerate(range(0, 201, 20))
+    ]
+    # draining: pods end, CPython keeps the memory; a fit over these would halve the figure
+    drain = [
+        (20.0 + t, {"rss_kb": 200 * 1024, "live_pods": live}) for t, live in enumerate(range(180, -1, -20))
+    ]
+    r.samples = ramp + drain
+    assert r.rss_per_live_pod() == pytest.approx(0.5)
+    r.samples = ramp[:2]
+    assert math.isnan(r.rss_per_live_pod())  # too few samples: no figure, not a small one
