@@ -214,3 +214,10 @@ async def test_operator_webhook_denies_a_credential_no_source_grants(operator: A
     pod["metadata"]["annotations"][names.ANNOTATION_CREDENTIALS] = "api"
     created = await core.create_namespaced_pod("agents", pod)
     assert created.spec.init_containers[0].name == names.SIDECAR_CONTAINER
+
+
+async def test_operator_tests_run_on_the_loop_the_operator_runs_on() -> None:
+    # tests/operator/conftest.py: a TLS transport on asyncio's loop behaves (and costs) differently
+    import uvloop
+
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
