@@ -30,7 +30,7 @@ from taskcreds.operator.config import ConfigError, InjectionConfig, config_from_
 from taskcreds.operator.settings import OperatorSettings, SettingsError
 
 from taskcreds.logs import fields, setup_logging
-from taskcreds.loop import run_loop
+from taskcreds.loop import loop_name, run_loop
 from taskcreds.metrics import OperatorMetrics, register_operator
 
 __all__ = ["main", "run_operator", "OperatorParts", "kopf_settings_for_taskcreds"]
@@ -224,7 +224,10 @@ async def run_operator(
         parts.ports["webhook"] = addrs[0][1]
         await asyncio.wait_for(kopf_ready.wait(), timeout=60)
         parts.ready.set()
-        log.info("taskcreds-operator ready", extra=fields(**{f"{k}_port": v for k, v in parts.ports.items()}))
+        log.info(
+            "taskcreds-operator ready",
+            extra=fields(loop=loop_name(), **{f"{k}_port": v for k, v in parts.ports.items()}),
+        )
         # kopf installs its own SIGTERM/SIGINT handlers in the main thread: when it stops, we stop
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({stopping, kopf_task}, return_when=asyncio.FIRST_COMPLETED)

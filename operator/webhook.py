@@ -45,7 +45,7 @@ from taskcreds.operator.tlsreload import ReloadingCertificate, TLSFilesError
 
 from taskcreds import names
 from taskcreds.logs import fields, quiet_http_parser_errors, setup_logging
-from taskcreds.loop import run_loop
+from taskcreds.loop import loop_name, run_loop
 from taskcreds.metrics import OperatorMetrics, register_operator
 
 if TYPE_CHECKING:
@@ -361,7 +361,10 @@ async def serve(app: web.Application, tls: ReloadingCertificate, host: str, port
         addresses = [(str(sock.getsockname()[0]), int(sock.getsockname()[1])) for sock in server.sockets]
         bound = [f"{h}:{p}" for h, p in addresses]
         expires = tls.not_after.isoformat() if tls.not_after else None
-        log.info("webhook serving", extra=fields(listen=bound, cert=str(tls.cert_file), cert_expires=expires))
+        log.info(
+            "webhook serving",
+            extra=fields(listen=bound, cert=str(tls.cert_file), cert_expires=expires, loop=loop_name()),
+        )
         watcher = asyncio.create_task(tls.watch(poll_interval))
         if on_ready is not None:
             on_ready(addresses)

@@ -24,7 +24,7 @@ from taskcreds.sidecar.server import start_servers
 from taskcreds.sidecar.writer import CredentialWriter
 
 from taskcreds.logs import fields, setup_logging
-from taskcreds.loop import run_loop
+from taskcreds.loop import loop_name, run_loop
 from taskcreds.metrics import register_sidecar
 
 __all__ = ["main", "run"]
@@ -63,7 +63,7 @@ async def run(config: SidecarConfig, writer: CredentialWriter) -> int:
     _log.info("sidecar started", extra=fields(
         task=config.task, pod=f"{config.pod_namespace}/{config.pod_name}",
         credentials=list(config.credentials),
-        local_port=servers.local_port, probe_port=servers.probe_port, dir=config.dir))
+        local_port=servers.local_port, probe_port=servers.probe_port, dir=config.dir, loop=loop_name()))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.request_stop)

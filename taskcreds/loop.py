@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["new_event_loop", "run_loop", "uvloop_available"]
+__all__ = ["loop_name", "new_event_loop", "run_loop", "uvloop_available"]
 
 T = TypeVar("T")
 
@@ -46,3 +46,9 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on the loop :func:`new_event_loop` makes; any thread may call it."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(main)
+
+
+def loop_name() -> str:
+    """``uvloop`` or ``asyncio``: which loop runs this coroutine (logged at start, so a process that
+    fell back to asyncio's loop, with its costlier TLS connections, says so)."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]

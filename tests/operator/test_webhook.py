@@ -412,6 +412,7 @@ async def test_cli_serves_healthz_over_tls_and_exits_0_on_sigterm(
             record = json.loads(line)
             if record["msg"] == "webhook serving":
                 port = int(record["listen"][0].rsplit(":", 1)[1])
+                assert record["loop"] == "uvloop", "the webhook CLI runs on the operator's loop"
         client_ctx = ssl.create_default_context(cadata=ca.decode())
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as session:
             async with session.get(f"https://127.0.0.1:{port}/healthz", server_hostname="localhost") as resp:

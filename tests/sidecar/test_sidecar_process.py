@@ -113,6 +113,8 @@ async def test_fetches_serves_and_tears_down_when_the_broker_says_so(
     assert b"taskcreds_sidecar_ready 1.0" in metrics
     assert b'taskcreds_sidecar_credential_expiry_timestamp_seconds{credential="github"}' in metrics
     assert b"taskcreds_sidecar_svid_expiry_timestamp_seconds" in metrics
+    started = [r for r in sc.log_records() if r.get("msg") == "sidecar started"]
+    assert [r.get("loop") for r in started] == ["uvloop"], "the sidecar runs on uvloop"
 
     await broker.set_status("completed")  # through the API: pod watch -> broker -> long-poll
     patched = time.monotonic()

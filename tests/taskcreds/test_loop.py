@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import uvloop
 
 from taskcreds import loop as tc_loop
+from taskcreds import names
 
 
 async def _loop_kind() -> str:
-    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+    return tc_loop.loop_name()
 
 
 def test_run_loop_runs_the_coroutine_on_uvloop_and_returns_its_value() -> None:
@@ -35,14 +37,16 @@ def test_run_loop_works_on_a_thread_that_owns_its_loop() -> None:
     assert out == ["uvloop"]
 
 
-def test_run_loop_raises_what_the_coroutine_raises_and_leaves_no_loop_behind() -> None:
+def test_run_loop_raises_what_the_coroutine_raises_and_closes_its_loop() -> None:
+    loops: list[asyncio.AbstractEventLoop] = []
+
     async def boom() -> None:
+        loops.append(asyncio.get_running_loop())
         raise ValueError("from the coroutine")
 
     with pytest.raises(ValueError, match="from the coroutine"):
         tc_loop.run_loop(boom())
-    with pytest.raises(RuntimeError):
-        asyncio.get_running_loop()
+    assert len(loops) == 1 and loops[0].is_closed()
 
 
 def test_new_event_loop_is_uvloop() -> None:
@@ -76,7 +80,21 @@ def test_the_operator_entry_point_runs_on_uvloop(monkeypatch: pytest.MonkeyPatch
     assert seen == ["uvloop"]
 
 
-def test_the_sidecar_entry_point_uses_the_same_loop() -> None:
-    from taskcreds.sidecar import main as sidecar_main
+def test_the_demo_entry_point_runs_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from taskcreds import demo
 
-    assert sidecar_main.run_loop is tc_loop.run_loop
+    seen: list[str] = []
+
+    async def fake_main(args: Any) -> int:
+        seen.append(tc_loop.loop_name())
+        return 0
+
+    monkeypatch.setattr(demo, "_main", fake_main)
+    monkeypatch.setenv(names.ENV_DEV_AUTHORITY, "1")  # run() sets it for its process; undone after
+    assert demo.run(SimpleNamespace(ttl="30s", task_seconds=1.0)) == 0
+    assert seen == ["uvloop"]
+
+
+# the webhook CLI and the sidecar say which loop they run on in their first log line; their process
+# tests check it: tests/operator/test_webhook.py::test_cli_serves_healthz_over_tls_and_exits_0_on_sigterm,
+# tests/sidecar/test_sidecar_process.py::test_fetches_serves_and_tears_down_when_the_broker_says_so
