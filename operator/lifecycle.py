@@ -19,6 +19,7 @@ that went away while no operator was watching.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -105,7 +106,10 @@ class TaskLifecycle:
             return  # max-duration is fixed at admission: the timer armed first stays right
         delay = max(0.0, (deadline - self._now()).total_seconds())
         loop = asyncio.get_running_loop()
-        self._deadlines[key] = loop.call_later(delay, self._deadline_passed, key)
+        # an empty context: a copy of the kopf handler's would hold its cause (the pod body as first
+        # seen) until the deadline, hours for a long task
+        empty = contextvars.Context()
+        self._deadlines[key] = loop.call_later(delay, self._deadline_passed, key, context=empty)
 
     def _disarm(self, key: str) -> None:
         handle = self._deadlines.pop(key, None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -114,7 +115,11 @@ class TaskStatusHub:
         state = self._set(uid, state_of(pod, now=self._now(), deleted=deleted))
         if deleted and uid not in self._forgetting:  # one timer per pod, however many delete events
             with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule
-                asyncio.get_running_loop().call_later(FORGET_AFTER, self._forget, uid)
+                # an empty context: a copy of the caller's (a kopf handler's) would keep its cause,
+                # the whole pod body, alive for FORGET_AFTER (the soak: ~60 KB per ended pod)
+                asyncio.get_running_loop().call_later(
+                    FORGET_AFTER, self._forget, uid, context=contextvars.Context()
+                )
                 self._forgetting.add(uid)
         return state
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
+import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -133,3 +136,30 @@ def test_registry_has_the_pod_event_handler_filtered_on_the_inject_label() -> No
     handlers = list(registry._watching.get_all_handlers())  # kopf keeps watching handlers here
     assert len(handlers) == 1
     assert handlers[0].labels == {"taskcreds.io/inject": "true"}
+
+
+class _Cause:
+    """Stands for what kopf keeps in context variables while a handler runs (the cause and its pod)."""
+
+
+async def test_an_armed_deadline_keeps_nothing_of_the_handlers_context() -> None:
+    # a deadline can be hours away: the timer must not hold the kopf cause (the pod body) that long
+    rec = Recorder()
+    lc = TaskLifecycle(revoke=rec.revoke)
+    var: contextvars.ContextVar[_Cause] = contextvars.ContextVar("cause")
+    holder = [_Cause()]
+    alive = weakref.ref(holder[0])
+
+    async def handler() -> None:
+        var.set(holder[0])
+        await lc.on_pod_event("ADDED", pod(max_duration="2h"))
+
+    task = asyncio.get_running_loop().create_task(handler(), context=contextvars.copy_context())
+    await task
+    del task  # a finished task keeps its context, and the loop its wake-up handle until it runs on
+    await asyncio.sleep(0)
+    holder.clear()
+    gc.collect()
+    assert lc.armed_deadlines == 1
+    assert alive() is None, "the armed deadline keeps the handler's context alive"
+    await lc.close()
