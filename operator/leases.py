@@ -360,6 +360,9 @@ async def record_ended(cluster: Cluster, pod: Mapping[str, Any], task: str, reas
             )
         except Conflict:
             continue
+        except NotFound:
+            # collected under us: its finalizer was released, so its task was revoked already
+            return lease
 
 
 # --- revocation engine -----------------------------------------------------------------------------
@@ -568,11 +571,12 @@ async def revoke_task(
                 subresource="status",
             )
             break
+        except NotFound:
+            return _collected(outcome)
         except Conflict:
             fresh = await cluster.get_task_lease(namespace, lease_name)
             if fresh is None:
-                outcome.done = True
-                return outcome
+                return _collected(outcome)
             lease = fresh
     reason = (lease.get("status") or {}).get("reason") or reason
     for attempt in range(max(1, backoff.attempts)):
@@ -586,13 +590,20 @@ async def revoke_task(
             cluster, providers, lease, pending, reason, metrics=metrics, now=now, outcome=outcome
         )
         renew_claim = {"revoker": {"id": replica, "at": format_time(now())}}
-        lease = await _write_changes(cluster, lease, changes, renew_claim)
+        try:
+            lease = await _write_changes(cluster, lease, changes, renew_claim)
+        except NotFound:
+            return _collected(outcome)
     pending = [e for e in (lease.get("status") or {}).get("leases") or [] if not e.get("revokedAt")]
     if pending:
         outcome.failed = sorted({e["credential"] for e in pending})
         return outcome
     if (lease.get("status") or {}).get("phase") != REVOKED:
-        lease = await _write_changes(cluster, lease, {}, {"phase": REVOKED, "revokedAt": format_time(now())})
+        try:
+            revoked = {"phase": REVOKED, "revokedAt": format_time(now())}
+            lease = await _write_changes(cluster, lease, {}, revoked)
+        except NotFound:
+            return _collected(outcome)
     await _release_finalizer(cluster, lease)
     outcome.done = True
     if metrics is not None and seen_at is not None:
@@ -607,6 +618,21 @@ async def revoke_task(
             not_revocable=outcome.not_revocable,
         ),
     )
+    return outcome
+
+
+def _collected(outcome: RevokeOutcome) -> RevokeOutcome:
+    """The TaskLease went while we revoked: done. A TaskLease is deleted only once its finalizer is
+    released, and that follows only the revocation of every lease on it (another call's, under
+    churn: a pod's terminal status and its deletion both revoke) or a person removing it by hand."""
+    outcome.done = not outcome.failed
+    if outcome.failed:  # it went by hand while these still failed: nothing is left to retry from
+        log.warning(
+            "task lease deleted while revocations were failing",
+            extra=fields(lease=outcome.lease, failed=sorted(outcome.failed)),
+        )
+    else:
+        log.info("task lease already revoked and collected", extra=fields(lease=outcome.lease))
     return outcome
 
 
