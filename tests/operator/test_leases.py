@@ -67,7 +67,11 @@ def entry(
 
 @pytest.fixture
 def cluster() -> MemCluster:
-    mem = MemCluster()
+    return with_agent_pod(MemCluster())
+
+
+def with_agent_pod(mem: MemCluster) -> MemCluster:
+    """``mem`` with the opted-in pod agent-1 (task fix-42, credential db) the tests here use."""
     mem.put_pod(
         {
             "metadata": {

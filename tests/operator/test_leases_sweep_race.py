@@ -13,7 +13,17 @@ from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.providers.base import ProviderError
 
 from taskcreds import names
-from tests.operator.test_leases import FAST, NOW, NS, FakeSource, cluster, entry, nm, pod  # noqa: F401 (fixture)
+from tests.operator.test_leases import (  # noqa: F401 (cluster: a fixture)
+    FAST,
+    NOW,
+    NS,
+    FakeSource,
+    cluster,
+    entry,
+    nm,
+    pod,
+    with_agent_pod,
+)
 
 
 class _CollectedWhileRevoking(FakeSource):
@@ -85,18 +95,7 @@ class _CollectsOnClaim(MemCluster):
 
 
 async def test_revoke_task_is_done_when_the_lease_is_collected_before_its_claim() -> None:
-    mem = _CollectsOnClaim()
-    mem.put_pod(
-        {
-            "metadata": {
-                "name": "agent-1",
-                "namespace": NS,
-                "labels": {names.LABEL_INJECT: "true"},
-                "annotations": {names.ANNOTATION_TASK: "fix-42", names.ANNOTATION_CREDENTIALS: "db"},
-            },
-            "spec": {"serviceAccountName": "agent"},
-        }
-    )
+    mem = with_agent_pod(_CollectsOnClaim())
     await leases.record_issued(mem, pod(mem), "fix-42", [entry("a")])
     vault = FakeSource()
     outcome = await leases.revoke_task(mem, {"vault": vault}, NS, nm(mem), "pod_deleted", metrics=None)
@@ -104,18 +103,7 @@ async def test_revoke_task_is_done_when_the_lease_is_collected_before_its_claim(
 
 
 async def test_recording_an_ending_tolerates_the_lease_collected_under_it() -> None:
-    mem = _CollectsOnStatusPatch()
-    mem.put_pod(
-        {
-            "metadata": {
-                "name": "agent-1",
-                "namespace": NS,
-                "labels": {names.LABEL_INJECT: "true"},
-                "annotations": {names.ANNOTATION_TASK: "fix-42", names.ANNOTATION_CREDENTIALS: "db"},
-            },
-            "spec": {"serviceAccountName": "agent"},
-        }
-    )
+    mem = with_agent_pod(_CollectsOnStatusPatch())
     await leases.record_issued(mem, pod(mem), "fix-42", [entry("a")])
     mem.armed = True
     await leases.record_ended(mem, pod(mem), "fix-42", "failed")  # no NotFound out of it
