@@ -6,7 +6,7 @@ Why uvloop, measured on this project's own paths:
   connection; uvloop's is compiled and touches only what it reads. 200 TLS connections (both
   ends in one process) grew RSS by 113 MB on asyncio and 16 MB on uvloop. The operator's broker
   holds one mTLS connection per running sidecar: at ~200 live agent pods the soak put an
-  asyncio operator at its 256Mi limit (tests/soak/README.md, docs/install.md);
+  asyncio operator at the 256Mi limit the chart had then (tests/soak/README.md, docs/install.md);
 - speed: the egress proxy moves every byte through two TLS transports (bench/proxy.py: 16 KiB
   throughput through the proxy 0.44 -> 0.51x direct at one connection, 0.46 -> 0.53x at four).
 
