@@ -135,6 +135,14 @@ class PodRecord:
     renew_s: list[float] = field(default_factory=list, repr=False)
 
 
+def _slope(points: list[tuple[float, float]], *, flat: float) -> float:
+    """Least-squares slope of y over x; ``flat`` when every x is the same."""
+    try:
+        return statistics.linear_regression([x for x, _ in points], [y for _, y in points]).slope
+    except statistics.StatisticsError:
+        return flat
+
+
 @dataclass
 class SoakResult:
     params: SoakParams
@@ -171,11 +179,7 @@ class SoakResult:
         third = (end - start) / 3
         first = [m for t, m in load if t <= start + third]
         last = [m for t, m in load if t >= end - third]
-        n = len(load)
-        mean_t = sum(t for t, _ in load) / n
-        mean_m = sum(m for _, m in load) / n
-        var = sum((t - mean_t) ** 2 for t, _ in load) or 1.0
-        slope = sum((t - mean_t) * (m - mean_m) for t, m in load) / var
+        slope = _slope(load, flat=0.0)
         return statistics.median(first or [load[0][1]]), statistics.median(last or [load[-1][1]]), slope * 60
 
     def rss_per_live_pod(self) -> float:
@@ -183,24 +187,13 @@ class SoakResult:
 
         What sizes the operator (docs/install.md): its memory follows the pods running at once.
         """
-        ramp: list[tuple[float, float]] = []
-        most = -1
-        for _, s in self.samples:
-            live = s.get("live_pods")
-            if live is None:
-                continue
-            ramp.append((float(live), s["rss_kb"] / 1024))
-            if live >= most:
-                most, upto = live, len(ramp)
-        ramp = ramp[:upto] if ramp else ramp
+        ramp = [(float(s["live_pods"]), s["rss_kb"] / 1024) for _, s in self.samples if "live_pods" in s]
+        if ramp:
+            most = max(live for live, _ in ramp)
+            ramp = ramp[: max(i for i, (live, _) in enumerate(ramp) if live == most) + 1]
         if len(ramp) < 3:
             return float("nan")
-        mean_x = sum(x for x, _ in ramp) / len(ramp)
-        mean_y = sum(y for _, y in ramp) / len(ramp)
-        var = sum((x - mean_x) ** 2 for x, _ in ramp)
-        if not var:
-            return float("nan")
-        return sum((x - mean_x) * (y - mean_y) for x, y in ramp) / var
+        return _slope(ramp, flat=float("nan"))
 
     def checks(self) -> dict[str, str | None]:
         """Each bound by name: None when it held, else what broke, in words."""

@@ -1,4 +1,4 @@
-"""taskcreds.loop: every taskcreds process runs on uvloop (the operator, its webhook CLI, the
+"""taskcreds.loop: the long-running processes run on uvloop (the operator, its webhook CLI, the
 sidecar, the demo), from the main thread or from a thread that owns its loop."""
 
 from __future__ import annotations
