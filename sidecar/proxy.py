@@ -59,6 +59,16 @@ MAX_HEAD_BYTES = 64 * 1024  # request line + headers
 MAX_HEADERS = 128
 _CHUNK = 64 * 1024
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token (header names)
+# a control character in a request head other than HTAB, or a CR or LF that is not part of a CRLF
+# line end: an upstream that splits lines on a bare LF would read a second request into it, one
+# the proxy never saw and whose body would be the credential header it appends (RFC 9110 5.5)
+_HEAD_CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+_TARGET = re.compile(r"[\x21-\x7e]+")  # a request target: visible ASCII, nothing else
+_DIGITS = re.compile(r"[0-9]{1,18}")  # a Content-Length: ASCII digits only ("²".isdigit() is True)
+_DIGITS_B = re.compile(rb"[0-9]{1,18}")
+# a chunk-size line: hex digits only (int(..., 16) would take "-1", "0x10", "+1", "1_0"), then
+# optional extensions, which are dropped
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,253}$")  # credential and file names
 _HOP_BY_HOP = frozenset(
     {
@@ -318,11 +328,17 @@ _NO_TOKENS: set[str] = set()  # shared: never added to
 
 
 def _parse_head(data: bytes) -> _Head:
+    if _HEAD_CTL.search(data):
+        raise _BadRequest(
+            400, "the request head has a control character, or a CR or LF outside a CRLF line end: refused"
+        )
     lines = data.rstrip(b"\r\n").split(b"\r\n")
     try:
         method, target, version = lines[0].decode("ascii").split(" ")
     except (UnicodeDecodeError, ValueError):
         raise _BadRequest(400, "the request line is not 'METHOD target HTTP/1.1'") from None
+    if not _TARGET.fullmatch(target):
+        raise _BadRequest(400, "the request target has a character other than visible ASCII")
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise _BadRequest(505, f"HTTP version {version!r} is not supported; use HTTP/1.1")
     if not _TOKEN.match(method):
@@ -424,8 +440,8 @@ class _Body:
                 raise _BadRequest(501, f"Transfer-Encoding {','.join(te)!r} is not supported; use chunked")
             self.chunked = True
         elif cl:
-            if len(cl) != 1 or not next(iter(cl)).isdigit():
-                raise _BadRequest(400, "Content-Length must be one non-negative integer")
+            if len(cl) != 1 or not _DIGITS.fullmatch(next(iter(cl))):
+                raise _BadRequest(400, "Content-Length must be one non-negative integer (at most 18 digits)")
             self.length = int(next(iter(cl)))
         else:
             self.length = 0
@@ -473,20 +489,32 @@ class _Body:
             size -= len(chunk)
             yield chunk
 
+    async def _line(self) -> bytes:
+        """One line of chunked framing (size line or trailer), bounded by the reader's limit."""
+        try:
+            return await self.reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            raise _BadRequest(400, f"a chunk-size or trailer line is over {MAX_HEAD_BYTES} bytes") from None
+        except asyncio.IncompleteReadError:
+            raise _BadRequest(400, "the request body ended inside its chunked framing") from None
+
     async def _dechunk(self) -> AsyncGenerator[bytes, None]:
         while True:
-            line = await self.reader.readline()
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _BadRequest(400, "malformed chunk size in the request body") from None
+            match = _CHUNK_LINE.fullmatch(await self._line())
+            if match is None:
+                raise _BadRequest(400, "malformed chunk size in the request body (hex digits expected)")
+            size = int(match[1], 16)
             if size == 0:
-                while (await self.reader.readline()) not in (b"\r\n", b"\n", b""):
+                while (await self._line()) not in (b"\r\n", b"\n"):
                     pass  # trailers are dropped
                 return
             async for chunk in self._exactly(size, "the request body ended inside a chunk"):
                 yield chunk
-            if await self.reader.readexactly(2) != b"\r\n":
+            try:
+                crlf = await self.reader.readexactly(2)
+            except asyncio.IncompleteReadError:
+                crlf = b""
+            if crlf != b"\r\n":
                 raise _BadRequest(400, "a chunk of the request body is not followed by CRLF")
 
     async def drain(self) -> None:
@@ -552,7 +580,10 @@ class _Refusal(Exception):
 
 _UPSTREAM_LIMIT = 256 * 1024  # the largest upstream response head; also the read buffer's size
 _COALESCE = 64 * 1024  # a body up to this size with a Content-Length is relayed in one write
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# methods whose answer is the request itself (Apache httpd answers TRACE by default): never sent
+# with a credential attached
+_ECHO_METHODS = frozenset({"TRACE", "TRACK"})
 
 
 class _UpstreamError(Exception):
@@ -575,6 +606,14 @@ class _Conn:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
+
+
+def _unread(conn: _Conn) -> int:
+    """Bytes the upstream sent past the response just relayed (asyncio has no public accessor).
+
+    A connection holding any is out of step: reused, its next "response" would be those bytes.
+    """
+    return len(conn.reader._buffer)  # noqa: SLF001
 
 
 class _UpstreamPool:
@@ -603,7 +642,7 @@ class _UpstreamPool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if now - conn.idle_since < self._idle_ttl and not conn.reader.at_eof():
+            if now - conn.idle_since < self._idle_ttl and not conn.reader.at_eof() and not _unread(conn):
                 if not conn.writer.is_closing():
                     return conn, True
             conn.close()
@@ -626,7 +665,7 @@ class _UpstreamPool:
 
     def put(self, conn: _Conn) -> None:
         idle = self._idle.setdefault(conn.key, [])
-        if len(idle) >= self._max_idle or conn.writer.is_closing():
+        if len(idle) >= self._max_idle or conn.writer.is_closing() or _unread(conn):
             conn.close()
             return
         conn.idle_since = time.monotonic()
@@ -671,7 +710,7 @@ def _parse_response(data: bytes, *, head_only: bool) -> _Response:
         lname = name.lower()
         value = value.strip(b" \t")
         if lname == b"content-length":
-            if not value.isdigit() or (length is not None and length != int(value)):
+            if not _DIGITS_B.fullmatch(value) or (length is not None and length != int(value)):
                 raise _UpstreamError("the upstream sent a bad Content-Length")
             length, cl_line = int(value), line
             continue  # written again by the relay, once
@@ -762,6 +801,7 @@ class EgressProxy:
         # deadlines are checked this often: a timeout fires up to one tick late
         self._tick = min(1.0, max(0.02, min(idle_timeout, upstream_read_timeout) / 4))
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     @property
     def routes(self) -> tuple[ProxyRoute, ...]:
@@ -805,6 +845,7 @@ class EgressProxy:
 
     async def close(self) -> None:
         """Stop listening, cut every open connection and tunnel, close upstream connections."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
@@ -860,7 +901,10 @@ class EgressProxy:
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
             pass  # the agent went away; nothing to answer
         except asyncio.CancelledError:
-            raise
+            if not self._closing:
+                raise
+            # cut by close(): end normally, as Python 3.11's start_server callback calls
+            # task.exception() on its task, which logs an error for every cancelled one
         except Exception:
             _log.exception("egress proxy connection failed")
         finally:
@@ -1250,6 +1294,15 @@ class EgressProxy:
             if self._deny:
                 raise _Refusal(403, "denied", _deny_message(host))
             return None
+        if ex.method in _ECHO_METHODS:
+            raise _Refusal(
+                403,
+                "method_refused",
+                (
+                    f"taskcreds proxy: {ex.method} to {host} is refused: the upstream would echo the "
+                    f"request back, credential {route.credential!r} included"
+                ),
+            )
         if self._view.ended:
             raise _Refusal(
                 403,
@@ -1404,11 +1457,10 @@ class EgressProxy:
             elif resp.chunked:
                 while True:
                     dl.at = time.monotonic() + timeout
-                    line = await reader.readuntil(b"\r\n")
-                    try:
-                        size = int(line.split(b";", 1)[0].strip(), 16)
-                    except ValueError:
-                        raise _UpstreamError("the upstream sent a malformed chunk size") from None
+                    match = _CHUNK_LINE.fullmatch(await reader.readuntil(b"\r\n"))
+                    if match is None:
+                        raise _UpstreamError("the upstream sent a malformed chunk size")
+                    size = int(match[1], 16)
                     if size == 0:
                         while await reader.readuntil(b"\r\n") != b"\r\n":
                             pass  # trailers are dropped

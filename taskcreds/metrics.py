@@ -166,8 +166,8 @@ def register_sidecar(registry: CollectorRegistry | None = None) -> SidecarMetric
         proxy_requests=Counter(
             PREFIX + "sidecar_proxy_requests_total",
             "Requests and tunnels through the egress proxy, by credential, matched host pattern and "
-            "result (forwarded|tunneled|denied|ended|no_credential|plain_http_refused|"
-            "upstream_cert_error|upstream_error|upstream_timeout|bad_request).",
+            "result (forwarded|tunneled|denied|ended|no_credential|plain_http_refused|method_refused|"
+            "upstream_cert_error|upstream_error|upstream_timeout|bad_request|over_limit).",
             ["credential", "host", "result"],
             registry=reg,
         ),

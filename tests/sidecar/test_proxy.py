@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -180,8 +181,14 @@ async def run(
     fork-based spawn can crash its child in a process that has gRPC's fork handlers loaded)."""
     try:
         done = await asyncio.to_thread(
-            subprocess.run, argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            timeout=limit, check=False,
+            subprocess.run,
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=limit,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         raise TimeoutError(f"{argv[0]} did not finish in {limit} s") from None
@@ -568,8 +575,10 @@ class AgentConnection:
         await writer.start_tls(ssl.create_default_context(cafile=str(cafile)), server_hostname=host)
         return cls(reader, writer)
 
-    async def get(self, path: str, host: str = API_HOST) -> tuple[int, dict[str, str], bytes]:
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    async def get(
+        self, path: str, host: str = API_HOST, method: str = "GET"
+    ) -> tuple[int, dict[str, str], bytes]:
+        self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         head = (await self.reader.readuntil(b"\r\n\r\n")).decode()
         lines = head.split("\r\n")
         status = int(lines[0].split()[1])
@@ -711,6 +720,74 @@ async def test_smuggling_shapes_are_refused_before_anything_is_forwarded(world: 
     assert world.api.seen_auth == []
 
 
+# Requests inside an intercepted tunnel that an upstream could read differently from the proxy
+# (a second request hidden in a header, whose body would be the credential header the proxy
+# appends), or that would make the proxy buffer without bound: a 400 naming why, and nothing
+# forwarded with the credential. (case, bytes after the request line, what the 400 says)
+IN_TUNNEL_MALFORMED = [
+    (
+        "bare LF in a header value hides a second request",
+        b"GET /api/whoami HTTP/1.1\r\nHost: api.test.local\r\nX-A: x\n\nPOST /echo HTTP/1.1\nContent-Length: 60\n"
+        b"\r\n\r\n",
+        b"control character",
+    ),
+    ("bare CR in a header value", b"GET /api/whoami HTTP/1.1\r\nX-A: x\ry\r\n\r\n", b"control character"),
+    ("NUL in a header value", b"GET /api/whoami HTTP/1.1\r\nX-A: x\x00y\r\n\r\n", b"control character"),
+    ("bare LF in the request target", b"GET /a\nX-Inj:1 HTTP/1.1\r\n\r\n", b"control character"),
+    ("TAB in the request target", b"GET /a\tb HTTP/1.1\r\n\r\n", b"visible ASCII"),
+    (
+        "non-ASCII digit as Content-Length",
+        "POST /api/upload HTTP/1.1\r\nContent-Length: \u00b2\r\n\r\n".encode("latin-1"),
+        b"Content-Length",
+    ),
+    (
+        "Content-Length of 5000 digits",
+        b"POST /api/upload HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+        b"Content-Length",
+    ),
+]
+CHUNKED = b"POST /api/upload HTTP/1.1\r\nHost: api.test.local\r\nTransfer-Encoding: chunked\r\n\r\n"
+IN_TUNNEL_MALFORMED += [
+    (f"chunk size {size!r}", CHUNKED + size + b"\r\n" + b"x" * 64, b"malformed chunk size")
+    for size in (b"-1", b"0x10", b"+10", b"1_0", b"")
+]
+IN_TUNNEL_MALFORMED.append(("chunk-size line over 64 KiB", CHUNKED + b"1" * 70_000, b"over 65536 bytes"))
+
+
+@pytest.mark.parametrize(
+    ("case", "request_bytes", "says"), IN_TUNNEL_MALFORMED, ids=[c[0] for c in IN_TUNNEL_MALFORMED]
+)
+async def test_requests_an_upstream_could_read_differently_get_400(
+    world: World, case: str, request_bytes: bytes, says: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    port, _ = await world.proxy()
+    conn = await AgentConnection.open(port, API_HOST, world.bundle)
+    conn.writer.write(request_bytes)
+    response = await asyncio.wait_for(conn.reader.read(), 5)
+    await conn.close()
+    assert response.startswith(b"HTTP/1.1 400 ") and says in response, response[:300]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("taskcreds")]
+    assert errors == []  # a clear answer, no traceback
+    if b"chunked" not in request_bytes:  # a chunked head goes upstream before its body is read
+        assert world.api.seen_auth == []
+
+
+@pytest.mark.parametrize("method", ["TRACE", "TRACK"])
+async def test_methods_that_echo_the_request_never_carry_the_credential(world: World, method: str) -> None:
+    metrics = register_proxy()
+    port, _ = await world.proxy(metrics=metrics)
+    conn = await AgentConnection.open(port, API_HOST, world.bundle)
+    try:
+        status, _, body = await asyncio.wait_for(conn.get("/api/whoami", method=method), 5)
+        assert status == 403 and b"would echo the request back" in body
+        assert (await conn.get("/api/whoami"))[0] == 200  # the connection goes on
+    finally:
+        await conn.close()
+    assert world.api.seen_auth == [f"Bearer {world.token}"]  # the GET only
+    labels = {"credential": "api", "host": API_HOST, "result": "method_refused"}
+    assert metrics.registry.get_sample_value("taskcreds_sidecar_proxy_requests_total", labels) == 1
+
+
 async def test_an_agent_that_does_not_trust_the_pod_ca_cannot_get_the_credential(world: World) -> None:
     port, _ = await world.proxy()
     with pytest.raises(ssl.SSLCertVerificationError):
@@ -726,6 +803,18 @@ async def test_close_cuts_open_tunnels(world: World) -> None:
     await world.proxies[-1].close()
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+async def test_close_with_open_connections_logs_no_error(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    port, _ = await world.proxy()
+    conn = await AgentConnection.open(port, API_HOST, world.bundle)
+    assert (await conn.get("/api/whoami"))[0] == 200
+    await world.proxies[-1].close()
+    await asyncio.sleep(0.05)  # done callbacks of the cut connections' tasks run
+    assert await asyncio.wait_for(conn.reader.read(), 5) == b""
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_idle_kept_alive_connections_are_closed(world: World) -> None:
@@ -748,7 +837,8 @@ async def test_connections_over_the_limit_get_503_and_the_ones_served_go_on(worl
         assert (await held[0].get("/api/whoami"))[0] == 200  # the ones served are unaffected
         assert (
             metrics.registry.get_sample_value(
-                "taskcreds_sidecar_proxy_requests_total", {"credential": "", "host": "", "result": "over_limit"}
+                "taskcreds_sidecar_proxy_requests_total",
+                {"credential": "", "host": "", "result": "over_limit"},
             )
             == 1
         )
@@ -771,7 +861,9 @@ async def test_a_request_body_that_stops_arriving_gets_408(world: World, framing
     conn = await AgentConnection.open(port, API_HOST, world.bundle)
     part = b"9\r\nonly-part" if "chunked" in framing else b"only-part"
     try:
-        conn.writer.write(f"POST /api/upload HTTP/1.1\r\nHost: {API_HOST}\r\n{framing}\r\n\r\n".encode() + part)
+        conn.writer.write(
+            f"POST /api/upload HTTP/1.1\r\nHost: {API_HOST}\r\n{framing}\r\n\r\n".encode() + part
+        )
         answer = await asyncio.wait_for(conn.reader.read(), 5)
         assert answer.startswith(b"HTTP/1.1 408 ") and b"the request body stalled for 0.3 s" in answer
     finally:
@@ -884,6 +976,16 @@ UPSTREAM_CASES = [
         True,
         [(0, b"")],
         1,
+    ),
+    (
+        "bytes past the response: that connection is not reused",
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond",
+            OK_16K,
+        ],
+        False,
+        [(200, b"ok"), (200, b"z" * 16384)],
+        2,
     ),
     (
         "silent upstream: 504 after the read timeout",
