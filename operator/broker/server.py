@@ -18,9 +18,9 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -64,6 +64,9 @@ log = logging.getLogger("taskcreds.broker")
 
 _TASK = re.compile(names.TASK_ID_PATTERN)
 HANDSHAKE_TIMEOUT = 5.0
+#: how long :meth:`BrokerServer.stop` waits for issue/renew sequences still recording their leases
+DRAIN_TIMEOUT = 10.0
+_T = TypeVar("_T")
 _PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
@@ -112,6 +115,7 @@ class Broker:
             ReviewCache(settings.review_cache_seconds) if settings.review_cache_seconds > 0 else None
         )
         self.ready = True
+        self._inflight: set[asyncio.Task[Any]] = set()
 
     # --- plumbing -----------------------------------------------------------------------------
     async def _caller(self, request: web.Request) -> Caller:
@@ -295,6 +299,49 @@ class Broker:
             doc["proxy"] = grant.source.proxy.to_json()
         return doc
 
+    async def _to_completion(self, sequence: Coroutine[Any, Any, _T], caller: Caller, task: str) -> _T:
+        """Run an issue → record (→ undo → record the rest) sequence to its end, client or not.
+
+        aiohttp cancels a handler when its client hangs up (sidecar timeout, sidecar teardown,
+        shutdown). A credential issued at its source must then still be recorded on the TaskLease
+        (so the task end revokes it) or revoked again, so the sequence runs as a task the handler
+        does not own; the handler only waits for it, shielded. :meth:`drain` waits at shutdown.
+        """
+        job = asyncio.get_running_loop().create_task(sequence)
+        self._inflight.add(job)
+        job.add_done_callback(self._inflight.discard)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            if not job.done():
+                log.info(
+                    "client went away mid-issue; what was issued is still recorded",
+                    extra=fields(namespace=caller.namespace, pod=caller.pod, task=task),
+                )
+                job.add_done_callback(_unawaited)
+            raise
+
+    async def drain(self, seconds: float = DRAIN_TIMEOUT) -> None:
+        """Wait (at most ``seconds``) for issue/renew sequences whose client has gone."""
+        if not self._inflight:
+            return
+        _, pending = await asyncio.wait(set(self._inflight), timeout=seconds)
+        if pending:
+            log.error(
+                "issue sequences still running at shutdown; their credentials may outlive the task",
+                extra=fields(count=len(pending)),
+            )
+
+    async def _record_timed(self, pod: dict[str, Any], task: str, entries: list[dict[str, Any]],
+                            **kw: Any) -> dict[str, Any]:
+        """:func:`leases.record_issued` within ``record_timeout``: a stuck API server is an error
+        (undo, 503), not a request that holds a live credential forever."""
+        try:
+            async with asyncio.timeout(self.settings.record_timeout):
+                return await leases.record_issued(self.cluster, pod, task, entries, **kw)
+        except TimeoutError:
+            raise ClusterError(f"TaskLease not written within {self.settings.record_timeout:g} s") from None
+
     async def _undo(self, done: list[tuple[policy.Grant, Issued]]) -> list[tuple[policy.Grant, Issued]]:
         """Revoke what this request issued; returns those that could not be revoked (to record)."""
 
@@ -355,6 +402,29 @@ class Broker:
             providers=list(self.providers),
         )
 
+        done = await self._to_completion(
+            self._issue_and_record(caller, pod, view, grants), caller, task
+        )
+        state = self.hub.get(caller.pod_uid)
+        return web.json_response(
+            {
+                "task": task,
+                "taskStatus": state.status if state else view.request.task_status,
+                "deadline": leases.format_time(view.deadline) if view.deadline else None,
+                "credentials": [self._credential_json(g, i) for g, i in done],
+            }
+        )
+
+    async def _issue_and_record(
+        self, caller: Caller, pod: dict[str, Any], view: policy.TaskView, grants: list[policy.Grant]
+    ) -> list[tuple[policy.Grant, Issued]]:
+        """Issue every grant and record them all on the TaskLease, or revoke them all again.
+
+        What can be neither revoked nor recorded is logged (leaseRefs only). Runs to its end even
+        when the client has gone (:meth:`_to_completion`).
+        """
+        task = view.request.task
+
         async def one(grant: policy.Grant) -> Issued:
             provider = self.providers[grant.source.provider]
             return await self._timed(provider, provider.issue(self._issue_request(view, grant)))
@@ -362,13 +432,8 @@ class Broker:
         results = await asyncio.gather(*(one(g) for g in grants), return_exceptions=True)
         done = [(g, r) for g, r in zip(grants, results, strict=True) if isinstance(r, Issued)]
         failed = [(g, r) for g, r in zip(grants, results, strict=True) if not isinstance(r, Issued)]
-        entries = [leases.lease_entry(g.credential, g.source.provider, g.source.ref, i) for g, i in done]
         if failed:
-            leftover = await self._undo(done)
-            if leftover:
-                await self._record_quietly(
-                    pod, task, [e for e, pair in zip(entries, done, strict=True) if pair in leftover]
-                )
+            await self._revoke_or_record(pod, task, done)
             grant, exc = failed[0]
             if isinstance(exc, asyncio.CancelledError):
                 raise exc
@@ -379,21 +444,16 @@ class Broker:
                 )
             cause = str(exc) if isinstance(exc, ProviderError) else f"{grant.source.provider}: internal error"
             raise ProviderFailed(f"credential {grant.credential!r}: {cause}; nothing was issued")
+        entries = [leases.lease_entry(g.credential, g.source.provider, g.source.ref, i) for g, i in done]
         try:
-            await leases.record_issued(
-                self.cluster, pod, task, entries, attempts=self.settings.record_attempts
-            )
+            await self._record_timed(pod, task, entries, attempts=self.settings.record_attempts)
         except leases.LeaseEnded as exc:
-            await self._undo(done)
+            await self._revoke_or_record(pod, task, done)
             raise TaskTerminal(
                 exc.reason, f"task {task!r} has ended ({exc.reason}); nothing was issued"
             ) from None
         except ClusterError as exc:
-            leftover = await self._undo(done)
-            if leftover:
-                await self._record_quietly(
-                    pod, task, [e for e, pair in zip(entries, done, strict=True) if pair in leftover]
-                )
+            await self._revoke_or_record(pod, task, done)
             raise Unavailable(
                 f"cannot record the leases on the TaskLease ({type(exc).__name__}); nothing was issued"
             ) from None
@@ -412,20 +472,24 @@ class Broker:
                     expires_at=leases.format_time(issued.expires_at),
                 ),
             )
-        state = self.hub.get(caller.pod_uid)
-        return web.json_response(
-            {
-                "task": task,
-                "taskStatus": state.status if state else view.request.task_status,
-                "deadline": leases.format_time(view.deadline) if view.deadline else None,
-                "credentials": [self._credential_json(g, i) for g, i in done],
-            }
-        )
+        return done
+
+    async def _revoke_or_record(
+        self, pod: dict[str, Any], task: str, done: list[tuple[policy.Grant, Issued]]
+    ) -> None:
+        """Revoke what this request issued; record on the TaskLease what could not be revoked."""
+        leftover = await self._undo(done)
+        if leftover:
+            await self._record_quietly(
+                pod,
+                task,
+                [leases.lease_entry(g.credential, g.source.provider, g.source.ref, i) for g, i in leftover],
+            )
 
     async def _record_quietly(self, pod: dict[str, Any], task: str, entries: list[dict[str, Any]]) -> None:
         """Best effort: keep a record of leases we could not revoke, so the task end revokes them."""
         try:
-            await leases.record_issued(self.cluster, pod, task, entries)
+            await self._record_timed(pod, task, entries)
         except (leases.LeaseEnded, ClusterError):
             lease = leases.lease_name(pod["metadata"]["name"], task)
             log.error(
@@ -455,36 +519,45 @@ class Broker:
             raise NotFound(
                 f"no active lease {lease_ref!r} of credential {name!r} for task {task!r} of this pod"
             )
+        issued = await self._to_completion(
+            self._renew_and_record(caller, pod, view, grant, lease_ref), caller, task
+        )
+        return web.json_response(self._credential_json(grant, issued))
+
+    async def _renew_and_record(
+        self,
+        caller: Caller,
+        pod: dict[str, Any],
+        view: policy.TaskView,
+        grant: policy.Grant,
+        lease_ref: str,
+    ) -> Issued:
+        """Renew at the source and record it; a replacement that cannot be recorded is revoked, and
+        what cannot be revoked either is recorded when possible (as for issue). Runs to its end even
+        when the client has gone (:meth:`_to_completion`)."""
+        task, name = view.request.task, grant.credential
         provider = self.providers[grant.source.provider]
         try:
             issued = await self._timed(provider, provider.renew(lease_ref, self._issue_request(view, grant)))
         except ProviderError as exc:
             raise ProviderFailed(f"credential {name!r}: {exc}") from None
+        replaced = issued.lease_ref != lease_ref
         try:
-            if issued.lease_ref == lease_ref:
-                await leases.record_issued(
-                    self.cluster,
-                    pod,
-                    task,
-                    [],
-                    replace={lease_ref: {"expiresAt": leases.format_time(issued.expires_at)}},
-                )
+            if replaced:
+                entry = leases.lease_entry(name, grant.source.provider, grant.source.ref, issued)
+                await self._record_timed(pod, task, [entry])
             else:
-                await leases.record_issued(
-                    self.cluster,
-                    pod,
-                    task,
-                    [leases.lease_entry(name, grant.source.provider, grant.source.ref, issued)],
-                )
+                expiry = {lease_ref: {"expiresAt": leases.format_time(issued.expires_at)}}
+                await self._record_timed(pod, task, [], replace=expiry)
         except leases.LeaseEnded as exc:
-            await self._undo([(grant, issued)])
+            await self._revoke_or_record(pod, task, [(grant, issued)])
             raise TaskTerminal(exc.reason, f"task {task!r} has ended ({exc.reason})") from None
         except ClusterError as exc:
-            if issued.lease_ref != lease_ref:
-                await self._undo([(grant, issued)])
+            if replaced:
+                await self._revoke_or_record(pod, task, [(grant, issued)])
             raise Unavailable(f"cannot record the renewal on the TaskLease ({type(exc).__name__})") from None
         self.metrics.credentials_issued.labels(provider=grant.source.provider).inc()
-        if issued.lease_ref != lease_ref:
+        if replaced:
             self.metrics.leases_active.labels(provider=grant.source.provider).inc()
         log.info(
             "credential renewed",
@@ -497,7 +570,7 @@ class Broker:
                 previous_lease_ref=lease_ref,
             ),
         )
-        return web.json_response(self._credential_json(grant, issued))
+        return issued
 
     async def revoke(self, request: web.Request) -> web.Response:
         caller = await self._caller(request)
@@ -573,6 +646,16 @@ class Broker:
         if state is None:
             raise NotFound(f"pod {caller.namespace}/{caller.pod} is not known")
         return web.json_response({**state.to_json(), "task": task})
+
+
+def _unawaited(job: asyncio.Task[Any]) -> None:
+    """Done-callback of a sequence whose client went away: nobody else sees how it ended."""
+    if job.cancelled():
+        log.error("issue sequence cancelled; its credentials may be neither recorded nor revoked")
+        return
+    exc = job.exception()
+    if exc is not None and not isinstance(exc, BrokerError):  # refusals: leftovers logged already
+        log.error("issue sequence failed after its client went away", extra=fields(error=type(exc).__name__))
 
 
 BROKER_KEY: web.AppKey[Broker] = web.AppKey("broker", Broker)
@@ -664,8 +747,10 @@ class BrokerServer:
         svid_source: Callable[[], X509SvidMaterial],
         *,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        drain_timeout: float = DRAIN_TIMEOUT,
     ) -> None:
         self.app = app
+        self.drain_timeout = drain_timeout
         self._svid_source = svid_source
         self.handshake_timeout = handshake_timeout
         self._fingerprint: str | None = None
@@ -739,6 +824,8 @@ class BrokerServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        # handlers are cancelled by now; what they issued is still being recorded (or revoked)
+        await self.app[BROKER_KEY].drain(self.drain_timeout)
 
 
 class _JsonErrorHandler(RequestHandler):

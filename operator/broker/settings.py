@@ -34,6 +34,8 @@ class BrokerSettings:
     """Seconds a client has to send its request body (a stalled upload gets 400)."""
     record_attempts: int = 3
     """Tries to record a lease on its TaskLease (on resourceVersion conflicts) before giving up."""
+    record_timeout: float = 15.0
+    """Seconds one TaskLease write of an issue/renew may take (then: revoke again, answer 503)."""
 
     @classmethod
     def from_operator(cls, settings: OperatorSettings, *, trust_domain: str | None = None) -> BrokerSettings:
