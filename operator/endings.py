@@ -2,8 +2,9 @@
 the broker and the demo. No I/O.
 
 A task ends (and every credential of it is revoked at its source) when its pod's
-``taskcreds.io/task-status`` turns terminal, when the pod goes away, or when
-``taskcreds.io/max-duration`` has passed since the pod was created.
+``taskcreds.io/task-status`` turns terminal, when the pod goes away, when the pod has finished
+(``status.phase`` ``Succeeded`` or ``Failed``: no container of it runs again, e.g. a Job's pod kept
+around, or an evicted one), or when ``taskcreds.io/max-duration`` has passed since the pod was created.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ from typing import Any
 from taskcreds import names
 from taskcreds.durations import DurationError, parse_duration
 
-__all__ = ["task_ending", "deadline_of", "task_status_of", "parse_timestamp"]
+__all__ = ["task_ending", "deadline_of", "task_status_of", "parse_timestamp", "PHASE_REASONS"]
+
+#: a finished pod's ``status.phase`` -> the revoke reason. CONTRACT.md fixes the set of reasons, so
+#: these map onto the terminal statuses they mean rather than adding reason values.
+PHASE_REASONS: dict[str, str] = {"Succeeded": "completed", "Failed": "failed"}
 
 
 def parse_timestamp(text: str | None) -> datetime | None:
@@ -59,13 +64,17 @@ def task_ending(pod: dict[str, Any], *, now: datetime, deleted: bool = False) ->
     """The revoke reason if this pod's task is over, else None.
 
     Order matters only for the reason recorded: an explicit terminal status wins over deletion,
-    deletion over the deadline.
+    deletion over a finished phase (a deleted pod's containers are stopped, so it often ends
+    ``Failed`` after its deletion started), the phase over the deadline.
     """
     status = task_status_of(pod)
     if status in names.TERMINAL_STATUSES:
         return status
     if deleted or (pod.get("metadata") or {}).get("deletionTimestamp"):
         return "pod_deleted"
+    phase = PHASE_REASONS.get(str((pod.get("status") or {}).get("phase")))
+    if phase is not None:
+        return phase
     deadline = deadline_of(pod)
     if deadline is not None and now >= deadline:
         return "deadline"

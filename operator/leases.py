@@ -46,7 +46,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from taskcreds.operator.cluster import AlreadyExists, Cluster, ClusterError, Conflict, NotFound
-from taskcreds.operator.endings import parse_timestamp
+from taskcreds.operator.endings import parse_timestamp, task_ending
 from taskcreds.operator.providers.base import Issued, NotRevocable, Provider, ProviderError
 from taskcreds.operator.sources import source_from_ref
 
@@ -713,18 +713,51 @@ async def revoke_expired(
     return total
 
 
+async def _owner_pod(cluster: Cluster, lease: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The TaskLease's pod as the API has it now (one GET); None when it is gone or was replaced
+    by another pod of the same name (another uid), or when the TaskLease itself is being deleted."""
+    meta = lease["metadata"]
+    if meta.get("deletionTimestamp"):
+        return None
+    pod = await cluster.get_pod(meta["namespace"], (lease.get("spec") or {}).get("pod", ""))
+    owner_uid = (meta.get("ownerReferences") or [{}])[0].get("uid")
+    if pod is None or (pod.get("metadata") or {}).get("uid") != owner_uid:
+        return None
+    return pod
+
+
 async def find_orphaned_leases(cluster: Cluster, namespace: str | None = None) -> list[dict[str, Any]]:
     """TaskLeases not yet Revoked whose pod is gone (or replaced by one with another uid)."""
     out = []
     for lease in await cluster.list_task_leases(namespace):
         if (lease.get("status") or {}).get("phase") == REVOKED:
             continue
-        meta = lease["metadata"]
-        pod = await cluster.get_pod(meta["namespace"], (lease.get("spec") or {}).get("pod", ""))
-        owner_uid = (meta.get("ownerReferences") or [{}])[0].get("uid")
-        if pod is None or pod["metadata"].get("uid") != owner_uid or meta.get("deletionTimestamp"):
+        if await _owner_pod(cluster, lease) is None:
             out.append(lease)
     return out
+
+
+async def _sweep_reason(cluster: Cluster, lease: Mapping[str, Any], now: datetime) -> str | None:
+    """Why the sweep must (re)run revocation of this TaskLease, or None to leave it alone.
+
+    Revoking (or Revoked with the finalizer still on): finish it, no pod lookup. Otherwise one GET
+    of its pod — the same the orphan check always made: gone or replaced is ``pod_deleted``; a task
+    that has ended (terminal status, finished phase, deadline: :func:`task_ending`) gets its reason.
+    That catches an ending the lifecycle handler saw but could not record (an API error before the
+    TaskLease reached Revoking) and one it never saw.
+    """
+    status = lease.get("status") or {}
+    phase = status.get("phase")
+    if phase == REVOKING or (
+        phase == REVOKED and names.FINALIZER_REVOKE in (lease["metadata"].get("finalizers") or [])
+    ):
+        return status.get("reason") or "pod_deleted"
+    if phase == REVOKED:
+        return None
+    pod = await _owner_pod(cluster, lease)
+    if pod is None:
+        return "pod_deleted"
+    return task_ending(pod, now=now)
 
 
 async def sweep_leases(
@@ -737,26 +770,33 @@ async def sweep_leases(
     replica: str = REPLICA_ID,
     now: Callable[[], datetime] = _utcnow,
 ) -> list[RevokeOutcome]:
-    """The periodic sweep: finish Revoking leases, revoke orphans (pod_deleted) and expired leases."""
+    """The periodic sweep: finish Revoking leases, revoke Active ones whose task ended or whose pod is
+    gone (pod_deleted), and revoke expired leases.
+
+    One list of TaskLeases and at most one pod GET per unrevoked one. An API error on one TaskLease
+    is logged and the sweep goes on with the others; the next sweep retries it (the sweep's interval
+    is its backoff). Failing to list at all raises: the caller retries at the next interval.
+    """
     outcomes = []
-    orphans = {
-        (lease["metadata"]["namespace"], lease["metadata"]["name"])
-        for lease in await find_orphaned_leases(cluster, namespace)
-    }
     for lease in await cluster.list_task_leases(namespace):
         key = (lease["metadata"]["namespace"], lease["metadata"]["name"])
-        phase = (lease.get("status") or {}).get("phase")
-        pending_finalizer = names.FINALIZER_REVOKE in (lease["metadata"].get("finalizers") or [])
-        if key in orphans or phase == REVOKING or (phase == REVOKED and pending_finalizer):
-            reason = (lease.get("status") or {}).get("reason") or "pod_deleted"
-            try:
-                outcome = await revoke_task(
-                    cluster, providers, key[0], key[1], reason, metrics=metrics, backoff=backoff, now=now,
-                    replica=replica,
-                )
-            except NotFound:
-                continue  # collected since the list: released (so revoked) by whoever finished it
-            outcomes.append(outcome)
+        try:
+            reason = await _sweep_reason(cluster, lease, now())
+            if reason is None:
+                continue
+            outcome = await revoke_task(
+                cluster, providers, key[0], key[1], reason, metrics=metrics, backoff=backoff, now=now,
+                replica=replica,
+            )
+        except NotFound:
+            continue  # collected since the list: released (so revoked) by whoever finished it
+        except ClusterError as exc:
+            log.warning(
+                "sweep could not revoke this TaskLease; the next sweep retries",
+                extra=fields(namespace=key[0], lease=key[1], error=str(exc)),
+            )
+            continue
+        outcomes.append(outcome)
     await revoke_expired(cluster, providers, metrics=metrics, namespace=namespace, now=now)
     if metrics is not None:
         active = count_active([lease for lease in await cluster.list_task_leases(namespace)])

@@ -6,8 +6,8 @@ from taskcreds.operator.endings import deadline_of, parse_timestamp, task_ending
 T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
 
-def pod(annotations: dict[str, str] | None = None, **meta: str) -> dict:
-    return {
+def pod(annotations: dict[str, str] | None = None, phase: str | None = None, **meta: str) -> dict:
+    body: dict = {
         "metadata": {
             "name": "agent",
             "creationTimestamp": "2026-11-29T10:00:00Z",
@@ -15,6 +15,9 @@ def pod(annotations: dict[str, str] | None = None, **meta: str) -> dict:
             **meta,
         }
     }
+    if phase is not None:
+        body["status"] = {"phase": phase}
+    return body
 
 
 @pytest.mark.parametrize(
@@ -49,6 +52,39 @@ def pod(annotations: dict[str, str] | None = None, **meta: str) -> dict:
             False,
             "deadline",
         ),
+        ("pod pending", pod(phase="Pending"), T0, False, None),
+        ("pod running", pod(phase="Running"), T0, False, None),
+        ("phase unknown (node lost) is not an end", pod(phase="Unknown"), T0, False, None),
+        ("pod succeeded without a status annotation", pod(phase="Succeeded"), T0, False, "completed"),
+        ("pod failed without a status annotation", pod(phase="Failed"), T0, False, "failed"),
+        (
+            "pod succeeded while the annotation still says running",
+            pod({"taskcreds.io/task-status": "running"}, phase="Succeeded"),
+            T0,
+            False,
+            "completed",
+        ),
+        (
+            "terminal status wins over the phase",
+            pod({"taskcreds.io/task-status": "cancelled"}, phase="Succeeded"),
+            T0,
+            False,
+            "cancelled",
+        ),
+        (
+            "deletion wins over the phase it caused",
+            pod(phase="Failed", deletionTimestamp="2026-11-29T10:01:00Z"),
+            T0,
+            False,
+            "pod_deleted",
+        ),
+        (
+            "phase wins over a passed deadline",
+            pod({"taskcreds.io/max-duration": "1h"}, phase="Failed"),
+            T0 + timedelta(hours=2),
+            False,
+            "failed",
+        ),
         (
             "unreadable max-duration fails closed",
             pod({"taskcreds.io/max-duration": "soon"}),
@@ -72,3 +108,12 @@ def test_status_default_and_timestamps() -> None:
     assert parse_timestamp("2026-11-29T10:00:00Z") == T0
     assert parse_timestamp("garbage") is None
     assert parse_timestamp(None) is None
+
+
+def test_every_reason_is_a_contract_reason() -> None:
+    """CONTRACT.md section 6 fixes the revoke reasons (metrics labels): the phase adds none."""
+    from taskcreds.operator.endings import PHASE_REASONS
+
+    from taskcreds import names
+
+    assert set(PHASE_REASONS.values()) <= set(names.REVOKE_REASONS)

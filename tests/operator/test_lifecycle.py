@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from taskcreds.operator.leases import Backoff
 from taskcreds.operator.lifecycle import TaskLifecycle, build_registry
 
 T0 = datetime.now(UTC).replace(microsecond=0)
@@ -114,7 +115,7 @@ async def test_completion_before_deadline_disarms_the_timer() -> None:
     assert lc.armed_deadlines == 0
 
 
-async def test_a_failing_revocation_is_logged_not_raised_and_the_sweep_retries(
+async def test_a_failing_revocation_is_logged_not_raised_and_the_sweep_still_runs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     rec = Recorder(fail=1)
@@ -126,9 +127,79 @@ async def test_a_failing_revocation_is_logged_not_raised_and_the_sweep_retries(
     lc = TaskLifecycle(revoke=rec.revoke, sweep=sweep)
     await lc.on_pod_event("MODIFIED", pod("failed"))
     assert rec.calls == [("u1", "failed")]
-    assert "the sweep will retry" in caplog.text
+    assert "revocation did not finish; retrying" in caplog.text
+    assert lc.pending_retries == 1
     await lc.sweep()
     assert swept == [1]
+    await lc.close()
+    assert lc.pending_retries == 0  # stopping hands the retry to the sweep
+
+
+FAST_RETRY = Backoff(base=0.05, cap=0.1)
+
+
+async def _until(predicate: Any, within: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while not predicate():
+        assert loop.time() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_failed_revocation_is_retried_by_the_handler_until_it_succeeds() -> None:
+    """One API error must not end it: the handler itself retries, later events do not revoke twice."""
+    rec = Recorder(fail=2)
+    lc = TaskLifecycle(revoke=rec.revoke, retry_backoff=FAST_RETRY)
+    await lc.on_pod_event("MODIFIED", pod("completed"))
+    await lc.on_pod_event("MODIFIED", pod("completed"))  # during the backoff: no extra attempt
+    assert rec.calls == [("u1", "completed")]
+    await _until(lambda: len(rec.calls) == 3 and lc.pending_retries == 0)
+    await lc.on_pod_event("MODIFIED", pod("completed"))  # revoked now: later events change nothing
+    await asyncio.sleep(0.15)
+    assert rec.calls == [("u1", "completed")] * 3
+    await lc.close()
+
+
+async def test_a_persistent_error_is_retried_with_backoff_not_per_event() -> None:
+    rec = Recorder(fail=10_000)
+    lc = TaskLifecycle(revoke=rec.revoke, retry_backoff=Backoff(base=0.05, cap=0.2))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while loop.time() - start < 0.5:  # a chatty pod: an event every 10 ms
+        await lc.on_pod_event("MODIFIED", pod("failed"))
+        await asyncio.sleep(0.01)
+    await lc.close()
+    # first try at 0, retries after 0.05, 0.1, 0.2, 0.2 s: at most 5 in 0.5 s, whatever the event rate
+    assert 2 <= len(rec.calls) <= 5, rec.calls
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        pytest.param(("MODIFIED", "completed"), id="terminal status"),
+        pytest.param(("DELETED", None), id="pod deleted"),
+    ],
+)
+async def test_deletion_during_a_pending_retry_revokes_at_once(ending: tuple[str, str | None]) -> None:
+    rec = Recorder(fail=1)
+    lc = TaskLifecycle(revoke=rec.revoke, retry_backoff=Backoff(base=30.0, cap=30.0))
+    event, status = ending
+    await lc.on_pod_event(event, pod(status))
+    assert lc.pending_retries == 1
+    await lc.on_pod_event("DELETED", pod(status))  # a new fact: no waiting out a 30 s backoff
+    expected = status or "pod_deleted"  # an explicit terminal status wins over deletion
+    assert rec.calls == [("u1", expected)] * 2
+    assert lc.pending_retries == 0
+    await lc.close()
+
+
+async def test_a_failed_deadline_revocation_is_retried() -> None:
+    rec = Recorder(fail=1)
+    lc = TaskLifecycle(revoke=rec.revoke, retry_backoff=FAST_RETRY)
+    await lc.on_pod_event("ADDED", pod(max_duration="100ms"))
+    await _until(lambda: len(rec.calls) == 2 and lc.pending_retries == 0)
+    assert rec.calls == [("u1", "deadline"), ("u1", "deadline")]
+    await lc.close()
 
 
 def test_registry_has_the_pod_event_handler_filtered_on_the_inject_label() -> None:
