@@ -3,9 +3,11 @@
 Every value issued to the pod during the task (current and rotated-away) is replaced by
 ``[REDACTED:<credential>]``, as are its encodings an agent is likely to print: standard and
 URL-safe base64 (with and without padding, and at each of the three byte offsets, so the value is
-also caught inside a longer base64 blob such as an HTTP Basic ``user:token`` header) and its
-URL-encoded forms. Well-known token shapes are replaced by ``[REDACTED:<kind>]`` even when this
-pod never saw them: GitHub tokens, AWS access key ids, JWTs, PEM private keys, Vault/OpenBao tokens.
+also caught inside a longer base64 blob such as an HTTP Basic ``user:token`` header, and across
+the line breaks of wrapped base64 as ``base64``, ``openssl`` and MIME print it), its URL-encoded
+and JSON-escaped forms, and the value without surrounding whitespace. Well-known token shapes are
+replaced by ``[REDACTED:<kind>]`` even when this pod never saw them: GitHub tokens, AWS access key
+ids, JWTs, PEM private keys, Vault/OpenBao tokens.
 
 Values (and encoded forms) shorter than ``MIN_LENGTH`` characters are not redacted: short strings
 match ordinary text far too often to be worth it. Values are kept only in this process's memory.
@@ -19,7 +21,9 @@ still caught while memory stays bounded.
 from __future__ import annotations
 
 import base64
+import bisect
 import codecs
+import json
 import re
 import threading
 from collections import Counter
@@ -53,9 +57,21 @@ def label(name: str) -> str:
 
 
 def encoded_forms(value: str) -> set[str]:
-    """The value and the encodings of it worth catching, each at least MIN_LENGTH long."""
+    """The value and the encodings of it worth catching, each at least MIN_LENGTH long.
+
+    A value with surrounding whitespace (a Secret made from a file ending in a newline) is also
+    caught without it: ``$(cat file)`` and most tools print it stripped.
+    """
+    forms: set[str] = set()
+    for text in {value, value.strip()}:
+        forms |= _forms(text)
+    return {f for f in forms if len(f) >= MIN_LENGTH}
+
+
+def _forms(value: str) -> set[str]:
     raw = value.encode("utf-8", "surrogateescape")
-    forms = {value, quote(value, safe=""), quote_plus(value, safe=""), quote(value)}
+    # JSON-escaped too: agents print values inside JSON, where quotes and backslashes gain a "\\"
+    forms = {value, quote(value, safe=""), quote_plus(value, safe=""), quote(value), json.dumps(value)[1:-1]}
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         whole = encode(raw).decode()
         forms.update({whole, whole.rstrip("=")})
@@ -67,7 +83,18 @@ def encoded_forms(value: str) -> set[str]:
             tail = 1 if (offset + len(raw)) % 3 else 0
             forms.add(text[lead: len(text) - tail])
         forms.add(whole.rstrip("=")[: len(whole.rstrip("=")) - (1 if len(raw) % 3 else 0)])
-    return {f for f in forms if len(f) >= MIN_LENGTH}
+    return forms
+
+
+# Base64 as tools print it: broken into lines (``base64`` and MIME every 76 characters, ``openssl``
+# every 64), so an encoded value may straddle line breaks. A break worth looking at is a newline
+# with at least 16 base64 characters before it and one after; literal first, look-behind after it,
+# so the engine jumps from newline to newline.
+_B64 = "A-Za-z0-9+/=_-"
+_BREAK = re.compile(rf"\n(?:(?<=[{_B64}]{{16}}\n)|(?<=[{_B64}]{{16}}\r\n))(?=[{_B64}])")
+_B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-")
+_WRAPPED = re.compile(rf"[{_B64}]+(?:\r?\n[{_B64}]+)+")
+_LINE = re.compile(r"[^\r\n]+")
 
 
 def _trie_pattern(words: Iterable[str]) -> str:
@@ -101,6 +128,24 @@ def _trie_pattern(words: Iterable[str]) -> str:
     return build(trie)
 
 
+def _unwrapped(text: str, start: int, end: int) -> tuple[list[int], list[int]]:
+    """Where each line of ``text[start:end]`` starts, with the line breaks removed and in ``text``."""
+    at_joined: list[int] = []
+    at_text: list[int] = []
+    size = 0
+    for line in _LINE.finditer(text, start, end):
+        at_joined.append(size)
+        at_text.append(line.start())
+        size += line.end() - line.start()
+    return at_joined, at_text
+
+
+def _place(i: int, at_joined: list[int], at_text: list[int]) -> int:
+    """Where index ``i`` of the joined text is in the original one."""
+    k = bisect.bisect_right(at_joined, i) - 1
+    return at_text[k] + i - at_joined[k]
+
+
 class _Compiled:
     """One immutable snapshot: the regexes, which needle belongs to which credential, the window.
 
@@ -111,7 +156,8 @@ class _Compiled:
     def __init__(self, needles: dict[str, str]) -> None:
         self.needles = needles
         self.values = re.compile(_trie_pattern(needles)) if needles else None
-        self.window = max([_SHAPES_MAX, *map(len, needles)]) + 1
+        # a needle broken over lines of 16+ characters is at most 2 characters longer per line
+        self.window = max([_SHAPES_MAX, *(len(n) + 2 * (len(n) // 16 + 1) for n in needles)]) + 1
 
     def matches(self, text: str, start: int, limit: int) -> list[tuple[int, int, str]]:
         """Non-overlapping (start, end, name) of matches starting in ``[start, limit)``, leftmost-longest."""
@@ -124,6 +170,8 @@ class _Compiled:
                 if match.start() >= limit:
                     break
                 found.append((match.start(), match.end(), kind or self.needles[match.group()]))
+        if self.values is not None:
+            found.extend(self._wrapped(text, start, limit))
         if len(found) > 1:
             found.sort(key=lambda m: (m[0], -m[1]))
             kept, last_end = [], -1
@@ -132,6 +180,35 @@ class _Compiled:
                     kept.append(item)
                     last_end = item[1]
             found = kept
+        return found
+
+    def _wrapped(self, text: str, start: int, limit: int) -> list[tuple[int, int, str]]:
+        """Matches of the values across the line breaks of wrapped base64 (see ``_BREAK``)."""
+        assert self.values is not None
+        found: list[tuple[int, int, str]] = []
+        covered, stop = start, min(len(text), limit + self.window)
+        while (brk := _BREAK.search(text, covered, stop)) is not None:
+            # back to where this line's base64 starts (not before ``covered``, nor a window back)
+            first = end = brk.start() - (text[brk.start() - 1] == "\r")
+            floor = max(covered, end - self.window)
+            while first > floor and text[first - 1] in _B64_CHARS:
+                first -= 1
+            block = _WRAPPED.match(text, first)
+            if block is None:  # cannot happen (the break has base64 on both sides); never loop
+                covered = brk.end()
+                continue
+            covered = block.end()
+            # C speed; lines are mapped back only on a match
+            joined = block.group().replace("\r\n", "").replace("\n", "")
+            places: tuple[list[int], list[int]] | None = None
+            for match in self.values.finditer(joined):
+                if places is None:
+                    places = _unwrapped(text, block.start(), block.end())
+                at_joined, at_text = places
+                m_start = _place(match.start(), at_joined, at_text)
+                m_end = _place(match.end() - 1, at_joined, at_text) + 1
+                if start <= m_start < limit and m_end - m_start > match.end() - match.start():
+                    found.append((m_start, m_end, self.needles[match.group()]))
         return found
 
     def replace(self, text: str, counts: Counter[str], start: int = 0,

@@ -145,3 +145,62 @@ def test_long_values_like_real_jwts_are_redacted_in_every_form() -> None:
         out = r.redact(text)
         assert value not in out
         assert out.count(f"[REDACTED:{name}]") == 2
+
+
+# --- forms as tools print them ------------------------------------------------------------------
+
+LONG = "hvs.CAESIJ" + secrets.token_urlsafe(60)  # base64 of it is over one 76-column line
+
+
+def _wrap(text: str, width: int, newline: str = "\n") -> str:
+    return newline.join(text[i : i + width] for i in range(0, len(text), width)) + newline
+
+
+WRAPPED_CASES = {
+    "base64 (76 columns)": _wrap(base64.b64encode(LONG.encode()).decode(), 76),
+    "openssl base64 (64 columns)": _wrap(base64.b64encode(LONG.encode()).decode(), 64),
+    "MIME (76 columns, CRLF)": _wrap(base64.b64encode(LONG.encode()).decode(), 76, "\r\n"),
+    "inside a wrapped Basic blob": _wrap(base64.b64encode(f"x-access-token:{LONG}".encode()).decode(), 76),
+}
+
+
+@pytest.mark.parametrize("text", WRAPPED_CASES.values(), ids=WRAPPED_CASES.keys())
+def test_wrapped_base64_of_a_value_is_redacted(text: str) -> None:
+    r = Redactor()
+    r.add("openbao", LONG)
+    assert "\n" in text.strip()  # the encoded value really straddles a line break
+    out = r.redact(f"$ base64 token\n{text}$ ")
+    assert "[REDACTED:openbao]" in out
+    joined = out.replace("\r", "").replace("\n", "")
+    assert base64.b64encode(LONG.encode()).decode()[8:-8] not in joined
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 77, 4096])
+def test_wrapped_base64_split_across_chunks_is_redacted(chunk: int) -> None:
+    r = Redactor()
+    r.add("openbao", LONG)
+    data = ("log line\n" * 50 + WRAPPED_CASES["base64 (76 columns)"] + "log line\n" * 50).encode()
+    stream = r.stream()
+    out = b"".join(stream.feed(data[i : i + chunk]) for i in range(0, len(data), chunk)) + stream.finish()
+    assert b"[REDACTED:openbao]" in out and out.count(b"log line\n") == 100
+
+
+def test_wrapped_base64_of_something_else_is_left_alone() -> None:
+    r = Redactor()
+    r.add("openbao", LONG)
+    text = _wrap(base64.b64encode(secrets.token_bytes(300)).decode(), 76)
+    assert r.redact(text) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "printed"),
+    [
+        pytest.param("legacy-db-password-9f8e7d6c\n", "password=legacy-db-password-9f8e7d6c;", id="trailing newline"),
+        pytest.param("  padded-secret-value-42 ", "x=padded-secret-value-42 y", id="surrounding spaces"),
+        pytest.param('p@ss"word\\with-escapes', '{"pw": "p@ss\\"word\\\\with-escapes"}', id="JSON-escaped"),
+    ],
+)
+def test_values_as_shells_and_json_print_them(value: str, printed: str) -> None:
+    r = Redactor()
+    r.add("legacy", value)
+    assert "[REDACTED:legacy]" in r.redact(printed)
