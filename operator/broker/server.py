@@ -332,8 +332,9 @@ class Broker:
                 extra=fields(count=len(pending)),
             )
 
-    async def _record_timed(self, pod: dict[str, Any], task: str, entries: list[dict[str, Any]],
-                            **kw: Any) -> dict[str, Any]:
+    async def _record_timed(
+        self, pod: dict[str, Any], task: str, entries: list[dict[str, Any]], **kw: Any
+    ) -> dict[str, Any]:
         """:func:`leases.record_issued` within ``record_timeout``: a stuck API server is an error
         (undo, 503), not a request that holds a live credential forever."""
         try:
@@ -402,9 +403,7 @@ class Broker:
             providers=list(self.providers),
         )
 
-        done = await self._to_completion(
-            self._issue_and_record(caller, pod, view, grants), caller, task
-        )
+        done = await self._to_completion(self._issue_and_record(caller, pod, view, grants), caller, task)
         state = self.hub.get(caller.pod_uid)
         return web.json_response(
             {
