@@ -20,6 +20,7 @@ from taskcreds import names
 __all__ = [
     "OUR_VOLUMES",
     "SIDECAR_RUN_AS_USER",
+    "own_user",
     "Pieces",
     "pieces",
     "volumes",
@@ -61,6 +62,17 @@ _CA_ENV: Final = (
 PROXY_ENV_NAMES: Final[tuple[str, ...]] = (*_PROXY_URL_ENV, *_NO_PROXY_ENV, *_CA_ENV)
 _PROBE_PORT_NAME: Final = "tc-probe"
 _TOKEN_FILE: Final = f"{names.SIDECAR_TOKEN_PATH}/{names.SIDECAR_TOKEN_FILE}"
+
+
+def own_user(pod_security: dict[str, Any]) -> bool:
+    """Whether the sidecar runs as its own uid (65532) rather than the pod's runAsUser.
+
+    Its files are 0440 and dirs 0750, group fsGroup: with an fsGroup every container is in that
+    group, so the agent reads them under any uid. Without one, a pod that names a non-root
+    runAsUser can read them only as their owner, so the sidecar has to run as that uid. Absent or
+    root: 65532, the sidecar never runs as root.
+    """
+    return not pod_security.get("runAsUser") or pod_security.get("fsGroup") is not None
 
 
 @lru_cache(maxsize=256)
@@ -209,8 +221,9 @@ class Pieces:
     ) -> dict[str, Any]:
         """The native sidecar (an init container with restartPolicy Always), hardened.
 
-        It runs as the pod's runAsUser when the pod sets a non-root one, so the agent (same uid) can
-        read the 0440 files; otherwise as 65532, and the files' group is the pod's fsGroup.
+        It runs as its own uid 65532 whenever the agent can read the 0440 files through the pod's
+        fsGroup (or the pod names no non-root user); only a pod with a non-root runAsUser and no
+        fsGroup makes it run as that uid, the one way the agent can read the files (:func:`own_user`).
         """
         security: dict[str, Any] = {
             "runAsNonRoot": True,
@@ -219,7 +232,7 @@ class Pieces:
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         }
-        if not pod_security.get("runAsUser"):  # absent or root: the sidecar never runs as root
+        if own_user(pod_security):
             security["runAsUser"] = SIDECAR_RUN_AS_USER
         port = self._probe_port
         return {
@@ -364,7 +377,7 @@ class _SidecarJSON:
         fs_group = pod_security.get("fsGroup")
         if fs_group is not None:
             parts += (self._fs_group, dumps(str(fs_group)), b"}")
-        security = self._pod_user if pod_security.get("runAsUser") else self._own_user
+        security = self._own_user if own_user(pod_security) else self._pod_user
         parts += (self._socket, self._mount, mount, self._tail, security, self._end)
         return orjson.Fragment(b"".join(parts))
 

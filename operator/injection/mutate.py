@@ -179,7 +179,7 @@ def _select(spec: dict[str, Any], wanted: tuple[str, ...] | None) -> list[tuple[
 
 
 def _network_warnings(spec: dict[str, Any], config: InjectionConfig, proxy: bool = False) -> list[str]:
-    """Ports the sidecar needs that the pod already claims, and host networking."""
+    """Ports the sidecar needs that the pod already claims (host networking is denied outright)."""
     found = []
     ours = {config.sidecar.probe_port: "probePort", config.sidecar.local_port: "localPort"}
     if proxy:
@@ -196,11 +196,72 @@ def _network_warnings(spec: dict[str, Any], config: InjectionConfig, proxy: bool
                         f"container {c.get('name')!r} declares port {number}, which the sidecar listens on; "
                         f"set sidecar.{ours[number]} in the injection config to a free port"
                     )
+    return found
+
+
+def _check_isolation(spec: dict[str, Any], proxied: list[str]) -> None:
+    """Refuse pod shapes that undo the agent/sidecar boundary (docs/threat-model.md, boundary 1).
+
+    Every check is fail closed: a pod that asks for host namespaces or a shared PID namespace
+    gets no sidecar at all rather than one whose token, socket or loopback listeners others reach.
+    ``proxied`` names the credentials delivered by the sidecar's proxy (for the message).
+    """
     if spec.get("hostNetwork"):
-        found.append(
-            "the pod uses hostNetwork: the sidecar's ports (and its 127.0.0.1 redaction endpoint) are "
-            "shared with every host-network process on the node"
+        listed = ", ".join(repr(shown(c, 63)) for c in proxied[:3]) + (", ..." if len(proxied) > 3 else "")
+        proxy = (
+            f" (credential {listed} is delivered by that proxy)"
+            if len(proxied) == 1
+            else f" (credentials {listed} are delivered by that proxy)"
+            if proxied
+            else ""
         )
+        raise _Denied(
+            "spec.hostNetwork: true puts the sidecar's unauthenticated loopback listeners on the node's "
+            "loopback, where every host-network process on the node reaches them: the egress proxy, "
+            f"which adds this pod's credentials to requests{proxy}, and /v1/redact, which confirms "
+            "guesses of the credential values; accepted: hostNetwork false or absent (an injected "
+            "pod needs its own network namespace)"
+        )
+    for field_name in ("shareProcessNamespace", "hostPID"):
+        if spec.get(field_name):
+            raise _Denied(
+                f"spec.{field_name}: true lets the agent containers see the sidecar's processes and, "
+                "through /proc/<pid>/root, reach its service-account token and SPIFFE socket (enough to "
+                f"ask the broker for credentials itself); accepted: {field_name} false or absent"
+            )
+    pod_os = spec.get("os")
+    if isinstance(pod_os, dict) and pod_os.get("name") == "windows":
+        where = "spec.os.name"
+    elif (spec.get("nodeSelector") or {}).get("kubernetes.io/os") == "windows":
+        where = "spec.nodeSelector kubernetes.io/os"
+    else:
+        return
+    raise _Denied(
+        f"{where}: windows: the taskcreds sidecar runs on Linux only (and its Linux security "
+        "settings are invalid in a Windows pod); accepted: spec.os.name linux or absent, on Linux nodes"
+    )
+
+
+def _writable_mounts(spec: dict[str, Any], warnings: list[str]) -> list[str]:
+    """JSON pointers of ``readOnly`` for every mount of the credentials volume that lacks it.
+
+    CONTRACT.md promises agents a read-only mount and the writer trusts that only the sidecar
+    writes the directory, so a container that already mounts it writable gets ``readOnly: true``
+    (with a warning). The sidecar's own mount (an already injected pod) is left alone.
+    """
+    found = []
+    for key in ("containers", "initContainers"):
+        for i, c in enumerate(spec.get(key) or ()):
+            if c.get("name") == names.SIDECAR_CONTAINER:
+                continue
+            for j, m in enumerate(c.get("volumeMounts") or ()):
+                if m.get("name") == names.VOLUME_CREDENTIALS and m.get("readOnly") is not True:
+                    found.append(f"/spec/{key}/{i}/volumeMounts/{j}/readOnly")
+                    warnings.append(
+                        f"container {shown(c.get('name'), 63)!r} mounts volume {names.VOLUME_CREDENTIALS} "
+                        "without readOnly: true; taskcreds makes that mount read-only (only the sidecar "
+                        "writes the credential directory)"
+                    )
     return found
 
 
@@ -332,12 +393,13 @@ def _plan(
             break
     _check_names(spec, containers, init, present_volumes, already)
     ns = namespace or metadata.get("namespace") or "default"
-    proxy = False
+    proxied: list[str] = []
     if delivery is not None:
         for credential in request.credentials:
             if delivery(ns, credential)[0] == "proxy":
-                proxy = True
-                break
+                proxied.append(credential)
+    proxy = bool(proxied)
+    _check_isolation(spec, proxied)
 
     if request.containers is None:  # the common case: every regular container
         selected = [("containers", i, c) for i, c in enumerate(containers)]
@@ -379,6 +441,7 @@ def _plan(
         proxy_env = _missing_proxy_env(container, wanted_proxy_env, warnings) if proxy else []
         if not (has_mount and has_env) or proxy_env:
             changes.append((f"/spec/{key}/{index}", container, not has_mount, not has_env, proxy_env))
+    read_only = _writable_mounts(spec, warnings)
     if secret_use:
         listed = secret_use[:_MAX_LISTED]
         more = len(secret_use) - len(listed)
@@ -417,6 +480,14 @@ def _plan(
                 f"uid {builders.SIDECAR_RUN_AS_USER}) are readable only by root in the agent containers; "
                 "set spec.securityContext.fsGroup or runAsUser"
             )
+        elif not builders.own_user(pod_security):
+            warnings.append(
+                f"the pod sets securityContext.runAsUser {shown(pod_security.get('runAsUser'), 20)} but no "
+                "fsGroup: the sidecar runs as that uid too (the only way the agent can read the 0440 "
+                "credential files), so only separate mounts keep the agent from the sidecar's token; set "
+                "spec.securityContext.fsGroup to run the sidecar as its own uid "
+                f"{builders.SIDECAR_RUN_AS_USER}"
+            )
 
     # --- nothing can fail from here on: build the operations ---------------------------------
     parts = builders.pieces(config)
@@ -447,6 +518,8 @@ def _plan(
             add_to_list(ops, container, "env", base, [builders.agent_env(mount_path), *proxy_env])
         elif proxy_env:
             add_to_list(ops, container, "env", base, proxy_env)
+    for path in read_only:
+        ops.append({"op": "add", "path": path, "value": True})
     if not sidecar_present:  # last: it shifts the indices of existing init containers
         render = parts.sidecar_json if encoded else parts.sidecar
         sidecar = render(request, mount_path, pod_security, proxy)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,10 @@ def test_sidecar_is_a_hardened_native_sidecar(full: dict[str, Any]) -> None:
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
-    }, "the pod sets runAsUser 1000: the sidecar runs as that user, so the agent can read its files"
+        "runAsUser": 65532,
+    }, (
+        "the pod sets runAsUser 1000 and fsGroup 2000: the agent reads through the group, the sidecar has its own uid"
+    )
     mounts = {m["name"]: m for m in sidecar["volumeMounts"]}
     assert mounts["taskcreds"] == {"name": "taskcreds", "mountPath": "/run/taskcreds"}
     assert mounts["taskcreds-podinfo"] == {
@@ -264,7 +268,9 @@ def test_agent_containers_get_a_read_only_path_and_never_a_value(full: dict[str,
     [
         pytest.param(None, 65532, id="no-security-context"),
         pytest.param({"fsGroup": 1000}, 65532, id="fsgroup-only"),
-        pytest.param({"runAsUser": 1000}, None, id="pod-runs-as-1000-sidecar-inherits"),
+        pytest.param({"runAsUser": 1000}, None, id="pod-runs-as-1000-without-fsgroup-sidecar-inherits"),
+        pytest.param({"runAsUser": 1000, "fsGroup": 1000}, 65532, id="pod-runs-as-1000-with-fsgroup-own-uid"),
+        pytest.param({"runAsUser": 1000, "fsGroup": 0}, 65532, id="fsgroup-0-is-a-group-too"),
         pytest.param({"runAsUser": 0}, 65532, id="pod-runs-as-root-sidecar-does-not"),
     ],
 )
@@ -769,7 +775,6 @@ def test_mount_paths_overlapping_the_sidecars_own_mounts_are_denied(path: str) -
             "container 'web' declares port 9091, which the sidecar listens on; set sidecar.localPort",
             id="local-port-taken",
         ),
-        pytest.param({"hostNetwork": True}, "the pod uses hostNetwork", id="host-network"),
     ],
 )
 def test_network_clashes_are_warned_about(spec: dict[str, Any], warning: str) -> None:
@@ -815,3 +820,278 @@ def test_ready_json_sidecar_is_the_dicts_bytes(config: InjectionConfig, security
     assert orjson.dumps(parts.volumes_json({"taskcreds-token"})) == orjson.dumps(
         [v for v in parts.volumes() if v["name"] != "taskcreds-token"]
     )
+
+
+# --- isolation: pod shapes that would undo the agent/sidecar boundary ------------------------
+
+
+def _by_proxy(namespace: str, credential: str) -> tuple[str, Any]:
+    return "proxy", {"hosts": ["api.github.com"]}
+
+
+def _by_file(namespace: str, credential: str) -> tuple[str, Any]:
+    return "file", None
+
+
+ISOLATION_DENIALS = {
+    # name: (spec fields, delivery, the message's start, words it must contain)
+    "host-network-proxy-delivery": (
+        {"hostNetwork": True},
+        _by_proxy,
+        "spec.hostNetwork: true puts the sidecar's unauthenticated loopback listeners on the node's loopback",
+        [
+            "credential 'github' is delivered by that proxy",
+            "/v1/redact",
+            "accepted: hostNetwork false or absent",
+        ],
+    ),
+    "host-network-file-delivery": (
+        {"hostNetwork": True},
+        _by_file,
+        "spec.hostNetwork: true",
+        ["the egress proxy", "/v1/redact", "accepted: hostNetwork false or absent"],
+    ),
+    "host-network-no-index": (
+        {"hostNetwork": True},
+        None,
+        "spec.hostNetwork: true",
+        ["accepted: hostNetwork false or absent"],
+    ),
+    "share-process-namespace": (
+        {"shareProcessNamespace": True, "securityContext": {"runAsUser": 1000, "runAsNonRoot": True}},
+        _by_proxy,
+        "spec.shareProcessNamespace: true lets the agent containers see the sidecar's processes",
+        [
+            "/proc/<pid>/root",
+            "service-account token and SPIFFE socket",
+            "accepted: shareProcessNamespace false",
+        ],
+    ),
+    "host-pid": ({"hostPID": True}, None, "spec.hostPID: true", ["accepted: hostPID false or absent"]),
+    "windows-pod": (
+        {"os": {"name": "windows"}, "nodeSelector": {"kubernetes.io/os": "windows"}},
+        None,
+        "spec.os.name: windows: the taskcreds sidecar runs on Linux only",
+        ["accepted: spec.os.name linux or absent"],
+    ),
+    "windows-nodes-only": (
+        {"nodeSelector": {"kubernetes.io/os": "windows"}},
+        None,
+        "spec.nodeSelector kubernetes.io/os: windows: the taskcreds sidecar runs on Linux only",
+        ["accepted:"],
+    ),
+}
+
+
+@pytest.mark.parametrize("already", [False, True], ids=["created", "claims-injected"])
+@pytest.mark.parametrize("case", list(ISOLATION_DENIALS))
+def test_pod_shapes_that_break_isolation_are_denied(case: str, already: bool) -> None:
+    fields, delivery, start, words = ISOLATION_DENIALS[case]
+    p = pod(**fields)
+    assert_valid_pod_spec(p)  # a pod the API server accepts: only taskcreds refuses it
+    if already:  # a pre-set taskcreds.io/injected never skips the checks
+        p["metadata"]["annotations"][names.ANNOTATION_INJECTED] = "0.0.1"
+    before = json.dumps(p, sort_keys=True)
+    result = mutate_pod(p, CONFIG, encoded=True, delivery=delivery)
+    assert (result.outcome, result.patch, result.warnings) == ("denied", [], [])
+    assert (result.message or "").startswith(start), result.message
+    assert all(w in (result.message or "") for w in words), result.message
+    assert json.dumps(p, sort_keys=True) == before
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"hostNetwork": False}, id="host-network-false"),
+        pytest.param({"shareProcessNamespace": False, "hostPID": False}, id="shared-pids-false"),
+        pytest.param({"os": {"name": "linux"}, "nodeSelector": {"kubernetes.io/os": "linux"}}, id="linux"),
+    ],
+)
+def test_the_accepted_values_of_those_fields_inject(fields: dict[str, Any]) -> None:
+    mutated, result = inject(pod(securityContext={"fsGroup": 1}, **fields), delivery=_by_proxy)
+    assert (result.outcome, result.warnings) == ("injected", [])
+    assert_valid_pod_spec(mutated)
+
+
+# --- the sidecar's uid, checked with the real writer and real uids ----------------------------
+
+
+def _write_as(uid: int, gid: int, groups: list[int], directory: Path, fs_group: int | None) -> None:
+    """Run the real CredentialWriter in a forked child under (uid, gid, groups), as the sidecar runs.
+
+    A fork, not a new interpreter: the venv's python lives where other uids cannot execute it.
+    """
+    from datetime import UTC, datetime
+
+    from taskcreds.sidecar.writer import CredentialFiles, CredentialWriter
+
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through its exit status only
+        code = 1
+        try:
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            writer = CredentialWriter(str(directory), fs_group=fs_group)
+            writer.prepare()
+            writer.write(
+                [CredentialFiles("github", "test", datetime.now(UTC), {"token": "not-a-real-value"})]
+            )
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the writer failed under the sidecar's uid"
+
+
+@pytest.fixture
+def tmpfs_dir() -> Any:
+    """A fresh directory on tmpfs (the writer refuses anything else), removed afterwards."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="tc-injection-uid-", dir="/dev/shm"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _run_as(security: dict[str, Any], pod_security: dict[str, Any]) -> tuple[int, int, list[int]]:
+    """(uid, gid, groups) the kubelet gives a container: its runAsUser/runAsGroup, else the pod's;
+    fsGroup and supplementalGroups added. An image default stands in for an unset uid/gid."""
+    uid = security.get("runAsUser", pod_security.get("runAsUser", 4000))
+    gid = security.get("runAsGroup", pod_security.get("runAsGroup", uid))
+    groups = [pod_security["fsGroup"]] if "fsGroup" in pod_security else []
+    return uid, gid, groups + list(pod_security.get("supplementalGroups", []))
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="switches uids: needs root")
+@pytest.mark.parametrize(
+    ("pod_security", "own_uid"),
+    [
+        pytest.param({"runAsUser": 1000, "fsGroup": 2000}, True, id="fsgroup-sidecar-has-its-own-uid"),
+        pytest.param(
+            {"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000}, True, id="fsgroup-and-run-as-group"
+        ),
+        pytest.param({"fsGroup": 2000}, True, id="fsgroup-only"),
+        pytest.param({"runAsUser": 1000}, False, id="no-fsgroup-sidecar-shares-the-uid"),
+    ],
+)
+def test_the_agent_reads_the_files_the_sidecar_writes_under_the_uids_injected(
+    tmpfs_dir: Path, pod_security: dict[str, Any], own_uid: bool
+) -> None:
+    import subprocess
+
+    mutated, result = inject(pod(securityContext=pod_security))
+    assert result.outcome == "injected"
+    sidecar = mutated["spec"]["initContainers"][0]
+    s_uid, s_gid, s_groups = _run_as(sidecar["securityContext"], pod_security)
+    a_uid, a_gid, a_groups = _run_as(
+        mutated["spec"]["containers"][0].get("securityContext") or {}, pod_security
+    )
+    assert (s_uid != a_uid) is own_uid and s_uid != 0
+    # the emptyDir as the kubelet makes it: world-writable, group fsGroup (setgid) when there is one
+    os.chmod(tmpfs_dir, 0o777)  # noqa: S103 - the kubelet's emptyDir mode
+    if "fsGroup" in pod_security:
+        os.chown(tmpfs_dir, 0, pod_security["fsGroup"])
+        os.chmod(tmpfs_dir, 0o2777)  # noqa: S103
+    fs_group = env_of(sidecar).get(names.ENV_FS_GROUP)
+    _write_as(s_uid, s_gid, s_groups, tmpfs_dir, int(fs_group) if fs_group is not None else None)
+    token = tmpfs_dir / "github" / "token"
+    agent = subprocess.run(
+        ["cat", str(token)], user=a_uid, group=a_gid, extra_groups=a_groups, capture_output=True, text=True
+    )
+    assert agent.returncode == 0 and agent.stdout == "not-a-real-value", agent.stderr
+    # and the files stay closed to a uid outside the pod's groups (what makes this test able to fail)
+    stranger = subprocess.run(
+        ["cat", str(token)], user=4321, group=4321, extra_groups=[], capture_output=True
+    )
+    assert stranger.returncode != 0
+    assert (token.resolve().stat().st_uid == a_uid) is not own_uid
+
+
+def test_a_pod_without_fsgroup_is_told_the_sidecar_shares_its_uid() -> None:
+    _, result = inject(pod(securityContext={"runAsUser": 1000}))
+    assert result.outcome == "injected"
+    assert result.warnings == [
+        "the pod sets securityContext.runAsUser 1000 but no fsGroup: the sidecar runs as that uid too (the "
+        "only way the agent can read the 0440 credential files), so only separate mounts keep the agent "
+        "from the sidecar's token; set spec.securityContext.fsGroup to run the sidecar as its own uid 65532"
+    ]
+
+
+# --- a credentials mount the pod already has is made read-only --------------------------------
+
+_WRITABLE = {
+    # name: (containers, init containers, containers annotation, pointers made readOnly)
+    "selected-agent-no-readOnly": (
+        [
+            {
+                "name": "agent",
+                "image": "a",
+                "volumeMounts": [{"name": "taskcreds", "mountPath": "/run/taskcreds"}],
+            }
+        ],
+        [],
+        None,
+        ["/spec/containers/0/volumeMounts/0/readOnly"],
+    ),
+    "readOnly-false-among-other-mounts": (
+        [
+            {
+                "name": "agent",
+                "image": "a",
+                "volumeMounts": [
+                    {"name": "work", "mountPath": "/work"},
+                    {"name": "taskcreds", "mountPath": "/run/taskcreds", "readOnly": False},
+                ],
+            }
+        ],
+        [],
+        None,
+        ["/spec/containers/0/volumeMounts/1/readOnly"],
+    ),
+    "unselected-init-container-elsewhere": (
+        [{"name": "agent", "image": "a"}],
+        [{"name": "setup", "image": "s", "volumeMounts": [{"name": "taskcreds", "mountPath": "/creds"}]}],
+        None,
+        ["/spec/initContainers/0/volumeMounts/0/readOnly"],
+    ),
+    "selected-init-and-second-init": (
+        [{"name": "agent", "image": "a"}],
+        [
+            {"name": "first", "image": "f"},
+            {
+                "name": "clone",
+                "image": "g",
+                "volumeMounts": [{"name": "taskcreds", "mountPath": "/run/taskcreds"}],
+            },
+        ],
+        "clone,agent",
+        ["/spec/initContainers/1/volumeMounts/0/readOnly"],
+    ),
+}
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["dicts", "webhook-json"])
+@pytest.mark.parametrize("case", list(_WRITABLE))
+def test_a_writable_credentials_mount_is_made_read_only_once(case: str, encoded: bool) -> None:
+    containers, init, wanted, pointers = _WRITABLE[case]
+    annotations = {names.ANNOTATION_CONTAINERS: wanted} if wanted else None
+    spec: dict[str, Any] = {"securityContext": {"fsGroup": 1}, "volumes": [{"name": "work", "emptyDir": {}}]}
+    if init:
+        spec["initContainers"] = copy.deepcopy(init)
+    p = pod(copy.deepcopy(containers), annotations=annotations, **spec)
+    result = mutate_pod(p, CONFIG, encoded=encoded)
+    assert result.outcome == "injected"
+    assert [op["path"] for op in result.patch if op["path"].endswith("/readOnly")] == pointers
+    assert (
+        sum("without readOnly: true; taskcreds makes that mount read-only" in w for w in result.warnings) == 1
+    )
+    once = jsonpatch.apply_patch(p, orjson.loads(orjson.dumps(result.patch)))  # what the API server decodes
+    assert_valid_pod_spec(once)
+    for c in once["spec"]["containers"] + once["spec"]["initContainers"]:
+        for m in c.get("volumeMounts") or ():
+            if m["name"] == names.VOLUME_CREDENTIALS:
+                assert m.get("readOnly") is (c["name"] != names.SIDECAR_CONTAINER or None), (c["name"], m)
+    again = mutate_pod(once, CONFIG, encoded=encoded)
+    assert (again.outcome, again.patch, again.warnings) == ("skipped", [], [])

@@ -204,7 +204,39 @@ def cases() -> Iterator[tuple[str, Case]]:
                         "ports": [{"containerPort": 9090}, {"containerPort": 9091}],
                     }
                 ],
-                hostNetwork=True,
+            ),
+            None,
+            "CREATE",
+        ),
+        "non-root-user-and-fs-group": (
+            _pod(securityContext={"runAsUser": 4242, "fsGroup": 4242}),
+            None,
+            "CREATE",
+        ),
+        "host-network": (_pod(hostNetwork=True, securityContext={"fsGroup": 1}), None, "CREATE"),
+        "share-process-namespace": (_pod(shareProcessNamespace=True), None, "CREATE"),
+        "host-pid": (_pod(hostPID=True), None, "CREATE"),
+        "windows": (_pod(os={"name": "windows"}), None, "CREATE"),
+        "windows-nodes": (_pod(nodeSelector={"kubernetes.io/os": "windows"}), None, "CREATE"),
+        "writable-credentials-mount": (
+            _pod(
+                containers=[
+                    {
+                        "name": "agent",
+                        "image": "a",
+                        "volumeMounts": [{"name": "taskcreds", "mountPath": "/run/taskcreds"}],
+                    }
+                ],
+                initContainers=[
+                    {
+                        "name": "setup",
+                        "image": "s",
+                        "volumeMounts": [
+                            {"name": "taskcreds", "mountPath": "/creds", "readOnly": False}
+                        ],
+                    }
+                ],
+                securityContext={"fsGroup": 1},
             ),
             None,
             "CREATE",
