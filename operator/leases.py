@@ -658,7 +658,12 @@ async def revoke_pod_task(
         return None
     name = lease_name(meta["name"], task)
     existing = await cluster.get_task_lease(meta["namespace"], name)
-    if existing is not None and not owned_by(existing, meta["uid"]):  # a predecessor's: an orphan
+    if existing is not None and not owned_by(existing, meta["uid"]):
+        # another pod's of the same name. A successor's, when its owner is the pod the API has now:
+        # this is a late event (or a handler's retry) for a pod that is gone, and must not end the
+        # new pod's task. Otherwise a predecessor's: an orphan, revoked now.
+        if await _owner_pod(cluster, existing) is not None:
+            return RevokeOutcome(lease=f"{meta['namespace']}/{name}", done=True)
         return await revoke_task(
             cluster,
             providers,

@@ -168,3 +168,26 @@ async def test_an_api_error_on_one_lease_does_not_stop_the_sweep(issued: Issued)
     assert issued.revoked_at_source
     leases = h.cluster.task_leases.values()
     assert sorted(lease["status"]["phase"] for lease in leases) == ["Revoked", "Revoked"]
+
+
+async def test_a_late_ending_of_a_replaced_pod_leaves_its_successor_alone() -> None:
+    """A retry (or a late event) for a pod that was replaced under the same name must not revoke the
+    new pod's task, which has the same TaskLease name."""
+    h = Harness()
+    h.put_sources()
+    await h.start()
+    try:
+        old = h.add_pod("agent-1", credentials="api")
+        new = h.cluster.put_pod({**old, "metadata": {**old["metadata"], "uid": "successor-uid"}})
+        reply = await h.issue(h.agent(new), ttl="30m")
+        assert reply.status == 200, reply.doc
+        jti = reply.doc["credentials"][0]["leaseRef"].split(":")[1]
+        ended = {**old, "metadata": {**old["metadata"], "annotations": {
+            **old["metadata"]["annotations"], names.ANNOTATION_TASK_STATUS: "completed"}}}
+        outcome = await revoke_pod_task(h.cluster, h.providers, ended, "completed", metrics=None, backoff=FAST)
+        assert outcome is not None and outcome.done and outcome.revoked == []
+        lease = h.cluster.task_leases[(NS, lease_name("agent-1", "fix-42"))]
+        assert lease["status"]["phase"] == "Active"
+        assert not h.providers["jwt"].is_revoked(jti)
+    finally:
+        await h.close()
