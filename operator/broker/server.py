@@ -315,7 +315,7 @@ class Broker:
         except asyncio.CancelledError:
             if not job.done():
                 log.info(
-                    "client went away mid-issue; what was issued is still recorded",
+                    "client went away; what it was issued is still recorded or revoked",
                     extra=fields(namespace=caller.namespace, pod=caller.pod, task=task),
                 )
                 job.add_done_callback(_unawaited)
