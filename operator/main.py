@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -52,20 +53,27 @@ class OperatorParts:
     replica_id: str = field(
         default_factory=lambda: os.environ.get("HOSTNAME") or f"op-{uuid.uuid4().hex[:8]}"
     )
+    #: set once the webhook serves with its certificate, the broker listens and kopf runs: /readyz 200
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set when a stop begins: /readyz 503 while admission and the broker go on for the drain period
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
     #: the admission webhook's view of the CredentialSources (set once the webhook is made)
     credential_index: Any = None
 
 
-def _metrics_app(metrics: OperatorMetrics, ready: asyncio.Event) -> web.Application:
+def _metrics_app(metrics: OperatorMetrics, ready: asyncio.Event, draining: asyncio.Event) -> web.Application:
     async def metrics_handler(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
+        # liveness only: the process answers. It says nothing about admission (that is /readyz)
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
+        # the chart's readinessProbe: 200 only while this replica should receive admissions
+        if draining.is_set():
+            return web.json_response({"status": "draining"}, status=503)
         if ready.is_set():
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "starting"}, status=503)
@@ -75,6 +83,36 @@ def _metrics_app(metrics: OperatorMetrics, ready: asyncio.Event) -> web.Applicat
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def _close_connections_while(draining: asyncio.Event, app: web.Application) -> None:
+    """Answer with ``Connection: close`` once draining: kube-apiserver and the sidecars reconnect
+    through the Service (to a ready replica) instead of reusing a keep-alive connection to this one."""
+
+    async def on_prepare(_: web.Request, response: web.StreamResponse) -> None:
+        if draining.is_set():
+            response.force_close()  # close after this response
+            response.headers["Connection"] = "close"  # and say so (aiohttp wrote its headers already)
+
+    app.on_response_prepare.append(on_prepare)
+
+
+def _take_signals(stop: asyncio.Event, hurry: asyncio.Event) -> None:
+    """SIGTERM/SIGINT set ``stop`` (a second one sets ``hurry``: end the drain now).
+
+    kopf adds its own handlers in the main thread when it starts; those stop kopf at once, which
+    would end this process without a drain. Called after kopf started, so these are the ones that
+    stay. Outside the main thread (tests, embedding) signals are the caller's business.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        (hurry if stop.is_set() else stop).set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
 
 
 async def _serve_plain(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -110,8 +148,17 @@ async def run_operator(
     kopf_login: Callable[..., Any] | None = None,
     kopf_settings: Any = None,
     sweep_interval: float = SWEEP_INTERVAL,
+    take_signals: bool = False,
 ) -> None:
-    """Run every part until ``stop`` is set. ``svid_source()`` returns the operator's current SVID."""
+    """Run every part until ``stop`` is set. ``svid_source()`` returns the operator's current SVID.
+
+    Stopping drains first: once ``stop`` is set, /readyz answers 503 at once, while the webhook, the
+    broker and the lifecycle keep working for ``settings.drain_seconds`` (responses then close their
+    connections). A terminating pod leaves the Services' endpoints on its own, but kube-apiserver
+    and kube-proxy learn that a moment later; admission is fail-closed, so a replica that stopped
+    listening at SIGTERM refused opted-in pods on every rollout. ``take_signals``: SIGTERM/SIGINT of
+    the process set ``stop`` (a second one ends the drain early), also after kopf started.
+    """
     import kopf
     from taskcreds.operator.broker.server import BrokerServer, make_broker_app, trust_domain_of
     from taskcreds.operator.broker.settings import BrokerSettings
@@ -134,7 +181,13 @@ async def run_operator(
         background[-1].set_name(name)
 
     # 1. metrics first, so probes answer (503 on /readyz) while the rest starts
-    runner, port = await _serve_plain(_metrics_app(metrics, parts.ready), *settings.metrics_listen)
+    # ``stop`` begins the drain; after it ``listeners_down`` closes the webhook, then kopf gets ``kopf_stop``
+    listeners_down = asyncio.Event()
+    kopf_stop = asyncio.Event()
+    hurry = asyncio.Event()
+    runner, port = await _serve_plain(
+        _metrics_app(metrics, parts.ready, parts.draining), *settings.metrics_listen
+    )
     runners.append(runner)
     parts.ports["metrics"] = port
 
@@ -166,34 +219,35 @@ async def run_operator(
         mutate=partial(mutate_pod, encoded=True, delivery=index.delivery),
         credential_check=index.check,
     )
+    _close_connections_while(parts.draining, webhook_app)
     webhook_ready: asyncio.Future[list[tuple[str, int]]] = asyncio.get_running_loop().create_future()
     spawn(
         serve(
             webhook_app,
             tls,
             *settings.webhook_listen,
-            stop,
+            listeners_down,
             on_ready=lambda addrs: None if webhook_ready.done() else webhook_ready.set_result(addrs),
         ),
         "webhook",
     )
+    webhook_task = background[-1]
 
     # 3. the broker, with the operator's own SVID (rotation-aware)
     svid = svid_source()
     broker_settings = BrokerSettings.from_operator(settings, trust_domain=trust_domain_of(svid))
     providers = make_providers(cluster, broker_settings)
     hub = TaskStatusHub()
-    broker = BrokerServer(
-        make_broker_app(
-            cluster=cluster,
-            providers=providers,
-            settings=broker_settings,
-            metrics=metrics,
-            trust_domain=trust_domain_of(svid),
-            hub=hub,
-        ),
-        svid_source,
+    broker_app = make_broker_app(
+        cluster=cluster,
+        providers=providers,
+        settings=broker_settings,
+        metrics=metrics,
+        trust_domain=trust_domain_of(svid),
+        hub=hub,
     )
+    _close_connections_while(parts.draining, broker_app)
+    broker = BrokerServer(broker_app, svid_source)
     parts.ports["broker"] = await broker.start(*settings.broker_listen)
 
     # 4. the lifecycle: kopf pod events -> hub + revocation; the periodic sweep
@@ -212,7 +266,7 @@ async def run_operator(
             settings=kopf_settings or kopf_settings_for_taskcreds(),
             standalone=True,
             clusterwide=True,
-            stop_flag=stop,
+            stop_flag=kopf_stop,
             ready_flag=kopf_ready,
         )
     )
@@ -223,29 +277,55 @@ async def run_operator(
         addrs = await asyncio.wait_for(asyncio.shield(webhook_ready), timeout=30)
         parts.ports["webhook"] = addrs[0][1]
         await asyncio.wait_for(kopf_ready.wait(), timeout=60)
-        parts.ready.set()
-        log.info(
-            "taskcreds-operator ready",
-            extra=fields(loop=loop_name(), **{f"{k}_port": v for k, v in parts.ports.items()}),
-        )
-        # kopf installs its own SIGTERM/SIGINT handlers in the main thread: when it stops, we stop
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({stopping, kopf_task}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
+        if take_signals:
+            await asyncio.sleep(0)  # kopf adds its signal handlers right after starting its tasks
+            _take_signals(stop, hurry)
+        if not stop.is_set():
+            parts.ready.set()
+            log.info(
+                "taskcreds-operator ready",
+                extra=fields(loop=loop_name(), **{f"{k}_port": v for k, v in parts.ports.items()}),
+            )
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({stopping, kopf_task}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if stop.is_set() and not kopf_task.done() and settings.drain_seconds > 0:
+                await _drain(parts, settings.drain_seconds, kopf_task, hurry)
     finally:
         log.info("taskcreds-operator stopping")
+        parts.ready.clear()
+        parts.draining.set()
         stop.set()
+        # the listeners before kopf: a stopping kopf waits 5 s for every task started after it, and
+        # the handler of a keep-alive connection (Prometheus, the API server) is one
+        listeners_down.set()
+        await asyncio.wait({webhook_task}, timeout=10)
+        await broker.stop()
+        for runner in runners:
+            await runner.cleanup()
+        kopf_stop.set()
         await asyncio.wait({kopf_task}, timeout=10)  # kopf may end cancelled: never re-raise that here
         kopf_task.cancel()
         for task in background:
             task.cancel()
         await asyncio.gather(kopf_task, *background, return_exceptions=True)
         await lifecycle.close()
-        await broker.stop()
-        for runner in runners:
-            await runner.cleanup()
         if own_cert_dir is not None:
             own_cert_dir.cleanup()
+
+
+async def _drain(
+    parts: OperatorParts, seconds: float, kopf_task: asyncio.Future[Any], hurry: asyncio.Event
+) -> None:
+    """Not ready, still serving: until ``seconds`` pass, kopf ends on its own or ``hurry`` is set."""
+    parts.ready.clear()
+    parts.draining.set()
+    log.info("taskcreds-operator draining", extra=fields(drain_seconds=seconds))
+    hurried = asyncio.ensure_future(hurry.wait())
+    try:
+        await asyncio.wait({kopf_task, hurried}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hurried.cancel()
 
 
 def _default_login(**kwargs: Any) -> Any:
@@ -273,7 +353,14 @@ async def _amain(settings: OperatorSettings, config: InjectionConfig) -> int:
         return 1
     cluster = await connect()
     try:
-        await run_operator(settings, config, cluster=cluster, svid_source=lambda: identity.current, stop=stop)
+        await run_operator(
+            settings,
+            config,
+            cluster=cluster,
+            svid_source=lambda: identity.current,
+            stop=stop,
+            take_signals=True,
+        )
     finally:
         await identity.close()
         close = getattr(cluster, "close", None)

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 from taskcreds import names
 
-__all__ = ["OperatorSettings", "SettingsError", "parse_listen"]
+__all__ = ["OperatorSettings", "SettingsError", "parse_listen", "ENV_DRAIN_SECONDS", "DRAIN_SECONDS"]
+
+ENV_DRAIN_SECONDS = "TASKCREDS_DRAIN_SECONDS"
+"""Seconds a stopping operator keeps serving admission and the broker (not yet in taskcreds/names.py)."""
+DRAIN_SECONDS = 5.0
+"""The process's drain when the variable is unset: time for kube-apiserver and kube-proxy to drop this
+pod's endpoints after it turned terminating (usually 1-2 s; more on a loaded control plane)."""
+MAX_DRAIN_SECONDS = 120.0
 
 
 class SettingsError(ValueError):
@@ -46,6 +53,9 @@ class OperatorSettings:
     jwt_issuer: str = "https://taskcreds.taskcreds-system.svc"
     spiffe_id_template: str = "spiffe://{trust_domain}/ns/{namespace}/sa/{serviceaccount}"
     log_level: str = "INFO"
+    drain_seconds: float = 0.0
+    """After SIGTERM: /readyz says 503 at once, admission and the broker go on this long, then stop.
+    0 here (tests, embedding); the process reads :data:`ENV_DRAIN_SECONDS`, default :data:`DRAIN_SECONDS`."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorSettings:
@@ -59,6 +69,16 @@ class OperatorSettings:
         for field in ("{namespace}", "{serviceaccount}"):
             if field not in template:
                 raise SettingsError(f"{names.ENV_SPIFFE_ID_TEMPLATE}: {template!r} must contain {field}")
+        drain_text = get(ENV_DRAIN_SECONDS, "").strip()
+        try:
+            drain = float(drain_text) if drain_text else DRAIN_SECONDS
+        except ValueError:
+            drain = -1.0
+        if not 0 <= drain <= MAX_DRAIN_SECONDS:  # also NaN
+            raise SettingsError(
+                f"{ENV_DRAIN_SECONDS}: {drain_text!r} is not a number of seconds"
+                f" from 0 to {MAX_DRAIN_SECONDS:g}"
+            )
         return cls(
             namespace=get(names.ENV_OPERATOR_NAMESPACE, d.namespace),
             config_file=get(names.ENV_CONFIG_FILE) or None,
@@ -79,4 +99,5 @@ class OperatorSettings:
             jwt_issuer=get(names.ENV_JWT_ISSUER, d.jwt_issuer),
             spiffe_id_template=template,
             log_level=level,
+            drain_seconds=drain,
         )

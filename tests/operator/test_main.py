@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
+import signal
 import ssl
+import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from taskcreds.operator.settings import ENV_DRAIN_SECONDS, OperatorSettings
 
 from taskcreds import names
 from taskcreds.devauthority import DevAuthority
 from taskcreds.svid import client_context
 from tests.kube.fixtures import KubeApi
+from tests.operator import running
 from tests.operator.running import Replica, webhook_configuration
 from tests.ports import free_port
 
@@ -50,8 +57,9 @@ def agent_pod() -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-async def operator(kube_api: KubeApi) -> Any:
+def prepare_cluster(kube_api: KubeApi) -> tuple[DevAuthority, dict[str, int]]:
+    """What a chart install leaves in the API (CRDs, namespaces, webhook configuration, one jwt
+    source for coding-agent); returns the SPIFFE authority and the operator's ports."""
     kube_api.register_crds_from(CRDS)
     for ns in ("taskcreds-system", "agents"):
         kube_api.ensure_namespace(ns)
@@ -78,7 +86,12 @@ async def operator(kube_api: KubeApi) -> Any:
         }
     )
     kube_api.set_service_endpoint("taskcreds-system", "taskcreds-webhook", f"127.0.0.1:{ports['webhook']}")
-    authority = DevAuthority(TD, allow=True)
+    return DevAuthority(TD, allow=True), ports
+
+
+@pytest.fixture
+async def operator(kube_api: KubeApi) -> Any:
+    authority, ports = prepare_cluster(kube_api)
     operator_svid = authority.mint_x509_svid(OPERATOR_ID)
     replica = Replica(kube_api, operator_svid, kube_api.admin_token)
     replica.ports = {"webhook": ports["webhook"], "broker": ports["broker"], "metrics": ports["metrics"]}
@@ -221,3 +234,142 @@ async def test_operator_tests_run_on_the_loop_the_operator_runs_on() -> None:
     import uvloop
 
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+DRAIN = 1.5
+"""Drain of the stopping operators below: long enough to act inside it, short for the suite."""
+
+
+async def _status(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, dict[str, Any], str]:
+    async with http.get(url, **kwargs) as resp:
+        return resp.status, await resp.json(), resp.headers.get("Connection", "")
+
+
+async def _until_unready(http: aiohttp.ClientSession, readyz: str, since: float) -> tuple[float, dict[str, Any]]:
+    """Seconds from ``since`` until /readyz stops answering 200, and its body then."""
+    while True:
+        code, body, _ = await _status(http, readyz)
+        if code != 200:
+            assert code == 503, (code, body)
+            return time.monotonic() - since, body
+        assert time.monotonic() - since < 5, "/readyz still 200 five seconds after the stop"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_stopping_operator_turns_unready_at_once_and_admits_and_issues_while_it_drains(
+    kube_api: KubeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rollout and drain: the Service still routes admissions here for a moment after the stop
+    (endpoints propagate late), and admission is fail-closed, so refusing them then refuses users'
+    pods. /readyz must say 503 at once; the webhook and the broker must answer until the drain ends."""
+    from kubernetes_asyncio import client as k8s
+
+    authority, ports = prepare_cluster(kube_api)
+    monkeypatch.setattr(running, "OperatorSettings", partial(OperatorSettings, drain_seconds=DRAIN))
+    replica = Replica(kube_api, authority.mint_x509_svid(OPERATOR_ID), kube_api.admin_token)
+    replica.ports = dict(ports)
+    replica.start()
+    try:
+        await replica.wait_ready()
+        core = k8s.CoreV1Api(await kube_api.kubernetes_asyncio_client())
+        readyz = f"http://127.0.0.1:{ports['metrics']}/readyz"
+        broker = f"https://127.0.0.1:{ports['broker']}/v1/credentials"
+        ctx = client_context(authority.mint_x509_svid(AGENT_ID))
+        async with aiohttp.ClientSession() as http:
+            assert (await _status(http, readyz))[0] == 200
+            stopped = time.monotonic()
+            stopping = asyncio.ensure_future(asyncio.to_thread(replica.stop))
+            unready_after, body = await _until_unready(http, readyz, stopped)
+            assert body == {"status": "draining"}
+
+            created = await core.create_namespaced_pod("agents", agent_pod())
+            admitted_after = time.monotonic() - stopped
+            assert created.spec.init_containers[0].name == names.SIDECAR_CONTAINER
+
+            token = kube_api.issue_pod_token("agents", "agent-1", "coding-agent")
+            async with http.post(
+                broker, json={"task": "fix-42"}, ssl=ctx, headers={"Authorization": f"Bearer {token}"}
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                # the caller reconnects through the Service, to a replica that is not stopping
+                assert resp.headers.get("Connection", "").lower() == "close"
+            issued_after = time.monotonic() - stopped
+            assert not stopping.done(), "the operator stopped before its drain ended"
+            await stopping
+            stopped_after = time.monotonic() - stopped
+    finally:
+        if replica.thread.is_alive():
+            await asyncio.to_thread(replica.stop)
+    assert not replica.failure, replica.failure
+    assert unready_after < 0.5, f"/readyz said 200 for {unready_after:.2f} s after the stop"
+    assert max(admitted_after, issued_after) < DRAIN
+    assert DRAIN <= stopped_after < DRAIN + 15, stopped_after
+
+    # once it has stopped, the API server cannot reach it: the opted-in pod is refused (fail-closed)
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    pod = agent_pod()
+    pod["metadata"]["name"] = "agent-after"
+    with pytest.raises(ApiException) as info:
+        await core.create_namespaced_pod("agents", pod)
+    assert "inject.taskcreds.io" in json.loads(info.value.body)["message"]
+
+
+async def test_the_operator_process_drains_on_sigterm_before_it_exits(
+    kube_api: KubeApi, workload_api: Any, tmp_path: Path
+) -> None:
+    """The real ``taskcreds-operator``: kopf takes SIGTERM in the main thread when it starts; the
+    process must still drain (readiness off at once, webhook answering) and exit 0 afterwards."""
+    authority, ports = prepare_cluster(kube_api)
+    spiffe = workload_api(OPERATOR_ID, authority=authority)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "TASKCREDS_"))}
+    env.update(
+        {
+            "KUBECONFIG": kube_api.kubeconfig(tmp_path),
+            names.ENV_SPIFFE_SOCKET: spiffe.socket_uri,
+            names.ENV_WEBHOOK_LISTEN: f"127.0.0.1:{ports['webhook']}",
+            names.ENV_BROKER_LISTEN: f"127.0.0.1:{ports['broker']}",
+            names.ENV_METRICS_LISTEN: f"127.0.0.1:{ports['metrics']}",
+            ENV_DRAIN_SECONDS: str(DRAIN),
+        }
+    )
+    log = tmp_path / "operator.log"
+    binary = Path(sys.executable).with_name("taskcreds-operator")
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            str(binary), env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out
+        )
+    try:
+        readyz = f"http://127.0.0.1:{ports['metrics']}/readyz"
+        webhook = f"https://127.0.0.1:{ports['webhook']}/healthz"
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.returncode is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, "not ready within 30 s: " + log.read_text()[-2000:]
+                with contextlib.suppress(aiohttp.ClientError):
+                    if (await _status(http, readyz))[0] == 200:
+                        break
+                await asyncio.sleep(0.05)
+            code, _, connection = await _status(http, webhook, ssl=False)
+            assert (code, connection.lower()) == (200, "")  # keep-alive while serving
+
+            proc.send_signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            unready_after, body = await _until_unready(http, readyz, stopped)
+            assert body == {"status": "draining"}
+            await asyncio.sleep(DRAIN / 2)
+            code, _, connection = await _status(http, webhook, ssl=False)
+            assert (code, connection.lower()) == (200, "close"), "the webhook stopped answering in the drain"
+            assert proc.returncode is None
+        rc = await asyncio.wait_for(proc.wait(), timeout=DRAIN + 25)
+        exited_after = time.monotonic() - stopped
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = log.read_text()
+    assert rc == 0, text[-2000:]
+    assert unready_after < 0.5, unready_after
+    assert exited_after >= DRAIN, exited_after
+    assert "taskcreds-operator draining" in text
