@@ -8,10 +8,11 @@ Columns:
 - ``verb``, ``group`` (``""`` is core), ``resource``, ``subresource``
 - ``scope``: ``cluster`` (any namespace or cluster-scoped: ClusterRole), ``release`` (the operator's
   own namespace: Role), ``secret-namespaces`` (any namespace, narrowed to a Role per namespace by
-  ``rbac.secretNamespaces``)
+  ``rbac.secretNamespaces``), ``token-namespaces`` (any namespace, narrowed to a Role per namespace
+  by ``rbac.tokenRequestNamespaces``)
 - ``names``: symbolic resourceNames the rule is limited to (resolved from the rendered chart)
 - ``when``: the values under which the call exists (``always``, ``self-managed-certs`` = cert-manager
-  off, ``token-request`` = ``rbac.tokenRequest``, ``peering`` = ``operator.peering.enabled``)
+  off, ``token-request`` = ``rbac.tokenRequest``)
 - ``source``: who makes it
 """
 
@@ -22,8 +23,8 @@ from typing import Literal
 
 __all__ = ["ApiCall", "API_CALLS", "Scope", "When"]
 
-Scope = Literal["cluster", "release", "secret-namespaces"]
-When = Literal["always", "self-managed-certs", "token-request", "peering"]
+Scope = Literal["cluster", "release", "secret-namespaces", "token-namespaces"]
+When = Literal["always", "self-managed-certs", "token-request"]
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,11 @@ class ApiCall:
 _TASKCREDS = "taskcreds.io"
 
 API_CALLS: tuple[ApiCall, ...] = (
-    # --- pods: Cluster.get_pod (broker) and kopf's watch + handler-progress/finalizer patches ------
+    # --- pods: Cluster.get_pod (broker) and kopf's watch. Never written: the handlers are kopf.on.event,
+    # which keep no progress annotations and add no finalizer (operator/lifecycle.py build_registry)
     ApiCall("get", "", "pods", None, "cluster", "Cluster.get_pod"),
     ApiCall("list", "", "pods", None, "cluster", "kopf: initial listing of pods (cluster-wide)"),
     ApiCall("watch", "", "pods", None, "cluster", "kopf: task-status annotation and deletion"),
-    ApiCall("patch", "", "pods", None, "cluster", "kopf: handler progress annotations, finalizers"),
     # --- events: Cluster.emit_event (events.k8s.io) and kopf's own events (core) ----------------
     ApiCall("create", "", "events", None, "cluster", "kopf: kopf.event/info/warn"),
     ApiCall("patch", "", "events", None, "cluster", "kopf: repeated events"),
@@ -53,14 +54,22 @@ API_CALLS: tuple[ApiCall, ...] = (
     ApiCall("patch", "events.k8s.io", "events", None, "cluster", "Cluster.emit_event (series)"),
     # --- authentication: Cluster.review_token (broker) ----------------------------------------------
     ApiCall("create", "authentication.k8s.io", "tokenreviews", None, "cluster", "Cluster.review_token"),
-    # --- kubernetes-token provider: Cluster.create_service_account_token ------------------------------
+    # --- kubernetes-token provider (operator/providers/kubernetes_token.py), in the pod's namespace ---
     ApiCall(
         "create",
         "",
         "serviceaccounts",
         "token",
-        "cluster",
+        "token-namespaces",
         "Cluster.create_service_account_token",
+        when="token-request",
+    ),
+    ApiCall(
+        "create", "", "secrets", None, "token-namespaces", "apply_secret: per-lease binding Secret",
+        when="token-request",
+    ),
+    ApiCall(
+        "delete", "", "secrets", None, "token-namespaces", "delete_secret: revoke (the token dies with it)",
         when="token-request",
     ),
     # --- policy: Cluster.get_credential_source / get_cluster_credential_source, kopf indexes ---------
@@ -133,31 +142,4 @@ API_CALLS: tuple[ApiCall, ...] = (
     ),
     # --- providers: Cluster.get_secret on Secrets named by CredentialSources ------------------------
     ApiCall("get", "", "secrets", None, "secret-namespaces", "providers (github-app, vault, secret)"),
-    # --- kopf peering (optional) ---------------------------------------------------------------------
-    # kopf lists and watches the namespace's peerings (resourceNames cannot limit a plain list/watch)
-    *(
-        ApiCall(
-            verb,
-            "kopf.dev",
-            "kopfpeerings",
-            None,
-            "release",
-            "kopf peering: keep-alive watch",
-            when="peering",
-        )
-        for verb in ("list", "watch")
-    ),
-    *(
-        ApiCall(
-            verb,
-            "kopf.dev",
-            "kopfpeerings",
-            None,
-            "release",
-            "kopf peering: touch its own entry",
-            names=("peering",),
-            when="peering",
-        )
-        for verb in ("get", "patch")
-    ),
 )

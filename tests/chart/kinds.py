@@ -146,6 +146,8 @@ CRD_KIND_SCHEMAS: dict[str, dict[str, Any]] = {
         _strict(
             {
                 "secretName": _STR,
+                "isCA": {"type": "boolean"},
+                "commonName": _STR,
                 "duration": _STR,
                 "renewBefore": _STR,
                 "privateKey": _strict(
@@ -157,13 +159,24 @@ CRD_KIND_SCHEMAS: dict[str, dict[str, Any]] = {
                 ),
                 "usages": {
                     "type": "array",
-                    "items": {"enum": ["server auth", "digital signature", "key encipherment"]},
+                    "items": {
+                        "enum": ["server auth", "digital signature", "key encipherment", "cert sign", "crl sign"]
+                    },
                 },
                 "dnsNames": {"type": "array", "items": _STR, "minItems": 1},
                 "issuerRef": _ISSUER_REF,
             },
-            ["secretName", "dnsNames", "issuerRef"],
+            ["secretName", "issuerRef"],
         ),
     ),
-    "Issuer": _doc("cert-manager.io/v1", "Issuer", _strict({"selfSigned": _strict({})})),
+    "Issuer": _doc(
+        "cert-manager.io/v1",
+        "Issuer",
+        {
+            "oneOf": [
+                _strict({"selfSigned": _strict({})}, ["selfSigned"]),
+                _strict({"ca": _strict({"secretName": _STR}, ["secretName"])}, ["ca"]),
+            ]
+        },
+    ),
 }

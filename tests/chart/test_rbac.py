@@ -43,8 +43,7 @@ def expected(docs: list[dict[str, Any]], values: dict[str, Any]) -> set[Grant]:
     active = {
         "always",
         *(["self-managed-certs"] if not cert_manager else []),
-        *(["token-request"] if values.get("rbac", {}).get("tokenRequest", True) else []),
-        *(["peering"] if values.get("operator", {}).get("peering", {}).get("enabled", False) else []),
+        *(["token-request"] if values.get("rbac", {}).get("tokenRequest", False) else []),
     }
     env = {
         e["name"]: e.get("value")
@@ -54,19 +53,25 @@ def expected(docs: list[dict[str, Any]], values: dict[str, Any]) -> set[Grant]:
         "webhook-configuration": env["TASKCREDS_WEBHOOK_CONFIGURATION"],
         "webhook-secret": env["TASKCREDS_WEBHOOK_SECRET"],
         "jwt-secret": env["TASKCREDS_JWT_SECRET"],
-        "peering": values.get("operator", {}).get("peering", {}).get("name", "taskcreds"),
     }
     secret_namespaces = values.get("rbac", {}).get("secretNamespaces", [])
+    token_namespaces = values.get("rbac", {}).get("tokenRequestNamespaces", [])
     out: set[Grant] = set()
     for call in API_CALLS:
         if call.when not in active:
             continue
         resource = call.resource + (f"/{call.subresource}" if call.subresource else "")
         names = tuple(sorted(symbols[n] for n in call.names))
-        if call.scope == "cluster" or (call.scope == "secret-namespaces" and not secret_namespaces):
+        if (
+            call.scope == "cluster"
+            or (call.scope == "secret-namespaces" and not secret_namespaces)
+            or (call.scope == "token-namespaces" and not token_namespaces)
+        ):
             namespaces: list[str | None] = [None]
         elif call.scope == "release":
             namespaces = [NAMESPACE]
+        elif call.scope == "token-namespaces":
+            namespaces = sorted(set(token_namespaces))
         else:
             namespaces = sorted({NAMESPACE, *secret_namespaces})
         out.update((call.verb, call.group, resource, ns, names) for ns in namespaces)
@@ -101,15 +106,36 @@ def test_rbac_has_no_wildcards(helm: Helm, name: str) -> None:
 
 
 def test_secrets_are_read_by_name_only_and_written_only_in_the_release_namespace(helm: Helm) -> None:
+    """Besides the kubernetes-token provider's binding Secrets (create, delete; only with
+    rbac.tokenRequest, and only in rbac.tokenRequestNamespaces when that is set)."""
     for name, values in VALUES_SETS.items():
+        rbac = values.get("rbac", {})
+        token_namespaces = set(rbac.get("tokenRequestNamespaces", [])) or {None}
         for verb, _group, resource, ns, names in granted(helm.template(values)):
             if resource != "secrets":
                 continue
-            assert verb in ("get", "create", "update", "patch"), f"{name}: secrets {verb}"
+            assert verb in ("get", "create", "update", "patch", "delete"), f"{name}: secrets {verb}"
             if verb in ("update", "patch"):
                 assert ns == NAMESPACE and names, f"{name}: secrets {verb} must be by name in {NAMESPACE}"
-            if verb == "create":
-                assert ns == NAMESPACE
+            if verb == "delete" or (verb == "create" and ns != NAMESPACE):
+                assert rbac.get("tokenRequest") and ns in token_namespaces, f"{name}: secrets {verb} in {ns}"
+
+
+def test_token_request_is_off_by_default_and_narrows_to_listed_namespaces(helm: Helm) -> None:
+    def token_grants(values: dict[str, Any]) -> set[Grant]:
+        return {g for g in granted(helm.template(values)) if g[2] == "serviceaccounts/token"}
+
+    assert token_grants({}) == set(), "TokenRequest for any service account must be opted into"
+    assert token_grants({"rbac": {"tokenRequest": True}}) == {("create", "", "serviceaccounts/token", None, ())}
+    assert token_grants(VALUES_SETS["token-request-namespaces"]) == {
+        ("create", "", "serviceaccounts/token", ns, ()) for ns in ("agents", "ci")
+    }
+
+
+def test_pods_are_never_written(helm: Helm) -> None:
+    for name, values in VALUES_SETS.items():
+        verbs = {g[0] for g in granted(helm.template(values)) if g[2].startswith("pods")}
+        assert verbs == {"get", "list", "watch"}, f"{name}: {verbs}"
 
 
 def test_secret_namespaces_narrow_secret_reads(helm: Helm) -> None:

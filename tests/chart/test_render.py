@@ -17,7 +17,7 @@ from taskcreds.operator.settings import OperatorSettings
 
 from taskcreds import names
 from tests.chart.helm import CHART, NAMESPACE, Helm
-from tests.chart.kinds import CRD_KIND_SCHEMAS, exposed_metric_names, one
+from tests.chart.kinds import CRD_KIND_SCHEMAS, exposed_metric_names, of_kind, one
 from tests.chart.values_sets import VALUES_SETS
 
 K8S_VERSIONS = ["1.29", "1.30", "1.31", "1.32", "1.33", "1.34", "1.35"]
@@ -104,7 +104,8 @@ def test_namespaced_objects_live_in_the_release_namespace(helm: Helm, name: str)
         if doc["kind"] in cluster_kinds:
             assert ns is None, doc["metadata"]["name"]
         elif doc["kind"] == "Role" or doc["kind"] == "RoleBinding":
-            assert ns in [NAMESPACE, *VALUES_SETS[name].get("rbac", {}).get("secretNamespaces", [])]
+            rbac = VALUES_SETS[name].get("rbac", {})
+            assert ns in [NAMESPACE, *rbac.get("secretNamespaces", []), *rbac.get("tokenRequestNamespaces", [])]
         else:
             assert ns == NAMESPACE, f"{doc['kind']} {doc['metadata']['name']}"
 
@@ -158,30 +159,45 @@ def test_ca_bundle_is_left_to_the_operator_or_to_cert_manager(helm: Helm) -> Non
 
     docs = render(helm, "cert-manager")
     config = one(docs, "MutatingWebhookConfiguration")
-    cert = one(docs, "Certificate")
-    assert (
-        config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
-        == f"{NAMESPACE}/{cert['metadata']['name']}"
+    certificates = {c["metadata"]["name"]: c for c in of_kind(docs, "Certificate")}
+    issuers = {i["metadata"]["name"]: i for i in of_kind(docs, "Issuer")}
+    (leaf,) = [c for c in certificates.values() if not c["spec"].get("isCA")]
+    (ca,) = [c for c in certificates.values() if c["spec"].get("isCA")]
+    # self-signed Issuer -> CA Certificate -> CA Issuer -> serving certificate: renewing the serving
+    # certificate never changes the CA the API server trusts
+    assert "selfSigned" in issuers[ca["spec"]["issuerRef"]["name"]]["spec"]
+    ca_issuer = issuers[leaf["spec"]["issuerRef"]["name"]]
+    assert ca_issuer["spec"] == {"ca": {"secretName": ca["spec"]["secretName"]}}
+    assert ca["spec"]["privateKey"]["rotationPolicy"] == "Never", "a CA renewal must keep its key"
+    assert "dnsNames" not in ca["spec"] and {"cert sign"} <= set(ca["spec"]["usages"])
+    # caBundle comes from the CA Certificate, not from the leaf
+    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{NAMESPACE}/{ca['metadata']['name']}"
     )
     service = one(docs, "Service", "-webhook")["metadata"]["name"]
-    assert f"{service}.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
-    assert cert["spec"]["issuerRef"]["name"] == one(docs, "Issuer")["metadata"]["name"]
+    assert f"{service}.{NAMESPACE}.svc" in leaf["spec"]["dnsNames"]
+    assert leaf["spec"]["secretName"] != ca["spec"]["secretName"]
     # the operator reads the pair cert-manager writes, from the Secret it names
     container = operator_container(docs)
     env = env_of(container)
-    assert env[names.ENV_WEBHOOK_SECRET] == cert["spec"]["secretName"]
+    assert env[names.ENV_WEBHOOK_SECRET] == leaf["spec"]["secretName"]
     pod = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]
     volume = next(v for v in pod["volumes"] if v["name"] == "webhook-certs")
-    assert volume["secret"]["secretName"] == cert["spec"]["secretName"]
+    assert volume["secret"]["secretName"] == leaf["spec"]["secretName"]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "webhook-certs")
     assert env[names.ENV_WEBHOOK_CERT_DIR] == mount["mountPath"] and mount["readOnly"] is True
 
-    clusterissuer = one(render(helm, "cert-manager-clusterissuer"), "Certificate")
+    # with an issuer of the admin's, no chart CA: the serving certificate's ca.crt is injected
+    docs = render(helm, "cert-manager-clusterissuer")
+    clusterissuer = one(docs, "Certificate")
+    assert not of_kind(docs, "Issuer")
     assert clusterissuer["spec"]["issuerRef"] == {
         "name": "corp-ca",
         "kind": "ClusterIssuer",
         "group": "cert-manager.io",
     }
+    annotations = one(docs, "MutatingWebhookConfiguration")["metadata"]["annotations"]
+    assert annotations["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/{clusterissuer['metadata']['name']}"
 
 
 def test_webhook_excludes_extra_namespaces_and_keeps_extra_selectors(helm: Helm) -> None:
@@ -234,12 +250,24 @@ def test_operator_defaults_survive_a_node_drain(helm: Helm) -> None:
 
 
 @pytest.mark.parametrize("name", SETS)
-def test_probes_hit_healthz_on_the_metrics_port(helm: Helm, name: str) -> None:
-    container = operator_container(render(helm, name))
+def test_readiness_is_readyz_and_a_stopping_replica_drains_within_its_grace_period(
+    helm: Helm, name: str
+) -> None:
+    """/healthz answers as soon as the process runs; only /readyz waits for the webhook's certificate
+    and the broker, and turns 503 at SIGTERM (tests/operator/test_main.py). A readiness probe on
+    /healthz let a rollout remove the old replica before the new one could admit anything."""
+    docs = render(helm, name)
+    container = operator_container(docs)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"webhook": 8443, "broker": 8444, "metrics": 8080}
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    plain = {k: v for k, v in env_of(container).items() if isinstance(v, str)}
+    drain = OperatorSettings.from_env(plain).drain_seconds
+    assert drain == 5
+    pod = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] >= drain + 15
+    assert "lifecycle" not in container, "the operator drains itself: a preStop sleep would double the wait"
 
 
 @pytest.mark.parametrize("name", SETS)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from taskcreds import names
 from tests.chart.helm import CHART, Helm, HelmError
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
@@ -176,3 +177,98 @@ def test_every_key_in_values_yaml_is_commented() -> None:
             stack.append((indent, own))
         comment_block = []
     assert not missing, "values.yaml keys without a comment:\n" + "\n".join(missing)
+
+
+# --- values the schema accepts but that would break at runtime: the templates refuse them ---------
+
+# (case, values, what the error must name)
+REFUSED_AT_RENDER: list[tuple[str, dict[str, Any], list[str]]] = [
+    (
+        "PDB minAvailable equal to replicas",
+        {"operator": {"replicas": 2, "podDisruptionBudget": {"minAvailable": 2}}},
+        ["operator.podDisruptionBudget.minAvailable=2", "operator.replicas=2", "below replicas"],
+    ),
+    (
+        "PDB minAvailable above replicas",
+        {"operator": {"podDisruptionBudget": {"minAvailable": 3}}},
+        ["operator.podDisruptionBudget.minAvailable=3", "podDisruptionBudget.enabled=false"],
+    ),
+    ("mount path /", {"injection": {"mountPath": "/"}}, ['injection.mountPath="/"', "other than /"]),
+    ("mount path //", {"injection": {"mountPath": "//"}}, ['injection.mountPath="//"', "other than /"]),
+    ("mount path with ..", {"injection": {"mountPath": "/run/../etc"}}, ["injection.mountPath", "'..'"]),
+    ("mount path /etc", {"injection": {"mountPath": "/etc"}}, ['"/etc" overlaps', names.SIDECAR_PODINFO_PATH]),
+    (
+        "mount path /var/run/secrets",
+        {"injection": {"mountPath": "/var/run/secrets"}},
+        ["overlaps", names.SIDECAR_TOKEN_PATH, "deny every opted-in pod"],
+    ),
+    (
+        "mount path inside the sidecar's token dir",
+        {"injection": {"mountPath": names.SIDECAR_TOKEN_PATH + "/creds/"}},
+        ["overlaps", names.SIDECAR_TOKEN_PATH],
+    ),
+    (
+        "mount path the SPIFFE socket dir",
+        {"injection": {"mountPath": names.SIDECAR_SPIFFE_PATH}},
+        ["overlaps", names.SIDECAR_SPIFFE_PATH],
+    ),
+    (
+        "grace period shorter than drain + 15",
+        {"operator": {"drainSeconds": 20, "terminationGracePeriodSeconds": 30}},
+        ["operator.terminationGracePeriodSeconds=30", "operator.drainSeconds=20", "at least", "(35)"],
+    ),
+    (
+        "token namespaces without tokenRequest",
+        {"rbac": {"tokenRequestNamespaces": ["agents"]}},
+        ["rbac.tokenRequestNamespaces", "rbac.tokenRequest=true"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("values", "needles"),
+    [(v, n) for _, v, n in REFUSED_AT_RENDER],
+    ids=[c for c, _, _ in REFUSED_AT_RENDER],
+)
+def test_values_that_would_break_at_runtime_are_refused_naming_the_value(
+    helm: Helm, values: dict[str, Any], needles: list[str]
+) -> None:
+    with pytest.raises(HelmError) as info:
+        helm.template(values)
+    message = str(info.value)
+    assert "execution error" in message and "accepted" in message, message
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in: {message}"
+
+
+@pytest.mark.parametrize(
+    "mount_path", ["/run/taskcreds", "/etc/agent-creds", "/var/run/secrets-other", "/workspace/.creds"]
+)
+def test_mount_paths_the_webhook_accepts_render(helm: Helm, mount_path: str) -> None:
+    """The chart's rule is the webhook's (operator/injection/mutate.py _overlaps_sidecar): no more."""
+    from taskcreds.operator.injection.mutate import _overlaps_sidecar
+
+    assert not _overlaps_sidecar(mount_path)
+    assert helm.template({"injection": {"mountPath": mount_path}})
+
+
+def test_sidecar_paths_in_the_chart_are_the_sidecars() -> None:
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    line = next(x for x in helpers.splitlines() if "$sidecar := list" in x)
+    listed = set(re.findall(r'"(/[^"]+)"', line))
+    assert listed == {names.SIDECAR_PODINFO_PATH, names.SIDECAR_TOKEN_PATH, names.SIDECAR_SPIFFE_PATH}
+
+
+@pytest.mark.parametrize(
+    ("replicas", "pdb"),
+    [(1, None), (2, {"minAvailable": 1}), (3, {"minAvailable": 1})],
+    ids=["one replica: no PDB", "two", "three"],
+)
+def test_a_pdb_never_blocks_node_drains(helm: Helm, replicas: int, pdb: dict[str, Any] | None) -> None:
+    docs = helm.template({"operator": {"replicas": replicas}})
+    found = [d["spec"] for d in docs if d["kind"] == "PodDisruptionBudget"]
+    if pdb is None:
+        assert found == []
+    else:
+        (spec,) = found
+        assert spec["minAvailable"] == pdb["minAvailable"] < replicas

@@ -51,8 +51,9 @@ VALUES_SETS: dict[str, dict[str, Any]] = {
         }
     },
     "secret-namespaces": {"rbac": {"secretNamespaces": ["agents", "team-b"]}},
-    "no-token-request": {"rbac": {"tokenRequest": False}},
-    "peering": {"operator": {"peering": {"enabled": True}}},
+    "token-request-cluster-wide": {"rbac": {"tokenRequest": True}},
+    "token-request-namespaces": {"rbac": {"tokenRequest": True, "tokenRequestNamespaces": ["agents", "ci"]}},
+    "single-replica": {"operator": {"replicas": 1}},
     "tuned": {
         "image": {"digest": "sha256:" + "a" * 64},
         "fullnameOverride": "tc",

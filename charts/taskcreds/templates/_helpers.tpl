@@ -55,6 +55,7 @@ app.kubernetes.io/component: operator
 {{- define "taskcreds.webhook.configurationName" -}}{{ include "taskcreds.fullname" . }}{{- end -}}
 {{- define "taskcreds.webhook.secretName" -}}{{ include "taskcreds.fullname" . }}-webhook-tls{{- end -}}
 {{- define "taskcreds.webhook.certificateName" -}}{{ include "taskcreds.fullname" . }}-webhook{{- end -}}
+{{- define "taskcreds.webhook.caCertificateName" -}}{{ include "taskcreds.fullname" . }}-webhook-ca{{- end -}}
 {{- define "taskcreds.jwt.secretName" -}}{{ include "taskcreds.fullname" . }}-jwt-keys{{- end -}}
 {{- define "taskcreds.configMapName" -}}{{ include "taskcreds.fullname" . }}-config{{- end -}}
 
@@ -107,3 +108,35 @@ https://{{ include "taskcreds.broker.serviceName" . }}.{{ .Release.Namespace }}.
 {{- define "taskcreds.webhook.certDir" -}}/var/run/taskcreds/webhook-certs{{- end -}}
 {{- define "taskcreds.spiffe.mountPath" -}}/spiffe-workload-api{{- end -}}
 {{- define "taskcreds.configDir" -}}/etc/taskcreds{{- end -}}
+
+{{/*
+Values that render but would break at runtime: fail at template time, naming the value and what is
+accepted. Included once, from operator-deployment.yaml.
+*/}}
+{{- define "taskcreds.validate" -}}
+{{- $o := .Values.operator -}}
+{{- $drain := int $o.drainSeconds -}}
+{{- $grace := int $o.terminationGracePeriodSeconds -}}
+{{- if lt $grace (add $drain 15 | int) -}}
+{{- fail (printf "operator.terminationGracePeriodSeconds=%d is too short for operator.drainSeconds=%d: accepted is at least drainSeconds + 15 (%d), the time a replica needs after its drain to stop kopf and finish revocations before the kubelet kills it" $grace $drain (add $drain 15)) -}}
+{{- end -}}
+{{- $pdb := $o.podDisruptionBudget -}}
+{{- if and $pdb.enabled (ge (int $o.replicas) 2) (ge (int $pdb.minAvailable) (int $o.replicas)) -}}
+{{- fail (printf "operator.podDisruptionBudget.minAvailable=%d with operator.replicas=%d: no node running an operator pod could ever be drained; accepted is a minAvailable below replicas (default 1), or podDisruptionBudget.enabled=false" (int $pdb.minAvailable) (int $o.replicas)) -}}
+{{- end -}}
+{{- $mount := .Values.injection.mountPath -}}
+{{- $clean := clean $mount -}}
+{{- $sidecar := list "/etc/taskcreds/podinfo" "/var/run/secrets/taskcreds" "/spiffe-workload-api" -}}
+{{- $accepted := printf "accepted: an absolute path other than / without '..' that neither contains nor lies inside the sidecar's own mounts (%s), for example /run/taskcreds" (join ", " $sidecar) -}}
+{{- if or (eq $clean "/") (has ".." (splitList "/" $mount)) -}}
+{{- fail (printf "injection.mountPath=%q: %s" $mount $accepted) -}}
+{{- end -}}
+{{- range $sidecar -}}
+{{- if or (eq $clean .) (hasPrefix (printf "%s/" .) $clean) (hasPrefix (printf "%s/" $clean) .) -}}
+{{- fail (printf "injection.mountPath=%q overlaps the sidecar's mount %s, so the webhook would deny every opted-in pod; %s" $mount . $accepted) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.rbac.tokenRequestNamespaces (not .Values.rbac.tokenRequest) -}}
+{{- fail "rbac.tokenRequestNamespaces is set but rbac.tokenRequest is false: accepted is rbac.tokenRequest=true with the namespaces listed (one Role each), or neither" -}}
+{{- end -}}
+{{- end -}}
