@@ -373,3 +373,20 @@ async def test_the_operator_process_drains_on_sigterm_before_it_exits(
     assert unready_after < 0.5, unready_after
     assert exited_after >= DRAIN, exited_after
     assert "taskcreds-operator draining" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, 5.0), ("0", 0.0), ("2.5", 2.5), ("120", 120.0), ("-1", None), ("nan", None), ("121", None), ("5s", None)],
+    ids=["unset: 5 s", "off", "fraction", "maximum", "negative", "nan", "too long", "with unit"],
+)
+def test_drain_seconds_from_the_environment(value: str | None, expected: float | None) -> None:
+    from taskcreds.operator.settings import SettingsError
+
+    env = {} if value is None else {ENV_DRAIN_SECONDS: value}
+    if expected is None:
+        with pytest.raises(SettingsError, match=ENV_DRAIN_SECONDS):
+            OperatorSettings.from_env(env)
+    else:
+        assert OperatorSettings.from_env(env).drain_seconds == expected
+    assert OperatorSettings().drain_seconds == 0.0  # tests and embedding stop at once
