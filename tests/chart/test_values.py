@@ -218,6 +218,16 @@ REFUSED_AT_RENDER: list[tuple[str, dict[str, Any], list[str]]] = [
         ["operator.terminationGracePeriodSeconds=30", "operator.drainSeconds=20", "at least", "(35)"],
     ),
     (
+        "operator webhook and metrics on one port",
+        {"operator": {"ports": {"webhook": 8080}}},
+        ["operator.ports webhook=8080 broker=8444 metrics=8080", "must differ"],
+    ),
+    (
+        "sidecar probe and local on one port",
+        {"sidecar": {"probePort": 9091}},
+        ["sidecar probePort=9091 localPort=9091 proxyPort=9092", "three distinct ports"],
+    ),
+    (
         "token namespaces without tokenRequest",
         {"rbac": {"tokenRequestNamespaces": ["agents"]}},
         ["rbac.tokenRequestNamespaces", "rbac.tokenRequest=true"],

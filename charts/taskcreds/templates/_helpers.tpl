@@ -136,6 +136,14 @@ accepted. Included once, from operator-deployment.yaml.
 {{- fail (printf "injection.mountPath=%q overlaps the sidecar's mount %s, so the webhook would deny every opted-in pod; %s" $mount . $accepted) -}}
 {{- end -}}
 {{- end -}}
+{{- $ports := .Values.operator.ports -}}
+{{- if ne (len (uniq (list (int $ports.webhook) (int $ports.broker) (int $ports.metrics)))) 3 -}}
+{{- fail (printf "operator.ports webhook=%d broker=%d metrics=%d: the operator listens on each, so they must differ; accepted is three distinct ports (default 8443, 8444, 8080)" (int $ports.webhook) (int $ports.broker) (int $ports.metrics)) -}}
+{{- end -}}
+{{- $sc := .Values.sidecar -}}
+{{- if ne (len (uniq (list (int $sc.probePort) (int $sc.localPort) (int $sc.proxyPort)))) 3 -}}
+{{- fail (printf "sidecar probePort=%d localPort=%d proxyPort=%d: the sidecar listens on each, so they must differ; accepted is three distinct ports (default 9090, 9091, 9092)" (int $sc.probePort) (int $sc.localPort) (int $sc.proxyPort)) -}}
+{{- end -}}
 {{- if and .Values.rbac.tokenRequestNamespaces (not .Values.rbac.tokenRequest) -}}
 {{- fail "rbac.tokenRequestNamespaces is set but rbac.tokenRequest is false: accepted is rbac.tokenRequest=true with the namespaces listed (one Role each), or neither" -}}
 {{- end -}}
