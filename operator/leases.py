@@ -20,6 +20,8 @@ Status shape (no value ever)::
         issuedAt / expiresAt / revokedAt: RFC 3339
         revokeReason: completed
         static: false
+        target: {address: ..., replica: ...}  # where revocation goes (non-secret; Issued.target)
+        supersededAt: RFC 3339     # renewed by a replica that could not revoke it: its holder does
         notRevocable: "why"        # when the source cannot revoke it (static secret, bound token)
         lastError: "why the last attempt failed"
         attempts: 2
@@ -47,7 +49,7 @@ from typing import Any, Final
 
 from taskcreds.operator.cluster import AlreadyExists, Cluster, ClusterError, Conflict, NotFound
 from taskcreds.operator.endings import parse_timestamp, task_ending
-from taskcreds.operator.providers.base import Issued, NotRevocable, Provider, ProviderError
+from taskcreds.operator.providers.base import HeldElsewhere, Issued, NotRevocable, Provider, ProviderError
 from taskcreds.operator.sources import source_from_ref
 
 from taskcreds import names
@@ -179,8 +181,13 @@ def task_lease_body(pod: Mapping[str, Any], task: str) -> dict[str, Any]:
 def lease_entry(
     credential: str, provider: str, source_ref: Mapping[str, str], issued: Issued
 ) -> dict[str, Any]:
-    """The TaskLease's record of one issued credential: references and times, never the value."""
-    return {
+    """The TaskLease's record of one issued credential: references and times, never the value.
+
+    ``target`` (when the provider gives one) is where it must be revoked — the source as it was at
+    issue, and for in-memory holders the issuing replica — so a later edit of the source or another
+    replica revoking cannot send the revocation elsewhere.
+    """
+    entry: dict[str, Any] = {
         "credential": credential,
         "provider": provider,
         "source": dict(source_ref),
@@ -190,6 +197,9 @@ def lease_entry(
         "renewable": issued.renewable,
         "static": issued.static,
     }
+    if issued.target:
+        entry["target"] = {str(k): str(v) for k, v in issued.target.items()}
+    return entry
 
 
 def owned_by(lease: Mapping[str, Any] | None, pod_uid: str) -> bool:
@@ -369,7 +379,10 @@ async def record_ended(cluster: Cluster, pod: Mapping[str, Any], task: str, reas
 async def _revoke_entry(
     cluster: Cluster, providers: Mapping[str, Provider], entry: dict[str, Any]
 ) -> tuple[str, str | None]:
-    """Revoke one lease at its source: ("revoked"|"not_revocable"|"failed", message)."""
+    """Revoke one lease at its source: ("revoked"|"not_revocable"|"failed"|"deferred", message).
+
+    "deferred": only another live replica can revoke it (HeldElsewhere); retried like a failure.
+    """
     provider = providers.get(entry.get("provider", ""))
     if provider is None:
         return "failed", f"provider {entry.get('provider')!r} is not available in this operator"
@@ -383,9 +396,14 @@ async def _revoke_entry(
     spec: dict[str, Any] = source.spec if source is not None else {}
     namespace = source.namespace if source is not None else source_ref.get("namespace")
     try:
-        await provider.revoke(entry["leaseRef"], spec, namespace)
+        if entry.get("target"):
+            await provider.revoke(entry["leaseRef"], spec, namespace, target=entry["target"])  # type: ignore[call-arg]
+        else:
+            await provider.revoke(entry["leaseRef"], spec, namespace)
     except NotRevocable as exc:
         return "not_revocable", str(exc)
+    except HeldElsewhere as exc:
+        return "deferred", str(exc)
     except ProviderError as exc:
         return "failed", str(exc)
     except asyncio.CancelledError:
@@ -421,6 +439,15 @@ async def _revoke_entries(
             lease_ref=entry.get("leaseRef"),
             reason=reason,
         )
+        if result == "deferred":  # its holder revokes it: said on the entry, not a failure
+            outcome.failed.append(entry["credential"])
+            if entry.get("lastError") != message:
+                changes[entry["leaseRef"]] = {"lastError": message}
+            log.info(
+                "revocation left to the replica holding it",
+                extra={"fields": {**where["fields"], "why": message}},
+            )
+            continue
         if result == "failed":
             outcome.failed.append(entry["credential"])
             failures.append(f"{entry['credential']} ({message})")
@@ -555,7 +582,9 @@ async def revoke_task(
         )
         if held_by_other:
             outcome.claimed_by = claim.get("id")
-            return outcome
+            return await _settle_held_here(
+                cluster, providers, lease, reason, metrics=metrics, now=now, outcome=outcome
+            )
         try:
             lease = await cluster.patch_task_lease(
                 namespace,
@@ -618,6 +647,48 @@ async def revoke_task(
             not_revocable=outcome.not_revocable,
         ),
     )
+    return outcome
+
+
+def _held_here(providers: Mapping[str, Provider], entry: Mapping[str, Any]) -> bool:
+    holds = getattr(providers.get(entry.get("provider", "")), "holds", None)
+    return bool(holds and holds(entry.get("leaseRef", ""), entry.get("target")))
+
+
+async def _settle_held_here(
+    cluster: Cluster,
+    providers: Mapping[str, Provider],
+    lease: dict[str, Any],
+    reason: str,
+    *,
+    metrics: OperatorMetrics | None,
+    now: Callable[[], datetime],
+    outcome: RevokeOutcome,
+) -> RevokeOutcome:
+    """Another replica holds the claim: revoke only the entries this replica alone can settle
+    (it holds them in memory — see ``providers.replica``), which the claimant waits for. When
+    none is left pending, finish the TaskLease too (idempotent with the claimant finishing it)."""
+    status = lease.get("status") or {}
+    pending = [e for e in status.get("leases") or [] if not e.get("revokedAt")]
+    mine = [e for e in pending if _held_here(providers, e)]
+    if not mine:
+        return outcome
+    reason = status.get("reason") or reason
+    changes = await _revoke_entries(
+        cluster, providers, lease, mine, reason, metrics=metrics, now=now, outcome=outcome
+    )
+    try:
+        lease = await _write_changes(cluster, lease, changes, {})
+    except NotFound:
+        return _collected(outcome)
+    if any(not e.get("revokedAt") for e in (lease.get("status") or {}).get("leases") or []):
+        return outcome
+    try:
+        lease = await _write_changes(cluster, lease, {}, {"phase": REVOKED, "revokedAt": format_time(now())})
+    except NotFound:
+        return _collected(outcome)
+    await _release_finalizer(cluster, lease)
+    outcome.done = not outcome.failed
     return outcome
 
 
@@ -690,24 +761,29 @@ async def revoke_expired(
     namespace: str | None = None,
     now: Callable[[], datetime] = _utcnow,
 ) -> int:
-    """Revoke (reason ``expired``) leases past their expiresAt on Active TaskLeases; returns how many."""
+    """On Active TaskLeases, revoke leases past their expiresAt (reason ``expired``) and superseded
+    ones a renewal could not revoke (reason ``superseded``: only the replica holding such a lease can,
+    so on the others it stays pending with lastError saying who); returns how many were settled."""
     total = 0
     current = now()
     for lease in await cluster.list_task_leases(namespace):
         status = lease.get("status") or {}
         if status.get("phase") != ACTIVE:
             continue
-        pending = [
-            e
-            for e in status.get("leases") or []
-            if not e.get("revokedAt") and (parse_timestamp(e.get("expiresAt")) or current) < current
-        ]
-        if not pending:
+        unrevoked = [e for e in status.get("leases") or [] if not e.get("revokedAt")]
+        expired = [e for e in unrevoked if (parse_timestamp(e.get("expiresAt")) or current) < current]
+        superseded = [e for e in unrevoked if e.get("supersededAt") and e not in expired]
+        if not expired and not superseded:
             continue
         outcome = RevokeOutcome(lease=lease["metadata"]["name"], done=False)
-        changes = await _revoke_entries(
-            cluster, providers, lease, pending, "expired", metrics=metrics, now=now, outcome=outcome
-        )
+        changes: dict[str, dict[str, Any]] = {}
+        for pending, reason in ((expired, "expired"), (superseded, "superseded")):
+            if pending:
+                changes.update(await _revoke_entries(
+                    cluster, providers, lease, pending, reason, metrics=metrics, now=now, outcome=outcome
+                ))
+        if not changes:
+            continue
         try:
             await _write_changes(cluster, lease, changes, {})
         except NotFound:

@@ -544,7 +544,13 @@ class Broker:
         try:
             if replaced:
                 entry = leases.lease_entry(name, grant.source.provider, grant.source.ref, issued)
-                await self._record_timed(pod, task, [entry])
+                # an old lease only another replica can revoke: marked so that replica's sweep does
+                superseded = (
+                    {lease_ref: {"supersededAt": leases.format_time(self.now())}}
+                    if issued.superseded_live
+                    else None
+                )
+                await self._record_timed(pod, task, [entry], replace=superseded)
             else:
                 expiry = {lease_ref: {"expiresAt": leases.format_time(issued.expires_at)}}
                 await self._record_timed(pod, task, [], replace=expiry)

@@ -7,11 +7,12 @@ log and to store on a TaskLease.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["IssueRequest", "Issued", "Provider", "ProviderError", "NotRevocable"]
+__all__ = ["IssueRequest", "Issued", "Provider", "ProviderError", "NotRevocable", "HeldElsewhere"]
 
 
 class ProviderError(Exception):
@@ -33,6 +34,15 @@ class NotRevocable(ProviderError):
         self, provider: str, message: str = "static credential: cannot be revoked at its source"
     ) -> None:
         super().__init__(provider, message, retryable=False)
+
+
+class HeldElsewhere(ProviderError):
+    """Only another, live operator replica can revoke this credential (it holds what revocation
+    needs in memory): retry later, or let that replica revoke it. ``holder`` names the replica."""
+
+    def __init__(self, provider: str, message: str, *, holder: str) -> None:
+        super().__init__(provider, message, retryable=True)
+        self.holder = holder
 
 
 @dataclass(frozen=True)
@@ -60,11 +70,17 @@ class Issued:
     expires_at: datetime
     renewable: bool = False
     static: bool = False
+    #: where revocation must go, recorded on the TaskLease entry and handed back to ``revoke``:
+    #: non-secret facts only (a server address and mount, the issuing replica), never a value
+    target: Mapping[str, str] | None = None
+    #: from ``renew``: the lease this one replaced is still live at its source (only another
+    #: replica can revoke it); the broker records it as superseded for that replica to revoke
+    superseded_live: bool = False
 
     def __repr__(self) -> str:  # never print values, even by accident
         return (f"Issued(lease_ref={self.lease_ref!r}, files={sorted(self.files)}, "
                 f"expires_at={self.expires_at.isoformat()}, renewable={self.renewable}, "
-                f"static={self.static})")
+                f"static={self.static}, target={dict(self.target or {})})")
 
 
 @runtime_checkable
@@ -87,6 +103,10 @@ class Provider(Protocol):
     async def revoke(self, lease_ref: str, source_spec: dict[str, Any], source_namespace: str | None) -> None:
         """Kill the credential at its source. Idempotent: an already-dead lease is success.
 
-        Raises NotRevocable for static credentials, ProviderError (retryable) on failure.
+        Providers whose ``Issued`` carries a ``target`` also take ``target=`` (the recorded one):
+        they revoke there, not wherever the source's spec points now.
+
+        Raises NotRevocable for static credentials, ProviderError (retryable) on failure,
+        HeldElsewhere when only another live replica can revoke it.
         """
         ...

@@ -10,19 +10,30 @@ for. ``expiresAt`` reports GitHub's real expiry, and the revoke at task end (``D
 /installation/token``) is what bounds the token to the task.
 
 Revocation needs the token itself, so the operator keeps ``lease_ref -> token`` **in memory only**
-(never in a CR, an annotation or a log). After an operator restart that map is empty: such a token
-can no longer be revoked early and simply expires within its 1-hour lifetime. :meth:`revoke` then
-raises :class:`TokenNotHeld` (a :class:`NotRevocable`) whose message, "token not held after restart;
-expires at <time>", is meant for the TaskLease's ``lastError``; once that time has passed, revoke
-succeeds (the token is dead). The lease reference is ``ghs:<installation>:<sha256 prefix>:<expiry
-unix time>`` — non-secret, and enough to say when an unheld token dies.
+(never in a CR, an annotation or a log), in the replica that issued it. The TaskLease entry records
+that replica (``target``: its pod's namespace, name, uid and a per-process id, see
+:mod:`.replica`), and :meth:`revoke` on any replica decides from it:
+
+- held here: ``DELETE /installation/token``;
+- expired (the reference carries GitHub's expiry): :class:`TokenNotHeld`, "expired at <time>";
+- issued by another replica whose pod still exists: :class:`~.base.HeldElsewhere` (retryable), so
+  the TaskLease stays Revoking and the issuing replica revokes it (it settles entries it holds even
+  while another replica holds the revocation claim, see ``leases.revoke_task``);
+- the issuing pod is gone, or this pod's own process restarted since it issued: :class:`TokenNotHeld`
+  saying which, and when the token expires.
+
+The lease reference is ``ghs:<installation>:<sha256 prefix>:<expiry unix time>`` — non-secret, and
+enough to say when an unheld token dies.
 
 Renewing issues a new token and revokes the old one (``renewable`` is false; the reference changes).
+When another replica holds the old one, the replacement says so (``superseded_live``): the broker
+marks the old entry superseded and the holder's sweep revokes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -36,7 +47,14 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from taskcreds.operator.cluster import Cluster
-from taskcreds.operator.providers.base import Issued, IssueRequest, NotRevocable, ProviderError
+from taskcreds.operator.providers.base import (
+    HeldElsewhere,
+    Issued,
+    IssueRequest,
+    NotRevocable,
+    ProviderError,
+)
+from taskcreds.operator.providers.replica import Replica, replica_from_env
 from taskcreds.operator.providers.vault import SecretRef, parse_secret_ref, read_secret_ref
 
 from taskcreds.logs import fields
@@ -68,11 +86,13 @@ _HEADERS = {
 
 
 class TokenNotHeld(NotRevocable):
-    """The token was issued before this operator started: it cannot be revoked early."""
+    """No live operator process holds the token any more: it cannot be revoked early. ``why`` says
+    which case (issuer gone, issuer restarted, expired, issuer unknown) for the TaskLease."""
 
-    def __init__(self, lease_ref: str, expires_at: datetime | None) -> None:
+    def __init__(self, lease_ref: str, expires_at: datetime | None, why: str) -> None:
         when = _rfc3339(expires_at) if expires_at else "within 1 h of its issue (GitHub's fixed lifetime)"
-        super().__init__(PROVIDER, f"token not held after restart; expires at {when}")
+        text = why if why.startswith("expired") else f"{why}; expires at {when}"
+        super().__init__(PROVIDER, text)
         self.lease_ref = lease_ref
         self.expires_at = expires_at
 
@@ -200,10 +220,18 @@ class GitHubAppProvider:
     name = PROVIDER
 
     def __init__(
-        self, cluster: Cluster, *, operator_namespace: str = "taskcreds-system", timeout: float = 10.0
+        self,
+        cluster: Cluster,
+        *,
+        operator_namespace: str = "taskcreds-system",
+        timeout: float = 10.0,
+        replica: Replica | None = None,
     ) -> None:
         self._cluster = cluster
         self._operator_namespace = operator_namespace
+        #: this process, recorded on every entry it issues (see the module doc)
+        self.replica = replica or replica_from_env(operator_namespace)
+        self._uid_looked_up = bool(self.replica.uid)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._keys: dict[str, rsa.RSAPrivateKey] = {}
@@ -236,6 +264,7 @@ class GitHubAppProvider:
             )
         lease_ref = lease_ref_for(settings.installation_id, token, expires_at)
         self._hold(lease_ref, _Held(token, settings.api_url, expires_at))
+        replica = await self._me()
         log.info(
             "github-app token issued",
             extra=fields(
@@ -256,24 +285,27 @@ class GitHubAppProvider:
             issued_at=datetime.now(UTC).replace(microsecond=0),
             expires_at=expires_at,
             renewable=False,
+            target=replica.target(),
         )
 
     async def renew(self, lease_ref: str, request: IssueRequest) -> Issued:
-        """Issue a new token and revoke the old one; the lease reference changes."""
+        """Issue a new token and revoke the old one; the lease reference changes.
+
+        An old token this process does not hold (another replica issued it) is left to its holder:
+        the replacement comes back with ``superseded_live`` so the broker records the old entry as
+        superseded, never silently live.
+        """
         replacement = await self.issue(request)
-        try:
-            await self.revoke(lease_ref, request.source_spec, request.source_namespace)
-        except TokenNotHeld as exc:
-            log.warning(
-                "github-app: the replaced token cannot be revoked early",
+        if not self._settled_here(lease_ref):
+            log.info(
+                "github-app: the replaced token is held by another replica; recorded as superseded for it",
                 extra=fields(
-                    provider=PROVIDER,
-                    credential=request.credential,
-                    task=request.task,
-                    lease_ref=lease_ref,
-                    error=str(exc),
+                    provider=PROVIDER, credential=request.credential, task=request.task, lease_ref=lease_ref
                 ),
             )
+            return dataclasses.replace(replacement, superseded_live=True)
+        try:
+            await self.revoke(lease_ref, request.source_spec, request.source_namespace)
         except ProviderError as exc:
             # keep the old lease the caller tracks and take back the new one, so nothing escapes revocation
             with contextlib.suppress(ProviderError):
@@ -285,16 +317,30 @@ class GitHubAppProvider:
             ) from None
         return replacement
 
-    async def revoke(self, lease_ref: str, source_spec: dict[str, Any], source_namespace: str | None) -> None:
-        """``DELETE /installation/token`` with the held token; an already-dead token is success."""
+    def holds(self, lease_ref: str, target: Mapping[str, str] | None = None) -> bool:
+        """Whether this process is the one to settle ``lease_ref``: it holds the token, or the entry
+        names this pod (a process of it that restarted: only this pod can tell it is gone)."""
+        if lease_ref in self._held or lease_ref in self._revoked:
+            return True
+        issuer = Replica.from_target(target)
+        return issuer is not None and issuer.same_pod(self.replica)
+
+    async def revoke(
+        self,
+        lease_ref: str,
+        source_spec: dict[str, Any],
+        source_namespace: str | None,
+        *,
+        target: Mapping[str, str] | None = None,
+    ) -> None:
+        """``DELETE /installation/token`` with the held token; an already-dead token is success.
+
+        Not held here: see the module doc (expired, held by a live replica, issuer gone/restarted).
+        """
         held = self._held.get(lease_ref)
         if held is None:
-            if lease_ref in self._revoked:
-                return  # revoked by this operator already
-            expires_at = _expiry_of(lease_ref)
-            if expires_at is not None and expires_at <= datetime.now(UTC):
-                return  # expired at GitHub: dead either way
-            raise TokenNotHeld(lease_ref, expires_at)
+            await self._not_held(lease_ref, target)
+            return
         if held.expires_at > datetime.now(UTC):
             status, answer, headers = await self._request(
                 "DELETE", held.api_url, "/installation/token", f"Bearer {held.token}", None
@@ -311,6 +357,55 @@ class GitHubAppProvider:
         self._revoked[lease_ref] = held.expires_at
         log.info("github-app token revoked", extra=fields(provider=PROVIDER, lease_ref=lease_ref))
 
+    def _settled_here(self, lease_ref: str) -> bool:
+        """Held or revoked by this process, or expired: revoking it here needs nobody else."""
+        expires_at = _expiry_of(lease_ref)
+        return (
+            lease_ref in self._held
+            or lease_ref in self._revoked
+            or (expires_at is not None and expires_at <= datetime.now(UTC))
+        )
+
+    async def _not_held(self, lease_ref: str, target: Mapping[str, str] | None) -> None:
+        """A token this process does not hold: success, HeldElsewhere or TokenNotHeld (why)."""
+        if lease_ref in self._revoked:
+            return  # revoked by this process already
+        expires_at = _expiry_of(lease_ref)
+        if expires_at is not None and expires_at <= datetime.now(UTC):
+            raise TokenNotHeld(
+                lease_ref, expires_at, f"expired at {_rfc3339(expires_at)} before it was revoked"
+            )
+        issuer = Replica.from_target(target)
+        if issuer is None:
+            raise TokenNotHeld(
+                lease_ref, expires_at, "token not held by this operator process (issuer not recorded)"
+            )
+        if issuer.same_process(self.replica):
+            raise TokenNotHeld(
+                lease_ref, expires_at, "token no longer held by the operator process that issued it"
+            )
+        if issuer.same_pod(self.replica):
+            raise TokenNotHeld(
+                lease_ref, expires_at, f"the operator process in {issuer} that issued it has restarted"
+            )
+        try:
+            alive = await issuer.pod_alive(self._cluster)
+        except Exception as exc:  # noqa: BLE001 - cannot tell: retry, never give up on a live token
+            raise ProviderError(
+                PROVIDER,
+                f"token held by operator replica {issuer}; "
+                f"cannot tell whether it runs ({type(exc).__name__})",
+                retryable=True,
+            ) from None
+        if alive:
+            raise HeldElsewhere(
+                PROVIDER,
+                f"token held by operator replica {issuer}, which revokes it (until it expires at "
+                f"{_rfc3339(expires_at) if expires_at else 'its 1 h lifetime'})",
+                holder=str(issuer),
+            )
+        raise TokenNotHeld(lease_ref, expires_at, f"the operator replica {issuer} that issued it is gone")
+
     async def aclose(self) -> None:
         """Close the HTTP session and forget every held token."""
         if self._session is not None:
@@ -319,6 +414,20 @@ class GitHubAppProvider:
         self._held.clear()
 
     # -- helpers --------------------------------------------------------------------------------
+
+    async def _me(self) -> Replica:
+        """This replica, with its pod uid looked up once when the environment did not give it
+        (a pod of the same name recreated later is then told apart); lookup errors leave it empty."""
+        if not self._uid_looked_up:
+            self._uid_looked_up = True
+            try:
+                pod = await self._cluster.get_pod(self.replica.namespace, self.replica.pod)
+            except Exception:  # noqa: BLE001 - only a refinement of the record
+                pod = None
+            uid = ((pod or {}).get("metadata") or {}).get("uid")
+            if uid:
+                self.replica = dataclasses.replace(self.replica, uid=uid)
+        return self.replica
 
     def _hold(self, lease_ref: str, held: _Held) -> None:
         now = datetime.now(UTC)

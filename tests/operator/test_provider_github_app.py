@@ -11,7 +11,12 @@ import aiohttp
 import jwt
 import pytest
 from taskcreds.operator.memcluster import MemCluster
-from taskcreds.operator.providers.base import IssueRequest, NotRevocable, Provider, ProviderError
+from taskcreds.operator.providers.base import (
+    HeldElsewhere,
+    IssueRequest,
+    Provider,
+    ProviderError,
+)
 from taskcreds.operator.providers.github_app import (
     GitHubAppProvider,
     TokenNotHeld,
@@ -19,6 +24,7 @@ from taskcreds.operator.providers.github_app import (
     lease_ref_for,
     parse_settings,
 )
+from taskcreds.operator.providers.replica import Replica
 
 from tests.fakes.github import FakeApp, FakeGitHub, new_private_key_pem
 from tests.fakes.github import github as github_fixture  # noqa: F401  (the `github` fixture)
@@ -163,27 +169,63 @@ async def test_renew_rotates_the_token_and_revokes_the_old(
     assert github.alive_tokens() == []
 
 
-async def test_after_an_operator_restart_the_token_cannot_be_revoked_early_and_says_until_when(
-    github: FakeGitHub, cluster: MemCluster
+# what another replica (or this pod restarted) does with a token it does not hold: name -> (the
+# issuer recorded on the entry, whether the issuer's pod still runs, what revoke raises and says)
+_NOT_HELD = {
+    "issuer not recorded (an entry from before the target was)": (
+        None, True, TokenNotHeld, "token not held by this operator process (issuer not recorded); expires at {exp}"),
+    "issuer is another live replica: wait for it": (
+        "op-a", True, HeldElsewhere,
+        "token held by operator replica taskcreds-system/op-a, which revokes it (until it expires at {exp})"),
+    "issuer's pod is gone": (
+        "op-a", False, TokenNotHeld, "the operator replica taskcreds-system/op-a that issued it is gone; expires at {exp}"),
+    "this pod's own process restarted": (
+        "op-b", True, TokenNotHeld,
+        "the operator process in taskcreds-system/op-b that issued it has restarted; expires at {exp}"),
+}
+
+
+@pytest.mark.parametrize("case", list(_NOT_HELD))
+async def test_a_token_not_held_here_waits_for_a_live_issuer_or_says_why_not(
+    github: FakeGitHub, cluster: MemCluster, case: str
 ) -> None:
+    issuer_pod, alive, raised, text = _NOT_HELD[case]
+    uids = {}
+    for name in ("op-a", "op-b"):
+        uids[name] = cluster.put_pod({"metadata": {"name": name, "namespace": OPERATOR_NS}})["metadata"]["uid"]
     src = spec(github)
-    before = GitHubAppProvider(cluster)
-    issued = await before.issue(request(src))
-    after = GitHubAppProvider(cluster)  # a restarted operator: holds no tokens
-    with pytest.raises(TokenNotHeld) as caught:
-        await after.revoke(issued.lease_ref, src, NS)
-    assert isinstance(caught.value, NotRevocable) and not caught.value.retryable
+    issuer = GitHubAppProvider(cluster, replica=Replica(OPERATOR_NS, issuer_pod or "op-a", uids[issuer_pod or "op-a"]))
+    issued = await issuer.issue(request(src))
+    assert issued.target == issuer.replica.target()
+    if not alive:
+        cluster.delete_pod(OPERATOR_NS, issuer_pod)
+    here = GitHubAppProvider(cluster, replica=Replica(OPERATOR_NS, "op-b", uids["op-b"]))
+    target = issued.target if issuer_pod else None
+    with pytest.raises(raised) as caught:
+        await here.revoke(issued.lease_ref, src, NS, target=target)
     expected = issued.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert str(caught.value) == f"github-app: token not held after restart; expires at {expected}"
-    # renewing still works: a new token, the old one left to expire (it cannot be revoked)
-    renewed = await after.renew(issued.lease_ref, request(src))
-    assert (await repositories_seen_with(github, renewed.files["token"]))[0] == 200
-    await after.revoke(renewed.lease_ref, src, NS)
-    # once its expiry has passed, revoke is success: the token is dead at GitHub either way
-    expired_ref = lease_ref_for("678", "ghs_gone", datetime.now(UTC) - timedelta(seconds=1))
-    await after.revoke(expired_ref, src, NS)
-    for p in (before, after):
+    assert str(caught.value) == "github-app: " + text.format(exp=expected)
+    assert caught.value.retryable is (raised is HeldElsewhere)
+    assert "restart" not in str(caught.value) or case == "this pod's own process restarted"
+    assert await repositories_seen_with(github, issued.files["token"]) == (200, ["agent-target-repo"])
+    # renewing there: a new token; the old one is left to its holder and said to be still live
+    renewed = await here.renew(issued.lease_ref, request(src))
+    assert renewed.superseded_live and renewed.target == here.replica.target()
+    assert (await repositories_seen_with(github, issued.files["token"]))[0] == 200
+    await here.revoke(renewed.lease_ref, src, NS, target=renewed.target)
+    await issuer.revoke(issued.lease_ref, src, NS, target=issued.target)  # the holder can, always
+    assert github.alive_tokens() == []
+    for p in (issuer, here):
         await p.aclose()
+
+
+async def test_an_expired_token_not_held_is_not_revocable_saying_it_expired(provider: GitHubAppProvider) -> None:
+    expired_at = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+    expired_ref = lease_ref_for("678", "ghs_gone", expired_at)
+    with pytest.raises(TokenNotHeld) as caught:
+        await provider.revoke(expired_ref, {}, NS, target={"replica": "op-a", "replicaNamespace": OPERATOR_NS})
+    stamp = expired_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert str(caught.value) == f"github-app: expired at {stamp} before it was revoked"
 
 
 async def test_cluster_scoped_source_reads_the_key_from_the_operator_namespace(
