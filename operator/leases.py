@@ -413,6 +413,18 @@ async def _revoke_entry(
     return "revoked", None
 
 
+def _past_expiry(
+    entry: Mapping[str, Any], result: tuple[str, str | None], now: datetime
+) -> tuple[str, str | None]:
+    """A revocation still failing once the lease has expired is over: recorded not revocable,
+    saying so and why it failed (the value is dead at its source; retrying forever helps nobody)."""
+    outcome, message = result
+    expires = parse_timestamp(entry.get("expiresAt"))
+    if outcome not in ("failed", "deferred") or expires is None or expires >= now:
+        return result
+    return "not_revocable", f"expired at {entry['expiresAt']} before it could be revoked: {message}"[:1000]
+
+
 async def _revoke_entries(
     cluster: Cluster,
     providers: Mapping[str, Provider],
@@ -426,6 +438,7 @@ async def _revoke_entries(
 ) -> dict[str, dict[str, Any]]:
     """Revoke ``pending`` entries concurrently; the per-leaseRef status changes to record."""
     results = await asyncio.gather(*(_revoke_entry(cluster, providers, e) for e in pending))
+    results = [_past_expiry(e, r, now()) for e, r in zip(pending, results, strict=True)]
     changes: dict[str, dict[str, Any]] = {}
     stamp = format_time(now())
     failures = []

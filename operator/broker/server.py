@@ -261,7 +261,9 @@ class Broker:
             raise Unavailable(f"cannot read CredentialSources: {type(exc).__name__}") from None
         return dict(zip(wanted, found, strict=True))
 
-    def _issue_request(self, view: policy.TaskView, grant: policy.Grant) -> IssueRequest:
+    def _issue_request(
+        self, view: policy.TaskView, grant: policy.Grant, lease_target: Mapping[str, str] | None = None
+    ) -> IssueRequest:
         return IssueRequest(
             credential=grant.credential,
             source_spec=grant.source.spec,
@@ -272,6 +274,7 @@ class Broker:
             service_account=view.service_account,
             task=view.request.task,
             ttl_seconds=grant.ttl_seconds,
+            lease_target=lease_target,
         )
 
     async def _timed(self, provider: Provider, call: Awaitable[Issued]) -> Issued:
@@ -519,7 +522,7 @@ class Broker:
                 f"no active lease {lease_ref!r} of credential {name!r} for task {task!r} of this pod"
             )
         issued = await self._to_completion(
-            self._renew_and_record(caller, pod, view, grant, lease_ref), caller, task
+            self._renew_and_record(caller, pod, view, grant, lease_ref, entry.get("target")), caller, task
         )
         return web.json_response(self._credential_json(grant, issued))
 
@@ -530,6 +533,7 @@ class Broker:
         view: policy.TaskView,
         grant: policy.Grant,
         lease_ref: str,
+        lease_target: Mapping[str, str] | None = None,
     ) -> Issued:
         """Renew at the source and record it; a replacement that cannot be recorded is revoked, and
         what cannot be revoked either is recorded when possible (as for issue). Runs to its end even
@@ -537,7 +541,8 @@ class Broker:
         task, name = view.request.task, grant.credential
         provider = self.providers[grant.source.provider]
         try:
-            issued = await self._timed(provider, provider.renew(lease_ref, self._issue_request(view, grant)))
+            request = self._issue_request(view, grant, lease_target)
+            issued = await self._timed(provider, provider.renew(lease_ref, request))
         except ProviderError as exc:
             raise ProviderFailed(f"credential {name!r}: {exc}") from None
         replaced = issued.lease_ref != lease_ref

@@ -58,6 +58,8 @@ class IssueRequest:
     service_account: str
     task: str
     ttl_seconds: int
+    #: for a renewal: the ``target`` recorded with the lease being renewed (where it must be revoked)
+    lease_target: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,14 @@ memory only** (a Vault renewal does not return it). When the value is not held (
 or the lease can no longer be extended far enough (``explicit_max_ttl`` / the role's ``max_ttl``
 reached) a replacement is issued and the old lease is revoked: the lease reference changes.
 
+Revocation goes where the credential was issued: ``Issued.target`` records the server's address
+(and, for people, the mount) on the TaskLease entry. When the source has since been pointed at
+another server, :meth:`VaultProvider.revoke` does not ask that one (it would answer "invalid
+accessor", which must not count as revoked) nor send the operator's credentials to an address no
+longer configured: it fails visibly and is retried, and the lease is recorded not revocable once
+it has expired (``leases``). A renewal in that state issues the replacement from the new server and
+leaves the old lease recorded as superseded.
+
 The operator authenticates with ``spec.vault.auth`` (``token`` from a Secret, ``approle``, or
 ``kubernetes`` with its own service-account token); one hvac client is cached per (address, CA,
 auth) and logs in again when its token is about to expire or turns out to be revoked. hvac is
@@ -30,6 +38,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -332,6 +341,7 @@ class VaultProvider:
             issued = await self._issue_token(settings, request)
         else:
             issued = await self._issue_dynamic(settings, request)
+        issued = dataclasses.replace(issued, target=_target(settings))
         self._hold(issued)
         log.info(
             "vault credential issued",
@@ -351,8 +361,11 @@ class VaultProvider:
     async def renew(self, lease_ref: str, request: IssueRequest) -> Issued:
         """Extend the lease by ``ttl_seconds`` and repeat the held value, or replace it (see module doc)."""
         settings = parse_settings(request.source_spec)
+        moved = _moved(request.lease_target, settings)
         held = self._held.get(lease_ref)
-        if held is not None:
+        if moved:
+            reason = moved
+        elif held is not None:
             new_ttl = await self._extend(settings, request.source_namespace, lease_ref, request.ttl_seconds)
             # extended far enough: same value, same lease
             if new_ttl is not None and new_ttl * 2 >= request.ttl_seconds:
@@ -376,7 +389,7 @@ class VaultProvider:
                 )
             reason = "the lease is gone" if new_ttl is None else "the lease reached its maximum lifetime"
         else:
-            reason = "its value is not held by this operator (restarted)"
+            reason = "its value is not held by this process (another replica issued it, or a restart)"
         log.info(
             "vault lease replaced",
             extra=fields(
@@ -388,8 +401,12 @@ class VaultProvider:
             ),
         )
         replacement = await self.issue(request)
+        if moved:  # the old server is no longer configured: the old lease stays recorded, superseded
+            return dataclasses.replace(replacement, superseded_live=True)
         try:
-            await self.revoke(lease_ref, request.source_spec, request.source_namespace)
+            await self.revoke(
+                lease_ref, request.source_spec, request.source_namespace, target=request.lease_target
+            )
         except ProviderError as exc:
             # keep the old lease the caller tracks and drop the new one, so nothing escapes revocation
             with contextlib.suppress(ProviderError):
@@ -402,9 +419,25 @@ class VaultProvider:
             ) from None
         return replacement
 
-    async def revoke(self, lease_ref: str, source_spec: dict[str, Any], source_namespace: str | None) -> None:
-        """Revoke the token (by accessor) or the lease at the source; unknown ones count as revoked."""
+    async def revoke(
+        self,
+        lease_ref: str,
+        source_spec: dict[str, Any],
+        source_namespace: str | None,
+        *,
+        target: Mapping[str, str] | None = None,
+    ) -> None:
+        """Revoke the token (by accessor) or the lease at the server that issued it (``target``);
+        unknown ones count as revoked there. A source now pointing elsewhere is a retryable error."""
         settings = parse_settings(source_spec)
+        moved = _moved(target, settings)
+        if moved:
+            raise ProviderError(
+                PROVIDER,
+                f"not revoked: {moved}, which does not know {lease_ref}; restore spec.vault.address "
+                f"or revoke it there by hand (it dies at its own expiry)",
+                retryable=True,
+            )
         if _is_lease_id(lease_ref):
             await self._call(
                 settings,
@@ -740,6 +773,20 @@ class VaultProvider:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def _target(settings: VaultSettings) -> dict[str, str]:
+    """Where an issued credential lives (non-secret): the server, and the mount it came from."""
+    mount = "auth/token" if settings.mode == "token" else (settings.path or "").split("/", 1)[0]
+    return {"address": settings.address, "mount": mount}
+
+
+def _moved(target: Mapping[str, str] | None, settings: VaultSettings) -> str | None:
+    """Why the recorded server is not the configured one, or None (same, or nothing recorded)."""
+    recorded = (target or {}).get("address")
+    if not recorded or recorded.rstrip("/") == settings.address:
+        return None
+    return f"issued by {recorded} but the source now points at {settings.address}"
 
 
 def _is_lease_id(lease_ref: str) -> bool:

@@ -188,6 +188,7 @@ async def test_failures_are_retried_visibly_then_succeed(cluster: MemCluster) ->
         metrics=metrics,
         backoff=leases.Backoff(attempts=5, base=0.1, cap=0.15),
         sleep=fake_sleep,
+        now=lambda: NOW,  # before the entry's expiry: failures are retried, not given up
     )
     assert outcome.done and vault.revoked == ["l1"]
     assert sleeps == [0.1, 0.15]  # capped exponential
@@ -202,7 +203,8 @@ async def test_failures_are_retried_visibly_then_succeed(cluster: MemCluster) ->
 async def test_attempts_exhausted_keeps_finalizer_and_says_why(cluster: MemCluster) -> None:
     await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l1")])
     outcome = await leases.revoke_task(
-        cluster, {"vault": FakeSource(failures=99)}, NS, nm(cluster), "completed", metrics=None, backoff=FAST
+        cluster, {"vault": FakeSource(failures=99)}, NS, nm(cluster), "completed", metrics=None, backoff=FAST,
+        now=lambda: NOW,
     )
     assert not outcome.done and outcome.failed == ["db"]
     stored = cluster.task_leases[(NS, nm(cluster))]
@@ -212,6 +214,24 @@ async def test_attempts_exhausted_keeps_finalizer_and_says_why(cluster: MemClust
     # the source comes back; the sweep finishes the job
     (result,) = await leases.sweep_leases(cluster, {"vault": FakeSource()}, metrics=None, backoff=FAST)
     assert result.done and cluster.task_leases[(NS, nm(cluster))]["status"]["phase"] == "Revoked"
+
+
+async def test_a_revocation_still_failing_after_expiry_is_recorded_not_revocable_with_why(
+    cluster: MemCluster,
+) -> None:
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [entry("l1")])
+    before, after = NOW + timedelta(minutes=14), NOW + timedelta(minutes=16)
+    down = FakeSource(failures=99)
+    first = await leases.revoke_task(
+        cluster, {"vault": down}, NS, nm(cluster), "completed", metrics=None, backoff=FAST, now=lambda: before
+    )
+    assert not first.done and first.failed == ["db"]
+    (result,) = await leases.sweep_leases(cluster, {"vault": down}, metrics=None, backoff=FAST, now=lambda: after)
+    assert result.done and result.not_revocable == ["db"]
+    (stored,) = cluster.task_leases[(NS, nm(cluster))]["status"]["leases"]
+    assert stored["notRevocable"] == (
+        "expired at 2026-11-29T10:15:00Z before it could be revoked: vault: connection refused to 127.0.0.1:8200"
+    )
 
 
 async def test_static_and_unavailable_providers(cluster: MemCluster) -> None:
@@ -229,6 +249,7 @@ async def test_static_and_unavailable_providers(cluster: MemCluster) -> None:
         "completed",
         metrics=None,
         backoff=FAST,
+        now=lambda: NOW,
     )
     assert not outcome.done and outcome.not_revocable == ["legacy"] and outcome.failed == ["gh"]
     entries = {e["credential"]: e for e in cluster.task_leases[(NS, nm(cluster))]["status"]["leases"]}

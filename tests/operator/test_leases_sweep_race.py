@@ -135,7 +135,8 @@ async def test_a_lease_deleted_while_a_revocation_fails_is_not_reported_done(
 
     with caplog.at_level("WARNING", logger="taskcreds.leases"):
         outcome = await leases.revoke_task(
-            cluster, {"vault": _DownAndDeleted()}, NS, nm(cluster), "failed", metrics=None, backoff=FAST
+            cluster, {"vault": _DownAndDeleted()}, NS, nm(cluster), "failed", metrics=None, backoff=FAST,
+            now=lambda: NOW,
         )
     assert not outcome.done and outcome.failed == ["db"]
     assert "task lease deleted while revocations were failing" in caplog.text
