@@ -8,6 +8,13 @@ Revocation: a JWT cannot be recalled once handed out. ``revoke`` records the ``j
 list that relying parties can consult (:meth:`JwtProvider.is_revoked`, ``GET /v1/jwt/revoked``),
 but a party that only checks the signature will accept the token until ``exp``: **the short TTL is
 the real bound**. Keep ``maxTTL`` of jwt sources small.
+
+The deny list is durable and shared: ``revoke`` writes ``{jti, exp}`` (never a token) under the
+key ``revoked.json`` of the same Secret before it counts as done, pruned once ``exp`` has passed;
+every replica merges it into its list (at most every 2 s, on ``/v1/jwt/revoked``). So a revoked JWT
+stays listed until its ``exp`` on every replica, after an operator restart, and after its pod and
+TaskLease are deleted. Every write to the Secret is a resourceVersion-guarded read-modify-write,
+so replicas writing keys and deny-list entries at once lose nothing.
 """
 
 from __future__ import annotations
@@ -25,15 +32,17 @@ from typing import Any, Final
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from taskcreds.operator.cluster import Cluster, ClusterError
+from taskcreds.operator.cluster import Cluster, ClusterError, Conflict
 from taskcreds.operator.providers.base import Issued, IssueRequest, ProviderError
 
-__all__ = ["JwtProvider", "RESERVED_CLAIMS", "SECRET_KEY"]
+__all__ = ["JwtProvider", "RESERVED_CLAIMS", "SECRET_KEY", "REVOKED_KEY"]
 
 RESERVED_CLAIMS: Final = frozenset(
     {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "task", "pod", "namespace", "credential"}
 )
-SECRET_KEY: Final = "keys.json"  # the Secret's one data key: [{kid, createdAt, retiredAt, pem}]
+SECRET_KEY: Final = "keys.json"  # the signing keys: [{kid, createdAt, retiredAt, pem}]
+REVOKED_KEY: Final = "revoked.json"  # the deny list: [{jti, exp}] — ids and times, never a token
+_WRITE_ATTEMPTS: Final = 5
 _NAME = "jwt"
 
 
@@ -119,12 +128,33 @@ class JwtProvider:
 
     async def _write(self, keys: list[_Key]) -> None:
         payload = json.dumps([k.to_json() for k in keys]).encode()
-        await self._cluster.apply_secret(
-            self._ns,
-            self._secret,
-            {SECRET_KEY: payload},
-            labels={"app.kubernetes.io/managed-by": "taskcreds"},
-        )
+        await self._update_secret(lambda data: data.update({SECRET_KEY: payload}) or True)
+
+    async def _update_secret(self, mutate: Callable[[dict[str, bytes]], bool]) -> dict[str, bytes]:
+        """Read-modify-write the Secret's data, guarded by resourceVersion (retried on conflict), so
+        the keys and the deny list, written by any replica, never overwrite each other. ``mutate``
+        changes the decoded data in place and says whether anything changed (False: no write)."""
+        last: Exception | None = None
+        for _ in range(_WRITE_ATTEMPTS):
+            secret = await self._cluster.get_secret(self._ns, self._secret)
+            data = {
+                k: base64.b64decode(v) for k, v in ((secret or {}).get("data") or {}).items()
+            }
+            if not mutate(data):
+                return data
+            labels = {"app.kubernetes.io/managed-by": "taskcreds"}
+            try:
+                if secret is None:
+                    await self._cluster.apply_secret(self._ns, self._secret, data, labels, create_only=True)
+                else:
+                    rv = (secret.get("metadata") or {}).get("resourceVersion")
+                    await self._cluster.apply_secret(
+                        self._ns, self._secret, data, labels, resource_version=rv
+                    )
+                return data
+            except Conflict as exc:  # AlreadyExists included: another replica wrote first
+                last = exc
+        raise ClusterError(f"Secret {self._ns}/{self._secret}: {_WRITE_ATTEMPTS} conflicting writes ({last})")
 
     async def ensure_keys(self, *, force_reload: bool = False) -> None:
         """Load the key set (create it when missing, rotate by age, prune expired keys)."""
@@ -212,6 +242,13 @@ class JwtProvider:
                 revoked = entry.get("provider") == _NAME and entry.get("revokedAt")
                 if revoked and len(parts) == 3 and parts[2].isdigit():
                     self._revoked.setdefault(parts[1], float(parts[2]))
+        try:
+            secret = await self._cluster.get_secret(self._ns, self._secret)
+        except Exception:  # noqa: BLE001 - as above: answer from memory
+            secret = None
+        raw = ((secret or {}).get("data") or {}).get(REVOKED_KEY)
+        if raw:
+            self._revoked.update(_deny_list(base64.b64decode(raw)))
         self._prune()
 
     def _prune(self) -> None:
@@ -282,7 +319,30 @@ class JwtProvider:
                 _NAME, f"lease reference {lease_ref!r} is not jwt:<jti>:<exp>", retryable=False
             )
         self._prune()
-        self._revoked[parts[1]] = float(parts[2])
+        jti, exp = parts[1], float(parts[2])
+        self._revoked[jti] = exp
+        if exp <= self._now().timestamp():
+            return  # expired: nobody accepts it any more, nothing to keep
+        now = self._now().timestamp()
+
+        def add(data: dict[str, bytes]) -> bool:
+            listed = _deny_list(data.get(REVOKED_KEY, b"[]"))
+            kept = {j: e for j, e in listed.items() if e >= now}
+            if listed.get(jti) == exp and len(kept) == len(listed):
+                return False
+            kept[jti] = exp
+            data[REVOKED_KEY] = json.dumps(
+                [{"jti": j, "exp": int(e)} for j, e in sorted(kept.items())]
+            ).encode()
+            return True
+
+        try:
+            await self._update_secret(add)
+        except ClusterError as exc:  # not durable yet: not revoked yet (retried by the caller)
+            raise ProviderError(
+                _NAME,
+                f"cannot record the revoked jti in Secret {self._ns}/{self._secret}: {type(exc).__name__}",
+            ) from None
 
     def verify(self, token: str, audience: str) -> dict[str, Any]:
         """Check a token as a careful relying party would (signature, aud, exp, deny list)."""
@@ -296,3 +356,17 @@ class JwtProvider:
         if self.is_revoked(str(claims.get("jti"))):
             raise jwt.InvalidTokenError(f"token {claims.get('jti')} was revoked")
         return claims
+
+
+def _deny_list(raw: bytes) -> dict[str, float]:
+    """``revoked.json`` -> {jti: exp}; unreadable entries are skipped (the list is advisory)."""
+    try:
+        items = json.loads(raw)
+    except ValueError:
+        return {}
+    out: dict[str, float] = {}
+    for item in items if isinstance(items, list) else []:
+        jti, exp = (item.get("jti"), item.get("exp")) if isinstance(item, dict) else (None, None)
+        if isinstance(jti, str) and isinstance(exp, int | float):
+            out[jti] = float(exp)
+    return out
