@@ -245,18 +245,23 @@ class CredentialWriter:
         """
         dfd = self._fd()
         errors: list[OSError] = []
-        for entry in sorted(os.listdir(dfd)):
-            try:
-                st = os.lstat(entry, dir_fd=dfd)
-                kind = self._classify(entry, st, dfd)
-                if kind == "generation":
-                    self._shred_tree(entry, errors)
-                elif kind in ("link", "bundle"):
-                    os.unlink(entry, dir_fd=dfd)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                errors.append(exc)
+        # the links first, then the generations: a reader finds no set at all, never a manifest
+        # whose files are already gone
+        for wanted in (("link", "bundle"), ("generation",)):
+            for entry in sorted(os.listdir(dfd)):
+                try:
+                    st = os.lstat(entry, dir_fd=dfd)
+                    kind = self._classify(entry, st, dfd)
+                    if kind not in wanted:
+                        continue
+                    if kind == "generation":
+                        self._shred_tree(entry, errors)
+                    else:
+                        os.unlink(entry, dir_fd=dfd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    errors.append(exc)
         self._retired, self._current, self._links = [], None, set()
         if errors:
             raise errors[0]

@@ -20,6 +20,7 @@ from taskcreds.sidecar.teardown import teardown
 from taskcreds.sidecar.writer import ENDED_MARKER, CredentialFiles, CredentialWriter
 
 from taskcreds.metrics import register_sidecar
+from taskcreds.names import MANIFEST_FILE
 
 EXPIRES = datetime(2026, 11, 29, 10, 15, tzinfo=UTC)
 
@@ -218,6 +219,22 @@ def test_wipe_leaves_no_credential_file(shm_dir: Path, writer: CredentialWriter)
     writer.wipe()
     assert sorted(p.name for p in shm_dir.iterdir()) == [ENDED_MARKER]
     assert writer.ended()["reason"] == "completed"
+
+
+def test_wipe_unlinks_the_set_before_shredding_it(shm_dir: Path, writer: CredentialWriter,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader during teardown finds no set, never a manifest listing files already shredded."""
+    writer.write(creds(1))
+    seen: list[bool] = []
+    shred = writer._shred_tree
+
+    def spy(entry: str, *args: object) -> None:
+        seen.append((shm_dir / MANIFEST_FILE).exists() or (shm_dir / "github" / "token").exists())
+        shred(entry, *args)
+
+    monkeypatch.setattr(writer, "_shred_tree", spy)
+    writer.wipe()
+    assert seen == [False]
 
 
 def test_prepare_removes_leftovers_of_a_crashed_run_and_keeps_markers(shm_dir: Path) -> None:
