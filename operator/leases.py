@@ -85,8 +85,10 @@ log = logging.getLogger("taskcreds.leases")
 ACTIVE: Final = "Active"
 #: how long a replica's claim on revoking a TaskLease holds before another replica may take over
 CLAIM_SECONDS: Final = 30.0
-#: this process's name in revocation claims (every replica sees every pod event; one revokes)
-REPLICA_ID: Final = f"{os.environ.get('HOSTNAME', 'operator')}-{uuid.uuid4().hex[:8]}"
+#: this replica's name in revocation claims (every replica sees every pod event; one revokes): its
+#: pod name when there is one, so a restarted container resumes its own claims at once; the same
+#: name for the lifecycle's revocations and the broker's (``OperatorParts.replica_id``)
+REPLICA_ID: Final = os.environ.get("HOSTNAME") or f"op-{uuid.uuid4().hex[:8]}"
 REVOKING: Final = "Revoking"
 #: how long after expiry a revoked entry stays on an Active TaskLease (clock skew, relying parties'
 #: leeway on ``exp``): past it the value is dead everywhere and its entry may be dropped

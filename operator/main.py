@@ -16,7 +16,6 @@ import signal
 import sys
 import tempfile
 import threading
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -50,9 +49,7 @@ class OperatorParts:
     ports: dict[str, int] = field(default_factory=dict)
     #: this replica's name in revocation claims on TaskLeases (one replica revokes each task)
     #: the pod name when there is one, so a restarted container resumes its own claims at once
-    replica_id: str = field(
-        default_factory=lambda: os.environ.get("HOSTNAME") or f"op-{uuid.uuid4().hex[:8]}"
-    )
+    replica_id: str = leases.REPLICA_ID
     #: set once the webhook serves with its certificate, the broker listens and kopf runs: /readyz 200
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     #: set when a stop begins: /readyz 503 while admission and the broker go on for the drain period
