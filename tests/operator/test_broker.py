@@ -36,7 +36,7 @@ async def test_issue_jwt_records_lease_and_verifies(harness: Harness) -> None:
     assert reply.status == 200, reply.doc
     (cred,) = reply.doc["credentials"]
     assert (cred["name"], cred["provider"], cred["delivery"], cred["static"]) == ("api", "jwt", "file", False)
-    claims = harness.providers["jwt"].verify(cred["files"]["token"], "my-api")
+    claims = harness.providers["jwt"].verify(cred["files"]["token"], f"{NS}/my-api")
     assert claims["sub"] == f"system:taskcreds:{NS}:agent-1"
     assert (claims["task"], claims["pod"], claims["credential"], claims["scope"]) == (
         "fix-42",
@@ -65,7 +65,7 @@ async def test_jwks_and_healthz_need_no_client_certificate(harness: Harness) -> 
     kid = jwt.get_unverified_header(token)["kid"]
     key = next(k for k in jwks.doc["keys"] if k["kid"] == kid)
     claims = jwt.decode(
-        token, jwt.algorithms.ECAlgorithm.from_jwk(key), algorithms=["ES256"], audience="my-api"
+        token, jwt.algorithms.ECAlgorithm.from_jwk(key), algorithms=["ES256"], audience=f"{NS}/my-api"
     )
     assert claims["iss"] == "https://broker.test"
     refused = await harness.issue(anonymous)

@@ -144,7 +144,7 @@ class Harness:
     def put_sources(self) -> None:
         """The standard sources: jwt ``api``, static ``legacy`` (canary value), cluster jwt ``shared``."""
         mem = self.cluster
-        mem.put_source(source("api", "jwt", jwt={"audience": ["my-api"], "claims": {"scope": "read"}}))
+        mem.put_source(source("api", "jwt", jwt={"audience": [f"{NS}/my-api"], "claims": {"scope": "read"}}))
         mem.put_source(
             source("legacy", "secret", secret={"secretRef": {"name": "legacy-token", "key": "token"}})
         )

@@ -39,7 +39,7 @@ class KubeHarness(Harness):
             api.ensure_namespace(ns)
         api.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SA, "namespace": NS}})
         for body in (
-            source("api", "jwt", jwt={"audience": ["my-api"]}),
+            source("api", "jwt", jwt={"audience": [f"{NS}/my-api"]}),
             source("legacy", "secret", secret={"secretRef": {"name": "legacy-token", "key": "token"}}),
         ):
             api.put({"apiVersion": names.API_VERSION, **body})
@@ -118,7 +118,7 @@ async def test_task_lifecycle_end_to_end(world: Any) -> None:
         assert issued.status == 200, issued.doc
         by_name = {c["name"]: c for c in issued.doc["credentials"]}
         assert by_name["legacy"]["files"] == {"token": CANARY} and by_name["legacy"]["static"] is True
-        world.providers["jwt"].verify(by_name["api"]["files"]["token"], "my-api")
+        world.providers["jwt"].verify(by_name["api"]["files"]["token"], f"{NS}/my-api")
         lease = world.lease("agent-1", "fix-42")
         assert lease["status"]["phase"] == "Active" and len(lease["status"]["leases"]) == 2
 
