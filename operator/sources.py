@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from taskcreds.operator.cluster import Cluster
 from taskcreds.operator.providers.base import ProviderError
@@ -35,6 +38,9 @@ __all__ = [
     "read_secret_value",
     "secret_namespace",
     "default_files",
+    "tenant_refusal",
+    "jwt_audiences",
+    "TENANT_VAULT_AUTH_METHODS",
     "PROVIDER_BLOCKS",
     "DEFAULT_DEFAULT_TTL",
 ]
@@ -59,6 +65,10 @@ _MANAGED_HEADERS = frozenset(
      "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
 )
 MAX_PROXY_HOSTS: Final = 64
+#: ``spec.vault.auth.method`` values a namespaced CredentialSource may use: both log in with a
+#: credential from a Secret of the source's own namespace. ``kubernetes`` logs in as the operator
+#: itself (its own service-account token): only a ClusterCredentialSource may use it.
+TENANT_VAULT_AUTH_METHODS: Final = ("token", "approle")
 
 
 class SourceError(ValueError):
@@ -125,6 +135,88 @@ def default_files(provider: str, spec: dict[str, Any]) -> tuple[str, ...]:
     return ("token",)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _vault_refusal(vault: Mapping[str, Any]) -> str | None:
+    """Why a namespaced source's ``spec.vault`` would borrow the operator's identity (None: it does not)."""
+    auth = vault.get("auth")
+    method = auth.get("method", "token") if isinstance(auth, Mapping) else "token"
+    if method not in TENANT_VAULT_AUTH_METHODS:
+        return (
+            f"spec.vault.auth.method {method!r} is not accepted in a CredentialSource: "
+            + ("it logs in to Vault as the operator itself (its own service-account token), so only a "
+               "ClusterCredentialSource may use it; " if method == "kubernetes" else "")
+            + "a CredentialSource must use method token (tokenSecretRef) or approle (secretIdSecretRef) "
+            "with a Secret of its own namespace"
+        )
+    address = vault.get("address")
+    if not isinstance(address, str):
+        return None  # the provider's own check names what is wrong with it
+    try:
+        parts = urlsplit(address)
+        host = parts.hostname or ""
+    except ValueError:
+        return f"spec.vault.address {address!r} is not a URL"
+    if "@" in parts.netloc:
+        return f"spec.vault.address {address!r}: a user name or password in the address is not accepted"
+    if parts.scheme == "http" and not _is_loopback(host):
+        return (
+            f"spec.vault.address {address!r}: a CredentialSource must use https:// (plain http:// only to "
+            "a loopback address such as http://127.0.0.1:8200, for local development; a "
+            "ClusterCredentialSource may use http://)"
+        )
+    return None
+
+
+def jwt_audiences(spec: Mapping[str, Any], name: str, namespace: str | None) -> list[str]:
+    """The ``aud`` values a jwt source mints: ``spec.jwt.audience``, else ``<namespace>/<name>`` for a
+    CredentialSource and ``<name>`` for a ClusterCredentialSource. Unchecked (see :func:`tenant_refusal`)."""
+    block = spec.get("jwt")
+    raw = block.get("audience") if isinstance(block, Mapping) else None
+    if raw is None or raw == []:
+        return [f"{namespace}/{name}" if namespace is not None else name]
+    return [raw] if isinstance(raw, str) else list(raw) if isinstance(raw, list) else [raw]
+
+
+def _jwt_refusal(spec: Mapping[str, Any], name: str, namespace: str) -> str | None:
+    prefix = f"{namespace}/"
+    for audience in jwt_audiences(spec, name, namespace):
+        if not isinstance(audience, str) or not audience.startswith(prefix) or audience == prefix:
+            return (
+                f"spec.jwt.audience {audience!r}: a CredentialSource in namespace {namespace!r} may only "
+                f"mint audiences that start with {prefix!r} (for example '{prefix}{name}'), so its tokens "
+                "are never accepted by a relying party of a ClusterCredentialSource or of another "
+                "namespace; use a ClusterCredentialSource for any other audience"
+            )
+    return None
+
+
+def tenant_refusal(provider: str, spec: Mapping[str, Any], name: str, namespace: str | None) -> str | None:
+    """Why a namespaced CredentialSource may not be used as written (None: it may), checked before any
+    network call: it must not borrow the operator's identity or the cluster's authority.
+
+    A tenant who can write a CredentialSource in its namespace is not trusted with the operator's
+    credentials: a ``vault`` source may not log in with the operator's service-account token
+    (``auth.method: kubernetes``) nor use plain http:// except to loopback, and a ``jwt`` source's
+    audiences must start with ``<namespace>/`` (the operator signs every JWT with one key). A
+    ClusterCredentialSource (cluster-admin) is not limited by this; None for one.
+    """
+    if namespace is None:
+        return None
+    if provider == "vault" and isinstance(spec.get("vault"), Mapping):
+        return _vault_refusal(spec["vault"])
+    if provider == "jwt":
+        return _jwt_refusal(spec, name, namespace)
+    return None
+
+
 def _ttl(where: str, spec: dict[str, Any], key: str, default: float | None) -> float:
     raw = spec.get(key)
     if raw is None:
@@ -160,12 +252,18 @@ def parse_source(obj: dict[str, Any]) -> Source:
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         raise SourceError(f"{where}: has no spec")
+    if not cluster and not namespace:
+        # never read as cluster-scoped: that would skip the tenant rules below
+        raise SourceError(f"{where}: a {kind} needs metadata.namespace")
     provider = spec.get("provider")
     if provider not in PROVIDER_BLOCKS:
         raise SourceError(f"{where}: spec.provider {provider!r} is not one of {', '.join(PROVIDER_BLOCKS)}")
     block = PROVIDER_BLOCKS[provider]
     if provider != "jwt" and not isinstance(spec.get(block), dict):
         raise SourceError(f"{where}: provider {provider} needs spec.{block}")
+    refusal = tenant_refusal(provider, spec, str(meta.get("name")), namespace)
+    if refusal:
+        raise SourceError(f"{where}: {refusal}")
     max_ttl = _ttl(where, spec, "maxTTL", None)
     default_ttl = _ttl(where, spec, "defaultTTL", min(DEFAULT_DEFAULT_TTL, max_ttl))
     if default_ttl > max_ttl:

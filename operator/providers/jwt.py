@@ -34,11 +34,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from taskcreds.operator.cluster import Cluster, ClusterError, Conflict
 from taskcreds.operator.providers.base import Issued, IssueRequest, ProviderError
+from taskcreds.operator.sources import jwt_audiences, tenant_refusal
+
+from taskcreds.names import KIND_CLUSTER_CREDENTIAL_SOURCE, KIND_CREDENTIAL_SOURCE
 
 __all__ = ["JwtProvider", "RESERVED_CLAIMS", "SECRET_KEY", "REVOKED_KEY"]
 
 RESERVED_CLAIMS: Final = frozenset(
-    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "task", "pod", "namespace", "credential"}
+    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "task", "pod", "namespace", "credential", "source_kind"}
 )
 SECRET_KEY: Final = "keys.json"  # the signing keys: [{kid, createdAt, retiredAt, pem}]
 REVOKED_KEY: Final = "revoked.json"  # the deny list: [{jti, exp}] — ids and times, never a token
@@ -259,10 +262,23 @@ class JwtProvider:
 
     # --- Provider -----------------------------------------------------------------------------
     async def issue(self, request: IssueRequest) -> Issued:
+        """A token for ``spec.jwt.audience`` (default: the source's name, ``<namespace>/<name>`` for a
+        CredentialSource). A CredentialSource's audiences must start with ``<namespace>/``: the one
+        signing key signs for every source, so nothing else keeps a tenant from minting a token a
+        relying party of a ClusterCredentialSource or of another namespace would accept."""
         spec = request.source_spec.get("jwt") or {}
-        audience = spec.get("audience") or [request.credential]
-        if isinstance(audience, str):
-            audience = [audience]
+        refusal = tenant_refusal(_NAME, request.source_spec, request.credential, request.source_namespace)
+        if refusal:
+            raise ProviderError(
+                _NAME, f"CredentialSource {request.source_namespace}/{request.credential}: {refusal}",
+                retryable=False,
+            )
+        audience = jwt_audiences(request.source_spec, request.credential, request.source_namespace)
+        if not all(isinstance(a, str) and a for a in audience):
+            raise ProviderError(
+                _NAME, f"jwt.audience of {request.credential!r} must be a list of non-empty strings",
+                retryable=False,
+            )
         extra = spec.get("claims") or {}
         if not isinstance(extra, dict):
             raise ProviderError(_NAME, f"jwt.claims of {request.credential!r} must be a map", retryable=False)
@@ -292,6 +308,9 @@ class JwtProvider:
             "pod": request.pod,
             "namespace": request.namespace,
             "credential": request.credential,
+            "source_kind": (
+                KIND_CLUSTER_CREDENTIAL_SOURCE if request.source_namespace is None else KIND_CREDENTIAL_SOURCE
+            ),
         }
         token = jwt.encode(
             claims, signer.private, algorithm="ES256", headers={"kid": signer.kid, "typ": "JWT"}

@@ -18,7 +18,9 @@ __all__ = ["make_providers"]
 
 log = logging.getLogger("taskcreds.providers")
 
-#: optional providers: name -> "module:Class", each constructed as Class(cluster)
+#: optional providers: name -> "module:Class", each constructed as
+#: Class(cluster, operator_namespace=settings.namespace): a ClusterCredentialSource's secretRef
+#: without a namespace names a Secret of the operator's own namespace, whatever it is called
 _OPTIONAL = {
     "vault": "taskcreds.operator.providers.vault:VaultProvider",
     "github-app": "taskcreds.operator.providers.github_app:GitHubAppProvider",
@@ -44,5 +46,5 @@ def make_providers(cluster: Cluster, settings: BrokerSettings) -> dict[str, Prov
         except (ImportError, AttributeError) as exc:
             log.warning("provider not available", extra=fields(provider=name, error=str(exc)))
             continue
-        providers[name] = cls(cluster)
+        providers[name] = cls(cluster, operator_namespace=settings.namespace)
     return providers

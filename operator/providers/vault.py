@@ -54,6 +54,7 @@ import hvac.exceptions
 import requests
 from taskcreds.operator.cluster import Cluster, ClusterError
 from taskcreds.operator.providers.base import Issued, IssueRequest, ProviderError
+from taskcreds.operator.sources import tenant_refusal
 
 from taskcreds.durations import DurationError, parse_duration
 from taskcreds.logs import fields
@@ -139,11 +140,21 @@ def parse_secret_ref(value: Any, where: str, provider: str = PROVIDER) -> Secret
     return SecretRef(name=str(name), key=str(key), namespace=namespace)
 
 
-def parse_settings(spec: Mapping[str, Any]) -> VaultSettings:
-    """Check a CredentialSource spec for the vault provider; errors name the field and what is accepted."""
+def parse_settings(spec: Mapping[str, Any], *, source_namespace: str | None) -> VaultSettings:
+    """Check a CredentialSource spec for the vault provider; errors name the field and what is accepted.
+
+    ``source_namespace`` is the namespace of a CredentialSource (None: a ClusterCredentialSource): a
+    namespaced one may not log in as the operator nor use plain http:// except to loopback
+    (:func:`~taskcreds.operator.sources.tenant_refusal`). Checked here too, not only when the source
+    is parsed, so that no path reaches the network with such a spec.
+    """
     vault = spec.get("vault")
     if not isinstance(vault, Mapping):
         raise _bad("spec.vault is missing: it needs address, auth and mode")
+    if source_namespace is not None:
+        refusal = tenant_refusal(PROVIDER, spec, "", source_namespace)
+        if refusal:
+            raise _bad(f"CredentialSource in namespace {source_namespace!r}: {refusal}")
     address = vault.get("address")
     if not isinstance(address, str) or not address.startswith(("http://", "https://")):
         raise _bad(f"spec.vault.address must be an http:// or https:// URL, got {address!r}")
@@ -336,7 +347,7 @@ class VaultProvider:
 
     async def issue(self, request: IssueRequest) -> Issued:
         """A new token (mode token) or a new lease at ``path`` (mode dynamic) for this task."""
-        settings = parse_settings(request.source_spec)
+        settings = parse_settings(request.source_spec, source_namespace=request.source_namespace)
         if settings.mode == "token":
             issued = await self._issue_token(settings, request)
         else:
@@ -360,7 +371,7 @@ class VaultProvider:
 
     async def renew(self, lease_ref: str, request: IssueRequest) -> Issued:
         """Extend the lease by ``ttl_seconds`` and repeat the held value, or replace it (see module doc)."""
-        settings = parse_settings(request.source_spec)
+        settings = parse_settings(request.source_spec, source_namespace=request.source_namespace)
         moved = _moved(request.lease_target, settings)
         held = self._held.get(lease_ref)
         if moved:
@@ -429,7 +440,7 @@ class VaultProvider:
     ) -> None:
         """Revoke the token (by accessor) or the lease at the server that issued it (``target``);
         unknown ones count as revoked there. A source now pointing elsewhere is a retryable error."""
-        settings = parse_settings(source_spec)
+        settings = parse_settings(source_spec, source_namespace=source_namespace)
         moved = _moved(target, settings)
         if moved:
             raise ProviderError(

@@ -21,11 +21,11 @@ class Clock:
         return self.now
 
 
-def request(ttl: int = 600, **spec: Any) -> IssueRequest:
+def request(ttl: int = 600, *, source_namespace: str | None = "team-a", **spec: Any) -> IssueRequest:
     return IssueRequest(
         credential="api",
         source_spec={"provider": "jwt", "jwt": spec},
-        source_namespace="team-a",
+        source_namespace=source_namespace,
         namespace="team-a",
         pod="agent-1",
         pod_uid="u1",
@@ -57,8 +57,8 @@ def verify(token: str, jwks: dict[str, Any], audience: str) -> dict[str, Any]:
 async def test_claims_and_lifetime() -> None:
     mem, clock = MemCluster(), Clock()
     p = provider(mem, clock)
-    issued = await p.issue(request(ttl=300, audience=["my-api"], claims={"scope": "read"}))
-    claims = verify(issued.files["token"], p.jwks(), "my-api")
+    issued = await p.issue(request(ttl=300, audience=["team-a/my-api"], claims={"scope": "read"}))
+    claims = verify(issued.files["token"], p.jwks(), "team-a/my-api")
     assert claims["iss"] == "https://taskcreds.example"
     assert claims["sub"] == "system:taskcreds:team-a:agent-1"
     assert (claims["task"], claims["pod"], claims["namespace"], claims["credential"]) == (
@@ -69,6 +69,7 @@ async def test_claims_and_lifetime() -> None:
     )
     assert claims["exp"] - claims["iat"] == 300 and claims["nbf"] == claims["iat"]
     assert claims["scope"] == "read" and claims["jti"] in issued.lease_ref
+    assert claims["source_kind"] == "CredentialSource"
     assert jwt.get_unverified_header(issued.files["token"])["alg"] == "ES256"
     assert issued.expires_at - issued.issued_at == timedelta(seconds=300)
     assert "token" not in repr(issued) or issued.files["token"] not in repr(issued)
@@ -76,13 +77,21 @@ async def test_claims_and_lifetime() -> None:
         verify(issued.files["token"], p.jwks(), "other-api")
 
 
-async def test_default_audience_is_the_credential_name() -> None:
+@pytest.mark.parametrize(
+    ("source_namespace", "audience", "kind"),
+    [
+        pytest.param("team-a", "team-a/api", "CredentialSource", id="CredentialSource: <namespace>/<name>"),
+        pytest.param(None, "api", "ClusterCredentialSource", id="ClusterCredentialSource: <name>"),
+    ],
+)
+async def test_default_audience_and_source_kind(source_namespace: str | None, audience: str, kind: str) -> None:
     p = provider(MemCluster(), Clock())
-    issued = await p.issue(request())
-    assert verify(issued.files["token"], p.jwks(), "api")["aud"] == "api"
+    issued = await p.issue(request(source_namespace=source_namespace))
+    claims = verify(issued.files["token"], p.jwks(), audience)
+    assert (claims["aud"], claims["source_kind"]) == (audience, kind)
 
 
-@pytest.mark.parametrize("claim", ["sub", "exp", "task", "iss"])
+@pytest.mark.parametrize("claim", ["sub", "exp", "task", "iss", "source_kind"])
 async def test_reserved_claims_refused(claim: str) -> None:
     p = provider(MemCluster(), Clock())
     with pytest.raises(ProviderError, match=f"reserved claims {claim}"):
@@ -98,7 +107,7 @@ async def test_keys_created_once_and_shared_across_replicas() -> None:
     second = provider(mem, clock)  # another replica: adopts the stored key
     await second.ensure_keys()
     assert second.jwks() == first.jwks()
-    verify(token, second.jwks(), "api")
+    verify(token, second.jwks(), "team-a/api")
 
 
 async def test_rotation_keeps_old_key_until_its_tokens_expire() -> None:
@@ -134,8 +143,8 @@ async def test_revoke_is_a_deny_list_and_renew_replaces() -> None:
     jti = issued.lease_ref.split(":")[1]
     assert p.is_revoked(jti)
     with pytest.raises(jwt.InvalidTokenError, match="revoked"):
-        p.verify(issued.files["token"], "api")
-    p.verify(renewed.files["token"], "api")
+        p.verify(issued.files["token"], "team-a/api")
+    p.verify(renewed.files["token"], "team-a/api")
     await p.revoke(issued.lease_ref, {}, None)  # idempotent
     assert [r["jti"] for r in p.revoked()] == [jti]
     clock.now += timedelta(hours=1)
@@ -173,4 +182,36 @@ async def test_deny_list_is_rebuilt_from_the_task_leases_on_another_replica_or_a
     await restarted.sync_revoked(max_age=0)
     assert [r["jti"] for r in restarted.revoked()] == [jti]
     with pytest.raises(jwt.InvalidTokenError, match="revoked"):
-        restarted.verify(issued.files["token"], "api")
+        restarted.verify(issued.files["token"], "team-a/api")
+
+
+@pytest.mark.parametrize(
+    ("audience", "source_namespace", "refused"),
+    [
+        pytest.param(["shared-api"], "team-b", True, id="namespaced: a cluster source's audience"),
+        pytest.param(["team-a/api"], "team-b", True, id="namespaced: another namespace's audience"),
+        pytest.param(["team-b/api", "shared-api"], "team-b", True, id="namespaced: one bad audience of two"),
+        pytest.param("team-b", "team-b", True, id="namespaced: the bare namespace"),
+        pytest.param(["team-b/"], "team-b", True, id="namespaced: the prefix alone"),
+        pytest.param(["team-bb/api"], "team-b", True, id="namespaced: a longer namespace's prefix"),
+        pytest.param(["team-b/api"], "team-b", False, id="namespaced: its own prefix"),
+        pytest.param("team-b/api", "team-b", False, id="namespaced: one audience as a string"),
+        pytest.param(["shared-api"], None, False, id="cluster source: any audience"),
+    ],
+)
+async def test_a_credential_source_mints_only_audiences_of_its_namespace(
+    audience: list[str] | str, source_namespace: str | None, refused: bool
+) -> None:
+    """A tenant cannot get a token a relying party of a cluster source or of another namespace accepts."""
+    p = provider(MemCluster(), Clock())
+    req = request(audience=audience, source_namespace=source_namespace)
+    if refused:
+        with pytest.raises(ProviderError, match=r"spec\.jwt\.audience .*may only mint audiences that start "
+                           r"with 'team-b/'") as caught:
+            await p.issue(req)
+        assert not caught.value.retryable
+        assert p.jwks() == {"keys": []}  # refused before anything was signed (or a key made)
+    else:
+        issued = await p.issue(req)
+        first = audience if isinstance(audience, str) else audience[0]
+        assert verify(issued.files["token"], p.jwks(), first)["aud"] == first

@@ -456,10 +456,11 @@ async def test_kubernetes_auth_logs_in_with_the_operator_s_service_account_token
         (tmp_path / "token").write_text(sa_token + "\n")
         p = VaultProvider(cluster, sa_token_path=str(tmp_path / "token"))
         src = spec(bao, auth={"method": "kubernetes", "kubernetes": {"role": "taskcreds"}})
-        issued = await p.issue(request(src))
+        # a ClusterCredentialSource: only one may log in as the operator
+        issued = await p.issue(request(src, source_namespace=None))
         assert reviewer.reviews == 1
         assert not refused(bao, issued.files["token"])
-        await p.revoke(issued.lease_ref, src, NS)
+        await p.revoke(issued.lease_ref, src, None)
 
         # a token the API server does not know: the TokenReview says no; not retryable, names the role
         (tmp_path / "token").write_text(service_account_jwt(OPERATOR_NS, "taskcreds-operator"))
@@ -467,7 +468,7 @@ async def test_kubernetes_auth_logs_in_with_the_operator_s_service_account_token
         with pytest.raises(
             ProviderError, match="could not authenticate.*Kubernetes login.*'taskcreds'"
         ) as caught:
-            await other.issue(request(src))
+            await other.issue(request(src, source_namespace=None))
         assert not caught.value.retryable
         for provider_ in (p, other):
             await provider_.aclose()
@@ -494,13 +495,14 @@ async def test_kubernetes_auth_without_a_service_account_token_says_where_it_loo
     p = VaultProvider(cluster, sa_token_path=str(tmp_path / "token"))
     src = spec(bao, auth={"method": "kubernetes", "kubernetes": {"role": "taskcreds"}})
     with pytest.raises(ProviderError, match=r"service-account token at .*/token") as caught:
-        await p.issue(request(src))
+        await p.issue(request(src, source_namespace=None))
     assert not caught.value.retryable
 
 
 def test_parse_settings_defaults() -> None:
     settings = parse_settings(
-        {
+        source_namespace=NS,
+        spec={
             "vault": {
                 "address": "https://vault:8200/",
                 "mode": "dynamic",
