@@ -78,6 +78,7 @@ __all__ = [
     "owned_by",
     "Backoff",
     "format_time",
+    "LABEL_POD_UID",
 ]
 
 log = logging.getLogger("taskcreds.leases")
@@ -94,6 +95,9 @@ REVOKING: Final = "Revoking"
 #: leeway on ``exp``): past it the value is dead everywhere and its entry may be dropped
 COMPACT_AFTER: Final = timedelta(minutes=5)
 REVOKED: Final = "Revoked"
+#: label on every TaskLease (ones written before it have only the ownerReference): the pod's uid, so
+#: ``kubectl get taskleases -l taskcreds.io/pod-uid=<uid>`` lists every task a pod ran
+LABEL_POD_UID: Final = f"{names.PREFIX}/pod-uid"
 _INVALID = re.compile(r"[^a-z0-9-]")
 
 
@@ -163,7 +167,7 @@ def task_lease_body(pod: Mapping[str, Any], task: str) -> dict[str, Any]:
         "metadata": {
             "name": lease_name(meta["name"], task),
             "namespace": meta["namespace"],
-            "labels": {"app.kubernetes.io/managed-by": "taskcreds"},
+            "labels": {"app.kubernetes.io/managed-by": "taskcreds", LABEL_POD_UID: meta["uid"]},
             "finalizers": [names.FINALIZER_REVOKE],
             "ownerReferences": [
                 {

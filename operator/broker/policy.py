@@ -26,7 +26,16 @@ from taskcreds.operator.sources import Source, SourceError
 from taskcreds import names
 from taskcreds.durations import DurationError, format_duration, parse_duration
 
-__all__ = ["TaskView", "Grant", "check_task", "check_credentials", "requested_ttl", "DENIAL_REASONS"]
+__all__ = [
+    "TaskView",
+    "Grant",
+    "check_task",
+    "check_credentials",
+    "requested_ttl",
+    "pinned_task",
+    "one_task_per_pod",
+    "DENIAL_REASONS",
+]
 
 #: every ``reason`` label a denial can carry (stable: dashboards and alerts use them)
 DENIAL_REASONS: Final = (
@@ -98,6 +107,13 @@ def check_task(
             f"task {task!r} is not the task of pod {namespace}/{pod_name} "
             f"({names.ANNOTATION_TASK}={request.task!r})",
         )
+    pinned = pinned_task(pod)
+    if pinned is not None and pinned != task:
+        raise TaskTerminal(
+            "task_changed",
+            f"pod {namespace}/{pod_name} was admitted for task {pinned!r} (its sidecar's "
+            f"{names.ENV_TASK}); a pod runs one task: task {task!r} is refused, start a new pod for it",
+        )
     reason = ended or task_ending(dict(pod), now=now)
     if reason is not None:
         raise TaskTerminal(
@@ -113,6 +129,47 @@ def check_task(
         request=request,
         deadline=deadline_of(dict(pod)),
     )
+
+
+def pinned_task(pod: Mapping) -> str | None:
+    """The task id the webhook wrote into the pod's sidecar (env ``TASKCREDS_TASK``) at admission.
+
+    A pod's container env cannot change after creation, so unlike the annotation this is the task
+    the pod was started for, on every replica and after every restart. None for a pod without an
+    injected sidecar (labelled after creation, say): the broker then checks the TaskLeases instead.
+    """
+    spec = pod.get("spec") or {}
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        if container.get("name") != names.SIDECAR_CONTAINER:
+            continue
+        for env in container.get("env") or []:
+            if env.get("name") == names.ENV_TASK and isinstance(env.get("value"), str):
+                return str(env["value"])
+    return None
+
+
+def one_task_per_pod(view: TaskView, task_leases: Sequence[Mapping]) -> None:
+    """Refuse a task when this pod (by uid) already has a TaskLease of another task.
+
+    ``task_leases`` are the pod's namespace's; those of other pods (other uids, such as a
+    predecessor of the same name) do not count. The task annotation is writable by whoever may
+    patch the pod, so without this a finished task could be "reopened" under a new id on a replica
+    that did not see it end (restart, another replica). TaskTerminal (409) naming both tasks.
+    """
+    task = view.request.task
+    for lease in task_leases:
+        meta = lease.get("metadata") or {}
+        spec = lease.get("spec") or {}
+        uids = {o.get("uid") for o in meta.get("ownerReferences") or []} | {spec.get("podUID")}
+        if view.pod_uid not in uids or spec.get("task") in (None, task):
+            continue
+        phase = (lease.get("status") or {}).get("phase") or "Active"
+        raise TaskTerminal(
+            "task_changed",
+            f"pod {view.namespace}/{view.pod} already ran task {spec['task']!r} (TaskLease "
+            f"{meta.get('name')}, {phase}); a pod runs one task: task {task!r} is refused, "
+            "start a new pod for it",
+        )
 
 
 def requested_ttl(text: str | None) -> float | None:

@@ -242,6 +242,16 @@ class Broker:
         assert pod is not None
         return pod, view, lease
 
+    async def _one_task_per_pod(self, view: policy.TaskView) -> None:
+        """First issue of a task to a pod without a pinned task (no injected sidecar): refuse it when
+        the pod already has a TaskLease of another task. One list of the namespace's TaskLeases, only
+        until this task's own TaskLease exists (``Cluster`` has no label selector for the pod-uid label)."""
+        try:
+            found = await self.cluster.list_task_leases(view.namespace)
+        except ClusterError as exc:
+            raise Unavailable(f"cannot list TaskLeases: {type(exc).__name__}") from None
+        policy.one_task_per_pod(view, found)
+
     @staticmethod
     def _asked_for(view: policy.TaskView, wanted: list[str]) -> list[str]:
         """Only names the pod's annotation lists are looked up (the rest are refused unread): a body
@@ -396,7 +406,7 @@ class Broker:
         ttl = doc.get("ttl")
         if ttl is not None and not isinstance(ttl, str):
             raise BadRequest("ttl must be a Go-style duration string such as 15m")
-        pod, view, _ = await self._view(caller, task)
+        pod, view, lease = await self._view(caller, task)
         names_wanted = list(dict.fromkeys(wanted)) if wanted else list(view.request.credentials)
         grants = policy.check_credentials(
             view,
@@ -405,6 +415,8 @@ class Broker:
             ttl=policy.requested_ttl(ttl),
             providers=list(self.providers),
         )
+        if lease is None and policy.pinned_task(pod) is None:
+            await self._one_task_per_pod(view)
 
         done = await self._to_completion(self._issue_and_record(caller, pod, view, grants), caller, task)
         state = self.hub.get(caller.pod_uid)

@@ -1,0 +1,122 @@
+"""The broker's own limits: one task per pod (durably), TokenReview fan-out, live leases per credential.
+
+Each test drives a real broker over SPIFFE mTLS (tests/operator/test_broker_harness.py) and asserts
+what a client sees: status, error code, the message, and the API calls the broker made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from taskcreds.operator import leases
+from taskcreds.operator.broker.server import BrokerServer, make_broker_app
+from taskcreds.operator.taskstatus import TaskStatusHub
+
+from taskcreds import names
+from tests.operator.test_broker_harness import NS, Harness, pod_body, source
+from tests.operator.test_broker_harness import harness as harness  # noqa: F401  (fixture)
+
+#: a jwt source every namespace rule accepts (audience prefixed with its namespace)
+API_AUDIENCE = f"{NS}/my-api"
+
+
+@pytest.fixture
+async def broker(harness: Harness) -> AsyncIterator[Harness]:  # noqa: F811
+    harness.cluster.put_source(source("api", "jwt", jwt={"audience": [API_AUDIENCE]}))
+    yield harness
+
+
+async def fresh_broker_issue(h: Harness, pod: dict[str, Any], task: str) -> Any:
+    """Issue through a second broker with an empty memory: a restarted operator, or another replica."""
+    app = make_broker_app(
+        cluster=h.cluster,
+        providers=h.providers,
+        settings=h.settings,
+        metrics=h.metrics,
+        trust_domain="taskcreds.local",
+        hub=TaskStatusHub(),
+    )
+    server = BrokerServer(app, lambda: h.broker_svid)
+    await server.start("127.0.0.1", 0)
+    old, h.server = h.server, server
+    try:
+        return await h.issue(h.agent(pod), task=task)
+    finally:
+        h.server = old
+        await server.stop()
+
+
+def with_sidecar(pod: dict[str, Any], task: str) -> dict[str, Any]:
+    """The pod as the webhook admits it: the sidecar's env pins the task id."""
+    pod["spec"]["initContainers"] = [
+        {
+            "name": names.SIDECAR_CONTAINER,
+            "image": "sidecar",
+            "restartPolicy": "Always",
+            "env": [{"name": names.ENV_DIR, "value": "/run/taskcreds"}, {"name": names.ENV_TASK, "value": task}],
+        }
+    ]
+    return pod
+
+
+# --- finding 3: one task per pod ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("case", "sidecar", "end_first", "drop_label"),
+    [
+        pytest.param("no sidecar, first task completed", False, True, False, id="ended-no-sidecar"),
+        pytest.param("no sidecar, first task still running", False, False, False, id="running-no-sidecar"),
+        pytest.param("TaskLease written before the pod-uid label", False, True, True, id="old-tasklease"),
+        pytest.param("sidecar pins the task id", True, True, False, id="pinned"),
+    ],
+)
+async def test_a_pod_cannot_start_a_second_task_on_a_fresh_broker(
+    broker: Harness, case: str, sidecar: bool, end_first: bool, drop_label: bool
+) -> None:
+    h = broker
+    body = pod_body("agent-1", task="fix-42")
+    body = h.cluster.put_pod(with_sidecar(body, "fix-42") if sidecar else body)
+    first = await h.issue(h.agent(body))
+    assert first.status == 200, first.doc
+    lease = next(iter(h.cluster.task_leases.values()))
+    assert lease["metadata"]["labels"][leases.LABEL_POD_UID] == body["metadata"]["uid"]
+    if drop_label:
+        del lease["metadata"]["labels"][leases.LABEL_POD_UID]
+    if end_first:
+        h.cluster.set_annotation(NS, "agent-1", names.ANNOTATION_TASK_STATUS, "completed")
+        assert (await h.issue(h.agent(body))).code == "task_terminal"
+    h.cluster.set_annotation(NS, "agent-1", names.ANNOTATION_TASK, "fix-43")
+    pod = h.cluster.set_annotation(NS, "agent-1", names.ANNOTATION_TASK_STATUS, "running")
+    lists = h.cluster.calls.get("list_task_leases", 0)
+
+    again = await fresh_broker_issue(h, pod, "fix-43")
+
+    assert (again.status, again.code) == (409, "task_terminal"), case
+    message = again.doc["error"]["message"]
+    assert "'fix-42'" in message and "'fix-43'" in message and "one task" in message, message
+    assert len(h.cluster.task_leases) == 1, "no TaskLease for the refused task"
+    listed = h.cluster.calls.get("list_task_leases", 0) - lists
+    assert listed == (0 if sidecar else 1), "a pinned pod needs no TaskLease list"
+
+
+async def test_a_new_pod_of_the_same_name_may_run_another_task(broker: Harness) -> None:
+    """The predecessor's TaskLease (another uid) is no reason to refuse its successor."""
+    h = broker
+    first = h.add_pod("agent-1")
+    assert (await h.issue(h.agent(first))).status == 200
+    h.cluster.delete_pod(NS, "agent-1")
+    second = h.add_pod("agent-1", task="fix-43")
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    reply = await fresh_broker_issue(h, second, "fix-43")
+    assert reply.status == 200, reply.doc
+
+
+async def test_the_same_task_is_not_listed_again_once_its_tasklease_exists(broker: Harness) -> None:
+    h = broker
+    agent = h.agent(h.add_pod("agent-1"))
+    assert (await h.issue(agent)).status == 200
+    lists = h.cluster.calls.get("list_task_leases", 0)
+    for _ in range(3):
+        assert (await h.issue(agent)).status == 200
+    assert h.cluster.calls.get("list_task_leases", 0) == lists
