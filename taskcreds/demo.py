@@ -114,13 +114,16 @@ class Demo:
         return [
             {
                 "apiVersion": names.API_VERSION,
-                "kind": names.KIND_CREDENTIAL_SOURCE,
-                "metadata": {"name": name, "namespace": DEMO_NAMESPACE},
+                # cluster-scoped: only a ClusterCredentialSource may mint an audience that does not
+                # start with its namespace ("agents/..."), such as a service's URL
+                "kind": names.KIND_CLUSTER_CREDENTIAL_SOURCE,
+                "metadata": {"name": name},
                 "spec": {
                     "provider": "jwt",
                     "defaultTTL": self.ttl,
                     "maxTTL": max_ttl,
                     "allowedServiceAccounts": [DEMO_SERVICE_ACCOUNT],
+                    "allowedNamespaces": [DEMO_NAMESPACE],
                     "jwt": {"audience": [audience]},
                 },
             }
@@ -191,7 +194,7 @@ class Demo:
         authority = DevAuthority(DEMO_TRUST_DOMAIN, allow=True)
         operator_svid = authority.mint_x509_svid(OPERATOR_ID, ttl=3600)
 
-        # the cluster: CredentialSources granted to the agent's service account
+        # the cluster: ClusterCredentialSources granted to the agent's service account in its namespace
         cluster = self.cluster = MemCluster()
         for source in self._sources(ttl_seconds):
             cluster.put_source(source)
