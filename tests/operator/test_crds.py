@@ -54,7 +54,7 @@ secret: {secretRef: {name: legacy-token, key: token}}
 
 BASE = {"defaultTTL": "15m", "maxTTL": "1h", "allowedServiceAccounts": ["coding-agent"]}
 PER_PROVIDER = {
-    "jwt": {"provider": "jwt", **BASE, "jwt": {"audience": ["my-api"]}},
+    "jwt": {"provider": "jwt", **BASE, "jwt": {"audience": ["agents/my-api"]}},
     "jwt without block": {"provider": "jwt", **BASE},
     "vault token": {"provider": "vault", **BASE, "vault": AGREED["vault"]},
     "vault dynamic": {
