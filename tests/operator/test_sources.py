@@ -310,3 +310,99 @@ def test_proxy_refusals_name_the_field(case: str, spec: dict[str, Any], message:
         parse_source(obj(spec))
     assert message in str(info.value)
     assert "CredentialSource agents/github" in str(info.value)
+
+
+# --- the tenant boundary: what a namespaced CredentialSource may not borrow ----------------------
+
+_K8S_AUTH = {"method": "kubernetes", "kubernetes": {"role": "taskcreds"}}
+_TOKEN_AUTH = {"method": "token", "tokenSecretRef": {"name": "bao", "key": "token"}}
+_APPROLE_AUTH = {"method": "approle", "approle": {"roleId": "r", "secretIdSecretRef": {"name": "s", "key": "k"}}}
+
+
+def vault_source(address: str, auth: dict[str, Any], *, cluster: bool) -> dict[str, Any]:
+    spec = {**BASE, "provider": "vault", "vault": {"address": address, "auth": auth, "mode": "token",
+                                                    "policies": ["p"]}}
+    if cluster:
+        spec["allowedNamespaces"] = ["agents"]
+    return obj(spec, cluster=cluster)
+
+
+def jwt_source(audience: Any, *, cluster: bool = False) -> dict[str, Any]:
+    spec: dict[str, Any] = {**BASE, "jwt": {} if audience is None else {"audience": audience}}
+    if cluster:
+        spec["allowedNamespaces"] = ["agents"]
+    return obj(spec, cluster=cluster)
+
+
+@pytest.mark.parametrize(
+    ("body", "refusal"),
+    [
+        pytest.param(vault_source("https://bao:8200", _K8S_AUTH, cluster=False),
+                     r"spec\.vault\.auth\.method 'kubernetes' is not accepted in a CredentialSource: it logs in "
+                     r"to Vault as the operator itself .* only a ClusterCredentialSource may use it; .*method token "
+                     r"\(tokenSecretRef\) or approle", id="vault kubernetes auth, namespaced"),
+        pytest.param(vault_source("https://bao:8200", {"method": "cert"}, cluster=False),
+                     r"spec\.vault\.auth\.method 'cert' is not accepted in a CredentialSource: a CredentialSource "
+                     r"must use method token", id="vault unknown auth, namespaced"),
+        pytest.param(vault_source("http://bao.bao.svc:8200", _TOKEN_AUTH, cluster=False),
+                     r"spec\.vault\.address 'http://bao\.bao\.svc:8200': a CredentialSource must use https:// "
+                     r"\(plain http:// only to a loopback address", id="vault http to a cluster host, namespaced"),
+        pytest.param(vault_source("http://127.0.0.1@evil.example:8200", _TOKEN_AUTH, cluster=False),
+                     r"a user name or password in the address is not accepted", id="vault http, loopback user info"),
+        pytest.param(vault_source("http://10.0.0.1:8200", _APPROLE_AUTH, cluster=False),
+                     r"must use https://", id="vault http to an IP, namespaced"),
+        pytest.param(jwt_source(["shared-api"]), r"spec\.jwt\.audience 'shared-api': a CredentialSource in "
+                     r"namespace 'agents' may only mint audiences that start with 'agents/' \(for example "
+                     r"'agents/github'\)", id="jwt foreign audience, namespaced"),
+        pytest.param(jwt_source(["agents/ok", "team-b/api"]), r"'team-b/api'.*start with 'agents/'",
+                     id="jwt another namespace's audience among its own"),
+        pytest.param(jwt_source("https://api.example"), r"'https://api\.example'.*start with 'agents/'",
+                     id="jwt audience as a string"),
+        pytest.param(jwt_source(["agents/"]), r"'agents/'.*start with 'agents/'", id="jwt the bare prefix"),
+        pytest.param(jwt_source([7]), r"spec\.jwt\.audience 7", id="jwt audience not a string"),
+        pytest.param(vault_source("https://bao:8200", _K8S_AUTH, cluster=True), None,
+                     id="vault kubernetes auth, cluster source"),
+        pytest.param(vault_source("http://bao.bao.svc:8200", _K8S_AUTH, cluster=True), None,
+                     id="vault http, cluster source"),
+        pytest.param(vault_source("https://bao:8200", _TOKEN_AUTH, cluster=False), None,
+                     id="vault token auth over https, namespaced"),
+        pytest.param(vault_source("https://bao:8200", _APPROLE_AUTH, cluster=False), None,
+                     id="vault approle auth over https, namespaced"),
+        pytest.param(vault_source("http://127.0.0.1:8200", _TOKEN_AUTH, cluster=False), None,
+                     id="vault http to 127.0.0.1, namespaced (local OpenBao dev)"),
+        pytest.param(vault_source("http://localhost:8200", _TOKEN_AUTH, cluster=False), None,
+                     id="vault http to localhost, namespaced"),
+        pytest.param(vault_source("http://[::1]:8200", _TOKEN_AUTH, cluster=False), None,
+                     id="vault http to ::1, namespaced"),
+        pytest.param(jwt_source(["agents/api", "agents/other"]), None, id="jwt own audiences, namespaced"),
+        pytest.param(jwt_source(None), None, id="jwt default audience, namespaced"),
+        pytest.param(jwt_source(["shared-api"], cluster=True), None, id="jwt any audience, cluster source"),
+    ],
+)
+def test_a_credential_source_cannot_borrow_the_operator_s_authority(
+    body: dict[str, Any], refusal: str | None
+) -> None:
+    """Refused when the source is read (by the broker, the admission index, revocation): no network call."""
+    if refusal is None:
+        assert parse_source(body).name == "github"
+        return
+    with pytest.raises(SourceError, match=refusal) as caught:
+        parse_source(body)
+    assert str(caught.value).startswith("CredentialSource agents/github: ")
+
+
+def test_a_namespaced_kind_without_a_namespace_is_not_read_as_cluster_scoped() -> None:
+    body = vault_source("https://bao:8200", _K8S_AUTH, cluster=False)
+    del body["metadata"]["namespace"]
+    with pytest.raises(SourceError, match="a CredentialSource needs metadata.namespace"):
+        parse_source(body)
+
+
+async def test_resolving_a_namespaced_source_applies_the_tenant_rules() -> None:
+    mem = MemCluster()
+    body = vault_source("https://bao:8200", _K8S_AUTH, cluster=False)
+    mem.put_source({**body, "metadata": {"name": "bao", "namespace": "agents"}})
+    with pytest.raises(SourceError, match=r"CredentialSource agents/bao: spec\.vault\.auth\.method 'kubernetes'"):
+        await resolve_source(mem, "agents", "bao")
+    with pytest.raises(SourceError, match="only a ClusterCredentialSource may use it"):
+        await source_from_ref(mem, {"kind": names.KIND_CREDENTIAL_SOURCE, "name": "bao", "namespace": "agents"})
