@@ -17,13 +17,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from taskcreds.operator.broker.errors import Unauthenticated, Unavailable
+from taskcreds.operator.broker.errors import RateLimited, Unauthenticated, Unavailable
+from taskcreds.operator.broker.ratelimit import TokenBuckets
 from taskcreds.operator.cluster import Cluster, ClusterError, TokenIdentity
 
 from taskcreds import names
 from taskcreds.svid import SvidError, parse_spiffe_id
 
-__all__ = ["Caller", "SpiffeIdTemplate", "ReviewCache", "authenticate", "bearer_token"]
+__all__ = ["Caller", "SpiffeIdTemplate", "ReviewCache", "ReviewGuard", "authenticate", "bearer_token"]
 
 _DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*"
@@ -119,6 +120,46 @@ class ReviewCache:
             self._entries.popitem(last=False)
 
 
+#: what the failed-review cache remembers (no audience: never accepted)
+_FAILED = TokenIdentity("", "", None, None, ())
+
+
+class ReviewGuard:
+    """What bearer tokens that fail their TokenReview may cost the API server, per client SPIFFE ID.
+
+    A valid SVID with junk tokens must not turn into one TokenReview per request: a token is taken
+    from the SPIFFE ID's bucket *before* each review and given back when the review succeeds (so
+    working sidecars are never limited by it); an empty bucket answers 429 without a review. A
+    token that failed is remembered briefly (SHA-256 of it, never the token) and answered 401
+    without another review.
+    """
+
+    def __init__(self, buckets: TokenBuckets, failed: ReviewCache | None = None) -> None:
+        self.buckets, self.failed = buckets, failed
+
+    def known_bad(self, token: str) -> bool:
+        return self.failed is not None and self.failed.get(token, names.TOKEN_AUDIENCE) is not None
+
+    def before(self, spiffe_id: str) -> None:
+        """Take a token for one TokenReview; RateLimited (429) when this SPIFFE ID has none left."""
+        wait = self.buckets.take(spiffe_id)
+        if wait is not None:
+            raise RateLimited(
+                f"too many bearer tokens from {spiffe_id} failed their TokenReview (at most "
+                f"{self.buckets.burst}, then {self.buckets.rate:g} per second): send the pod's projected "
+                f"service-account token with audience {names.TOKEN_AUDIENCE!r}, after Retry-After",
+                wait,
+            )
+
+    def after(self, spiffe_id: str, token: str, ok: bool | None) -> None:
+        """The review's outcome: True gives the token back, False remembers the token as failed,
+        None (the review itself failed: API error) only gives the token back."""
+        if ok is not False:
+            self.buckets.give_back(spiffe_id)
+        elif self.failed is not None:
+            self.failed.put(token, names.TOKEN_AUDIENCE, _FAILED)
+
+
 def bearer_token(authorization: str | None) -> str:
     """The token of an ``Authorization: Bearer`` header; Unauthenticated otherwise (never echoes it)."""
     if not authorization:
@@ -136,18 +177,32 @@ async def authenticate(
     peer_id: str | None,
     authorization: str | None,
     cache: ReviewCache | None = None,
+    *,
+    guard: ReviewGuard | None = None,
 ) -> Caller:
-    """The caller, proven by SVID and TokenReview together; Unauthenticated (401) otherwise."""
+    """The caller, proven by SVID and TokenReview together; Unauthenticated (401) otherwise.
+
+    With ``guard``, failed reviews are limited per SPIFFE ID (RateLimited, 429) and remembered.
+    """
     if peer_id is None:
         raise Unauthenticated("no client X.509-SVID: present your SVID in the TLS handshake")
     namespace, service_account = template.parse(peer_id)
     token = bearer_token(authorization)
     identity = cache.get(token, names.TOKEN_AUDIENCE) if cache is not None else None
-    if identity is None:
+    if identity is None and guard is not None and guard.known_bad(token):
+        identity = _FAILED
+    elif identity is None:
+        if guard is not None:
+            guard.before(peer_id)
         try:
             identity = await cluster.review_token(token, names.TOKEN_AUDIENCE)
         except ClusterError as exc:
+            if guard is not None:
+                guard.after(peer_id, token, None)
             raise Unavailable(f"TokenReview failed: {type(exc).__name__}; retry later") from None
+        accepted = identity is not None and names.TOKEN_AUDIENCE in identity.audiences
+        if guard is not None:
+            guard.after(peer_id, token, accepted)
         if identity is not None and cache is not None:
             cache.put(token, names.TOKEN_AUDIENCE, identity)
     if identity is None or names.TOKEN_AUDIENCE not in identity.audiences:

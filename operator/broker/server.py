@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from taskcreds.operator import leases
 from taskcreds.operator.broker import policy
-from taskcreds.operator.broker.authn import Caller, ReviewCache, SpiffeIdTemplate, authenticate
+from taskcreds.operator.broker.authn import Caller, ReviewCache, ReviewGuard, SpiffeIdTemplate, authenticate
 from taskcreds.operator.broker.errors import (
     BadRequest,
     BrokerError,
@@ -39,6 +39,7 @@ from taskcreds.operator.broker.errors import (
     Unauthenticated,
     Unavailable,
 )
+from taskcreds.operator.broker.ratelimit import TokenBuckets
 from taskcreds.operator.broker.settings import BrokerSettings
 from taskcreds.operator.cluster import Cluster, ClusterError
 from taskcreds.operator.providers.base import Issued, IssueRequest, NotRevocable, Provider, ProviderError
@@ -74,19 +75,6 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-#: rate buckets are pruned of full (idle) ones this often, so they follow the live pods
-_PRUNE_EVERY = 60.0
-_MAX_BUCKETS = 50_000
-
-
-class _TokenBucket:
-    __slots__ = ("tokens", "stamp")
-
-    def __init__(self, burst: int, now: float) -> None:
-        self.tokens = float(burst)
-        self.stamp = now
-
-
 class Broker:
     """The request handlers and their collaborators (one per process)."""
 
@@ -108,11 +96,24 @@ class Broker:
         self.hub = hub
         self.template = SpiffeIdTemplate(settings.spiffe_id_template, trust_domain)
         self.now = now
-        self._buckets: dict[str, _TokenBucket] = {}
-        self.monotonic: Callable[[], float] = time.monotonic  # the rate limiter's clock (tests move it)
-        self._buckets_pruned = self.monotonic()
+        self.monotonic: Callable[[], float] = time.monotonic  # the rate limiters' clock (tests move it)
+        #: requests per pod (after authentication)
+        self.pod_limits = TokenBuckets(
+            settings.rate_per_second, settings.rate_burst, lambda: self.monotonic()
+        )
         self.reviews = (
             ReviewCache(settings.review_cache_seconds) if settings.review_cache_seconds > 0 else None
+        )
+        #: TokenReviews per client SPIFFE ID (before authentication: a token that fails costs a review)
+        self.review_guard = ReviewGuard(
+            TokenBuckets(
+                settings.failed_review_rate_per_second,
+                settings.failed_review_burst,
+                lambda: self.monotonic(),
+            ),
+            ReviewCache(settings.failed_review_cache_seconds, clock=lambda: self.monotonic())
+            if settings.failed_review_cache_seconds > 0
+            else None,
         )
         self.ready = True
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -133,37 +134,29 @@ class Broker:
             refused.close_connection = True
             raise refused
         caller = await authenticate(
-            self.cluster, self.template, peer, request.headers.get("Authorization"), self.reviews
+            self.cluster,
+            self.template,
+            peer,
+            request.headers.get("Authorization"),
+            self.reviews,
+            guard=self.review_guard,
         )
         self._rate_limit(caller.pod_uid)
         return caller
 
-    def _prune_buckets(self, now: float) -> None:
-        """Forget buckets that have refilled: a full bucket is the same as a new one (ended pods go)."""
-        refill = self.settings.rate_burst / max(self.settings.rate_per_second, 1e-6)
-        self._buckets = {k: b for k, b in self._buckets.items() if now - b.stamp < refill}
-        if len(self._buckets) > _MAX_BUCKETS:  # a flood of distinct pods within one refill time
-            self._buckets.clear()
-        self._buckets_pruned = now
+    @property
+    def _buckets(self) -> dict[str, Any]:
+        """The per-pod buckets (the soak counts them)."""
+        return self.pod_limits.entries
 
     def _rate_limit(self, key: str) -> None:
-        now = self.monotonic()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if now - self._buckets_pruned > _PRUNE_EVERY or len(self._buckets) > _MAX_BUCKETS:
-                self._prune_buckets(now)
-            bucket = self._buckets[key] = _TokenBucket(self.settings.rate_burst, now)
-        bucket.tokens = min(
-            float(self.settings.rate_burst),
-            bucket.tokens + (now - bucket.stamp) * self.settings.rate_per_second,
-        )
-        bucket.stamp = now
-        if bucket.tokens < 1.0:
+        wait = self.pod_limits.take(key)
+        if wait is not None:
             raise RateLimited(
-                "too many requests from this pod",
-                (1.0 - bucket.tokens) / max(self.settings.rate_per_second, 1e-6),
+                f"too many requests from this pod: {self.settings.rate_per_second:g} per second "
+                f"sustained, bursts of {self.settings.rate_burst}; retry after the Retry-After seconds",
+                wait,
             )
-        bucket.tokens -= 1.0
 
     async def _json(self, request: web.Request, allowed: set[str], required: set[str]) -> dict[str, Any]:
         if request.content_length is not None and request.content_length > self.settings.max_body_bytes:

@@ -30,6 +30,14 @@ class BrokerSettings:
     max_wait: float = 60.0
     review_cache_seconds: float = 30.0
     """How long a positive TokenReview is reused for the same token (0: review every request)."""
+    failed_review_rate_per_second: float = 1.0
+    """Failed TokenReviews per second sustained per client SPIFFE ID; checked *before* each review
+    (a token is taken up front, given back when the review succeeds), so junk bearer tokens cost the
+    API server at most ``failed_review_burst`` reviews and then this many per second (then 429)."""
+    failed_review_burst: int = 30
+    failed_review_cache_seconds: float = 10.0
+    """How long a failed TokenReview is remembered for the same token (0: never): a repeated junk
+    token is answered 401 without another review. Keyed by the token's SHA-256, never the token."""
     body_timeout: float = 10.0
     """Seconds a client has to send its request body (a stalled upload gets 400)."""
     record_attempts: int = 3

@@ -575,7 +575,7 @@ def test_rate_buckets_follow_the_live_pods(harness: Harness) -> None:
     broker = harness.app[BROKER_KEY]
     clock = [1000.0]
     broker.monotonic = lambda: clock[0]
-    broker._buckets_pruned = clock[0]
+    broker.pod_limits.pruned = clock[0]
     for i in range(300):  # 300 pods, a request each
         broker._rate_limit(f"uid-{i}")
     assert len(broker._buckets) == 300

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 from taskcreds.operator import leases
-from taskcreds.operator.broker.server import BrokerServer, make_broker_app
+from taskcreds.operator.broker.server import BROKER_KEY, BrokerServer, make_broker_app
+from taskcreds.operator.broker.settings import BrokerSettings
 from taskcreds.operator.taskstatus import TaskStatusHub
 
 from taskcreds import names
@@ -120,3 +121,92 @@ async def test_the_same_task_is_not_listed_again_once_its_tasklease_exists(broke
     for _ in range(3):
         assert (await h.issue(agent)).status == 200
     assert h.cluster.calls.get("list_task_leases", 0) == lists
+
+
+# --- finding 4: failed TokenReviews are limited per SPIFFE ID and remembered ------------------------
+@pytest.fixture
+async def tight() -> AsyncIterator[Harness]:
+    """A broker with small, visible limits: 5 failed reviews at once, then 1 per second."""
+    h = Harness(
+        settings=BrokerSettings(
+            namespace="taskcreds-system",
+            jwt_issuer="https://broker.test",
+            failed_review_burst=5,
+            failed_review_rate_per_second=1.0,
+            rate_burst=1000,
+            rate_per_second=1000.0,
+        )
+    )
+    h.put_sources()
+    h.cluster.put_source(source("api", "jwt", jwt={"audience": [API_AUDIENCE]}))
+    await h.start()
+    yield h
+    await h.close()
+
+
+def reviews(h: Harness) -> int:
+    return h.cluster.calls.get("review_token", 0)
+
+
+@pytest.mark.parametrize(
+    ("case", "token_of", "max_reviews"),
+    [
+        pytest.param("200 different junk tokens", lambda i: f"junk-token-{i}", 5 + 3, id="distinct"),
+        pytest.param("one junk token 200 times", lambda i: "junk-token", 1, id="repeated"),
+    ],
+)
+async def test_junk_bearer_tokens_cost_few_token_reviews(
+    tight: Harness, case: str, token_of: Any, max_reviews: int
+) -> None:
+    h = tight
+    agent = h.agent(h.add_pod("agent-1"))
+    before = reviews(h)
+    replies = []
+    for i in range(200):
+        agent.token = token_of(i)
+        replies.append(await h.issue(agent))
+    assert reviews(h) - before <= max_reviews, case
+    assert {r.status for r in replies} <= {401, 429}
+    limited = [r for r in replies if r.status == 429]
+    if max_reviews > 1:
+        assert limited, "the SPIFFE ID's bucket ran out"
+        first = limited[0]
+        assert first.code == "rate_limited" and int(first.headers["Retry-After"]) >= 1
+        assert "failed their TokenReview" in first.doc["error"]["message"]
+        assert "spiffe://taskcreds.local/ns/team-a/sa/agent" in first.doc["error"]["message"]
+    for r in replies:
+        assert "junk-token" not in r.raw.decode(), "a token is never echoed"
+
+
+async def test_good_tokens_are_not_limited_and_other_identities_are_not_affected(tight: Harness) -> None:
+    h = tight
+    # 20 pods of one service account, each with its own (good) token: far above the burst of 5
+    for i in range(20):
+        reply = await h.issue(h.agent(h.add_pod(f"agent-{i}")))
+        assert reply.status == 200, (i, reply.doc)
+    attacker = h.agent(h.add_pod("attacker", service_account="other", credentials="legacy"))
+    for i in range(20):
+        attacker.token = f"junk-{i}"
+        await h.issue(attacker)
+    assert (await h.issue(attacker)).status == 429
+    # the flood drained "other"'s bucket only: a new pod of "agent" is reviewed and served
+    reply = await h.issue(h.agent(h.add_pod("agent-late")))
+    assert reply.status == 200, reply.doc
+
+
+async def test_a_failed_review_is_forgotten_after_its_lifetime(tight: Harness) -> None:
+    h = tight
+    broker = h.app[BROKER_KEY]
+    clock = [1000.0]
+    broker.monotonic = lambda: clock[0]
+    agent = h.agent(h.add_pod("agent-1"))
+    good = agent.token
+    agent.token = "junk"
+    assert (await h.issue(agent)).status == 401
+    assert (await h.issue(agent)).status == 401
+    assert reviews(h) == 1
+    clock[0] += h.settings.failed_review_cache_seconds + 1
+    assert (await h.issue(agent)).status == 401
+    assert reviews(h) == 2
+    agent.token = good
+    assert (await h.issue(agent)).status == 200
