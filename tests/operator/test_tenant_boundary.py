@@ -264,3 +264,23 @@ async def test_cluster_sources_read_secrets_from_the_operator_s_own_namespace(re
     close = getattr(providers["github-app"], "aclose", None)
     if close is not None:
         await close()
+
+
+# --- the examples people copy show only setups the operator accepts --------------------------------
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "credentialsources").glob("*.yaml"))
+
+
+def _example_sources() -> list[tuple[str, dict[str, Any]]]:
+    import yaml
+
+    docs = [(p.name, d) for p in EXAMPLES for d in yaml.safe_load_all(p.read_text()) if d]
+    return [(f, d) for f, d in docs if d.get("kind") in ("CredentialSource", "ClusterCredentialSource")]
+
+
+@pytest.mark.parametrize(("file", "doc"), _example_sources(),
+                         ids=[f"{f}:{d['metadata']['name']}" for f, d in _example_sources()])
+def test_every_example_source_is_accepted(file: str, doc: dict[str, Any]) -> None:
+    from taskcreds.operator.sources import parse_source
+
+    assert parse_source(doc).name == doc["metadata"]["name"]
