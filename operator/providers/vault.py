@@ -27,7 +27,10 @@ it has expired (``leases``). A renewal in that state issues the replacement from
 leaves the old lease recorded as superseded.
 
 The operator authenticates with ``spec.vault.auth`` (``token`` from a Secret, ``approle``, or
-``kubernetes`` with its own service-account token); one hvac client is cached per (address, CA,
+``kubernetes`` with its own service-account token). ``kubernetes`` lends the operator's identity, so
+only a ClusterCredentialSource may use it; a namespaced CredentialSource must also use https://
+(http:// only to loopback). Both are refused in :func:`parse_settings`, before any network call
+(see :func:`taskcreds.operator.sources.tenant_refusal`). One hvac client is cached per (address, CA,
 auth) and logs in again when its token is about to expire or turns out to be revoked. hvac is
 synchronous and runs through :func:`asyncio.to_thread`.
 """
