@@ -74,6 +74,9 @@ __all__ = [
     "count_active",
     "RevokeOutcome",
     "LeaseEnded",
+    "TooManyLive",
+    "live_entries",
+    "check_live_limit",
     "LeaseBusy",
     "owned_by",
     "Backoff",
@@ -112,6 +115,38 @@ def format_time(value: datetime) -> str:
 
 class LeaseBusy(ClusterError):
     """The TaskLease's name is held by a previous pod of the same name, still being revoked (retry)."""
+
+
+class TooManyLive(Exception):
+    """Recording would put more than the allowed live leases of one credential on a TaskLease."""
+
+    def __init__(self, credential: str, live: int, limit: int, next_expiry: datetime | None) -> None:
+        super().__init__(f"credential {credential!r} has {live} live leases (at most {limit})")
+        self.credential, self.live, self.limit, self.next_expiry = credential, live, limit, next_expiry
+
+
+def live_entries(entries: list[dict[str, Any]], credential: str, now: datetime) -> list[dict[str, Any]]:
+    """Entries of ``credential`` whose value may still work: not revoked, not superseded (a renewal
+    replaced it; its holder revokes it), not past ``expiresAt``."""
+    out = []
+    for entry in entries:
+        if entry.get("credential") != credential or entry.get("revokedAt") or entry.get("supersededAt"):
+            continue
+        expires = parse_timestamp(entry.get("expiresAt"))
+        if expires is None or expires > now:
+            out.append(entry)
+    return out
+
+
+def check_live_limit(
+    entries: list[dict[str, Any]], adding: list[dict[str, Any]], limit: int, now: datetime
+) -> None:
+    """TooManyLive when adding ``adding`` would leave more than ``limit`` live leases of a credential."""
+    for credential in dict.fromkeys(e["credential"] for e in adding):
+        live = live_entries(entries, credential, now)
+        if len(live) + sum(1 for e in adding if e["credential"] == credential) > limit:
+            expiries = [t for t in (parse_timestamp(e.get("expiresAt")) for e in live) if t is not None]
+            raise TooManyLive(credential, len(live), limit, min(expiries) if expiries else None)
 
 
 class LeaseEnded(Exception):
@@ -310,12 +345,15 @@ async def record_issued(
     *,
     attempts: int = 3,
     replace: Mapping[str, dict[str, Any]] | None = None,
+    max_live: int | None = None,
     now: Callable[[], datetime] = _utcnow,
 ) -> dict[str, Any]:
     """Append ``entries`` to the task's TaskLease (or, with ``replace``, update entries by leaseRef).
 
     Entries revoked and long expired are dropped on the way (:func:`compact_entries`), counted in
-    ``status.compactedLeases``.
+    ``status.compactedLeases``. With ``max_live``, raises TooManyLive (nothing written) when that
+    would leave more live leases of one credential (:func:`live_entries`); checked on the same
+    resourceVersion as the write, so concurrent issues cannot pass it together.
 
     Raises LeaseEnded when the task's leases are already being revoked (the caller must then
     revoke what it issued), ClusterError when it cannot record (the caller revokes and answers 503).
@@ -332,6 +370,8 @@ async def record_issued(
                 dict(e, **replace[e["leaseRef"]]) if e.get("leaseRef") in replace else e for e in current
             ]
         current, dropped = compact_entries(current, now())
+        if max_live is not None:
+            check_live_limit(current, entries, max_live, now())
         new_status: dict[str, Any] = {"phase": ACTIVE, "leases": current + entries}
         if dropped:
             new_status["compactedLeases"] = int(status.get("compactedLeases") or 0) + len(dropped)

@@ -245,6 +245,25 @@ class Broker:
             raise Unavailable(f"cannot list TaskLeases: {type(exc).__name__}") from None
         policy.one_task_per_pod(view, found)
 
+    def _too_many_live(self, exc: leases.TooManyLive, task: str) -> RateLimited:
+        now = self.now()
+        wait = (exc.next_expiry - now).total_seconds() if exc.next_expiry is not None else 60.0
+        return RateLimited(
+            f"credential {exc.credential!r} already has {exc.live} live leases for task {task!r} of this "
+            f"pod, the most allowed ({exc.limit}): renew one (POST /v1/credentials/{exc.credential}/renew) "
+            "instead of issuing again, or retry once the oldest expires (Retry-After); nothing was issued",
+            max(1.0, wait),
+        )
+
+    def _live_limit(self, lease: Mapping[str, Any] | None, grants: list[policy.Grant], task: str) -> None:
+        """Refuse before issuing anything when a credential already has its most live leases."""
+        entries = ((lease or {}).get("status") or {}).get("leases") or []
+        adding = [{"credential": g.credential} for g in grants]
+        try:
+            leases.check_live_limit(entries, adding, self.settings.max_live_leases, self.now())
+        except leases.TooManyLive as exc:
+            raise self._too_many_live(exc, task) from None
+
     @staticmethod
     def _asked_for(view: policy.TaskView, wanted: list[str]) -> list[str]:
         """Only names the pod's annotation lists are looked up (the rest are refused unread): a body
@@ -410,6 +429,7 @@ class Broker:
         )
         if lease is None and policy.pinned_task(pod) is None:
             await self._one_task_per_pod(view)
+        self._live_limit(lease, grants, task)
 
         done = await self._to_completion(self._issue_and_record(caller, pod, view, grants), caller, task)
         state = self.hub.get(caller.pod_uid)
@@ -453,7 +473,16 @@ class Broker:
             raise ProviderFailed(f"credential {grant.credential!r}: {cause}; nothing was issued")
         entries = [leases.lease_entry(g.credential, g.source.provider, g.source.ref, i) for g, i in done]
         try:
-            await self._record_timed(pod, task, entries, attempts=self.settings.record_attempts)
+            await self._record_timed(
+                pod,
+                task,
+                entries,
+                attempts=self.settings.record_attempts,
+                max_live=self.settings.max_live_leases,
+            )
+        except leases.TooManyLive as exc:  # concurrent issues passed the first check together
+            await self._revoke_or_record(pod, task, done)
+            raise self._too_many_live(exc, task) from None
         except leases.LeaseEnded as exc:
             await self._revoke_or_record(pod, task, done)
             raise TaskTerminal(
@@ -554,11 +583,14 @@ class Broker:
         try:
             if replaced:
                 entry = leases.lease_entry(name, grant.source.provider, grant.source.ref, issued)
-                # an old lease only another replica can revoke: marked so that replica's sweep does
+                # an old lease only another replica can revoke: marked so that replica's sweep does;
+                # otherwise the provider revoked it while renewing (Provider.renew): recorded so, and
+                # it no longer counts as live (max_live_leases)
+                stamp = leases.format_time(self.now())
                 superseded = (
-                    {lease_ref: {"supersededAt": leases.format_time(self.now())}}
+                    {lease_ref: {"supersededAt": stamp}}
                     if issued.superseded_live
-                    else None
+                    else {lease_ref: {"revokedAt": stamp, "revokeReason": "superseded"}}
                 )
                 await self._record_timed(pod, task, [entry], replace=superseded)
             else:
@@ -572,7 +604,9 @@ class Broker:
                 await self._revoke_or_record(pod, task, [(grant, issued)])
             raise Unavailable(f"cannot record the renewal on the TaskLease ({type(exc).__name__})") from None
         self.metrics.credentials_issued.labels(provider=grant.source.provider).inc()
-        if replaced:
+        if replaced and not issued.superseded_live:  # one live lease for another
+            self.metrics.credentials_revoked.labels(provider=grant.source.provider, reason="superseded").inc()
+        elif replaced:
             self.metrics.leases_active.labels(provider=grant.source.provider).inc()
         log.info(
             "credential renewed",

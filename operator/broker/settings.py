@@ -38,6 +38,10 @@ class BrokerSettings:
     failed_review_cache_seconds: float = 10.0
     """How long a failed TokenReview is remembered for the same token (0: never): a repeated junk
     token is answered 401 without another review. Keyed by the token's SHA-256, never the token."""
+    max_live_leases: int = 8
+    """Live (not revoked, not superseded, not expired) leases of one credential a pod's task may hold;
+    an issue beyond it answers 429 until the oldest expires. Renewals are never refused by it. Keeps
+    the TaskLease far below etcd's object size limit and a source's quota out of one pod's reach."""
     body_timeout: float = 10.0
     """Seconds a client has to send its request body (a stalled upload gets 400)."""
     record_attempts: int = 3

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from taskcreds.operator import leases
 from taskcreds.operator.broker.server import BROKER_KEY, BrokerServer, make_broker_app
 from taskcreds.operator.broker.settings import BrokerSettings
@@ -210,3 +211,97 @@ async def test_a_failed_review_is_forgotten_after_its_lifetime(tight: Harness) -
     assert reviews(h) == 2
     agent.token = good
     assert (await h.issue(agent)).status == 200
+
+
+# --- finding 5: live leases per (task, credential) are capped --------------------------------------
+@pytest.fixture
+async def capped() -> AsyncIterator[Harness]:
+    """A broker allowing 3 live leases per credential, and no request rate limit in the way."""
+    h = Harness(
+        settings=BrokerSettings(
+            namespace="taskcreds-system",
+            jwt_issuer="https://broker.test",
+            max_live_leases=3,
+            rate_burst=1000,
+            rate_per_second=1000.0,
+        )
+    )
+    h.put_sources()
+    h.cluster.put_source(source("api", "jwt", jwt={"audience": [API_AUDIENCE]}))
+    await h.start()
+    yield h
+    await h.close()
+
+
+def live(h: Harness, credential: str) -> list[dict[str, Any]]:
+    lease = next(iter(h.cluster.task_leases.values()))
+    return [e for e in lease["status"]["leases"] if e["credential"] == credential and not e.get("revokedAt")]
+
+
+@pytest.mark.parametrize("credential", ["api", "legacy"], ids=["revocable-jwt", "static-secret"])
+async def test_issue_beyond_the_live_lease_cap_is_refused_with_why(capped: Harness, credential: str) -> None:
+    h = capped
+    agent = h.agent(h.add_pod("agent-1", credentials=credential))
+    issued = [await h.issue(agent) for _ in range(3)]
+    assert [r.status for r in issued] == [200, 200, 200]
+    refused = await h.issue(agent)
+    assert (refused.status, refused.code) == (429, "rate_limited")
+    message = refused.doc["error"]["message"]
+    assert f"credential {credential!r} already has 3 live leases" in message and "(3)" in message, message
+    assert "renew" in message and "nothing was issued" in message
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert len(live(h, credential)) == 3, "nothing was issued or recorded for the refused request"
+
+
+async def test_renewals_are_never_refused_and_do_not_count_what_they_superseded(capped: Harness) -> None:
+    h = capped
+    agent = h.agent(h.add_pod("agent-1"))
+    ref = None
+    for _ in range(3):
+        reply = await h.issue(agent)
+        assert reply.status == 200
+        ref = reply.doc["credentials"][0]["leaseRef"]
+    for _ in range(5):  # the cap is reached; renewing still works, again and again
+        renewed = await h.call(agent, "POST", "/v1/credentials/api/renew", {"task": "fix-42", "leaseRef": ref})
+        assert renewed.status == 200, renewed.doc
+        ref = renewed.doc["leaseRef"]
+    # the renewal revoked what it replaced (recorded so): 3 live, as before the renewals
+    entries = {e["leaseRef"]: e for e in next(iter(h.cluster.task_leases.values()))["status"]["leases"]}
+    assert len(live(h, "api")) == 3 and ref in {e["leaseRef"] for e in live(h, "api")}
+    assert sum(e.get("revokeReason") == "superseded" for e in entries.values()) == 5
+    assert (await h.issue(agent)).status == 429
+    text = generate_latest(h.metrics.registry).decode()
+    assert 'taskcreds_leases_active{provider="jwt"} 3.0' in text
+    assert 'taskcreds_credentials_revoked_total{provider="jwt",reason="superseded"} 5.0' in text
+
+
+async def test_a_lease_superseded_on_another_replica_does_not_count(capped: Harness) -> None:
+    h = capped
+    agent = h.agent(h.add_pod("agent-1"))
+    for _ in range(3):
+        assert (await h.issue(agent)).status == 200
+    lease = next(iter(h.cluster.task_leases.values()))
+    lease["status"]["leases"][0]["supersededAt"] = "2026-01-01T00:00:00Z"  # its holder revokes it
+    assert (await h.issue(agent)).status == 200
+    assert (await h.issue(agent)).status == 429
+
+
+async def test_expired_leases_do_not_count(capped: Harness) -> None:
+    h = capped
+    agent = h.agent(h.add_pod("agent-1"))
+    for _ in range(3):
+        assert (await h.issue(agent)).status == 200
+    lease = next(iter(h.cluster.task_leases.values()))
+    lease["status"]["leases"][0]["expiresAt"] = "2026-01-01T00:00:00Z"  # past: dead, not yet swept
+    assert (await h.issue(agent)).status == 200
+    assert (await h.issue(agent)).status == 429
+
+
+async def test_concurrent_issues_cannot_pass_the_cap_together(capped: Harness) -> None:
+    import asyncio
+
+    h = capped
+    agent = h.agent(h.add_pod("agent-1"))
+    replies = await asyncio.gather(*(h.issue(agent) for _ in range(8)))
+    assert sorted(r.status for r in replies).count(200) <= 3
+    assert len(live(h, "api")) <= 3, "issued beyond the cap were revoked again, not recorded"
