@@ -44,8 +44,9 @@ __all__ = [
 ]
 
 _MAX_ID_LENGTH = 2048
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+# used with fullmatch: "$" would also match before a trailing newline
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _ID_RULES = (
     "spiffe://<trust domain>[/<path>], trust domain of lowercase letters, digits, '.', '-', '_'; "
     "path segments of letters, digits, '.', '-', '_' (no empty, '.' or '..' segments, no trailing '/')"
@@ -138,12 +139,12 @@ def parse_spiffe_id(spiffe_id: str) -> tuple[str, str]:
                         f"expected {_ID_RULES}")
     rest = spiffe_id[len("spiffe://"):]
     trust_domain, slash, path = rest.partition("/")
-    if not trust_domain or not _TRUST_DOMAIN.match(trust_domain):
+    if not trust_domain or not _TRUST_DOMAIN.fullmatch(trust_domain):
         raise SvidError(f"{spiffe_id!r} has an invalid trust domain {trust_domain!r}; expected {_ID_RULES}")
     if not slash:
         return trust_domain, ""
     for segment in path.split("/"):
-        if not segment or segment in (".", "..") or not _SEGMENT.match(segment):
+        if not segment or segment in (".", "..") or not _SEGMENT.fullmatch(segment):
             raise SvidError(f"{spiffe_id!r} has an invalid path segment {segment!r}; expected {_ID_RULES}")
     return trust_domain, "/" + path
 
@@ -163,8 +164,28 @@ def spiffe_id_of(cert_der: bytes) -> str:
     if len(uris) != 1:
         raise SvidError(f"certificate has {len(uris)} URI SANs: an X.509-SVID carries exactly one "
                         "spiffe:// URI SAN")
+    _not_a_ca(cert, str(uris[0]))
     parse_spiffe_id(uris[0])
     return str(uris[0])
+
+
+def _not_a_ca(cert: x509.Certificate, uri: str) -> None:
+    """A leaf X.509-SVID must not be a CA (SPIFFE X.509-SVID spec, 4.1 and 4.3): CA:TRUE or the
+    keyCertSign/cRLSign key usages would let its holder sign SVIDs for any ID of the trust domain."""
+    try:
+        constraints = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and constraints.ca:  # type: ignore[attr-defined]
+        raise SvidError(f"certificate for {uri!r} is a CA (basicConstraints CA:TRUE): an X.509-SVID leaf "
+                        "must have CA:FALSE")
+    try:
+        usage = cert.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value
+    except x509.ExtensionNotFound:
+        return
+    if usage.key_cert_sign or usage.crl_sign:  # type: ignore[attr-defined]
+        raise SvidError(f"certificate for {uri!r} has key usage keyCertSign or cRLSign: an X.509-SVID "
+                        "leaf must not sign certificates")
 
 
 def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:

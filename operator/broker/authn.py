@@ -54,7 +54,7 @@ class SpiffeIdTemplate:
         pattern = pattern.replace(re.escape("{trust_domain}"), re.escape(trust_domain))
         pattern = pattern.replace(re.escape("{namespace}"), f"(?P<namespace>{_DNS_LABEL})")
         pattern = pattern.replace(re.escape("{serviceaccount}"), f"(?P<sa>{_DNS_SUBDOMAIN})")
-        self._regex = re.compile(f"^{pattern}$")
+        self._regex = re.compile(pattern)  # fullmatch: "$" would accept a trailing newline
 
     def parse(self, spiffe_id: str) -> tuple[str, str]:
         """(namespace, service account); Unauthenticated naming what was wrong."""
@@ -67,7 +67,7 @@ class SpiffeIdTemplate:
                 f"client SPIFFE ID {spiffe_id!r} is in trust domain {trust_domain!r}; "
                 f"only {self.trust_domain!r} is accepted"
             )
-        match = self._regex.match(spiffe_id)
+        match = self._regex.fullmatch(spiffe_id)
         if match is None:
             raise Unauthenticated(
                 f"client SPIFFE ID {spiffe_id!r} does not match the template {self.template!r}"

@@ -51,12 +51,13 @@ from taskcreds.durations import DurationError, parse_duration
 from taskcreds.logs import fields, quiet_http_parser_errors
 from taskcreds.metrics import OperatorMetrics
 from taskcreds.svid import (
+    SvidError,
     X509SvidMaterial,
     load_svid,
     parse_spiffe_id,
-    peer_spiffe_id,
     peer_validity,
     server_context,
+    spiffe_id_of,
 )
 
 __all__ = ["make_broker_app", "BrokerServer", "BROKER_KEY", "Broker", "trust_domain_of"]
@@ -123,7 +124,7 @@ class Broker:
         if not self.ready:
             raise Unavailable("the broker is shutting down; retry against another replica")
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        peer = peer_spiffe_id(ssl_object)
+        peer = self._peer_id(ssl_object)
         window = peer_validity(ssl_object)
         if window is not None and not window[0] <= self.now() <= window[1]:
             # the handshake checked the dates; a kept-alive connection can outlive them
@@ -143,6 +144,18 @@ class Broker:
         )
         self._rate_limit(caller.pod_uid)
         return caller
+
+    @staticmethod
+    def _peer_id(ssl_object: Any) -> str | None:
+        """The client's SPIFFE ID; a client certificate that is no X.509-SVID is refused saying why
+        (not treated as "no certificate")."""
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            return None
+        try:
+            return spiffe_id_of(der)
+        except SvidError as exc:
+            raise Unauthenticated(f"the client certificate is not a usable X.509-SVID: {exc}") from None
 
     @property
     def _buckets(self) -> dict[str, Any]:
@@ -190,7 +203,7 @@ class Broker:
 
     @staticmethod
     def _task(value: Any) -> str:
-        if not isinstance(value, str) or not _TASK.match(value):
+        if not isinstance(value, str) or not _TASK.fullmatch(value):
             raise BadRequest(f"task {value!r} is not a task id matching {names.TASK_ID_PATTERN}")
         return value
 

@@ -18,6 +18,7 @@ import pytest
 from cryptography import x509
 
 from taskcreds.devauthority import DevAuthority
+from taskcreds.svid import X509SvidMaterial
 from tests.operator.test_broker_harness import (  # noqa: F401  (harness is a fixture)
     BROKER_ID,
     NS,
@@ -213,3 +214,59 @@ async def test_svid_expiring_on_a_kept_alive_connection_is_refused(harness: Harn
         await harness.issue(agent)
     fresh = await harness.issue(harness.agent(pod))  # the control: a current SVID
     assert fresh.status == 200, fresh.doc
+
+
+# --- leaf shapes an X.509-SVID must not have (review finding 7) ------------------------------------
+def _forged_svid(h: Harness, uri: str, *, ca: bool = False, key_cert_sign: bool = False) -> X509SvidMaterial:
+    """A leaf signed by the trust domain's own CA (so the handshake passes) with one shape changed."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    signing = h.authority._cas[-1]  # noqa: SLF001  (the dev authority's current CA)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    usage = x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+        key_agreement=False, key_cert_sign=key_cert_sign, crl_sign=False, encipher_only=False,
+        decipher_only=False,
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(signing.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
+        .sign(signing.key, hashes.SHA256())
+    )
+    der = serialization.Encoding.DER
+    return X509SvidMaterial(
+        spiffe_id=uri,
+        chain_der=(cert.public_bytes(der),),
+        key_der=key.private_bytes(der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        bundle_der=h.authority.bundle_der(),
+        expires_at=now + timedelta(hours=1),
+    )
+
+
+LEAF_CASES = [
+    pytest.param({}, 200, None, id="control: a well-formed leaf"),
+    pytest.param({"ca": True}, 401, "basicConstraints CA:TRUE", id="CA flag on the leaf"),
+    pytest.param({"key_cert_sign": True}, 401, "keyCertSign", id="leaf may sign certificates"),
+    pytest.param({"suffix": "\n"}, 401, "invalid path segment", id="trailing newline in the ID"),
+]
+
+
+@pytest.mark.parametrize(("shape", "status", "says"), LEAF_CASES)
+async def test_client_leaf_shapes(harness: Harness, shape: dict, status: int, says: str | None) -> None:
+    pod = harness.add_pod("agent-1", credentials="legacy")
+    uri = spiffe_id() + shape.pop("suffix", "")
+    reply = await harness.issue(harness.agent(pod, svid=_forged_svid(harness, uri, **shape)))
+    assert reply.status == status, reply.doc
+    if says is not None:
+        assert reply.code == "unauthenticated" and says in reply.doc["error"]["message"], reply.doc
+        assert "not a usable X.509-SVID" in reply.doc["error"]["message"]

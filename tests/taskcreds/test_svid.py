@@ -57,6 +57,9 @@ def test_parse_spiffe_id_accepts(spiffe_id: str, expected: tuple[str, str]) -> N
     pytest.param("spiffe://td/a#frag", "invalid path segment", id="fragment"),
     pytest.param("spiffe://td/%41", "invalid path segment", id="percent-encoding"),
     pytest.param("spiffe://td/" + "a" * 2040, "at most 2048", id="too long"),
+    pytest.param("spiffe://td/ns/a\n", "invalid path segment", id="trailing newline"),
+    pytest.param("spiffe://td\n", "invalid trust domain", id="trailing newline after the trust domain"),
+    pytest.param("spiffe://td\n/ns/a", "invalid trust domain", id="newline in the trust domain"),
 ])
 def test_parse_spiffe_id_refuses_with_reason(spiffe_id: str, says: str) -> None:
     with pytest.raises(SvidError) as err:
@@ -64,7 +67,7 @@ def test_parse_spiffe_id_refuses_with_reason(spiffe_id: str, says: str) -> None:
     assert says in str(err.value)
 
 
-def _cert(uris: list[str], *, extra_dns: bool = False) -> bytes:
+def _cert(uris: list[str], *, extra_dns: bool = False, ca: bool | None = None, signs: bool = False) -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "t")])
     now = datetime.now(UTC)
@@ -75,6 +78,13 @@ def _cert(uris: list[str], *, extra_dns: bool = False) -> bytes:
         sans.append(x509.DNSName("example.org"))
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    if signs:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, key_cert_sign=False, crl_sign=True, encipher_only=False, decipher_only=False,
+        ), critical=True)
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
@@ -88,6 +98,20 @@ def test_spiffe_id_of_refuses(uris: list[str], extra_dns: bool, says: str) -> No
     with pytest.raises(SvidError) as err:
         spiffe_id_of(_cert(uris, extra_dns=extra_dns))
     assert says in str(err.value)
+
+
+@pytest.mark.parametrize(("ca", "signs", "says"), [
+    pytest.param(True, False, "basicConstraints CA:TRUE", id="CA leaf"),
+    pytest.param(False, True, "keyCertSign or cRLSign", id="leaf that signs CRLs"),
+])
+def test_spiffe_id_of_refuses_a_leaf_that_is_a_ca(ca: bool, signs: bool, says: str) -> None:
+    with pytest.raises(SvidError) as err:
+        spiffe_id_of(_cert(["spiffe://td/ns/a"], ca=ca, signs=signs))
+    assert says in str(err.value) and "spiffe://td/ns/a" in str(err.value)
+
+
+def test_spiffe_id_of_accepts_an_explicit_ca_false_leaf() -> None:
+    assert spiffe_id_of(_cert(["spiffe://td/ns/a"], ca=False)) == "spiffe://td/ns/a"
 
 
 def test_spiffe_id_of_reads_the_one_uri_san_next_to_dns_names() -> None:
