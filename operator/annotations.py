@@ -151,7 +151,7 @@ def _parse_credentials(value: str, key: str) -> tuple[str, ...]:
         name = part.strip()
         if not name:
             continue
-        if len(name) > 253 or not _SUBDOMAIN.match(name):
+        if len(name) > 253 or not _SUBDOMAIN.fullmatch(name):
             raise AnnotationError(
                 key, value, ACCEPT_CREDENTIALS, f"names {shown(name)!r}, which is not a DNS-1123 subdomain"
             )
@@ -199,7 +199,7 @@ def _parse_containers(value: str) -> tuple[str, ...]:
         name = part.strip()
         if not name:
             continue
-        if len(name) > 63 or not _LABEL.match(name):
+        if len(name) > 63 or not _LABEL.fullmatch(name):
             raise AnnotationError(
                 names.ANNOTATION_CONTAINERS,
                 value,
@@ -285,7 +285,7 @@ def _parse_values(
     """The values of PUBLIC_ANNOTATIONS, in that order (None: absent), checked and typed."""
     if task is None:
         raise AnnotationError(names.ANNOTATION_TASK, None, ACCEPT_TASK)
-    if not _TASK.match(task):
+    if not _TASK.fullmatch(task):
         raise AnnotationError(names.ANNOTATION_TASK, task, ACCEPT_TASK)
     if raw_credentials is None:
         raise AnnotationError(names.ANNOTATION_CREDENTIALS, None, ACCEPT_CREDENTIALS)

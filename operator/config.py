@@ -97,7 +97,7 @@ def parse_quantity(text: object) -> Decimal:
     """``"48Mi"`` -> ``Decimal(50331648)``; raises QuantityError naming the value otherwise."""
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise QuantityError(f"{text!r} is not {QUANTITY_ACCEPTED}")
-    match = _QUANTITY.match(str(text).strip()) if isinstance(text, str) else _QUANTITY.match(str(text))
+    match = _QUANTITY.fullmatch(str(text).strip() if isinstance(text, str) else str(text))
     if not match:
         raise QuantityError(f"{text!r} is not {QUANTITY_ACCEPTED}")
     number, suffix = match.group(1), match.group(2) or ""
@@ -235,7 +235,7 @@ class SpiffeConfig(_Model):
     @field_validator("trust_domain")
     @classmethod
     def _trust_domain(cls, value: str) -> str:
-        if not _TRUST_DOMAIN.match(value):
+        if not _TRUST_DOMAIN.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_')"
             )
@@ -269,7 +269,7 @@ class BrokerConfig(_Model):
         parts = urlsplit(value)
         if (
             parts.scheme != "spiffe"
-            or not _TRUST_DOMAIN.match(parts.netloc or "-/")
+            or not _TRUST_DOMAIN.fullmatch(parts.netloc or "-/")
             or not parts.path.startswith("/")
             or parts.query
             or parts.fragment

@@ -105,7 +105,7 @@ def from_env(env: Mapping[str, str]) -> SidecarConfig:
         raise ConfigError(f"{names.ENV_DIR}={directory!r} is not an absolute path")
 
     task = _need(env, names.ENV_TASK, "the task id (taskcreds.io/task)")
-    if not re.match(names.TASK_ID_PATTERN, task):
+    if not re.fullmatch(names.TASK_ID_PATTERN, task):
         raise ConfigError(f"{names.ENV_TASK}={task!r} is not a task id: expected {names.TASK_ID_PATTERN}")
 
     raw_creds = _need(env, names.ENV_CREDENTIALS, "comma-separated CredentialSource names, e.g. github,db")
@@ -114,7 +114,7 @@ def from_env(env: Mapping[str, str]) -> SidecarConfig:
         name = part.strip()
         if not name:
             continue
-        if not CREDENTIAL_NAME.match(name) or name in RESERVED_NAMES:
+        if not CREDENTIAL_NAME.fullmatch(name) or name in RESERVED_NAMES:
             raise ConfigError(f"{names.ENV_CREDENTIALS}: {name!r} is not a CredentialSource name: expected "
                               "lowercase letters, digits, '-' and '.', starting and ending with a letter or "
                               "digit")
@@ -144,7 +144,7 @@ def from_env(env: Mapping[str, str]) -> SidecarConfig:
         raise ConfigError(f"{names.ENV_BROKER_URL}={broker_url!r} is not an https://HOST[:PORT] URL "
                           "(the broker only speaks mutual TLS)")
     broker_id = _need(env, names.ENV_BROKER_SPIFFE_ID, "the broker's SPIFFE ID, spiffe://<trust domain>/...")
-    if not re.match(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)*$", broker_id):
+    if not re.fullmatch(r"spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)*", broker_id):
         raise ConfigError(f"{names.ENV_BROKER_SPIFFE_ID}={broker_id!r} is not a SPIFFE ID "
                           "(spiffe://<trust domain>/<path>)")
 

@@ -199,7 +199,7 @@ def normalize_hostname(hostname: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
-    if not _HOSTNAME.match(host):
+    if not _HOSTNAME.fullmatch(host):
         raise PodCAError(
             f"{hostname!r} is not a hostname the pod CA signs for: expected a DNS name "
             "(letters, digits, '-', '_', dot-separated labels of at most 63 characters) "

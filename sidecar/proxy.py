@@ -121,7 +121,7 @@ class ProxyRoute:
 
     def __post_init__(self) -> None:
         where = f"proxy route for credential {self.credential!r}"
-        if not isinstance(self.credential, str) or not _NAME.match(self.credential):
+        if not isinstance(self.credential, str) or not _NAME.fullmatch(self.credential):
             raise RouteError(f"{where}: the credential name must be letters, digits, '.', '_', '-'")
         hosts = (self.hosts,) if isinstance(self.hosts, str) else tuple(self.hosts)
         if not hosts:
@@ -209,7 +209,7 @@ def _normalize_pattern(where: str, pattern: str) -> str:
 def _parse_header_template(where: str, header: str) -> tuple[str, str, tuple[str, ...]]:
     name, sep, template = header.partition(":")
     name, template = name.strip(), template.strip()
-    if not sep or not _TOKEN.match(name):
+    if not sep or not _TOKEN.fullmatch(name):
         raise RouteError(f"{where}: header {header!r} must look like 'Name: value with {{token}}'")
     if name.lower() in _HOP_BY_HOP or name.lower() in ("host", "content-length"):
         raise RouteError(f"{where}: header {name!r} is managed by the proxy and cannot carry a credential")
@@ -220,7 +220,7 @@ def _parse_header_template(where: str, header: str) -> tuple[str, str, tuple[str
         for _literal, field_name, spec, conversion in string.Formatter().parse(template):
             if field_name is None:
                 continue
-            if not _NAME.match(field_name) or spec or conversion:
+            if not _NAME.fullmatch(field_name) or spec or conversion:
                 raise RouteError(
                     f"{where}: header placeholder {{{field_name}}} must be a plain file name "
                     "such as {token} (no format spec or conversion)"
@@ -341,7 +341,7 @@ def _parse_head(data: bytes) -> _Head:
         raise _BadRequest(400, "the request target has a character other than visible ASCII")
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise _BadRequest(505, f"HTTP version {version!r} is not supported; use HTTP/1.1")
-    if not _TOKEN.match(method):
+    if not _TOKEN.fullmatch(method):
         raise _BadRequest(400, "the request method is not a valid token")
     if len(lines) - 1 > MAX_HEADERS:
         raise _BadRequest(431, f"more than {MAX_HEADERS} request headers")
@@ -351,7 +351,7 @@ def _parse_head(data: bytes) -> _Head:
             raise _BadRequest(400, "folded or empty header lines are not accepted")
         name, sep, value = line.partition(b":")
         sname = name.decode("latin-1")
-        if not sep or not _TOKEN.match(sname):
+        if not sep or not _TOKEN.fullmatch(sname):
             raise _BadRequest(400, f"malformed header name {sname[:64]!r}")
         headers.append((sname, value.strip(b" \t").decode("latin-1")))
     return _Head(method, target, version, headers)

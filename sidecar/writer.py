@@ -302,13 +302,13 @@ class CredentialWriter:
         if entry == CA_BUNDLE or entry.startswith(f".{CA_BUNDLE}."):
             # public certificates only; a restarted sidecar makes a new pod CA and rewrites it
             return "bundle" if stat.S_ISREG(st.st_mode) else None
-        if _GENERATION.match(entry):
+        if _GENERATION.fullmatch(entry):
             return "generation" if stat.S_ISDIR(st.st_mode) else None
         if not stat.S_ISLNK(st.st_mode):
             return None
         target = os.readlink(entry, dir_fd=dfd)
         if entry in (DATA, DATA_TMP):
-            return "link" if _GENERATION.match(target) else None
+            return "link" if _GENERATION.fullmatch(target) else None
         if entry.startswith(_LINK_TMP):
             return "link" if target == f"{DATA}/{entry[len(_LINK_TMP):]}" else None
         if entry.startswith("."):

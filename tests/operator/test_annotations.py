@@ -85,6 +85,7 @@ def test_values_are_parsed(annotations: dict[str, str], field: str, expected: ob
             id="task-bad-start",
         ),
         pytest.param(with_(task="a" * 129), names.ANNOTATION_TASK, "is not a task id", id="task-too-long"),
+        pytest.param(with_(task="fix-42\n"), names.ANNOTATION_TASK, "is not a task id", id="task-trailing-newline"),
         pytest.param(
             with_(task="fix issue"), names.ANNOTATION_TASK, '"fix issue" is not a task id', id="task-space"
         ),
