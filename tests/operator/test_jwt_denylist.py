@@ -64,7 +64,7 @@ async def test_a_revoked_jwt_stays_listed_after_its_pod_and_tasklease_are_gone(w
 
 def request(ttl: int = 60) -> IssueRequest:
     return IssueRequest(
-        credential="api", source_spec={"jwt": {"audience": ["api"]}}, source_namespace=NS, namespace=NS,
+        credential="api", source_spec={"jwt": {"audience": [f"{NS}/api"]}}, source_namespace=NS, namespace=NS,
         pod="agent-1", pod_uid="u1", service_account="agent", task="fix-42", ttl_seconds=ttl,
     )
 

@@ -270,7 +270,7 @@ class Harness:
                 "allowedServiceAccounts": [SA],
             }
             if provider == "jwt":
-                spec["jwt"] = {"audience": [f"https://{name}.example"]}
+                spec["jwt"] = {"audience": [f"{NS}/{name}"]}
             else:
                 spec["vault"] = {
                     "address": self.bao.address,

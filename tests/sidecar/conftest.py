@@ -124,7 +124,7 @@ class RealBroker:
         h.put_sources()  # namespaces, the service account (and two sources of its own)
         for name, file in SOURCES.items():
             self.kube.put({"apiVersion": names.API_VERSION, **source(
-                name, "jwt", default_ttl="30s", max_ttl="1h", files=[file], jwt={"audience": [f"{name}.example"]})})
+                name, "jwt", default_ttl="30s", max_ttl="1h", files=[file], jwt={"audience": [f"{NS}/{name}.example"]})})
         self.kube.put({"apiVersion": names.API_VERSION, **source(
             "broken", "secret", secret={"secretRef": {"name": "missing", "key": "token"}})})
         self.pod = h.add_pod(POD, task=TASK, credentials=",".join(SOURCES))
