@@ -229,6 +229,8 @@ class Runner:
         # when it expires on the monotonic clock, counted from its answer's arrival
         self._offset = 0.0
         self._due: dict[str, tuple[float, float]] = {}  # name -> (refresh at, expires at), monotonic
+        # per credential, a timer that drops it at its expiry, whatever call is in flight meanwhile
+        self._expiry_timers: dict[str, asyncio.TimerHandle] = {}
         # disk: the names in the last set written, and why the last write failed (None: it did not)
         self._on_disk: set[str] = set()
         self._write_error: str | None = None
@@ -245,7 +247,8 @@ class Runner:
         """
         if self.torn_down:
             return False, {"tornDown": True, "reason": self.end_reason}
-        missing = [n for n in self.config.credentials if n not in self.credentials]
+        # an expired credential is missing even before its expiry timer has run (a busy loop)
+        missing = [n for n in self.config.credentials if n not in self.credentials or self.expires_in(n) <= 0]
         written = self._write_error is None and self._on_disk == set(self.credentials)
         disk: dict[str, Any] = {}
         if not written:
@@ -316,6 +319,9 @@ class Runner:
         self.torn_down = True
         if self._write_retry is not None:
             self._write_retry.cancel()
+        for timer in self._expiry_timers.values():
+            timer.cancel()
+        self._expiry_timers.clear()
         self.credentials.clear()  # proxy values live only here: drop them (the proxy answers 403 now)
         try:
             await teardown(reason, writer=self.writer, metrics=self.metrics, task=self.config.task,
@@ -408,7 +414,7 @@ class Runner:
             cred = self.credentials.get(name)
             due = self._due.get(name)
             if cred is not None and due is not None and attempt == 0:
-                await self._sleep_until_or_expiry(name, due[0] - time.monotonic())
+                await asyncio.sleep(max(0.0, due[0] - time.monotonic()))
                 cred = self.credentials.get(name)
             sent = time.monotonic()
             try:
@@ -427,7 +433,7 @@ class Runner:
                 remaining = self.expires_in(name) if cred else None
                 delay = self._delay_after(error, attempt, remaining)
                 self._record_failure((name,), error, attempt, delay)
-                await self._sleep_until_or_expiry(name, delay)
+                await asyncio.sleep(delay)
                 continue
             attempt = 0
             # a renewal that extended the same lease keeps its first issuedAt: not a fresh issue
@@ -436,23 +442,36 @@ class Runner:
             await self._ensure_proxy()
             self._publish()
 
-    async def _sleep_until_or_expiry(self, name: str, seconds: float) -> None:
-        """Sleep ``seconds``, but drop the credential from the set the moment it expires."""
-        deadline = time.monotonic() + max(0.0, seconds)
-        while True:
-            remaining = deadline - time.monotonic()
-            expires_in = self.expires_in(name) if name in self.credentials else None
-            if expires_in is not None and expires_in <= 0:
-                self._expire(name)
-                continue
-            if remaining <= 0:
-                return
-            await asyncio.sleep(min(remaining, expires_in + 0.01) if expires_in is not None else remaining)
+    def _arm_expiry(self, name: str) -> None:
+        """Drop ``name`` from the set the moment it expires, independent of any call in flight
+        (a renewal may hang on a partitioned broker for its whole timeout)."""
+        old = self._expiry_timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        due = self._due.get(name)
+        if due is None or self.torn_down:
+            return
+        self._expiry_timers[name] = asyncio.get_running_loop().call_later(
+            max(0.0, due[1] - time.monotonic()), self._on_expiry, name)
+
+    def _on_expiry(self, name: str) -> None:
+        self._expiry_timers.pop(name, None)
+        if name not in self.credentials:
+            return
+        left = self.expires_in(name)
+        if left > 0:  # the loop's clock may run a hair ahead of time.monotonic(): wait the rest
+            loop = asyncio.get_running_loop()
+            self._expiry_timers[name] = loop.call_later(left + 0.001, self._on_expiry, name)
+            return
+        self._expire(name)
 
     def _expire(self, name: str) -> None:
         cred = self.credentials.pop(name, None)
         self._due.pop(name, None)
-        if cred is None:
+        timer = self._expiry_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        if cred is None or self.torn_down:
             return
         with contextlib.suppress(KeyError):
             self.metrics.credential_expiry.remove(name)
@@ -592,6 +611,7 @@ class Runner:
         stalled = held is not None and held.lease_ref == cred.lease_ref and cred.expires_at <= held.expires_at
         due = schedule.timing(cred.issued_at, cred.expires_at, broker_now, self.rng, stalled=stalled)
         self._due[cred.name] = (received + due.refresh_in, received + due.expires_in)
+        self._arm_expiry(cred.name)
         # known to the redactor before it is visible on disk
         self.redactor.add_files(cred.name, dict(cred.files))
         self.credentials[cred.name] = cred

@@ -1,0 +1,166 @@
+"""The runner's refresh loop under failure: the real writer (tmpfs), redactor and metrics, with a
+scripted broker client (answers made per call, hangs and errors on demand) and a stand-in identity,
+so each case runs in a second or two with lifetimes of about a second."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from taskcreds.sidecar.client import IssuedCredential, IssueResult, TaskStatus
+from taskcreds.sidecar.config import from_env
+from taskcreds.sidecar.redact import Redactor
+from taskcreds.sidecar.runner import Runner
+from taskcreds.sidecar.writer import CredentialWriter
+
+from taskcreds.metrics import register_sidecar
+from tests.sidecar.conftest import TASK, sidecar_env
+
+Answer = Callable[[str, int], "IssuedCredential | BaseException"]
+
+
+def credential(name: str, n: int, issued: datetime, expires: datetime) -> IssuedCredential:
+    return IssuedCredential(name=name, provider="jwt", lease_ref=f"lease-{name}-{n}", issued_at=issued,
+                            expires_at=expires, renewable=True, static=False, delivery="file",
+                            files={"token": f"scripted-value-{name}-{n:06d}"})
+
+
+def lasting(seconds: float, *, whole: bool = False) -> Answer:
+    """Answers valid for ``seconds`` from now; ``whole``: issuedAt in whole seconds, as the broker writes it."""
+    def make(name: str, n: int) -> IssuedCredential:
+        now = datetime.now(UTC)
+        issued = now.replace(microsecond=0) if whole else now
+        return credential(name, n, issued, issued + timedelta(seconds=seconds))
+    return make
+
+
+class FakeIdentity:
+    current = SimpleNamespace(expires_at=datetime.now(UTC) + timedelta(hours=1), spiffe_id="spiffe://test/agent")
+
+    async def start(self, timeout: float) -> Any:  # noqa: ASYNC109 - IdentitySource.start's signature
+        return self.current
+
+    def ssl_context(self) -> Any:
+        return None
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class ScriptedClient:
+    """The broker client as the runner uses it. ``issue``/``renew`` answer ``answer(name, call)``
+    (raised when it is an exception); ``hang`` makes every later issue/renew wait forever (a
+    partitioned broker: packets held, nothing refused). The status long-poll never answers."""
+
+    answer: Answer
+    hang: bool = False
+    calls: list[tuple[str, str, float]] = field(default_factory=list)
+
+    async def _one(self, kind: str, name: str) -> IssuedCredential:
+        self.calls.append((kind, name, time.monotonic()))
+        if self.hang:
+            await asyncio.Event().wait()
+        await asyncio.sleep(0.002)  # a round trip
+        result = self.answer(name, len(self.calls))
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def issue(self, credentials: list[str], ttl: str | None = None) -> IssueResult:
+        creds = [await self._one("issue", n) for n in credentials]
+        return IssueResult(TASK, "running", None, tuple(creds))
+
+    async def renew(self, name: str, lease_ref: str, ttl: str | None = None) -> IssuedCredential:
+        return await self._one("renew", name)
+
+    async def wait_status(self, known: str | None, wait: float = 30.0) -> TaskStatus:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def revoke_task(self, reason: str, *, timeout: float | None = None) -> list[str]:  # noqa: ASYNC109
+        return []
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class Running:
+    runner: Runner
+    client: ScriptedClient
+    directory: Path
+
+    def on_disk(self, name: str) -> str | None:
+        try:
+            return (self.directory / name / "token").read_text()
+        except FileNotFoundError:
+            return None
+
+    async def wait_for(self, check: Callable[[], bool], timeout: float, what: str) -> None:  # noqa: ASYNC109
+        end = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > end:
+                raise AssertionError(f"not within {timeout} s: {what}")
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def start(shm_dir: Path) -> AsyncIterator[Callable[..., Running]]:
+    tasks: list[asyncio.Task[int]] = []
+    runners: list[Runner] = []
+
+    def make(client: ScriptedClient, credentials: str = "github") -> Running:
+        env = sidecar_env(directory=shm_dir, broker_url="https://127.0.0.1:1", token_file=Path("/nonexistent"),
+                          socket_uri="unix:///nonexistent", credentials=credentials)
+        writer = CredentialWriter(str(shm_dir), task=TASK, grace=0.2)
+        writer.prepare()
+        runner = Runner(from_env(env), identity=FakeIdentity(), client=client, writer=writer,  # type: ignore[arg-type]
+                        redactor=Redactor(), metrics=register_sidecar())
+        runners.append(runner)
+        tasks.append(asyncio.create_task(runner.run()))
+        return Running(runner, client, shm_dir)
+
+    yield make
+    for runner in runners:
+        runner.request_stop()
+    for task in tasks:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 5)
+
+
+async def test_a_credential_is_removed_at_its_expiry_while_its_renewal_hangs(start: Callable[..., Running]) -> None:
+    """A partitioned broker (the renewal neither answers nor fails) must not keep an expired
+    credential on disk or the pod ready: docs/sidecar.md, 'Broker and failures'."""
+    client = ScriptedClient(lasting(1.2))
+    run = start(client)
+    await run.wait_for(lambda: run.runner.readiness()[0], 2, "ready")
+    value = run.on_disk("github")
+    assert value is not None
+    expires_at = time.monotonic() + run.runner.expires_in("github")
+    client.hang = True  # the renewal at ~2/3 of the lifetime waits forever
+    await run.wait_for(lambda: any(k == "renew" for k, _, _ in client.calls), 2, "a renewal in flight")
+    await run.wait_for(lambda: run.on_disk("github") is None, 2, "the expired credential removed")
+    removed_late = time.monotonic() - expires_at
+    assert removed_late < 0.2, f"removed {removed_late:.2f} s after its expiry"
+    ready, details = run.runner.readiness()
+    assert not ready and details["missing"] == ["github"]
+
+
+async def test_readiness_counts_an_expired_credential_as_missing_before_it_is_removed(
+        start: Callable[..., Running]) -> None:
+    """Between its expiry and the moment the loop removes it (a busy loop), /readyz already says 503."""
+    run = start(ScriptedClient(lasting(30)))
+    await run.wait_for(lambda: run.runner.readiness()[0], 2, "ready")
+    refresh_at, _ = run.runner._due["github"]
+    run.runner._due["github"] = (refresh_at, time.monotonic() - 0.001)  # as if its expiry just passed
+    ready, details = run.runner.readiness()
+    assert not ready and details["missing"] == ["github"]
