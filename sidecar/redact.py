@@ -236,16 +236,40 @@ class Redactor:
         self._lock = threading.Lock()
         self._needles: dict[str, str] = {}
         self._compiled = _Compiled({})
+        self._stale = False
 
     def add(self, credential: str, value: str) -> None:
-        """Remember ``value`` (and its encodings) as belonging to ``credential``, for the task's life."""
+        """Remember ``value`` (and its encodings) as belonging to ``credential``, for the task's life.
+
+        Cheap: the regexes are compiled again on the next redaction, not here, so a rotation costs
+        the sidecar's loop nothing and several values arriving together cost one compile.
+        """
         forms = encoded_forms(value)
         with self._lock:
             new = {f: credential for f in forms if f not in self._needles}
             if not new:
                 return
             self._needles = {**self._needles, **new}
-            self._compiled = _Compiled(self._needles)
+            self._stale = True
+
+    @property
+    def stale(self) -> bool:
+        """True when values arrived since the last compile (:meth:`refresh` compiles them)."""
+        return self._stale
+
+    def refresh(self) -> None:
+        """Compile the regexes for every value known now (a no-op when nothing changed).
+
+        ``re.compile`` keeps its last 512 patterns in a module-level cache: each compile of the
+        ever-growing value set stayed there, so memory grew with every rotation until the sidecar
+        was OOM-killed (+150 MB after 200 JWT rotations). The cache is purged after each compile.
+        """
+        with self._lock:
+            if not self._stale:
+                return
+            compiled = _Compiled(self._needles)
+            re.purge()
+            self._compiled, self._stale = compiled, False
 
     def add_files(self, credential: str, files: dict[str, str]) -> None:
         for value in files.values():
@@ -258,13 +282,16 @@ class Redactor:
 
     def redact(self, text: str, counts: Counter[str] | None = None) -> str:
         """``text`` with every known value and token shape replaced."""
-        return self._compiled.replace(text, counts if counts is not None else Counter())[0]
+        return self.compiled.replace(text, counts if counts is not None else Counter())[0]
 
     def stream(self) -> RedactStream:
         return RedactStream(self)
 
     @property
     def compiled(self) -> _Compiled:
+        """The regexes for every value known now (compiled first when values arrived since)."""
+        if self._stale:
+            self.refresh()
         return self._compiled
 
 

@@ -204,3 +204,24 @@ def test_values_as_shells_and_json_print_them(value: str, printed: str) -> None:
     r = Redactor()
     r.add("legacy", value)
     assert "[REDACTED:legacy]" in r.redact(printed)
+
+
+def _rss_mb() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) // 1024
+
+
+def test_rotations_do_not_grow_memory_with_every_compile() -> None:
+    """Each rotation adds values; compiling the whole set again must not leave the old regexes in
+    ``re``'s module cache (it kept 512: +150 MB after 200 JWT rotations, and an OOM-killed sidecar).
+    Here 40 rotations of JWT-sized values: about +9 MB with the fix, +37 MB without."""
+    r = Redactor()
+    r.redact("warm up")
+    before = _rss_mb()
+    for _ in range(40):
+        value = "eyJ" + secrets.token_urlsafe(450)
+        r.add("github", value)
+        assert r.stale  # adding compiles nothing
+        assert r.redact(f"x {value} y") == "x [REDACTED:github] y"
+        assert not r.stale
+    assert _rss_mb() - before < 20
