@@ -693,7 +693,9 @@ class Harness:
         assert entries, "the TaskLease lists no lease"
         for e in entries:
             assert e.get("revokedAt"), f"lease {e.get('credential')} {e.get('leaseRef')} not revoked: {e}"
-        final = [e for e in entries if e.get("revokeReason") not in (None, "replaced", "renewed", "expired")]
+        final = [
+            e for e in entries if e.get("revokeReason") not in (None, "replaced", "renewed", "expired", "superseded")
+        ]
         assert final and {e["revokeReason"] for e in final} <= reasons, [
             (e["credential"], e.get("revokeReason")) for e in entries
         ]
