@@ -235,7 +235,7 @@ def _names(where: str, spec: dict[str, Any], key: str, *, required: bool) -> tup
         if required:
             raise SourceError(f"{where}: spec.{key} is required: a list of names (no wildcard)")
         return None
-    if not isinstance(raw, list) or not all(isinstance(v, str) and _NAME.match(v) for v in raw):
+    if not isinstance(raw, list) or not all(isinstance(v, str) and _NAME.fullmatch(v) for v in raw):
         raise SourceError(
             f"{where}: spec.{key} must be a list of Kubernetes names (no wildcard), got {raw!r}"
         )
@@ -278,7 +278,7 @@ def parse_source(obj: dict[str, Any]) -> Source:
     elif (
         isinstance(files, list)
         and files
-        and all(isinstance(f, str) and _FILE.match(f) for f in files)
+        and all(isinstance(f, str) and _FILE.fullmatch(f) for f in files)
         and len(set(files)) == len(files)
     ):
         files_t = tuple(files)
@@ -314,7 +314,7 @@ def _proxy_host(where: str, index: int, raw: Any) -> str:
     host = raw.strip().lower().rstrip(".")
     wildcard = host.startswith("*.")
     name = host[2:] if wildcard else host
-    if not _DNS.match(name):
+    if not _DNS.fullmatch(name):
         raise SourceError(
             f"{field_name} {raw!r} is not a host name: expected an exact DNS name (api.github.com) "
             "or '*.' followed by one (*.githubusercontent.com)"
@@ -332,7 +332,7 @@ def _proxy_header(where: str, header: Any, files: tuple[str, ...]) -> str:
         raise SourceError(f"{field_name} must be a string such as 'Authorization: Bearer {{token}}'")
     name, sep, template = header.partition(":")
     name, template = name.strip(), template.strip()
-    if not sep or not _HEADER_NAME.match(name) or any(c in header for c in "\r\n\0"):
+    if not sep or not _HEADER_NAME.fullmatch(name) or any(c in header for c in "\r\n\0"):
         raise SourceError(
             f"{field_name} {header!r} must look like 'Name: value with {{token}}' on one line"
         )
@@ -345,7 +345,7 @@ def _proxy_header(where: str, header: Any, files: tuple[str, ...]) -> str:
         for _literal, placeholder, spec, conversion in string.Formatter().parse(template):
             if placeholder is None:
                 continue
-            if spec or conversion or not _FILE.match(placeholder):
+            if spec or conversion or not _FILE.fullmatch(placeholder):
                 raise SourceError(
                     f"{field_name}: placeholder {{{placeholder}}} must be a plain file name such as {{token}}"
                 )
