@@ -43,6 +43,7 @@ from taskcreds.sidecar.client import BrokerClient, IssuedCredential
 from taskcreds.sidecar.config import SidecarConfig
 from taskcreds.sidecar.errors import (
     BrokerError,
+    BrokerUnavailable,
     PolicyDenied,
     RateLimited,
     SidecarError,
@@ -435,10 +436,17 @@ class Runner:
                 self._record_failure((name,), error, attempt, delay)
                 await asyncio.sleep(delay)
                 continue
-            attempt = 0
             # a renewal that extended the same lease keeps its first issuedAt: not a fresh issue
             fresh = cred is None or (new.lease_ref, new.issued_at) != (cred.lease_ref, cred.issued_at)
-            self._accept(new, "refreshed", sent=sent, fresh=fresh)
+            if not self._accept(new, "refreshed", sent=sent, fresh=fresh):
+                attempt += 1  # an answer expired on arrival: a failure, backed off like one
+                error = BrokerUnavailable(f"the broker's answer for {name!r} had expired on arrival")
+                remaining = self.expires_in(name) if name in self.credentials else None
+                delay = self._delay_after(error, attempt, remaining)
+                self._record_failure((name,), error, attempt, delay)
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
             await self._ensure_proxy()
             self._publish()
 
@@ -593,12 +601,16 @@ class Runner:
             **self._log_fields, credentials=list(credentials), code=exc.code, attempt=attempt,
             retry_in=round(delay, 2), error=str(exc)))
 
-    def _accept(self, cred: IssuedCredential, what: str, *, sent: float, fresh: bool = True) -> None:
-        """Take one credential from an answer to a call made at ``sent`` (monotonic) into the store."""
+    def _accept(self, cred: IssuedCredential, what: str, *, sent: float, fresh: bool = True) -> bool:
+        """Take one credential from an answer to a call made at ``sent`` (monotonic) into the store.
+
+        False (nothing stored, nothing written) for a credential that was not asked for, or one that
+        has no lifetime or had expired by the time it arrived: the caller counts that a failure.
+        """
         if cred.name not in self.config.credentials:
             _log.warning("broker sent a credential that was not asked for; ignored",
                          extra=fields(**self._log_fields, credential=cred.name))
-            return
+            return False
         received, local_now = time.monotonic(), self.now()
         offset = schedule.broker_offset(self._offset, cred.issued_at, local_now, fresh=fresh,
                                         round_trip=received - sent)
@@ -610,6 +622,11 @@ class Runner:
         held = self.credentials.get(cred.name)
         stalled = held is not None and held.lease_ref == cred.lease_ref and cred.expires_at <= held.expires_at
         due = schedule.timing(cred.issued_at, cred.expires_at, broker_now, self.rng, stalled=stalled)
+        if cred.expires_at <= cred.issued_at or due.expires_in <= 0:
+            _log.warning("broker answer had expired on arrival; not used", extra=fields(
+                **self._log_fields, credential=cred.name, lease=cred.lease_ref,
+                issued_at=cred.issued_at.isoformat(), expires_at=cred.expires_at.isoformat()))
+            return False
         self._due[cred.name] = (received + due.refresh_in, received + due.expires_in)
         self._arm_expiry(cred.name)
         # known to the redactor before it is visible on disk
@@ -620,6 +637,7 @@ class Runner:
         _log.info(f"credential {what}", extra=fields(
             **self._log_fields, credential=cred.name, provider=cred.provider, lease=cred.lease_ref,
             expires_at=cred.expires_at.isoformat(), files=sorted(cred.files)))
+        return True
 
     def _publish(self) -> None:
         """Write the current set (file deliveries) atomically and update readiness.

@@ -1,7 +1,10 @@
 """When to refresh a credential and how long to wait after a failure. Pure: no I/O, no clock.
 
 Refresh at 2/3 of the lifetime, jittered by +-10 % of the lifetime so many pods issued together do
-not refresh together, and never later than expiry minus a safety margin.
+not refresh together, and never later than expiry minus a safety margin. After a successful answer
+the next refresh is never sooner than ``REFRESH_FLOOR`` (0.5 s) nor than half of what that answer
+left (:func:`timing`), so a lifetime of a second or less, an answer that arrives late in its
+lifetime or a lease extended again and again is never asked for in a loop.
 
 Failures back off exponentially from 1 s, jittered to 50-100 %, never below ``MIN_DELAY`` (no busy
 loop). The ceiling depends on what is at stake (:func:`retry_cap`):
@@ -21,13 +24,17 @@ from datetime import datetime, timedelta
 
 __all__ = ["next_refresh_at", "timing", "Timing", "broker_offset", "backoff", "retry_cap", "MIN_DELAY",
            "MAX_DELAY", "BASE_DELAY", "RECOVERY_MAX_DELAY", "STATUS_MAX_DELAY", "REFRESH_FRACTION",
-           "JITTER_FRACTION", "TIME_RESOLUTION"]
+           "JITTER_FRACTION", "TIME_RESOLUTION", "REFRESH_FLOOR", "REFRESH_FLOOR_FRACTION"]
 
 REFRESH_FRACTION = 2 / 3
 JITTER_FRACTION = 0.10
 SAFETY_FRACTION = 0.10  # of the lifetime, at most SAFETY_MAX
 SAFETY_MAX = timedelta(seconds=30)
 MIN_DELAY = 0.25  # seconds
+REFRESH_FLOOR = 0.5
+"""Seconds: the shortest wait after a successful answer before asking again (1 s lifetimes exist)."""
+REFRESH_FLOOR_FRACTION = 0.5
+"""After a successful answer, wait at least this share of what it left before asking again."""
 BASE_DELAY = 1.0
 MAX_DELAY = 60.0
 RECOVERY_MAX_DELAY = 2.0
@@ -81,12 +88,19 @@ def timing(issued_at: datetime, expires_at: datetime, broker_now: datetime, rng:
     lifetime is near). The 2/3 point has then passed for good, and refreshing at once would ask
     again and again in a loop; instead the next refresh comes at 2/3 of what is left, so each
     answer leaves a third as much and the broker replaces the lease after a few calls.
+
+    Whatever the rule says, ``refresh_in`` is at least ``REFRESH_FLOOR`` and half of ``expires_in``:
+    an answer whose 2/3 point has passed on arrival (a 1 s lifetime with ``issuedAt`` rounded down
+    to the second, a lease extended many times past its first ``issuedAt``) is used, not asked for
+    again at once. A credential with less than the floor left expires before its refresh; the
+    caller drops it then.
     """
     at = next_refresh_at(issued_at, expires_at, broker_now, rng)
     refresh_in = (at - broker_now).total_seconds()
     expires_in = (expires_at - broker_now).total_seconds()
     if stalled and expires_in > 0:
         refresh_in = max(refresh_in, expires_in * REFRESH_FRACTION)
+    refresh_in = max(refresh_in, REFRESH_FLOOR, expires_in * REFRESH_FLOOR_FRACTION)
     return Timing(refresh_in=refresh_in, expires_in=expires_in)
 
 

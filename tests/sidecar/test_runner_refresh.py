@@ -164,3 +164,29 @@ async def test_readiness_counts_an_expired_credential_as_missing_before_it_is_re
     run.runner._due["github"] = (refresh_at, time.monotonic() - 0.001)  # as if its expiry just passed
     ready, details = run.runner.readiness()
     assert not ready and details["missing"] == ["github"]
+
+
+def _no_lifetime(name: str, n: int) -> IssuedCredential:
+    now = datetime.now(UTC).replace(microsecond=0)
+    return credential(name, n, now, now)
+
+
+@pytest.mark.parametrize(("answer", "most_calls", "ever_ready"), [
+    pytest.param(_no_lifetime, 5, False, id="expiresAt == issuedAt: a failure, backed off, never written"),
+    pytest.param(lasting(0.2), 6, True, id="200 ms lifetime: written, asked again after the 0.5 s floor"),
+    pytest.param(lasting(1.0, whole=True), 6, True, id="1 s lifetime, issuedAt in whole seconds"),
+])
+async def test_useless_answers_are_not_asked_for_in_a_loop(
+        start: Callable[..., Running], answer: Answer, most_calls: int, ever_ready: bool) -> None:
+    """Review finding: 232 broker calls in 2 s for answers with no lifetime, 36 in 4 s at
+    TASKCREDS_TTL=1s against the real broker (and as many TaskLease entries)."""
+    run = start(ScriptedClient(answer))
+    seen_ready, seen_on_disk = False, False
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        seen_ready = seen_ready or run.runner.readiness()[0]
+        seen_on_disk = seen_on_disk or run.on_disk("github") is not None
+        await asyncio.sleep(0.01)
+    calls = len(run.client.calls)
+    assert 2 <= calls <= most_calls, f"{calls} broker calls in 2 s"
+    assert seen_ready == ever_ready and seen_on_disk == ever_ready

@@ -12,6 +12,7 @@ from taskcreds.sidecar.schedule import (
     MAX_DELAY,
     MIN_DELAY,
     RECOVERY_MAX_DELAY,
+    REFRESH_FLOOR,
     STATUS_MAX_DELAY,
     TIME_RESOLUTION,
     backoff,
@@ -154,9 +155,9 @@ def test_a_skewed_sidecar_times_a_fresh_credential_like_a_synchronised_one(skew:
 @pytest.mark.parametrize(("issued", "expires", "now", "refresh_low", "refresh_high", "expires_in"), [
     pytest.param(0, 60, 0, 34.0, 46.0, 60.0, id="fresh 1 min: refresh at 2/3 +- 10 %"),
     pytest.param(0, 100, 40, 0.0, 36.7, 60.0, id="extended lease (first issuedAt kept): what is left counts"),
-    pytest.param(0, 60, 59, 0.0, 0.0, 1.0, id="nearly expired: refresh now"),
-    pytest.param(0, 60, 90, 0.0, 0.0, -30.0, id="already expired on the broker's clock"),
-    pytest.param(0, 0, 0, 0.0, 0.0, 0.0, id="no lifetime"),
+    pytest.param(0, 60, 59, 0.5, 0.5, 1.0, id="nearly expired: after the floor, not at once"),
+    pytest.param(0, 60, 90, 0.5, 0.5, -30.0, id="already expired on the broker's clock (the runner refuses it)"),
+    pytest.param(0, 0, 0, 0.5, 0.5, 0.0, id="no lifetime (the runner refuses it)"),
 ])
 def test_timing(issued: int, expires: int, now: int, refresh_low: float, refresh_high: float,
                 expires_in: float) -> None:
@@ -165,13 +166,14 @@ def test_timing(issued: int, expires: int, now: int, refresh_low: float, refresh
           for _ in range(500)]
     assert all(t.expires_in == expires_in for t in at)
     assert all(refresh_low <= t.refresh_in <= refresh_high for t in at)
-    assert all(t.refresh_in <= max(0.0, t.expires_in) for t in at)
+    assert all(t.refresh_in <= max(REFRESH_FLOOR, t.expires_in) for t in at)
+    assert all(t.refresh_in >= max(REFRESH_FLOOR, t.expires_in / 2) for t in at), "the floor after a success"
 
 
 @pytest.mark.parametrize(("now", "expires", "refresh_in"), [
     pytest.param(40, 60, 20 * 2 / 3, id="renewed at 2/3 without moving the expiry: 2/3 of what is left"),
     pytest.param(59, 60, 2 / 3, id="1 s left: 2/3 s, not at once"),
-    pytest.param(61, 60, 0.0, id="already expired: at once (the caller drops it)"),
+    pytest.param(61, 60, REFRESH_FLOOR, id="already expired: the floor (the caller drops it)"),
 ])
 def test_a_stalled_renewal_is_not_asked_again_at_once(now: int, expires: int, refresh_in: float) -> None:
     """Found in CI: a vault lease near its maxTTL was renewed 17 times in 0.4 s, each answer keeping
@@ -179,7 +181,8 @@ def test_a_stalled_renewal_is_not_asked_again_at_once(now: int, expires: int, re
     t = timing(T0, T0 + timedelta(seconds=expires), T0 + timedelta(seconds=now), random.Random(3), stalled=True)
     assert t.refresh_in == pytest.approx(refresh_in)
     not_stalled = timing(T0, T0 + timedelta(seconds=expires), T0 + timedelta(seconds=now), random.Random(3))
-    assert not_stalled.refresh_in == 0.0  # the 2/3 point has passed: without the hint, at once
+    # the 2/3 point has passed: without the hint, half of what is left (never at once)
+    assert not_stalled.refresh_in == pytest.approx(max(REFRESH_FLOOR, (expires - now) / 2))
 
 
 def test_stalled_renewals_end_in_a_few_calls() -> None:
@@ -190,3 +193,31 @@ def test_stalled_renewals_end_in_a_few_calls() -> None:
         left -= t.refresh_in
         calls += 1
     assert calls <= 6
+
+
+def _answers_per_hour(ttl: float, *, whole: bool, extend: bool) -> int:
+    """How many answers one credential gets in an hour of broker time, each refreshed when
+    :func:`timing` says. ``whole``: issuedAt rounded down to the second as the broker writes it;
+    ``extend``: every renewal extends the same lease by ``ttl`` and keeps its first issuedAt."""
+    rng = random.Random(4)
+    now, first, calls = 0.123, 0.0, 0
+    while now < 3600:
+        issued = first if extend and calls else (float(int(now)) if whole else now)
+        first = issued
+        t = timing(T0 + timedelta(seconds=issued), T0 + timedelta(seconds=now + ttl if extend else issued + ttl),
+                   T0 + timedelta(seconds=now), rng)
+        now += t.refresh_in + 0.002  # plus a round trip
+        calls += 1
+    return calls
+
+
+@pytest.mark.parametrize(("ttl", "whole", "extend", "most"), [
+    pytest.param(1.0, True, False, 2 * 3600, id="1 s lifetime, issuedAt in whole seconds: at most 2/s"),
+    pytest.param(0.2, False, False, 2 * 3600, id="200 ms lifetime: the floor, 2/s"),
+    pytest.param(60.0, False, True, 3600 // 20, id="a lease extended by 60 s each time: every 30-40 s"),
+    pytest.param(60.0, True, False, 3600 // 33, id="1 min lifetime: every 34-46 s"),
+])
+def test_successful_answers_are_never_asked_for_in_a_loop(ttl: float, whole: bool, extend: bool, most: int) -> None:
+    """Review finding: with TASKCREDS_TTL=1s the sidecar asked 36 times in 4 s (next_refresh_at
+    returns 'now' once the 2/3 point has passed on arrival); a lease extended past 2x its ttl did too."""
+    assert _answers_per_hour(ttl, whole=whole, extend=extend) <= most
