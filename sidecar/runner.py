@@ -395,7 +395,7 @@ class Runner:
                     self.end("task_terminal", broker_knows=True)
                     await asyncio.Event().wait()
                 attempt += 1
-                delay = self._delay_after(exc, attempt, None)
+                delay = self._delay_after(exc, attempt, 0.0)  # nothing valid yet
                 self._record_failure(self.config.credentials, exc, attempt, delay)
                 await asyncio.sleep(delay)
                 continue
@@ -431,8 +431,7 @@ class Runner:
                 error = exc if isinstance(exc, BrokerError) else BrokerError(
                     f"the broker's answer did not include credential {name!r}")
                 attempt += 1
-                remaining = self.expires_in(name) if cred else None
-                delay = self._delay_after(error, attempt, remaining)
+                delay = self._delay_after(error, attempt, self.expires_in(name))
                 self._record_failure((name,), error, attempt, delay)
                 await asyncio.sleep(delay)
                 continue
@@ -441,8 +440,7 @@ class Runner:
             if not self._accept(new, "refreshed", sent=sent, fresh=fresh):
                 attempt += 1  # an answer expired on arrival: a failure, backed off like one
                 error = BrokerUnavailable(f"the broker's answer for {name!r} had expired on arrival")
-                remaining = self.expires_in(name) if name in self.credentials else None
-                delay = self._delay_after(error, attempt, remaining)
+                delay = self._delay_after(error, attempt, self.expires_in(name))
                 self._record_failure((name,), error, attempt, delay)
                 await asyncio.sleep(delay)
                 continue
@@ -584,15 +582,19 @@ class Runner:
 
     def _delay_after(self, exc: BrokerError, attempt: int, remaining: float | None,
                      max_delay: float = schedule.MAX_DELAY) -> float:
-        """The wait before retry ``attempt``: short while the agent has nothing valid (not ready)."""
+        """The wait before retry ``attempt``, capped by what is at stake for this call alone.
+
+        ``remaining``: seconds left on the credential being fetched (0 or less: nothing valid, so
+        retry within ``RECOVERY_MAX_DELAY``; more: up to a quarter of it); None for a call that
+        guards no credential (the status long-poll). Another credential being missing does not
+        shorten this one's backoff: in an outage that would have every pod retry every ~2 s.
+        """
         if isinstance(exc, RateLimited):
             return max(schedule.MIN_DELAY, exc.retry_after)
         if not exc.retryable:
             return _NO_RETRY_DELAY
         base = _POLICY_BASE if isinstance(exc, PolicyDenied) else schedule.BASE_DELAY
-        ready, _ = self.readiness()
-        return schedule.backoff(attempt, self.rng, remaining=remaining, ready=ready, base=base,
-                                max_delay=max_delay)
+        return schedule.backoff(attempt, self.rng, remaining=remaining, base=base, max_delay=max_delay)
 
     def _record_failure(self, credentials: Any, exc: BrokerError, attempt: int, delay: float) -> None:
         for name in credentials:

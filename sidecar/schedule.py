@@ -11,9 +11,10 @@ loop). The ceiling depends on what is at stake (:func:`retry_cap`):
 
 - valid credentials remain on disk: up to ``MAX_DELAY`` (60 s), and at most a quarter of the
   lifetime left so a short-lived credential still gets several tries before it expires;
-- nothing valid is left (the credential expired, or the sidecar is not ready): ``RECOVERY_MAX_DELAY``
-  (2 s), so the agent gets its credentials back within about 2 s of the broker's return instead of
-  after a backoff that grew during the whole outage.
+- nothing valid is left of the credential being fetched (it expired, or was never issued):
+  ``RECOVERY_MAX_DELAY`` (2 s), so the agent gets it back within about 2 s of the broker's return
+  instead of after a backoff that grew during the whole outage. Decided per credential: one
+  missing credential does not hurry the retries of another that is still valid.
 """
 
 from __future__ import annotations

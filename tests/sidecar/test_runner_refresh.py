@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from taskcreds.sidecar.client import IssuedCredential, IssueResult, TaskStatus
 from taskcreds.sidecar.config import from_env
+from taskcreds.sidecar.errors import BrokerUnavailable
 from taskcreds.sidecar.redact import Redactor
 from taskcreds.sidecar.runner import Runner
 from taskcreds.sidecar.writer import CredentialWriter
@@ -190,3 +192,26 @@ async def test_useless_answers_are_not_asked_for_in_a_loop(
     calls = len(run.client.calls)
     assert 2 <= calls <= most_calls, f"{calls} broker calls in 2 s"
     assert seen_ready == ever_ready and seen_on_disk == ever_ready
+
+
+@pytest.mark.parametrize(("remaining", "longest"), [
+    pytest.param(3000.0, 60.0, id="this credential has 50 min left: up to 60 s, another being missing or not"),
+    pytest.param(20.0, 5.0, id="20 s left: a quarter of it"),
+    pytest.param(0.0, 2.0, id="nothing valid of this one: within 2 s"),
+])
+async def test_the_retry_cap_follows_the_credential_not_the_pod(
+        start: Callable[..., Running], remaining: float, longest: float) -> None:
+    """Review finding: a credential with 3000 s left retried every 0.6-2 s while another one was
+    missing, so in a broker outage every pod asked ~0.75 times a second indefinitely."""
+    def answer(name: str, n: int) -> IssuedCredential | BaseException:
+        if name == "github":
+            return lasting(3600)(name, n)
+        return lasting(0.3)(name, n) if n <= 2 else BrokerUnavailable("db's source is down")
+    run = start(ScriptedClient(answer), credentials="github,db")
+    await run.wait_for(lambda: "github" in run.runner.credentials and "db" not in run.runner.credentials, 2,
+                       "db expired, github valid")
+    assert not run.runner.readiness()[0], "db is missing: the pod is not ready"
+    run.runner.rng = random.Random(5)  # noqa: S311 - reproducible jitter
+    delays = [run.runner._delay_after(BrokerUnavailable("down"), attempt, remaining) for attempt in range(1, 13)]
+    assert max(delays) <= longest
+    assert max(delays) >= longest / 2, f"backs off towards {longest} s: {[round(d, 2) for d in delays]}"
