@@ -50,7 +50,7 @@ from typing import Any, Final
 from taskcreds.operator.cluster import AlreadyExists, Cluster, ClusterError, Conflict, NotFound
 from taskcreds.operator.endings import parse_timestamp, task_ending
 from taskcreds.operator.providers.base import HeldElsewhere, Issued, NotRevocable, Provider, ProviderError
-from taskcreds.operator.sources import source_from_ref
+from taskcreds.operator.sources import Source, source_from_ref, tenant_refusal
 
 from taskcreds import names
 from taskcreds.logs import fields
@@ -434,9 +434,14 @@ async def _revoke_entry(
         return "failed", f"provider {entry.get('provider')!r} is not available in this operator"
     source_ref = entry.get("source") or {}
     try:
-        source = await source_from_ref(cluster, source_ref)
+        # the tenant rules (sources.tenant_refusal) guard issue and renew; a lease issued before they
+        # existed must still be revoked, so they are applied here by _refused_revocation instead
+        source = await source_from_ref(cluster, source_ref, tenant_rules=False)
     except Exception as exc:  # an unusable source spec: retried (someone may fix it)
         return "failed", f"source {source_ref.get('name')!r} unusable: {exc}"
+    refused = _refused_revocation(entry, source)
+    if refused is not None:
+        return "not_revocable", refused
     # a deleted source still gets its revoke call: providers that need no settings (jwt) succeed,
     # the others fail visibly and are retried once the source is back
     spec: dict[str, Any] = source.spec if source is not None else {}
@@ -457,6 +462,29 @@ async def _revoke_entry(
     except Exception as exc:  # a provider bug must not stop the other revocations
         return "failed", f"{entry.get('provider')}: {type(exc).__name__}"
     return "revoked", None
+
+
+def _refused_revocation(entry: Mapping[str, Any], source: Source | None) -> str | None:
+    """Why a lease of a namespaced source that the tenant rules now refuse cannot be revoked (None: it
+    can, or the source is not refused).
+
+    A ``jwt`` revocation only deny-lists the jti (no spec, no network): always done. A ``vault``
+    revocation would log in at the source's address: with ``auth.method: kubernetes`` as the operator
+    itself — sending its service-account token to an address a tenant chose (the recorded one was
+    chosen by the same tenant, so matching it proves nothing) — and with plain http:// in the clear;
+    the vault provider refuses both, so it is recorded not revocable at once, saying what to do.
+    """
+    if source is None or source.namespace is None or entry.get("provider") == "jwt":
+        return None
+    refusal = tenant_refusal(source.provider, source.spec, source.name, source.namespace)
+    if refusal is None:
+        return None
+    where = (entry.get("target") or {}).get("address") or "its server"
+    return (
+        f"not revoked: {source.kind} {source.namespace}/{source.name} was accepted when this lease was "
+        f"issued but is refused now ({refusal}); the operator will not log in there to revoke it. Revoke "
+        f"{entry.get('leaseRef')} at {where} by hand, or it ends at its expiry {entry.get('expiresAt')}"
+    )[:1000]
 
 
 def _past_expiry(

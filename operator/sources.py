@@ -242,8 +242,13 @@ def _names(where: str, spec: dict[str, Any], key: str, *, required: bool) -> tup
     return tuple(raw)
 
 
-def parse_source(obj: dict[str, Any]) -> Source:
-    """Check and type a CredentialSource object as the API returns it (pure)."""
+def parse_source(obj: dict[str, Any], *, tenant_rules: bool = True) -> Source:
+    """Check and type a CredentialSource object as the API returns it (pure).
+
+    ``tenant_rules=False`` skips :func:`tenant_refusal` (every other check stays): only for revoking
+    a lease issued before those rules existed, where the caller decides what is safe
+    (``leases._revoke_entry``). Issue and renew always apply them.
+    """
     meta = obj.get("metadata") or {}
     kind = obj.get("kind") or names.KIND_CREDENTIAL_SOURCE
     cluster = kind == names.KIND_CLUSTER_CREDENTIAL_SOURCE
@@ -261,7 +266,7 @@ def parse_source(obj: dict[str, Any]) -> Source:
     block = PROVIDER_BLOCKS[provider]
     if provider != "jwt" and not isinstance(spec.get(block), dict):
         raise SourceError(f"{where}: provider {provider} needs spec.{block}")
-    refusal = tenant_refusal(provider, spec, str(meta.get("name")), namespace)
+    refusal = tenant_refusal(provider, spec, str(meta.get("name")), namespace) if tenant_rules else None
     if refusal:
         raise SourceError(f"{where}: {refusal}")
     max_ttl = _ttl(where, spec, "maxTTL", None)
@@ -455,8 +460,13 @@ async def resolve_source(cluster: Cluster, namespace: str, name: str) -> Source 
     return parse_source(obj)
 
 
-async def source_from_ref(cluster: Cluster, ref: dict[str, Any]) -> Source | None:
-    """Find a source again from :attr:`Source.ref` (as recorded on a TaskLease)."""
+async def source_from_ref(
+    cluster: Cluster, ref: dict[str, Any], *, tenant_rules: bool = True
+) -> Source | None:
+    """Find a source again from :attr:`Source.ref` (as recorded on a TaskLease).
+
+    ``tenant_rules=False``: see :func:`parse_source` (the revoke path of a lease issued earlier).
+    """
     if ref.get("kind") == names.KIND_CLUSTER_CREDENTIAL_SOURCE:
         obj = await cluster.get_cluster_credential_source(str(ref.get("name")))
         if obj is None:
@@ -471,7 +481,8 @@ async def source_from_ref(cluster: Cluster, ref: dict[str, Any]) -> Source | Non
             **obj,
             "kind": names.KIND_CREDENTIAL_SOURCE,
             "metadata": {**(obj.get("metadata") or {}), "namespace": namespace},
-        }
+        },
+        tenant_rules=tenant_rules,
     )
 
 
