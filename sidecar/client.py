@@ -34,7 +34,7 @@ from taskcreds.sidecar.errors import (
 )
 
 from taskcreds.durations import format_duration
-from taskcreds.svid import peer_spiffe_id
+from taskcreds.svid import SvidError, peer_spiffe_id
 
 __all__ = ["BrokerClient", "IssuedCredential", "IssueResult", "TaskStatus", "Identity", "parse_time"]
 
@@ -246,7 +246,13 @@ class BrokerClient:
                     params: dict[str, str] | None = None,
                     timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
         token = self._read_token()
-        session = await self._current_session()
+        try:
+            session = await self._current_session()
+        except (OSError, SvidError) as exc:
+            # a local, usually passing failure (EMFILE/ENOMEM from memfd_create loading the SVID key):
+            # retried with backoff like an unreachable broker, never the end of the task
+            raise BrokerUnavailable(f"cannot make a TLS context from the current SVID for {method} {path}: "
+                                    f"{type(exc).__name__}: {_short(exc)}") from None
         self._inflight[session] = self._inflight.get(session, 0) + 1
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         data = None

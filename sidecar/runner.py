@@ -86,6 +86,15 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _retryable(exc: BaseException) -> BrokerError:
+    """A broker call's failure as a BrokerError. A local OSError (EMFILE, ENOMEM) passes, so it is
+    retried with backoff like an unreachable broker instead of ending the task for good."""
+    if isinstance(exc, BrokerError):
+        return exc
+    return BrokerUnavailable(f"local error calling the broker: {type(exc).__name__}: "
+                             f"{getattr(exc, 'strerror', None) or exc}")
+
+
 def egress_denied(podinfo_dir: str | None) -> bool:
     """Whether the pod asked for deny-by-default egress (``taskcreds.io/egress: deny``).
 
@@ -390,7 +399,8 @@ class Runner:
             sent = time.monotonic()
             try:
                 result = await self.client.issue(list(self.config.credentials), self.config.ttl)
-            except BrokerError as exc:
+            except (BrokerError, OSError) as exc:
+                exc = _retryable(exc)
                 if isinstance(exc, TaskTerminal):
                     self.end("task_terminal", broker_knows=True)
                     await asyncio.Event().wait()
@@ -427,9 +437,9 @@ class Runner:
             except TaskTerminal:
                 self.end("task_terminal", broker_knows=True)
                 return
-            except (BrokerError, StopIteration) as exc:
-                error = exc if isinstance(exc, BrokerError) else BrokerError(
-                    f"the broker's answer did not include credential {name!r}")
+            except (BrokerError, OSError, StopIteration) as exc:
+                error = BrokerError(f"the broker's answer did not include credential {name!r}") \
+                    if isinstance(exc, StopIteration) else _retryable(exc)
                 attempt += 1
                 delay = self._delay_after(error, attempt, self.expires_in(name))
                 self._record_failure((name,), error, attempt, delay)

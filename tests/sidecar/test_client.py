@@ -4,6 +4,8 @@ authority, TokenReview by the Kubernetes API stand-in."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ from taskcreds.sidecar.client import BrokerClient
 from taskcreds.sidecar.identity import IdentitySource
 
 from taskcreds.devauthority import DevAuthority
+from taskcreds.svid import SvidError
 from tests.sidecar.conftest import BROKER_ID, POD, TASK, RealBroker, jwt_claims, sha256
 
 
@@ -186,3 +189,35 @@ async def test_unreachable_broker_is_unavailable(broker: RealBroker, client: Bro
     with pytest.raises(errors.BrokerUnavailable, match="unreachable") as raised:
         await client.issue()
     assert token_file.read_text().strip() not in str(raised.value)
+
+
+class _FailingOnce:
+    """The identity source, whose next ``ssl_context()`` calls fail as a loaded node makes them fail."""
+
+    def __init__(self, real: IdentitySource, failures: list[Exception]) -> None:
+        self.real, self.failures = real, failures
+
+    def ssl_context(self) -> ssl.SSLContext:
+        if self.failures:
+            raise self.failures.pop(0)
+        return self.real.ssl_context()
+
+
+@pytest.mark.parametrize("failure", [
+    pytest.param(OSError(errno.EMFILE, "Too many open files"), id="memfd_create: EMFILE"),
+    pytest.param(SvidError("the SVID's key does not match its certificate"), id="SvidError"),
+])
+async def test_a_local_tls_setup_failure_is_retryable_and_sends_nothing(
+        broker: RealBroker, identity: IdentitySource, token_file: Path, failure: Exception) -> None:
+    """Review finding: an OSError from loading the SVID escaped as a non-broker error and the runner
+    ended the task for good. It is BrokerUnavailable (retried with backoff); the next call works."""
+    client = make_client(broker.url, _FailingOnce(identity, [failure]), token_file)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(errors.BrokerUnavailable, match=type(failure).__name__) as raised:
+            await client.issue()
+        assert raised.value.retryable
+        assert broker.seen == [], "nothing reached the broker"
+        result = await client.issue()
+        assert [c.name for c in result.credentials] == ["github", "db"]
+    finally:
+        await client.close()

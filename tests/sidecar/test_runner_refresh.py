@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -215,3 +216,15 @@ async def test_the_retry_cap_follows_the_credential_not_the_pod(
     delays = [run.runner._delay_after(BrokerUnavailable("down"), attempt, remaining) for attempt in range(1, 13)]
     assert max(delays) <= longest
     assert max(delays) >= longest / 2, f"backs off towards {longest} s: {[round(d, 2) for d in delays]}"
+
+
+async def test_a_local_error_in_a_broker_call_is_retried_not_the_end_of_the_task(
+        start: Callable[..., Running]) -> None:
+    """Review finding: any non-broker exception (EMFILE while loading the SVID) ended the task and
+    wrote the end marker, so even a restarted sidecar never fetched again."""
+    def answer(name: str, n: int) -> IssuedCredential | BaseException:
+        return OSError(errno.EMFILE, "Too many open files") if n <= 2 else lasting(30)(name, n)
+    run = start(ScriptedClient(answer))
+    await run.wait_for(lambda: run.runner.readiness()[0], 4, "ready after two local failures")
+    assert not run.runner.ending and run.runner.writer.ended() is None, "no teardown, no end marker"
+    assert len(run.client.calls) == 3
