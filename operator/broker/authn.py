@@ -127,11 +127,12 @@ _FAILED = TokenIdentity("", "", None, None, ())
 class ReviewGuard:
     """What bearer tokens that fail their TokenReview may cost the API server, per client SPIFFE ID.
 
-    A valid SVID with junk tokens must not turn into one TokenReview per request: a token is taken
-    from the SPIFFE ID's bucket *before* each review and given back when the review succeeds (so
-    working sidecars are never limited by it); an empty bucket answers 429 without a review. A
-    token that failed is remembered briefly (SHA-256 of it, never the token) and answered 401
-    without another review.
+    A valid SVID with junk tokens must not turn into one TokenReview per request: each *failed* review
+    takes a token from the SPIFFE ID's bucket, and a review is only started while the bucket has one
+    (else 429 without a review). Good tokens take nothing, so many pods of one service account starting
+    at once are never limited by it (review MEDIUM 5). Concurrent junk that passed the check together
+    leaves the bucket in debt, paid back before the next review. A token that failed is remembered
+    briefly (SHA-256 of it, never the token) and answered 401 without another review.
     """
 
     def __init__(self, buckets: TokenBuckets, failed: ReviewCache | None = None) -> None:
@@ -141,8 +142,8 @@ class ReviewGuard:
         return self.failed is not None and self.failed.get(token, names.TOKEN_AUDIENCE) is not None
 
     def before(self, spiffe_id: str) -> None:
-        """Take a token for one TokenReview; RateLimited (429) when this SPIFFE ID has none left."""
-        wait = self.buckets.take(spiffe_id)
+        """RateLimited (429) when this SPIFFE ID's failed reviews used up its bucket; takes nothing."""
+        wait = self.buckets.wait(spiffe_id)
         if wait is not None:
             raise RateLimited(
                 f"too many bearer tokens from {spiffe_id} failed their TokenReview (at most "
@@ -152,12 +153,12 @@ class ReviewGuard:
             )
 
     def after(self, spiffe_id: str, token: str, ok: bool | None) -> None:
-        """The review's outcome: True gives the token back, False remembers the token as failed,
-        None (the review itself failed: API error) only gives the token back."""
-        if ok is not False:
-            self.buckets.give_back(spiffe_id)
-        elif self.failed is not None:
-            self.failed.put(token, names.TOKEN_AUDIENCE, _FAILED)
+        """The review's outcome: False takes a token and remembers the token as failed; True and None
+        (the review itself failed: API error, not the caller's fault) cost nothing."""
+        if ok is False:
+            self.buckets.charge(spiffe_id)
+            if self.failed is not None:
+                self.failed.put(token, names.TOKEN_AUDIENCE, _FAILED)
 
 
 def bearer_token(authorization: str | None) -> str:

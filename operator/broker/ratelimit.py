@@ -26,7 +26,8 @@ class _Bucket:
 
 
 class TokenBuckets:
-    """``take(key)``: None when a token was taken, else the seconds until one is available."""
+    """``take(key)``: None when a token was taken, else the seconds until one is available (``wait``
+    and ``charge`` split the two, for a cost known only afterwards)."""
 
     def __init__(
         self,
@@ -72,6 +73,17 @@ class TokenBuckets:
             return (1.0 - bucket.tokens) / self.rate
         bucket.tokens -= 1.0
         return None
+
+    def wait(self, key: str) -> float | None:
+        """Like :meth:`take` without taking: None when a token is there, else the seconds until one is."""
+        bucket = self._bucket(key, self.clock())
+        return None if bucket.tokens >= 1.0 else (1.0 - bucket.tokens) / self.rate
+
+    def charge(self, key: str) -> None:
+        """Take a token after the fact (for something already done that counts). Concurrent ones that
+        all passed :meth:`wait` may leave the bucket in debt (at most ``burst``): it refills from there."""
+        bucket = self._bucket(key, self.clock())
+        bucket.tokens = max(-float(self.burst), bucket.tokens - 1.0)
 
     def give_back(self, key: str) -> None:
         """Return a token taken in advance for something that turned out not to count."""

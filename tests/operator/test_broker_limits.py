@@ -6,6 +6,7 @@ what a client sees: status, error code, the message, and the API calls the broke
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from prometheus_client import generate_latest
 from taskcreds.operator import leases
 from taskcreds.operator.broker.server import BROKER_KEY, BrokerServer, make_broker_app
 from taskcreds.operator.broker.settings import BrokerSettings
+from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.taskstatus import TaskStatusHub
 
 from taskcreds import names
@@ -125,10 +127,17 @@ async def test_the_same_task_is_not_listed_again_once_its_tasklease_exists(broke
 
 
 # --- finding 4: failed TokenReviews are limited per SPIFFE ID and remembered ------------------------
-@pytest.fixture
-async def tight() -> AsyncIterator[Harness]:
-    """A broker with small, visible limits: 5 failed reviews at once, then 1 per second."""
-    h = Harness(
+class SlowReviews(MemCluster):
+    """TokenReviews that take a while (an API server under load), so requests overlap in them."""
+
+    async def review_token(self, token: str, audience: str) -> Any:
+        await asyncio.sleep(0.1)
+        return await super().review_token(token, audience)
+
+
+def tight_harness(cluster: MemCluster | None = None) -> Harness:
+    return Harness(
+        cluster=cluster,
         settings=BrokerSettings(
             namespace="taskcreds-system",
             jwt_issuer="https://broker.test",
@@ -136,8 +145,14 @@ async def tight() -> AsyncIterator[Harness]:
             failed_review_rate_per_second=1.0,
             rate_burst=1000,
             rate_per_second=1000.0,
-        )
+        ),
     )
+
+
+@pytest.fixture
+async def tight() -> AsyncIterator[Harness]:
+    """A broker with small, visible limits: 5 failed reviews at once, then 1 per second."""
+    h = tight_harness()
     h.put_sources()
     h.cluster.put_source(source("api", "jwt", jwt={"audience": [API_AUDIENCE]}))
     await h.start()
@@ -193,6 +208,28 @@ async def test_good_tokens_are_not_limited_and_other_identities_are_not_affected
     # the flood drained "other"'s bucket only: a new pod of "agent" is reviewed and served
     reply = await h.issue(h.agent(h.add_pod("agent-late")))
     assert reply.status == 200, reply.doc
+
+
+async def test_good_tokens_reviewed_at_once_are_never_refused_by_the_failed_review_limit() -> None:
+    """20 pods of one service account (one SPIFFE ID) start together, reviews overlapping: far above
+    the burst of 5, all are served; the bucket only pays for failed reviews, and its 429 says so."""
+    h = tight_harness(SlowReviews())
+    h.put_sources()
+    h.cluster.put_source(source("api", "jwt", jwt={"audience": [API_AUDIENCE]}))
+    await h.start()
+    try:
+        agents = [h.agent(h.add_pod(f"agent-{i}")) for i in range(20)]
+        replies = await asyncio.gather(*(h.issue(a) for a in agents))
+        assert [r.status for r in replies] == [200] * 20, [r.doc for r in replies if r.status != 200]
+        # now junk from the same identity, concurrently: the reviews that failed drain the bucket
+        for i, agent in enumerate(agents):
+            agent.token = f"junk-{i}"
+        first = await asyncio.gather(*(h.issue(a) for a in agents[:10]))
+        assert {r.status for r in first} <= {401, 429}
+        after = await h.issue(agents[10])
+        assert after.status == 429 and "failed their TokenReview" in after.doc["error"]["message"]
+    finally:
+        await h.close()
 
 
 async def test_a_failed_review_is_forgotten_after_its_lifetime(tight: Harness) -> None:
