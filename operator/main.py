@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from taskcreds.operator import leases
+from taskcreds.operator.broker.settings import BrokerSettings
 from taskcreds.operator.cluster import Cluster
 from taskcreds.operator.config import ConfigError, InjectionConfig, config_from_env
 from taskcreds.operator.settings import OperatorSettings, SettingsError
@@ -33,12 +34,42 @@ from taskcreds.logs import fields, setup_logging
 from taskcreds.loop import loop_name, run_loop
 from taskcreds.metrics import OperatorMetrics, register_operator
 
-__all__ = ["main", "run_operator", "OperatorParts", "kopf_settings_for_taskcreds"]
+__all__ = ["main", "run_operator", "OperatorParts", "kopf_settings_for_taskcreds", "stop_seconds"]
 
 log = logging.getLogger("taskcreds.operator")
 
 SWEEP_INTERVAL = 30.0
 """Seconds between lease sweeps: unfinished revocations, pods gone unseen, expired leases."""
+
+#: the bounds of the stop sequence after the drain (``run_operator``'s ``finally``), step by step
+WEBHOOK_STOP_SECONDS = 10.0
+"""The webhook listener closing (admission requests in progress finish)."""
+SHUTDOWN_TIMEOUT = 1.0
+"""A plain listener's (metrics) wait for its handlers; the broker's is broker.server.SHUTDOWN_TIMEOUT."""
+KOPF_STOP_SECONDS = 10.0
+"""kopf stopping its watches and handlers (then cancelled)."""
+STOP_MARGIN_SECONDS = 3.0
+"""The rest: cancelling what is left, closing clients, the process exiting."""
+
+
+def stop_seconds(broker: BrokerSettings) -> float:
+    """The worst-case time from the end of the drain to the process's exit (in the order of the stop
+    sequence): webhook, broker listener, broker in-flight sequences, metrics listener, kopf, the rest.
+
+    The chart's minimum ``terminationGracePeriodSeconds`` is ``drainSeconds`` plus this, rounded up
+    (charts/taskcreds/templates/_helpers.tpl; tests/chart/test_values.py checks they agree): less,
+    and the kubelet's SIGKILL can cut an issued credential off before it is recorded or revoked.
+    """
+    from taskcreds.operator.broker.server import SHUTDOWN_TIMEOUT as BROKER_SHUTDOWN
+
+    return (
+        WEBHOOK_STOP_SECONDS
+        + BROKER_SHUTDOWN
+        + broker.drain_timeout
+        + SHUTDOWN_TIMEOUT
+        + KOPF_STOP_SECONDS
+        + STOP_MARGIN_SECONDS
+    )
 
 
 @dataclass
@@ -113,7 +144,7 @@ def _take_signals(stop: asyncio.Event, hurry: asyncio.Event) -> None:
 
 
 async def _serve_plain(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
@@ -158,7 +189,6 @@ async def run_operator(
     """
     import kopf
     from taskcreds.operator.broker.server import BrokerServer, make_broker_app, trust_domain_of
-    from taskcreds.operator.broker.settings import BrokerSettings
     from taskcreds.operator.certificates import ensure_webhook_certificate, maintain_webhook_certificate
     from taskcreds.operator.credindex import CredentialIndex
     from taskcreds.operator.injection import mutate_pod
@@ -296,12 +326,13 @@ async def run_operator(
         # the listeners before kopf: a stopping kopf waits 5 s for every task started after it, and
         # the handler of a keep-alive connection (Prometheus, the API server) is one
         listeners_down.set()
-        await asyncio.wait({webhook_task}, timeout=10)
+        await asyncio.wait({webhook_task}, timeout=WEBHOOK_STOP_SECONDS)
         await broker.stop()
         for runner in runners:
             await runner.cleanup()
         kopf_stop.set()
-        await asyncio.wait({kopf_task}, timeout=10)  # kopf may end cancelled: never re-raise that here
+        # kopf may end cancelled: never re-raise that here
+        await asyncio.wait({kopf_task}, timeout=KOPF_STOP_SECONDS)
         kopf_task.cancel()
         for task in background:
             task.cancel()

@@ -66,8 +66,9 @@ log = logging.getLogger("taskcreds.broker")
 
 _TASK = re.compile(names.TASK_ID_PATTERN)
 HANDSHAKE_TIMEOUT = 5.0
-#: how long :meth:`BrokerServer.stop` waits for issue/renew sequences still recording their leases
-DRAIN_TIMEOUT = 10.0
+#: seconds a stopping listener waits for its handlers (then cancels them; the sequences they started
+#: run on and are waited for by :meth:`Broker.drain`)
+SHUTDOWN_TIMEOUT = 1.0
 _T = TypeVar("_T")
 _PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
@@ -359,8 +360,11 @@ class Broker:
                 job.add_done_callback(_unawaited)
             raise
 
-    async def drain(self, seconds: float = DRAIN_TIMEOUT) -> None:
-        """Wait (at most ``seconds``) for issue/renew sequences whose client has gone."""
+    async def drain(self, seconds: float | None = None) -> None:
+        """Wait (at most ``seconds``, default ``settings.drain_timeout``) for issue/renew sequences
+        whose client has gone."""
+        if seconds is None:
+            seconds = self.settings.drain_timeout
         if not self._inflight:
             return
         _, pending = await asyncio.wait(set(self._inflight), timeout=seconds)
@@ -395,8 +399,13 @@ class Broker:
                 return False
             return True
 
-        results = await asyncio.gather(*(one(g, i) for g, i in done))
-        return [pair for pair, ok in zip(done, results, strict=True) if not ok]
+        jobs = [asyncio.ensure_future(one(g, i)) for g, i in done]
+        if not jobs:
+            return []
+        _, pending = await asyncio.wait(jobs, timeout=self.settings.undo_timeout)
+        for job in pending:  # a source that does not answer: recorded instead, revoked at task end
+            job.cancel()
+        return [pair for pair, job in zip(done, jobs, strict=True) if job in pending or not job.result()]
 
     # --- handlers -----------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
@@ -809,7 +818,7 @@ class BrokerServer:
         svid_source: Callable[[], X509SvidMaterial],
         *,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        drain_timeout: float = DRAIN_TIMEOUT,
+        drain_timeout: float | None = None,
     ) -> None:
         self.app = app
         self.drain_timeout = drain_timeout
@@ -854,7 +863,11 @@ class BrokerServer:
         load_svid(listening, svid)
         # bounded waits for slow or stalled clients: handshake 5 s, idle keep-alive 75 s, body 10 s
         self._runner = web.AppRunner(
-            self.app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0, keepalive_timeout=75.0
+            self.app,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            keepalive_timeout=75.0,
         )
         await self._runner.setup()
         assert self._runner.server is not None
@@ -887,7 +900,7 @@ class BrokerServer:
             await self._runner.cleanup()
             self._runner = None
         # handlers are cancelled by now; what they issued is still being recorded (or revoked)
-        await self.app[BROKER_KEY].drain(self.drain_timeout)
+        await self.app[BROKER_KEY].drain(self.drain_timeout)  # None: the broker settings' drain_timeout
 
 
 class _JsonErrorHandler(RequestHandler):

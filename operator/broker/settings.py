@@ -31,9 +31,9 @@ class BrokerSettings:
     review_cache_seconds: float = 30.0
     """How long a positive TokenReview is reused for the same token (0: review every request)."""
     failed_review_rate_per_second: float = 1.0
-    """Failed TokenReviews per second sustained per client SPIFFE ID; checked *before* each review
-    (a token is taken up front, given back when the review succeeds), so junk bearer tokens cost the
-    API server at most ``failed_review_burst`` reviews and then this many per second (then 429)."""
+    """Failed TokenReviews per second sustained per client SPIFFE ID: a review starts only while the
+    bucket has a token and a failed one takes it, so junk bearer tokens cost the API server at most
+    ``failed_review_burst`` reviews and then this many per second (then 429); good ones cost nothing."""
     failed_review_burst: int = 30
     failed_review_cache_seconds: float = 10.0
     """How long a failed TokenReview is remembered for the same token (0: never): a repeated junk
@@ -48,6 +48,15 @@ class BrokerSettings:
     """Tries to record a lease on its TaskLease (on resourceVersion conflicts) before giving up."""
     record_timeout: float = 15.0
     """Seconds one TaskLease write of an issue/renew may take (then: revoke again, answer 503)."""
+    undo_timeout: float = 10.0
+    """Seconds revoking again what a failed TaskLease write left issued may take; what is not revoked
+    by then is recorded (one more write, within ``record_timeout``) so the task end revokes it."""
+
+    @property
+    def drain_timeout(self) -> float:
+        """How long a stopping broker waits for issue/renew sequences still running: the tail of one
+        whose credential exists (record, undo, record the rest), so none is cut off by the stop."""
+        return self.record_timeout + self.undo_timeout + self.record_timeout
 
     @classmethod
     def from_operator(cls, settings: OperatorSettings, *, trust_domain: str | None = None) -> BrokerSettings:

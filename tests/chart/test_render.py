@@ -12,7 +12,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from taskcreds.operator.broker.settings import BrokerSettings
 from taskcreds.operator.config import InjectionConfig, load_config
+from taskcreds.operator.main import stop_seconds
 from taskcreds.operator.settings import OperatorSettings
 
 from taskcreds import names
@@ -266,7 +268,7 @@ def test_readiness_is_readyz_and_a_stopping_replica_drains_within_its_grace_peri
     drain = OperatorSettings.from_env(plain).drain_seconds
     assert drain == 5
     pod = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] >= drain + 15
+    assert pod["terminationGracePeriodSeconds"] >= drain + stop_seconds(BrokerSettings())
     assert "lifecycle" not in container, "the operator drains itself: a preStop sleep would double the wait"
 
 

@@ -4,6 +4,7 @@ naming the key; every key is documented; the schema and the defaults describe th
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -213,9 +214,9 @@ REFUSED_AT_RENDER: list[tuple[str, dict[str, Any], list[str]]] = [
         ["overlaps", names.SIDECAR_SPIFFE_PATH],
     ),
     (
-        "grace period shorter than drain + 15",
-        {"operator": {"drainSeconds": 20, "terminationGracePeriodSeconds": 30}},
-        ["operator.terminationGracePeriodSeconds=30", "operator.drainSeconds=20", "at least", "(35)"],
+        "grace period shorter than drain + the stop's worst case",
+        {"operator": {"drainSeconds": 20, "terminationGracePeriodSeconds": 84}},
+        ["operator.terminationGracePeriodSeconds=84", "operator.drainSeconds=20", "at least", "+ 65 (85)"],
     ),
     (
         "operator webhook and metrics on one port",
@@ -282,3 +283,17 @@ def test_a_pdb_never_blocks_node_drains(helm: Helm, replicas: int, pdb: dict[str
     else:
         (spec,) = found
         assert spec["minAvailable"] == pdb["minAvailable"] < replicas
+
+
+@pytest.mark.parametrize("drain", [0, 5, 30])
+def test_the_grace_period_minimum_is_the_operators_worst_case_stop(helm: Helm, drain: int) -> None:
+    """The chart's minimum terminationGracePeriodSeconds is drainSeconds + the operator's own worst case
+    after the drain (operator/main.py stop_seconds, from the broker's record/undo timeouts): one second
+    less is refused, exactly that renders."""
+    from taskcreds.operator.broker.settings import BrokerSettings
+    from taskcreds.operator.main import stop_seconds
+
+    minimum = drain + math.ceil(stop_seconds(BrokerSettings()))
+    assert helm.template({"operator": {"drainSeconds": drain, "terminationGracePeriodSeconds": minimum}})
+    with pytest.raises(HelmError, match=f"at least drainSeconds \\+ {minimum - drain} \\({minimum}\\)"):
+        helm.template({"operator": {"drainSeconds": drain, "terminationGracePeriodSeconds": minimum - 1}})

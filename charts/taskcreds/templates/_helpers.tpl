@@ -117,8 +117,12 @@ accepted. Included once, from operator-deployment.yaml.
 {{- $o := .Values.operator -}}
 {{- $drain := int $o.drainSeconds -}}
 {{- $grace := int $o.terminationGracePeriodSeconds -}}
-{{- if lt $grace (add $drain 15 | int) -}}
-{{- fail (printf "operator.terminationGracePeriodSeconds=%d is too short for operator.drainSeconds=%d: accepted is at least drainSeconds + 15 (%d), the time a replica needs after its drain to stop kopf and finish revocations before the kubelet kills it" $grace $drain (add $drain 15)) -}}
+{{- /* the stop after the drain, worst case (operator/main.py stop_seconds, tests/chart/test_values.py):
+webhook 10 + broker listener 1 + broker in-flight issue sequences 40 (record 15 + undo 10 + record 15)
++ metrics 1 + kopf 10 + 3 to exit = 65 */ -}}
+{{- $stop := 65 -}}
+{{- if lt $grace (add $drain $stop | int) -}}
+{{- fail (printf "operator.terminationGracePeriodSeconds=%d is too short for operator.drainSeconds=%d: accepted is at least drainSeconds + %d (%d), the worst case of a replica's stop after its drain (webhook 10 s, broker listener 1 s, issue sequences still recording or revoking their credentials 40 s, metrics 1 s, kopf 10 s, exit 3 s) before the kubelet kills it" $grace $drain $stop (add $drain $stop)) -}}
 {{- end -}}
 {{- $pdb := $o.podDisruptionBudget -}}
 {{- if and $pdb.enabled (ge (int $o.replicas) 2) (ge (int $pdb.minAvailable) (int $o.replicas)) -}}
