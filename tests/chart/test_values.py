@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,7 +117,10 @@ def _value_keys(values: dict[str, Any], schema: dict[str, Any], prefix: str = ""
 
 
 def test_every_schema_key_has_a_default_in_values_yaml() -> None:
-    optional_objects = ("webhook.certManager.issuerRef.",)  # empty by default: the chart makes an Issuer
+    optional_objects = (
+        "webhook.certManager.issuerRef.",  # empty by default: the chart makes an Issuer
+        "operator.peering",  # removed, accepted and ignored for one release (helm upgrade --reuse-values)
+    )
     schema_keys = {k for k in _schema_keys(SCHEMA) - {"global"} if not k.startswith(optional_objects)}
     assert schema_keys == _value_keys(DEFAULTS, SCHEMA)
 
@@ -297,3 +302,38 @@ def test_the_grace_period_minimum_is_the_operators_worst_case_stop(helm: Helm, d
     assert helm.template({"operator": {"drainSeconds": drain, "terminationGracePeriodSeconds": minimum}})
     with pytest.raises(HelmError, match=f"at least drainSeconds \\+ {minimum - drain} \\({minimum}\\)"):
         helm.template({"operator": {"drainSeconds": drain, "terminationGracePeriodSeconds": minimum - 1}})
+
+
+PREVIOUS_VALUES = Path(__file__).with_name("previous_values.yaml")
+
+
+@pytest.mark.parametrize(
+    ("case", "reuse", "extra", "refused"),
+    [
+        ("--reset-then-reuse-values, peering set by the user", False,
+         {"operator": {"peering": {"enabled": True, "name": "taskcreds"}}}, None),
+        ("--reuse-values with the grace raised", True, {"operator": {"terminationGracePeriodSeconds": 70}}, None),
+        ("--reuse-values as is: only the grace period is refused, saying what to set", True, {},
+         "operator.terminationGracePeriodSeconds=30 is too short"),
+    ],
+)
+def test_upgrading_from_the_previous_chart_with_its_values(
+    helm: Helm, tmp_path: Path, case: str, reuse: bool, extra: dict[str, Any], refused: str | None
+) -> None:
+    """The previous chart had operator.peering (removed): its values must still pass the schema.
+
+    --reuse-values renders the new templates with the previous release's values *instead of* the new
+    defaults, emulated by a copy of the chart whose values.yaml is the previous one."""
+    chart = CHART
+    if reuse:
+        chart = tmp_path / "taskcreds"
+        shutil.copytree(CHART, chart)
+        shutil.copy(PREVIOUS_VALUES, chart / "values.yaml")
+    proc = helm.run("template", "taskcreds", str(chart), "--namespace", "taskcreds-system", values=extra)
+    if refused is None:
+        assert proc.returncode == 0, (case, proc.stderr)
+        assert "peering" not in proc.stdout.lower(), "removed: ignored, never rendered"
+        assert "KopfPeering" not in proc.stdout
+    else:
+        assert proc.returncode != 0 and refused in proc.stderr, (case, proc.stderr)
+        assert "peering" not in proc.stderr, "never the schema error on operator.peering"
