@@ -35,6 +35,7 @@ class OperatorMetrics:
     policy_denials: Counter  # labels: reason
     webhook_certificate_expiry: Gauge
     broker_requests: Counter  # labels: endpoint, code
+    jwt_denylist_overflow: Counter  # revoked jwt ids the full durable deny list could not take
 
 
 def register_operator(registry: CollectorRegistry | None = None) -> OperatorMetrics:
@@ -106,6 +107,11 @@ def register_operator(registry: CollectorRegistry | None = None) -> OperatorMetr
             PREFIX + "broker_requests_total",
             "Broker HTTP requests, by endpoint and status code.",
             ["endpoint", "code"],
+            registry=reg,
+        ),
+        jwt_denylist_overflow=Counter(
+            PREFIX + "jwt_denylist_overflow_total",
+            "Revoked jwt ids the full durable deny list could not take (listed while TaskLeases exist).",
             registry=reg,
         ),
     )

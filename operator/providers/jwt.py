@@ -9,12 +9,27 @@ list that relying parties can consult (:meth:`JwtProvider.is_revoked`, ``GET /v1
 but a party that only checks the signature will accept the token until ``exp``: **the short TTL is
 the real bound**. Keep ``maxTTL`` of jwt sources small.
 
-The deny list is durable and shared: ``revoke`` writes ``{jti, exp}`` (never a token) under the
-key ``revoked.json`` of the same Secret before it counts as done, pruned once ``exp`` has passed;
-every replica merges it into its list (at most every 2 s, on ``/v1/jwt/revoked``). So a revoked JWT
-stays listed until its ``exp`` on every replica, after an operator restart, and after its pod and
-TaskLease are deleted. Every write to the Secret is a resourceVersion-guarded read-modify-write,
-so replicas writing keys and deny-list entries at once lose nothing.
+The deny list is durable and shared, and kept apart from the signing keys: a task-end ``revoke``
+writes ``{jti, exp}`` (never a token) to the key ``revoked.json`` of its own Secret,
+``<TASKCREDS_JWT_SECRET>-revoked`` (:data:`DENYLIST_SUFFIX`), before it counts as done; entries are
+dropped once ``exp`` has passed. Every replica merges that Secret and the revoked jwt entries of
+every TaskLease into its list (at most every 2 s, on ``/v1/jwt/revoked``), so a revoked JWT stays
+listed until its ``exp`` on every replica, after an operator restart, and after its pod and
+TaskLease are deleted.
+
+Writes are batched: one writer per replica takes every pending ``{jti, exp}`` into one
+resourceVersion-guarded read-modify-write (retried on conflict with jittered backoff), so a burst of
+revocations costs a few writes, not one each. The stored list is capped (``deny_max_bytes``, far
+below the 1 MiB Secret limit): an entry that does not fit is not an error — the revocation still
+counts, the ``jti`` stays listed while its TaskLease exists (and on this replica until ``exp``),
+and one ERROR per batch plus ``taskcreds_jwt_denylist_overflow_total`` say how many did not fit.
+
+A renewal does not write the durable list: the replaced ``jti`` is listed on this replica at once
+and on every replica through its TaskLease entry (recorded revoked, reason ``superseded``) until it
+expires. So the list grows with task ends, not with renewals (a client renewing in a loop cannot
+fill it); the price is that a replaced, unexpired JWT is no longer listed once its pod and
+TaskLease are deleted — it was held by the same sidecar as its (listed) replacement, and is valid
+only until its own ``exp`` (the sidecar renews at 2/3 of the lifetime).
 """
 
 from __future__ import annotations
@@ -22,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -36,16 +53,23 @@ from taskcreds.operator.cluster import Cluster, ClusterError, Conflict
 from taskcreds.operator.providers.base import Issued, IssueRequest, ProviderError
 from taskcreds.operator.sources import jwt_audiences, tenant_refusal
 
+from taskcreds.logs import fields
+from taskcreds.metrics import OperatorMetrics
 from taskcreds.names import KIND_CLUSTER_CREDENTIAL_SOURCE, KIND_CREDENTIAL_SOURCE
 
-__all__ = ["JwtProvider", "RESERVED_CLAIMS", "SECRET_KEY", "REVOKED_KEY"]
+__all__ = ["JwtProvider", "RESERVED_CLAIMS", "SECRET_KEY", "REVOKED_KEY", "DENYLIST_SUFFIX", "DENY_MAX_BYTES"]
+
+log = logging.getLogger("taskcreds.providers.jwt")
 
 RESERVED_CLAIMS: Final = frozenset(
     {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "task", "pod", "namespace", "credential", "source_kind"}
 )
 SECRET_KEY: Final = "keys.json"  # the signing keys: [{kid, createdAt, retiredAt, pem}]
-REVOKED_KEY: Final = "revoked.json"  # the deny list: [{jti, exp}] — ids and times, never a token
-_WRITE_ATTEMPTS: Final = 5
+REVOKED_KEY: Final = "revoked.json"  # the deny list: {jti: exp} — ids and times, never a token
+DENYLIST_SUFFIX: Final = "-revoked"  # the deny list's Secret: <jwt Secret>-revoked (chart Role names it)
+DENY_MAX_BYTES: Final = 512 * 1024  # ~13,000 entries; the Secret limit is 1 MiB
+_WRITE_ATTEMPTS: Final = 8
+_BACKOFF_BASE, _BACKOFF_CAP = 0.02, 1.0  # seconds; full jitter between conflicting writes
 _NAME = "jwt"
 
 
@@ -90,9 +114,14 @@ class JwtProvider:
         rotate_every: float = 86400.0,
         max_token_ttl: float = 86400.0,
         reload_every: float = 60.0,
+        deny_max_bytes: int = DENY_MAX_BYTES,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self._cluster = cluster
         self._ns, self._secret = secret_namespace, secret_name
+        self._deny_secret = secret_name + DENYLIST_SUFFIX
+        self.deny_max_bytes = deny_max_bytes
+        self.metrics = metrics
         self.issuer = issuer
         self._now = now
         self.rotate_every = rotate_every
@@ -103,6 +132,10 @@ class JwtProvider:
         self._lock = asyncio.Lock()
         self._revoked: dict[str, float] = {}  # jti -> exp (unix)
         self._revoked_synced_at = -1e18  # monotonic time of the last merge from the TaskLeases
+        # the one writer of this replica: revocations wait on it; what arrives during a write is next
+        self._pending: dict[str, float] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     # --- keys ---------------------------------------------------------------------------------
     async def _read(self) -> list[_Key] | None:
@@ -131,15 +164,24 @@ class JwtProvider:
 
     async def _write(self, keys: list[_Key]) -> None:
         payload = json.dumps([k.to_json() for k in keys]).encode()
-        await self._update_secret(lambda data: data.update({SECRET_KEY: payload}) or True)
 
-    async def _update_secret(self, mutate: Callable[[dict[str, bytes]], bool]) -> dict[str, bytes]:
-        """Read-modify-write the Secret's data, guarded by resourceVersion (retried on conflict), so
-        the keys and the deny list, written by any replica, never overwrite each other. ``mutate``
-        changes the decoded data in place and says whether anything changed (False: no write)."""
+        def put(data: dict[str, bytes]) -> bool:
+            data.pop(REVOKED_KEY, None)  # where a pre-release build kept the deny list: never again
+            data[SECRET_KEY] = payload
+            return True
+
+        await self._update_secret(self._secret, put)
+
+    async def _update_secret(self, name: str, mutate: Callable[[dict[str, bytes]], bool]) -> dict[str, bytes]:
+        """Read-modify-write a Secret's data, guarded by resourceVersion (retried on conflict after a
+        jittered backoff), so replicas writing at once never overwrite each other. ``mutate`` changes
+        the decoded data in place and says whether anything changed (False: no write)."""
         last: Exception | None = None
-        for _ in range(_WRITE_ATTEMPTS):
-            secret = await self._cluster.get_secret(self._ns, self._secret)
+        for attempt in range(_WRITE_ATTEMPTS):
+            if attempt:
+                delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt)
+                await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter, not a secret
+            secret = await self._cluster.get_secret(self._ns, name)
             data = {
                 k: base64.b64decode(v) for k, v in ((secret or {}).get("data") or {}).items()
             }
@@ -148,16 +190,14 @@ class JwtProvider:
             labels = {"app.kubernetes.io/managed-by": "taskcreds"}
             try:
                 if secret is None:
-                    await self._cluster.apply_secret(self._ns, self._secret, data, labels, create_only=True)
+                    await self._cluster.apply_secret(self._ns, name, data, labels, create_only=True)
                 else:
                     rv = (secret.get("metadata") or {}).get("resourceVersion")
-                    await self._cluster.apply_secret(
-                        self._ns, self._secret, data, labels, resource_version=rv
-                    )
+                    await self._cluster.apply_secret(self._ns, name, data, labels, resource_version=rv)
                 return data
             except Conflict as exc:  # AlreadyExists included: another replica wrote first
                 last = exc
-        raise ClusterError(f"Secret {self._ns}/{self._secret}: {_WRITE_ATTEMPTS} conflicting writes ({last})")
+        raise ClusterError(f"Secret {self._ns}/{name}: {_WRITE_ATTEMPTS} conflicting writes ({last})")
 
     async def ensure_keys(self, *, force_reload: bool = False) -> None:
         """Load the key set (create it when missing, rotate by age, prune expired keys)."""
@@ -246,13 +286,92 @@ class JwtProvider:
                 if revoked and len(parts) == 3 and parts[2].isdigit():
                     self._revoked.setdefault(parts[1], float(parts[2]))
         try:
-            secret = await self._cluster.get_secret(self._ns, self._secret)
+            secret = await self._cluster.get_secret(self._ns, self._deny_secret)
         except Exception:  # noqa: BLE001 - as above: answer from memory
             secret = None
         raw = ((secret or {}).get("data") or {}).get(REVOKED_KEY)
         if raw:
             self._revoked.update(_deny_list(base64.b64decode(raw)))
         self._prune()
+
+    async def _persist(self, jti: str, exp: float) -> None:
+        """Have ``{jti, exp}`` written to the durable list by this replica's one writer; returns once
+        a write that included it is done (or it did not fit: see :meth:`_write_batch`)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending[jti] = exp
+        self._waiters.append(done)
+        writer = self._writer
+        if writer is None or writer.done() or writer.get_loop() is not loop:
+            self._writer = loop.create_task(self._write_pending(), name="jwt-denylist-writer")
+        await done
+
+    async def _write_pending(self) -> None:
+        """Write what is pending, batch after batch, until nothing is; each batch is one
+        read-modify-write whatever its size. A failed batch fails its waiters (their revocations are
+        retried by their callers); a cancelled writer fails every waiter."""
+        while self._pending:
+            batch, waiters = self._pending, self._waiters
+            self._pending, self._waiters = {}, []
+            try:
+                await self._write_batch(batch)
+            except asyncio.CancelledError:
+                self._fail([*waiters, *self._waiters], "the operator is stopping")
+                self._pending, self._waiters = {}, []
+                raise
+            except Exception as exc:  # noqa: BLE001 - ClusterError mostly; never leave a waiter hanging
+                self._fail(waiters, type(exc).__name__)
+                continue
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _fail(self, waiters: list[asyncio.Future[None]], why: str) -> None:
+        message = f"cannot record the revoked jti in Secret {self._ns}/{self._deny_secret}: {why}"
+        for waiter in waiters:
+            if not waiter.done():  # a caller that gave up has cancelled its own
+                waiter.set_exception(ProviderError(_NAME, message))
+
+    async def _write_batch(self, batch: dict[str, float]) -> None:
+        """Add ``batch`` to the stored list (expired entries pruned) in one guarded write. Entries that
+        would take the list past ``deny_max_bytes`` are left out: logged (counts only) and counted;
+        they stay listed through their TaskLeases and this replica's memory."""
+        left_out = 0
+        stored_count = 0
+
+        def add(data: dict[str, bytes]) -> bool:
+            nonlocal left_out, stored_count
+            now = self._now().timestamp()
+            listed = _deny_list(data.get(REVOKED_KEY, b"{}"))
+            kept = {j: e for j, e in listed.items() if e >= now}
+            size = len(_encode(kept))
+            left_out = 0
+            for jti, exp in sorted(batch.items(), key=lambda item: item[1]):
+                if exp < now or kept.get(jti) == exp:
+                    continue
+                cost = len(json.dumps(jti)) + len(str(int(exp))) + 2  # "jti":exp plus a comma
+                if size + cost > self.deny_max_bytes:
+                    left_out += 1
+                    continue
+                kept[jti] = exp
+                size += cost
+            stored_count = len(kept)
+            if kept == listed:
+                return False
+            data[REVOKED_KEY] = _encode(kept)
+            return True
+
+        await self._update_secret(self._deny_secret, add)
+        if left_out:
+            log.error(
+                "jwt deny list full: revoked ids not stored durably (listed while their TaskLeases exist)",
+                extra=fields(
+                    secret=f"{self._ns}/{self._deny_secret}", not_stored=left_out, stored=stored_count,
+                    max_bytes=self.deny_max_bytes,
+                ),
+            )
+            if self.metrics is not None:
+                self.metrics.jwt_denylist_overflow.inc(left_out)
 
     def _prune(self) -> None:
         now = self._now().timestamp()
@@ -326,42 +445,25 @@ class JwtProvider:
         )
 
     async def renew(self, lease_ref: str, request: IssueRequest) -> Issued:
-        """A fresh token; the old one goes on the deny list."""
+        """A fresh token. The old one is listed here at once and, through its TaskLease entry (the
+        broker records it revoked, reason ``superseded``), on every replica until it expires; it is
+        not written to the durable list, which grows with task ends only (module docstring)."""
+        jti, exp = _parse_ref(lease_ref)
         issued = await self.issue(request)
-        await self.revoke(lease_ref, request.source_spec, request.source_namespace)
+        self._prune()
+        if exp > self._now().timestamp():
+            self._revoked[jti] = exp
         return issued
 
     async def revoke(self, lease_ref: str, source_spec: dict[str, Any], source_namespace: str | None) -> None:
-        parts = lease_ref.split(":")
-        if len(parts) != 3 or parts[0] != "jwt" or not parts[2].isdigit():
-            raise ProviderError(
-                _NAME, f"lease reference {lease_ref!r} is not jwt:<jti>:<exp>", retryable=False
-            )
+        """Deny-list the token: done once the durable list has it (written in a batch with every
+        revocation pending on this replica) or it did not fit there; a failed write is retryable."""
+        jti, exp = _parse_ref(lease_ref)
         self._prune()
-        jti, exp = parts[1], float(parts[2])
-        self._revoked[jti] = exp
         if exp <= self._now().timestamp():
             return  # expired: nobody accepts it any more, nothing to keep
-        now = self._now().timestamp()
-
-        def add(data: dict[str, bytes]) -> bool:
-            listed = _deny_list(data.get(REVOKED_KEY, b"[]"))
-            kept = {j: e for j, e in listed.items() if e >= now}
-            if listed.get(jti) == exp and len(kept) == len(listed):
-                return False
-            kept[jti] = exp
-            data[REVOKED_KEY] = json.dumps(
-                [{"jti": j, "exp": int(e)} for j, e in sorted(kept.items())]
-            ).encode()
-            return True
-
-        try:
-            await self._update_secret(add)
-        except ClusterError as exc:  # not durable yet: not revoked yet (retried by the caller)
-            raise ProviderError(
-                _NAME,
-                f"cannot record the revoked jti in Secret {self._ns}/{self._secret}: {type(exc).__name__}",
-            ) from None
+        self._revoked[jti] = exp
+        await self._persist(jti, exp)
 
     def verify(self, token: str, audience: str) -> dict[str, Any]:
         """Check a token as a careful relying party would (signature, aud, exp, deny list)."""
@@ -377,15 +479,28 @@ class JwtProvider:
         return claims
 
 
+def _parse_ref(lease_ref: str) -> tuple[str, float]:
+    """``jwt:<jti>:<exp>`` -> (jti, exp)."""
+    parts = lease_ref.split(":")
+    if len(parts) != 3 or parts[0] != "jwt" or not parts[1] or not parts[2].isdigit():
+        raise ProviderError(_NAME, f"lease reference {lease_ref!r} is not jwt:<jti>:<exp>", retryable=False)
+    return parts[1], float(parts[2])
+
+
+def _encode(revoked: dict[str, float]) -> bytes:
+    """{jti: exp} -> ``revoked.json``: one compact JSON object, ~40 bytes an entry."""
+    return json.dumps({j: int(e) for j, e in sorted(revoked.items())}, separators=(",", ":")).encode()
+
+
 def _deny_list(raw: bytes) -> dict[str, float]:
     """``revoked.json`` -> {jti: exp}; unreadable entries are skipped (the list is advisory)."""
     try:
         items = json.loads(raw)
     except ValueError:
         return {}
-    out: dict[str, float] = {}
-    for item in items if isinstance(items, list) else []:
-        jti, exp = (item.get("jti"), item.get("exp")) if isinstance(item, dict) else (None, None)
-        if isinstance(jti, str) and isinstance(exp, int | float):
-            out[jti] = float(exp)
-    return out
+    pairs = items.items() if isinstance(items, dict) else []
+    return {
+        j: float(e)
+        for j, e in pairs
+        if isinstance(j, str) and isinstance(e, int | float) and not isinstance(e, bool)
+    }

@@ -122,8 +122,8 @@ API_CALLS: tuple[ApiCall, ...] = (
             "secrets",
             None,
             "release",
-            "Cluster.get_secret / apply_secret (jwt keys)",
-            names=("jwt-secret",),
+            "Cluster.get_secret / apply_secret (jwt keys; deny list in <keys>-revoked)",
+            names=("jwt-secret", "jwt-denylist-secret"),
         )
         for verb in ("get", "update", "patch")
     ),

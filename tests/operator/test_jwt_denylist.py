@@ -1,8 +1,8 @@
 """The JWT deny list (``GET /v1/jwt/revoked``) keeps a revoked, unexpired token listed on every
 replica, after an operator restart and after its pod and TaskLease are gone — until its ``exp``.
 
-Real brokers sharing one in-memory cluster; the revoked ids live in the jwt Secret (ids and expiry
-times only, never a token).
+Real brokers sharing one in-memory cluster; the revoked ids live in the deny-list Secret next to the
+jwt signing-key Secret (ids and expiry times only, never a token).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from taskcreds.operator.cluster import ClusterError
 from taskcreds.operator.leases import lease_name
 from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.providers.base import IssueRequest, ProviderError
-from taskcreds.operator.providers.jwt import REVOKED_KEY, JwtProvider
+from taskcreds.operator.providers.jwt import DENYLIST_SUFFIX, REVOKED_KEY, JwtProvider
 
 from tests.operator.test_broker_harness import NS, Harness
 
@@ -54,9 +54,13 @@ async def test_a_revoked_jwt_stays_listed_after_its_pod_and_tasklease_are_gone(w
         else:
             asker = b
         assert await listed(asker, pod, jti)
-        stored = a.cluster.secrets[("taskcreds-system", a.settings.jwt_secret)]["data"][REVOKED_KEY]
-        assert json.loads(base64.b64decode(stored)) == [{"jti": jti, "exp": int(cred["leaseRef"].split(":")[2])}]
+        secrets = a.cluster.secrets
+        stored = secrets[("taskcreds-system", a.settings.jwt_secret + DENYLIST_SUFFIX)]["data"][REVOKED_KEY]
+        assert json.loads(base64.b64decode(stored)) == {jti: int(cred["leaseRef"].split(":")[2])}
         assert "eyJ" not in base64.b64decode(stored).decode(), "ids and times only, never a token"
+        assert REVOKED_KEY not in secrets[("taskcreds-system", a.settings.jwt_secret)]["data"], (
+            "the signing-key Secret holds keys only"
+        )
     finally:
         await a.close()
         await b.close()
@@ -99,8 +103,8 @@ async def test_entries_are_pruned_at_exp_and_replicas_writing_at_once_lose_none(
     clock[0] += timedelta(minutes=2)  # the short one expired: dropped from the list and the Secret
     extra = await a.issue(request(3600))
     await b.revoke(extra.lease_ref, {}, NS)
-    stored = json.loads(base64.b64decode(cluster.secrets[("taskcreds-system", "jwt")]["data"][REVOKED_KEY]))
-    assert short.lease_ref.split(":")[1] not in {e["jti"] for e in stored} and len(stored) == 5
+    stored = json.loads(base64.b64decode(cluster.secrets[("taskcreds-system", "jwt-revoked")]["data"][REVOKED_KEY]))
+    assert short.lease_ref.split(":")[1] not in stored and len(stored) == 5
     assert short.lease_ref.split(":")[1] not in {r["jti"] for r in b.revoked()}
 
 
@@ -111,7 +115,7 @@ async def test_a_revocation_that_cannot_be_recorded_is_a_retryable_failure() -> 
     cluster.fail("get_secret", ClusterError("API unreachable"))
     with pytest.raises(ProviderError) as caught:
         await provider.revoke(issued.lease_ref, {}, NS)
-    assert caught.value.retryable and "cannot record the revoked jti in Secret taskcreds-system/jwt" in str(caught.value)
+    assert caught.value.retryable and "cannot record the revoked jti in Secret taskcreds-system/jwt-revoked" in str(caught.value)
     await provider.revoke(issued.lease_ref, {}, NS)  # the retry goes through
     fresh = JwtProvider(cluster, secret_namespace="taskcreds-system", secret_name="jwt", issuer="https://b")
     await fresh.sync_revoked(max_age=0)
