@@ -200,3 +200,14 @@ async def test_renewals_do_not_grow_the_durable_list_and_the_replaced_ids_stay_l
     finally:
         await a.close()
         await b.close()
+
+
+def test_the_operator_gives_the_jwt_provider_its_metrics() -> None:
+    from taskcreds.operator.broker.settings import BrokerSettings
+    from taskcreds.operator.providers.registry import make_providers
+
+    from taskcreds.metrics import register_operator
+
+    metrics = register_operator()
+    providers = make_providers(MemCluster(), BrokerSettings(namespace=SYSTEM, jwt_issuer="https://x"), metrics)
+    assert getattr(providers["jwt"], "metrics", None) is metrics
