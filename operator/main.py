@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,11 +30,21 @@ from taskcreds.operator.cluster import Cluster
 from taskcreds.operator.config import ConfigError, InjectionConfig, config_from_env
 from taskcreds.operator.settings import OperatorSettings, SettingsError
 
+from taskcreds import names
 from taskcreds.logs import fields, setup_logging
 from taskcreds.loop import loop_name, run_loop
 from taskcreds.metrics import OperatorMetrics, register_operator
 
-__all__ = ["main", "run_operator", "OperatorParts", "kopf_settings_for_taskcreds", "stop_seconds"]
+__all__ = [
+    "main",
+    "run_operator",
+    "OperatorParts",
+    "kopf_settings_for_taskcreds",
+    "stop_seconds",
+    "task_lease_crd_problem",
+    "check_task_lease_crd",
+    "CRD_APPLY_COMMAND",
+]
 
 log = logging.getLogger("taskcreds.operator")
 
@@ -70,6 +80,90 @@ def stop_seconds(broker: BrokerSettings) -> float:
         + KOPF_STOP_SECONDS
         + STOP_MARGIN_SECONDS
     )
+
+
+TASK_LEASE_CRD = f"{names.PLURAL_TASK_LEASES}.{names.CRD_GROUP}"
+CRD_APPLY_COMMAND = "kubectl apply --server-side --force-conflicts -f charts/taskcreds/crds/"
+"""What an admin runs before ``helm upgrade``: Helm installs crds/ once and never upgrades them."""
+#: fields of ``status.leases[]`` this operator records; an older CRD's structural schema prunes them
+#: silently, and then revocation goes to the wrong place (target) or a renewal is forgotten
+LEASE_FIELDS = ("target", "supersededAt")
+CRD_CHECK_ATTEMPTS = 6
+CRD_CHECK_INTERVAL = 5.0
+
+
+def task_lease_crd_problem(crd: Mapping[str, Any] | None) -> str | None:
+    """What makes the installed TaskLease CRD unfit for this operator (None: it fits). Pure."""
+    if crd is None:
+        return f"CustomResourceDefinition {TASK_LEASE_CRD} does not exist"
+    versions = (crd.get("spec") or {}).get("versions") or []
+    version = next((v for v in versions if v.get("name") == names.CRD_VERSION and v.get("served")), None)
+    if version is None:
+        return f"CustomResourceDefinition {TASK_LEASE_CRD} does not serve version {names.CRD_VERSION}"
+    node: Any = (version.get("schema") or {}).get("openAPIV3Schema") or {}
+    for key in ("properties", "status", "properties", "leases", "items", "properties"):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    missing = [f for f in LEASE_FIELDS if not isinstance(node, Mapping) or f not in node]
+    if missing:
+        return (
+            f"CustomResourceDefinition {TASK_LEASE_CRD} is older than this operator: status.leases[] has "
+            f"no {', '.join(missing)}, so the API server would drop them from every TaskLease"
+        )
+    return None
+
+
+async def _read_crd(api: Any, name: str) -> dict[str, Any] | None:
+    """The CRD as JSON (None: not found); ApiException for anything else."""
+    import json
+
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    try:
+        resp = await client.ApiextensionsV1Api(api).read_custom_resource_definition(
+            name, _preload_content=False, _request_timeout=10
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    try:
+        return json.loads(await resp.read())
+    finally:
+        resp.release()
+
+
+async def check_task_lease_crd(
+    cluster: Cluster, *, attempts: int = CRD_CHECK_ATTEMPTS, interval: float = CRD_CHECK_INTERVAL
+) -> str | None:
+    """Read the installed TaskLease CRD and say what is wrong with it (None: nothing).
+
+    Fail closed: a CRD that cannot be read (forbidden, or the API failing ``attempts`` times) is a
+    problem too. A Cluster without a Kubernetes API client (the in-memory one) has no CRD: None.
+    """
+    api = getattr(cluster, "api", None)
+    if api is None:
+        return None
+    last = ""
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(interval)
+        try:
+            return task_lease_crd_problem(await _read_crd(api, TASK_LEASE_CRD))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            status = getattr(exc, "status", None)
+            last = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+            if status == 403:
+                return (
+                    f"cannot read CustomResourceDefinition {TASK_LEASE_CRD}: forbidden; the chart's "
+                    "ClusterRole grants get on it (upgrade the chart)"
+                )
+            log.warning(
+                "cannot read the TaskLease CRD; retrying", extra=fields(crd=TASK_LEASE_CRD, error=last)
+            )
+    return f"cannot read CustomResourceDefinition {TASK_LEASE_CRD}: {last}"
 
 
 @dataclass
@@ -263,7 +357,7 @@ async def run_operator(
     # 3. the broker, with the operator's own SVID (rotation-aware)
     svid = svid_source()
     broker_settings = BrokerSettings.from_operator(settings, trust_domain=trust_domain_of(svid))
-    providers = make_providers(cluster, broker_settings)
+    providers = make_providers(cluster, broker_settings, metrics)
     hub = TaskStatusHub()
     broker_app = make_broker_app(
         cluster=cluster,
@@ -307,7 +401,16 @@ async def run_operator(
         if take_signals:
             await asyncio.sleep(0)  # kopf adds its signal handlers right after starting its tasks
             _take_signals(stop, hurry)
-        if not stop.is_set():
+        crd_problem = None if stop.is_set() else await check_task_lease_crd(cluster)
+        if crd_problem is not None:
+            # fail closed: unready, so the Services keep sending work to replicas with a sound CRD
+            # (maxUnavailable 0 keeps the old ones); kopf still revokes what ends meanwhile
+            log.error(
+                "the TaskLease CRD does not fit this operator; staying unready (/readyz 503). "
+                f"Apply the chart's CRDs, then restart this pod: {CRD_APPLY_COMMAND}",
+                extra=fields(problem=crd_problem, command=CRD_APPLY_COMMAND),
+            )
+        elif not stop.is_set():
             parts.ready.set()
             log.info(
                 "taskcreds-operator ready",

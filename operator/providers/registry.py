@@ -13,6 +13,7 @@ from taskcreds.operator.providers.kubernetes_token import KubernetesTokenProvide
 from taskcreds.operator.providers.secret import SecretProvider
 
 from taskcreds.logs import fields
+from taskcreds.metrics import OperatorMetrics
 
 __all__ = ["make_providers"]
 
@@ -27,14 +28,18 @@ _OPTIONAL = {
 }
 
 
-def make_providers(cluster: Cluster, settings: BrokerSettings) -> dict[str, Provider]:
-    """jwt, secret and kubernetes-token always; vault and github-app when their modules import."""
+def make_providers(
+    cluster: Cluster, settings: BrokerSettings, metrics: OperatorMetrics | None = None
+) -> dict[str, Provider]:
+    """jwt, secret and kubernetes-token always; vault and github-app when their modules import.
+    ``metrics``: where the jwt provider counts ids its full deny list could not take."""
     providers: dict[str, Provider] = {
         "jwt": JwtProvider(
             cluster,
             secret_namespace=settings.namespace,
             secret_name=settings.jwt_secret,
             issuer=settings.jwt_issuer,
+            metrics=metrics,
         ),
         "secret": SecretProvider(cluster, operator_namespace=settings.namespace),
         "kubernetes-token": KubernetesTokenProvider(cluster),
