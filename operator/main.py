@@ -112,8 +112,14 @@ def task_lease_crd_problem(crd: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+class _ApiStatus(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
 async def _read_crd(api: Any, name: str) -> dict[str, Any] | None:
-    """The CRD as JSON (None: not found); ApiException for anything else."""
+    """The CRD as JSON (None: not found); an exception with ``status`` for any other failure."""
     import json
 
     from kubernetes_asyncio import client
@@ -128,6 +134,10 @@ async def _read_crd(api: Any, name: str) -> dict[str, Any] | None:
             return None
         raise
     try:
+        if resp.status == 404:
+            return None
+        if resp.status >= 400:
+            raise _ApiStatus(resp.status)
         return json.loads(await resp.read())
     finally:
         resp.release()
@@ -154,7 +164,7 @@ async def check_task_lease_crd(
             raise
         except Exception as exc:
             status = getattr(exc, "status", None)
-            last = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+            last = type(exc).__name__ if isinstance(status, int) is False else f"HTTP {status}"
             if status == 403:
                 return (
                     f"cannot read CustomResourceDefinition {TASK_LEASE_CRD}: forbidden; the chart's "
@@ -416,6 +426,7 @@ async def run_operator(
                 "taskcreds-operator ready",
                 extra=fields(loop=loop_name(), **{f"{k}_port": v for k, v in parts.ports.items()}),
             )
+        if not stop.is_set():
             stopping = asyncio.ensure_future(stop.wait())
             await asyncio.wait({stopping, kopf_task}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()

@@ -79,6 +79,15 @@ API_CALLS: tuple[ApiCall, ...] = (
         for verb in ("get", "list", "watch")
     ),
     # --- TaskLeases: Cluster.*_task_lease and kopf's lifecycle handlers ------------------------------
+    ApiCall(
+        "get",
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        None,
+        "cluster",
+        "main.check_task_lease_crd: is the installed TaskLease CRD this release's (at startup)",
+        names=("tasklease-crd",),
+    ),
     ApiCall("get", _TASKCREDS, "taskleases", None, "cluster", "Cluster.get_task_lease"),
     ApiCall("list", _TASKCREDS, "taskleases", None, "cluster", "Cluster.list_task_leases (sweep)"),
     ApiCall("watch", _TASKCREDS, "taskleases", None, "cluster", "kopf: finalizer taskcreds.io/revoke"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from taskcreds.operator.main import TASK_LEASE_CRD
 from taskcreds.operator.providers.jwt import DENYLIST_SUFFIX
 
 from tests.chart.api_calls import API_CALLS, ApiCall
@@ -54,6 +55,7 @@ def expected(docs: list[dict[str, Any]], values: dict[str, Any]) -> set[Grant]:
         "webhook-configuration": env["TASKCREDS_WEBHOOK_CONFIGURATION"],
         "webhook-secret": env["TASKCREDS_WEBHOOK_SECRET"],
         "jwt-secret": env["TASKCREDS_JWT_SECRET"],
+        "tasklease-crd": TASK_LEASE_CRD,
         "jwt-denylist-secret": env["TASKCREDS_JWT_SECRET"] + DENYLIST_SUFFIX,
     }
     secret_namespaces = values.get("rbac", {}).get("secretNamespaces", [])

@@ -1,0 +1,119 @@
+"""`helm upgrade` never upgrades crds/: an operator started against an older TaskLease CRD (whose
+structural schema prunes status.leases[].target and supersededAt) says so in one ERROR naming the
+command, and stays unready (fail closed) instead of silently losing those fields."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from taskcreds.operator.kube import connect
+from taskcreds.operator.main import (
+    CRD_APPLY_COMMAND,
+    TASK_LEASE_CRD,
+    check_task_lease_crd,
+    task_lease_crd_problem,
+)
+
+from taskcreds import names
+from tests.kube.fixtures import KubeApi
+from tests.operator.running import Replica
+from tests.operator.test_main import OPERATOR_ID, prepare_cluster
+
+CRDS = Path(__file__).resolve().parents[2] / "charts" / "taskcreds" / "crds"
+
+
+def current_crd() -> dict[str, Any]:
+    return yaml.safe_load((CRDS / "tasklease.yaml").read_text())
+
+
+def lease_item_properties(crd: dict[str, Any]) -> dict[str, Any]:
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == names.CRD_VERSION]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    return status["properties"]["leases"]["items"]["properties"]
+
+
+def old_crd(*drop: str) -> dict[str, Any]:
+    """The chart's TaskLease CRD as the previous release had it: without ``drop`` on lease entries."""
+    crd = copy.deepcopy(current_crd())
+    for field in drop:
+        del lease_item_properties(crd)[field]
+    return crd
+
+
+def unserved(crd: dict[str, Any]) -> dict[str, Any]:
+    for version in crd["spec"]["versions"]:
+        version["served"] = False
+    return crd
+
+
+@pytest.mark.parametrize(
+    ("case", "crd", "needles"),
+    [
+        ("the chart's CRD", current_crd(), None),
+        ("before target and supersededAt", old_crd("target", "supersededAt"), ["older", "target, supersededAt"]),
+        ("before supersededAt", old_crd("supersededAt"), ["older", "no supersededAt"]),
+        ("version not served", unserved(current_crd()), ["does not serve", names.CRD_VERSION]),
+        ("no CRD", None, ["does not exist"]),
+    ],
+)
+def test_what_makes_a_task_lease_crd_unfit(case: str, crd: dict[str, Any] | None, needles: list[str] | None) -> None:
+    problem = task_lease_crd_problem(crd)
+    if needles is None:
+        assert problem is None, case
+    else:
+        assert problem is not None and TASK_LEASE_CRD in problem, case
+        for needle in needles:
+            assert needle in problem, (case, problem)
+
+
+@pytest.mark.parametrize(
+    ("case", "crd", "expected"),
+    [
+        ("the chart's CRD", current_crd(), None),
+        ("the previous release's CRD", old_crd("target", "supersededAt"), "is older than this operator"),
+        ("no CRD at all", None, "does not exist"),
+    ],
+)
+async def test_the_check_reads_the_crd_from_the_api(
+    kube_api: KubeApi, case: str, crd: dict[str, Any] | None, expected: str | None
+) -> None:
+    if crd is not None:
+        kube_api.register_crd(crd)
+    cluster = await connect(url=kube_api.url, token=kube_api.admin_token)
+    try:
+        problem = await check_task_lease_crd(cluster, attempts=1)
+    finally:
+        await cluster.close()
+    assert (problem is None) if expected is None else (problem is not None and expected in problem), (case, problem)
+
+
+async def test_an_operator_on_an_old_crd_logs_the_command_and_stays_unready(
+    kube_api: KubeApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    kube_api.register_crd(old_crd("target", "supersededAt"))  # prepare_cluster keeps it: helm's behaviour
+    authority, _ = prepare_cluster(kube_api)
+    replica = Replica(kube_api, authority.mint_x509_svid(OPERATOR_ID), kube_api.admin_token)
+    caplog.set_level(logging.ERROR, logger="taskcreds.operator")
+    replica.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not [r for r in caplog.records if "TaskLease CRD" in r.getMessage()]:
+            assert not replica.failure and time.monotonic() < deadline, "no ERROR about the CRD"
+            await asyncio.sleep(0.05)
+        (record,) = [r for r in caplog.records if "TaskLease CRD" in r.getMessage()]
+        assert record.levelno == logging.ERROR and CRD_APPLY_COMMAND in record.getMessage()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{replica.ports['metrics']}/readyz") as resp:
+                assert resp.status == 503
+        assert not replica.ready
+    finally:
+        await asyncio.to_thread(replica.stop)
+    assert not replica.thread.is_alive() and not replica.failure
