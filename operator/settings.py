@@ -13,8 +13,8 @@ from taskcreds import names
 
 __all__ = ["OperatorSettings", "SettingsError", "parse_listen", "ENV_DRAIN_SECONDS", "DRAIN_SECONDS"]
 
-ENV_DRAIN_SECONDS = "TASKCREDS_DRAIN_SECONDS"
-"""Seconds a stopping operator keeps serving admission and the broker (not yet in taskcreds/names.py)."""
+ENV_DRAIN_SECONDS = names.ENV_DRAIN_SECONDS
+"""Seconds a stopping operator keeps serving admission and the broker (re-exported from names)."""
 DRAIN_SECONDS = 5.0
 """The process's drain when the variable is unset: time for kube-apiserver and kube-proxy to drop this
 pod's endpoints after it turned terminating (usually 1-2 s; more on a loaded control plane)."""

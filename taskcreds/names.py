@@ -110,6 +110,7 @@ PODINFO_ANNOTATIONS_FILE: Final = "annotations"
 # --- the operator's environment (the chart sets these) ---------------------------------------
 ENV_CONFIG_FILE: Final = "TASKCREDS_CONFIG"  # injection config YAML (ConfigMap), see operator/config.py
 ENV_OPERATOR_NAMESPACE: Final = "TASKCREDS_NAMESPACE"
+ENV_DRAIN_SECONDS: Final = "TASKCREDS_DRAIN_SECONDS"  # seconds serving on after SIGTERM (default 5)
 ENV_WEBHOOK_LISTEN: Final = "TASKCREDS_WEBHOOK_LISTEN"  # default 0.0.0.0:8443
 ENV_BROKER_LISTEN: Final = "TASKCREDS_BROKER_LISTEN"  # default 0.0.0.0:8444
 ENV_METRICS_LISTEN: Final = "TASKCREDS_METRICS_LISTEN"  # default 0.0.0.0:8080 (/metrics, /healthz)

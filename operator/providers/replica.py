@@ -19,10 +19,12 @@ from typing import Final
 
 from taskcreds.operator.cluster import Cluster
 
+from taskcreds import names
+
 __all__ = ["Replica", "replica_from_env", "POD_UID_ENV"]
 
 #: the operator pod's uid (downward API ``metadata.uid``); optional: looked up by name when unset
-POD_UID_ENV: Final = "TASKCREDS_POD_UID"
+POD_UID_ENV: Final = names.ENV_POD_UID
 _KEYS = ("replicaNamespace", "replica", "replicaUID", "replicaInstance")
 
 
@@ -80,7 +82,7 @@ def replica_from_env(default_namespace: str = "taskcreds-system") -> Replica:
     """This process: ``HOSTNAME`` (the pod name in Kubernetes), ``TASKCREDS_NAMESPACE``, and the
     pod uid from ``TASKCREDS_POD_UID`` when the chart passes it (else looked up by the provider)."""
     return Replica(
-        namespace=os.environ.get("TASKCREDS_NAMESPACE") or default_namespace,
+        namespace=os.environ.get(names.ENV_OPERATOR_NAMESPACE) or default_namespace,
         pod=os.environ.get("HOSTNAME") or "operator",
         uid=os.environ.get(POD_UID_ENV, ""),
     )

@@ -265,6 +265,7 @@ def test_readiness_is_readyz_and_a_stopping_replica_drains_within_its_grace_peri
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     plain = {k: v for k, v in env_of(container).items() if isinstance(v, str)}
+    assert plain[names.ENV_DRAIN_SECONDS] == "5", "the variable the operator reads"
     drain = OperatorSettings.from_env(plain).drain_seconds
     assert drain == 5
     pod = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]
