@@ -346,7 +346,8 @@ class JwtProvider:
             kept = {j: e for j, e in listed.items() if e >= now}
             size = len(_encode(kept))
             left_out = 0
-            for jti, exp in sorted(batch.items(), key=lambda item: item[1]):
+            # the longest-lived first: when only some fit, those that would stay listed longest do
+            for jti, exp in sorted(batch.items(), key=lambda item: -item[1]):
                 if exp < now or kept.get(jti) == exp:
                     continue
                 cost = len(json.dumps(jti)) + len(str(int(exp))) + 2  # "jti":exp plus a comma
