@@ -93,6 +93,10 @@ class ThreadedBroker:
             max_wait=0.05,
             default_wait=0.05,
             body_timeout=2.0,
+            # the fuzzer checks parsing; its health check issues after every test, so the live-lease
+            # cap and the failed-review budget (tested in tests/operator/test_broker_limits.py) are off
+            max_live_leases=10**9,
+            failed_review_burst=10**9,
         )
         self.loop = asyncio.new_event_loop()
         self.harness: Harness | None = None
