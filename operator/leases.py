@@ -1,8 +1,12 @@
 """TaskLeases: the durable record of every credential issued for a task, and the revocation engine.
 
 One TaskLease per (pod, task), owned by the pod and carrying the finalizer ``taskcreds.io/revoke``.
-The broker records each lease on it *before* handing the value to the sidecar, so an operator
-crash never loses one. When the task ends, :func:`revoke_task` revokes every lease at its source
+The broker writes a *pending* entry (a random ``intent``, no leaseRef yet) before it asks the source,
+and resolves it into the real entry after, before handing the value to the sidecar: an operator crash
+between the source's answer and that write leaves the pending entry, which the sweep (after
+:data:`PENDING_GRACE`) or the task end revokes by its intent where the provider can (jwt: the intent
+is the ``jti``) and otherwise records not revocable, saying when the credential expires at the
+latest (its TTL is then the bound). When the task ends, :func:`revoke_task` revokes every lease at its source
 and only then releases the finalizer. All state lives in the TaskLease (never in memory), writes
 are guarded by resourceVersion, so it is idempotent and safe to re-run after a restart or from
 two replicas at once.
@@ -22,6 +26,8 @@ Status shape (no value ever)::
         static: false
         target: {address: ..., replica: ...}  # where revocation goes (non-secret; Issued.target)
         supersededAt: RFC 3339     # renewed by a replica that could not revoke it: its holder does
+        intent: "Qm9..."           # the issue's random id (jwt: the jti), written before the source call
+        pending: true              # only while the source is asked: leaseRef "pending:<intent>:<exp>"
         notRevocable: "why"        # when the source cannot revoke it (static secret, bound token)
         lastError: "why the last attempt failed"
         attempts: 2
@@ -40,16 +46,24 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from taskcreds.operator.cluster import AlreadyExists, Cluster, ClusterError, Conflict, NotFound
 from taskcreds.operator.endings import parse_timestamp, task_ending
-from taskcreds.operator.providers.base import HeldElsewhere, Issued, NotRevocable, Provider, ProviderError
+from taskcreds.operator.providers.base import (
+    HeldElsewhere,
+    Issued,
+    NotRevocable,
+    PendingRevoker,
+    Provider,
+    ProviderError,
+)
 from taskcreds.operator.sources import Source, source_from_ref, tenant_refusal
 
 from taskcreds import names
@@ -60,6 +74,10 @@ __all__ = [
     "lease_name",
     "task_lease_body",
     "lease_entry",
+    "pending_entry",
+    "new_intent",
+    "PENDING_GRACE",
+    "PendingReaped",
     "ensure_task_lease",
     "record_issued",
     "record_ended",
@@ -98,6 +116,10 @@ REVOKING: Final = "Revoking"
 #: leeway on ``exp``): past it the value is dead everywhere and its entry may be dropped
 COMPACT_AFTER: Final = timedelta(minutes=5)
 REVOKED: Final = "Revoked"
+#: how long a pending entry (written before the source is asked) may stay unresolved on an Active
+#: TaskLease before the sweep takes its issue for cut short and revokes it (reason ``interrupted``):
+#: well above a source's answer (providers time out at 10 s) plus one TaskLease write (15 s)
+PENDING_GRACE: Final = timedelta(seconds=60)
 #: label on every TaskLease (ones written before it have only the ownerReference): the pod's uid, so
 #: ``kubectl get taskleases -l taskcreds.io/pod-uid=<uid>`` lists every task a pod ran
 LABEL_POD_UID: Final = f"{names.PREFIX}/pod-uid"
@@ -147,6 +169,11 @@ def check_live_limit(
         if len(live) + sum(1 for e in adding if e["credential"] == credential) > limit:
             expiries = [t for t in (parse_timestamp(e.get("expiresAt")) for e in live) if t is not None]
             raise TooManyLive(credential, len(live), limit, min(expiries) if expiries else None)
+
+
+class PendingReaped(ClusterError):
+    """The pending entry of an issue is gone or revoked (the sweep took the issue for cut short, or a
+    person edited the TaskLease): the credential must be revoked again, not handed out."""
 
 
 class LeaseEnded(Exception):
@@ -220,7 +247,11 @@ def task_lease_body(pod: Mapping[str, Any], task: str) -> dict[str, Any]:
 
 
 def lease_entry(
-    credential: str, provider: str, source_ref: Mapping[str, str], issued: Issued
+    credential: str,
+    provider: str,
+    source_ref: Mapping[str, str],
+    issued: Issued,
+    intent: str | None = None,
 ) -> dict[str, Any]:
     """The TaskLease's record of one issued credential: references and times, never the value.
 
@@ -240,6 +271,46 @@ def lease_entry(
     }
     if issued.target:
         entry["target"] = {str(k): str(v) for k, v in issued.target.items()}
+    if intent:  # resolves the pending entry of that intent (record_issued)
+        entry["intent"] = intent
+    return entry
+
+
+def new_intent() -> str:
+    """A fresh random id for one issue (a jwt's ``jti``; safe in a leaseRef: no ``:``)."""
+    return secrets.token_urlsafe(16)
+
+
+def pending_entry(
+    credential: str,
+    provider: str,
+    source_ref: Mapping[str, str],
+    intent: str,
+    ttl_seconds: float,
+    *,
+    target: Mapping[str, str] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The record of an issue about to ask its source: revocable by ``intent`` if the operator stops.
+
+    ``expiresAt`` is an upper bound of what the source may return: ``now`` + the requested TTL +
+    :data:`PENDING_GRACE` (an answer later than the grace finds the entry reaped and is revoked);
+    the leaseRef ``pending:<intent>:<expiresAt unix>`` is unique and tells the jwt deny list the jti.
+    ``target`` names the issuing replica.
+    """
+    expires = now + timedelta(seconds=float(ttl_seconds)) + PENDING_GRACE
+    entry: dict[str, Any] = {
+        "credential": credential,
+        "provider": provider,
+        "source": dict(source_ref),
+        "leaseRef": f"pending:{intent}:{int(expires.timestamp())}",
+        "intent": intent,
+        "pending": True,
+        "issuedAt": format_time(now),
+        "expiresAt": format_time(expires),
+    }
+    if target:
+        entry["target"] = {str(k): str(v) for k, v in target.items()}
     return entry
 
 
@@ -281,7 +352,7 @@ def count_active(leases: list[dict[str, Any]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for lease in leases:
         for entry in (lease.get("status") or {}).get("leases") or []:
-            if not entry.get("revokedAt"):
+            if not entry.get("revokedAt") and not entry.get("pending"):
                 out[entry["provider"]] = out.get(entry["provider"], 0) + 1
     return out
 
@@ -346,9 +417,18 @@ async def record_issued(
     attempts: int = 3,
     replace: Mapping[str, dict[str, Any]] | None = None,
     max_live: int | None = None,
+    drop_intents: Collection[str] = (),
+    strict: bool = True,
+    known: dict[str, Any] | None = None,
     now: Callable[[], datetime] = _utcnow,
 ) -> dict[str, Any]:
     """Append ``entries`` to the task's TaskLease (or, with ``replace``, update entries by leaseRef).
+
+    An entry carrying an ``intent`` (and not itself pending) takes the place of the pending entry of
+    that intent (:func:`pending_entry`), in the same write; pending entries of ``drop_intents`` are
+    removed (their issue failed or was revoked again). When the pending entry is gone or revoked,
+    ``strict`` raises PendingReaped (nothing written: revoke the credential), otherwise the entry is
+    appended. ``known``: the TaskLease as last written, to spare a read (re-read on conflict).
 
     Entries revoked and long expired are dropped on the way (:func:`compact_entries`), counted in
     ``status.compactedLeases``. With ``max_live``, raises TooManyLive (nothing written) when that
@@ -359,8 +439,11 @@ async def record_issued(
     revoke what it issued), ClusterError when it cannot record (the caller revokes and answers 503).
     """
     last: Exception | None = None
-    for _ in range(max(1, attempts)):
-        lease = await ensure_task_lease(cluster, pod, task)
+    for attempt in range(max(1, attempts)):
+        if attempt == 0 and known is not None and owned_by(known, pod["metadata"]["uid"]):
+            lease = known
+        else:
+            lease = await ensure_task_lease(cluster, pod, task)
         status = lease.get("status") or {}
         if status.get("phase") in (REVOKING, REVOKED):
             raise LeaseEnded(status.get("reason") or "revoked")
@@ -369,10 +452,11 @@ async def record_issued(
             current = [
                 dict(e, **replace[e["leaseRef"]]) if e.get("leaseRef") in replace else e for e in current
             ]
+        current, adding = _resolve_pending(current, entries, drop_intents, strict=strict)
         current, dropped = compact_entries(current, now())
         if max_live is not None:
-            check_live_limit(current, entries, max_live, now())
-        new_status: dict[str, Any] = {"phase": ACTIVE, "leases": current + entries}
+            check_live_limit(current, adding, max_live, now())
+        new_status: dict[str, Any] = {"phase": ACTIVE, "leases": current + adding}
         if dropped:
             new_status["compactedLeases"] = int(status.get("compactedLeases") or 0) + len(dropped)
         try:
@@ -398,6 +482,35 @@ async def record_issued(
             )
         return written
     raise ClusterError(f"could not record on the TaskLease after {attempts} conflicting writes: {last}")
+
+
+def _resolve_pending(
+    current: list[dict[str, Any]],
+    entries: list[dict[str, Any]],
+    drop_intents: Collection[str],
+    *,
+    strict: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(current with pending entries resolved or dropped, entries still to append)."""
+    resolving = {e["intent"]: e for e in entries if e.get("intent") and not e.get("pending")}
+    out: list[dict[str, Any]] = []
+    resolved: set[int] = set()
+    for entry in current:
+        intent = entry.get("intent")
+        if entry.get("pending") and not entry.get("revokedAt") and intent:
+            if intent in resolving:
+                resolved.add(id(resolving[intent]))
+                out.append(resolving.pop(intent))
+                continue
+            if intent in drop_intents:
+                continue
+        out.append(entry)
+    if resolving and strict:
+        raise PendingReaped(
+            f"the pending entry of {len(resolving)} issue(s) is gone or revoked (the issue took longer "
+            f"than {PENDING_GRACE.total_seconds():g} s, or the TaskLease was edited)"
+        )
+    return out, [e for e in entries if id(e) not in resolved]
 
 
 async def record_ended(cluster: Cluster, pod: Mapping[str, Any], task: str, reason: str) -> dict[str, Any]:
@@ -432,6 +545,13 @@ async def _revoke_entry(
     provider = providers.get(entry.get("provider", ""))
     if provider is None:
         return "failed", f"provider {entry.get('provider')!r} is not available in this operator"
+    pending = bool(entry.get("pending"))
+    if pending and not isinstance(provider, PendingRevoker):
+        # an issue cut short (operator stopped): its credential, if any, cannot be found without the
+        # leaseRef the source answered with. It dies by its expiry: said so on the entry
+        return "not_revocable", (
+            f"outcome unknown (operator stopped mid-issue); expires by {entry.get('expiresAt')}"
+        )
     source_ref = entry.get("source") or {}
     try:
         # the tenant rules (sources.tenant_refusal) guard issue and renew; a lease issued before they
@@ -447,7 +567,10 @@ async def _revoke_entry(
     spec: dict[str, Any] = source.spec if source is not None else {}
     namespace = source.namespace if source is not None else source_ref.get("namespace")
     try:
-        if entry.get("target"):
+        if pending:
+            expires_by = parse_timestamp(entry.get("expiresAt")) or _utcnow()
+            await provider.revoke_pending(entry.get("intent") or "", expires_by, spec, namespace)  # type: ignore[attr-defined]
+        elif entry.get("target"):
             await provider.revoke(entry["leaseRef"], spec, namespace, target=entry["target"])  # type: ignore[call-arg]
         else:
             await provider.revoke(entry["leaseRef"], spec, namespace)
@@ -560,7 +683,7 @@ async def _revoke_entries(
             if metrics is not None:
                 metrics.credentials_revoked.labels(provider=provider, reason=reason).inc()
             log.info("lease revoked at its source", extra=where)
-        if metrics is not None:
+        if metrics is not None and not entry.get("pending"):  # pending ones are not counted (count_active)
             metrics.leases_active.labels(provider=provider).dec()
     if failures:
         try:
@@ -847,10 +970,13 @@ async def revoke_expired(
     metrics: OperatorMetrics | None,
     namespace: str | None = None,
     now: Callable[[], datetime] = _utcnow,
+    pending_grace: timedelta = PENDING_GRACE,
 ) -> int:
-    """On Active TaskLeases, revoke leases past their expiresAt (reason ``expired``) and superseded
+    """On Active TaskLeases, revoke leases past their expiresAt (reason ``expired``), superseded
     ones a renewal could not revoke (reason ``superseded``: only the replica holding such a lease can,
-    so on the others it stays pending with lastError saying who); returns how many were settled."""
+    so on the others it stays pending with lastError saying who), and pending entries older than
+    ``pending_grace`` (reason ``interrupted``: an operator stopped between asking the source and
+    recording the answer); returns how many were settled."""
     total = 0
     current = now()
     for lease in await cluster.list_task_leases(namespace):
@@ -860,11 +986,17 @@ async def revoke_expired(
         unrevoked = [e for e in status.get("leases") or [] if not e.get("revokedAt")]
         expired = [e for e in unrevoked if (parse_timestamp(e.get("expiresAt")) or current) < current]
         superseded = [e for e in unrevoked if e.get("supersededAt") and e not in expired]
-        if not expired and not superseded:
+        interrupted = [
+            e for e in unrevoked
+            if e.get("pending") and e not in expired
+            and (parse_timestamp(e.get("issuedAt")) or current) + pending_grace < current
+        ]
+        if not expired and not superseded and not interrupted:
             continue
         outcome = RevokeOutcome(lease=lease["metadata"]["name"], done=False)
         changes: dict[str, dict[str, Any]] = {}
-        for pending, reason in ((expired, "expired"), (superseded, "superseded")):
+        sorts = ((expired, "expired"), (superseded, "superseded"), (interrupted, "interrupted"))
+        for pending, reason in sorts:
             if pending:
                 changes.update(await _revoke_entries(
                     cluster, providers, lease, pending, reason, metrics=metrics, now=now, outcome=outcome

@@ -43,6 +43,7 @@ from taskcreds.operator.broker.ratelimit import TokenBuckets
 from taskcreds.operator.broker.settings import BrokerSettings
 from taskcreds.operator.cluster import Cluster, ClusterError
 from taskcreds.operator.providers.base import Issued, IssueRequest, NotRevocable, Provider, ProviderError
+from taskcreds.operator.providers.replica import Replica, replica_from_env
 from taskcreds.operator.sources import Source, SourceError, resolve_source
 from taskcreds.operator.taskstatus import TaskStatusHub
 
@@ -90,8 +91,11 @@ class Broker:
         hub: TaskStatusHub,
         trust_domain: str,
         now: Callable[[], datetime] = _utcnow,
+        replica: Replica | None = None,
     ) -> None:
         self.cluster = cluster
+        #: this process, named on pending entries (the replica that was asking the source)
+        self.replica = replica or replica_from_env(settings.namespace)
         self.providers = dict(providers)
         self.settings = settings
         self.metrics = metrics
@@ -298,7 +302,11 @@ class Broker:
         return dict(zip(wanted, found, strict=True))
 
     def _issue_request(
-        self, view: policy.TaskView, grant: policy.Grant, lease_target: Mapping[str, str] | None = None
+        self,
+        view: policy.TaskView,
+        grant: policy.Grant,
+        lease_target: Mapping[str, str] | None = None,
+        intent: str = "",
     ) -> IssueRequest:
         return IssueRequest(
             credential=grant.credential,
@@ -311,7 +319,34 @@ class Broker:
             task=view.request.task,
             ttl_seconds=grant.ttl_seconds,
             lease_target=lease_target,
+            intent=intent,
         )
+
+    def _pending(self, grant: policy.Grant, intent: str) -> dict[str, Any]:
+        return leases.pending_entry(
+            grant.credential, grant.source.provider, grant.source.ref, intent, grant.ttl_seconds,
+            target=self.replica.target(), now=self.now(),
+        )
+
+    async def _write_pending(
+        self, pod: dict[str, Any], task: str, entries: list[dict[str, Any]], *, max_live: int | None
+    ) -> dict[str, Any]:
+        """Record the pending entries before any source is asked (nothing issued yet when it fails):
+        a crash after the source answered then leaves them for the sweep or the task end to revoke."""
+        try:
+            return await self._record_timed(
+                pod, task, entries, attempts=self.settings.record_attempts, max_live=max_live
+            )
+        except leases.TooManyLive as exc:
+            raise self._too_many_live(exc, task) from None
+        except leases.LeaseEnded as exc:
+            raise TaskTerminal(
+                exc.reason, f"task {task!r} has ended ({exc.reason}); nothing was issued"
+            ) from None
+        except ClusterError as exc:
+            raise Unavailable(
+                f"cannot write the TaskLease ({type(exc).__name__}); nothing was issued"
+            ) from None
 
     async def _timed(self, provider: Provider, call: Awaitable[Issued]) -> Issued:
         start = time.perf_counter()
@@ -473,16 +508,22 @@ class Broker:
         when the client has gone (:meth:`_to_completion`).
         """
         task = view.request.task
+        intents = {g.credential: leases.new_intent() for g in grants}
+        known = await self._write_pending(
+            pod, task, [self._pending(g, intents[g.credential]) for g in grants],
+            max_live=self.settings.max_live_leases,
+        )
 
         async def one(grant: policy.Grant) -> Issued:
             provider = self.providers[grant.source.provider]
-            return await self._timed(provider, provider.issue(self._issue_request(view, grant)))
+            request = self._issue_request(view, grant, intent=intents[grant.credential])
+            return await self._timed(provider, provider.issue(request))
 
         results = await asyncio.gather(*(one(g) for g in grants), return_exceptions=True)
         done = [(g, r) for g, r in zip(grants, results, strict=True) if isinstance(r, Issued)]
         failed = [(g, r) for g, r in zip(grants, results, strict=True) if not isinstance(r, Issued)]
         if failed:
-            await self._revoke_or_record(pod, task, done)
+            await self._revoke_or_record(pod, task, done, intents)
             grant, exc = failed[0]
             if isinstance(exc, asyncio.CancelledError):
                 raise exc
@@ -493,25 +534,22 @@ class Broker:
                 )
             cause = str(exc) if isinstance(exc, ProviderError) else f"{grant.source.provider}: internal error"
             raise ProviderFailed(f"credential {grant.credential!r}: {cause}; nothing was issued")
-        entries = [leases.lease_entry(g.credential, g.source.provider, g.source.ref, i) for g, i in done]
+        entries = [
+            leases.lease_entry(g.credential, g.source.provider, g.source.ref, i, intents[g.credential])
+            for g, i in done
+        ]
         try:
+            # each resolves its pending entry, which already counted against max_live_leases
             await self._record_timed(
-                pod,
-                task,
-                entries,
-                attempts=self.settings.record_attempts,
-                max_live=self.settings.max_live_leases,
+                pod, task, entries, attempts=self.settings.record_attempts, known=known
             )
-        except leases.TooManyLive as exc:  # concurrent issues passed the first check together
-            await self._revoke_or_record(pod, task, done)
-            raise self._too_many_live(exc, task) from None
         except leases.LeaseEnded as exc:
-            await self._revoke_or_record(pod, task, done)
+            await self._revoke_or_record(pod, task, done, intents)
             raise TaskTerminal(
                 exc.reason, f"task {task!r} has ended ({exc.reason}); nothing was issued"
             ) from None
         except ClusterError as exc:
-            await self._revoke_or_record(pod, task, done)
+            await self._revoke_or_record(pod, task, done, intents)
             raise Unavailable(
                 f"cannot record the leases on the TaskLease ({type(exc).__name__}); nothing was issued"
             ) from None
@@ -533,27 +571,39 @@ class Broker:
         return done
 
     async def _revoke_or_record(
-        self, pod: dict[str, Any], task: str, done: list[tuple[policy.Grant, Issued]]
+        self,
+        pod: dict[str, Any],
+        task: str,
+        done: list[tuple[policy.Grant, Issued]],
+        intents: Mapping[str, str],
     ) -> None:
-        """Revoke what this request issued; record on the TaskLease what could not be revoked."""
+        """Revoke what this request issued; record on the TaskLease what could not be revoked (in
+        place of its pending entry) and drop the pending entries of the rest — one write."""
         leftover = await self._undo(done)
-        if leftover:
-            await self._record_quietly(
-                pod,
-                task,
-                [leases.lease_entry(g.credential, g.source.provider, g.source.ref, i) for g, i in leftover],
-            )
+        entries = [
+            leases.lease_entry(g.credential, g.source.provider, g.source.ref, i, intents.get(g.credential))
+            for g, i in leftover
+        ]
+        kept = {g.credential for g, _ in leftover}
+        drop = [intent for credential, intent in intents.items() if credential not in kept]
+        await self._record_quietly(pod, task, entries, drop)
 
-    async def _record_quietly(self, pod: dict[str, Any], task: str, entries: list[dict[str, Any]]) -> None:
-        """Best effort: keep a record of leases we could not revoke, so the task end revokes them."""
+    async def _record_quietly(
+        self, pod: dict[str, Any], task: str, entries: list[dict[str, Any]], drop: list[str]
+    ) -> None:
+        """Best effort: keep a record of leases we could not revoke, so the task end revokes them, and
+        remove the pending entries of issues that left nothing live (else the sweep reaps them)."""
+        if not entries and not drop:
+            return
         try:
-            await self._record_timed(pod, task, entries)
+            await self._record_timed(pod, task, entries, drop_intents=drop, strict=False)
         except (leases.LeaseEnded, ClusterError):
-            lease = leases.lease_name(pod["metadata"]["name"], task)
-            log.error(
-                "issued lease could be neither revoked nor recorded",
-                extra=fields(lease=lease, lease_refs=[e["leaseRef"] for e in entries]),
-            )
+            if entries:
+                lease = leases.lease_name(pod["metadata"]["name"], task)
+                log.error(
+                    "issued lease could be neither revoked nor recorded",
+                    extra=fields(lease=lease, lease_refs=[e["leaseRef"] for e in entries]),
+                )
 
     async def renew(self, request: web.Request) -> web.Response:
         caller = await self._caller(request)
@@ -573,7 +623,7 @@ class Broker:
             providers=list(self.providers),
         )[0]
         entry = leases.find_entry(lease, name, lease_ref)
-        if entry is None or entry.get("revokedAt"):
+        if entry is None or entry.get("revokedAt") or entry.get("pending"):
             raise NotFound(
                 f"no active lease {lease_ref!r} of credential {name!r} for task {task!r} of this pod"
             )
@@ -596,15 +646,19 @@ class Broker:
         when the client has gone (:meth:`_to_completion`)."""
         task, name = view.request.task, grant.credential
         provider = self.providers[grant.source.provider]
+        # a renewal may issue a replacement: pending first, as for an issue (never refused by the cap)
+        intent = leases.new_intent()
+        known = await self._write_pending(pod, task, [self._pending(grant, intent)], max_live=None)
         try:
-            request = self._issue_request(view, grant, lease_target)
+            request = self._issue_request(view, grant, lease_target, intent)
             issued = await self._timed(provider, provider.renew(lease_ref, request))
         except ProviderError as exc:
+            await self._record_quietly(pod, task, [], [intent])
             raise ProviderFailed(f"credential {name!r}: {exc}") from None
         replaced = issued.lease_ref != lease_ref
         try:
             if replaced:
-                entry = leases.lease_entry(name, grant.source.provider, grant.source.ref, issued)
+                entry = leases.lease_entry(name, grant.source.provider, grant.source.ref, issued, intent)
                 # an old lease only another replica can revoke: marked so that replica's sweep does;
                 # otherwise the provider revoked it while renewing (Provider.renew): recorded so, and
                 # it no longer counts as live (max_live_leases)
@@ -614,16 +668,18 @@ class Broker:
                     if issued.superseded_live
                     else {lease_ref: {"revokedAt": stamp, "revokeReason": "superseded"}}
                 )
-                await self._record_timed(pod, task, [entry], replace=superseded)
-            else:
+                await self._record_timed(pod, task, [entry], replace=superseded, known=known)
+            else:  # the same lease, extended: no new credential, its pending entry goes
                 expiry = {lease_ref: {"expiresAt": leases.format_time(issued.expires_at)}}
-                await self._record_timed(pod, task, [], replace=expiry)
+                await self._record_timed(pod, task, [], replace=expiry, drop_intents=[intent], known=known)
         except leases.LeaseEnded as exc:
-            await self._revoke_or_record(pod, task, [(grant, issued)])
+            await self._revoke_or_record(pod, task, [(grant, issued)], {name: intent})
             raise TaskTerminal(exc.reason, f"task {task!r} has ended ({exc.reason})") from None
         except ClusterError as exc:
             if replaced:
-                await self._revoke_or_record(pod, task, [(grant, issued)])
+                await self._revoke_or_record(pod, task, [(grant, issued)], {name: intent})
+            else:
+                await self._record_quietly(pod, task, [], [intent])
             raise Unavailable(f"cannot record the renewal on the TaskLease ({type(exc).__name__})") from None
         self.metrics.credentials_issued.labels(provider=grant.source.provider).inc()
         if replaced and not issued.superseded_live:  # one live lease for another

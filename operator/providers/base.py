@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["IssueRequest", "Issued", "Provider", "ProviderError", "NotRevocable", "HeldElsewhere"]
+__all__ = [
+    "IssueRequest",
+    "Issued",
+    "Provider",
+    "PendingRevoker",
+    "ProviderError",
+    "NotRevocable",
+    "HeldElsewhere",
+]
 
 
 class ProviderError(Exception):
@@ -60,6 +68,10 @@ class IssueRequest:
     ttl_seconds: int
     #: for a renewal: the ``target`` recorded with the lease being renewed (where it must be revoked)
     lease_target: Mapping[str, str] | None = None
+    #: the random id of this issue, recorded on the TaskLease (a pending entry) *before* the call:
+    #: a provider that can find its credential by it afterwards (jwt: it is the ``jti``; vault token
+    #: mode: token metadata) lets an issue cut short by an operator crash still be revoked
+    intent: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,4 +123,22 @@ class Provider(Protocol):
         Raises NotRevocable for static credentials, ProviderError (retryable) on failure,
         HeldElsewhere when only another live replica can revoke it.
         """
+        ...
+
+
+@runtime_checkable
+class PendingRevoker(Protocol):
+    """Optional, next to :class:`Provider`: revoke what an issue of ``intent`` may have created when
+    the operator stopped between the source's answer and the TaskLease write (only the pending entry
+    is known: no leaseRef). Providers without it have such entries recorded not revocable."""
+
+    async def revoke_pending(
+        self,
+        intent: str,
+        expires_by: datetime,
+        source_spec: dict[str, Any],
+        source_namespace: str | None,
+    ) -> None:
+        """Revoke the credential issued with ``intent`` if one exists (none is success). Raises
+        NotRevocable when it cannot be found afterwards, ProviderError (retryable) on failure."""
         ...

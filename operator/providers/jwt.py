@@ -414,7 +414,9 @@ class JwtProvider:
         now = self._now().replace(microsecond=0)
         ttl = min(float(request.ttl_seconds), self.max_token_ttl)
         exp = now + timedelta(seconds=ttl)
-        jti = secrets.token_urlsafe(16)
+        # the broker's intent, recorded on the TaskLease before this call: a token whose issue was cut
+        # short by an operator crash can still be deny-listed from its pending entry (revoke_pending)
+        jti = request.intent or secrets.token_urlsafe(16)
         claims = {
             **extra,
             "iss": self.issuer,
@@ -465,6 +467,19 @@ class JwtProvider:
             return  # expired: nobody accepts it any more, nothing to keep
         self._revoked[jti] = exp
         await self._persist(jti, exp)
+
+    async def revoke_pending(
+        self,
+        intent: str,
+        expires_by: datetime,
+        source_spec: dict[str, Any],
+        source_namespace: str | None,
+    ) -> None:
+        """Deny-list the token an interrupted issue may have signed: its ``jti`` is the intent, and
+        ``expires_by`` (the pending entry's expiresAt) is no earlier than its ``exp``."""
+        if not intent or ":" in intent:
+            raise ProviderError(_NAME, f"intent {intent!r} cannot be a jti", retryable=False)
+        await self.revoke(f"jwt:{intent}:{int(expires_by.timestamp())}", source_spec, source_namespace)
 
     def verify(self, token: str, audience: str) -> dict[str, Any]:
         """Check a token as a careful relying party would (signature, aud, exp, deny list)."""

@@ -56,7 +56,7 @@ import hvac
 import hvac.exceptions
 import requests
 from taskcreds.operator.cluster import Cluster, ClusterError
-from taskcreds.operator.providers.base import Issued, IssueRequest, ProviderError
+from taskcreds.operator.providers.base import Issued, IssueRequest, NotRevocable, ProviderError
 from taskcreds.operator.sources import tenant_refusal
 
 from taskcreds.durations import DurationError, parse_duration
@@ -479,6 +479,22 @@ class VaultProvider:
         self._held.pop(lease_ref, None)
         log.info("vault lease revoked", extra=fields(provider=PROVIDER, lease_ref=lease_ref))
 
+    async def revoke_pending(
+        self,
+        intent: str,
+        expires_by: datetime,
+        source_spec: dict[str, Any],
+        source_namespace: str | None,
+    ) -> None:
+        """An issue the operator stopped in the middle of: whether it created a token or lease is
+        unknown and neither can be found without its accessor or lease id (listing every accessor
+        needs ``sudo`` on ``auth/token/accessors``, which the operator's policy does not grant).
+        Recorded not revocable, saying when it dies and how a person can find a token."""
+        when = expires_by.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        mode = ((source_spec or {}).get("vault") or {}).get("mode")
+        how = f"; a token has metadata taskcreds_intent={intent}" if mode == "token" else ""
+        raise NotRevocable(PROVIDER, f"outcome unknown (operator stopped mid-issue); expires by {when}{how}")
+
     async def aclose(self) -> None:
         """Forget sessions and held values; remove temporary CA files."""
         for session in [*self._sessions.values(), *self._retired]:
@@ -500,6 +516,8 @@ class VaultProvider:
             "service_account": request.service_account,
             "issued_by": "taskcreds",
         }
+        if request.intent:  # lets a person find a token whose issue an operator crash cut short
+            meta["taskcreds_intent"] = request.intent
         display = f"taskcreds-{request.namespace}-{request.credential}"[:100]
 
         def create(client: hvac.Client) -> dict[str, Any]:

@@ -31,7 +31,12 @@ LEASE = lease_name("agent-1", "fix-42")
 
 
 class StallingCluster(MemCluster):
-    """An API server whose TaskLease status writes carrying leases can be slow or fail once."""
+    """An API server whose TaskLease status writes recording an answer can be slow or fail once.
+
+    Only writes that record what a source answered (no unresolved pending entry left) stall or fail:
+    the pending entry written before the source is asked goes through (tests/operator/
+    test_broker_crash_window.py covers what follows when the operator stops after it).
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -40,7 +45,10 @@ class StallingCluster(MemCluster):
         self.recording = asyncio.Event()  # set when a stalled write has started
 
     async def patch_task_lease(self, namespace, name, patch, subresource=None):  # type: ignore[override]
-        if subresource == "status" and (patch.get("status") or {}).get("leases"):
+        written = (patch.get("status") or {}).get("leases") or []
+        if subresource == "status" and written and not any(
+            e.get("pending") and not e.get("revokedAt") for e in written
+        ):
             if self.fail_next:
                 self.fail_next -= 1
                 raise ClusterError("Kubernetes API unreachable (TimeoutError)")
