@@ -8,6 +8,7 @@ all is a valid configuration. Keys are camelCase, as in every Kubernetes manifes
     spiffe:    {socketSource: csi|hostPath, hostPath, socketFile, trustDomain}
     broker:    {url, spiffeId}
     injection: {mountPath, tmpfsSizeLimit, strict, defaultTTL, tokenExpirationSeconds}
+    sources:   {allowedAddresses}
 
 Errors are :class:`ConfigError` with one line per problem, each naming the key, the value and
 what would be accepted. The models are frozen: the webhook reads them on its hot path and
@@ -16,16 +17,26 @@ never copies them.
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from taskcreds import names
@@ -38,6 +49,8 @@ __all__ = [
     "SpiffeConfig",
     "BrokerConfig",
     "InjectionSettings",
+    "SourcesConfig",
+    "AddressPattern",
     "Resources",
     "load_config",
     "config_from_env",
@@ -331,6 +344,108 @@ class InjectionSettings(_Model):
         return parse_duration(self.default_ttl)
 
 
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+#: a lower-case DNS name (labels of 1-63 characters)
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+)
+ADDRESS_PATTERN_ACCEPTED = (
+    "'*' (any address), or scheme://host[:port] with scheme https or http, host a DNS name, "
+    "'*.' followed by one (any name below it), or an IP address, and port a number or '*' "
+    "(default: the scheme's own, 443 or 80); no path, user name or query"
+)
+
+
+def _normal_host(host: str) -> str:
+    return host.lower().rstrip(".")
+
+
+@dataclass(frozen=True)
+class AddressPattern:
+    """One entry of ``sources.allowedAddresses``: which server addresses a namespaced CredentialSource
+    may make the operator call (``https://vault.example.com:8200``, ``https://*.corp.example``)."""
+
+    scheme: str | None  # None: any
+    host: str | None  # None: any; "*.suffix": any name below suffix; else exact (lower case)
+    port: int | None  # None: any
+
+    @classmethod
+    def parse(cls, text: str) -> AddressPattern:
+        """``text`` as a pattern; ValueError naming it and what is accepted."""
+        bad = ValueError(f"{text!r} is not an address pattern; accepted: {ADDRESS_PATTERN_ACCEPTED}")
+        if text == "*":
+            return cls(None, None, None)
+        scheme, sep, rest = text.partition("://")
+        if not sep or scheme not in _DEFAULT_PORTS or not rest or any(c in rest for c in "/?#@ "):
+            raise bad
+        if rest.startswith("["):  # [v6]:port
+            host, close, tail = rest[1:].partition("]")
+            if not close or (tail and not tail.startswith(":")):
+                raise bad
+            port_text = tail[1:] if tail else None
+        else:
+            host, colon, port_text_raw = rest.partition(":")
+            port_text = port_text_raw if colon else None
+        host = _normal_host(host)
+        wildcard = host.startswith("*.")
+        name = host[2:] if wildcard else host
+        try:
+            ipaddress.ip_address(name)
+            is_ip = True
+        except ValueError:
+            is_ip = False
+        if not (is_ip and not wildcard) and not (_DNS_NAME.fullmatch(name) and (not wildcard or "." in name)):
+            raise bad
+        if port_text is None:
+            port: int | None = _DEFAULT_PORTS[scheme]
+        elif port_text == "*":
+            port = None
+        elif port_text.isdigit() and 1 <= int(port_text) <= 65535:
+            port = int(port_text)
+        else:
+            raise bad
+        return cls(scheme, host, port)
+
+    def matches(self, scheme: str, host: str, port: int | None) -> bool:
+        """Whether an address (its scheme, host and port; port None: the scheme's default) fits."""
+        port = port if port is not None else _DEFAULT_PORTS.get(scheme)
+        host = _normal_host(host)
+        if self.scheme is not None and scheme != self.scheme:
+            return False
+        if self.port is not None and port != self.port:
+            return False
+        if self.host is None:
+            return True
+        if self.host.startswith("*."):
+            return host.endswith(self.host[1:]) and len(host) > len(self.host) - 1
+        try:  # an IP written two ways (::1 and 0:0::1) is the same address
+            return ipaddress.ip_address(host) == ipaddress.ip_address(self.host)
+        except ValueError:
+            return host == self.host
+
+
+def _address_pattern(text: str) -> str:
+    AddressPattern.parse(text)  # ValueError: the entry is named by its index
+    return text
+
+
+class SourcesConfig(_Model):
+    """What a namespaced CredentialSource may make the operator reach (ClusterCredentialSources are
+    cluster-admin's: not limited by this). See docs/install.md, "what a namespace may do"."""
+
+    allowed_addresses: tuple[Annotated[str, AfterValidator(_address_pattern)], ...] = ("*",)
+    """Patterns (:class:`AddressPattern`) for ``spec.vault.address`` and ``spec.githubApp.apiURL`` of
+    namespaced sources; ``["*"]`` (default) allows any, ``[]`` none."""
+
+    @cached_property
+    def patterns(self) -> tuple[AddressPattern, ...]:
+        return tuple(AddressPattern.parse(text) for text in self.allowed_addresses)
+
+    def address_allowed(self, scheme: str, host: str, port: int | None) -> bool:
+        """Whether some pattern lets a namespaced source use this address."""
+        return any(p.matches(scheme, host, port) for p in self.patterns)
+
+
 class InjectionConfig(_Model):
     """The whole injection configuration (the chart's ConfigMap)."""
 
@@ -338,6 +453,7 @@ class InjectionConfig(_Model):
     spiffe: SpiffeConfig = Field(default_factory=SpiffeConfig)
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     injection: InjectionSettings = Field(default_factory=lambda: InjectionSettings())  # type: ignore[call-arg]  # aliased default; no pydantic mypy plugin
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, source: str | None = None) -> InjectionConfig:
@@ -348,7 +464,7 @@ class InjectionConfig(_Model):
             raise ConfigError(
                 [
                     f"the configuration is a {type(data).__name__}; accepted: a mapping with "
-                    "keys sidecar, spiffe, broker, injection"
+                    "keys sidecar, spiffe, broker, injection, sources"
                 ],
                 source,
             )

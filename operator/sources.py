@@ -22,6 +22,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from taskcreds.operator.cluster import Cluster
+from taskcreds.operator.config import SourcesConfig
 from taskcreds.operator.providers.base import ProviderError
 
 from taskcreds import names
@@ -39,6 +40,9 @@ __all__ = [
     "secret_namespace",
     "default_files",
     "tenant_refusal",
+    "configure_tenant_rules",
+    "tenant_rules",
+    "GITHUB_DEFAULT_API_URL",
     "jwt_audiences",
     "TENANT_VAULT_AUTH_METHODS",
     "PROVIDER_BLOCKS",
@@ -69,6 +73,25 @@ MAX_PROXY_HOSTS: Final = 64
 #: credential from a Secret of the source's own namespace. ``kubernetes`` logs in as the operator
 #: itself (its own service-account token): only a ClusterCredentialSource may use it.
 TENANT_VAULT_AUTH_METHODS: Final = ("token", "approle")
+#: ``spec.githubApp.apiURL`` when a source names none (the github-app provider uses this one)
+GITHUB_DEFAULT_API_URL: Final = "https://api.github.com"
+#: the operator's ``sources`` settings (config file, chart values ``sources``), see configure_tenant_rules
+_tenant_rules = SourcesConfig()
+
+
+def configure_tenant_rules(rules: SourcesConfig) -> None:
+    """Install the operator's ``sources`` settings (``allowedAddresses``) for :func:`tenant_refusal`.
+
+    Process-wide, because every reader of a source (broker, admission index, revocation, the
+    providers' own checks) must apply the same rules; the operator calls this once at start.
+    """
+    global _tenant_rules
+    _tenant_rules = rules
+
+
+def tenant_rules() -> SourcesConfig:
+    """The ``sources`` settings :func:`tenant_refusal` applies now."""
+    return _tenant_rules
 
 
 class SourceError(ValueError):
@@ -144,6 +167,40 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _address_refusal(field_name: str, address: Any, cluster_may: str) -> str | None:
+    """Why a namespaced source may not make the operator call ``address`` (None: it may).
+
+    https:// only (plain http:// to loopback only: a local dev server), no user info, and within the
+    operator's ``sources.allowedAddresses``. ``cluster_may`` tells the reader what a
+    ClusterCredentialSource may do instead.
+    """
+    if not isinstance(address, str):
+        return None  # the provider's own check names what is wrong with it
+    try:
+        parts = urlsplit(address)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return f"{field_name} {address!r} is not a URL"
+    if "@" in parts.netloc:
+        return f"{field_name} {address!r}: a user name or password in the address is not accepted"
+    if parts.scheme == "http" and not _is_loopback(host):
+        return (
+            f"{field_name} {address!r}: a CredentialSource must use https:// (plain http:// only to "
+            f"a loopback address such as http://127.0.0.1:8200, for local development; {cluster_may})"
+        )
+    if parts.scheme not in ("https", "http") or not host:
+        return None  # the provider names what it accepts
+    if not _tenant_rules.address_allowed(parts.scheme, host, port):
+        allowed = ", ".join(_tenant_rules.allowed_addresses) or "none"
+        return (
+            f"{field_name} {address!r} is not among the addresses this operator lets a CredentialSource "
+            f"use (its sources.allowedAddresses: {allowed}); use one of those, or ask the cluster "
+            "admin for a ClusterCredentialSource"
+        )
+    return None
+
+
 def _vault_refusal(vault: Mapping[str, Any]) -> str | None:
     """Why a namespaced source's ``spec.vault`` would borrow the operator's identity (None: it does not)."""
     auth = vault.get("auth")
@@ -156,23 +213,28 @@ def _vault_refusal(vault: Mapping[str, Any]) -> str | None:
             + "a CredentialSource must use method token (tokenSecretRef) or approle (secretIdSecretRef) "
             "with a Secret of its own namespace"
         )
-    address = vault.get("address")
-    if not isinstance(address, str):
-        return None  # the provider's own check names what is wrong with it
-    try:
-        parts = urlsplit(address)
-        host = parts.hostname or ""
-    except ValueError:
-        return f"spec.vault.address {address!r} is not a URL"
-    if "@" in parts.netloc:
-        return f"spec.vault.address {address!r}: a user name or password in the address is not accepted"
-    if parts.scheme == "http" and not _is_loopback(host):
-        return (
-            f"spec.vault.address {address!r}: a CredentialSource must use https:// (plain http:// only to "
-            "a loopback address such as http://127.0.0.1:8200, for local development; a "
-            "ClusterCredentialSource may use http://)"
-        )
-    return None
+    return _address_refusal(
+        "spec.vault.address", vault.get("address"), "a ClusterCredentialSource may use http://"
+    )
+
+
+def _github_refusal(app: Mapping[str, Any]) -> str | None:
+    """Why a namespaced source's ``spec.githubApp.apiURL`` may not be called (None: it may)."""
+    return _address_refusal(
+        "spec.githubApp.apiURL",
+        app.get("apiURL") or GITHUB_DEFAULT_API_URL,
+        "a ClusterCredentialSource may use http://, for example for a GitHub Enterprise test server",
+    )
+
+
+def _kubernetes_token_refusal(namespace: str) -> str:
+    return (
+        "spec.provider 'kubernetes-token' is not accepted in a CredentialSource: it would mint a token "
+        "for any service account of namespace "
+        f"{namespace!r} (spec.kubernetesToken.serviceAccount) with the operator's TokenRequest rights, "
+        "which writing a CredentialSource does not give; only a ClusterCredentialSource may use it "
+        "(the cluster admin names the namespaces in allowedNamespaces)"
+    )
 
 
 def jwt_audiences(spec: Mapping[str, Any], name: str, namespace: str | None) -> list[str]:
@@ -204,14 +266,20 @@ def tenant_refusal(provider: str, spec: Mapping[str, Any], name: str, namespace:
 
     A tenant who can write a CredentialSource in its namespace is not trusted with the operator's
     credentials: a ``vault`` source may not log in with the operator's service-account token
-    (``auth.method: kubernetes``) nor use plain http:// except to loopback, and a ``jwt`` source's
-    audiences must start with ``<namespace>/`` (the operator signs every JWT with one key). A
+    (``auth.method: kubernetes``); ``vault.address`` and ``githubApp.apiURL`` must be https://
+    (http:// to loopback only) and within the operator's ``sources.allowedAddresses``; a ``jwt``
+    source's audiences must start with ``<namespace>/`` (the operator signs every JWT with one key);
+    ``kubernetes-token`` (TokenRequest with the operator's rights) is refused. A
     ClusterCredentialSource (cluster-admin) is not limited by this; None for one.
     """
     if namespace is None:
         return None
+    if provider == "kubernetes-token":
+        return _kubernetes_token_refusal(namespace)
     if provider == "vault" and isinstance(spec.get("vault"), Mapping):
         return _vault_refusal(spec["vault"])
+    if provider == "github-app" and isinstance(spec.get("githubApp"), Mapping):
+        return _github_refusal(spec["githubApp"])
     if provider == "jwt":
         return _jwt_refusal(spec, name, namespace)
     return None

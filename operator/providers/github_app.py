@@ -56,6 +56,7 @@ from taskcreds.operator.providers.base import (
 )
 from taskcreds.operator.providers.replica import Replica, replica_from_env
 from taskcreds.operator.providers.vault import SecretRef, parse_secret_ref, read_secret_ref
+from taskcreds.operator.sources import GITHUB_DEFAULT_API_URL, tenant_refusal
 
 from taskcreds.logs import fields
 
@@ -73,7 +74,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PROVIDER = "github-app"
-DEFAULT_API_URL = "https://api.github.com"
+DEFAULT_API_URL = GITHUB_DEFAULT_API_URL
 TOKEN_LIFETIME_SECONDS = 3600  # GitHub's fixed installation-token lifetime
 JWT_BACKDATE_SECONDS = 60
 JWT_WINDOW_SECONDS = 600  # exp - iat; GitHub refuses more than 10 minutes
@@ -117,11 +118,20 @@ def _bad(message: str) -> ProviderError:
     return ProviderError(PROVIDER, message, retryable=False)
 
 
-def parse_settings(spec: Mapping[str, Any]) -> GitHubAppSettings:
-    """Check a CredentialSource spec for github-app; errors name the field and what is accepted."""
+def parse_settings(spec: Mapping[str, Any], source_namespace: str | None = None) -> GitHubAppSettings:
+    """Check a CredentialSource spec for github-app; errors name the field and what is accepted.
+
+    ``source_namespace`` (a namespaced source) also applies the tenant rules
+    (:func:`~taskcreds.operator.sources.tenant_refusal`: https:// only, within the operator's
+    ``sources.allowedAddresses``), here too so that no path reaches the network with such a spec.
+    """
     app = spec.get("githubApp")
     if not isinstance(app, Mapping):
         raise _bad("spec.githubApp is missing: it needs appId, installationId and privateKeySecretRef")
+    if source_namespace is not None:
+        refusal = tenant_refusal(PROVIDER, spec, "", source_namespace)
+        if refusal:
+            raise _bad(f"CredentialSource in namespace {source_namespace!r}: {refusal}")
     api_url = app.get("apiURL") or DEFAULT_API_URL
     if not isinstance(api_url, str) or not api_url.startswith(("https://", "http://")):
         raise _bad(
@@ -242,7 +252,7 @@ class GitHubAppProvider:
 
     async def issue(self, request: IssueRequest) -> Issued:
         """A new installation token limited to the spec's repositories and permissions (1 h at GitHub)."""
-        settings = parse_settings(request.source_spec)
+        settings = parse_settings(request.source_spec, request.source_namespace)
         key = await self._private_key(settings, request.source_namespace)
         body: dict[str, Any] = {}
         if settings.repositories:
@@ -296,6 +306,15 @@ class GitHubAppProvider:
         superseded, never silently live.
         """
         replacement = await self.issue(request)
+        if self._expired_unheld(lease_ref):
+            # dead at GitHub already (its reference carries GitHub's expiry): nothing to revoke
+            log.info(
+                "github-app: the replaced token had expired; nothing to revoke",
+                extra=fields(
+                    provider=PROVIDER, credential=request.credential, task=request.task, lease_ref=lease_ref
+                ),
+            )
+            return replacement
         if not self._settled_here(lease_ref):
             log.info(
                 "github-app: the replaced token is held by another replica; recorded as superseded for it",
@@ -356,6 +375,13 @@ class GitHubAppProvider:
         self._held.pop(lease_ref, None)
         self._revoked[lease_ref] = held.expires_at
         log.info("github-app token revoked", extra=fields(provider=PROVIDER, lease_ref=lease_ref))
+
+    def _expired_unheld(self, lease_ref: str) -> bool:
+        """Not held by this process and past the expiry its reference carries: GitHub refuses it now."""
+        if lease_ref in self._held:
+            return False  # revoke() forgets it cleanly
+        expires_at = _expiry_of(lease_ref)
+        return expires_at is not None and expires_at <= datetime.now(UTC)
 
     def _settled_here(self, lease_ref: str) -> bool:
         """Held or revoked by this process, or expired: revoking it here needs nobody else."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from taskcreds.operator.cluster import Cluster, ClusterError
 from taskcreds.operator.providers.base import Issued, IssueRequest, ProviderError
+from taskcreds.operator.sources import tenant_refusal
 
 __all__ = ["KubernetesTokenProvider", "MIN_EXPIRATION_SECONDS", "binding_secret_name"]
 
@@ -36,7 +37,8 @@ def binding_secret_name(pod: str, nonce: str) -> str:
 
 
 class KubernetesTokenProvider:
-    """TokenRequest for ``spec.kubernetesToken.serviceAccount`` in the pod's namespace."""
+    """TokenRequest for ``spec.kubernetesToken.serviceAccount`` of a ClusterCredentialSource, in the
+    pod's namespace. Revoking (deleting the binding Secret it created) works for any lease."""
 
     name = _NAME
 
@@ -45,6 +47,19 @@ class KubernetesTokenProvider:
         self._now = now
 
     async def issue(self, request: IssueRequest) -> Issued:
+        """A token for ``serviceAccount`` bound to a new binding Secret owned by the pod.
+
+        Only for a ClusterCredentialSource (``source_namespace`` None): a namespaced one would mint
+        tokens with the operator's TokenRequest rights (:func:`~taskcreds.operator.sources.tenant_refusal`,
+        checked here too so that no path makes the API call for one).
+        """
+        if request.source_namespace is not None:
+            refusal = tenant_refusal(_NAME, request.source_spec, request.credential, request.source_namespace)
+            raise ProviderError(
+                _NAME,
+                f"CredentialSource {request.source_namespace}/{request.credential}: {refusal}",
+                retryable=False,
+            )
         spec = request.source_spec.get("kubernetesToken") or {}
         account = spec.get("serviceAccount")
         audiences = spec.get("audiences") or []

@@ -40,13 +40,15 @@ injection:
   strict: false
   defaultTTL: 15m
   tokenExpirationSeconds: 3600
+sources:
+  allowedAddresses: ["*"]
 """
 
 
 def test_no_file_gives_the_documented_defaults() -> None:
     config = load_config(None)
     assert config == InjectionConfig()
-    assert yaml.safe_load(CHART_SHAPE) == config.model_dump(by_alias=True)
+    assert yaml.safe_load(CHART_SHAPE) == config.model_dump(by_alias=True, mode="json")
 
 
 @pytest.mark.parametrize(
@@ -130,7 +132,7 @@ def test_config_is_frozen() -> None:
         ),
         pytest.param(
             {"webhook": {}},
-            "webhook: unknown key; accepted keys here: sidecar, spiffe, broker, injection",
+            "webhook: unknown key; accepted keys here: sidecar, spiffe, broker, injection, sources",
             id="unknown-section",
         ),
         pytest.param(
@@ -291,3 +293,53 @@ def test_quantities_parse_like_kubernetes(text: str, value: Decimal) -> None:
 def test_non_quantities_are_refused(text: object) -> None:
     with pytest.raises(QuantityError, match="is not a Kubernetes quantity"):
         parse_quantity(text)
+
+
+# --- sources.allowedAddresses: which servers a namespaced CredentialSource may make the operator call
+
+# name -> (patterns, address, allowed?)
+_ADDRESSES = {
+    "default allows any": (("*",), "https://anything.example:1234", True),
+    "empty allows none": ((), "https://vault.example.com", False),
+    "exact host, default port": (("https://vault.example.com",), "https://vault.example.com/", True),
+    "exact host, default port written": (("https://vault.example.com",), "https://vault.example.com:443", True),
+    "exact host, other port": (("https://vault.example.com",), "https://vault.example.com:8200", False),
+    "exact host and port": (("https://vault.example.com:8200",), "https://vault.example.com:8200", True),
+    "any port": (("https://vault.example.com:*",), "https://vault.example.com:8200", True),
+    "host names are case-insensitive": (("https://Vault.Example.com",), "https://VAULT.example.com.", True),
+    "another host": (("https://vault.example.com",), "https://vault.example.com.evil.test", False),
+    "scheme must match": (("https://vault.example.com",), "http://vault.example.com:443", False),
+    "wildcard covers names below": (("https://*.corp.example",), "https://a.b.corp.example", True),
+    "wildcard not the name itself": (("https://*.corp.example",), "https://corp.example", False),
+    "wildcard not a look-alike": (("https://*.corp.example",), "https://evilcorp.example", False),
+    "IPv6 literal": (("http://[::1]:8200",), "http://[0:0::1]:8200", True),
+    "IPv4 literal": (("https://10.0.0.7:8200",), "https://10.0.0.8:8200", False),
+    "one of several": (("https://a.example", "https://b.example"), "https://b.example", True),
+}
+
+
+@pytest.mark.parametrize("case", list(_ADDRESSES))
+def test_allowed_addresses_match(case: str) -> None:
+    from urllib.parse import urlsplit
+
+    patterns, address, allowed = _ADDRESSES[case]
+    config = InjectionConfig.from_mapping({"sources": {"allowedAddresses": list(patterns)}})
+    parts = urlsplit(address)
+    assert config.sources.address_allowed(parts.scheme, parts.hostname or "", parts.port) is allowed
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["vault.example.com", "ftp://vault.example.com", "https://vault.example.com/v1", "https://u@vault.example.com",
+     "https://*", "https://*.com", "https://vault.example.com:0", "https://vault.example.com:http",
+     "https://", "https://bad_name.example", "*.example.com", "https://[::1"],
+)
+def test_bad_address_patterns_name_the_entry_and_what_is_accepted(pattern: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        InjectionConfig.from_mapping({"sources": {"allowedAddresses": ["https://ok.example", pattern]}})
+    assert str(caught.value) == (
+        f"sources.allowedAddresses.1: {pattern!r} is not an address pattern; accepted: '*' (any address), "
+        "or scheme://host[:port] with scheme https or http, host a DNS name, '*.' followed by one (any name "
+        "below it), or an IP address, and port a number or '*' (default: the scheme's own, 443 or 80); "
+        "no path, user name or query"
+    )

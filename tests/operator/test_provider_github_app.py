@@ -534,3 +534,60 @@ async def test_fake_github_verifies_the_app_jwt(
         assert (response.status == 201) is accepted, await response.text()
     if reason:
         assert reason in github.rejections[-1]
+
+
+# --- renewing a lease whose token has expired (review diff_findings LOW 9) -------------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param(None, id="issuer not recorded"),
+        pytest.param({"replica": "op-a", "replicaNamespace": OPERATOR_NS}, id="issued by another replica"),
+    ],
+)
+async def test_renewing_an_expired_lease_issues_a_fresh_token(
+    github: FakeGitHub, provider: GitHubAppProvider, target: dict[str, str] | None
+) -> None:
+    """A sidecar cut off past its token's expiry renews: it gets a new token at the first attempt
+    (nothing to revoke: GitHub refuses the old one already), and no token is minted and thrown away."""
+    src = spec(github)
+    expired_ref = lease_ref_for("678", "ghs_gone", datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1))
+    renewed = await provider.renew(expired_ref, request(src))
+    assert renewed.lease_ref != expired_ref and not renewed.superseded_live
+    assert await repositories_seen_with(github, renewed.files["token"]) == (200, ["agent-target-repo"])
+    assert [t.token for t in github.alive_tokens()] == [renewed.files["token"]]  # one minted, kept
+    assert len(github.tokens) == 1
+    assert not [r for r in github.requests if r[0] == "DELETE"]
+    await provider.revoke(renewed.lease_ref, src, NS, target=target)
+    assert github.alive_tokens() == []
+
+
+# --- the tenant boundary: where a namespaced source may send the App's JWT ------------------------
+
+# name -> (apiURL, namespaced?, what the refusal says; None: accepted)
+_API_URLS = {
+    "http to a cluster host, namespaced": (
+        "http://github-proxy.infra.svc:8080", NS,
+        "spec.githubApp.apiURL 'http://github-proxy.infra.svc:8080': a CredentialSource must use https:// "
+        "(plain http:// only to a loopback address"),
+    "http to an IP, namespaced": ("http://10.0.0.7", NS, "a CredentialSource must use https://"),
+    "user info, namespaced": ("https://user:pw@ghe.example.com", NS, "a user name or password"),
+    "http to a cluster host, cluster source": ("http://github-proxy.infra.svc:8080", None, None),
+}
+
+
+@pytest.mark.parametrize("case", list(_API_URLS))
+async def test_a_namespaced_source_may_send_the_app_jwt_over_https_only(
+    github: FakeGitHub, provider: GitHubAppProvider, case: str
+) -> None:
+    api_url, namespace, refusal = _API_URLS[case]
+    src = spec(github, apiURL=api_url)
+    if refusal is None:  # accepted: the provider goes on to call it (nothing listens there)
+        with pytest.raises(ProviderError, match="cannot connect|timed out"):
+            await provider.issue(request(src, source_namespace=namespace))
+        return
+    with pytest.raises(ProviderError) as caught:
+        await provider.issue(request(src, source_namespace=namespace))
+    assert str(caught.value).startswith(f"github-app: CredentialSource in namespace {NS!r}: ")
+    assert refusal in str(caught.value) and not caught.value.retryable

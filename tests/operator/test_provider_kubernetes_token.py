@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from taskcreds.operator.kube import connect
 from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.providers.base import IssueRequest, ProviderError
 from taskcreds.operator.providers.kubernetes_token import KubernetesTokenProvider
+from taskcreds.operator.sources import SourceError, parse_source
+
+from taskcreds import names
+from tests.kube.fixtures import KubeApi, kube_api  # noqa: F401  (fixture)
 
 AUD = "https://kubernetes.default.svc"
 
@@ -21,12 +27,15 @@ def mem() -> tuple[MemCluster, dict[str, Any]]:
     return m, pod
 
 
-def request(pod: dict[str, Any], ttl: int = 900, **spec: Any) -> IssueRequest:
+def request(
+    pod: dict[str, Any], ttl: int = 900, *, source_namespace: str | None = None, **spec: Any
+) -> IssueRequest:
+    """An issue for a ClusterCredentialSource (``source_namespace`` None) unless told otherwise."""
     block = {"serviceAccount": "deployer", "audiences": [AUD], **spec}
     return IssueRequest(
         credential="deploy",
         source_spec={"provider": "kubernetes-token", "kubernetesToken": block},
-        source_namespace="team-a",
+        source_namespace=source_namespace,
         namespace="team-a",
         pod="agent-1",
         pod_uid=pod["metadata"]["uid"],
@@ -98,3 +107,75 @@ async def test_api_failure_cleans_up_the_binding(mem: tuple[MemCluster, dict[str
 async def test_bad_lease_ref() -> None:
     with pytest.raises(ProviderError, match="not sa-token"):
         await KubernetesTokenProvider(MemCluster()).revoke("nope", {}, None)
+
+
+# --- the tenant boundary: a namespaced CredentialSource may not mint tokens -----------------------
+
+REFUSAL = (
+    "CredentialSource team-a/deploy: spec.provider 'kubernetes-token' is not accepted in a "
+    "CredentialSource: it would mint a token for any service account of namespace 'team-a' "
+    "(spec.kubernetesToken.serviceAccount) with the operator's TokenRequest rights"
+)
+
+
+def test_a_namespaced_source_is_refused_when_read() -> None:
+    """The broker, the admission index and the renew path all read sources through parse_source."""
+    spec = {"provider": "kubernetes-token", "maxTTL": "1h", "allowedServiceAccounts": ["agent"],
+            "kubernetesToken": {"serviceAccount": "deployer", "audiences": [AUD]}}
+    namespaced = {"kind": names.KIND_CREDENTIAL_SOURCE,
+                  "metadata": {"name": "deploy", "namespace": "team-a"}, "spec": spec}
+    with pytest.raises(SourceError) as caught:
+        parse_source(namespaced)
+    assert str(caught.value).startswith(REFUSAL)
+    assert "only a ClusterCredentialSource may use it" in str(caught.value)
+    cluster = {"kind": names.KIND_CLUSTER_CREDENTIAL_SOURCE, "metadata": {"name": "deploy"},
+               "spec": {**spec, "allowedNamespaces": ["team-a"]}}
+    assert parse_source(cluster).provider == "kubernetes-token"
+
+
+@pytest.mark.parametrize("call", ["issue", "renew"])
+async def test_the_provider_refuses_a_namespaced_source_before_any_api_call(
+    kube_api: KubeApi, tmp_path: Path, call: str  # noqa: F811
+) -> None:
+    """Defence in depth, against the API stand-in: not one request reaches the API server for a
+    namespaced source; the same spec from a ClusterCredentialSource does get its token (control)."""
+    kube_api.ensure_namespace("team-a")
+    for account in ("agent", "deployer"):
+        kube_api.put({"apiVersion": "v1", "kind": "ServiceAccount",
+                      "metadata": {"name": account, "namespace": "team-a"}})
+    pod = kube_api.put({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-1", "namespace": "team-a"},
+                        "spec": {"serviceAccountName": "agent", "containers": [{"name": "a", "image": "x"}]}})
+    cluster = await connect(kubeconfig=kube_api.kubeconfig(tmp_path))
+    try:
+        provider = KubernetesTokenProvider(cluster)
+        before = len(kube_api.api_calls)
+        with pytest.raises(ProviderError) as caught:
+            if call == "issue":
+                await provider.issue(request(pod, source_namespace="team-a"))
+            else:
+                await provider.renew("sa-token:team-a/taskcreds-bind-agent-1-00:deployer:0",
+                                     request(pod, source_namespace="team-a"))
+        assert str(caught.value).startswith(f"kubernetes-token: {REFUSAL}")
+        assert not caught.value.retryable
+        assert kube_api.api_calls[before:] == []
+        assert kube_api.issued_tokens == []
+
+        # control: the same spec from a ClusterCredentialSource reaches the TokenRequest (the
+        # stand-in binds tokens to Pods only, so it answers 422 where the API server would issue)
+        with pytest.raises(ProviderError, match="TokenRequest for service account team-a/deployer failed"):
+            await provider.issue(request(pod))
+        assert {("create", "", "secrets"), ("create", "", "serviceaccounts/token")} <= {
+            (c.verb, c.group, c.resource) for c in kube_api.api_calls[before:]
+        }
+    finally:
+        await cluster.close()
+
+
+async def test_a_lease_of_a_namespaced_source_is_still_revoked(mem: tuple[MemCluster, dict[str, Any]]) -> None:
+    """Revoking only deletes the binding Secret the operator created: a lease issued before the rule
+    (or by a source changed since) still dies at once."""
+    cluster, pod = mem
+    p = KubernetesTokenProvider(cluster)
+    issued = await p.issue(request(pod))
+    await p.revoke(issued.lease_ref, {"provider": "kubernetes-token"}, "team-a")
+    assert await cluster.review_token(issued.files["token"], AUD) is None

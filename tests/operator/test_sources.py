@@ -334,6 +334,24 @@ def jwt_source(audience: Any, *, cluster: bool = False) -> dict[str, Any]:
     return obj(spec, cluster=cluster)
 
 
+def token_source(*, cluster: bool) -> dict[str, Any]:
+    spec: dict[str, Any] = {**BASE, "provider": "kubernetes-token",
+                            "kubernetesToken": {"serviceAccount": "deployer", "audiences": ["https://kubernetes.default.svc"]}}
+    if cluster:
+        spec["allowedNamespaces"] = ["agents"]
+    return obj(spec, cluster=cluster)
+
+
+def github_source(api_url: str | None, *, cluster: bool) -> dict[str, Any]:
+    app: dict[str, Any] = {"appId": "1", "installationId": "2", "privateKeySecretRef": {"name": "gh", "key": "pem"}}
+    if api_url is not None:
+        app["apiURL"] = api_url
+    spec: dict[str, Any] = {**BASE, "provider": "github-app", "githubApp": app}
+    if cluster:
+        spec["allowedNamespaces"] = ["agents"]
+    return obj(spec, cluster=cluster)
+
+
 @pytest.mark.parametrize(
     ("body", "refusal"),
     [
@@ -374,6 +392,20 @@ def jwt_source(audience: Any, *, cluster: bool = False) -> dict[str, Any]:
                      id="vault http to localhost, namespaced"),
         pytest.param(vault_source("http://[::1]:8200", _TOKEN_AUTH, cluster=False), None,
                      id="vault http to ::1, namespaced"),
+        pytest.param(token_source(cluster=False),
+                     r"spec\.provider 'kubernetes-token' is not accepted in a CredentialSource: it would mint a "
+                     r"token for any service account of namespace 'agents' \(spec\.kubernetesToken\.serviceAccount\) "
+                     r"with the operator's TokenRequest rights.*only a ClusterCredentialSource may use it",
+                     id="kubernetes-token, namespaced"),
+        pytest.param(github_source("http://ghe.infra.svc:8080", cluster=False),
+                     r"spec\.githubApp\.apiURL 'http://ghe\.infra\.svc:8080': a CredentialSource must use https:// "
+                     r"\(plain http:// only to a loopback address", id="github http to a cluster host, namespaced"),
+        pytest.param(github_source("https://x:y@ghe.example", cluster=False),
+                     r"spec\.githubApp\.apiURL .*a user name or password", id="github user info, namespaced"),
+        pytest.param(token_source(cluster=True), None, id="kubernetes-token, cluster source"),
+        pytest.param(github_source("http://ghe.infra.svc:8080", cluster=True), None, id="github http, cluster source"),
+        pytest.param(github_source(None, cluster=False), None, id="github default apiURL, namespaced"),
+        pytest.param(github_source("http://127.0.0.1:3000", cluster=False), None, id="github http to loopback"),
         pytest.param(jwt_source(["agents/api", "agents/other"]), None, id="jwt own audiences, namespaced"),
         pytest.param(jwt_source(None), None, id="jwt default audience, namespaced"),
         pytest.param(jwt_source(["shared-api"], cluster=True), None, id="jwt any audience, cluster source"),
@@ -406,3 +438,66 @@ async def test_resolving_a_namespaced_source_applies_the_tenant_rules() -> None:
         await resolve_source(mem, "agents", "bao")
     with pytest.raises(SourceError, match="only a ClusterCredentialSource may use it"):
         await source_from_ref(mem, {"kind": names.KIND_CREDENTIAL_SOURCE, "name": "bao", "namespace": "agents"})
+
+
+# --- sources.allowedAddresses: the operator's list of servers namespaced sources may use ----------
+
+
+@pytest.fixture
+def allowed_addresses() -> Any:
+    """Set the operator's ``sources.allowedAddresses`` for one test (restored after)."""
+    from taskcreds.operator.config import SourcesConfig
+    from taskcreds.operator.sources import configure_tenant_rules, tenant_rules
+
+    before = tenant_rules()
+
+    def configure(*patterns: str) -> None:
+        configure_tenant_rules(SourcesConfig(allowed_addresses=patterns))
+
+    yield configure
+    configure_tenant_rules(before)
+
+
+# name -> (the source, refused?)
+_ALLOW_LIST = {
+    "vault on the list, namespaced": (vault_source("https://vault.corp.example:8200", _TOKEN_AUTH, cluster=False), False),
+    "vault off the list, namespaced": (vault_source("https://vault.tenant.example", _TOKEN_AUTH, cluster=False), True),
+    "vault at an in-cluster service, namespaced": (
+        vault_source("https://kube-dns.kube-system.svc:443", _TOKEN_AUTH, cluster=False), True),
+    "vault at loopback http, not listed, namespaced": (
+        vault_source("http://127.0.0.1:9090", _TOKEN_AUTH, cluster=False), True),
+    "github default apiURL, listed": (github_source(None, cluster=False), False),
+    "github enterprise off the list, namespaced": (github_source("https://ghe.tenant.example/api/v3", cluster=False), True),
+    "vault off the list, cluster source": (vault_source("https://vault.tenant.example", _K8S_AUTH, cluster=True), False),
+    "github off the list, cluster source": (github_source("https://ghe.tenant.example/api/v3", cluster=True), False),
+}
+
+
+@pytest.mark.parametrize("case", list(_ALLOW_LIST))
+def test_namespaced_sources_reach_only_allowed_addresses(allowed_addresses: Any, case: str) -> None:
+    body, refused = _ALLOW_LIST[case]
+    allowed_addresses("https://*.corp.example:8200", "https://api.github.com")
+    if not refused:
+        assert parse_source(body).name == "github"
+        return
+    with pytest.raises(SourceError) as caught:
+        parse_source(body)
+    message = str(caught.value)
+    assert message.startswith("CredentialSource agents/github: spec.")
+    assert ("is not among the addresses this operator lets a CredentialSource use (its "
+            "sources.allowedAddresses: https://*.corp.example:8200, https://api.github.com); use one of "
+            "those, or ask the cluster admin for a ClusterCredentialSource") in message
+
+
+def test_by_default_every_https_address_is_allowed() -> None:
+    """Installs that set no list keep working (the documented default, ["*"])."""
+    for body in (vault_source("https://vault.anywhere.example:8200", _TOKEN_AUTH, cluster=False),
+                 github_source("https://ghe.anywhere.example/api/v3", cluster=False)):
+        assert parse_source(body).name == "github"
+
+
+def test_an_empty_list_lets_namespaced_sources_reach_no_server(allowed_addresses: Any) -> None:
+    allowed_addresses()
+    with pytest.raises(SourceError, match=r"sources\.allowedAddresses: none\)"):
+        parse_source(github_source(None, cluster=False))
+    assert parse_source(jwt_source(None)).provider == "jwt"  # no server: not concerned

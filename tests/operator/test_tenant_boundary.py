@@ -284,3 +284,65 @@ def test_every_example_source_is_accepted(file: str, doc: dict[str, Any]) -> Non
     from taskcreds.operator.sources import parse_source
 
     assert parse_source(doc).name == doc["metadata"]["name"]
+
+
+# --- kubernetes-token: TokenRequest with the operator's rights -------------------------------------
+
+DEPLOYER = {"serviceAccount": "deployer", "audiences": ["https://kubernetes.default.svc"]}
+
+
+async def test_a_namespaced_source_cannot_mint_service_account_tokens(harness: Harness) -> None:  # noqa: F811
+    """A tenant who may write CredentialSources but not `create serviceaccounts/token` gains nothing:
+    refused before any API call; the cluster admin's ClusterCredentialSource is the way (control)."""
+    secrets_before = set(harness.cluster.secrets)
+    harness.cluster.put_source(source("deploy", "kubernetes-token", namespace=TENANT, accounts=("builder",),
+                                      kubernetesToken=DEPLOYER))
+    pod = harness.add_pod("tenant-pod", namespace=TENANT, service_account="builder", credentials="deploy")
+    reply = await harness.issue(harness.agent(pod))
+    assert (reply.status, reply.code) == (403, "policy_denied"), reply.doc
+    message = reply.doc["error"]["message"]
+    for words in ("CredentialSource team-b/deploy", "spec.provider 'kubernetes-token' is not accepted",
+                  "spec.kubernetesToken.serviceAccount", "only a ClusterCredentialSource may use it"):
+        assert words in message, message
+    assert set(harness.cluster.secrets) == secrets_before  # no binding Secret, so no TokenRequest
+
+    harness.cluster.sources.pop((TENANT, "deploy"))
+    harness.cluster.put_source(source("deploy", "kubernetes-token", namespace=None, accounts=("builder",),
+                                      allowedNamespaces=[TENANT], kubernetesToken=DEPLOYER))
+    reply = await harness.issue(harness.agent(pod))
+    assert reply.status == 200, reply.doc
+    ident = await harness.cluster.review_token(reply.doc["credentials"][0]["files"]["token"],
+                                               "https://kubernetes.default.svc")
+    assert ident is not None and (ident.namespace, ident.service_account) == (TENANT, "deployer")
+
+
+# --- sources.allowedAddresses ----------------------------------------------------------------------
+
+
+async def test_the_allow_list_stops_a_namespaced_source_before_it_calls_out(
+    harness: Harness, recorder: Recorder  # noqa: F811
+) -> None:
+    """With sources.allowedAddresses set, a tenant's vault address elsewhere (here a loopback
+    listener, as an in-cluster service would be) is refused and nothing reaches it; listed, it does."""
+    from taskcreds.operator.config import SourcesConfig
+    from taskcreds.operator.sources import configure_tenant_rules, tenant_rules
+
+    before = tenant_rules()
+    harness.cluster.put_secret(TENANT, "bao", {"token": "tenant-own-token"})
+    auth = {"method": "token", "tokenSecretRef": {"name": "bao", "key": "token"}}
+    harness.cluster.put_source(source("bao", "vault", namespace=TENANT, accounts=("builder",),
+                                      vault=vault_block(recorder.url(), auth)))
+    pod = harness.add_pod("tenant-pod", namespace=TENANT, service_account="builder", credentials="bao")
+    try:
+        configure_tenant_rules(SourcesConfig(allowed_addresses=("https://vault.corp.example",)))
+        reply = await harness.issue(harness.agent(pod))
+        assert (reply.status, reply.code) == (403, "policy_denied"), reply.doc
+        assert (f"spec.vault.address '{recorder.url()}' is not among the addresses this operator lets a "
+                "CredentialSource use (its sources.allowedAddresses: https://vault.corp.example)") \
+            in reply.doc["error"]["message"]
+        assert recorder.received == []
+        configure_tenant_rules(SourcesConfig(allowed_addresses=(f"http://127.0.0.1:{recorder.port}",)))
+        await harness.issue(harness.agent(pod))
+        assert [r["token"] for r in recorder.received][:1] == ["tenant-own-token"]
+    finally:
+        configure_tenant_rules(before)
