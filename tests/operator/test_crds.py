@@ -138,7 +138,11 @@ def test_each_provider_example_is_accepted_both_scopes(case: str) -> None:
     assert (
         _errors("clustercredentialsource.yaml", _source(names.KIND_CLUSTER_CREDENTIAL_SOURCE, cluster)) == []
     )
-    parse_source(_source(names.KIND_CREDENTIAL_SOURCE, spec))  # and the broker reads it
+    # and the broker reads it (kubernetes-token: only from a ClusterCredentialSource, sources.tenant_refusal)
+    if case == "kubernetes-token":
+        parse_source(_source(names.KIND_CLUSTER_CREDENTIAL_SOURCE, cluster))
+    else:
+        parse_source(_source(names.KIND_CREDENTIAL_SOURCE, spec))
 
 
 def _mutate(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
