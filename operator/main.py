@@ -298,10 +298,12 @@ async def run_operator(
     from taskcreds.operator.injection import mutate_pod
     from taskcreds.operator.lifecycle import TaskLifecycle, build_registry
     from taskcreds.operator.providers.registry import make_providers
+    from taskcreds.operator.sources import configure_tenant_rules
     from taskcreds.operator.taskstatus import TaskStatusHub
     from taskcreds.operator.tlsreload import ReloadingCertificate
     from taskcreds.operator.webhook import make_webhook_app, serve
 
+    configure_tenant_rules(config.sources)  # sources.allowedAddresses, before anything reads a source
     parts = parts or OperatorParts(metrics=register_operator())
     metrics = parts.metrics
     background: list[asyncio.Task[Any]] = []
