@@ -352,6 +352,7 @@ def test_injection_config_parses_and_points_at_the_broker(helm: Helm, name: str,
         "spiffe": {"socketSource", "hostPath", "socketFile", "trustDomain"},
         "broker": {"url", "spiffeId"},
         "injection": {"mountPath", "tmpfsSizeLimit", "strict", "defaultTTL", "tokenExpirationSeconds"},
+        "sources": {"allowedAddresses"},
     }
     broker = one(docs, "Service", "-broker")
     assert config.broker.url == (
@@ -381,6 +382,22 @@ def test_injection_config_carries_the_values(helm: Helm, tmp_path: Path) -> None
         config.spiffe.trust_domain,
     ) == ("hostPath", "/run/spire/sockets", "agent.sock", "example.org")
     assert config.broker.spiffe_id.startswith("spiffe://example.org/")
+
+
+@pytest.mark.parametrize(
+    ("values", "allowed"),
+    [
+        pytest.param({}, ("*",), id="default: any address, as before the setting existed"),
+        pytest.param({"sources": {"allowedAddresses": ["https://vault.corp.example:8200", "https://api.github.com"]}},
+                     ("https://vault.corp.example:8200", "https://api.github.com"), id="a list"),
+        pytest.param({"sources": {"allowedAddresses": []}}, (), id="empty: no server (not the default)"),
+    ],
+)
+def test_allowed_addresses_reach_the_operator(
+    helm: Helm, tmp_path: Path, values: dict[str, Any], allowed: tuple[str, ...]
+) -> None:
+    _, config = rendered_config(helm.template(values), tmp_path)
+    assert config.sources.allowed_addresses == allowed
 
 
 def test_config_change_rolls_the_operator(helm: Helm) -> None:

@@ -46,6 +46,11 @@ REJECTED: list[tuple[str, dict[str, Any], list[str]]] = [
         {"injection": {"tokenExpirationSeconds": 60}},
         ["/injection/tokenExpirationSeconds", "minimum"],
     ),
+    ("allowed address with a path", {"sources": {"allowedAddresses": ["https://vault.example/v1"]}},
+     ["/sources/allowedAddresses/0"]),
+    ("allowed address without scheme", {"sources": {"allowedAddresses": ["vault.example"]}},
+     ["/sources/allowedAddresses/0"]),
+    ("allowed addresses as a string", {"sources": {"allowedAddresses": "*"}}, ["/sources/allowedAddresses", "array"]),
     ("digest that is a tag", {"image": {"digest": "latest"}}, ["/image/digest"]),
     ("pull policy", {"image": {"pullPolicy": "Sometimes"}}, ["/image/pullPolicy"]),
     (
