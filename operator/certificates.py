@@ -260,13 +260,23 @@ def plan_pair(stored: StoredPair | None, common_name: str, dns_names: list[str],
 def _pair_from_secret(secret: dict[str, Any] | None) -> StoredPair | None:
     if not secret:
         return None
-    data = secret.get("data") or {}
+    data = secret.get("data")
+    if not isinstance(data, dict):
+        data = {}
+    # each key on its own: a missing or undecodable tls.key must not discard a still-valid CA
+    # (plan_pair keeps it, so replicas serving its leaves stay trusted); check_stored_pair says why
+    return StoredPair(*(_decode_key(data.get(k))
+                        for k in (SECRET_CA_CERT, SECRET_CA_KEY, SECRET_TLS_CERT, SECRET_TLS_KEY)))
+
+
+def _decode_key(value: Any) -> bytes:
+    """One Secret data value; b"" when missing or not base64 (unusable, never an exception)."""
+    if not isinstance(value, str):
+        return b""
     try:
-        blobs = [base64.b64decode(data[k], validate=True)
-                 for k in (SECRET_CA_CERT, SECRET_CA_KEY, SECRET_TLS_CERT, SECRET_TLS_KEY)]
-    except (KeyError, TypeError, ValueError):
-        return StoredPair(b"", b"", b"", b"")  # present but unusable: check_stored_pair says why
-    return StoredPair(*blobs)
+        return base64.b64decode(value, validate=True)
+    except ValueError:  # binascii.Error is a ValueError
+        return b""
 
 
 def write_pair_atomically(cert_dir: str | os.PathLike[str], cert_pem: bytes, key_pem: bytes) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from taskcreds.operator import certificates as certs
@@ -271,6 +272,54 @@ async def test_replaces_an_unusable_stored_pair(tmp_path: Path, name: str, damag
     pair = certs.StoredPair(fixed["ca.crt"], fixed["ca.key"], fixed["tls.crt"], fixed["tls.key"])
     assert certs.check_stored_pair(pair, NAMES, NOW) is None
     assert (tmp_path / "tls.crt").read_bytes() == fixed["tls.crt"]
+
+
+def _trusts(bundle: bytes, leaf_pem: bytes) -> bool:
+    """Whether any CA in ``bundle`` directly signed ``leaf_pem`` (what the API server checks)."""
+    leaf = x509.load_pem_x509_certificate(leaf_pem)
+    for ca_cert in x509.load_pem_x509_certificates(bundle):
+        try:
+            leaf.verify_directly_issued_by(ca_cert)
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            pass
+    return False
+
+
+def _drop(key: str) -> Any:
+    return lambda raw: raw.pop(key)
+
+
+def _not_base64(key: str) -> Any:
+    return lambda raw: raw.update({key: "%%% not base64 %%%"})
+
+
+@pytest.mark.parametrize("name, damage, same_ca", [
+    ("tls.key missing", _drop("tls.key"), True),
+    ("tls.crt missing", _drop("tls.crt"), True),
+    ("tls.key not base64", _not_base64("tls.key"), True),
+    ("tls.crt not base64", _not_base64("tls.crt"), True),
+    ("tls.crt garbage", lambda raw: raw.update({"tls.crt": base64.b64encode(b"junk").decode()}), True),
+    ("ca.key missing", _drop("ca.key"), False),
+    ("ca.key not base64", _not_base64("ca.key"), False),
+])
+async def test_a_broken_secret_key_never_untrusts_a_replica_still_serving_the_old_leaf(
+        tmp_path: Path, name: str, damage: Any, same_ca: bool) -> None:
+    """Replica B serves leaf 1; one key of the Secret breaks; replica A repairs it. The bundle must
+    still trust B's leaf (the CA is valid) — else B is refused until its next hourly check."""
+    cluster = FakeCluster()
+    await ensure(cluster, tmp_path / "b")
+    served_by_b = (tmp_path / "b" / "tls.crt").read_bytes()
+    old_ca = cluster.data()["ca.crt"]
+    damage(cluster.secrets[("taskcreds-system", "wh-tls")]["data"])
+    await ensure(cluster, tmp_path / "a", NOW + timedelta(minutes=1))
+    bundle = cluster.ca_bundles["taskcreds"]
+    assert _trusts(bundle, served_by_b), name
+    assert _trusts(bundle, (tmp_path / "a" / "tls.crt").read_bytes()), name
+    assert (bundle == old_ca) is same_ca, name  # a usable CA is kept as is; else the new CA joins the old
+    fixed = cluster.data()
+    pair = certs.StoredPair(fixed["ca.crt"], fixed["ca.key"], fixed["tls.crt"], fixed["tls.key"])
+    assert certs.check_stored_pair(pair, NAMES, NOW + timedelta(minutes=1)) is None
 
 
 async def test_conflict_rereads_and_uses_the_winners_pair(tmp_path: Path) -> None:
