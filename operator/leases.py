@@ -591,13 +591,15 @@ def _refused_revocation(entry: Mapping[str, Any], source: Source | None) -> str 
     """Why a lease of a namespaced source that the tenant rules now refuse cannot be revoked (None: it
     can, or the source is not refused).
 
-    A ``jwt`` revocation only deny-lists the jti (no spec, no network): always done. A ``vault``
+    Only ``vault`` is refused here. A ``jwt`` revocation only deny-lists the jti (no spec, no
+    network); a ``kubernetes-token`` one deletes the binding Secret the operator made; a
+    ``github-app`` one sends the token back to the server that minted it: all always done. A ``vault``
     revocation would log in at the source's address: with ``auth.method: kubernetes`` as the operator
     itself — sending its service-account token to an address a tenant chose (the recorded one was
     chosen by the same tenant, so matching it proves nothing) — and with plain http:// in the clear;
     the vault provider refuses both, so it is recorded not revocable at once, saying what to do.
     """
-    if source is None or source.namespace is None or entry.get("provider") == "jwt":
+    if source is None or source.namespace is None or entry.get("provider") != "vault":
         return None
     refusal = tenant_refusal(source.provider, source.spec, source.name, source.namespace)
     if refusal is None:

@@ -33,7 +33,9 @@ class SpyVault:
     async def renew(self, lease_ref: str, request: IssueRequest) -> Issued:  # pragma: no cover
         raise NotImplementedError
 
-    async def revoke(self, lease_ref: str, source_spec: dict[str, Any], source_namespace: str | None, **_: Any) -> None:
+    async def revoke(
+        self, lease_ref: str, source_spec: dict[str, Any], source_namespace: str | None, **_: Any
+    ) -> None:
         self.calls.append(lease_ref)
 
 
@@ -72,10 +74,18 @@ async def test_a_jwt_lease_of_an_old_audience_is_still_revoked_and_deny_listed()
 @pytest.mark.parametrize(
     ("case", "vault", "refused", "says"),
     [
-        ("kubernetes auth: the operator's identity", _vault("https://vault.team-a:8200", KUBE_AUTH), True,
-         "as the operator itself"),
-        ("plain http to a non-loopback address", _vault("http://vault.team-a:8200", TOKEN_AUTH), True,
-         "must use https://"),
+        (
+            "kubernetes auth: the operator's identity",
+            _vault("https://vault.team-a:8200", KUBE_AUTH),
+            True,
+            "as the operator itself",
+        ),
+        (
+            "plain http to a non-loopback address",
+            _vault("http://vault.team-a:8200", TOKEN_AUTH),
+            True,
+            "must use https://",
+        ),
         ("a source the rules accept (control)", _vault("https://vault.team-a:8200", TOKEN_AUTH), False, ""),
     ],
 )
@@ -106,3 +116,40 @@ async def test_a_vault_lease_of_a_refused_source_is_not_revocable_without_any_lo
     why = stored["leases"][0]["notRevocable"]
     assert says in why and "accessor-1" in why and vault["address"] in why, why
     assert "hvs.value" not in str(stored)
+
+
+class SpyProvider(SpyVault):
+    """Any provider whose revocation sends nothing to a tenant-chosen server."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+
+@pytest.mark.parametrize(
+    ("provider", "spec"),
+    [
+        ("kubernetes-token", {"kubernetesToken": {"serviceAccount": "deployer"}}),
+        (
+            "github-app",
+            {"githubApp": {"apiURL": "http://github.team-a:8080", "appID": 1, "installationID": 2}},
+        ),
+    ],
+)
+async def test_other_leases_of_refused_sources_are_still_revoked(provider: str, spec: dict[str, Any]) -> None:
+    """kubernetes-token deletes the binding Secret the operator made; github-app sends the token back
+    to the server that minted it: neither gives a tenant anything, so both are revoked as usual."""
+    cluster = with_agent_pod(MemCluster())
+    cluster.put_source(source("cred", provider, **spec))
+    issued = Issued(
+        files={"token": "t"}, lease_ref="ref-1", issued_at=NOW, expires_at=NOW.replace(year=NOW.year + 1)
+    )
+    entry = leases.lease_entry(
+        "cred", provider, {"kind": "CredentialSource", "name": "cred", "namespace": NS}, issued
+    )
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [entry])
+    spy = SpyProvider(provider)
+    outcome = await leases.revoke_task(cluster, {provider: spy}, NS, nm(cluster), "completed", metrics=None)
+    stored = cluster.task_leases[(NS, nm(cluster))]["status"]
+    assert outcome.done and spy.calls == ["ref-1"]
+    assert "notRevocable" not in stored["leases"][0]
