@@ -1,8 +1,8 @@
 """Per-kind defaulting and validation: the parts of the API's behaviour code can trip over.
 
 Only rules a caller could plausibly break are here (names, labels, annotation types, pod shape,
-pod spec immutability, Secret base64, webhook configuration fields). Everything else is stored as
-sent. Each check returns ``(field, message)`` causes; the store turns them into a 422.
+pod spec immutability, Secret base64, Secret type immutability and kubernetes.io/tls keys, webhook
+configuration fields). Everything else is stored as sent. Each check returns ``(field, message)`` causes; the store turns them into a 422.
 """
 
 from __future__ import annotations
@@ -272,6 +272,9 @@ def _validate_pod(pod: dict[str, Any]) -> Causes:
     return causes
 
 
+_SECRET_TYPE_TLS = "kubernetes.io/tls"
+
+
 def _validate_secret(secret: dict[str, Any]) -> Causes:
     causes: Causes = []
     for k, v in (secret.get("data") or {}).items():
@@ -282,6 +285,9 @@ def _validate_secret(secret: dict[str, Any]) -> Causes:
                 f"illegal base64 data in Secret data[{k!r}]: Secret.data values are base64; "
                 "use stringData for plain text"
             ) from None
+    if secret.get("type") == _SECRET_TYPE_TLS:  # ValidateSecret: the TLS type needs both keys
+        data = secret.get("data") or {}
+        causes += [(f"data[{k}]", "Required value") for k in ("tls.crt", "tls.key") if k not in data]
     return causes
 
 
@@ -398,7 +404,13 @@ _POD_MUTABLE_MESSAGE = (
 
 
 def validate_update(rt: ResourceType, old: dict[str, Any], new: dict[str, Any]) -> Causes:
-    """Rules about what an update may change (pods: spec is mostly immutable)."""
+    """Rules about what an update may change (pods: spec is mostly immutable; a Secret's type is fixed)."""
+    if (rt.group, rt.kind) == ("", "Secret"):
+        # ValidateSecretUpdate: ValidateImmutableField(newSecret.Type, oldSecret.Type); an update
+        # without a type was defaulted to Opaque first, so it too is refused for any other type
+        if new.get("type") != old.get("type"):
+            return [("type", f'Invalid value: "{new.get("type")}": field is immutable')]
+        return []
     if (rt.group, rt.kind) != ("", "Pod"):
         return []
 

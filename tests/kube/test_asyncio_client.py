@@ -131,6 +131,69 @@ async def test_errors_are_api_status_objects(
     assert body["kind"] == "Status" and body["reason"] == reason and body["code"] == status, body
 
 
+def _secret(name: str, type_: str | None, **data: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"metadata": {"name": name}, "stringData": data}
+    if type_ is not None:
+        body["type"] = type_
+    return body
+
+
+_TLS = "kubernetes.io/tls"
+_PAIR = {"tls.crt": "c", "tls.key": "k"}
+
+
+@pytest.mark.parametrize(
+    ("case", "stored", "call", "error"),
+    [
+        # ValidateSecretUpdate: type is immutable, whatever the verb; no type on PUT means Opaque
+        ("PUT Opaque over tls", _TLS, lambda c: c.replace_namespaced_secret(
+            "s", "default", _secret("s", "Opaque", **_PAIR)), 'type: Invalid value: "Opaque": field is immutable'),
+        ("PUT without type over tls", _TLS, lambda c: c.replace_namespaced_secret(
+            "s", "default", _secret("s", None, **_PAIR)), 'type: Invalid value: "Opaque": field is immutable'),
+        ("merge patch of type", _TLS, lambda c: c.patch_namespaced_secret(
+            "s", "default", {"type": "Opaque"}), 'type: Invalid value: "Opaque": field is immutable'),
+        ("PUT tls over Opaque", "Opaque", lambda c: c.replace_namespaced_secret(
+            "s", "default", _secret("s", _TLS, **_PAIR)), f'type: Invalid value: "{_TLS}": field is immutable'),
+        # ValidateSecret: kubernetes.io/tls needs tls.crt and tls.key, on create and on update
+        ("create tls without tls.key", None, lambda c: c.create_namespaced_secret(
+            "default", _secret("s", _TLS, **{"tls.crt": "c"})), "data[tls.key]: Required value"),
+        ("create tls with no keys", None, lambda c: c.create_namespaced_secret(
+            "default", _secret("s", _TLS)), "data[tls.crt]: Required value, data[tls.key]: Required value"),
+        ("PUT tls dropping tls.crt", _TLS, lambda c: c.replace_namespaced_secret(
+            "s", "default", _secret("s", _TLS, **{"tls.key": "k"})), "data[tls.crt]: Required value"),
+    ],
+)
+async def test_secret_type_is_immutable_and_tls_needs_its_keys(
+    core: client.CoreV1Api, case: str, stored: str | None, call: Any, error: str
+) -> None:
+    if stored is not None:
+        await core.create_namespaced_secret("default", _secret("s", stored, **_PAIR))
+    with pytest.raises(ApiException) as e:
+        await call(core)
+    body = json.loads(e.value.body)
+    assert (e.value.status, body["reason"]) == (422, "Invalid"), case
+    assert body["message"] == f'Secret "s" is invalid: {error}', case
+    if stored is not None:
+        assert (await core.read_namespaced_secret("s", "default")).type == stored, case
+
+
+@pytest.mark.parametrize(
+    ("case", "stored", "body"),
+    [
+        ("same tls type, extra ca.* keys", _TLS, _secret("s", _TLS, **_PAIR, **{"ca.crt": "a", "ca.key": "b"})),
+        ("Opaque to Opaque", "Opaque", _secret("s", "Opaque", x="y")),
+        ("no type over Opaque (defaulted)", "Opaque", _secret("s", None, x="y")),
+    ],
+)
+async def test_secret_updates_that_keep_the_type_are_accepted(
+    core: client.CoreV1Api, case: str, stored: str, body: dict[str, Any]
+) -> None:
+    await core.create_namespaced_secret("default", _secret("s", stored, **_PAIR))
+    replaced = await core.replace_namespaced_secret("s", "default", body)
+    assert replaced.type == stored, case
+    assert set(replaced.data) == set(body["stringData"]), case
+
+
 async def test_selectors_and_all_namespace_lists(kube_api: KubeApi, core: client.CoreV1Api) -> None:
     await core.create_namespace({"metadata": {"name": "agents"}})
     await core.create_namespaced_pod("default", pod("a", tier="web", inject="true"))
