@@ -457,7 +457,8 @@ def test_alerts_use_metrics_the_code_exports(helm: Helm) -> None:
     expects = {
         "TaskcredsWebhookErrors": "taskcreds_admission_requests_total",
         "TaskcredsRevocationFailures": "taskcreds_revocation_failures_total",
-        "TaskcredsCredentialPastExpiry": "taskcreds_sidecar_credential_expiry_timestamp_seconds",
+        "TaskcredsSidecarNotReady": "taskcreds_sidecar_ready",
+        "TaskcredsSidecarRefreshFailing": "taskcreds_sidecar_refresh_total",
         "TaskcredsWebhookCertificateExpiring": "taskcreds_webhook_certificate_expiry_timestamp_seconds",
     }
     for alert, metric in expects.items():
