@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["DurationError", "parse_duration", "format_duration"]
+__all__ = ["DurationError", "parse_duration", "format_duration", "MAX_SECONDS", "MAXIMUM"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 ACCEPTED = "a Go-style duration such as 90s, 15m or 1h30m (units ms, s, m, h)"
+#: The longest duration taken anywhere (TTLs, maxTTL, max-duration, the chart's 10-year webhook CA):
+#: 10 years. Longer ones are mistakes, and near the limits of datetime/timedelta they crashed deep
+#: inside providers (100000000000h: OverflowError in the JWT provider, an endless 503).
+MAXIMUM = "87600h"
+MAX_SECONDS = 87600 * 3600.0
 
 
 class DurationError(ValueError):
@@ -18,7 +23,8 @@ class DurationError(ValueError):
 def parse_duration(text: str) -> float:
     """Return the duration in seconds; raise DurationError naming the value otherwise.
 
-    Zero and negative durations are refused: every duration we take is a lifetime.
+    Zero and negative durations are refused: every duration we take is a lifetime; so are durations
+    longer than :data:`MAXIMUM` (10 years).
     """
     if not isinstance(text, str) or not text or len(text) > 32:
         raise DurationError(f"{text!r} is not {ACCEPTED}")
@@ -32,6 +38,8 @@ def parse_duration(text: str) -> float:
         raise DurationError(f"{text!r} is not {ACCEPTED}")
     if total <= 0:
         raise DurationError(f"{text!r} must be longer than zero")
+    if total > MAX_SECONDS:
+        raise DurationError(f"{text!r} is longer than the maximum {MAXIMUM} (10 years)")
     return total
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from taskcreds.durations import DurationError, format_duration, parse_duration
+from taskcreds.durations import MAX_SECONDS, MAXIMUM, DurationError, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -18,6 +18,36 @@ def test_refuses_what_is_not_a_duration_and_says_what_would_be(text: str) -> Non
     with pytest.raises(DurationError) as err:
         parse_duration(text)
     assert repr(text)[:20] in str(err.value) or "longer than zero" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        pytest.param("87600h", 87600 * 3600, id="the maximum itself (the chart's 10-year webhook CA)"),
+        pytest.param("8760h", 8760 * 3600, id="a year"),
+        pytest.param("87599h59m59s", 87600 * 3600 - 1, id="just under"),
+        pytest.param("43800h43800h", 87600 * 3600, id="parts adding up to the maximum"),
+    ],
+)
+def test_accepts_up_to_the_maximum(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("100000000000h", id="crashed the jwt provider with OverflowError (review L2)"),
+        pytest.param("87600h1ms", id="a millisecond over"),
+        pytest.param("87601h", id="an hour over"),
+        pytest.param("5256000m1s", id="over in minutes"),
+        pytest.param("9" * 31 + "h", id="31 digits: the longest the 32-character limit lets through"),
+    ],
+)
+def test_refuses_durations_over_the_maximum_naming_value_and_maximum(text: str) -> None:
+    with pytest.raises(DurationError) as err:
+        parse_duration(text)
+    assert str(err.value) == f"{text!r} is longer than the maximum {MAXIMUM} (10 years)"
+    assert MAX_SECONDS == 87600 * 3600
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(5400, "1h30m"), (90, "1m30s"), (3600, "1h"), (5, "5s")])
