@@ -42,6 +42,14 @@ log = logging.getLogger("taskcreds.kube")
 
 _MERGE = "application/merge-patch+json"
 _JSON_PATCH = "application/json-patch+json"
+_SECRET_OPAQUE = "Opaque"
+# built-in Secret types the API validates (ValidateSecret) and the keys each needs; other types with
+# rules (service-account-token, dockercfg, basic-auth, ssh-auth, bootstrap token) never fit our data
+_SECRET_TYPE_KEYS: dict[str, tuple[str, ...]] = {
+    _SECRET_OPAQUE: (),
+    "kubernetes.io/tls": ("tls.crt", "tls.key"),
+}
+_SECRET_TYPES_WITH_RULES = ("kubernetes.io/", "bootstrap.kubernetes.io/")
 _POD_NAME = "authentication.kubernetes.io/pod-name"
 _POD_UID = "authentication.kubernetes.io/pod-uid"
 _SA_PREFIX = "system:serviceaccount:"
@@ -79,6 +87,13 @@ async def connect(
 
 def _now_text() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _secret_type_fits(secret_type: str, data: dict[str, Any]) -> bool:
+    """Whether ``data`` may be stored under ``secret_type`` (the API's ValidateSecret rules)."""
+    if secret_type in _SECRET_TYPE_KEYS:
+        return all(k in data for k in _SECRET_TYPE_KEYS[secret_type])
+    return not secret_type.startswith(_SECRET_TYPES_WITH_RULES)  # custom types: free-form
 
 
 class KubeCluster:
@@ -232,23 +247,55 @@ class KubeCluster:
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
-            "type": "Opaque",
+            "type": _SECRET_OPAQUE,
             "metadata": meta,
             "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
         }
         what = f"Secret {namespace}/{name}"
         if resource_version is not None:
-            replaced = await self._call(what, self.core.replace_namespaced_secret, name, namespace, body)
-            assert replaced is not None
-            return replaced
+            return await self._replace_secret(what, namespace, name, body)
         try:
             created = await self._call(what, self.core.create_namespaced_secret, namespace, body)
         except AlreadyExists:
             if create_only:
                 raise
+            return await self._replace_secret(what, namespace, name, body)
+        assert created is not None
+        return created
+
+    async def _replace_secret(
+        self, what: str, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """PUT ``body`` over the stored Secret, whose ``type`` the API never lets an update change.
+
+        A Secret left by cert-manager (switching webhook.certManager off) is ``kubernetes.io/tls``:
+        the new data keeps that type when it may (tls.crt and tls.key present; extra keys are
+        allowed). A type the data cannot satisfy is deleted and created again, with the read
+        resourceVersion as the delete's precondition, so a concurrent writer still gets Conflict.
+        """
+        meta = body["metadata"]
+        current = await self._call(what, self.core.read_namespaced_secret, name, namespace, missing_ok=True)
+        if current is None:
+            if "resourceVersion" in meta:
+                raise NotFound(f"{what}: not found")
+            created = await self._call(what, self.core.create_namespaced_secret, namespace, body)
+            assert created is not None
+            return created
+        stored_type = str(current.get("type") or _SECRET_OPAQUE)
+        if _secret_type_fits(stored_type, body["data"]):
+            body["type"] = stored_type
             replaced = await self._call(what, self.core.replace_namespaced_secret, name, namespace, body)
             assert replaced is not None
             return replaced
+        version = meta.pop("resourceVersion", None) or (current.get("metadata") or {}).get("resourceVersion")
+        log.info("replacing a Secret whose type cannot hold the new data", extra=fields(
+            secret=f"{namespace}/{name}", stored_type=stored_type, new_type=body["type"]))
+        await self._call(what, self.core.delete_namespaced_secret, name, namespace,
+                         body={"preconditions": {"resourceVersion": version}})
+        try:
+            created = await self._call(what, self.core.create_namespaced_secret, namespace, body)
+        except AlreadyExists:  # another writer recreated it between our delete and create
+            raise Conflict(f"{what}: conflict (recreated by another writer)") from None
         assert created is not None
         return created
 

@@ -38,6 +38,15 @@ __all__ = ["MemCluster", "merge_patch"]
 Key = tuple[str, str]
 
 
+def _kept_secret_type(stored: str, data: dict[str, Any]) -> str | None:
+    """The type a replace keeps, or None when the data cannot satisfy it (as kube.py decides)."""
+    if stored == "kubernetes.io/tls":
+        return stored if {"tls.crt", "tls.key"} <= set(data) else None
+    if stored == "Opaque" or not stored.startswith(("kubernetes.io/", "bootstrap.kubernetes.io/")):
+        return stored
+    return None
+
+
 def _copy(obj: Any) -> Any:
     """A deep copy of JSON-shaped data (what the API's wire format would give: no shared state)."""
     if obj is None:
@@ -147,10 +156,15 @@ class MemCluster:
             if any(o.get("uid") == uid for o in secret["metadata"].get("ownerReferences") or []):
                 del self.secrets[key]
 
-    def put_secret(self, namespace: str, name: str, data: dict[str, bytes | str]) -> None:
-        self.secrets[(namespace, name)] = self._secret_body(
+    def put_secret(
+        self, namespace: str, name: str, data: dict[str, bytes | str], secret_type: str = "Opaque"  # noqa: S107
+    ) -> None:
+        """Store a Secret as another writer would (``secret_type``: e.g. cert-manager's kubernetes.io/tls)."""
+        body = self._secret_body(
             namespace, name, {k: v.encode() if isinstance(v, str) else v for k, v in data.items()}, None
         )
+        body["type"] = secret_type
+        self.secrets[(namespace, name)] = body
 
     def put_source(self, body: dict[str, Any]) -> None:
         """Store a CredentialSource (namespaced) or ClusterCredentialSource, by its ``kind``."""
@@ -252,6 +266,12 @@ class MemCluster:
         owner: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         old = self.secrets.get((namespace, name))
+        # a Secret's type is immutable in the API: KubeCluster keeps the stored type when the data
+        # fits it (kubernetes.io/tls with tls.crt and tls.key) and else deletes and recreates it
+        kept = _kept_secret_type(str(old.get("type") or "Opaque"), data) if old else None
+        if kept is None:
+            old = None  # new, or recreated under a new uid
+        secret_type = kept or "Opaque"
         meta: dict[str, Any] = {
             "namespace": namespace,
             "name": name,
@@ -263,7 +283,7 @@ class MemCluster:
         body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Secret",
-            "type": "Opaque",
+            "type": secret_type,
             "metadata": meta,
             "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
         }

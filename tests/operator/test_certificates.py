@@ -403,3 +403,92 @@ async def test_maintain_retries_after_a_failure_and_keeps_going(tmp_path: Path) 
             await task
     assert (tmp_path / "tls.crt").exists() and calls >= 4
     assert cluster.writes == 1, "later rounds reuse the stored pair"
+
+
+# --- the Secret another writer left: its type is immutable (KubeCluster and MemCluster alike) ------
+
+def _cert_manager_data() -> dict[str, bytes]:
+    """What cert-manager's CA issuer writes: ca.crt, tls.crt, tls.key — and no ca.key."""
+    ca_cert, ca_key = certs.make_ca("cert-manager-ca", datetime.now(UTC))
+    leaf, key = certs.make_serving_cert(ca_cert, ca_key, NAMES, datetime.now(UTC))
+    return {"ca.crt": ca_cert, "tls.crt": leaf, "tls.key": key}
+
+
+@pytest.mark.parametrize("backend", ["kube", "mem"])
+@pytest.mark.parametrize("case, stored_type, data, kept_type, same_uid", [
+    ("cert-manager's Secret (switching its mode off)", "kubernetes.io/tls", _cert_manager_data(),
+     "kubernetes.io/tls", True),
+    ("an Opaque Secret missing keys", "Opaque", {"ca.crt": b"junk"}, "Opaque", True),
+    ("a custom type (no API rules)", "example.com/webhook-pair", {"tls.crt": b"junk"},
+     "example.com/webhook-pair", True),
+    ("a type our keys cannot satisfy: recreated", "kubernetes.io/basic-auth", {"username": b"x"},
+     "Opaque", False),
+])
+async def test_a_secret_of_another_type_is_taken_over_and_the_new_leaf_is_trusted(
+        kube_api: Any, tmp_path: Path, backend: str, case: str, stored_type: str, data: dict[str, bytes],
+        kept_type: str, same_uid: bool) -> None:
+    """The API refuses any update that changes a Secret's type (422): the operator keeps the type
+    when its data fits it (kubernetes.io/tls allows the extra ca.* keys), else recreates the Secret."""
+    from taskcreds.operator.kube import connect
+    from taskcreds.operator.memcluster import MemCluster
+
+    from tests.operator.running import webhook_configuration
+    ns, name = "taskcreds-system", "wh-tls"
+    cluster: Any
+    if backend == "kube":
+        kube_api.ensure_namespace(ns)
+        kube_api.put(webhook_configuration(ns))
+        kube_api.put({"apiVersion": "v1", "kind": "Secret", "type": stored_type,
+                      "metadata": {"name": name, "namespace": ns},
+                      "data": {k: base64.b64encode(v).decode() for k, v in data.items()}})
+        cluster = await connect(url=kube_api.url, token=kube_api.admin_token)
+    else:
+        cluster = MemCluster()
+        cluster.webhook_configurations["taskcreds"] = webhook_configuration(ns)
+        cluster.put_secret(ns, name, data, secret_type=stored_type)
+    try:
+        before = await cluster.get_secret(ns, name)
+        await certs.ensure_webhook_certificate(
+            cluster, namespace=ns, secret_name=name, service="taskcreds-webhook",
+            webhook_configuration="taskcreds", cert_dir=tmp_path, now=datetime.now(UTC))
+        after = await cluster.get_secret(ns, name)
+    finally:
+        if backend == "kube":
+            await cluster.close()
+    assert after["type"] == kept_type, case
+    assert (after["metadata"]["uid"] == before["metadata"]["uid"]) is same_uid, case
+    stored = {k: base64.b64decode(v) for k, v in after["data"].items()}
+    assert set(stored) == {"ca.crt", "ca.key", "tls.crt", "tls.key"}, case
+    if backend == "kube":
+        mwc = kube_api.get("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", None, "taskcreds")
+    else:
+        mwc = cluster.webhook_configurations["taskcreds"]
+    bundle = base64.b64decode(mwc["webhooks"][0]["clientConfig"]["caBundle"])
+    assert _trusts(bundle, (tmp_path / "tls.crt").read_bytes()), case
+    if stored_type == "kubernetes.io/tls":  # replicas still serving cert-manager's leaf stay trusted
+        assert _trusts(bundle, data["tls.crt"]), case
+
+
+@pytest.mark.parametrize("case, stored_type, data", [
+    ("type kept (PUT)", "kubernetes.io/tls", {"tls.crt": b"c", "tls.key": b"k"}),
+    ("type replaced (delete with precondition, then create)", "kubernetes.io/basic-auth", {"username": b"x"}),
+])
+async def test_replacing_a_secret_of_another_type_still_refuses_a_stale_version(
+        kube_api: Any, case: str, stored_type: str, data: dict[str, bytes]) -> None:
+    """Two replicas taking over the same Secret: the one that read an old version gets Conflict."""
+    from taskcreds.operator.kube import connect
+    kube_api.put({"apiVersion": "v1", "kind": "Secret", "type": stored_type,
+                  "metadata": {"name": "s", "namespace": "default"},
+                  "data": {k: base64.b64encode(v).decode() for k, v in data.items()}})
+    cluster = await connect(url=kube_api.url, token=kube_api.admin_token)
+    try:
+        read = await cluster.get_secret("default", "s")
+        kube_api.put({**kube_api.get("v1", "Secret", "default", "s"), "metadata": {
+            "name": "s", "namespace": "default", "labels": {"moved": "on"}}})  # another writer
+        with pytest.raises(Conflict):
+            await cluster.apply_secret("default", "s", {"ca.crt": b"a", "tls.crt": b"c", "tls.key": b"k"},
+                                       resource_version=read["metadata"]["resourceVersion"])
+    finally:
+        await cluster.close()
+    current = kube_api.get("v1", "Secret", "default", "s")
+    assert current["type"] == stored_type and current["metadata"]["labels"] == {"moved": "on"}, case
