@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from taskcreds import names
 from taskcreds.durations import ACCEPTED as DURATION_ACCEPTED
+from taskcreds.durations import MAXIMUM as DURATION_MAXIMUM
 from taskcreds.durations import DurationError, format_duration, parse_duration
 
 __all__ = [
@@ -178,7 +179,8 @@ def _duration(key: str, value: str | None) -> float | None:
             return _cached_duration(text)
         return parse_duration(text)
     except DurationError as exc:
-        problem = "is zero or negative" if "longer than zero" in str(exc) else None
+        problem = ("is zero or negative" if "longer than zero" in str(exc) else
+                   f"is longer than the maximum {DURATION_MAXIMUM}" if "the maximum" in str(exc) else None)
         raise AnnotationError(key, value, DURATION_ACCEPTED, problem) from None
 
 

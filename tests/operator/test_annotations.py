@@ -141,6 +141,18 @@ def test_values_are_parsed(annotations: dict[str, str], field: str, expected: ob
             with_(ttl="15"), names.ANNOTATION_TTL, '"15" is not a Go-style duration', id="ttl-no-unit"
         ),
         pytest.param(
+            with_(ttl="100000000000h"),
+            names.ANNOTATION_TTL,
+            'taskcreds.io/ttl: "100000000000h" is longer than the maximum 87600h; accepted: a Go-style',
+            id="ttl-over-the-maximum",
+        ),
+        pytest.param(
+            with_(max_duration="87601h"),
+            names.ANNOTATION_MAX_DURATION,
+            'taskcreds.io/max-duration: "87601h" is longer than the maximum 87600h; accepted:',
+            id="max-duration-over-the-maximum",
+        ),
+        pytest.param(
             with_(max_duration="1d"),
             names.ANNOTATION_MAX_DURATION,
             'taskcreds.io/max-duration: "1d" is not a Go-style duration',
