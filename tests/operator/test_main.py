@@ -390,3 +390,55 @@ def test_drain_seconds_from_the_environment(value: str | None, expected: float |
     else:
         assert OperatorSettings.from_env(env).drain_seconds == expected
     assert OperatorSettings().drain_seconds == 0.0  # tests and embedding stop at once
+
+
+async def test_operator_takes_over_the_secret_cert_manager_left_and_serves(kube_api: KubeApi) -> None:
+    """Switching webhook.certManager off: the webhook Secret is cert-manager's kubernetes.io/tls one
+    without ca.key, and a Secret's type is immutable (422 on an Opaque PUT). The operator must start,
+    store its own pair under that type, and be called over TLS with the caBundle it patched in."""
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+    from taskcreds.operator import certificates as certs
+
+    authority, ports = prepare_cluster(kube_api)
+    now = datetime.now(UTC)
+    cm_ca, cm_ca_key = certs.make_ca("cert-manager-ca", now)
+    cm_leaf, cm_key = certs.make_serving_cert(
+        cm_ca, cm_ca_key, certs.dns_names_for("taskcreds-webhook", "taskcreds-system"), now
+    )
+    kube_api.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": "taskcreds-webhook-tls", "namespace": "taskcreds-system",
+                         "annotations": {"cert-manager.io/certificate-name": "taskcreds-webhook"}},
+            "data": {k: base64.b64encode(v).decode()
+                     for k, v in {"ca.crt": cm_ca, "tls.crt": cm_leaf, "tls.key": cm_key}.items()},
+        }
+    )
+    replica = Replica(kube_api, authority.mint_x509_svid(OPERATOR_ID), kube_api.admin_token)
+    replica.ports = dict(ports)
+    replica.start()
+    try:
+        await replica.wait_ready()
+        secret = kube_api.get("v1", "Secret", "taskcreds-system", "taskcreds-webhook-tls")
+        assert secret["type"] == "kubernetes.io/tls"
+        assert set(secret["data"]) == {"ca.crt", "ca.key", "tls.crt", "tls.key"}
+        mwc = kube_api.get("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", None, "taskcreds")
+        bundle = x509.load_pem_x509_certificates(base64.b64decode(mwc["webhooks"][0]["clientConfig"]["caBundle"]))
+        leaf = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+        leaf.verify_directly_issued_by(bundle[0])  # the operator's new CA signed what it serves
+        assert x509.load_pem_x509_certificate(cm_ca) in bundle  # cert-manager's leaf stays trusted meanwhile
+
+        # the API server calls the webhook over TLS, verified with that caBundle: the pod is injected
+        from kubernetes_asyncio import client as k8s
+
+        core = k8s.CoreV1Api(await kube_api.kubernetes_asyncio_client())
+        created = await core.create_namespaced_pod("agents", agent_pod())
+        assert created.spec.init_containers[0].name == names.SIDECAR_CONTAINER
+        assert kube_api.webhook_calls, "the webhook was never called"
+    finally:
+        await asyncio.to_thread(replica.stop)
+    assert not replica.failure, f"operator stopped with {replica.failure[0]!r}"
