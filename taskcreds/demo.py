@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import math
 import os
 import shutil
 import signal
@@ -170,9 +171,16 @@ class Demo:
             "taskcreds demo: one agent pod, one task, on this machine, no cluster. Values are never printed.",
             file=self.out,
         )
-        if self.directory.exists() and any(self.directory.iterdir()):
-            raise DemoError(f"--dir {self.directory} is not empty: give an empty or new directory")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise DemoError(f"--dir {self.directory} is not a directory: give an empty or new directory")
+        try:
+            if self.directory.exists() and any(self.directory.iterdir()):
+                raise DemoError(f"--dir {self.directory} is not empty: give an empty or new directory")
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # unreadable, a file on the path, read-only file system, ...
+            raise DemoError(
+                f"--dir {self.directory}: {exc.strerror or exc}: give an empty or new directory"
+            ) from None
         if not _is_tmpfs(self.directory):
             if self.own_dir:
                 with contextlib.suppress(OSError):
@@ -485,8 +493,9 @@ def run(args: Any) -> int:
     except DurationError as exc:
         print(f"taskcreds demo: --ttl: {exc}", file=sys.stderr)
         return 2
-    if args.task_seconds <= 0:
-        print("taskcreds demo: --task-seconds must be more than 0", file=sys.stderr)
+    if not math.isfinite(args.task_seconds) or args.task_seconds <= 0:
+        print(f"taskcreds demo: --task-seconds {args.task_seconds}: must be a number more than 0",
+              file=sys.stderr)
         return 2
     os.environ.setdefault(names.ENV_DEV_AUTHORITY, "1")
     try:
