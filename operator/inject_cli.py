@@ -3,7 +3,8 @@
 Multi-document YAML in, the same documents out: labelled Pods and workload pod templates are
 injected (the same pure core the webhook runs), everything else passes through unchanged. A
 denial prints ``taskcreds inject: <reason>`` on stderr, nothing on stdout, and exits 1; so do an
-unreadable file, bad YAML and a bad config — never a traceback.
+unreadable file, bad YAML, YAML aliases (``*name``, refused before anything is built) and a bad
+config — never a traceback.
 """
 
 from __future__ import annotations
@@ -75,9 +76,26 @@ def _read(filename: str, stdin: TextIO) -> str:
         raise InjectError(f"cannot read {filename}: not UTF-8 text") from None
 
 
+def _refuse_aliases(text: str, source: str) -> None:
+    """Refuse YAML aliases (``*name``) before anything is built from the text.
+
+    The output is written without aliases (kubectl's YAML), so each alias is expanded in full: a
+    700-byte "billion laughs" file took gigabytes and never finished. Scanning the parser's events is
+    linear in the input; Kubernetes manifests never need aliases.
+    """
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            mark = event.start_mark
+            raise InjectError(
+                f"{source} uses the YAML alias *{event.anchor} at line {mark.line + 1}, column "
+                f"{mark.column + 1}: anchors and aliases are not accepted; write the manifest out in full"
+            )
+
+
 def _parse(text: str, filename: str) -> list[Any]:
     source = "stdin" if filename == "-" else filename
     try:
+        _refuse_aliases(text, source)
         docs = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

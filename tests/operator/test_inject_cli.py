@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,12 @@ spec:
 """
 
 
+#: "billion laughs": 9 levels of 9 aliases, a few hundred bytes
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
 @pytest.mark.parametrize(
     ("args", "stdin", "message"),
     [
@@ -152,6 +159,27 @@ spec:
         ),
         pytest.param(["-f", "-"], "", "taskcreds inject: stdin holds no YAML document", id="empty-input"),
         pytest.param(
+            ["-f", "-"],
+            BOMB,
+            "taskcreds inject: stdin uses the YAML alias *a at line 2, column 8: anchors and aliases are "
+            "not accepted; write the manifest out in full",
+            id="alias-bomb (9**9 strings on output: ran past 1 GB and 20 s, review L3)",
+        ),
+        pytest.param(
+            ["-f", "-"],
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: &l {taskcreds.io/inject: 'true'}\n"
+            "  annotations: {taskcreds.io/task: t, taskcreds.io/credentials: gh}\n"
+            "spec:\n  nodeSelector: *l\n  containers: [{name: a, image: a}]\n",
+            "taskcreds inject: stdin uses the YAML alias *l at line 8, column 17",
+            id="pod-sharing-a-mapping",
+        ),
+        pytest.param(
+            ["-f", "-"],
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: &x '1', b: *x}\n---\n" + BAD_POD,
+            "taskcreds inject: stdin uses the YAML alias *x at line 4, column 22",
+            id="alias-in-a-passed-through-document",
+        ),
+        pytest.param(
             ["-f", "-", "--config", "nope.yaml"],
             BAD_POD,
             "taskcreds inject: nope.yaml: cannot read the injection config",
@@ -162,7 +190,9 @@ spec:
 def test_failures_exit_1_with_one_clear_message_and_no_output(
     args: list[str], stdin: str | None, message: str
 ) -> None:
+    started = time.monotonic()
     out = run(*args, stdin=stdin)
+    assert time.monotonic() - started < 10, "refused at once, never expanded"
     assert out.returncode == 1
     assert out.stdout == ""
     assert message in out.stderr
