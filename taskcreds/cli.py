@@ -55,13 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=12.0,
         metavar="N",
-        help="the task completes after N seconds (default 12)",
+        help="the task completes after N seconds, a finite number above 0 (default 12)",
     )
     p.add_argument(
         "--ttl",
         default="4s",
         metavar="DURATION",
-        help="credential lifetime, Go-style (default 4s, so rotations show)",
+        help="credential lifetime, Go-style, at most 87600h (default 4s, so rotations show)",
     )
 
     p = sub.add_parser("redact", help="copy stdin to stdout with this pod's credential values redacted")
