@@ -63,6 +63,7 @@ _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: a lower-case DNS name (labels of 1-63 characters); a proxy host is one, or ``*.`` + one with a dot
 _DNS = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+_AUTHORITY = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")  # host[:port], no userinfo
 #: headers the sidecar's proxy manages itself: a credential can never ride in them
 _MANAGED_HEADERS = frozenset(
     {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate", "te",
@@ -184,6 +185,15 @@ def _address_refusal(field_name: str, address: Any, cluster_may: str) -> str | N
         return f"{field_name} {address!r} is not a URL"
     if "@" in parts.netloc:
         return f"{field_name} {address!r}: a user name or password in the address is not accepted"
+    odd = any(c == "\\" or not c.isprintable() or c.isspace() for c in address)
+    if odd or not _AUTHORITY.fullmatch(parts.netloc):
+        # Python's urlsplit and the HTTP clients (urllib3 for hvac) must find the same host: a '\'
+        # ends the host for urllib3 but not for urlsplit, so "https://evil.example\.corp.example"
+        # passed a "*.corp.example" allow-list check and was sent to evil.example
+        return (
+            f"{field_name} {address!r}: the host part may hold only letters, digits, '-', '.', an "
+            "[IPv6] literal and a :port (no '\\', '%', spaces or control characters)"
+        )
     if parts.scheme == "http" and not _is_loopback(host):
         return (
             f"{field_name} {address!r}: a CredentialSource must use https:// (plain http:// only to "

@@ -489,6 +489,23 @@ def test_namespaced_sources_reach_only_allowed_addresses(allowed_addresses: Any,
             "those, or ask the cluster admin for a ClusterCredentialSource") in message
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        pytest.param("https://attacker.example\\.corp.example", id="backslash: urllib3 ends the host there"),
+        pytest.param("https://attacker.example%2F.corp.example", id="percent-encoded host"),
+        pytest.param("https://attacker.example\t.corp.example", id="control character"),
+    ],
+)
+def test_hosts_clients_could_read_differently_are_refused(allowed_addresses: Any, address: str) -> None:
+    """urlsplit would read each host as ending in .corp.example and pass the allow-list; hvac's
+    urllib3 sent "https://attacker.example\\.corp.example" to attacker.example (review reproducer)."""
+    allowed_addresses("https://*.corp.example")
+    with pytest.raises(SourceError, match="the host part may hold only letters, digits"):
+        parse_source(vault_source(address, _TOKEN_AUTH, cluster=False))
+    assert parse_source(vault_source("https://vault.corp.example", _TOKEN_AUTH, cluster=False))
+
+
 def test_by_default_every_https_address_is_allowed() -> None:
     """Installs that set no list keep working (the documented default, ["*"])."""
     for body in (vault_source("https://vault.anywhere.example:8200", _TOKEN_AUTH, cluster=False),
