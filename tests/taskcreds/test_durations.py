@@ -1,3 +1,5 @@
+from collections.abc import Callable
+
 import pytest
 
 from taskcreds.durations import MAX_SECONDS, MAXIMUM, DurationError, format_duration, parse_duration
@@ -54,3 +56,52 @@ def test_refuses_durations_over_the_maximum_naming_value_and_maximum(text: str) 
 def test_formats_round_trip(seconds: int, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
+
+
+def _source(max_ttl: str) -> object:
+    from taskcreds.operator.sources import parse_source
+
+    return parse_source({"kind": "CredentialSource", "metadata": {"name": "jwt", "namespace": "agents"},
+                         "spec": {"provider": "jwt", "maxTTL": max_ttl, "allowedServiceAccounts": ["a"]}})
+
+
+def _requested_ttl(ttl: str) -> object:
+    from taskcreds.operator.broker.policy import requested_ttl
+
+    return requested_ttl(ttl)
+
+
+def _annotation(ttl: str) -> object:
+    from taskcreds.operator.annotations import parse_request
+
+    return parse_request({"taskcreds.io/task": "t", "taskcreds.io/credentials": "gh", "taskcreds.io/ttl": ttl})
+
+
+def _injection_default(ttl: str) -> object:
+    from taskcreds.operator.config import InjectionConfig
+
+    return InjectionConfig.from_mapping({"injection": {"defaultTTL": ttl}})
+
+
+@pytest.mark.parametrize(
+    ("parse", "error", "message"),
+    [
+        pytest.param(_source, "SourceError",
+                     "CredentialSource agents/jwt: spec.maxTTL: '100000000000h' is longer than the maximum 87600h",
+                     id="CredentialSource maxTTL (the broker answers 403 bad_source, not an endless 503)"),
+        pytest.param(_requested_ttl, "BadRequest", "ttl: '100000000000h' is longer than the maximum 87600h",
+                     id="broker request ttl (400 bad_request)"),
+        pytest.param(_annotation, "AnnotationError",
+                     'taskcreds.io/ttl: "100000000000h" is longer than the maximum 87600h',
+                     id="pod annotation (the webhook denies the pod)"),
+        pytest.param(_injection_default, "ConfigError", "'100000000000h' is longer than the maximum 87600h",
+                     id="chart injection.defaultTTL (the operator refuses its config)"),
+    ],
+)
+def test_every_caller_refuses_a_duration_over_the_maximum_naming_it(
+    parse: Callable[[str], object], error: str, message: str
+) -> None:
+    with pytest.raises(Exception) as err:  # noqa: PT011 (the type is checked by name below)
+        parse("100000000000h")
+    assert type(err.value).__name__ == error
+    assert message in str(err.value)
