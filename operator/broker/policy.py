@@ -163,7 +163,10 @@ def one_task_per_pod(view: TaskView, task_leases: Sequence[Mapping]) -> None:
         uids = {o.get("uid") for o in meta.get("ownerReferences") or []} | {spec.get("podUID")}
         if view.pod_uid not in uids or spec.get("task") in (None, task):
             continue
-        phase = (lease.get("status") or {}).get("phase") or "Active"
+        status = lease.get("status") or {}
+        phase = status.get("phase") or "Active"
+        if phase == "Active" and not status.get("leases"):
+            continue  # that task never held a credential (its first issue failed) and has not ended
         raise TaskTerminal(
             "task_changed",
             f"pod {view.namespace}/{view.pod} already ran task {spec['task']!r} (TaskLease "

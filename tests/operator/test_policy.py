@@ -232,3 +232,42 @@ def test_provider_not_available() -> None:
 def test_requested_ttl_must_be_a_duration(text: str) -> None:
     with pytest.raises(BadRequest, match="ttl"):
         policy.requested_ttl(text)
+
+
+# --- one task per pod --------------------------------------------------------------------------
+def _task_lease(task: str, phase: str, entries: int, uid: str = UID) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"agent-1-{task}", "ownerReferences": [{"uid": uid}]},
+        "spec": {"task": task, "podUID": uid},
+        "status": {"phase": phase, "leases": [{"credential": "github"}] * entries},
+    }
+
+
+ONE_TASK_CASES = [
+    # (case, the pod's TaskLeases, refused)
+    ("no TaskLease yet", [], False),
+    ("the same task", [_task_lease("fix-42", "Active", 1)], False),
+    ("another task holding a lease", [_task_lease("fix-41", "Active", 1)], True),
+    ("another task that ended with nothing issued", [_task_lease("fix-41", "Revoked", 0)], True),
+    (
+        "another task whose first issue failed (nothing issued, not ended)",
+        [_task_lease("fix-41", "Active", 0)],
+        False,
+    ),
+    (
+        "another pod's TaskLease (a predecessor of the same name)",
+        [_task_lease("fix-41", "Revoked", 1, "old")],
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "task_leases", "refused"), ONE_TASK_CASES, ids=[c[0] for c in ONE_TASK_CASES]
+)
+def test_one_task_per_pod(case: str, task_leases: list[dict[str, Any]], refused: bool) -> None:
+    if not refused:
+        policy.one_task_per_pod(view(), task_leases)
+        return
+    with pytest.raises(TaskTerminal, match="already ran task 'fix-41'.*a pod runs one task"):
+        policy.one_task_per_pod(view(), task_leases)
