@@ -16,6 +16,10 @@ this path JSON is most of the server's own work. orjson also bounds nesting (:da
 without recursion, so a deeply nested body is refused while it is parsed, at no cost for a Pod.
 - a bug in ``mutate`` -> an AdmissionReview with ``allowed: false`` (status code 500 inside): an
   opted-in pod is never admitted uninjected (fail closed), and the metric says ``result="error"``.
+- a request that never became an AdmissionReview (the 400/408/413 above, a client that hangs up
+  mid-body) is not an admission: ``admission_requests_total`` leaves it out (its ``error`` is what
+  TaskcredsWebhookErrors alerts on) and ``webhook_unanswered_requests_total{reason}`` counts it; a
+  hang-up is logged at DEBUG only, since any pod able to reach the port could flood ERROR logs.
 
 Used two ways: embedded in ``taskcreds-operator`` (it calls :func:`make_webhook_app`) and alone
 as ``taskcreds webhook`` (:func:`run_standalone`).
@@ -39,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Protocol, Typ
 import orjson
 import pybase64
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from taskcreds.operator.settings import SettingsError, parse_listen
 from taskcreds.operator.tlsreload import ReloadingCertificate, TLSFilesError
@@ -73,6 +78,10 @@ MAX_DEPTH = 1024
 OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 Result = Literal["injected", "skipped", "denied", "error"]
 RESULTS: tuple[Result, ...] = ("injected", "skipped", "denied", "error")
+#: why a /mutate request never became an AdmissionReview (webhook_unanswered_requests_total)
+UnansweredReason = Literal["malformed", "too_large", "timeout", "disconnected", "internal"]
+UNANSWERED_REASONS: tuple[UnansweredReason, ...] = (
+    "malformed", "too_large", "timeout", "disconnected", "internal")
 
 
 # --- wire format (admission.k8s.io/v1) --------------------------------------------------------
@@ -277,26 +286,44 @@ def make_webhook_app(config: InjectionConfig, metrics: OperatorMetrics, *,
     mutate_fn: MutateFunction = mutate
     # label children resolved once: the hot path only increments
     counted = {r: metrics.admission_requests.labels(result=r) for r in RESULTS}
+    unanswered = {r: metrics.webhook_unanswered_requests.labels(reason=r) for r in UNANSWERED_REASONS}
     observe = metrics.admission_duration.observe
 
     async def handle_mutate(request: web.Request) -> web.Response:
         started = time.perf_counter()
-        result: Result = "error"
+        # admission_requests_total counts AdmissionReviews: until one is parsed, a failure is the
+        # client's (junk, too big, too slow, hung up) and goes to webhook_unanswered_requests_total,
+        # so result="error" (TaskcredsWebhookErrors) means opted-in pods refused by our fault
+        result: Result | None = None
+        reason: UnansweredReason = "internal"
         try:
             if request.content_length is not None and request.content_length > max_body:
+                reason = "too_large"
                 return _bad_request(413, f"body is {request.content_length} bytes; at most {max_body} "
                                          "are accepted")
             try:
                 async with asyncio.timeout(BODY_TIMEOUT):  # a body that never finishes must not pin a slot
                     body = await request.read()
             except web.HTTPRequestEntityTooLarge:
+                reason = "too_large"
                 return _bad_request(413, f"body exceeds {max_body} bytes")
             except TimeoutError:
+                reason = "timeout"
                 return _bad_request(408, f"body not received within {BODY_TIMEOUT:g} s")
+            except ConnectionError:
+                # the client hung up mid-body: nobody reads an answer; routine, not our error
+                reason = "disconnected"
+                log.debug("admission request abandoned: the client hung up before its body arrived")
+                return _bad_request(400, "the client hung up before the body arrived")
+            except HttpProcessingError as exc:  # a body aiohttp cannot decode (chunking, length)
+                reason = "malformed"
+                return _bad_request(400, f"body could not be read ({type(exc).__name__})")
             try:
                 review = parse_review(body)
             except BadReview as exc:
+                reason = "too_large" if exc.status == 413 else "malformed"
                 return _bad_request(exc.status, str(exc))
+            result = "error"  # from here on a failure is ours: the API server gets no usable answer
             if review.kind is not None and review.kind != "Pod":
                 result = "skipped"  # only Pods are ours; a wider webhook rule must not break others
                 return _json(200, _review({"uid": review.uid, "allowed": True}))
@@ -317,8 +344,11 @@ def make_webhook_app(config: InjectionConfig, metrics: OperatorMetrics, *,
             log.error("admission request failed", extra=fields(error=type(exc).__name__))
             return _bad_request(400, f"request could not be handled ({type(exc).__name__})")
         finally:
-            counted[result].inc()
-            observe(time.perf_counter() - started)
+            if result is None:
+                unanswered[reason].inc()
+            else:
+                counted[result].inc()
+                observe(time.perf_counter() - started)
 
     async def handle_healthz(_: web.Request) -> web.Response:
         return _json(200, {"status": "ok"})

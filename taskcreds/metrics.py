@@ -36,6 +36,9 @@ class OperatorMetrics:
     webhook_certificate_expiry: Gauge
     broker_requests: Counter  # labels: endpoint, code
     jwt_denylist_overflow: Counter  # revoked jwt ids the full durable deny list could not take
+    # labels: reason = malformed|too_large|timeout|disconnected|internal; /mutate requests that never
+    # became an AdmissionReview, so admission_requests_total{result="error"} means real failures only
+    webhook_unanswered_requests: Counter
 
 
 def register_operator(registry: CollectorRegistry | None = None) -> OperatorMetrics:
@@ -112,6 +115,13 @@ def register_operator(registry: CollectorRegistry | None = None) -> OperatorMetr
         jwt_denylist_overflow=Counter(
             PREFIX + "jwt_denylist_overflow_total",
             "Revoked jwt ids the full durable deny list could not take (listed while TaskLeases exist).",
+            registry=reg,
+        ),
+        webhook_unanswered_requests=Counter(
+            PREFIX + "webhook_unanswered_requests_total",
+            "Webhook requests that carried no AdmissionReview to answer (bad body, too large, too slow, "
+            "client hung up), by reason; not in admission_requests_total.",
+            ["reason"],
             registry=reg,
         ),
     )

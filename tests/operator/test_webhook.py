@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import signal
 import socket
@@ -115,6 +116,10 @@ class Server:
     def count(self, result: str) -> float:
         return self.metrics.registry.get_sample_value(
             "taskcreds_admission_requests_total", {"result": result}) or 0.0
+
+    def unanswered(self, reason: str) -> float:
+        return self.metrics.registry.get_sample_value(
+            "taskcreds_webhook_unanswered_requests_total", {"reason": reason}) or 0.0
 
 
 @pytest.fixture
@@ -254,7 +259,9 @@ async def test_junk_is_a_400_with_a_reason(server: Server, name: str, body: byte
     assert reason in answer["error"]["message"]
     assert "Traceback" not in answer["error"]["message"]
     assert server.mutate.calls == []
-    assert server.count("error") == 1
+    # not an admission: client junk must not trip TaskcredsWebhookErrors (result="error")
+    assert [server.count(r) for r in webhook.RESULTS] == [0, 0, 0, 0]
+    assert server.unanswered("malformed") == 1
 
 
 async def test_nesting_within_the_limit_is_served(server: Server) -> None:
@@ -274,6 +281,7 @@ async def test_a_body_over_3_mib_is_a_413(server: Server, chunked: bool) -> None
     assert status == 413
     assert answer["error"]["code"] == "too_large"
     assert str(webhook.MAX_BODY_BYTES) in answer["error"]["message"]
+    assert (server.count("error"), server.unanswered("too_large")) == (0, 1)
 
 
 async def test_a_body_just_under_the_limit_is_read(server: Server) -> None:
@@ -281,6 +289,60 @@ async def test_a_body_just_under_the_limit_is_read(server: Server) -> None:
     doc["request"]["object"]["metadata"]["annotations"]["padding"] = "x" * (webhook.MAX_BODY_BYTES - 10_000)
     status, answer = await server.post(doc)
     assert status == 200 and answer["response"]["allowed"] is True
+
+
+async def _half_a_body(server: Server, ca: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open TLS to /mutate, promise a 1000-byte body and send only its start."""
+    host, port = server.url.removeprefix("https://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(
+        host, int(port), ssl=ssl.create_default_context(cadata=ca.decode()), server_hostname="localhost")
+    writer.write(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{\"apiVersion\":")
+    await writer.drain()
+    return reader, writer
+
+
+async def _until(predicate: Any) -> None:
+    async with asyncio.timeout(5):
+        while not predicate():  # noqa: ASYNC110 - polling a counter, no event to wait on
+            await asyncio.sleep(0.02)
+
+
+async def test_a_client_hanging_up_mid_body_is_no_admission_error_and_no_error_log(
+        server: Server, tls_files: tuple[Path, Path, bytes], caplog: pytest.LogCaptureFixture) -> None:
+    """Any pod that can reach the port can do this: it must neither trip TaskcredsWebhookErrors
+    nor flood the operator's ERROR log."""
+    caplog.set_level(logging.DEBUG)
+    for _ in range(3):
+        _, writer = await _half_a_body(server, tls_files[2])
+        await asyncio.sleep(0.05)
+        writer.close()
+    await _until(lambda: server.unanswered("disconnected") == 3)
+    assert [server.count(r) for r in webhook.RESULTS] == [0, 0, 0, 0]
+    loud = [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert loud == []
+    assert any(r.levelno == logging.DEBUG and "hung up" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_body_that_never_finishes_is_a_408_and_no_admission_error(
+        server: Server, tls_files: tuple[Path, Path, bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(webhook, "BODY_TIMEOUT", 0.2)
+    reader, writer = await _half_a_body(server, tls_files[2])
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408"), status_line
+    assert (server.count("error"), server.unanswered("timeout")) == (0, 1)
+
+
+async def test_a_valid_review_after_client_mistakes_is_still_counted(server: Server) -> None:
+    """The counters stay per outcome: junk and a hang-up do not hide or dilute real results."""
+    await server.post(b"junk")
+    await server.post(review_with("raise"))
+    await server.post(review_with("inject"))
+    assert [server.count(r) for r in webhook.RESULTS] == [1, 0, 0, 1]
+    assert server.unanswered("malformed") == 1
 
 
 async def test_wrong_method_is_not_a_500(server: Server) -> None:
@@ -306,8 +368,10 @@ async def test_metrics_endpoint_shows_counters_duration_and_certificate_expiry(
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for fam in text_string_to_metric_families(text) for s in fam.samples}
     count = lambda r: samples[("taskcreds_admission_requests_total", (("result", r),))]  # noqa: E731
-    assert (count("injected"), count("skipped"), count("denied"), count("error")) == (2, 1, 1, 2)
-    assert samples[("taskcreds_admission_duration_seconds_count", ())] == 6
+    # the junk body is no admission: only the bug in mutate ("raise") is an error
+    assert (count("injected"), count("skipped"), count("denied"), count("error")) == (2, 1, 1, 1)
+    assert samples[("taskcreds_admission_duration_seconds_count", ())] == 5
+    assert samples[("taskcreds_webhook_unanswered_requests_total", (("reason", "malformed"),))] == 1
     expiry = certs.not_after(tls_files[0].read_bytes()).timestamp()
     assert samples[("taskcreds_webhook_certificate_expiry_timestamp_seconds", ())] == expiry
 
