@@ -10,10 +10,11 @@ appears in a message or a log record.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -124,41 +125,102 @@ class ReviewCache:
 _FAILED = TokenIdentity("", "", None, None, ())
 
 
+class _Gate:
+    """One SPIFFE ID's TokenReviews in flight and the requests waiting to start one (oldest first)."""
+
+    __slots__ = ("inflight", "waiters")
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+
 class ReviewGuard:
     """What bearer tokens that fail their TokenReview may cost the API server, per client SPIFFE ID.
 
-    A valid SVID with junk tokens must not turn into one TokenReview per request: each *failed* review
-    takes a token from the SPIFFE ID's bucket, and a review is only started while the bucket has one
-    (else 429 without a review). Good tokens take nothing, so many pods of one service account starting
-    at once are never limited by it (review MEDIUM 5). Concurrent junk that passed the check together
-    leaves the bucket in debt, paid back before the next review. A token that failed is remembered
-    briefly (SHA-256 of it, never the token) and answered 401 without another review.
+    A valid SVID with junk tokens must not turn into one TokenReview per request. Each SPIFFE ID has a
+    bucket of failed reviews (``burst``, refilling at ``rate``), and a review starts only while the
+    reviews already in flight could all fail without overdrawing it (``tokens - in flight >= 1``): at
+    most ``burst`` reviews of one ID run at once, however many requests arrive together (review of
+    e4bd9ff: 1000 concurrent junk tokens started 1000 reviews). The others wait their turn, so many
+    pods of one service account starting at once are reviewed a few at a time and never refused:
+    only a *failed* review takes a token, and 429 comes only once failures emptied the bucket
+    (review MEDIUM 5). A token that failed is remembered briefly (SHA-256 of it, never the token) and
+    answered 401 without another review.
     """
 
     def __init__(self, buckets: TokenBuckets, failed: ReviewCache | None = None) -> None:
         self.buckets, self.failed = buckets, failed
+        self._gates: dict[str, _Gate] = {}
 
     def known_bad(self, token: str) -> bool:
         return self.failed is not None and self.failed.get(token, names.TOKEN_AUDIENCE) is not None
 
-    def before(self, spiffe_id: str) -> None:
-        """RateLimited (429) when this SPIFFE ID's failed reviews used up its bucket; takes nothing."""
-        wait = self.buckets.wait(spiffe_id)
-        if wait is not None:
-            raise RateLimited(
-                f"too many bearer tokens from {spiffe_id} failed their TokenReview (at most "
-                f"{self.buckets.burst}, then {self.buckets.rate:g} per second): send the pod's projected "
-                f"service-account token with audience {names.TOKEN_AUDIENCE!r}, after Retry-After",
-                wait,
-            )
+    def in_flight(self, spiffe_id: str) -> int:
+        """TokenReviews of ``spiffe_id`` running now."""
+        gate = self._gates.get(spiffe_id)
+        return 0 if gate is None else gate.inflight
 
-    def after(self, spiffe_id: str, token: str, ok: bool | None) -> None:
-        """The review's outcome: False takes a token and remembers the token as failed; True and None
-        (the review itself failed: API error, not the caller's fault) cost nothing."""
+    def _refused(self, spiffe_id: str) -> RateLimited:
+        return RateLimited(
+            f"too many bearer tokens from {spiffe_id} failed their TokenReview (at most "
+            f"{self.buckets.burst}, then {self.buckets.rate:g} per second): send the pod's projected "
+            f"service-account token with audience {names.TOKEN_AUDIENCE!r}, after Retry-After",
+            self.buckets.wait(spiffe_id) or 1.0 / self.buckets.rate,
+        )
+
+    async def begin(self, spiffe_id: str) -> None:
+        """Wait until a review of this SPIFFE ID may start, and count it in flight (pair with
+        :meth:`end`); RateLimited (429) once its failed reviews used up the bucket."""
+        gate = self._gates.setdefault(spiffe_id, _Gate())
+        woken = False
+        try:
+            while True:
+                tokens = self.buckets.level(spiffe_id)
+                if tokens < 1.0:
+                    raise self._refused(spiffe_id)
+                if tokens - gate.inflight >= 1.0:
+                    gate.inflight += 1
+                    return
+                # tokens >= 1 > tokens - inflight: a review is in flight, and its end wakes the first
+                # waiter; one woken too early keeps its place at the front
+                waiter = asyncio.get_running_loop().create_future()
+                if woken:
+                    gate.waiters.appendleft(waiter)
+                else:
+                    gate.waiters.append(waiter)
+                try:
+                    await waiter
+                finally:
+                    if not waiter.done():
+                        gate.waiters.remove(waiter)
+                woken = True
+        finally:
+            # whatever this request did (started, refused, cancelled), the next waiter looks again:
+            # a started review may leave room, a refusal holds for every waiter
+            self._wake(spiffe_id, gate)
+
+    def end(self, spiffe_id: str, token: str, ok: bool | None) -> None:
+        """The outcome of a review :meth:`begin` let start: False takes a token and remembers the token
+        as failed; True and None (the review itself failed: API error, not the caller's fault) cost
+        nothing. Either way its place is free for the next waiter."""
         if ok is False:
             self.buckets.charge(spiffe_id)
             if self.failed is not None:
                 self.failed.put(token, names.TOKEN_AUDIENCE, _FAILED)
+        gate = self._gates.get(spiffe_id)
+        if gate is not None:
+            gate.inflight = max(0, gate.inflight - 1)
+            self._wake(spiffe_id, gate)
+
+    def _wake(self, spiffe_id: str, gate: _Gate) -> None:
+        while gate.waiters:
+            waiter = gate.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        if gate.inflight == 0 and self._gates.get(spiffe_id) is gate:
+            del self._gates[spiffe_id]  # the table follows the IDs with reviews in flight
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -194,16 +256,16 @@ async def authenticate(
         identity = _FAILED
     elif identity is None:
         if guard is not None:
-            guard.before(peer_id)
+            await guard.begin(peer_id)
+        accepted: bool | None = None  # not known: the review failed or was cancelled, costs nothing
         try:
             identity = await cluster.review_token(token, names.TOKEN_AUDIENCE)
+            accepted = identity is not None and names.TOKEN_AUDIENCE in identity.audiences
         except ClusterError as exc:
-            if guard is not None:
-                guard.after(peer_id, token, None)
             raise Unavailable(f"TokenReview failed: {type(exc).__name__}; retry later") from None
-        accepted = identity is not None and names.TOKEN_AUDIENCE in identity.audiences
-        if guard is not None:
-            guard.after(peer_id, token, accepted)
+        finally:
+            if guard is not None:
+                guard.end(peer_id, token, accepted)
         if identity is not None and cache is not None:
             cache.put(token, names.TOKEN_AUDIENCE, identity)
     if identity is None or names.TOKEN_AUDIENCE not in identity.audiences:

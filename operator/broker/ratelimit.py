@@ -74,6 +74,10 @@ class TokenBuckets:
         bucket.tokens -= 1.0
         return None
 
+    def level(self, key: str) -> float:
+        """The tokens in ``key``'s bucket now (below 1: empty; below 0: in debt)."""
+        return self._bucket(key, self.clock()).tokens
+
     def wait(self, key: str) -> float | None:
         """Like :meth:`take` without taking: None when a token is there, else the seconds until one is."""
         bucket = self._bucket(key, self.clock())

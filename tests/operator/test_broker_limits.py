@@ -19,7 +19,7 @@ from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.taskstatus import TaskStatusHub
 
 from taskcreds import names
-from tests.operator.test_broker_harness import NS, Harness, pod_body, source
+from tests.operator.test_broker_harness import NS, Harness, pod_body, source, spiffe_id
 from tests.operator.test_broker_harness import harness as harness  # noqa: F401  (fixture)
 
 #: a jwt source every namespace rule accepts (audience prefixed with its namespace)
@@ -130,9 +130,18 @@ async def test_the_same_task_is_not_listed_again_once_its_tasklease_exists(broke
 class SlowReviews(MemCluster):
     """TokenReviews that take a while (an API server under load), so requests overlap in them."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.reviewing = self.peak_reviewing = 0
+
     async def review_token(self, token: str, audience: str) -> Any:
-        await asyncio.sleep(0.1)
-        return await super().review_token(token, audience)
+        self.reviewing += 1
+        self.peak_reviewing = max(self.peak_reviewing, self.reviewing)
+        try:
+            await asyncio.sleep(0.1)
+            return await super().review_token(token, audience)
+        finally:
+            self.reviewing -= 1
 
 
 def tight_harness(cluster: MemCluster | None = None) -> Harness:
@@ -221,6 +230,7 @@ async def test_good_tokens_reviewed_at_once_are_never_refused_by_the_failed_revi
         agents = [h.agent(h.add_pod(f"agent-{i}")) for i in range(20)]
         replies = await asyncio.gather(*(h.issue(a) for a in agents))
         assert [r.status for r in replies] == [200] * 20, [r.doc for r in replies if r.status != 200]
+        assert h.cluster.peak_reviewing <= 5, "they waited their turn: at most the burst at once"
         # now junk from the same identity, concurrently: the reviews that failed drain the bucket
         for i, agent in enumerate(agents):
             agent.token = f"junk-{i}"
@@ -228,6 +238,35 @@ async def test_good_tokens_reviewed_at_once_are_never_refused_by_the_failed_revi
         assert {r.status for r in first} <= {401, 429}
         after = await h.issue(agents[10])
         assert after.status == 429 and "failed their TokenReview" in after.doc["error"]["message"]
+    finally:
+        await h.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "token_of"),
+    [
+        pytest.param("distinct junk tokens", lambda i: f"junk-token-{i}", id="distinct"),
+        pytest.param("one junk token", lambda i: "junk-token", id="repeated"),
+    ],
+)
+async def test_junk_bearer_tokens_sent_at_once_start_at_most_the_burst_of_reviews(case: str, token_of: Any) -> None:
+    """60 requests from one valid SVID at the same moment, each with junk: at most 5 reviews run (and
+    are made) at once, the rest are 429 without one (review of e4bd9ff: all 60 were reviewed)."""
+    h = tight_harness(SlowReviews())
+    h.put_sources()
+    await h.start()
+    try:
+        agents = [h.agent(h.add_pod(f"agent-{i}")) for i in range(60)]
+        for i, agent in enumerate(agents):
+            agent.token = token_of(i)
+        replies = await asyncio.gather(*(h.issue(a) for a in agents))
+        assert h.cluster.peak_reviewing <= 5, case
+        assert reviews(h) <= 5, case
+        assert {r.status for r in replies} <= {401, 429}, case
+        assert [r.status for r in replies].count(401) >= 1, case
+        if case == "distinct junk tokens":
+            assert [r.status for r in replies].count(429) >= 55, case
+        assert h.app[BROKER_KEY].review_guard.in_flight(spiffe_id()) == 0, "nothing left in flight"
     finally:
         await h.close()
 
