@@ -186,7 +186,7 @@ def _address_refusal(field_name: str, address: Any, cluster_may: str) -> str | N
     if "@" in parts.netloc:
         return f"{field_name} {address!r}: a user name or password in the address is not accepted"
     odd = any(c == "\\" or not c.isprintable() or c.isspace() for c in address)
-    if odd or not _AUTHORITY.fullmatch(parts.netloc):
+    if parts.scheme in ("https", "http") and parts.netloc and (odd or not _AUTHORITY.fullmatch(parts.netloc)):
         # Python's urlsplit and the HTTP clients (urllib3 for hvac) must find the same host: a '\'
         # ends the host for urllib3 but not for urlsplit, so "https://evil.example\.corp.example"
         # passed a "*.corp.example" allow-list check and was sent to evil.example
