@@ -323,9 +323,11 @@ class Broker:
         )
 
     def _pending(self, grant: policy.Grant, intent: str) -> dict[str, Any]:
+        # a source that issues longer than asked (GitHub: always 1 h) bounds the entry by that
+        floor = getattr(self.providers[grant.source.provider], "min_lifetime_seconds", 0)
         return leases.pending_entry(
-            grant.credential, grant.source.provider, grant.source.ref, intent, grant.ttl_seconds,
-            target=self.replica.target(), now=self.now(),
+            grant.credential, grant.source.provider, grant.source.ref, intent,
+            max(grant.ttl_seconds, floor), target=self.replica.target(), now=self.now(),
         )
 
     async def _write_pending(

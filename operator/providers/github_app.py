@@ -228,6 +228,8 @@ class GitHubAppProvider:
     """GitHub App installation tokens; implements :class:`~.base.Provider`."""
 
     name = PROVIDER
+    #: what GitHub issues whatever TTL was asked: the bound of an interrupted issue's pending entry
+    min_lifetime_seconds = TOKEN_LIFETIME_SECONDS
 
     def __init__(
         self,

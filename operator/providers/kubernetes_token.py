@@ -41,6 +41,8 @@ class KubernetesTokenProvider:
     pod's namespace. Revoking (deleting the binding Secret it created) works for any lease."""
 
     name = _NAME
+    #: the API server's floor on expirationSeconds: the bound of an interrupted issue's pending entry
+    min_lifetime_seconds = MIN_EXPIRATION_SECONDS
 
     def __init__(self, cluster: Cluster, *, now: Callable[[], datetime] = _utcnow) -> None:
         self._cluster = cluster

@@ -42,6 +42,7 @@ class CrashAfterAnswer:
     def __init__(self, inner: Provider) -> None:
         self.inner = inner
         self.name = inner.name
+        self.min_lifetime_seconds = getattr(inner, "min_lifetime_seconds", 0)
         self.answered: list[Issued] = []
         self.answer = asyncio.Event()
 
@@ -229,3 +230,15 @@ async def test_each_issue_costs_one_more_write_and_leaves_no_pending_entry(
     assert len(stored) == 1 + left
     if left:  # the real entry keeps its intent: the jti, through the API server (not pruned)
         assert stored[-1]["intent"] == stored[-1]["leaseRef"].split(":")[1]
+
+
+async def test_a_source_that_issues_longer_than_asked_bounds_the_pending_entry_by_that() -> None:
+    """GitHub's tokens live 1 h whatever TTL was asked (kubernetes-token: at least 10 min): the
+    "expires by" of an interrupted issue must not promise an admin the credential died sooner."""
+    h = Harness()
+    h.put_sources()
+    h.providers["jwt"].min_lifetime_seconds = 3600  # type: ignore[attr-defined]  (as github-app says)
+    before = datetime.now(UTC)
+    await crash_mid_issue(h, "jwt")  # asked for 10 minutes
+    (pending,) = entries(h.cluster)
+    assert leases.parse_timestamp(pending["expiresAt"]) >= before + timedelta(seconds=3600)
