@@ -85,9 +85,29 @@ def stop_seconds(broker: BrokerSettings) -> float:
 TASK_LEASE_CRD = f"{names.PLURAL_TASK_LEASES}.{names.CRD_GROUP}"
 CRD_APPLY_COMMAND = "kubectl apply --server-side --force-conflicts -f charts/taskcreds/crds/"
 """What an admin runs before ``helm upgrade``: Helm installs crds/ once and never upgrades them."""
-#: fields of ``status.leases[]`` this operator records; an older CRD's structural schema prunes them
-#: silently, and then revocation goes to the wrong place (target) or a renewal is forgotten
-LEASE_FIELDS = ("target", "supersededAt")
+#: every field of ``status.leases[]`` this operator records (the chart's CRD has exactly these; a test
+#: checks it). An older CRD's structural schema prunes the ones it lacks silently: revocation goes to
+#: the wrong place (target), a renewal is forgotten (supersededAt), or every pending entry loses its
+#: intent and pending flag, so each issue's recording write finds it gone and answers 503
+LEASE_FIELDS = (
+    "credential",
+    "provider",
+    "source",
+    "leaseRef",
+    "issuedAt",
+    "expiresAt",
+    "revokedAt",
+    "revokeReason",
+    "renewable",
+    "static",
+    "notRevocable",
+    "lastError",
+    "attempts",
+    "target",
+    "supersededAt",
+    "intent",
+    "pending",
+)
 CRD_CHECK_ATTEMPTS = 6
 CRD_CHECK_INTERVAL = 5.0
 

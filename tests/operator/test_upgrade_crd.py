@@ -1,5 +1,5 @@
 """`helm upgrade` never upgrades crds/: an operator started against an older TaskLease CRD (whose
-structural schema prunes status.leases[].target and supersededAt) says so in one ERROR naming the
+structural schema prunes status.leases[] fields added since: target, supersededAt, intent, pending) says so in one ERROR naming the
 command, and stays unready (fail closed) instead of silently losing those fields."""
 
 from __future__ import annotations
@@ -8,19 +8,23 @@ import asyncio
 import copy
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import yaml
+from taskcreds.operator import leases
 from taskcreds.operator.kube import connect
 from taskcreds.operator.main import (
     CRD_APPLY_COMMAND,
+    LEASE_FIELDS,
     TASK_LEASE_CRD,
     check_task_lease_crd,
     task_lease_crd_problem,
 )
+from taskcreds.operator.providers.base import Issued
 
 from taskcreds import names
 from tests.kube.fixtures import KubeApi
@@ -60,6 +64,8 @@ def unserved(crd: dict[str, Any]) -> dict[str, Any]:
         ("the chart's CRD", current_crd(), None),
         ("before target and supersededAt", old_crd("target", "supersededAt"), ["older", "target, supersededAt"]),
         ("before supersededAt", old_crd("supersededAt"), ["older", "no supersededAt"]),
+        ("before pending entries", old_crd("intent", "pending"), ["older", "no intent, pending"]),
+        ("before pending (intent kept)", old_crd("pending"), ["older", "no pending"]),
         ("version not served", unserved(current_crd()), ["does not serve", names.CRD_VERSION]),
         ("no CRD", None, ["does not exist"]),
     ],
@@ -72,6 +78,18 @@ def test_what_makes_a_task_lease_crd_unfit(case: str, crd: dict[str, Any] | None
         assert problem is not None and TASK_LEASE_CRD in problem, case
         for needle in needles:
             assert needle in problem, (case, problem)
+
+
+def test_the_check_knows_every_lease_field_the_chart_and_the_operator_write() -> None:
+    """A field added to lease entries (and the chart's CRD) without adding it to the check let a CRD
+    from the build before pass, which then pruned it from every write (review: intent, pending)."""
+    now = datetime.now(UTC)
+    source = {"kind": "CredentialSource", "name": "s", "namespace": "team-a"}
+    pending = leases.pending_entry("tok", "jwt", source, "INTENT", 600, target={"replica": "r"}, now=now)
+    issued = Issued(files={"token": "x"}, lease_ref="jwt:INTENT:1", issued_at=now, expires_at=now)
+    written = set(pending) | set(leases.lease_entry("tok", "jwt", source, issued, "INTENT"))
+    assert set(LEASE_FIELDS) == set(lease_item_properties(current_crd()))
+    assert written <= set(LEASE_FIELDS), written - set(LEASE_FIELDS)
 
 
 @pytest.mark.parametrize(
