@@ -29,7 +29,8 @@ _SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
 _MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 _METRIC = re.compile(r"\b(taskcreds_[a-z_]+)\b")
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
-_LABELS_COMMENT = re.compile(r"^\s*(\w+):\s*\w+\s*#\s*labels:\s*(.*)$")
+_FIELD = re.compile(r"^\s*(\w+):\s*\w+\s*(?:#\s*labels:\s*(.*))?$")
+_LABELS_ABOVE = re.compile(r"^\s*#\s*labels:\s*(.*)$")
 _ENUM = re.compile(r"(\w+)\s*=\s*([\w|]+)")
 
 
@@ -69,11 +70,19 @@ def documented_values() -> dict[tuple[str, str], frozenset[str]]:
     """(field, label) -> the values metrics.py documents (``# labels: result = a|b|c``)."""
     source = (REPO / "taskcreds" / "metrics.py").read_text()
     out: dict[tuple[str, str], frozenset[str]] = {}
+    above = ""  # a "# labels: ..." comment on the lines just above a field
     for line in source.splitlines():
-        m = _LABELS_COMMENT.match(line)
+        comment = _LABELS_ABOVE.match(line)
+        if comment:
+            above = comment.group(1)
+            continue
+        m = _FIELD.match(line)
         if m:
-            for label, values in _ENUM.findall(m.group(2)):
+            text = m.group(2) or above
+            for label, values in _ENUM.findall(text.split(";")[0]):
                 out[(m.group(1), label)] = frozenset(values.split("|"))
+        if not line.lstrip().startswith("#"):
+            above = ""
     return out
 
 

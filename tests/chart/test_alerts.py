@@ -42,6 +42,8 @@ def monitoring(*, service_monitor: bool, pod_monitor: bool) -> dict[str, Any]:
                      'never sets result="timeout"', id="one regex alternative never set"),
         pytest.param('rate(taskcreds_admission_requests_total{result="failed"}[5m])',
                      'never sets result="failed"', id="admission result value outside CONTRACT section 6"),
+        pytest.param('rate(taskcreds_webhook_unanswered_requests_total{reason="hangup"}[5m])',
+                     'never sets reason="hangup"', id="value documented in a comment above the field"),
         pytest.param('taskcreds_sidecar_ready{credential="github"} == 0',
                      "no label 'credential'", id="label the metric does not have"),
         pytest.param("sum by (provider) (taskcreds_sidecar_ready) == 0",
