@@ -99,7 +99,7 @@ class Demo:
         self.say = Timeline(out)
         self.local_port = local_port
         # remove the directory at the end only if this run created it
-        self.own_dir = directory is None or not directory.exists()
+        self._made: list[Path] = []  # directories this run created, deepest first: removed at the end
         base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
         self.directory = directory or base / f"taskcreds-demo-{os.getpid()}"
         self.scratch = Path(tempfile.mkdtemp(prefix="taskcreds-demo-"))
@@ -176,15 +176,14 @@ class Demo:
         try:
             if self.directory.exists() and any(self.directory.iterdir()):
                 raise DemoError(f"--dir {self.directory} is not empty: give an empty or new directory")
+            self._made = [p for p in (self.directory, *self.directory.parents) if not p.exists()]
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # unreadable, a file on the path, read-only file system, ...
             raise DemoError(
                 f"--dir {self.directory}: {exc.strerror or exc}: give an empty or new directory"
             ) from None
         if not _is_tmpfs(self.directory):
-            if self.own_dir:
-                with contextlib.suppress(OSError):
-                    self.directory.rmdir()
+            self._remove_made()
             raise DemoError(
                 f"--dir {self.directory} is not on tmpfs or ramfs; credentials only go to memory "
                 "(try a directory under /dev/shm)"
@@ -465,9 +464,17 @@ class Demo:
         for marker in (ENDED_MARKER, STARTED_MARKER):
             with contextlib.suppress(OSError):
                 (self.directory / marker).unlink()
-        if self.own_dir:
-            with contextlib.suppress(OSError):
-                self.directory.rmdir()  # fails, and keeps everything, if anything else is in it
+        self._remove_made()
+
+    def _remove_made(self) -> None:
+        """Remove the directories this run created (``--dir`` and missing parents), deepest first;
+        rmdir fails, and keeps everything, where anything else is in one."""
+        for made in self._made:
+            try:
+                made.rmdir()
+            except OSError:
+                return
+        self._made = []
 
 
 async def _main(args: Any) -> int:

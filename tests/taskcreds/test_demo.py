@@ -140,16 +140,23 @@ def test_bad_arguments_say_what_is_wrong_in_one_line(args: list[str], code: int,
         file.unlink()
 
 
-def test_a_directory_not_on_tmpfs_is_refused(tmp_path: Path) -> None:
-    target = Path.cwd() / f".tmp-demo-{uuid.uuid4().hex[:6]}"  # the repo's disk, not tmpfs
+@pytest.mark.parametrize("below", [pytest.param("", id="new directory"),
+                                   pytest.param("a/b", id="new directory with missing parents (they were left behind)")])
+def test_a_directory_not_on_tmpfs_is_refused_and_leaves_nothing(below: str) -> None:
+    top = Path.cwd() / f".tmp-demo-{uuid.uuid4().hex[:6]}"  # the repo's disk, not tmpfs
+    target = top / below if below else top
     try:
         proc = demo("--dir", str(target))
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 1
         assert "not on tmpfs" in out
+        assert not top.exists(), "every directory the refused run made is removed"
     finally:
-        if target.exists():
-            target.rmdir()
+        for d in (target, *target.parents):
+            if d == top.parent:
+                break
+            if d.exists():
+                d.rmdir()
 
 
 def test_a_non_empty_directory_is_refused_and_nothing_in_it_is_touched() -> None:
