@@ -43,6 +43,7 @@ __all__ = [
     "stop_seconds",
     "task_lease_crd_problem",
     "check_task_lease_crd",
+    "await_task_lease_crd",
     "CRD_APPLY_COMMAND",
 ]
 
@@ -110,6 +111,8 @@ LEASE_FIELDS = (
 )
 CRD_CHECK_ATTEMPTS = 6
 CRD_CHECK_INTERVAL = 5.0
+#: a replica whose CRD check failed checks again this often, and becomes ready once it passes
+CRD_RECHECK_INTERVAL = 30.0
 
 
 def task_lease_crd_problem(crd: Mapping[str, Any] | None) -> str | None:
@@ -163,23 +166,17 @@ async def _read_crd(api: Any, name: str) -> dict[str, Any] | None:
         resp.release()
 
 
-async def check_task_lease_crd(
-    cluster: Cluster, *, attempts: int = CRD_CHECK_ATTEMPTS, interval: float = CRD_CHECK_INTERVAL
-) -> str | None:
-    """Read the installed TaskLease CRD and say what is wrong with it (None: nothing).
-
-    Fail closed: a CRD that cannot be read (forbidden, or the API failing ``attempts`` times) is a
-    problem too. A Cluster without a Kubernetes API client (the in-memory one) has no CRD: None.
-    """
+async def _check_crd(cluster: Cluster, attempts: int, interval: float) -> tuple[str | None, str]:
+    """(problem, kind): kind ``unfit`` (the CRD itself), ``forbidden`` or ``unreadable`` (the API)."""
     api = getattr(cluster, "api", None)
     if api is None:
-        return None
+        return None, ""
     last = ""
     for attempt in range(attempts):
         if attempt:
             await asyncio.sleep(interval)
         try:
-            return task_lease_crd_problem(await _read_crd(api, TASK_LEASE_CRD))
+            crd = await _read_crd(api, TASK_LEASE_CRD)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -189,11 +186,68 @@ async def check_task_lease_crd(
                 return (
                     f"cannot read CustomResourceDefinition {TASK_LEASE_CRD}: forbidden; the chart's "
                     "ClusterRole grants get on it (upgrade the chart)"
-                )
+                ), "forbidden"
             log.warning(
                 "cannot read the TaskLease CRD; retrying", extra=fields(crd=TASK_LEASE_CRD, error=last)
             )
-    return f"cannot read CustomResourceDefinition {TASK_LEASE_CRD}: {last}"
+            continue
+        return task_lease_crd_problem(crd), "unfit"
+    return f"cannot read CustomResourceDefinition {TASK_LEASE_CRD}: {last}", "unreadable"
+
+
+async def check_task_lease_crd(
+    cluster: Cluster, *, attempts: int = CRD_CHECK_ATTEMPTS, interval: float | None = None
+) -> str | None:
+    """Read the installed TaskLease CRD and say what is wrong with it (None: nothing).
+
+    Fail closed: a CRD that cannot be read (forbidden, or the API failing ``attempts`` times, every
+    ``interval`` seconds, default CRD_CHECK_INTERVAL) is a problem too. A Cluster without a Kubernetes
+    API client (the in-memory one) has no CRD: None.
+    """
+    problem, _ = await _check_crd(cluster, attempts, CRD_CHECK_INTERVAL if interval is None else interval)
+    return problem
+
+
+def _crd_error(problem: str, kind: str, recheck: float) -> str:
+    """The one ERROR line for a CRD problem: what this replica does, and what fixes it."""
+    staying = f"staying unready (/readyz 503) and checking again every {recheck:g} s, no restart needed"
+    if kind == "unfit":
+        return (
+            f"the TaskLease CRD does not fit this operator; {staying}. Apply the chart's CRDs: "
+            f"{CRD_APPLY_COMMAND}"
+        )
+    if kind == "forbidden":
+        return f"the operator may not read the TaskLease CRD; {staying}. Upgrade the chart (its ClusterRole)"
+    return f"cannot read the TaskLease CRD from the API server; {staying}"
+
+
+async def await_task_lease_crd(cluster: Cluster, stop: asyncio.Event) -> bool:
+    """Until the TaskLease CRD fits (True) or ``stop`` is set (False).
+
+    A read failure (an API outage at startup) or an unfit CRD is checked again every
+    CRD_RECHECK_INTERVAL seconds, so the replica becomes ready once the API answers or an admin
+    applied the chart's CRDs, without a restart. One ERROR per distinct problem, saying which.
+    """
+    logged: str | None = None
+    attempts = CRD_CHECK_ATTEMPTS
+    while not stop.is_set():
+        problem, kind = await _check_crd(cluster, attempts, CRD_CHECK_INTERVAL)
+        if problem is None:
+            if logged is not None:
+                log.info("the TaskLease CRD fits this operator now", extra=fields(crd=TASK_LEASE_CRD))
+            return True
+        if problem != logged:
+            # fail closed: unready, so the Services keep sending work to replicas with a sound CRD
+            # (maxUnavailable 0 keeps the old ones); kopf still revokes what ends meanwhile
+            extra = {"command": CRD_APPLY_COMMAND} if kind == "unfit" else {}
+            log.error(_crd_error(problem, kind, CRD_RECHECK_INTERVAL), extra=fields(problem=problem, **extra))
+            logged = problem
+        attempts = 1
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=CRD_RECHECK_INTERVAL)
+        except TimeoutError:
+            pass
+    return False
 
 
 @dataclass
@@ -433,21 +487,17 @@ async def run_operator(
         if take_signals:
             await asyncio.sleep(0)  # kopf adds its signal handlers right after starting its tasks
             _take_signals(stop, hurry)
-        crd_problem = None if stop.is_set() else await check_task_lease_crd(cluster)
-        if crd_problem is not None:
-            # fail closed: unready, so the Services keep sending work to replicas with a sound CRD
-            # (maxUnavailable 0 keeps the old ones); kopf still revokes what ends meanwhile
-            log.error(
-                "the TaskLease CRD does not fit this operator; staying unready (/readyz 503). "
-                f"Apply the chart's CRDs, then restart this pod: {CRD_APPLY_COMMAND}",
-                extra=fields(problem=crd_problem, command=CRD_APPLY_COMMAND),
-            )
-        elif not stop.is_set():
-            parts.ready.set()
-            log.info(
-                "taskcreds-operator ready",
-                extra=fields(loop=loop_name(), **{f"{k}_port": v for k, v in parts.ports.items()}),
-            )
+
+        async def become_ready() -> None:
+            """Ready once the TaskLease CRD fits (checked again in the background until it does)."""
+            if await await_task_lease_crd(cluster, stop) and not stop.is_set():
+                parts.ready.set()
+                log.info(
+                    "taskcreds-operator ready",
+                    extra=fields(loop=loop_name(), **{f"{k}_port": v for k, v in parts.ports.items()}),
+                )
+
+        spawn(become_ready(), "task-lease-crd")
         if not stop.is_set():
             stopping = asyncio.ensure_future(stop.wait())
             await asyncio.wait({stopping, kopf_task}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,6 +1,8 @@
 """`helm upgrade` never upgrades crds/: an operator started against an older TaskLease CRD (whose
-structural schema prunes status.leases[] fields added since: target, supersededAt, intent, pending) says so in one ERROR naming the
-command, and stays unready (fail closed) instead of silently losing those fields."""
+structural schema prunes status.leases[] fields added since: target, supersededAt, intent, pending)
+says so in one ERROR naming the command and stays unready (fail closed) instead of silently losing
+those fields; it checks again in the background (also after an API outage at startup) and becomes
+ready once the check passes, without a restart."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from taskcreds.operator import leases
+from taskcreds.operator import leases, main
 from taskcreds.operator.kube import connect
 from taskcreds.operator.main import (
     CRD_APPLY_COMMAND,
@@ -132,6 +134,95 @@ async def test_an_operator_on_an_old_crd_logs_the_command_and_stays_unready(
             async with http.get(f"http://127.0.0.1:{replica.ports['metrics']}/readyz") as resp:
                 assert resp.status == 503
         assert not replica.ready
+    finally:
+        await asyncio.to_thread(replica.stop)
+    assert not replica.thread.is_alive() and not replica.failure
+
+
+async def apply_current_crd(kube_api: KubeApi) -> None:
+    """What an admin runs (CRD_APPLY_COMMAND): the chart's CRD replaces the installed one via the API."""
+    from kubernetes_asyncio import client
+
+    api = await kube_api.kubernetes_asyncio_client()
+    try:
+        ext = client.ApiextensionsV1Api(api)
+        installed = await ext.read_custom_resource_definition(TASK_LEASE_CRD)
+        crd = current_crd()
+        crd["metadata"]["resourceVersion"] = installed.metadata.resource_version
+        await ext.replace_custom_resource_definition(TASK_LEASE_CRD, crd)
+    finally:
+        await api.close()
+
+
+def failing_crd_reads(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[int]:
+    """The API server answering 503 to the first ``failures`` CRD reads (an outage at startup); the
+    reads after that reach the stand-in. Returns the count of reads so far."""
+    real = main._read_crd
+    reads = [0]
+
+    async def read(api: Any, name: str) -> dict[str, Any] | None:
+        reads[0] += 1
+        if reads[0] <= failures:
+            raise main._ApiStatus(503)
+        return await real(api, name)
+
+    monkeypatch.setattr(main, "_read_crd", read)
+    return reads
+
+
+@pytest.mark.parametrize(
+    ("case", "old", "failures", "in_error", "not_in_error"),
+    [
+        pytest.param(
+            "API outage at startup", False, 9, "cannot read the TaskLease CRD", CRD_APPLY_COMMAND, id="outage"
+        ),
+        pytest.param(
+            "old CRD, then applied", True, 0, CRD_APPLY_COMMAND, "cannot read", id="old-crd-applied"
+        ),
+    ],
+)
+async def test_a_replica_becomes_ready_once_the_crd_check_passes_without_a_restart(
+    kube_api: KubeApi,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    old: bool,
+    failures: int,
+    in_error: str,
+    not_in_error: str,
+) -> None:
+    """Before: after ~6 failed reads (or on an old CRD) the replica stayed unready until restarted."""
+    monkeypatch.setattr(main, "CRD_CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr(main, "CRD_RECHECK_INTERVAL", 0.3)
+    reads = failing_crd_reads(monkeypatch, failures)
+    if old:
+        kube_api.register_crd(old_crd("intent", "pending"))
+    authority, _ = prepare_cluster(kube_api)
+    replica = Replica(kube_api, authority.mint_x509_svid(OPERATOR_ID), kube_api.admin_token)
+    caplog.set_level(logging.ERROR, logger="taskcreds.operator")
+    replica.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not [r for r in caplog.records if "TaskLease CRD" in r.getMessage()]:
+            assert not replica.failure and time.monotonic() < deadline, (case, "no ERROR about the CRD")
+            await asyncio.sleep(0.05)
+        (record,) = [r for r in caplog.records if "TaskLease CRD" in r.getMessage()]
+        assert record.levelno == logging.ERROR and in_error in record.getMessage(), (case, record.getMessage())
+        assert not_in_error not in record.getMessage(), case
+        assert "no restart needed" in record.getMessage(), case
+        assert not replica.ready, case
+        if old:
+            await asyncio.sleep(0.7)  # rechecked meanwhile, still old: unready, no second ERROR
+            assert not replica.ready, case
+            await apply_current_crd(kube_api)
+        while not replica.ready:
+            assert not replica.failure and time.monotonic() < deadline, (case, "never became ready")
+            await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{replica.ports['metrics']}/readyz") as resp:
+                assert resp.status == 200, case
+        assert reads[0] > max(failures, main.CRD_CHECK_ATTEMPTS if failures else 2), case
+        assert len([r for r in caplog.records if "TaskLease CRD" in r.getMessage()]) == 1, case
     finally:
         await asyncio.to_thread(replica.stop)
     assert not replica.thread.is_alive() and not replica.failure
