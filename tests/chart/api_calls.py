@@ -143,11 +143,11 @@ API_CALLS: tuple[ApiCall, ...] = (
             "secrets",
             None,
             "release",
-            "ensure_webhook_certificate",
+            "ensure_webhook_certificate (delete: a Secret of another type, recreated; types are immutable)",
             names=("webhook-secret",),
             when="self-managed-certs",
         )
-        for verb in ("get", "update", "patch")
+        for verb in ("get", "update", "patch", "delete")
     ),
     # --- providers: Cluster.get_secret on Secrets named by CredentialSources ------------------------
     ApiCall("get", "", "secrets", None, "secret-namespaces", "providers (github-app, vault, secret)"),
