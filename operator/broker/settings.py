@@ -32,7 +32,8 @@ class BrokerSettings:
     """How long a positive TokenReview is reused for the same token (0: review every request)."""
     failed_review_rate_per_second: float = 1.0
     """Failed TokenReviews per second sustained per client SPIFFE ID: a review starts only while the
-    bucket has a token and a failed one takes it, so junk bearer tokens cost the API server at most
+    reviews in flight could all fail within the bucket (at most ``failed_review_burst`` at once, others
+    wait their turn) and only a failed one spends it, so junk bearer tokens cost the API server at most
     ``failed_review_burst`` reviews and then this many per second (then 429); good ones cost nothing."""
     failed_review_burst: int = 30
     failed_review_cache_seconds: float = 10.0
