@@ -20,17 +20,15 @@ from typing import Any
 import pytest
 from taskcreds.operator import leases
 from taskcreds.operator.broker.server import BROKER_KEY
-from taskcreds.operator.kube import connect
 from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.providers.base import Issued, IssueRequest, Provider, ProviderError
 from taskcreds.operator.providers.registry import make_providers
 
 from taskcreds import names
-from tests.kube.fixtures import KubeApi
 from tests.openbao import OPERATOR_POLICY, OpenBao
 from tests.openbao import openbao as openbao_fixture  # noqa: F401  (the `openbao` fixture)
 from tests.operator.test_broker_harness import NS, Harness, source
-from tests.operator.test_broker_scenario import CRDS, KubeHarness
+from tests.operator.test_broker_scenario import KubeHarness, kube_world
 
 TASK = "fix-42"
 LEASE = leases.lease_name("agent-1", TASK)
@@ -179,15 +177,8 @@ async def test_vault_token_answered_but_never_recorded_is_recorded_not_revocable
 # --- the normal path: one more write per issue, no pending entry left, CRD keeps the fields -----------
 @pytest.fixture
 async def kube_harness(tmp_path: Path) -> AsyncIterator[KubeHarness]:
-    async with KubeApi() as api:
-        api.register_crds_from(CRDS)
-        cluster = await connect(kubeconfig=api.kubeconfig(tmp_path))
-        h = KubeHarness(api, cluster)
-        h.put_sources()
-        await h.start()
+    async with kube_world(tmp_path) as h:
         yield h
-        await h.close()
-        await cluster.close()
 
 
 def status_writes(h: KubeHarness) -> int:

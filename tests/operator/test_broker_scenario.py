@@ -4,6 +4,7 @@ over the Kubernetes API stand-in (real HTTP, real TokenReview, real pod watch). 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -88,15 +89,9 @@ class MemHarness(Harness):
         return json.dumps(self.cluster.events)
 
 
-@pytest.fixture(params=["memcluster", "kube"])
-async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    if request.param == "memcluster":
-        h: Harness = MemHarness()
-        h.put_sources()
-        await h.start()
-        yield h
-        await h.close()
-        return
+@contextlib.asynccontextmanager
+async def kube_world(tmp_path: Path) -> AsyncIterator[KubeHarness]:
+    """A started broker harness on the Kubernetes API stand-in, with the chart's CRDs."""
     async with KubeApi() as api:
         api.register_crds_from(CRDS)
         cluster = await connect(kubeconfig=api.kubeconfig(tmp_path))
@@ -106,6 +101,19 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield h
         await h.close()
         await cluster.close()
+
+
+@pytest.fixture(params=["memcluster", "kube"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    if request.param == "memcluster":
+        h: Harness = MemHarness()
+        h.put_sources()
+        await h.start()
+        yield h
+        await h.close()
+        return
+    async with kube_world(tmp_path) as kube_h:
+        yield kube_h
 
 
 async def test_task_lifecycle_end_to_end(world: Any) -> None:
