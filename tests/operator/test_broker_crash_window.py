@@ -11,7 +11,6 @@ broker dropped without draining. Another "process" (fresh providers on the same 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,9 +24,10 @@ from taskcreds.operator.providers.base import Issued, IssueRequest, Provider, Pr
 from taskcreds.operator.providers.registry import make_providers
 
 from taskcreds import names
-from tests.openbao import OPERATOR_POLICY, OpenBao
+from tests.openbao import OpenBao
 from tests.openbao import openbao as openbao_fixture  # noqa: F401  (the `openbao` fixture)
 from tests.operator.test_broker_harness import NS, Harness, source
+from tests.operator.test_broker_inflight import seeded  # an operator token on a fresh OpenBao
 from tests.operator.test_broker_scenario import KubeHarness, kube_world
 
 TASK = "fix-42"
@@ -130,17 +130,6 @@ async def test_the_sweep_leaves_a_pending_entry_alone_within_the_grace() -> None
 
 
 # --- vault token mode (real OpenBao): not findable without its accessor: said so, finalizer released --
-def seeded(bao: OpenBao) -> str:
-    token = f"op-{uuid.uuid4().hex[:12]}"
-
-    def seed(b: OpenBao) -> None:
-        root = b.client()
-        root.sys.create_or_update_policy("taskcreds-operator", OPERATOR_POLICY)
-        root.sys.create_or_update_policy("repo-read", 'path "secret/data/*" { capabilities = ["read"] }')
-        root.auth.token.create(id=token, policies=["taskcreds-operator", "repo-read"], ttl="1h", no_parent=True)
-
-    bao.on_start(seed)
-    return token
 
 
 async def test_vault_token_answered_but_never_recorded_is_recorded_not_revocable(openbao: OpenBao) -> None:
