@@ -27,7 +27,7 @@ from taskcreds import names
 from tests.openbao import OpenBao
 from tests.openbao import openbao as openbao_fixture  # noqa: F401  (the `openbao` fixture)
 from tests.operator.test_broker_harness import NS, Harness, source
-from tests.operator.test_broker_inflight import seeded  # an operator token on a fresh OpenBao
+from tests.operator.test_broker_inflight import bao_source, seeded  # an operator token on OpenBao
 from tests.operator.test_broker_scenario import KubeHarness, kube_world
 
 TASK = "fix-42"
@@ -135,18 +135,7 @@ async def test_the_sweep_leaves_a_pending_entry_alone_within_the_grace() -> None
 async def test_vault_token_answered_but_never_recorded_is_recorded_not_revocable(openbao: OpenBao) -> None:
     h = Harness()
     h.cluster.put_secret(NS, "bao-op", {"token": seeded(openbao)})
-    h.cluster.put_source(
-        source(
-            "api",
-            "vault",
-            vault={
-                "address": openbao.address,
-                "mode": "token",
-                "policies": ["repo-read"],
-                "auth": {"method": "token", "tokenSecretRef": {"name": "bao-op", "key": "token"}},
-            },
-        )
-    )
+    h.cluster.put_source(bao_source("api", openbao))
     answered = await crash_mid_issue(h, "vault")
     (pending,) = entries(h.cluster)
     meta = openbao.client().auth.token.lookup_accessor(answered.lease_ref)["data"]["meta"]

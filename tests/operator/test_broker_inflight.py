@@ -145,6 +145,20 @@ def seeded(bao: OpenBao) -> str:
     return token
 
 
+def bao_source(name: str, bao: OpenBao) -> dict[str, Any]:
+    """A vault token-mode source on ``bao``, logging in with the :func:`seeded` token (Secret bao-op)."""
+    return source(
+        name,
+        "vault",
+        vault={
+            "address": bao.address,
+            "mode": "token",
+            "policies": ["repo-read"],
+            "auth": {"method": "token", "tokenSecretRef": {"name": "bao-op", "key": "token"}},
+        },
+    )
+
+
 def live_task_tokens(bao: OpenBao) -> set[str]:
     """Accessors of the live tokens the broker issued (display name ``token-taskcreds-...``)."""
     root = bao.client()
@@ -163,18 +177,7 @@ async def test_issued_while_the_client_goes_is_recorded_and_revoked_at_task_end(
     cluster = StallingCluster()
     h = Harness(cluster=cluster)
     cluster.put_secret(NS, "bao-op", {"token": seeded(openbao)})
-    cluster.put_source(
-        source(
-            "bao",
-            "vault",
-            vault={
-                "address": openbao.address,
-                "mode": "token",
-                "policies": ["repo-read"],
-                "auth": {"method": "token", "tokenSecretRef": {"name": "bao-op", "key": "token"}},
-            },
-        )
-    )
+    cluster.put_source(bao_source("bao", openbao))
     await h.start()
     try:
         agent = h.agent(h.add_pod("agent-1", credentials="bao"))

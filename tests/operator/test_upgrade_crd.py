@@ -115,6 +115,15 @@ async def test_the_check_reads_the_crd_from_the_api(
     assert (problem is None) if expected is None else (problem is not None and expected in problem), (case, problem)
 
 
+async def crd_error(replica: Replica, caplog: pytest.LogCaptureFixture, deadline: float) -> logging.LogRecord:
+    """The one log record about the TaskLease CRD, once the replica has logged it."""
+    while not (found := [r for r in caplog.records if "TaskLease CRD" in r.getMessage()]):
+        assert not replica.failure and time.monotonic() < deadline, "no ERROR about the CRD"
+        await asyncio.sleep(0.05)
+    (record,) = found
+    return record
+
+
 async def test_an_operator_on_an_old_crd_logs_the_command_and_stays_unready(
     kube_api: KubeApi, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -124,11 +133,7 @@ async def test_an_operator_on_an_old_crd_logs_the_command_and_stays_unready(
     caplog.set_level(logging.ERROR, logger="taskcreds.operator")
     replica.start()
     try:
-        deadline = time.monotonic() + 30
-        while not [r for r in caplog.records if "TaskLease CRD" in r.getMessage()]:
-            assert not replica.failure and time.monotonic() < deadline, "no ERROR about the CRD"
-            await asyncio.sleep(0.05)
-        (record,) = [r for r in caplog.records if "TaskLease CRD" in r.getMessage()]
+        record = await crd_error(replica, caplog, time.monotonic() + 30)
         assert record.levelno == logging.ERROR and CRD_APPLY_COMMAND in record.getMessage()
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{replica.ports['metrics']}/readyz") as resp:
@@ -203,10 +208,7 @@ async def test_a_replica_becomes_ready_once_the_crd_check_passes_without_a_resta
     replica.start()
     try:
         deadline = time.monotonic() + 30
-        while not [r for r in caplog.records if "TaskLease CRD" in r.getMessage()]:
-            assert not replica.failure and time.monotonic() < deadline, (case, "no ERROR about the CRD")
-            await asyncio.sleep(0.05)
-        (record,) = [r for r in caplog.records if "TaskLease CRD" in r.getMessage()]
+        record = await crd_error(replica, caplog, deadline)
         assert record.levelno == logging.ERROR and in_error in record.getMessage(), (case, record.getMessage())
         assert not_in_error not in record.getMessage(), case
         assert "no restart needed" in record.getMessage(), case
