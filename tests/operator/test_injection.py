@@ -189,7 +189,7 @@ def test_sidecar_is_a_hardened_native_sidecar(full: dict[str, Any]) -> None:
         and sidecar["imagePullPolicy"] == "IfNotPresent"
     )
     assert sidecar["command"] == ["taskcreds-sidecar"]
-    assert sidecar["startupProbe"]["httpGet"] == {"path": "/startupz", "port": 9090}
+    assert sidecar["startupProbe"]["httpGet"] == {"path": "/readyz", "port": 9090}
     assert sidecar["startupProbe"]["periodSeconds"] == 1
     assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9090}
     assert sidecar["ports"] == [{"name": "tc-probe", "containerPort": 9090, "protocol": "TCP"}]
