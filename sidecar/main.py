@@ -56,8 +56,7 @@ async def run(config: SidecarConfig, writer: CredentialWriter) -> int:
                     metrics=metrics)
     try:
         servers = await start_servers(local=config.listen_local, probe=config.listen_probe,
-                                      readiness=runner.readiness, startup=runner.startup, metrics=metrics,
-                                      redactor=redactor)
+                                      readiness=runner.readiness, metrics=metrics, redactor=redactor)
     except OSError as exc:
         return _fail(1, f"cannot listen ({config.listen_local[0]}:{config.listen_local[1]}, "
                         f"{config.listen_probe[0]}:{config.listen_probe[1]}): {exc.strerror or exc}")

@@ -275,14 +275,6 @@ class Runner:
             **({"error": self._proxy_error} if self._proxy_error and not listening else {})}}
         return not missing and written and listening, details
 
-    def startup(self) -> tuple[bool, dict[str, Any]]:
-        """For /startupz, the kubelet's startupProbe: :meth:`readiness`, except that an ended task
-        answers ready. That state is final: a sidecar restarted after teardown never fetches again,
-        so a 503 there would only have the kubelet restart it until CrashLoopBackOff."""
-        if self.torn_down:
-            return True, {"tornDown": True, "reason": self.end_reason}
-        return self.readiness()
-
     def expires_in(self, name: str) -> float:
         """Seconds until credential ``name`` expires (0 or less: expired), on the monotonic clock.
 

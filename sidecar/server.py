@@ -1,12 +1,9 @@
 """The sidecar's two HTTP listeners.
 
 - local (``TASKCREDS_LISTEN_LOCAL``, default 127.0.0.1:9091): ``/healthz``, ``/readyz``,
-  ``/startupz``, ``/metrics`` and ``POST /v1/redact``;
+  ``/metrics`` and ``POST /v1/redact``;
 - probe (``TASKCREDS_LISTEN_PROBE``, default 0.0.0.0:9090, for kubelet probes and Prometheus):
-  ``/healthz``, ``/readyz``, ``/startupz``, ``/metrics`` only. ``/v1/redact`` does not exist there (404).
-
-``/readyz`` 200 means every credential is on disk (agents and tools rely on that). ``/startupz``,
-the startupProbe's path, answers the same except once the task has ended: then 200 for good.
+  ``/healthz``, ``/readyz``, ``/metrics`` only. ``/v1/redact`` does not exist there (404).
 
 ``/v1/redact`` streams: the body is read chunk by chunk, redacted and written back as it goes, so
 any size works in bounded memory. The body is treated as UTF-8; bytes that are not valid UTF-8
@@ -37,8 +34,7 @@ def _json(status: int, doc: dict[str, Any]) -> web.Response:
     return web.Response(status=status, text=json.dumps(doc), content_type="application/json")
 
 
-def _common_routes(app: web.Application, readiness: Readiness, metrics: SidecarMetrics,
-                   startup: Readiness | None) -> None:
+def _common_routes(app: web.Application, readiness: Readiness, metrics: SidecarMetrics) -> None:
     async def healthz(_: web.Request) -> web.Response:
         return _json(200, {"status": "ok"})
 
@@ -46,31 +42,24 @@ def _common_routes(app: web.Application, readiness: Readiness, metrics: SidecarM
         ready, details = readiness()
         return _json(200 if ready else 503, {"status": "ready" if ready else "not ready", **details})
 
-    async def startupz(_: web.Request) -> web.Response:
-        started, details = (startup or readiness)()
-        return _json(200 if started else 503, {"status": "started" if started else "not started", **details})
-
     async def metrics_handler(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/startupz", startupz)
     app.router.add_get("/metrics", metrics_handler)
 
 
-def build_probe_app(readiness: Readiness, metrics: SidecarMetrics, *,
-                    startup: Readiness | None = None) -> web.Application:
+def build_probe_app(readiness: Readiness, metrics: SidecarMetrics) -> web.Application:
     app = web.Application()
-    _common_routes(app, readiness, metrics, startup)
+    _common_routes(app, readiness, metrics)
     return app
 
 
-def build_local_app(readiness: Readiness, metrics: SidecarMetrics, redactor: Redactor, *,
-                    startup: Readiness | None = None) -> web.Application:
+def build_local_app(readiness: Readiness, metrics: SidecarMetrics, redactor: Redactor) -> web.Application:
     app = web.Application()
-    _common_routes(app, readiness, metrics, startup)
+    _common_routes(app, readiness, metrics)
 
     async def redact(request: web.Request) -> web.StreamResponse:
         stream = redactor.stream()
@@ -119,15 +108,11 @@ async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRun
 
 
 async def start_servers(*, local: tuple[str, int], probe: tuple[str, int], readiness: Readiness,
-                        metrics: SidecarMetrics, redactor: Redactor,
-                        startup: Readiness | None = None) -> Servers:
-    """Start both listeners; OSError (address in use, ...) when one cannot bind.
-
-    ``startup`` answers ``/startupz`` (``readiness`` when omitted)."""
-    local_app = build_local_app(readiness, metrics, redactor, startup=startup)
-    local_runner, local_port = await _serve(local_app, *local)
+                        metrics: SidecarMetrics, redactor: Redactor) -> Servers:
+    """Start both listeners; OSError (address in use, ...) when one cannot bind."""
+    local_runner, local_port = await _serve(build_local_app(readiness, metrics, redactor), *local)
     try:
-        probe_runner, probe_port = await _serve(build_probe_app(readiness, metrics, startup=startup), *probe)
+        probe_runner, probe_port = await _serve(build_probe_app(readiness, metrics), *probe)
     except OSError:
         await local_runner.cleanup()
         raise

@@ -250,10 +250,9 @@ class Pieces:
                 {"name": names.VOLUME_SPIFFE, "mountPath": names.SIDECAR_SPIFFE_PATH, "readOnly": True},
                 {"name": names.VOLUME_SA_TOKEN, "mountPath": names.SIDECAR_TOKEN_PATH, "readOnly": True},
             ],
-            # the next init container (a git clone, say) starts only once every credential is on disk;
-            # /startupz is /readyz except after teardown (200: a restarted sidecar never fetches again)
+            # the next init container (a git clone, say) starts only once every credential is on disk
             "startupProbe": {
-                "httpGet": {"path": "/startupz", "port": port},
+                "httpGet": {"path": "/readyz", "port": port},
                 "periodSeconds": 1,
                 "timeoutSeconds": 1,
                 "failureThreshold": 120,

@@ -147,15 +147,10 @@ async def test_sigterm_tears_down_revokes_and_exits_zero(broker: RealBroker, env
 
 async def test_restart_after_teardown_never_fetches_again(broker: RealBroker, env_for, shm_dir: Path,
                                                           sidecar_process) -> None:  # noqa: ANN001
-    """...and passes its startupProbe (/startupz), or the kubelet would restart it every ~2 min until
-    CrashLoopBackOff while the agent still runs; /readyz stays 503 (no credential is on disk)."""
     sc = sidecar_process(env_for())
     await ready(sc)
-    assert sc.get("/startupz", base=sc.probe)[0] == 200
     await broker.set_status("cancelled")
     await sc.wait_for(lambda: (shm_dir / ENDED_MARKER).exists(), 3, "teardown")
-    await sc.wait_for(lambda: sc.readyz() == 503, 3, "not ready after teardown")
-    assert sc.get("/startupz", base=sc.probe)[0] == 200, "final after teardown"
     sc.proc.kill()  # the kubelet restarts a native sidecar that exits
     sc.proc.wait()
     issued = len(broker.requests("/v1/credentials"))
@@ -163,8 +158,6 @@ async def test_restart_after_teardown_never_fetches_again(broker: RealBroker, en
     await again.wait_for(lambda: again.readyz() is not None, 10, "up")
     await asyncio.sleep(0.5)
     assert again.readyz() == 503
-    status, body = again.get("/startupz", base=again.probe)
-    assert status == 200 and json.loads(body)["tornDown"] is True, body
     assert len(broker.requests("/v1/credentials")) == issued
     assert credential_files(shm_dir) == []
     assert await again.aterminate() == 0
