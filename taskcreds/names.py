@@ -55,7 +55,7 @@ DEFAULT_MOUNT_PATH: Final = "/run/taskcreds"
 ENV_DIR: Final = "TASKCREDS_DIR"
 
 # --- sidecar (CONTRACT.md section 4) --------------------------------------------------------
-SIDECAR_PROBE_PORT: Final = 9090  # all interfaces: /healthz, /readyz, /startupz, /metrics only
+SIDECAR_PROBE_PORT: Final = 9090  # all interfaces: /healthz, /readyz, /metrics only
 SIDECAR_LOCAL_PORT: Final = 9091  # 127.0.0.1: adds POST /v1/redact
 SIDECAR_PROXY_PORT: Final = 9092  # 127.0.0.1: the egress proxy, when a credential has delivery proxy
 MANIFEST_FILE: Final = "taskcreds.json"

@@ -79,7 +79,7 @@ class Scenario:
             pod = self.core.read_namespaced_pod(self.name, self.ns)
             statuses = {c.name: c for c in pod.status.container_statuses or []}
             assert "agent" in statuses and statuses["agent"].state.running, pod.status.phase
-            # the agent started only after the sidecar's startupProbe (/startupz: every file on disk)
+            # the agent started only after the sidecar's startupProbe (/readyz: every file on disk)
             sidecar = {c.name: c for c in pod.status.init_container_statuses or []}[names.SIDECAR_CONTAINER]
             assert sidecar.started
 
