@@ -20,8 +20,10 @@ turns every matched host into a 403 at once.
 
 After teardown the sidecar stays up serving ``/healthz`` (exiting would make the kubelet restart a
 native sidecar) until SIGTERM, then exits 0. A restarted sidecar that finds the teardown marker
-never fetches again. Valid credentials stay on disk while the broker is away; one that expires
-without a replacement is removed from the set and ``/readyz`` turns 503.
+never fetches again; it, like the one that tore down, exports ``taskcreds_sidecar_task_ended`` 1
+next to ``ready`` 0, so the TaskcredsSidecarNotReady alert leaves it alone. Valid credentials stay
+on disk while the broker is away; one that expires without a replacement is removed from the set
+and ``/readyz`` turns 503.
 """
 
 from __future__ import annotations
@@ -310,6 +312,9 @@ class Runner:
         self._ending = asyncio.get_running_loop().create_future()
         self.metrics.ready.set(0)
         ended = self.writer.ended()
+        # ended 1 whenever the task is over, so "not ready" alerts can tell an ended task's idle sidecar
+        # (restarted ones included: their teardown counter starts at 0) from one missing credentials
+        self.metrics.task_ended.set(1 if ended is not None else 0)
         if ended is not None:
             self.torn_down, self.end_reason = True, str(ended.get("reason", "unknown"))
             _log.info("task already ended in this pod; not fetching again, idle until the pod ends",
@@ -327,6 +332,7 @@ class Runner:
         await self._cancel_all()
         self.end_reason = reason
         self.torn_down = True
+        self.metrics.task_ended.set(1)
         if self._write_retry is not None:
             self._write_retry.cancel()
         for timer in self._expiry_timers.values():

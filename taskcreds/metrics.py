@@ -137,6 +137,10 @@ class SidecarMetrics:
     svid_expiry: Gauge
     teardown: Counter  # labels: reason
     ready: Gauge
+    #: 1 once this pod's task has ended: set at teardown and by a sidecar restarted after it (the end
+    #: marker is in the volume, its teardown counter starts at 0), so alerts can tell "ended" from
+    #: "not ready"; never removed
+    task_ended: Gauge
     redactions: Counter  # labels: credential (or token kind)
     #: egress proxy (docs/proxy.md). ``host`` is the route pattern that matched, empty for unmatched
     #: hosts, so the label's values are bounded by the pod's routes
@@ -173,6 +177,11 @@ def register_sidecar(registry: CollectorRegistry | None = None) -> SidecarMetric
             registry=reg,
         ),
         ready=Gauge(PREFIX + "sidecar_ready", "1 when every requested credential is on disk.", registry=reg),
+        task_ended=Gauge(
+            PREFIX + "sidecar_task_ended",
+            "1 once this pod's task has ended (teardown done, also after a sidecar restart); 0 before.",
+            registry=reg,
+        ),
         redactions=Counter(
             PREFIX + "sidecar_redactions_total",
             "Values replaced by /v1/redact.",
