@@ -49,6 +49,8 @@ def monitoring(*, service_monitor: bool, pod_monitor: bool) -> dict[str, Any]:
         pytest.param("sum by (provider) (taskcreds_sidecar_ready) == 0",
                      "grouping by 'provider'", id="grouping by a label no series carries"),
         pytest.param("taskcreds_sidecar_credentials_ready == 0", "no such series", id="misspelt metric"),
+        pytest.param('taskcreds_sidecar_task_ended{reason="completed"} == 1', "no label 'reason'",
+                     id="task_ended carries no reason (teardown_total does)"),
     ],
 )
 def test_checker_refuses_rules_that_cannot_fire(expr: str, why: str) -> None:
@@ -69,6 +71,7 @@ def test_checker_reads_the_code_not_a_copy() -> None:
         if key in documented:
             assert values <= documented[key], (key, values - documented[key])
     assert families()["ready"].labels == frozenset()
+    assert families()["task_ended"].labels == frozenset() and "task_ended" not in use.removed
 
 
 # --- the rendered rules and dashboard --------------------------------------------------------------
@@ -100,9 +103,12 @@ def test_sidecar_alerts_cover_missing_credentials_and_refresh_failures(helm: Hel
     assert "TaskcredsCredentialPastExpiry" not in alerts
     ready = alerts["TaskcredsSidecarNotReady"]
     assert re.search(r"taskcreds_sidecar_ready\)\s*==\s*0", ready["expr"])
-    assert "unless on (namespace, pod)" in ready["expr"] and "taskcreds_sidecar_teardown_total" in ready["expr"], (
-        "an ended task's sidecar is not ready on purpose"
-    )
+    # an ended task's sidecar is not ready on purpose: task_ended says so, also after a restart (a fresh
+    # teardown counter); the teardown clause covers sidecars older than task_ended during an upgrade
+    assert re.search(r"unless on \(namespace, pod\) \(max by \(namespace, pod\) "
+                     r"\(taskcreds_sidecar_task_ended\)\s*==\s*1\)", ready["expr"]), ready["expr"]
+    assert re.search(r"unless on \(namespace, pod\) \(max by \(namespace, pod\) "
+                     r"\(taskcreds_sidecar_teardown_total\)\s*>\s*0\)", ready["expr"]), ready["expr"]
     refresh = alerts["TaskcredsSidecarRefreshFailing"]
     assert 'taskcreds_sidecar_refresh_total{result=~"failure|write_failure"}' in refresh["expr"]
     assert not {"success"} & set(re.findall(r'result=~?"([^"]*)"', refresh["expr"])[0].split("|"))
