@@ -45,6 +45,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import random
 import re
 import secrets
 import time
@@ -89,6 +90,9 @@ __all__ = [
     "revoke_expired",
     "find_orphaned_leases",
     "sweep_leases",
+    "PodView",
+    "SweepCounts",
+    "POD_VIEW_TRUST",
     "count_active",
     "RevokeOutcome",
     "LeaseEnded",
@@ -1015,6 +1019,157 @@ async def revoke_expired(
     return total
 
 
+#: how long the sweep trusts what the pod watch (or its own GET) last said about a pod before it
+#: GETs the pod again: the worst-case extra delay before a pod that went away (or ended) without this
+#: replica seeing an event is revoked, when nothing else tells (see :class:`PodView`)
+POD_VIEW_TRUST: Final = 300.0
+
+
+def _owner_uid(lease: Mapping[str, Any]) -> str | None:
+    return (((lease.get("metadata") or {}).get("ownerReferences") or [{}])[0]).get("uid")
+
+
+def _slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """What :func:`task_ending` reads of a pod, and nothing else (the view holds one per live pod)."""
+    meta = pod.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    kept = (names.ANNOTATION_TASK_STATUS, names.ANNOTATION_MAX_DURATION)
+    return {
+        "metadata": {
+            "creationTimestamp": meta.get("creationTimestamp"),
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+            "annotations": {k: annotations[k] for k in kept if k in annotations},
+        },
+        "status": {"phase": (pod.get("status") or {}).get("phase")},
+    }
+
+
+@dataclass
+class SweepCounts:
+    """What one :func:`sweep_leases` run did (logged at DEBUG; :attr:`PodView.last_sweep` for tests)."""
+
+    leases: int = 0  # TaskLeases listed
+    pod_gets: int = 0  # pods read from the API
+    answered_by_view: int = 0  # pods the view vouched for: GETs saved
+    revocations: int = 0  # revoke_task runs started
+
+
+@dataclass
+class _Seen:
+    namespace: str
+    name: str
+    pod: dict[str, Any]  # _slim_pod
+    fresh_until: float  # monotonic
+
+
+class PodView:
+    """What this replica last learned about each opted-in pod whose task runs, so that the sweep need
+    not GET every such pod every interval.
+
+    Fed by the lifecycle's pod event handler (:meth:`observe`: every watch event of an opted-in pod)
+    and by the sweep's own GETs (:meth:`confirm`). It can only *save* a GET, never decide a
+    revocation: the sweep skips the GET of a TaskLease's pod only when the view holds that pod, with
+    the owner's uid and name, learned less than ``trust_for`` seconds ago, and its task has not ended
+    by what the view holds (:meth:`vouches`). Anything else — unknown (a fresh start), another uid,
+    ended, or stale — goes to the GET, which decides exactly as without a view.
+
+    Why entries expire: kopf resumes a broken watch from its resourceVersion (missed events are
+    replayed), but after a ``410 Gone`` it lists again, and a pod deleted in that gap gets no
+    DELETED event: the view would call it alive forever. On a cluster the garbage collector marks that
+    pod's TaskLease for deletion, and the sweep revokes such a lease without any pod lookup, so the
+    view is rarely the last word; when it is, the pod is read again at most ``trust_for`` after it
+    was last seen. Worst case, a pod gone (or ended) unseen is revoked ``trust_for`` + one sweep
+    interval after it was last seen (300 s + 30 s by default). Each live pod thus costs at most one
+    GET per ``trust_for`` — not per sweep — and none while its events keep coming. ``jitter`` spreads
+    the re-reads of pods learned at once (a restart's first sweep, kopf's initial list).
+
+    Memory: one small entry per live opted-in pod (uid, name, the annotations and phase
+    :func:`task_ending` reads). Entries go on a DELETED or ending event, when the pod's TaskLease is
+    Revoked, when a GET finds the pod gone or replaced, and when stale (:meth:`prune`, each sweep).
+    Uids that ended are remembered for ``trust_for`` so that a GET answered before the ending event
+    cannot bring them back.
+    """
+
+    def __init__(
+        self,
+        *,
+        trust_for: float = POD_VIEW_TRUST,
+        jitter: float = 0.25,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.trust_for = trust_for
+        self.jitter = jitter
+        self._monotonic = monotonic
+        self._pods: dict[str, _Seen] = {}  # by uid
+        self._by_name: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid
+        self._gone: dict[str, float] = {}  # uid -> when it ended or went (monotonic)
+        self.last_sweep = SweepCounts()
+
+    def __len__(self) -> int:
+        return len(self._pods)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._pods
+
+    def observe(self, pod: Mapping[str, Any], *, live: bool) -> None:
+        """One watch event: ``live`` when the pod's task runs on (not deleted, not ended)."""
+        uid = (pod.get("metadata") or {}).get("uid")
+        if not uid:
+            return
+        if not live:
+            self.forget(uid, ended=True)
+            return
+        self._learn(pod, uid)
+
+    def confirm(self, pod: Mapping[str, Any]) -> None:
+        """The sweep's GET found this pod, with its task running: trust it again for ``trust_for``."""
+        uid = (pod.get("metadata") or {}).get("uid")
+        if uid:
+            self._learn(pod, uid)
+
+    def forget(self, uid: str | None, *, ended: bool = False) -> None:
+        """Drop a pod; ``ended``: its task is over for good (no later answer may bring it back)."""
+        if not uid:
+            return
+        if ended:
+            self._gone[uid] = self._monotonic()
+        seen = self._pods.pop(uid, None)
+        if seen is not None and self._by_name.get((seen.namespace, seen.name)) == uid:
+            del self._by_name[(seen.namespace, seen.name)]
+
+    def vouches(self, lease: Mapping[str, Any], now: datetime) -> bool:
+        """Whether the view alone says this TaskLease's pod is there, the same pod, its task running."""
+        seen = self._pods.get(_owner_uid(lease) or "")
+        if seen is None or seen.fresh_until <= self._monotonic():
+            return False
+        meta = lease.get("metadata") or {}
+        if (seen.namespace, seen.name) != (meta.get("namespace"), (lease.get("spec") or {}).get("pod")):
+            return False
+        return task_ending(seen.pod, now=now) is None
+
+    def prune(self) -> int:
+        """Drop stale entries (a GET decides for them anyway) and old ended uids; how many went."""
+        now = self._monotonic()
+        stale = [uid for uid, seen in self._pods.items() if seen.fresh_until <= now]
+        for uid in stale:
+            self.forget(uid)
+        for uid in [u for u, at in self._gone.items() if at + self.trust_for <= now]:
+            del self._gone[uid]
+        return len(stale)
+
+    def _learn(self, pod: Mapping[str, Any], uid: str) -> None:
+        if uid in self._gone:
+            return  # ended or deleted: an older answer must not revive it
+        meta = pod.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        previous = self._by_name.get(key)
+        if previous is not None and previous != uid:
+            self.forget(previous)  # a name is one pod's at a time: the predecessor is gone
+        trust = self.trust_for * (1.0 - self.jitter * random.random())  # noqa: S311 - spreading, not secrecy
+        self._pods[uid] = _Seen(key[0], key[1], _slim_pod(pod), self._monotonic() + trust)
+        self._by_name[key] = uid
+
+
 async def _owner_pod(cluster: Cluster, lease: Mapping[str, Any]) -> dict[str, Any] | None:
     """The TaskLease's pod as the API has it now (one GET); None when it is gone or was replaced
     by another pod of the same name (another uid), or when the TaskLease itself is being deleted."""
@@ -1022,8 +1177,7 @@ async def _owner_pod(cluster: Cluster, lease: Mapping[str, Any]) -> dict[str, An
     if meta.get("deletionTimestamp"):
         return None
     pod = await cluster.get_pod(meta["namespace"], (lease.get("spec") or {}).get("pod", ""))
-    owner_uid = (meta.get("ownerReferences") or [{}])[0].get("uid")
-    if pod is None or (pod.get("metadata") or {}).get("uid") != owner_uid:
+    if pod is None or (pod.get("metadata") or {}).get("uid") != _owner_uid(lease):
         return None
     return pod
 
@@ -1039,27 +1193,52 @@ async def find_orphaned_leases(cluster: Cluster, namespace: str | None = None) -
     return out
 
 
-async def _sweep_reason(cluster: Cluster, lease: Mapping[str, Any], now: datetime) -> str | None:
+async def _sweep_reason(
+    cluster: Cluster,
+    lease: Mapping[str, Any],
+    now: datetime,
+    view: PodView | None = None,
+    counts: SweepCounts | None = None,
+) -> str | None:
     """Why the sweep must (re)run revocation of this TaskLease, or None to leave it alone.
 
-    Revoking (or Revoked with the finalizer still on): finish it, no pod lookup. Otherwise one GET
+    Revoking (or Revoked with the finalizer still on): finish it, no pod lookup. A TaskLease being
+    deleted (the garbage collector's doing once its pod went): ``pod_deleted``, no pod lookup. A pod
+    the ``view`` vouches for (:meth:`PodView.vouches`): left alone, no pod lookup. Otherwise one GET
     of its pod — the same the orphan check always made: gone or replaced is ``pod_deleted``; a task
     that has ended (terminal status, finished phase, deadline: :func:`task_ending`) gets its reason.
     That catches an ending the lifecycle handler saw but could not record (an API error before the
     TaskLease reached Revoking) and one it never saw.
     """
+    counts = counts if counts is not None else SweepCounts()
     status = lease.get("status") or {}
     phase = status.get("phase")
+    if phase == REVOKED and view is not None:
+        view.forget(_owner_uid(lease))  # its task is over: nothing left for the view to save
     if phase == REVOKING or (
         phase == REVOKED and names.FINALIZER_REVOKE in (lease["metadata"].get("finalizers") or [])
     ):
         return status.get("reason") or "pod_deleted"
     if phase == REVOKED:
         return None
+    if lease["metadata"].get("deletionTimestamp"):
+        return "pod_deleted"
+    if view is not None and view.vouches(lease, now):
+        counts.answered_by_view += 1
+        return None
+    counts.pod_gets += 1
     pod = await _owner_pod(cluster, lease)
     if pod is None:
+        if view is not None:
+            view.forget(_owner_uid(lease), ended=True)
         return "pod_deleted"
-    return task_ending(pod, now=now)
+    reason = task_ending(pod, now=now)
+    if view is not None:
+        if reason is None:
+            view.confirm(pod)
+        else:
+            view.forget(_owner_uid(lease), ended=True)
+    return reason
 
 
 async def sweep_leases(
@@ -1071,21 +1250,34 @@ async def sweep_leases(
     backoff: Backoff = Backoff(),
     replica: str = REPLICA_ID,
     now: Callable[[], datetime] = _utcnow,
+    view: PodView | None = None,
 ) -> list[RevokeOutcome]:
     """The periodic sweep: finish Revoking leases, revoke Active ones whose task ended or whose pod is
     gone (pod_deleted), and revoke expired leases.
 
-    One list of TaskLeases and at most one pod GET per unrevoked one. An API error on one TaskLease
-    is logged and the sweep goes on with the others; the next sweep retries it (the sweep's interval
-    is its backoff). Failing to list at all raises: the caller retries at the next interval.
+    One list of TaskLeases, and a pod GET only for an Active one whose pod the ``view`` does not
+    vouch for (without a view: one per Active TaskLease). With the lifecycle feeding the view, a
+    steady state costs no pod GET per sweep; each live pod is re-read at most once per
+    ``view.trust_for`` (see :class:`PodView` for the bound this puts on a deletion never seen).
+    What it did is logged at DEBUG and kept in ``view.last_sweep``.
+
+    An API error on one TaskLease is logged and the sweep goes on with the others; the next sweep
+    retries it (the sweep's interval is its backoff). Failing to list at all raises: the caller
+    retries at the next interval.
     """
     outcomes = []
-    for lease in await cluster.list_task_leases(namespace):
+    counts = SweepCounts()
+    if view is not None:
+        view.prune()
+    listed = await cluster.list_task_leases(namespace)
+    counts.leases = len(listed)
+    for lease in listed:
         key = (lease["metadata"]["namespace"], lease["metadata"]["name"])
         try:
-            reason = await _sweep_reason(cluster, lease, now())
+            reason = await _sweep_reason(cluster, lease, now(), view, counts)
             if reason is None:
                 continue
+            counts.revocations += 1
             outcome = await revoke_task(
                 cluster, providers, key[0], key[1], reason, metrics=metrics, backoff=backoff, now=now,
                 replica=replica,
@@ -1099,6 +1291,18 @@ async def sweep_leases(
             )
             continue
         outcomes.append(outcome)
+    if view is not None:
+        view.last_sweep = counts
+    log.debug(
+        "lease sweep",
+        extra=fields(
+            task_leases=counts.leases,
+            pod_gets=counts.pod_gets,
+            answered_by_pod_view=counts.answered_by_view,
+            revocations=counts.revocations,
+            pod_view_size=len(view) if view is not None else None,
+        ),
+    )
     await revoke_expired(cluster, providers, metrics=metrics, namespace=namespace, now=now)
     if metrics is not None:
         active = count_active([lease for lease in await cluster.list_task_leases(namespace)])

@@ -19,6 +19,9 @@ Durability does not depend on this process staying up: the TaskLease finalizer k
 until every lease is revoked, the first watch after a restart replays every pod (re-arming
 deadlines), and :meth:`TaskLifecycle.sweep` retries what is still ``Revoking``, revokes Active
 TaskLeases whose pod's task has ended, and catches pods that went away while no operator was watching.
+Given a :class:`~taskcreds.operator.leases.PodView` (shared with the sweep), every pod event also
+updates it, so the sweep reads from the API only the pods this replica has not heard from lately
+instead of every pod with a TaskLease every interval.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 
 from taskcreds.operator.credindex import CredentialIndex
 from taskcreds.operator.endings import deadline_of, task_ending
-from taskcreds.operator.leases import Backoff
+from taskcreds.operator.leases import Backoff, PodView
 
 from taskcreds import names
 from taskcreds.logs import fields
@@ -89,8 +92,10 @@ class TaskLifecycle:
         now: Callable[[], datetime] = _utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         retry_backoff: Backoff = RETRY_BACKOFF,
+        view: PodView | None = None,
     ) -> None:
         self._revoke = revoke
+        self._view = view
         self._retry_backoff = retry_backoff
         self._sweep = sweep
         self._status_sink = status_sink
@@ -111,6 +116,8 @@ class TaskLifecycle:
         if self._status_sink is not None:
             self._status_sink(pod, deleted)
         reason = task_ending(pod, now=self._now(), deleted=deleted)
+        if self._view is not None:  # what lets the sweep skip this pod's GET while its task runs
+            self._view.observe(pod, live=reason is None)
         if reason is None:
             self._latest[key] = pod
             self._arm_deadline(key, pod)

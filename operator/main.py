@@ -458,10 +458,15 @@ async def run_operator(
     parts.ports["broker"] = await broker.start(*settings.broker_listen)
 
     # 4. the lifecycle: kopf pod events -> hub + revocation; the periodic sweep
+    # the pod events keep a view of live pods, so the sweep GETs only pods not heard from lately
+    view = leases.PodView()
     lifecycle = TaskLifecycle(
         revoke=partial(leases.revoke_pod_task, cluster, providers, metrics=metrics, replica=parts.replica_id),
-        sweep=partial(leases.sweep_leases, cluster, providers, metrics=metrics, replica=parts.replica_id),
+        sweep=partial(
+            leases.sweep_leases, cluster, providers, metrics=metrics, replica=parts.replica_id, view=view
+        ),
         status_sink=hub.update,
+        view=view,
     )
     registry = build_registry(lifecycle, index)
     login = kopf_login or _default_login
