@@ -63,3 +63,58 @@ async def test_a_finished_pod_is_revoked_through_kopf(kube_api: KubeApi, phase: 
         assert seen == {"agent": phase, "still-running": "Running"}  # the broker's status hub too
     await lifecycle.close()
     assert revoked == [("agent", reason)]
+
+
+async def test_kopf_pod_events_feed_the_sweeps_pod_view(kube_api: KubeApi) -> None:
+    """Through kopf's real watch — the initial list (events of type None), ADDED, DELETED — the view
+    learns every opted-in pod, so a sweep right after makes no pod GET; a deleted pod leaves it."""
+    from taskcreds.operator import leases
+    from taskcreds.operator.kube import connect
+
+    kube_api.register_crds_from("charts/taskcreds/crds")
+    cluster = await connect(url=kube_api.url, token=kube_api.admin_token)
+    view = leases.PodView()
+
+    async def revoke(pod: dict[str, Any], why: str, seen_at: float) -> None:
+        pass
+
+    lifecycle = TaskLifecycle(revoke=revoke, view=view)
+    registry = build_registry(lifecycle)
+    kopf.on.login(registry=registry)(lambda **_: kube_api.kopf_connection_info())
+    core = client.CoreV1Api(await kube_api.kubernetes_asyncio_client())
+
+    async def create(name: str) -> dict[str, Any]:
+        await core.create_namespaced_pod(
+            "default",
+            {
+                "metadata": {
+                    "name": name,
+                    "labels": {names.LABEL_INJECT: "true"},
+                    "annotations": {names.ANNOTATION_TASK: f"t-{name}", names.ANNOTATION_CREDENTIALS: "api"},
+                },
+                "spec": {"containers": [{"name": "a", "image": "busybox:1"}]},
+            },
+        )
+        pod = kube_api.get("v1", "Pod", "default", name)
+        assert pod is not None
+        await leases.ensure_task_lease(cluster, pod, f"t-{name}")
+        return pod
+
+    def pod_gets() -> int:
+        return sum(1 for c in kube_api.api_calls if (c.verb, c.resource) == ("get", "pods"))
+
+    try:
+        listed = await create("listed")  # there before kopf starts: its initial list
+        async with running(kube_api, registry):
+            added = await create("added")
+            await kube_api.wait_for(lambda: len(view) == 2)
+            before = pod_gets()
+            await leases.sweep_leases(cluster, {}, metrics=None, view=view)
+            assert pod_gets() == before
+            assert view.last_sweep == leases.SweepCounts(leases=2, pod_gets=0, answered_by_view=2)
+            await core.delete_namespaced_pod("listed", "default")
+            await kube_api.wait_for(lambda: len(view) == 1)
+            assert added["metadata"]["uid"] in view and listed["metadata"]["uid"] not in view
+    finally:
+        await lifecycle.close()
+        await cluster.close()
