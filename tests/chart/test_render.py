@@ -442,6 +442,17 @@ def test_network_policy_restricts_egress_and_metrics_when_asked(helm: Helm) -> N
     ]
 
 
+def test_network_policy_lets_jwt_relying_parties_reach_the_broker_when_listed(helm: Helm) -> None:
+    """networkPolicy.broker.extraFrom adds peers to the broker rule only, after the built-in ones."""
+    default = one(render(helm, "default"), "NetworkPolicy")["spec"]["ingress"]
+    policy = one(render(helm, "broker-relying-parties"), "NetworkPolicy")["spec"]["ingress"]
+    extra = VALUES_SETS["broker-relying-parties"]["networkPolicy"]["broker"]["extraFrom"]
+    by_port = {rule["ports"][0]["port"]: rule for rule in policy}
+    default_by_port = {rule["ports"][0]["port"]: rule for rule in default}
+    assert by_port[8444]["from"] == default_by_port[8444]["from"] + extra
+    assert by_port[8443] == default_by_port[8443] and by_port[8080] == default_by_port[8080]
+
+
 # --- observability -----------------------------------------------------------------------------
 
 _METRIC = re.compile(r"\b(taskcreds_[a-z_]+)\b")

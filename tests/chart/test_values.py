@@ -61,6 +61,31 @@ REJECTED: list[tuple[str, dict[str, Any], list[str]]] = [
     ("invalid namespace name", {"rbac": {"secretNamespaces": ["Team_A"]}}, ["/rbac/secretNamespaces/0"]),
     ("boolean as a string", {"networkPolicy": {"enabled": "yes"}}, ["/networkPolicy/enabled", "boolean"]),
     (
+        "broker peer that is a whole ingress rule",
+        {"networkPolicy": {"broker": {"extraFrom": [{"from": [{"podSelector": {}}], "ports": [{"port": 8444}]}]}}},
+        ["/networkPolicy/broker/extraFrom/0", "'from'"],
+    ),
+    (
+        "empty broker peer",
+        {"networkPolicy": {"broker": {"extraFrom": [{}]}}},
+        ["/networkPolicy/broker/extraFrom/0", "minProperties"],
+    ),
+    (
+        "broker peer selector with a misspelled key",
+        {"networkPolicy": {"broker": {"extraFrom": [{"podSelector": {"matchLabel": {"app": "api"}}}]}}},
+        ["/networkPolicy/broker/extraFrom/0/podSelector", "'matchLabel'"],
+    ),
+    (
+        "broker peer ipBlock without cidr",
+        {"networkPolicy": {"broker": {"extraFrom": [{"ipBlock": {"except": ["10.0.0.0/8"]}}]}}},
+        ["/networkPolicy/broker/extraFrom/0/ipBlock", "cidr"],
+    ),
+    (
+        "broker peers as a map",
+        {"networkPolicy": {"broker": {"extraFrom": {"podSelector": {}}}}},
+        ["/networkPolicy/broker/extraFrom", "array"],
+    ),
+    (
         "error ratio above 1",
         {"metrics": {"prometheusRule": {"webhookErrorRatio": 2}}},
         ["/metrics/prometheusRule/webhookErrorRatio"],

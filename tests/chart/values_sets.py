@@ -50,6 +50,21 @@ VALUES_SETS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "broker-relying-parties": {
+        "networkPolicy": {
+            "broker": {
+                "extraFrom": [
+                    {
+                        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "api-gateway"}},
+                        "podSelector": {
+                            "matchExpressions": [{"key": "app", "operator": "In", "values": ["my-api"]}]
+                        },
+                    },
+                    {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.9.0/24"]}},
+                ]
+            }
+        }
+    },
     "secret-namespaces": {"rbac": {"secretNamespaces": ["agents", "team-b"]}},
     "token-request-cluster-wide": {"rbac": {"tokenRequest": True}},
     "token-request-namespaces": {"rbac": {"tokenRequest": True, "tokenRequestNamespaces": ["agents", "ci"]}},
