@@ -1020,9 +1020,11 @@ async def revoke_expired(
 
 
 #: how long the sweep trusts what the pod watch (or its own GET) last said about a pod before it
-#: GETs the pod again: the worst-case extra delay before a pod that went away (or ended) without this
-#: replica seeing an event is revoked, when nothing else tells (see :class:`PodView`)
-POD_VIEW_TRUST: Final = 300.0
+#: GETs the pod again: a safety net, the worst-case extra delay before a pod that went away (or
+#: ended) without any event or re-list telling this replica is revoked (see :class:`PodView`)
+POD_VIEW_TRUST: Final = 900.0
+#: listing events (kopf's type None) further apart than this start a new list: a re-list
+LISTING_GAP: Final = 5.0
 
 
 def _owner_uid(lease: Mapping[str, Any]) -> str | None:
@@ -1059,6 +1061,7 @@ class _Seen:
     namespace: str
     name: str
     pod: dict[str, Any]  # _slim_pod
+    learned_at: float  # monotonic
     fresh_until: float  # monotonic
 
 
@@ -1073,15 +1076,21 @@ class PodView:
     by what the view holds (:meth:`vouches`). Anything else — unknown (a fresh start), another uid,
     ended, or stale — goes to the GET, which decides exactly as without a view.
 
-    Why entries expire: kopf resumes a broken watch from its resourceVersion (missed events are
-    replayed), but after a ``410 Gone`` it lists again, and a pod deleted in that gap gets no
-    DELETED event: the view would call it alive forever. On a cluster the garbage collector marks that
-    pod's TaskLease for deletion, and the sweep revokes such a lease without any pod lookup, so the
-    view is rarely the last word; when it is, the pod is read again at most ``trust_for`` after it
-    was last seen. Worst case, a pod gone (or ended) unseen is revoked ``trust_for`` + one sweep
-    interval after it was last seen (300 s + 30 s by default). Each live pod thus costs at most one
-    GET per ``trust_for`` — not per sweep — and none while its events keep coming. ``jitter`` spreads
-    the re-reads of pods learned at once (a restart's first sweep, kopf's initial list).
+    A pod deleted while the watch was down: kopf resumes a broken watch from its resourceVersion, and
+    the API replays what was missed, DELETED included. Only after a ``410 Gone`` (or a restart of
+    the watch) does kopf list again instead, and a pod deleted in that gap gets no event at all. So a
+    list (events of type None, :meth:`observe` with ``listing``) makes every entry learned before it
+    untrusted until the list (or a GET) brings it again: a pod missing from the list is read at the
+    next sweep. Besides, the garbage collector marks the TaskLease of a deleted pod for deletion, and
+    the sweep revokes such a lease without any pod lookup. As a safety net against any gap not
+    covered by these, an entry is trusted for ``trust_for`` at most after it was last learned.
+
+    Bounds (sweep interval 30 s): a pod deleted or ended while its events reached this replica, or
+    one whose TaskLease the garbage collector marked: the next sweep, as without a view. One missed in
+    a watch gap: the first sweep after kopf's re-list. Anything else: ``trust_for`` + one interval
+    after the pod was last seen (15.5 min by default). Each live pod costs at most one GET per
+    ``trust_for`` (jittered by ``jitter``, so pods learned at once are not re-read at once) — not
+    one per sweep.
 
     Memory: one small entry per live opted-in pod (uid, name, the annotations and phase
     :func:`task_ending` reads). Entries go on a DELETED or ending event, when the pod's TaskLease is
@@ -1103,6 +1112,8 @@ class PodView:
         self._pods: dict[str, _Seen] = {}  # by uid
         self._by_name: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid
         self._gone: dict[str, float] = {}  # uid -> when it ended or went (monotonic)
+        self._listed_from = float("-inf")  # when the latest list began: entries older are untrusted
+        self._last_listing = float("-inf")
         self.last_sweep = SweepCounts()
 
     def __len__(self) -> int:
@@ -1111,8 +1122,14 @@ class PodView:
     def __contains__(self, uid: object) -> bool:
         return uid in self._pods
 
-    def observe(self, pod: Mapping[str, Any], *, live: bool) -> None:
-        """One watch event: ``live`` when the pod's task runs on (not deleted, not ended)."""
+    def observe(self, pod: Mapping[str, Any], *, live: bool, listing: bool = False) -> None:
+        """One watch event: ``live`` when the pod's task runs on (not deleted, not ended); ``listing``
+        when it comes from a list (kopf's event type None) rather than the watch stream."""
+        if listing:
+            now = self._monotonic()
+            if now - self._last_listing > LISTING_GAP:
+                self._listed_from = now  # a new list: whatever it does not bring again may be gone
+            self._last_listing = now
         uid = (pod.get("metadata") or {}).get("uid")
         if not uid:
             return
@@ -1140,7 +1157,7 @@ class PodView:
     def vouches(self, lease: Mapping[str, Any], now: datetime) -> bool:
         """Whether the view alone says this TaskLease's pod is there, the same pod, its task running."""
         seen = self._pods.get(_owner_uid(lease) or "")
-        if seen is None or seen.fresh_until <= self._monotonic():
+        if seen is None or seen.fresh_until <= self._monotonic() or seen.learned_at < self._listed_from:
             return False
         meta = lease.get("metadata") or {}
         if (seen.namespace, seen.name) != (meta.get("namespace"), (lease.get("spec") or {}).get("pod")):
@@ -1166,7 +1183,8 @@ class PodView:
         if previous is not None and previous != uid:
             self.forget(previous)  # a name is one pod's at a time: the predecessor is gone
         trust = self.trust_for * (1.0 - self.jitter * random.random())  # noqa: S311 - spreading, not secrecy
-        self._pods[uid] = _Seen(key[0], key[1], _slim_pod(pod), self._monotonic() + trust)
+        now = self._monotonic()
+        self._pods[uid] = _Seen(key[0], key[1], _slim_pod(pod), now, now + trust)
         self._by_name[key] = uid
 
 
@@ -1258,7 +1276,7 @@ async def sweep_leases(
     One list of TaskLeases, and a pod GET only for an Active one whose pod the ``view`` does not
     vouch for (without a view: one per Active TaskLease). With the lifecycle feeding the view, a
     steady state costs no pod GET per sweep; each live pod is re-read at most once per
-    ``view.trust_for`` (see :class:`PodView` for the bound this puts on a deletion never seen).
+    ``view.trust_for`` (see :class:`PodView` for the bounds on revoking a deletion never seen).
     What it did is logged at DEBUG and kept in ``view.last_sweep``.
 
     An API error on one TaskLease is logged and the sweep goes on with the others; the next sweep

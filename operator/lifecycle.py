@@ -117,7 +117,7 @@ class TaskLifecycle:
             self._status_sink(pod, deleted)
         reason = task_ending(pod, now=self._now(), deleted=deleted)
         if self._view is not None:  # what lets the sweep skip this pod's GET while its task runs
-            self._view.observe(pod, live=reason is None)
+            self._view.observe(pod, live=reason is None, listing=event_type == "None")
         if reason is None:
             self._latest[key] = pod
             self._arm_deadline(key, pod)

@@ -264,3 +264,79 @@ async def test_a_pod_replaced_under_the_same_name_is_revoked(world: World) -> No
     assert old["metadata"]["uid"] not in world.view and new["metadata"]["uid"] in world.view
     await world.sweep(world.view)
     assert world.vault.revoked == ["ref-agent"] and world.revoked("pod_deleted") == 1
+
+
+# --- the view alone: when it vouches for a TaskLease's pod (so the sweep skips the GET) ---------
+
+
+def _pod(name: str, uid: str, **annotations: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name, "namespace": NS, "uid": uid, "creationTimestamp": "2026-11-29T10:00:00Z",
+            "annotations": {names.ANNOTATION_TASK: "t", **annotations},
+        },
+        "status": {"phase": "Running"},
+    }
+
+
+def _lease(pod: str, uid: str) -> dict[str, Any]:
+    return leases.task_lease_body(_pod(pod, uid), "t")
+
+
+A, B, A2 = _pod("a", "uid-a"), _pod("b", "uid-b"), _pod("a", "uid-a2")
+WITH_DEADLINE = _pod("a", "uid-a", **{names.ANNOTATION_MAX_DURATION: "1h"})
+T0 = datetime(2026, 11, 29, 10, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("steps", "at", "vouches"),
+    [
+        pytest.param([("seen", A)], T0, True, id="seen running: vouches"),
+        pytest.param([], T0, False, id="never seen (fresh start): GET"),
+        pytest.param([("seen", A2)], T0, False, id="another pod of the owner's name (other uid): GET"),
+        pytest.param([("seen", A), ("seen", A2)], T0, False, id="replaced while watched: GET"),
+        pytest.param([("seen", A), ("wait", TRUST)], T0, False, id="nothing heard for trust_for: GET"),
+        pytest.param([("seen", A), ("wait", TRUST - 1)], T0, True, id="heard just inside trust_for"),
+        pytest.param([("seen", WITH_DEADLINE)], T0 + timedelta(hours=1), False, id="its deadline passed: GET"),
+        pytest.param([("seen", A), ("ended", A)], T0, False, id="ended event: GET"),
+        pytest.param([("ended", A), ("confirm", A)], T0, False, id="ended, then an older GET answer: GET"),
+        pytest.param([("seen", A), ("confirm", A2)], T0, False, id="the GET found a successor: GET"),
+        pytest.param([("seen", A), ("wait", 10), ("listed", B)], T0, False, id="a re-list without it: GET"),
+        pytest.param([("seen", A), ("wait", 10), ("listed", A)], T0, True, id="a re-list with it"),
+        pytest.param([("seen", A), ("wait", 10), ("listed", B), ("wait", 1), ("listed", A)], T0, True,
+                     id="later in the same list"),
+        pytest.param([("seen", A), ("wait", 10), ("listed", B), ("wait", 1), ("seen", A)], T0, True,
+                     id="a watch event after the re-list"),
+        pytest.param([("seen", A), ("wait", 10), ("listed", B), ("wait", 1), ("confirm", A)], T0, True,
+                     id="a GET after the re-list"),
+        pytest.param([("listed", A), ("wait", 10), ("listed", B)], T0, False, id="a second list without it: GET"),
+    ],
+)
+def test_when_the_view_vouches(steps: list[tuple[str, Any]], at: datetime, vouches: bool) -> None:
+    clock = Clock()
+    view = PodView(trust_for=TRUST, jitter=0.0, monotonic=clock)
+    for step, arg in steps:
+        if step == "wait":
+            clock.t += arg
+        elif step == "seen":
+            view.observe(arg, live=True)
+        elif step == "listed":
+            view.observe(arg, live=True, listing=True)
+        elif step == "ended":
+            view.observe(arg, live=False)
+        else:
+            view.confirm(arg)
+    assert view.vouches(_lease("a", "uid-a"), at) is vouches
+
+
+async def test_after_a_relist_the_pods_it_did_not_bring_are_read_again(world: World) -> None:
+    """kopf lists again after a 410 (its events have type None): a pod the list did not bring may have
+    been deleted unseen, so the next sweep reads it; pods the list brought stay trusted."""
+    for name in ("listed", "not-listed"):
+        await world.add_agent(name)
+        await world.seen("ADDED", name)
+    world.clock.t += 60
+    await world.lifecycle.on_pod_event("None", world.pod("listed"))
+    assert await world.sweep(world.view) == 1
+    assert world.view.last_sweep == SweepCounts(leases=2, pod_gets=1, answered_by_view=1)
+    assert await world.sweep(world.view) == 0, "the GET found it: trusted again"
