@@ -62,8 +62,13 @@ class World:
     def make_lifecycle(self, revoke: Any = None) -> TaskLifecycle:
         """The lifecycle as main.py wires it: the pod handler and the sweep share one view."""
         return TaskLifecycle(
-            revoke=revoke or partial(
-                leases.revoke_pod_task, self.cluster, {"vault": self.vault}, metrics=self.metrics, backoff=FAST
+            revoke=revoke
+            or partial(
+                leases.revoke_pod_task,
+                self.cluster,
+                {"vault": self.vault},
+                metrics=self.metrics,
+                backoff=FAST,
             ),
             sweep=partial(self.sweep, view=self.view),
             view=self.view,
@@ -74,7 +79,11 @@ class World:
         at the API."""
         before = self.pod_gets()
         await leases.sweep_leases(
-            self.cluster, {"vault": self.vault}, metrics=self.metrics, backoff=FAST, view=view,
+            self.cluster,
+            {"vault": self.vault},
+            metrics=self.metrics,
+            backoff=FAST,
+            view=view,
             now=lambda: datetime.now(UTC) + later,
         )
         return self.pod_gets() - before
@@ -82,7 +91,9 @@ class World:
     def pod_gets(self) -> int:
         return sum(1 for c in self.kube.api_calls if (c.verb, c.resource) == ("get", "pods"))
 
-    async def add_agent(self, name: str, *, finalizer: bool = False, max_duration: str | None = None) -> dict[str, Any]:
+    async def add_agent(
+        self, name: str, *, finalizer: bool = False, max_duration: str | None = None
+    ) -> dict[str, Any]:
         """An opted-in pod running its task, with one live lease recorded on its TaskLease."""
         pod = self.kube.put(
             {
@@ -120,7 +131,9 @@ class World:
         return pod
 
     def lease(self, name: str) -> dict[str, Any]:
-        lease = self.kube.get(names.API_VERSION, names.KIND_TASK_LEASE, NS, leases.lease_name(name, f"task-{name}"))
+        lease = self.kube.get(
+            names.API_VERSION, names.KIND_TASK_LEASE, NS, leases.lease_name(name, f"task-{name}")
+        )
         assert lease is not None, name
         return lease
 
@@ -174,9 +187,17 @@ async def test_steady_state_sweep_gets(
 
 async def test_view_memory_is_bounded_by_live_pods(world: World) -> None:
     pods = {name: await world.add_agent(name) for name in ("gone", "done", "revoked", "alive")}
-    world.kube.put({**pods["alive"], "apiVersion": "v1", "kind": "Pod", "metadata": {
-        k: v for k, v in pods["alive"]["metadata"].items() if k not in ("uid", "resourceVersion")
-    } | {"name": "no-lease"}})
+    world.kube.put(
+        {
+            **pods["alive"],
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                k: v for k, v in pods["alive"]["metadata"].items() if k not in ("uid", "resourceVersion")
+            }
+            | {"name": "no-lease"},
+        }
+    )
     for name in (*pods, "no-lease"):
         await world.seen("ADDED", name)
     assert len(world.view) == 5
@@ -185,7 +206,9 @@ async def test_view_memory_is_bounded_by_live_pods(world: World) -> None:
     world.kube.set_pod_phase(NS, "done", "Succeeded")
     await world.seen("MODIFIED", "done")  # ended: the lifecycle revokes it, the view forgets it
     assert len(world.view) == 3
-    await leases.revoke_pod_task(world.cluster, {"vault": world.vault}, world.pod("revoked"), "cancelled", metrics=None)
+    await leases.revoke_pod_task(
+        world.cluster, {"vault": world.vault}, world.pod("revoked"), "cancelled", metrics=None
+    )
     await world.sweep(world.view)  # its TaskLease is Revoked: nothing left to save a GET for
     assert len(world.view) == 2
     world.clock.t += TRUST
@@ -209,9 +232,13 @@ async def failing_revoke(pod: dict[str, Any], reason: str, seen_at: float) -> No
         pytest.param("deleted unseen", "pod_deleted", [0.0], 0, id="deleted, no event: next sweep"),
         # its deletion held by another finalizer: nothing but the pod tells; the view is trusted up to
         # trust_for after the pod was last seen, then the GET finds the deletion
-        pytest.param("deletion held, unseen", "pod_deleted", [0.0, TRUST - 1, TRUST], 2, id="held, no event: trust_for"),
+        pytest.param(
+            "deletion held, unseen", "pod_deleted", [0.0, TRUST - 1, TRUST], 2, id="held, no event: trust_for"
+        ),
         pytest.param("terminal, seen", "completed", [0.0], 1, id="completed, event seen: next sweep"),
-        pytest.param("terminal, unseen", "completed", [0.0, TRUST - 1, TRUST], 2, id="completed, no event: trust_for"),
+        pytest.param(
+            "terminal, unseen", "completed", [0.0, TRUST - 1, TRUST], 2, id="completed, no event: trust_for"
+        ),
         pytest.param("finished, seen", "failed", [0.0], 1, id="phase Failed, event seen: next sweep"),
         # the lifecycle's own timer did not revoke (here: its revocation failed); the view knows the
         # deadline, so the first sweep past it reads the pod
@@ -224,7 +251,9 @@ async def test_an_ended_task_is_revoked_by_the_sweep_within_the_bound(
     world.lifecycle = world.make_lifecycle(revoke=failing_revoke)
     await world.add_agent("bystander")
     pod = await world.add_agent(
-        "agent", finalizer=ending.startswith("deletion held"), max_duration="1h" if ending == "deadline passed" else None
+        "agent",
+        finalizer=ending.startswith("deletion held"),
+        max_duration="1h" if ending == "deadline passed" else None,
     )
     for name in ("agent", "bystander"):
         await world.seen("ADDED", name)
@@ -232,10 +261,20 @@ async def test_an_ended_task_is_revoked_by_the_sweep_within_the_bound(
     if ending.startswith("delet"):
         world.kube.delete("v1", "Pod", NS, "agent")
     elif ending.startswith("terminal"):
-        world.kube.put({**pod, "apiVersion": "v1", "kind": "Pod", "metadata": {
-            **pod["metadata"],
-            "annotations": {**pod["metadata"]["annotations"], names.ANNOTATION_TASK_STATUS: "completed"},
-        }})
+        world.kube.put(
+            {
+                **pod,
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    **pod["metadata"],
+                    "annotations": {
+                        **pod["metadata"]["annotations"],
+                        names.ANNOTATION_TASK_STATUS: "completed",
+                    },
+                },
+            }
+        )
     elif ending.startswith("finished"):
         world.kube.set_pod_phase(NS, "agent", "Failed")
     if ending.endswith(", seen"):
@@ -243,7 +282,9 @@ async def test_an_ended_task_is_revoked_by_the_sweep_within_the_bound(
     for at in sweeps_at:
         assert world.revoked(reason) == 0, f"revoked before t={at}"
         world.clock.t = start + at
-        await world.sweep(world.view, later=timedelta(hours=2) if ending == "deadline passed" else timedelta())
+        await world.sweep(
+            world.view, later=timedelta(hours=2) if ending == "deadline passed" else timedelta()
+        )
     assert world.vault.revoked == ["ref-agent"], "the ended task's lease, and only it"
     assert world.revoked(reason) == 1
     assert world.view.last_sweep.revocations == 1
@@ -255,9 +296,18 @@ async def test_a_pod_replaced_under_the_same_name_is_revoked(world: World) -> No
     await world.seen("ADDED", "agent")
     world.kube.delete("v1", "Pod", NS, "agent")  # its DELETED event is never seen
     await world.kube.wait_for(lambda: world.lease("agent")["metadata"].get("deletionTimestamp"), 5)
-    world.kube.put({**old, "apiVersion": "v1", "kind": "Pod", "metadata": {
-        k: v for k, v in old["metadata"].items() if k not in ("uid", "resourceVersion", "creationTimestamp")
-    }})
+    world.kube.put(
+        {
+            **old,
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                k: v
+                for k, v in old["metadata"].items()
+                if k not in ("uid", "resourceVersion", "creationTimestamp")
+            },
+        }
+    )
     new = world.pod("agent")
     assert new["metadata"]["uid"] != old["metadata"]["uid"]
     await world.seen("ADDED", "agent")
@@ -272,7 +322,10 @@ async def test_a_pod_replaced_under_the_same_name_is_revoked(world: World) -> No
 def _pod(name: str, uid: str, **annotations: str) -> dict[str, Any]:
     return {
         "metadata": {
-            "name": name, "namespace": NS, "uid": uid, "creationTimestamp": "2026-11-29T10:00:00Z",
+            "name": name,
+            "namespace": NS,
+            "uid": uid,
+            "creationTimestamp": "2026-11-29T10:00:00Z",
             "annotations": {names.ANNOTATION_TASK: "t", **annotations},
         },
         "status": {"phase": "Running"},
@@ -297,19 +350,35 @@ T0 = datetime(2026, 11, 29, 10, 30, tzinfo=UTC)
         pytest.param([("seen", A), ("seen", A2)], T0, False, id="replaced while watched: GET"),
         pytest.param([("seen", A), ("wait", TRUST)], T0, False, id="nothing heard for trust_for: GET"),
         pytest.param([("seen", A), ("wait", TRUST - 1)], T0, True, id="heard just inside trust_for"),
-        pytest.param([("seen", WITH_DEADLINE)], T0 + timedelta(hours=1), False, id="its deadline passed: GET"),
+        pytest.param(
+            [("seen", WITH_DEADLINE)], T0 + timedelta(hours=1), False, id="its deadline passed: GET"
+        ),
         pytest.param([("seen", A), ("ended", A)], T0, False, id="ended event: GET"),
         pytest.param([("ended", A), ("confirm", A)], T0, False, id="ended, then an older GET answer: GET"),
         pytest.param([("seen", A), ("confirm", A2)], T0, False, id="the GET found a successor: GET"),
         pytest.param([("seen", A), ("wait", 10), ("listed", B)], T0, False, id="a re-list without it: GET"),
         pytest.param([("seen", A), ("wait", 10), ("listed", A)], T0, True, id="a re-list with it"),
-        pytest.param([("seen", A), ("wait", 10), ("listed", B), ("wait", 1), ("listed", A)], T0, True,
-                     id="later in the same list"),
-        pytest.param([("seen", A), ("wait", 10), ("listed", B), ("wait", 1), ("seen", A)], T0, True,
-                     id="a watch event after the re-list"),
-        pytest.param([("seen", A), ("wait", 10), ("listed", B), ("wait", 1), ("confirm", A)], T0, True,
-                     id="a GET after the re-list"),
-        pytest.param([("listed", A), ("wait", 10), ("listed", B)], T0, False, id="a second list without it: GET"),
+        pytest.param(
+            [("seen", A), ("wait", 10), ("listed", B), ("wait", 1), ("listed", A)],
+            T0,
+            True,
+            id="later in the same list",
+        ),
+        pytest.param(
+            [("seen", A), ("wait", 10), ("listed", B), ("wait", 1), ("seen", A)],
+            T0,
+            True,
+            id="a watch event after the re-list",
+        ),
+        pytest.param(
+            [("seen", A), ("wait", 10), ("listed", B), ("wait", 1), ("confirm", A)],
+            T0,
+            True,
+            id="a GET after the re-list",
+        ),
+        pytest.param(
+            [("listed", A), ("wait", 10), ("listed", B)], T0, False, id="a second list without it: GET"
+        ),
     ],
 )
 def test_when_the_view_vouches(steps: list[tuple[str, Any]], at: datetime, vouches: bool) -> None:
