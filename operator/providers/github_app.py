@@ -5,6 +5,13 @@ later: a 10-minute window, GitHub's limit) with the App's private key from a Sec
 ``POST {apiURL}/app/installations/{installationId}/access_tokens`` for a token limited to
 ``repositories`` and ``permissions``.
 
+Narrow by construction: GitHub answers a request without ``repositories`` or ``permissions`` with a
+token for every repository and every permission of the installation, so a source must name its
+repositories (or say ``allRepositories: true``) and at least one permission; :func:`parse_settings`
+refuses it otherwise, before any network call (a source written before this rule fails closed).
+Redirects are never followed: a 3xx from the API is an error naming the URL (a followed redirect
+would send the request and its body to a host ``sources.allowedAddresses`` never allowed).
+
 Lifetimes: GitHub installation tokens always live 1 hour; a shorter requested TTL cannot be asked
 for. ``expiresAt`` reports GitHub's real expiry, and the revoke at task end (``DELETE
 /installation/token``) is what bounds the token to the task.
@@ -78,6 +85,7 @@ DEFAULT_API_URL = GITHUB_DEFAULT_API_URL
 TOKEN_LIFETIME_SECONDS = 3600  # GitHub's fixed installation-token lifetime
 JWT_BACKDATE_SECONDS = 60
 JWT_WINDOW_SECONDS = 600  # exp - iat; GitHub refuses more than 10 minutes
+MAX_REPOSITORIES = 500  # GitHub's limit on ``repositories`` in one token request
 _LEVELS = ("read", "write", "admin")
 _HEADERS = {
     "Accept": "application/vnd.github+json",
@@ -112,18 +120,33 @@ class GitHubAppSettings:
     repositories: tuple[str, ...] = ()
     permissions: tuple[tuple[str, str], ...] = ()
     token_file: str = "token"
+    #: ``allRepositories: true``: the token reaches every repository of the installation (said, never implied)
+    all_repositories: bool = False
 
 
 def _bad(message: str) -> ProviderError:
     return ProviderError(PROVIDER, message, retryable=False)
 
 
-def parse_settings(spec: Mapping[str, Any], source_namespace: str | None = None) -> GitHubAppSettings:
+def _source_label(source_name: str, source_namespace: str | None) -> str:
+    """How an error names the source: ``CredentialSource agents/github``, ``ClusterCredentialSource github``."""
+    if source_namespace is not None:
+        return f"CredentialSource {source_namespace}/{source_name}" if source_name else (
+            f"CredentialSource in namespace {source_namespace!r}"
+        )
+    return f"ClusterCredentialSource {source_name}" if source_name else "ClusterCredentialSource"
+
+
+def parse_settings(
+    spec: Mapping[str, Any], source_namespace: str | None = None, *, source_name: str = ""
+) -> GitHubAppSettings:
     """Check a CredentialSource spec for github-app; errors name the field and what is accepted.
 
     ``source_namespace`` (a namespaced source) also applies the tenant rules
     (:func:`~taskcreds.operator.sources.tenant_refusal`: https:// only, within the operator's
     ``sources.allowedAddresses``), here too so that no path reaches the network with such a spec.
+    A source must name its repositories (or say ``allRepositories: true``) and its permissions:
+    left out, GitHub would mint installation-wide tokens. ``source_name`` names it in those errors.
     """
     app = spec.get("githubApp")
     if not isinstance(app, Mapping):
@@ -150,7 +173,11 @@ def parse_settings(spec: Mapping[str, Any], source_namespace: str | None = None)
             "spec.githubApp.privateKeySecretRef is required ({name, key} of the App's private key PEM)"
         )
     key_ref = parse_secret_ref(app["privateKeySecretRef"], "spec.githubApp.privateKeySecretRef", PROVIDER)
-    repositories = app.get("repositories") or []
+    where = _source_label(source_name, source_namespace)
+    installation = ids["installationId"]
+    repositories = app.get("repositories")
+    if repositories is None:
+        repositories = []
     if not isinstance(repositories, list) or not all(
         isinstance(r, str) and r and "/" not in r for r in repositories
     ):
@@ -158,9 +185,34 @@ def parse_settings(spec: Mapping[str, Any], source_namespace: str | None = None)
             "spec.githubApp.repositories must be a list of repository names without the owner "
             "(for example [agent-target-repo])"
         )
-    permissions = app.get("permissions") or {}
-    if not isinstance(permissions, Mapping):
+    if len(repositories) > MAX_REPOSITORIES:
+        raise _bad(
+            f"{where}: spec.githubApp.repositories names {len(repositories)} repositories; GitHub accepts "
+            f"at most {MAX_REPOSITORIES} in one token (say allRepositories: true for all of them)"
+        )
+    all_repositories = app.get("allRepositories", False)
+    if not isinstance(all_repositories, bool):
+        raise _bad(f"{where}: spec.githubApp.allRepositories must be true or false, got {all_repositories!r}")
+    if not repositories and not all_repositories:
+        raise _bad(
+            f"{where}: spec.githubApp.repositories is missing or empty: name the repositories its tokens "
+            f"may reach (names without the owner, for example repositories: [agent-target-repo]), or set "
+            f"allRepositories: true to give every repository of installation {installation}"
+        )
+    if repositories and all_repositories:
+        raise _bad(
+            f"{where}: spec.githubApp sets both repositories and allRepositories: true; keep one "
+            "(repositories to limit the token to them, allRepositories: true for every repository)"
+        )
+    permissions = app.get("permissions")
+    if permissions is not None and not isinstance(permissions, Mapping):
         raise _bad("spec.githubApp.permissions must map permission names to read, write or admin")
+    if not permissions:
+        raise _bad(
+            f"{where}: spec.githubApp.permissions is missing or empty: state what its tokens may do, as "
+            f"permission: read, write or admin (for example permissions: {{contents: read}}); without it "
+            f"GitHub grants every permission of installation {installation}"
+        )
     for name, level in permissions.items():
         if not isinstance(name, str) or level not in _LEVELS:
             raise _bad(f"spec.githubApp.permissions.{name}: {level!r} is not one of {', '.join(_LEVELS)}")
@@ -174,6 +226,7 @@ def parse_settings(spec: Mapping[str, Any], source_namespace: str | None = None)
         repositories=tuple(repositories),
         permissions=tuple(permissions.items()),
         token_file=token_file,
+        all_repositories=all_repositories,
     )
 
 
@@ -254,13 +307,12 @@ class GitHubAppProvider:
 
     async def issue(self, request: IssueRequest) -> Issued:
         """A new installation token limited to the spec's repositories and permissions (1 h at GitHub)."""
-        settings = parse_settings(request.source_spec, request.source_namespace)
+        settings = parse_settings(request.source_spec, request.source_namespace, source_name=request.credential)
         key = await self._private_key(settings, request.source_namespace)
-        body: dict[str, Any] = {}
-        if settings.repositories:
+        # permissions always; repositories unless the source said allRepositories: true (checked above)
+        body: dict[str, Any] = {"permissions": dict(settings.permissions)}
+        if not settings.all_repositories:
             body["repositories"] = list(settings.repositories)
-        if settings.permissions:
-            body["permissions"] = dict(settings.permissions)
         path = f"/app/installations/{settings.installation_id}/access_tokens"
         status, answer, headers = await self._request(
             "POST", settings.api_url, path, f"Bearer {app_jwt(settings.app_id, key, time.time())}", body
@@ -287,7 +339,7 @@ class GitHubAppProvider:
                 pod=request.pod,
                 lease_ref=lease_ref,
                 expires_at=_rfc3339(expires_at),
-                repositories=list(settings.repositories),
+                repositories="all" if settings.all_repositories else list(settings.repositories),
                 requested_ttl_seconds=request.ttl_seconds,
             ),
         )
@@ -494,12 +546,30 @@ class GitHubAppProvider:
     async def _request(
         self, method: str, api_url: str, path: str, authorization: str, body: dict[str, Any] | None
     ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
+        """One GitHub API call; a redirect is an error, never followed (see the module doc).
+
+        A redirected issue is not retryable (the configuration is wrong); a redirected revoke is, so
+        the TaskLease keeps trying until the token is revoked or has expired.
+        """
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self._timeout, headers=_HEADERS)
         try:
             async with self._session.request(
-                method, api_url + path, json=body, headers={"Authorization": authorization}
+                method,
+                api_url + path,
+                json=body,
+                headers={"Authorization": authorization},
+                allow_redirects=False,
             ) as response:
+                if 300 <= response.status < 400:
+                    # the Location is not quoted: a server may echo what it was sent into it
+                    raise ProviderError(
+                        PROVIDER,
+                        f"{method} {api_url}{path}: HTTP {response.status} is a redirect, and redirects are "
+                        "not followed: set spec.githubApp.apiURL to the address that serves the GitHub API "
+                        "itself",
+                        retryable=method != "POST",
+                    )
                 try:
                     answer = await response.json(content_type=None)
                 except ValueError:

@@ -68,6 +68,7 @@ def spec(github: FakeGitHub, **changes: Any) -> dict[str, Any]:
         "permissions": {"contents": "write", "pull_requests": "write"},
     }
     body.update(changes)
+    body = {k: v for k, v in body.items() if v is not None}  # None: the setting left out
     return {
         "provider": "github-app",
         "defaultTTL": "15m",
@@ -237,16 +238,75 @@ async def test_cluster_scoped_source_reads_the_key_from_the_operator_namespace(
     await provider.revoke(issued.lease_ref, src, None)
 
 
-async def test_no_repositories_or_permissions_means_the_installation_s(
+async def test_all_repositories_only_when_said_and_still_only_the_permissions_named(
     github: FakeGitHub, provider: GitHubAppProvider
 ) -> None:
-    src = spec(github, repositories=[], permissions={})
+    src = spec(github, repositories=None, allRepositories=True, permissions={"contents": "read"})
     issued = await provider.issue(request(src))
     assert await repositories_seen_with(github, issued.files["token"]) == (
         200,
         ["agent-target-repo", "other-repo"],
     )
+    at_github = github.token(issued.files["token"])
+    assert at_github is not None and at_github.permissions == {"contents": "read"}
     await provider.revoke(issued.lease_ref, src, NS)
+
+
+# what a source that would mint an installation-wide token gets: refused before any network call,
+# naming the source, the setting and what would be accepted. name -> (githubApp changes, source
+# namespace (None: a ClusterCredentialSource), the exact message)
+_TOO_WIDE = {
+    "no repositories and no permissions (a source from before the rule)": (
+        {"repositories": None, "permissions": None}, NS,
+        "github-app: CredentialSource agents/github: spec.githubApp.repositories is missing or empty: name the "
+        "repositories its tokens may reach (names without the owner, for example repositories: "
+        "[agent-target-repo]), or set allRepositories: true to give every repository of installation 678"),
+    "empty repositories": (
+        {"repositories": []}, NS,
+        "github-app: CredentialSource agents/github: spec.githubApp.repositories is missing or empty: name the "
+        "repositories its tokens may reach (names without the owner, for example repositories: "
+        "[agent-target-repo]), or set allRepositories: true to give every repository of installation 678"),
+    "allRepositories false is not a choice of repositories": (
+        {"repositories": None, "allRepositories": False}, None,
+        "github-app: ClusterCredentialSource github: spec.githubApp.repositories is missing or empty"),
+    "allRepositories as a string": (
+        {"repositories": None, "allRepositories": "true"}, NS,
+        "github-app: CredentialSource agents/github: spec.githubApp.allRepositories must be true or false, "
+        "got 'true'"),
+    "both repositories and allRepositories": (
+        {"allRepositories": True}, NS,
+        "github-app: CredentialSource agents/github: spec.githubApp sets both repositories and "
+        "allRepositories: true; keep one (repositories to limit the token to them, allRepositories: true for "
+        "every repository)"),
+    "no permissions": (
+        {"permissions": None}, NS,
+        "github-app: CredentialSource agents/github: spec.githubApp.permissions is missing or empty: state what "
+        "its tokens may do, as permission: read, write or admin (for example permissions: {contents: read}); "
+        "without it GitHub grants every permission of installation 678"),
+    "empty permissions, cluster source": (
+        {"permissions": {}}, None,
+        "github-app: ClusterCredentialSource github: spec.githubApp.permissions is missing or empty"),
+    "all repositories, but no permissions": (
+        {"repositories": None, "allRepositories": True, "permissions": {}}, NS,
+        "github-app: CredentialSource agents/github: spec.githubApp.permissions is missing or empty"),
+    "more repositories than GitHub takes": (
+        {"repositories": [f"repo-{i}" for i in range(501)]}, NS,
+        "github-app: CredentialSource agents/github: spec.githubApp.repositories names 501 repositories; GitHub "
+        "accepts at most 500 in one token (say allRepositories: true for all of them)"),
+}
+
+
+@pytest.mark.parametrize("case", list(_TOO_WIDE))
+async def test_a_source_that_would_mint_an_installation_wide_token_is_refused_before_github(
+    github: FakeGitHub, provider: GitHubAppProvider, case: str
+) -> None:
+    changes, namespace, message = _TOO_WIDE[case]
+    src = spec(github, **changes)
+    with pytest.raises(ProviderError) as caught:
+        await provider.issue(request(src, source_namespace=namespace))
+    assert str(caught.value).startswith(message), str(caught.value)
+    assert not caught.value.retryable
+    assert github.requests == [] and github.tokens == {}  # nothing asked of GitHub, nothing minted
 
 
 # --- refusals and errors -------------------------------------------------------------------------
@@ -454,12 +514,15 @@ def test_parse_settings_defaults() -> None:
                 "appId": 12345,
                 "installationId": "678",
                 "privateKeySecretRef": {"name": "k", "key": "pem"},
+                "repositories": ["agent-target-repo"],
+                "permissions": {"contents": "read"},
             },
         }
     )
     assert settings.api_url == "https://api.github.com"
     assert (settings.app_id, settings.installation_id, settings.token_file) == ("12345", "678", "gh-token")
-    assert settings.repositories == () and settings.permissions == ()
+    assert settings.repositories == ("agent-target-repo",) and settings.permissions == (("contents", "read"),)
+    assert settings.all_repositories is False
 
 
 # --- the fake checks what GitHub checks (a fake that accepts anything proves nothing) ---------------
