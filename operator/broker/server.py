@@ -624,11 +624,7 @@ class Broker:
             ttl=policy.requested_ttl(ttl),
             providers=list(self.providers),
         )[0]
-        entry = leases.find_entry(lease, name, lease_ref)
-        if entry is None or entry.get("revokedAt") or entry.get("pending"):
-            raise NotFound(
-                f"no active lease {lease_ref!r} of credential {name!r} for task {task!r} of this pod"
-            )
+        entry = _renewable_entry(lease, name, lease_ref, task)
         issued = await self._to_completion(
             self._renew_and_record(caller, pod, view, grant, lease_ref, entry.get("target")), caller, task
         )
@@ -651,6 +647,14 @@ class Broker:
         # a renewal may issue a replacement: pending first, as for an issue (never refused by the cap)
         intent = leases.new_intent()
         known = await self._write_pending(pod, task, [self._pending(grant, intent)], max_live=None)
+        # read again on the write's resourceVersion: a renewal of the same lease that finished
+        # meanwhile (another replica, a retried request) superseded it; renewing it again would mint
+        # a live credential outside max_live_leases
+        try:
+            _renewable_entry(known, name, lease_ref, task)
+        except NotFound:
+            await self._record_quietly(pod, task, [], [intent])
+            raise
         try:
             request = self._issue_request(view, grant, lease_target, intent)
             issued = await self._timed(provider, provider.renew(lease_ref, request))
@@ -775,6 +779,25 @@ class Broker:
         if state is None:
             raise NotFound(f"pod {caller.namespace}/{caller.pod} is not known")
         return web.json_response({**state.to_json(), "task": task})
+
+
+def _renewable_entry(
+    lease: Mapping[str, Any] | None, name: str, lease_ref: str, task: str
+) -> dict[str, Any]:
+    """The TaskLease entry a renewal may renew, else 404 not_found. Only an active lease qualifies:
+    not pending, not revoked, not superseded. A superseded one (a renewal on another replica, or
+    after the source moved, replaced it; its holder revokes it) renewed again would mint one more
+    live credential that max_live_leases never counts (leases.live_entries skips it)."""
+    entry = leases.find_entry(lease, name, lease_ref)
+    if entry is None or entry.get("pending"):
+        why = ""
+    elif entry.get("revokedAt"):
+        why = f" (revoked: {entry.get('revokeReason') or 'no reason recorded'})"
+    elif entry.get("supersededAt"):
+        why = " (already replaced by a renewal; issue a new credential instead)"
+    else:
+        return entry
+    raise NotFound(f"no active lease {lease_ref!r} of credential {name!r} for task {task!r} of this pod{why}")
 
 
 def _unawaited(job: asyncio.Task[Any]) -> None:
