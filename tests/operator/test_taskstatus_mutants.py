@@ -99,3 +99,27 @@ async def test_forgetting_follows_deletion(
     await asyncio.sleep(0.2)
     assert (hub.get("u1") is not None) is remembered
     assert len(hub) == (1 if remembered else 0)
+
+
+@pytest.mark.parametrize(
+    ("seen", "expected"),
+    [
+        (None, ("gone-7", "running", True, "expired", None)),
+        (
+            pod(**{names.ANNOTATION_TASK_STATUS: "pending", names.ANNOTATION_MAX_DURATION: "1h"}),
+            ("fix-42", "pending", True, "expired", "2026-11-29T11:00:00Z"),
+        ),
+    ],
+    ids=["revoked before the hub saw the pod", "revoked while pending"],
+)
+def test_end_is_recorded_and_final(seen: dict[str, Any] | None, expected: tuple[Any, ...]) -> None:
+    # a revoke can reach a replica whose pod watch has not seen the pod yet
+    hub = TaskStatusHub(now=lambda: NOW)
+    if seen is not None:
+        hub.update(seen)
+    ended = hub.end("u1", "expired", task="gone-7")
+    doc = ended.to_json()
+    assert (doc["task"], doc["status"], doc["terminal"], doc["reason"], doc["deadline"]) == expected
+    assert hub.get("u1") == ended
+    hub.update(pod())  # the pod says running afterwards: the ending stays
+    assert hub.get("u1") == ended
