@@ -5,13 +5,19 @@ Two modes (``spec.vault.mode``):
 - ``token`` — an orphan token per task with ``policies``, ``ttl`` = the requested lifetime and
   ``explicit_max_ttl`` = the source's ``maxTTL``. Orphan, because a child of the operator's own
   login token would die with it (an AppRole or Kubernetes login expires long before some tasks
-  end). The lease reference is the token's *accessor*, never the token. Needs, in the operator's
+  end). Without Vault's ``default`` policy (``no_default_policy``): it grants
+  ``auth/token/renew-self``, with which the agent could keep its token alive up to ``maxTTL``,
+  past the expiry the broker records (and past a revocation that failed until then). A source
+  listing ``default`` in ``policies`` is refused at issue. The lease reference is the token's
+  *accessor*, never the token. Needs, in the operator's
   policy, ``update`` on ``auth/token/create-orphan`` and ``auth/token/renew-accessor`` /
   ``revoke-accessor``, and the requested policies must be ones its token may hand out.
 - ``dynamic`` — read ``path`` (``database/creds/<role>``, ...): a Vault lease whose data becomes the
-  files through ``fileMap``. The lease reference is the lease id. A lease longer than the requested
-  TTL (the role's ``default_ttl``) is shortened to it right away with a renewal of that increment;
-  ``expiresAt`` is always the lease's real expiry.
+  files through ``fileMap``. The lease reference is the lease id. A lease longer than the task may
+  hold (the requested TTL, at most ``maxTTL``; the role's ``default_ttl`` is often longer) is
+  shortened to it right away with a renewal of that increment; one that cannot be shortened (not
+  renewable, or the renewal fails) is revoked at once and the issue fails. ``expiresAt`` is always
+  the lease's real expiry.
 
 Renewing extends the same lease and repeats the current value, which the operator keeps **in
 memory only** (a Vault renewal does not return it). When the value is not held (operator restart)
@@ -32,7 +38,9 @@ only a ClusterCredentialSource may use it; a namespaced CredentialSource must al
 (http:// only to loopback). Both are refused in :func:`parse_settings`, before any network call
 (see :func:`taskcreds.operator.sources.tenant_refusal`). One hvac client is cached per (address, CA,
 auth) and logs in again when its token is about to expire or turns out to be revoked. hvac is
-synchronous and runs through :func:`asyncio.to_thread`.
+synchronous and runs through :func:`asyncio.to_thread`. Redirects are never followed (requests
+would resend ``X-Vault-Token`` or a login body to wherever a server points, past
+``sources.allowedAddresses``): a 3xx answer is an error naming the address.
 """
 
 from __future__ import annotations
@@ -506,6 +514,14 @@ class VaultProvider:
     # -- modes ----------------------------------------------------------------------------------
 
     async def _issue_token(self, settings: VaultSettings, request: IssueRequest) -> Issued:
+        if "default" in settings.policies:
+            # refused at issue only: renew and revoke of tokens issued before must keep working
+            raise _bad(
+                "spec.vault.policies may not contain 'default': Vault's default policy allows "
+                "auth/token/renew-self, so the agent could keep its task token alive past the expiry "
+                "the broker records; grant what the task needs (e.g. read on auth/token/lookup-self) "
+                "in a policy of your own"
+            )
         ttl = max(1, int(request.ttl_seconds))
         cap = max(ttl, settings.max_ttl or ttl)
         meta = {
@@ -523,6 +539,7 @@ class VaultProvider:
         def create(client: hvac.Client) -> dict[str, Any]:
             return client.auth.token.create_orphan(
                 policies=list(settings.policies),
+                no_default_policy=True,  # no renew-self: only the operator extends it, by accessor
                 ttl=f"{ttl}s",
                 explicit_max_ttl=f"{cap}s",
                 renewable=True,
@@ -591,20 +608,11 @@ class VaultProvider:
             files[file_name] = value if isinstance(value, str) else str(value)
         duration = int(response.get("lease_duration") or 0)
         renewable = bool(response.get("renewable"))
-        if renewable and duration > request.ttl_seconds:
-            # the role's default_ttl is longer than asked: a renewal with a smaller increment shortens it
-            try:
-                shorter = await self._extend(
-                    settings, request.source_namespace, str(lease_id), request.ttl_seconds
-                )
-            except ProviderError as exc:
-                shorter = None
-                log.warning(
-                    "vault: could not shorten the lease to the requested TTL; keeping the role's",
-                    extra=fields(provider=PROVIDER, lease_ref=str(lease_id), error=str(exc)),
-                )
-            if shorter:
-                duration = shorter
+        limit = max(1, int(request.ttl_seconds))
+        if settings.max_ttl:
+            limit = min(limit, settings.max_ttl)
+        if duration > limit:
+            duration = await self._shorten(settings, request, str(lease_id), duration, limit, renewable)
         now = _now()
         return Issued(
             files=files,
@@ -612,6 +620,56 @@ class VaultProvider:
             issued_at=now,
             expires_at=now + timedelta(seconds=duration),
             renewable=renewable,
+        )
+
+    async def _shorten(
+        self,
+        settings: VaultSettings,
+        request: IssueRequest,
+        lease_id: str,
+        duration: int,
+        limit: int,
+        renewable: bool,
+    ) -> int:
+        """The lease's new duration, at most ``limit``; else the lease is revoked and the issue fails.
+
+        The role's ``default_ttl`` is often longer than a task may hold: a renewal with a smaller
+        increment shortens it. A lease that cannot be shortened would outlive what the source allows
+        (its ``maxTTL``, the requested TTL), so it is given back at once rather than handed out.
+        """
+        why = "it is not renewable"
+        if renewable:
+            try:
+                shorter = await self._extend(settings, request.source_namespace, lease_id, limit)
+            except ProviderError as exc:
+                shorter, why = None, f"shortening it failed ({exc})"
+            else:
+                if shorter is not None and 0 < shorter <= limit:
+                    return shorter
+                why = "the lease is gone" if shorter is None else f"the renewal left it at {shorter}s"
+        revoked = "it was revoked"
+        try:
+            await self._call(
+                settings,
+                request.source_namespace,
+                "revoking lease",
+                "sys/leases/revoke",
+                lambda c: c.sys.revoke_lease(lease_id),
+            )
+        except ProviderError as exc:
+            revoked = f"revoking it failed too ({exc}): revoke {lease_id} by hand, or it ends at its expiry"
+            log.warning(
+                "vault: a lease too long for the task could not be revoked",
+                extra=fields(provider=PROVIDER, lease_ref=lease_id, error=str(exc)),
+            )
+        cap = f"spec.maxTTL {settings.max_ttl}s" if settings.max_ttl else "no spec.maxTTL"
+        raise ProviderError(
+            PROVIDER,
+            f"{settings.address}: {settings.path} gave a lease of {duration}s (the role's TTL), longer "
+            f"than this task may hold ({limit}s: requested TTL {int(request.ttl_seconds)}s, {cap}), and "
+            f"it cannot be shortened: {why}; {revoked}. Lower the role's default_ttl to at most "
+            f"{limit}s, or make its leases renewable",
+            retryable=False,
         )
 
     async def _extend(
@@ -737,7 +795,7 @@ class VaultProvider:
         if settings.ca_ref is not None:
             ca_pem = await read(settings.ca_ref)
             ca_file = _write_ca(ca_pem)
-        client = hvac.Client(url=settings.address, verify=ca_file or True, timeout=self._timeout)
+        client = _client(settings.address, ca_file, self._timeout)
         try:
             if auth.method == "token":
                 assert auth.token_ref is not None
@@ -807,6 +865,36 @@ class VaultProvider:
 # --- helpers --------------------------------------------------------------------------------
 
 
+class _Redirected(Exception):
+    """A server answered 3xx: never followed (see :func:`_client`)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def _refuse_redirect(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    """requests response hook: runs before requests would follow a redirect."""
+    if 300 <= response.status_code < 400:
+        response.close()
+        raise _Redirected(response.status_code)
+
+
+def _client(address: str, ca_file: str | None, timeout: float) -> hvac.Client:
+    """An hvac client that never follows a redirect.
+
+    requests drops only ``Authorization`` when a redirect changes host: ``X-Vault-Token`` and a
+    login body (the operator's service-account JWT, an AppRole secret id) would go to whatever
+    address the server names, past ``sources.allowedAddresses``. So no redirects at all, and a 3xx
+    answer is an error (:func:`_translate`), never a silent empty result.
+    """
+    client = hvac.Client(url=address, verify=ca_file or True, timeout=timeout, allow_redirects=False)
+    session = client.adapter.session
+    session.max_redirects = 0
+    session.hooks["response"].append(_refuse_redirect)
+    return client
+
+
 def _target(settings: VaultSettings) -> dict[str, str]:
     """Where an issued credential lives (non-secret): the server, and the mount it came from."""
     mount = "auth/token" if settings.mode == "token" else (settings.path or "").split("/", 1)[0]
@@ -855,6 +943,15 @@ def _translate(exc: BaseException, what: str, address: str, path: str) -> Provid
     where = f"{what} {path} at {address}"
     if isinstance(exc, ProviderError):
         return exc
+    if isinstance(exc, _Redirected):
+        return ProviderError(
+            PROVIDER,
+            f"{where}: answered a redirect (HTTP {exc.status}); redirects are not followed, so that the "
+            f"operator's credentials and tokens go only to {address}. An HA standby redirects to the "
+            f"active node: point spec.vault.address at the active node or at a load balancer that "
+            f"forwards to it",
+            retryable=False,
+        )
     if isinstance(exc, requests.exceptions.Timeout):
         return ProviderError(PROVIDER, f"{where}: timed out", retryable=True)
     if isinstance(exc, requests.exceptions.SSLError):
