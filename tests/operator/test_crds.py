@@ -4,6 +4,7 @@ sources and refuse what the broker would refuse."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,15 @@ PER_PROVIDER = {
         },
     },
     "github-app": {"provider": "github-app", **BASE, "githubApp": AGREED["githubApp"]},
+    "github-app every repository, said": {
+        "provider": "github-app",
+        **BASE,
+        "githubApp": {
+            **{k: v for k, v in AGREED["githubApp"].items() if k != "repositories"},
+            "allRepositories": True,
+            "permissions": {"contents": "read"},
+        },
+    },
     "kubernetes-token": {
         "provider": "kubernetes-token",
         **BASE,
@@ -177,6 +187,12 @@ BAD = [
     ("vault auth method unknown", "vault token", "vault.auth.method", "ldap"),
     ("github appId not numeric", "github-app", "githubApp.appId", "abc"),
     ("github permission level unknown", "github-app", "githubApp.permissions", {"contents": "all"}),
+    ("github without permissions", "github-app", "githubApp.permissions", _DELETE),
+    ("github with empty permissions", "github-app", "githubApp.permissions", {}),
+    ("github with an empty repository list", "github-app", "githubApp.repositories", []),
+    ("github with more than 500 repositories", "github-app", "githubApp.repositories", [f"r{i}" for i in range(501)]),
+    ("github repository with its owner", "github-app", "githubApp.repositories", ["octo-org/repo"]),
+    ("github allRepositories not a boolean", "github-app every repository, said", "githubApp.allRepositories", "yes"),
     ("secretRef without key", "secret", "secret.secretRef", {"name": "legacy-token"}),
     ("kubernetes token without audiences", "kubernetes-token", "kubernetesToken.audiences", _DELETE),
 ]
@@ -374,7 +390,25 @@ def test_valid_specs_pass_every_cel_rule(crd: str, case: str) -> None:
 
 
 _VAULT = AGREED["vault"]
+_GH = PER_PROVIDER["github-app"]
+_GH_APP = AGREED["githubApp"]
+_GH_REPOS_MESSAGE = "githubApp needs repositories (the repository names its tokens may reach) or allRepositories: true, not both"
 CEL_REFUSED = [
+    (
+        "github-app naming no repositories",
+        {**_GH, "githubApp": {**_GH_APP, "repositories": None}},
+        _GH_REPOS_MESSAGE,
+    ),
+    (
+        "github-app with allRepositories false and no repositories",
+        {**_GH, "githubApp": {**_GH_APP, "repositories": None, "allRepositories": False}},
+        _GH_REPOS_MESSAGE,
+    ),
+    (
+        "github-app with repositories and allRepositories",
+        {**_GH, "githubApp": {**_GH_APP, "allRepositories": True}},
+        _GH_REPOS_MESSAGE,
+    ),
     ("defaultTTL over maxTTL", {**PER_PROVIDER["jwt"], "defaultTTL": "2h"}, "defaultTTL must not exceed maxTTL"),
     ("vault provider without its block", {"provider": "vault", **BASE}, "provider vault needs spec.vault"),
     ("github-app without its block", {"provider": "github-app", **BASE}, "provider github-app needs spec.githubApp"),
@@ -493,3 +527,76 @@ async def test_task_lease_spec_is_immutable_through_the_api(kube_api: Any) -> No
     await api.patch_namespaced_custom_object_status(*args, name, status, _content_type=MERGE)
     stored = await api.get_namespaced_custom_object(*args, name)
     assert stored["spec"]["task"] == "fix-42" and stored["status"]["phase"] == "Active"
+
+
+# --- github-app: the schema and the provider refuse the same installation-wide sources ---------------
+# name -> (githubApp changes (None: left out), accepted?)
+GITHUB_SCOPES = {
+    "one repository, two permissions": ({}, True),
+    "every repository, said, one permission": ({"repositories": None, "allRepositories": True}, True),
+    "repositories with allRepositories false": ({"allRepositories": False}, True),
+    "no repositories, no permissions (a source from before the rule)": (
+        {"repositories": None, "permissions": None},
+        False,
+    ),
+    "no repositories": ({"repositories": None}, False),
+    "empty repositories": ({"repositories": []}, False),
+    "allRepositories false and no repositories": ({"repositories": None, "allRepositories": False}, False),
+    "repositories and allRepositories": ({"allRepositories": True}, False),
+    "no permissions": ({"permissions": None}, False),
+    "empty permissions": ({"permissions": {}}, False),
+    "501 repositories": ({"repositories": [f"r{i}" for i in range(501)]}, False),
+}
+
+
+@pytest.mark.parametrize("crd", ["credentialsource.yaml", "clustercredentialsource.yaml"])
+@pytest.mark.parametrize("case", list(GITHUB_SCOPES))
+def test_github_app_scope_is_checked_alike_by_the_schema_and_the_provider(crd: str, case: str) -> None:
+    from taskcreds.operator.providers.base import ProviderError
+    from taskcreds.operator.providers.github_app import parse_settings
+
+    changes, accepted = GITHUB_SCOPES[case]
+    app = {k: v for k, v in {**AGREED["githubApp"], **changes}.items() if v is not None}
+    spec = {**PER_PROVIDER["github-app"], "githubApp": app}
+    namespace: str | None = "agents"
+    if crd == "clustercredentialsource.yaml":
+        spec["allowedNamespaces"], namespace = ["agents"], None
+    kind = names.KIND_CREDENTIAL_SOURCE if namespace else names.KIND_CLUSTER_CREDENTIAL_SOURCE
+    schema_says = _errors(crd, _source(kind, spec)) + _cel_causes(crd, spec)
+    assert (schema_says == []) is accepted, schema_says
+    try:
+        parse_settings(spec, namespace, source_name="github")
+        provider_says = ""
+    except ProviderError as exc:
+        provider_says = str(exc)
+    assert (provider_says == "") is accepted, provider_says
+
+
+# name -> (githubApp changes, what the API server answers)
+GITHUB_APPLY_REFUSED = {
+    "no repositories": (
+        {"repositories": None},
+        "spec.githubApp: Invalid value: \"object\": githubApp needs repositories (the repository names its "
+        "tokens may reach) or allRepositories: true, not both",
+    ),
+    "no permissions": ({"permissions": None}, "spec.githubApp.permissions: Required value"),
+}
+
+
+@pytest.mark.parametrize("case", list(GITHUB_APPLY_REFUSED))
+async def test_kubectl_apply_of_an_installation_wide_github_source_is_refused(kube_api: Any, case: str) -> None:
+    """What ``kubectl apply`` says, through the API stand-in: 422 naming the field; nothing stored."""
+    from kubernetes_asyncio.client import ApiException, CustomObjectsApi
+
+    kube_api.register_crds_from(CRDS)
+    kube_api.ensure_namespace("agents")
+    api = CustomObjectsApi(await kube_api.kubernetes_asyncio_client())
+    args = (names.CRD_GROUP, names.CRD_VERSION, "agents", names.PLURAL_CREDENTIAL_SOURCES)
+    changes, said = GITHUB_APPLY_REFUSED[case]
+    app = {k: v for k, v in {**AGREED["githubApp"], **changes}.items() if v is not None}
+    body = _source(names.KIND_CREDENTIAL_SOURCE, {**PER_PROVIDER["github-app"], "githubApp": app})
+    with pytest.raises(ApiException) as info:
+        await api.create_namespaced_custom_object(*args, body)
+    assert info.value.status == 422, info.value.body
+    assert said in json.loads(info.value.body)["message"]
+    assert (await api.list_namespaced_custom_object(*args))["items"] == []

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from aiohttp import web
 from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.providers.base import (
     HeldElsewhere,
@@ -654,3 +655,82 @@ async def test_a_namespaced_source_may_send_the_app_jwt_over_https_only(
         await provider.issue(request(src, source_namespace=namespace))
     assert str(caught.value).startswith(f"github-app: CredentialSource in namespace {NS!r}: ")
     assert refusal in str(caught.value) and not caught.value.retryable
+
+
+# --- redirects are never followed: a followed one would carry the request past allowedAddresses ----
+
+
+class _Recorder:
+    """A second local server: records every request that reaches it (none should)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []  # method, path, body
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append((request.method, request.path, await request.text()))
+        return web.json_response({"token": "ghs_recorded", "expires_at": "2099-01-01T00:00:00Z"}, status=201)
+
+
+async def _serve(handler: Any) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+# name -> (the method the API redirects, the redirect status)
+_REDIRECTS = {
+    "issue: 307 (method and body kept)": ("POST", 307),
+    "issue: 308 permanent": ("POST", 308),
+    "issue: 302 found": ("POST", 302),
+    "issue: 301 moved": ("POST", 301),
+    "revoke: 307": ("DELETE", 307),
+}
+
+
+@pytest.mark.parametrize("case", list(_REDIRECTS))
+async def test_a_redirect_from_the_api_is_an_error_and_never_followed(
+    github: FakeGitHub, provider: GitHubAppProvider, case: str
+) -> None:
+    method, status = _REDIRECTS[case]
+    recorder = _Recorder()
+    expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    async def api(request: web.Request) -> web.Response:
+        if request.method != method:  # the other call answers as GitHub would
+            return web.json_response({"token": "ghs_" + "a" * 36, "expires_at": expires}, status=201)
+        return web.Response(status=status, headers={"Location": f"{elsewhere}{request.path}"})
+
+    recorder_runner, elsewhere = await _serve(recorder.handle)
+    api_runner, api_url = await _serve(api)
+    try:
+        src = spec(github, apiURL=api_url)
+        if method == "POST":
+            with pytest.raises(ProviderError) as caught:
+                await provider.issue(request(src))
+            where = f"POST {api_url}/app/installations/678/access_tokens"
+            assert not caught.value.retryable  # the configuration is wrong: trying again will not help
+        else:
+            issued = await provider.issue(request(src))
+            with pytest.raises(ProviderError) as caught:
+                await provider.revoke(issued.lease_ref, src, NS)
+            where = f"DELETE {api_url}/installation/token"
+            assert caught.value.retryable  # a live token: the TaskLease keeps trying until it expires
+            assert issued.files["token"] not in str(caught.value)
+        assert str(caught.value) == (
+            f"github-app: {where}: HTTP {status} is a redirect, and redirects are not followed: set "
+            "spec.githubApp.apiURL to the address that serves the GitHub API itself"
+        )
+        assert elsewhere not in str(caught.value)
+        assert recorder.seen == []  # the second server received nothing
+        # a client that follows redirects does reach the recorder (so the check above can fail)
+        path = "/app/installations/678/access_tokens" if method == "POST" else "/installation/token"
+        async with aiohttp.ClientSession() as http, http.request(method, api_url + path, json={}) as followed:
+            assert followed.status == 201
+        assert [seen[1] for seen in recorder.seen] == [path]
+    finally:
+        await api_runner.cleanup()
+        await recorder_runner.cleanup()
+
