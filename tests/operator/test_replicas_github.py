@@ -48,7 +48,8 @@ def two_replicas(github: FakeGitHub) -> tuple[MemCluster, Harness, Harness]:
     cluster.put_secret(NS, "gh", {"key": app.private_key_pem})
     cluster.put_source(source("gh", "github-app", githubApp={
         "apiURL": github.url, "appId": "12345", "installationId": "678",
-        "privateKeySecretRef": {"name": "gh", "key": "key"}, "repositories": ["repo"]}))
+        "privateKeySecretRef": {"name": "gh", "key": "key"}, "repositories": ["repo"],
+        "permissions": {"contents": "write"}}))
     return cluster, replica(cluster, "op-a"), replica(cluster, "op-b")
 
 
