@@ -255,7 +255,8 @@ async def test_cluster_sources_read_secrets_from_the_operator_s_own_namespace(re
     await providers["vault"].aclose()  # type: ignore[attr-defined]
 
     github = {"provider": "github-app", "githubApp": {
-        "appId": "1", "installationId": "2", "privateKeySecretRef": {"name": "gh-app", "key": "key.pem"}}}
+        "appId": "1", "installationId": "2", "privateKeySecretRef": {"name": "gh-app", "key": "key.pem"},
+        "repositories": ["repo"], "permissions": {"contents": "read"}}}
     with pytest.raises(ProviderError, match="Secret tc-ops/gh-app key 'key.pem': the Secret does not exist"):
         await providers["github-app"].issue(
             IssueRequest(credential="gh", source_spec=github, source_namespace=None, namespace="agents",
