@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker", required=True,
                         help="the broker's URL, e.g. https://taskcreds-broker.taskcreds-system.svc:8444")
     parser.add_argument("--broker-id", required=True, help="the broker's SPIFFE ID")
-    parser.add_argument("--issuer", help="the tokens' iss if the chart sets broker.jwtIssuer (default: --broker)")
+    parser.add_argument("--issuer", help="the tokens' iss if broker.jwtIssuer is set (default: --broker)")
     parser.add_argument("--audience", required=True)
     parser.add_argument("--namespace", help="the namespace whose pods may present the token")
     parser.add_argument("--cluster-source", action="store_true",
