@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -13,7 +14,8 @@ import yaml
 
 from taskcreds import names
 from taskcreds.durations import parse_duration
-from tests.chart.helm import CHART, REPO
+from tests.chart.helm import CHART, NAMESPACE, REPO, Helm
+from tests.chart.kinds import one
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 EXAMPLES = sorted((REPO / "examples" / "credentialsources").glob("*.yaml"))
@@ -206,3 +208,23 @@ def test_examples_dir_is_what_docs_point_to() -> None:
     for path in EXAMPLES:
         assert f"examples/credentialsources/{path.name}" in install, path.name
     assert Path(REPO / "scripts" / "kind-e2e.sh").exists()
+
+
+def test_spire_example_gives_the_operator_the_dns_name_of_the_jwt_issuer(helm: Helm) -> None:
+    """The operator's ClusterSPIFFEID selects the chart's operator pods and carries the DNS name of
+    the default jwt issuer (the broker Service), so relying parties can verify it by host name."""
+    docs = helm.template({})
+    pod = one(docs, "Deployment", "-operator")["spec"]["template"]
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    host = urlsplit(env[names.ENV_JWT_ISSUER]).hostname
+    service = one(docs, "Service", "-broker")
+    assert host == f"{service['metadata']['name']}.{NAMESPACE}.svc"
+    operator_ids = [
+        d for _, d in example_docs() if d["kind"] == "ClusterSPIFFEID" and "dnsNameTemplates" in d["spec"]
+    ]
+    assert len(operator_ids) == 1
+    spec = operator_ids[0]["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert spec["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
+    names_for_ns = [t.replace("{{ .PodMeta.Namespace }}", NAMESPACE) for t in spec["dnsNameTemplates"]]
+    assert host in names_for_ns, (host, names_for_ns)
