@@ -129,11 +129,11 @@ def _bad(message: str) -> ProviderError:
 
 
 def _source_label(source_name: str, source_namespace: str | None) -> str:
-    """How an error names the source: ``CredentialSource agents/github``, ``ClusterCredentialSource github``."""
+    """How an error names the source: ``CredentialSource agents/github``, ``ClusterCredentialSource gh``."""
     if source_namespace is not None:
-        return f"CredentialSource {source_namespace}/{source_name}" if source_name else (
-            f"CredentialSource in namespace {source_namespace!r}"
-        )
+        if source_name:
+            return f"CredentialSource {source_namespace}/{source_name}"
+        return f"CredentialSource in namespace {source_namespace!r}"
     return f"ClusterCredentialSource {source_name}" if source_name else "ClusterCredentialSource"
 
 
@@ -307,7 +307,9 @@ class GitHubAppProvider:
 
     async def issue(self, request: IssueRequest) -> Issued:
         """A new installation token limited to the spec's repositories and permissions (1 h at GitHub)."""
-        settings = parse_settings(request.source_spec, request.source_namespace, source_name=request.credential)
+        settings = parse_settings(
+            request.source_spec, request.source_namespace, source_name=request.credential
+        )
         key = await self._private_key(settings, request.source_namespace)
         # permissions always; repositories unless the source said allRepositories: true (checked above)
         body: dict[str, Any] = {"permissions": dict(settings.permissions)}

@@ -531,7 +531,7 @@ async def test_task_lease_spec_is_immutable_through_the_api(kube_api: Any) -> No
 
 # --- github-app: the schema and the provider refuse the same installation-wide sources ---------------
 # name -> (githubApp changes (None: left out), accepted?)
-GITHUB_SCOPES = {
+GITHUB_SCOPES: dict[str, tuple[dict[str, Any], bool]] = {
     "one repository, two permissions": ({}, True),
     "every repository, said, one permission": ({"repositories": None, "allRepositories": True}, True),
     "repositories with allRepositories false": ({"allRepositories": False}, True),
@@ -557,7 +557,7 @@ def test_github_app_scope_is_checked_alike_by_the_schema_and_the_provider(crd: s
 
     changes, accepted = GITHUB_SCOPES[case]
     app = {k: v for k, v in {**AGREED["githubApp"], **changes}.items() if v is not None}
-    spec = {**PER_PROVIDER["github-app"], "githubApp": app}
+    spec: dict[str, Any] = {**PER_PROVIDER["github-app"], "githubApp": app}
     namespace: str | None = "agents"
     if crd == "clustercredentialsource.yaml":
         spec["allowedNamespaces"], namespace = ["agents"], None
@@ -573,7 +573,7 @@ def test_github_app_scope_is_checked_alike_by_the_schema_and_the_provider(crd: s
 
 
 # name -> (githubApp changes, what the API server answers)
-GITHUB_APPLY_REFUSED = {
+GITHUB_APPLY_REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "no repositories": (
         {"repositories": None},
         "spec.githubApp: Invalid value: \"object\": githubApp needs repositories (the repository names its "
@@ -598,5 +598,5 @@ async def test_kubectl_apply_of_an_installation_wide_github_source_is_refused(ku
     with pytest.raises(ApiException) as info:
         await api.create_namespaced_custom_object(*args, body)
     assert info.value.status == 422, info.value.body
-    assert said in json.loads(info.value.body)["message"]
+    assert said in json.loads(info.value.body or "{}")["message"]
     assert (await api.list_namespaced_custom_object(*args))["items"] == []

@@ -11,6 +11,7 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
+from taskcreds.operator.broker.server import BROKER_KEY
 from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.providers.base import (
     HeldElsewhere,
@@ -29,6 +30,8 @@ from taskcreds.operator.providers.replica import Replica
 
 from tests.fakes.github import FakeApp, FakeGitHub, new_private_key_pem
 from tests.fakes.github import github as github_fixture  # noqa: F401  (the `github` fixture)
+from tests.operator.test_broker_harness import NS as HARNESS_NS
+from tests.operator.test_broker_harness import Harness, source
 
 NS = "agents"
 OPERATOR_NS = "taskcreds-system"
@@ -256,7 +259,7 @@ async def test_all_repositories_only_when_said_and_still_only_the_permissions_na
 # what a source that would mint an installation-wide token gets: refused before any network call,
 # naming the source, the setting and what would be accepted. name -> (githubApp changes, source
 # namespace (None: a ClusterCredentialSource), the exact message)
-_TOO_WIDE = {
+_TOO_WIDE: dict[str, tuple[dict[str, Any], str | None, str]] = {
     "no repositories and no permissions (a source from before the rule)": (
         {"repositories": None, "permissions": None}, NS,
         "github-app: CredentialSource agents/github: spec.githubApp.repositories is missing or empty: name the "
@@ -734,3 +737,48 @@ async def test_a_redirect_from_the_api_is_an_error_and_never_followed(
         await api_runner.cleanup()
         await recorder_runner.cleanup()
 
+
+
+# --- a source written before the rule: the operator fails closed, saying why ------------------------
+
+
+async def test_the_broker_refuses_to_issue_from_a_source_written_before_the_rule(
+    github: FakeGitHub, app: FakeApp
+) -> None:
+    """What a sidecar is told when its pod names an (already applied) source with neither repositories
+    nor permissions: the same clear refusal, nothing minted at GitHub, nothing recorded as live."""
+    harness = Harness()
+    harness.cluster.put_secret(HARNESS_NS, "github-app", {"private-key.pem": app.private_key_pem})
+    harness.cluster.put_source(source("gh", "github-app", githubApp={
+        "apiURL": github.url, "appId": "12345", "installationId": "678",
+        "privateKeySecretRef": {"name": "github-app", "key": "private-key.pem"}}))
+    provider = GitHubAppProvider(harness.cluster, operator_namespace=OPERATOR_NS)
+    harness.providers["github-app"] = provider
+    harness.app[BROKER_KEY].providers["github-app"] = provider
+    await harness.start()
+    try:
+        reply = await harness.issue(harness.agent(harness.add_pod("agent-1", credentials="gh")))
+    finally:
+        await harness.close()
+        await provider.aclose()
+    assert reply.status == 502 and reply.doc["error"]["code"] == "provider_error", reply.doc
+    assert reply.doc["error"]["message"] == (
+        f"credential 'gh': github-app: CredentialSource {HARNESS_NS}/gh: spec.githubApp.repositories is missing "
+        "or empty: name the repositories its tokens may reach (names without the owner, for example "
+        "repositories: [agent-target-repo]), or set allRepositories: true to give every repository of "
+        "installation 678; nothing was issued"
+    )
+    assert github.requests == [] and github.tokens == {}
+
+
+async def test_renewing_after_the_source_lost_its_scope_is_refused_and_the_old_token_still_revoked(
+    github: FakeGitHub, provider: GitHubAppProvider
+) -> None:
+    first = await provider.issue(request(spec(github)))
+    widened = spec(github, permissions=None)  # the source edited to leave permissions out
+    with pytest.raises(ProviderError, match="spec.githubApp.permissions is missing or empty") as caught:
+        await provider.renew(first.lease_ref, request(widened))
+    assert not caught.value.retryable
+    assert [t.token for t in github.alive_tokens()] == [first.files["token"]]  # no wider token minted
+    await provider.revoke(first.lease_ref, widened, NS)  # revoking needs no scope: still done
+    assert github.alive_tokens() == []
