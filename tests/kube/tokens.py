@@ -2,9 +2,9 @@
 
 Tokens are real JWTs (ES256) signed by a key the stand-in makes at start, with the claims a
 kube-apiserver writes (``iss``, ``sub``, ``aud``, ``exp``, ``kubernetes.io`` with namespace,
-service account and bound pod). A review fails, as on a real cluster, when the token is unknown
-or badly signed, expired, meant for another audience, or when its service account or bound pod
-was deleted or replaced (uid differs).
+service account and the bound Pod or Secret). A review fails, as on a real cluster, when the token
+is unknown or badly signed, expired, meant for another audience, or when its service account or
+bound object was deleted or replaced (uid differs): deleting a token's bound Secret revokes it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class IssuedToken:
     expires_at: int
     pod_name: str | None
     pod_uid: str | None
+    secret_name: str | None = None
+    secret_uid: str | None = None
 
 
 class TokenAuthority:
@@ -68,8 +70,9 @@ class TokenAuthority:
         audiences: list[str],
         expiration_seconds: int,
         pod: tuple[str, str] | None = None,
+        secret: tuple[str, str] | None = None,
     ) -> tuple[str, int]:
-        """(token, expiry as unix seconds)."""
+        """(token, expiry as unix seconds). ``pod`` / ``secret``: the bound object's (name, uid)."""
         now = int(self._clock())
         exp = now + int(expiration_seconds)
         jti = str(uuid.uuid4())
@@ -79,6 +82,8 @@ class TokenAuthority:
         }
         if pod:
             k8s["pod"] = {"name": pod[0], "uid": pod[1]}
+        if secret:
+            k8s["secret"] = {"name": secret[0], "uid": secret[1]}
         claims = {
             "iss": ISSUER,
             "sub": f"system:serviceaccount:{namespace}:{service_account}",
@@ -99,6 +104,8 @@ class TokenAuthority:
                 exp,
                 pod[0] if pod else None,
                 pod[1] if pod else None,
+                secret[0] if secret else None,
+                secret[1] if secret else None,
             )
         )
         return token, exp
@@ -122,7 +129,8 @@ class TokenAuthority:
         audiences: list[str] | None,
         lookup: Callable[[str, str, str], dict[str, Any] | None],
     ) -> dict[str, Any]:
-        """TokenReview ``status``. ``lookup(kind, namespace, name)`` reads ServiceAccounts and Pods."""
+        """TokenReview ``status``. ``lookup(kind, namespace, name)`` reads ServiceAccounts, Secrets
+        and Pods."""
         wanted = list(audiences or API_AUDIENCES)
         claims = self.claims(token)
         if claims is None:
@@ -144,6 +152,23 @@ class TokenAuthority:
             return _unauthenticated(
                 f'invalid bearer token, serviceaccounts "{sa["name"]}" not found (or was recreated)', wanted
             )
+        if "secret" in k8s:  # as the API's claims validator: checked before the pod, no extra of its own
+            bound = lookup("Secret", ns, k8s["secret"]["name"])
+            if bound is None:
+                return _unauthenticated(
+                    "invalid bearer token, service account token has been invalidated", wanted
+                )
+            if bound["metadata"]["uid"] != k8s["secret"]["uid"]:
+                return _unauthenticated(
+                    f"invalid bearer token, secret UID ({bound['metadata']['uid']}) does not match "
+                    f"service account secret ref claim ({k8s['secret']['uid']})",
+                    wanted,
+                )
+            deleting = bound["metadata"].get("deletionTimestamp")
+            if deleting and _parse_time(deleting) <= self._clock():
+                return _unauthenticated(
+                    "invalid bearer token, service account token has been invalidated", wanted
+                )
         extra: dict[str, list[str]] = {"authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"]}
         if "pod" in k8s:
             pod = lookup("Pod", ns, k8s["pod"]["name"])
