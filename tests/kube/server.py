@@ -144,7 +144,7 @@ class ApiServer:
         raise errors.unauthorized()
 
     def _lookup(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        plural = {"ServiceAccount": "serviceaccounts", "Pod": "pods"}[kind]
+        plural = {"ServiceAccount": "serviceaccounts", "Pod": "pods", "Secret": "secrets"}[kind]
         return self.store.peek(self.store.type_for("", "v1", plural), namespace, name)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -441,32 +441,20 @@ class ApiServer:
                 f'{rt_name} "{sa_name}" is invalid: spec.expirationSeconds: '
                 f"Invalid value: {exp}: may not specify a duration larger than 2^32 seconds",
             )
-        pod = None
+        pod = secret = None
         ref = spec.get("boundObjectRef")
         if ref:
-            if ref.get("kind") != "Pod":
-                raise errors.ApiError(
-                    422,
-                    "Invalid",
-                    f'{rt_name} "{sa_name}" is invalid: spec.boundObjectRef.kind: '
-                    f'Unsupported value: "{ref.get("kind")}": supported values: "Pod" (stand-in)',
-                )
-            pod_obj = self.store.get(self.store.type_for("", "v1", "pods"), ns, ref.get("name", ""))
-            if ref.get("uid") and ref["uid"] != pod_obj["metadata"]["uid"]:
-                raise errors.ApiError(
-                    409,
-                    "Conflict",
-                    f'Operation cannot be fulfilled on pods "{ref.get("name")}": '
-                    f"the UID in the bound object reference ({ref['uid']}) does not match the UID "
-                    "in record. The object might have been deleted and then recreated",
-                )
-            if pod_obj["spec"].get("serviceAccountName") != sa_name:
-                raise errors.bad_request(
-                    f"cannot bind token for serviceaccount {sa_name!r} to pod running with "
-                    f"different serviceaccount name ({pod_obj['spec'].get('serviceAccountName')})"
-                )
-            pod = (pod_obj["metadata"]["name"], pod_obj["metadata"]["uid"])
-            spec["boundObjectRef"] = {"kind": "Pod", "apiVersion": "v1", "name": pod[0], "uid": pod[1]}
+            bound = self._bound_object(ns, sa_name, ref)
+            if ref.get("kind") == "Pod":
+                pod = bound
+            else:
+                secret = bound
+            spec["boundObjectRef"] = {
+                "kind": ref["kind"],
+                "apiVersion": "v1",
+                "name": bound[0],
+                "uid": bound[1],
+            }
         token, expires = self.tokens.issue(
             namespace=ns,
             service_account=sa_name,
@@ -474,6 +462,7 @@ class ApiServer:
             audiences=spec["audiences"],
             expiration_seconds=exp,
             pod=pod,
+            secret=secret,
         )
         return _json(
             {
@@ -485,6 +474,33 @@ class ApiServer:
             },
             201,
         )
+
+    def _bound_object(self, ns: str, sa_name: str, ref: dict[str, Any]) -> tuple[str, str]:
+        """(name, uid) of a TokenRequest's ``boundObjectRef``, checked as the API's token REST storage
+        does: a Pod (running as this service account) or a Secret of the namespace; the object must
+        exist (404) and have the uid given, if any (409). Node bindings are not modelled (no Nodes)."""
+        kind, name = ref.get("kind"), ref.get("name") or ""
+        group, _, version = str(ref.get("apiVersion") or "").rpartition("/")  # the API ignores the version
+        if group or kind not in ("Pod", "Secret"):
+            stand_in = " (the stand-in serves no Nodes)" if kind == "Node" and not group else ""
+            raise errors.bad_request(
+                f"cannot bind token to object of type {group}/{version}, Kind={kind}{stand_in}"
+            )
+        obj = self.store.get(self.store.type_for("", "v1", "pods" if kind == "Pod" else "secrets"), ns, name)
+        if ref.get("uid") and ref["uid"] != obj["metadata"]["uid"]:
+            raise errors.ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {kind} "{name}": '
+                f"the UID in the bound object reference ({ref['uid']}) does not match the UID "
+                "in record. The object might have been deleted and then recreated",
+            )
+        if kind == "Pod" and obj["spec"].get("serviceAccountName") != sa_name:
+            raise errors.bad_request(
+                f"cannot bind token for serviceaccount {sa_name!r} to pod running with "
+                f"different serviceaccount name ({obj['spec'].get('serviceAccountName')})"
+            )
+        return obj["metadata"]["name"], obj["metadata"]["uid"]
 
     def _token_review(self, body: Any) -> web.Response:
         spec = (body or {}).get("spec") or {}

@@ -1,7 +1,8 @@
-"""TokenRequest and TokenReview: pod-bound service-account tokens, checked like the API does."""
+"""TokenRequest and TokenReview: pod- and Secret-bound service-account tokens, checked like the API does."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -139,3 +140,85 @@ async def test_service_account_tokens_authenticate_to_the_api(
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as s:
         async with s.get(f"{kube_api.url}/api/v1/namespaces/default/pods") as r:
             assert r.status == 401
+
+
+# --- Secret-bound tokens: what makes revocation by Secret deletion work on a real cluster ------------
+BINDING = {"metadata": {"name": "binding"}}
+
+
+async def secret_bound_token(core: client.CoreV1Api, uid: str | None = None) -> str:
+    secret = await core.create_namespaced_secret("default", BINDING)
+    ref = {"kind": "Secret", "apiVersion": "v1", "name": "binding", "uid": uid or secret.metadata.uid}
+    tr = await core.create_namespaced_service_account_token(
+        "default", "default", {"spec": {"audiences": ["deploy"], "boundObjectRef": ref}}
+    )
+    assert tr.spec.bound_object_ref.kind == "Secret" and tr.spec.bound_object_ref.uid == secret.metadata.uid
+    return str(tr.status.token)
+
+
+async def test_a_secret_bound_token_reviews_until_its_secret_is_deleted(
+    kube_api: KubeApi, core: client.CoreV1Api
+) -> None:
+    token = await secret_bound_token(core)
+    status = await review(kube_api, token, ["deploy"])
+    assert status["authenticated"] is True
+    assert status["user"]["username"] == "system:serviceaccount:default:default"
+    assert "authentication.kubernetes.io/pod-name" not in status["user"]["extra"]  # bound to no pod
+    assert kube_api.issued_tokens[-1].secret_name == "binding"
+
+    await core.delete_namespaced_secret("binding", "default")
+    status = await review(kube_api, token, ["deploy"])
+    assert status["authenticated"] is not True
+    assert status["error"] == "invalid bearer token, service account token has been invalidated"
+
+
+async def test_a_secret_bound_token_dies_with_its_secret_even_when_one_of_that_name_comes_back(
+    kube_api: KubeApi, core: client.CoreV1Api
+) -> None:
+    token = await secret_bound_token(core)
+    await core.delete_namespaced_secret("binding", "default")
+    await core.create_namespaced_secret("default", BINDING)
+    status = await review(kube_api, token, ["deploy"])
+    assert status["authenticated"] is not True
+    assert "does not match service account secret ref claim" in status["error"]
+
+
+@pytest.mark.parametrize(
+    ("case", "ref", "code", "words"),
+    [
+        (
+            "bound Secret missing",
+            {"kind": "Secret", "apiVersion": "v1", "name": "ghost"},
+            404,
+            'secrets "ghost"',
+        ),
+        (
+            "bound Secret uid differs",
+            {"kind": "Secret", "apiVersion": "v1", "name": "binding", "uid": "0000"},
+            409,
+            "does not match the UID in record",
+        ),
+        (
+            "a kind the API cannot bind",
+            {"kind": "ConfigMap", "apiVersion": "v1", "name": "binding"},
+            400,
+            "cannot bind token to object of type /v1, Kind=ConfigMap",
+        ),
+        (
+            "a Secret of another group",
+            {"kind": "Secret", "apiVersion": "example.com/v1", "name": "binding"},
+            400,
+            "cannot bind token to object of type example.com/v1, Kind=Secret",
+        ),
+    ],
+)
+async def test_secret_binding_refusals(
+    core: client.CoreV1Api, case: str, ref: dict[str, Any], code: int, words: str
+) -> None:
+    await core.create_namespaced_secret("default", BINDING)
+    with pytest.raises(client.ApiException) as e:
+        await core.create_namespaced_service_account_token(
+            "default", "default", {"spec": {"boundObjectRef": ref}}
+        )
+    assert e.value.status == code, case
+    assert words in json.loads(e.value.body)["message"], (case, e.value.body)
