@@ -403,9 +403,10 @@ def _list_leases(bao: OpenBao, prefix: str) -> list[str]:
         return []
 
 
-def fake_vault(lease_duration: int, renewable: bool) -> Server:
+def fake_vault(lease_duration: int, renewable: bool, renewed_to: int | None = None) -> Server:
     """A server speaking just enough Vault for one dynamic read: OpenBao's database leases are all
-    renewable, and the engines that lease without renewal (AWS STS, ...) need a cloud."""
+    renewable and honour a shorter increment; the engines that lease without renewal (AWS STS, ...)
+    need a cloud. ``renewed_to``: what a renewal answers (a server that ignores the increment)."""
 
     def answer(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], Any]:
         if path == "/v1/auth/token/lookup-self":
@@ -421,6 +422,12 @@ def fake_vault(lease_duration: int, renewable: bool) -> Server:
                     "data": {"access_key": "AKIA-canary", "secret_key": "secret-canary"},
                 },
             )
+        if method == "PUT" and path == "/v1/sys/leases/renew" and renewed_to is not None:
+            return (
+                200,
+                {},
+                {"lease_id": "aws/sts/deploy/lease-1", "renewable": True, "lease_duration": renewed_to},
+            )
         if method == "PUT" and path == "/v1/sys/leases/revoke":
             return 204, {}, None
         return 404, {}, {"errors": ["no handler"]}
@@ -429,27 +436,38 @@ def fake_vault(lease_duration: int, renewable: bool) -> Server:
 
 
 @pytest.mark.parametrize(
-    ("lease_duration", "outcome"),
+    ("lease_duration", "renewable", "renewed_to", "outcome", "why"),
     [
-        pytest.param(3600, "revoked", id="not renewable, 1 h against 60 s: revoked, refused"),
-        pytest.param(60, "issued", id="not renewable, within the requested TTL: issued as is"),
+        pytest.param(3600, False, None, "revoked", "it is not renewable", id="not renewable, 1 h: refused"),
+        pytest.param(60, False, None, "issued", "", id="not renewable, within the requested TTL: issued"),
+        pytest.param(
+            3600, True, 3600, "revoked", "the renewal left it at 3600s", id="renewal ignores the increment"
+        ),
+        pytest.param(3600, True, 55, "issued", "", id="renewal shortens it: issued"),
     ],
 )
-async def test_a_lease_that_is_not_renewable_and_too_long_is_revoked(
-    provider: VaultProvider, lease_duration: int, outcome: str
+async def test_a_lease_too_long_that_cannot_be_shortened_is_revoked(
+    provider: VaultProvider,
+    lease_duration: int,
+    renewable: bool,
+    renewed_to: int | None,
+    outcome: str,
+    why: str,
 ) -> None:
-    server = fake_vault(lease_duration, renewable=False)
+    server = fake_vault(lease_duration, renewable, renewed_to)
     src = spec(server.url, mode="dynamic", path="aws/sts/deploy", policies=[])
     try:
         if outcome == "issued":
             issued = await provider.issue(request(src, ttl=60))
-            assert issued.lease_ref == "aws/sts/deploy/lease-1" and not issued.renewable
-            assert (issued.expires_at - issued.issued_at).total_seconds() == 60
+            assert issued.lease_ref == "aws/sts/deploy/lease-1" and issued.renewable is renewable
+            assert (issued.expires_at - issued.issued_at).total_seconds() == min(
+                lease_duration, renewed_to or 60
+            )
         else:
             with pytest.raises(ProviderError) as caught:
                 await provider.issue(request(src, ttl=60))
             message = str(caught.value)
-            for words in ("3600s (the role's TTL)", "it is not renewable", "it was revoked", "default_ttl"):
+            for words in ("3600s (the role's TTL)", why, "it was revoked", "default_ttl"):
                 assert words in message, message
             assert "canary" not in message
     finally:
@@ -458,5 +476,8 @@ async def test_a_lease_that_is_not_renewable_and_too_long_is_revoked(
         json.loads(body) for method, path, _, body in server.received if path == "/v1/sys/leases/revoke"
     ]
     assert revokes == ([{"lease_id": "aws/sts/deploy/lease-1"}] if outcome == "revoked" else [])
-    renewals = [path for _, path, _, _ in server.received if "renew" in path]
-    assert renewals == [], "a lease that is not renewable is not renewed"
+    renewals = [json.loads(body) for _, path, _, body in server.received if path == "/v1/sys/leases/renew"]
+    if renewable:  # asked to shorten it to the requested TTL
+        assert renewals == [{"lease_id": "aws/sts/deploy/lease-1", "increment": 60}]
+    else:
+        assert renewals == [], "a lease that is not renewable is not renewed"
