@@ -228,3 +228,4 @@ def test_spire_example_gives_the_operator_the_dns_name_of_the_jwt_issuer(helm: H
     assert spec["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
     names_for_ns = [t.replace("{{ .PodMeta.Namespace }}", NAMESPACE) for t in spec["dnsNameTemplates"]]
     assert host in names_for_ns, (host, names_for_ns)
+
