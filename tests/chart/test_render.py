@@ -546,5 +546,10 @@ def test_notes_tell_how_to_opt_in_and_check(helm: Helm) -> None:
         f"{names.ANNOTATION_TASK_STATUS}=completed",
         "svc/taskcreds-metrics",
         "kubectl get taskleases",
+        "networkPolicy.broker.extraFrom",
+        "https://taskcreds-broker.taskcreds-system.svc:8444/.well-known/jwks.json",
+        "taskcreds-jwt-keys, taskcreds-jwt-keys-revoked, taskcreds-webhook-tls",
+        "scale\ndeploy/taskcreds-operator to 0",
     ):
         assert needle in notes, needle
+    assert " &\n" not in notes, "a backgrounded port-forward races the next command"
