@@ -659,9 +659,10 @@ class Harness:
                 raise AssertionError(f"{credential}: issued OpenBao token #{n} of {len(values)} {state}")
 
     def vault_token_alive(self, token: str) -> bool:
-        """Use the token: lookup-self succeeds only while it lives at its source."""
+        """Whether the token lives at its source (looked up by root: task tokens carry no default
+        policy, so they cannot look themselves up)."""
         try:
-            self.bao.client(token).auth.token.lookup_self()
+            self.bao.client().auth.token.lookup(token)
         except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest, hvac.exceptions.Unauthorized):
             return False
         return True
