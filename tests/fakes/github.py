@@ -12,8 +12,10 @@ Served over plain HTTP on 127.0.0.1 (port 0). It checks what GitHub checks:
 - ``POST /app/installations/{id}/access_tokens`` needs ``Authorization: Bearer <App JWT>``: RS256,
   signed with the App's key, ``iss`` = the App id, ``iat`` not in the future, ``exp`` in the future,
   ``exp - iat`` at most 10 minutes (else 401). The installation must belong to the App (else 404).
-  ``repositories`` (names) must be repositories of the installation, ``permissions`` at most what the
-  installation was granted (else 422). Answers 201 with a ``ghs_`` token that expires in 1 hour.
+  ``repositories`` (names) and ``repository_ids`` must be repositories of the installation,
+  ``permissions`` at most what the installation was granted (else 422, GitHub's messages). Left out,
+  each means "all of the installation's" (a token for every repository, every permission). Answers 201
+  with a ``ghs_`` token that expires in 1 hour.
 - ``GET /installation/repositories`` and ``DELETE /installation/token`` need ``Authorization: Bearer
   <token>`` (or ``token <token>``); a revoked, expired or unknown token gets 401 "Bad credentials".
 
@@ -23,6 +25,7 @@ a JWT was refused, ``jwt_claims`` the claims of every accepted JWT.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import string
 from collections.abc import AsyncIterator
@@ -187,13 +190,18 @@ class FakeGitHub:
             if not isinstance(body, dict):
                 return _error(400, "Problems parsing JSON")
         repositories = body.get("repositories")
-        if repositories is not None:
-            if not isinstance(repositories, list) or any(r not in app.repositories for r in repositories):
-                return _error(
-                    422,
-                    "There is at least one repository that does not exist or is not accessible "
-                    "to the parent installation.",
-                )
+        ids = body.get("repository_ids")
+        by_id = {self._repo(app, name)["id"]: name for name in app.repositories}
+        if (repositories is not None and (
+            not isinstance(repositories, list) or any(r not in app.repositories for r in repositories)
+        )) or (ids is not None and (not isinstance(ids, list) or any(i not in by_id for i in ids))):
+            return _error(
+                422,
+                "There is at least one repository that does not exist or is not accessible "
+                "to the parent installation.",
+            )
+        if ids:  # both lists may be given: the token covers their union
+            repositories = list(dict.fromkeys([*(repositories or []), *(by_id[i] for i in ids)]))
         permissions = body.get("permissions")
         if permissions is None:
             permissions = dict(app.permissions)
@@ -292,7 +300,7 @@ class FakeGitHub:
     @staticmethod
     def _repo(app: FakeApp, name: str) -> dict[str, Any]:
         return {
-            "id": abs(hash((app.owner, name))) % 10**9,
+            "id": int(hashlib.sha256(f"{app.owner}/{name}".encode()).hexdigest()[:8], 16),  # stable
             "name": name,
             "full_name": f"{app.owner}/{name}",
             "private": True,

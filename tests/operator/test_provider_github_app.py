@@ -782,3 +782,51 @@ async def test_renewing_after_the_source_lost_its_scope_is_refused_and_the_old_t
     assert [t.token for t in github.alive_tokens()] == [first.files["token"]]  # no wider token minted
     await provider.revoke(first.lease_ref, widened, NS)  # revoking needs no scope: still done
     assert github.alive_tokens() == []
+
+
+# --- the fake answers a token request as GitHub does (what the refusals above rely on) --------------
+_NOT_ACCESSIBLE = (
+    "There is at least one repository that does not exist or is not accessible to the parent installation."
+)
+# name -> (request body, HTTP status, repositories the token reaches (201) or GitHub's message (422))
+_FAKE_TOKEN_REQUESTS: dict[str, tuple[dict[str, Any], int, Any]] = {
+    "nothing named: every repository (why a source must name them)": (
+        {}, 201, ["agent-target-repo", "other-repo"]),
+    "one repository by name": ({"repositories": ["other-repo"]}, 201, ["other-repo"]),
+    "a repository not in the installation": ({"repositories": ["someone-elses-repo"]}, 422, _NOT_ACCESSIBLE),
+    "one repository in, one out": (
+        {"repositories": ["agent-target-repo", "someone-elses-repo"]}, 422, _NOT_ACCESSIBLE),
+    "one repository by id": ({"repository_ids": ["id:other-repo"]}, 201, ["other-repo"]),
+    "an id not in the installation": ({"repository_ids": [1]}, 422, _NOT_ACCESSIBLE),
+    "a permission above the grant": (
+        {"repositories": ["other-repo"], "permissions": {"metadata": "write"}}, 422,
+        "The permissions requested are not granted to this installation."),
+}
+
+
+@pytest.mark.parametrize("case", list(_FAKE_TOKEN_REQUESTS))
+async def test_fake_github_answers_token_requests_as_github(github: FakeGitHub, app: FakeApp, case: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    body, status, expected = _FAKE_TOKEN_REQUESTS[case]
+    if "repository_ids" in body:  # ids as GitHub shows them (GET /installation/repositories)
+        body = {"repository_ids": [
+            github._repo(app, i[3:])["id"] if isinstance(i, str) else i for i in body["repository_ids"]
+        ]}
+    key: Any = serialization.load_pem_private_key(app.private_key_pem.encode(), password=None)
+    token = app_jwt("12345", key, time.time())
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{github.url}/app/installations/678/access_tokens",
+            json=body,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json"},
+        ) as response,
+    ):
+        answer = await response.json()
+    assert response.status == status, answer
+    if status == 422:
+        assert answer["message"] == expected and github.tokens == {}
+        return
+    assert await repositories_seen_with(github, answer["token"]) == (200, expected)
+    assert answer["repository_selection"] == ("all" if not body else "selected")
