@@ -1,0 +1,65 @@
+"""Who is calling the broker: pure checks that mutation testing found guarded only end to end, or not
+at all (tests/security/test_broker_identity.py drives them through mTLS).
+
+- A SPIFFE ID template without exactly one ``{namespace}`` and ``{serviceaccount}`` is refused when
+  the broker is configured, naming the placeholder, instead of failing every request later.
+- A client SPIFFE ID of another trust domain is refused with a message naming both trust domains,
+  also when the template spells the trust domain out instead of using ``{trust_domain}``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from taskcreds.operator.broker.authn import SpiffeIdTemplate
+from taskcreds.operator.broker.errors import Unauthenticated
+
+DEFAULT = "spiffe://{trust_domain}/ns/{namespace}/sa/{serviceaccount}"
+
+
+@pytest.mark.parametrize(
+    ("template", "missing"),
+    [
+        ("spiffe://{trust_domain}/sa/{serviceaccount}", "{namespace}"),
+        ("spiffe://{trust_domain}/ns/{namespace}", "{serviceaccount}"),
+        ("spiffe://{trust_domain}/ns/{namespace}/x/{namespace}/sa/{serviceaccount}", "{namespace}"),
+        ("spiffe://{trust_domain}/ns/{namespace}/sa/{serviceaccount}/{serviceaccount}", "{serviceaccount}"),
+    ],
+    ids=["no namespace", "no service account", "namespace twice", "service account twice"],
+)
+def test_template_needs_each_placeholder_once(template: str, missing: str) -> None:
+    with pytest.raises(ValueError, match=rf"must contain {missing} exactly once"):
+        SpiffeIdTemplate(template, "example.org")
+
+
+@pytest.mark.parametrize(
+    ("template", "spiffe_id", "says"),
+    [
+        (
+            DEFAULT,
+            "spiffe://other.org/ns/team-a/sa/agent",
+            "is in trust domain 'other.org'; only 'example.org' is accepted",
+        ),
+        (
+            "spiffe://other.org/ns/{namespace}/sa/{serviceaccount}",
+            "spiffe://other.org/ns/team-a/sa/agent",
+            "is in trust domain 'other.org'; only 'example.org' is accepted",
+        ),
+        (DEFAULT, "spiffe://example.org/ns/team-a/sa/agent/extra", "does not match the template"),
+        (DEFAULT, "spiffe://example.org/ns/Team-A/sa/agent", "does not match the template"),
+    ],
+    ids=[
+        "other trust domain",
+        "other trust domain spelled out in the template",
+        "extra path segment",
+        "namespace not a DNS label",
+    ],
+)
+def test_foreign_or_malformed_ids_are_refused(template: str, spiffe_id: str, says: str) -> None:
+    with pytest.raises(Unauthenticated) as info:
+        SpiffeIdTemplate(template, "example.org").parse(spiffe_id)
+    assert says in info.value.message
+
+
+def test_an_id_of_the_template_names_namespace_and_account() -> None:
+    parsed = SpiffeIdTemplate(DEFAULT, "example.org").parse("spiffe://example.org/ns/team-a/sa/agent.v2")
+    assert parsed == ("team-a", "agent.v2")
