@@ -12,7 +12,7 @@
         BadRequest             400 bad_request      do not retry the same request
         Unauthenticated        401 unauthenticated  retry with backoff
         PolicyDenied           403 policy_denied    retry with a long backoff
-        NotFound               404 not_found        retry with backoff
+        NotFound               404 not_found        renew: issue anew at once; issue: retry with backoff
         TaskTerminal           409 task_terminal    tear down now, never fetch again
         TooLarge               413 too_large
         RateLimited            429 rate_limited     wait ``retry_after`` seconds

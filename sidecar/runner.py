@@ -46,6 +46,7 @@ from taskcreds.sidecar.config import SidecarConfig
 from taskcreds.sidecar.errors import (
     BrokerError,
     BrokerUnavailable,
+    NotFound,
     PolicyDenied,
     RateLimited,
     SidecarError,
@@ -427,16 +428,19 @@ class Runner:
 
     async def _refresh_loop(self, name: str) -> None:
         attempt = 0
+        forgotten: str | None = None  # a leaseRef the broker answered 404 for: issue anew instead
         while True:
             cred = self.credentials.get(name)
             due = self._due.get(name)
-            if cred is not None and due is not None and attempt == 0:
+            if cred is not None and due is not None and attempt == 0 and forgotten is None:
                 await asyncio.sleep(max(0.0, due[0] - time.monotonic()))
                 cred = self.credentials.get(name)
             sent = time.monotonic()
+            lease_ref = cred.lease_ref if cred is not None else None
+            renewing = bool(lease_ref) and lease_ref != forgotten
             try:
-                if cred is not None and cred.lease_ref:
-                    new = await self.client.renew(name, cred.lease_ref, self.config.ttl)
+                if renewing and lease_ref:
+                    new = await self.client.renew(name, lease_ref, self.config.ttl)
                 else:
                     result = await self.client.issue([name], self.config.ttl)
                     new = next(c for c in result.credentials if c.name == name)
@@ -444,6 +448,14 @@ class Runner:
                 self.end("task_terminal", broker_knows=True)
                 return
             except (BrokerError, OSError, StopIteration) as exc:
+                if renewing and isinstance(exc, NotFound):
+                    # the lease was replaced, revoked or never recorded (a lost answer, another
+                    # replica's renewal): renewing it again can only fail; a fresh issue replaces
+                    # it at once, and the old value stays on disk until then (or its expiry)
+                    forgotten = lease_ref
+                    _log.info("the broker no longer renews this lease; issuing a new one",
+                              extra=fields(credential=name))
+                    continue
                 error = BrokerError(f"the broker's answer did not include credential {name!r}") \
                     if isinstance(exc, StopIteration) else _retryable(exc)
                 attempt += 1
@@ -460,7 +472,7 @@ class Runner:
                 self._record_failure((name,), error, attempt, delay)
                 await asyncio.sleep(delay)
                 continue
-            attempt = 0
+            attempt, forgotten = 0, None
             await self._ensure_proxy()
             self._publish()
 

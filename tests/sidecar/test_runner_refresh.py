@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from taskcreds.sidecar.client import IssuedCredential, IssueResult, TaskStatus
 from taskcreds.sidecar.config import from_env
-from taskcreds.sidecar.errors import BrokerUnavailable
+from taskcreds.sidecar.errors import BrokerUnavailable, NotFound
 from taskcreds.sidecar.redact import Redactor
 from taskcreds.sidecar.runner import Runner
 from taskcreds.sidecar.writer import CredentialWriter
@@ -228,3 +228,32 @@ async def test_a_local_error_in_a_broker_call_is_retried_not_the_end_of_the_task
     await run.wait_for(lambda: run.runner.readiness()[0], 4, "ready after two local failures")
     assert not run.runner.ending and run.runner.writer.ended() is None, "no teardown, no end marker"
     assert len(run.client.calls) == 3
+
+
+async def test_a_renewal_the_broker_no_longer_knows_is_replaced_by_a_fresh_issue_at_once(
+        start: Callable[..., Running]) -> None:
+    """Review finding: a 404 on renew was retried with backoff on the same dead leaseRef until the
+    credential expired, leaving the agent with a revoked value on disk and then none at all."""
+    client = ScriptedClient(lasting(1.5))
+    original = client._one
+
+    async def one(kind: str, name: str) -> IssuedCredential:
+        if kind == "renew":
+            client.calls.append((kind, name, time.monotonic()))
+            raise NotFound("lease 'lease-github-1' is not active: already replaced by a renewal")
+        return await original(kind, name)
+    client._one = one  # type: ignore[method-assign]
+    run = start(client)
+    await run.wait_for(lambda: run.runner.readiness()[0], 2, "ready")
+    first = run.on_disk("github")
+    await run.wait_for(lambda: any(k == "renew" for k, _, _ in client.calls), 2, "a renewal")
+    refused_at = next(t for k, _, t in client.calls if k == "renew")
+    await run.wait_for(lambda: run.on_disk("github") not in (None, first), 1, "a fresh value on disk")
+    kinds = [k for k, _, _ in client.calls]
+    assert kinds[:3] == ["issue", "renew", "issue"], kinds
+    reissued_at = [t for k, _, t in client.calls if k == "issue"][1]
+    assert reissued_at - refused_at < 0.1, "the fresh issue waited for a backoff"
+    assert run.runner.readiness()[0]
+    failures = [s for s in run.runner.metrics.refresh.collect()[0].samples
+                if s.labels.get("result") == "failure" and s.value]
+    assert failures == []
