@@ -22,6 +22,7 @@ Status shape (no value ever)::
         source: {kind: CredentialSource, name: github, namespace: agents}
         leaseRef: "ghs:1234:7f3a"
         issuedAt / expiresAt / revokedAt: RFC 3339
+        sourceExpiresAt: RFC 3339  # only when the source honours it longer than granted (see cap_to_grant)
         revokeReason: completed
         static: false
         target: {address: ..., replica: ...}  # where revocation goes (non-secret; Issued.target)
@@ -51,7 +52,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -75,6 +76,9 @@ __all__ = [
     "lease_name",
     "task_lease_body",
     "lease_entry",
+    "cap_to_grant",
+    "dies_by",
+    "CAP_SLACK",
     "pending_entry",
     "new_intent",
     "PENDING_GRACE",
@@ -127,6 +131,9 @@ PENDING_GRACE: Final = timedelta(seconds=60)
 #: label on every TaskLease (ones written before it have only the ownerReference): the pod's uid, so
 #: ``kubectl get taskleases -l taskcreds.io/pod-uid=<uid>`` lists every task a pod ran
 LABEL_POD_UID: Final = f"{names.PREFIX}/pod-uid"
+#: how far a source's expiry may pass the granted end before the lease is cut there (the whole-second
+#: rounding of times and a source's own clock): below it the source's expiry is reported as it is
+CAP_SLACK: Final = timedelta(seconds=1)
 _INVALID = re.compile(r"[^a-z0-9-]")
 
 
@@ -256,12 +263,15 @@ def lease_entry(
     source_ref: Mapping[str, str],
     issued: Issued,
     intent: str | None = None,
+    *,
+    source_expires_at: datetime | None = None,
 ) -> dict[str, Any]:
     """The TaskLease's record of one issued credential: references and times, never the value.
 
     ``target`` (when the provider gives one) is where it must be revoked — the source as it was at
     issue, and for in-memory holders the issuing replica — so a later edit of the source or another
-    replica revoking cannot send the revocation elsewhere.
+    replica revoking cannot send the revocation elsewhere. ``source_expires_at``: the source's own
+    expiry of a lease cut to its grant (:func:`cap_to_grant`); ``expiresAt`` is then the granted end.
     """
     entry: dict[str, Any] = {
         "credential": credential,
@@ -273,11 +283,44 @@ def lease_entry(
         "renewable": issued.renewable,
         "static": issued.static,
     }
+    if source_expires_at is not None:
+        entry["sourceExpiresAt"] = format_time(source_expires_at)
     if issued.target:
         entry["target"] = {str(k): str(v) for k, v in issued.target.items()}
     if intent:  # resolves the pending entry of that intent (record_issued)
         entry["intent"] = intent
     return entry
+
+
+def cap_to_grant(
+    issued: Issued, ttl_seconds: float, asked_at: datetime, *, slack: timedelta = CAP_SLACK
+) -> tuple[Issued, datetime | None]:
+    """What the task may hold: ``issued`` cut to its grant, and the source's own expiry when later.
+
+    Some sources issue for longer than asked and cannot be told otherwise (GitHub: 1 h always; a
+    Kubernetes TokenRequest: 10 minutes at least). The task was granted ``ttl_seconds`` (requested,
+    defaulted, capped by ``maxTTL``) from when the source was asked (``asked_at``, or the issue time
+    when later): a revocable lease that outlives that is reported as ending at the granted end (the
+    sidecar refreshes before it and removes the file at it) and revoked there by the sweep
+    (:func:`revoke_expired`); the second value, the source's expiry, is recorded as
+    ``sourceExpiresAt`` so a failing revocation is retried until the value is dead at its source.
+
+    A static value (nobody can cut it) keeps its own expiry: never claim a shorter life than the
+    source honours for something that cannot be revoked. Pure.
+    """
+    if issued.static:
+        return issued, None
+    granted = (max(issued.issued_at, asked_at) + timedelta(seconds=float(ttl_seconds))).replace(microsecond=0)
+    if issued.expires_at <= granted + slack:
+        return issued, None
+    return replace(issued, expires_at=granted), issued.expires_at
+
+
+def dies_by(entry: Mapping[str, Any]) -> datetime | None:
+    """When the entry's value is dead at its source without a revocation: the later of ``expiresAt``
+    (what the task was granted) and ``sourceExpiresAt`` (what the source honours, when longer)."""
+    times = [t for t in (parse_timestamp(entry.get(k)) for k in ("expiresAt", "sourceExpiresAt")) if t is not None]
+    return max(times) if times else None
 
 
 def new_intent() -> str:
@@ -294,25 +337,31 @@ def pending_entry(
     *,
     target: Mapping[str, str] | None,
     now: datetime,
+    source_floor_seconds: float = 0,
 ) -> dict[str, Any]:
     """The record of an issue about to ask its source: revocable by ``intent`` if the operator stops.
 
-    ``expiresAt`` is an upper bound of what the source may return: ``now`` + the requested TTL +
-    :data:`PENDING_GRACE` (an answer later than the grace finds the entry reaped and is revoked);
-    the leaseRef ``pending:<intent>:<expiresAt unix>`` is unique and tells the jwt deny list the jti.
-    ``target`` names the issuing replica.
+    ``expiresAt`` bounds what the task is granted: ``now`` + the granted TTL + :data:`PENDING_GRACE`
+    (an answer later than the grace finds the entry reaped and is revoked). A source that issues for
+    at least ``source_floor_seconds`` whatever was asked (GitHub: 1 h) bounds the value itself by
+    that: ``sourceExpiresAt`` (:func:`dies_by`), the time said for one that cannot be found again.
+    The leaseRef ``pending:<intent>:<unix time the value dies by>`` is unique and tells the jwt deny
+    list the jti. ``target`` names the issuing replica.
     """
     expires = now + timedelta(seconds=float(ttl_seconds)) + PENDING_GRACE
+    dies = now + timedelta(seconds=max(float(ttl_seconds), float(source_floor_seconds))) + PENDING_GRACE
     entry: dict[str, Any] = {
         "credential": credential,
         "provider": provider,
         "source": dict(source_ref),
-        "leaseRef": f"pending:{intent}:{int(expires.timestamp())}",
+        "leaseRef": f"pending:{intent}:{int(dies.timestamp())}",
         "intent": intent,
         "pending": True,
         "issuedAt": format_time(now),
         "expiresAt": format_time(expires),
     }
+    if dies > expires:
+        entry["sourceExpiresAt"] = format_time(dies)
     if target:
         entry["target"] = {str(k): str(v) for k, v in target.items()}
     return entry
@@ -339,11 +388,13 @@ def compact_entries(
 
     Unrevoked entries stay (the sweep must revoke them first, which also keeps ``leases_active``
     right), static ones stay (their value does not expire), and so do entries with unreadable times.
+    One recorded not revocable stays until its value dies at its source (:func:`dies_by`), which
+    may be after the granted end.
     """
     kept, dropped = [], []
     cutoff = now - keep_for
     for entry in entries:
-        expires = parse_timestamp(entry.get("expiresAt"))
+        expires = dies_by(entry) if entry.get("notRevocable") else parse_timestamp(entry.get("expiresAt"))
         if entry.get("revokedAt") and not entry.get("static") and expires is not None and expires < cutoff:
             dropped.append(entry)
         else:
@@ -426,7 +477,8 @@ async def record_issued(
     known: dict[str, Any] | None = None,
     now: Callable[[], datetime] = _utcnow,
 ) -> dict[str, Any]:
-    """Append ``entries`` to the task's TaskLease (or, with ``replace``, update entries by leaseRef).
+    """Append ``entries`` to the task's TaskLease (or, with ``replace``, update entries by leaseRef;
+    a None value there removes that key).
 
     An entry carrying an ``intent`` (and not itself pending) takes the place of the pending entry of
     that intent (:func:`pending_entry`), in the same write; pending entries of ``drop_intents`` are
@@ -452,9 +504,11 @@ async def record_issued(
         if status.get("phase") in (REVOKING, REVOKED):
             raise LeaseEnded(status.get("reason") or "revoked")
         current = [dict(e) for e in status.get("leases") or []]
-        if replace:
+        if replace:  # a None value removes the key (a renewal no longer cut to its grant)
             current = [
-                dict(e, **replace[e["leaseRef"]]) if e.get("leaseRef") in replace else e for e in current
+                {k: v for k, v in {**e, **replace[e["leaseRef"]]}.items() if v is not None}
+                if e.get("leaseRef") in replace else e
+                for e in current
             ]
         current, adding = _resolve_pending(current, entries, drop_intents, strict=strict)
         current, dropped = compact_entries(current, now())
@@ -554,7 +608,7 @@ async def _revoke_entry(
         # an issue cut short (operator stopped): its credential, if any, cannot be found without the
         # leaseRef the source answered with. It dies by its expiry: said so on the entry
         return "not_revocable", (
-            f"outcome unknown (operator stopped mid-issue); expires by {entry.get('expiresAt')}"
+            f"outcome unknown (operator stopped mid-issue); expires by {_dies_by_text(entry)}"
         )
     source_ref = entry.get("source") or {}
     try:
@@ -572,7 +626,7 @@ async def _revoke_entry(
     namespace = source.namespace if source is not None else source_ref.get("namespace")
     try:
         if pending:
-            expires_by = parse_timestamp(entry.get("expiresAt")) or _utcnow()
+            expires_by = dies_by(entry) or _utcnow()
             await provider.revoke_pending(entry.get("intent") or "", expires_by, spec, namespace)  # type: ignore[attr-defined]
         elif entry.get("target"):
             await provider.revoke(entry["leaseRef"], spec, namespace, target=entry["target"])  # type: ignore[call-arg]
@@ -612,20 +666,28 @@ def _refused_revocation(entry: Mapping[str, Any], source: Source | None) -> str 
     return (
         f"not revoked: {source.kind} {source.namespace}/{source.name} was accepted when this lease was "
         f"issued but is refused now ({refusal}); the operator will not log in there to revoke it. Revoke "
-        f"{entry.get('leaseRef')} at {where} by hand, or it ends at its expiry {entry.get('expiresAt')}"
+        f"{entry.get('leaseRef')} at {where} by hand, or it ends at its expiry {_dies_by_text(entry)}"
     )[:1000]
+
+
+def _dies_by_text(entry: Mapping[str, Any]) -> str:
+    """:func:`dies_by` as written on the entry (RFC 3339), or what the entry says when unreadable."""
+    when = dies_by(entry)
+    return format_time(when) if when is not None else str(entry.get("expiresAt"))
 
 
 def _past_expiry(
     entry: Mapping[str, Any], result: tuple[str, str | None], now: datetime
 ) -> tuple[str, str | None]:
-    """A revocation still failing once the lease has expired is over: recorded not revocable,
-    saying so and why it failed (the value is dead at its source; retrying forever helps nobody)."""
+    """A revocation still failing once the value is dead at its source is over: recorded not
+    revocable, saying so and why it failed (retrying forever helps nobody). Dead means past
+    :func:`dies_by`: a lease cut to its grant whose revocation fails after the granted end but before
+    the source's own expiry (``sourceExpiresAt``) is still live there, so it is retried."""
     outcome, message = result
-    expires = parse_timestamp(entry.get("expiresAt"))
+    expires = dies_by(entry)
     if outcome not in ("failed", "deferred") or expires is None or expires >= now:
         return result
-    return "not_revocable", f"expired at {entry['expiresAt']} before it could be revoked: {message}"[:1000]
+    return "not_revocable", f"expired at {format_time(expires)} before it could be revoked: {message}"[:1000]
 
 
 async def _revoke_entries(
@@ -982,7 +1044,11 @@ async def revoke_expired(
     ones a renewal could not revoke (reason ``superseded``: only the replica holding such a lease can,
     so on the others it stays pending with lastError saying who), and pending entries older than
     ``pending_grace`` (reason ``interrupted``: an operator stopped between asking the source and
-    recording the answer); returns how many were settled."""
+    recording the answer); returns how many were settled.
+
+    A lease cut to its grant (:func:`cap_to_grant`: ``sourceExpiresAt`` later than ``expiresAt``)
+    is thus killed at its source within one sweep interval after the granted end; a failure is
+    retried by each sweep until ``sourceExpiresAt`` (:func:`_past_expiry`)."""
     total = 0
     current = now()
     for lease in await cluster.list_task_leases(namespace):

@@ -88,8 +88,10 @@ CRD_APPLY_COMMAND = "kubectl apply --server-side --force-conflicts -f charts/tas
 """What an admin runs before ``helm upgrade``: Helm installs crds/ once and never upgrades them."""
 #: every field of ``status.leases[]`` this operator records (the chart's CRD has exactly these; a test
 #: checks it). An older CRD's structural schema prunes the ones it lacks silently: revocation goes to
-#: the wrong place (target), a renewal is forgotten (supersededAt), or every pending entry loses its
-#: intent and pending flag, so each issue's recording write finds it gone and answers 503
+#: the wrong place (target), a renewal is forgotten (supersededAt), every pending entry loses its
+#: intent and pending flag, so each issue's recording write finds it gone and answers 503, or a lease
+#: cut to its grant loses its source's expiry (sourceExpiresAt) and a revocation failing after the
+#: granted end is given up while the value still works at its source
 LEASE_FIELDS = (
     "credential",
     "provider",
@@ -97,6 +99,7 @@ LEASE_FIELDS = (
     "leaseRef",
     "issuedAt",
     "expiresAt",
+    "sourceExpiresAt",
     "revokedAt",
     "revokeReason",
     "renewable",

@@ -323,11 +323,11 @@ class Broker:
         )
 
     def _pending(self, grant: policy.Grant, intent: str) -> dict[str, Any]:
-        # a source that issues longer than asked (GitHub: always 1 h) bounds the entry by that
+        # a source that issues longer than asked (GitHub: always 1 h) bounds the value by that
         floor = getattr(self.providers[grant.source.provider], "min_lifetime_seconds", 0)
         return leases.pending_entry(
-            grant.credential, grant.source.provider, grant.source.ref, intent,
-            max(grant.ttl_seconds, floor), target=self.replica.target(), now=self.now(),
+            grant.credential, grant.source.provider, grant.source.ref, intent, grant.ttl_seconds,
+            target=self.replica.target(), now=self.now(), source_floor_seconds=floor,
         )
 
     async def _write_pending(
@@ -521,11 +521,17 @@ class Broker:
             request = self._issue_request(view, grant, intent=intents[grant.credential])
             return await self._timed(provider, provider.issue(request))
 
+        asked_at = self.now()
         results = await asyncio.gather(*(one(g) for g in grants), return_exceptions=True)
-        done = [(g, r) for g, r in zip(grants, results, strict=True) if isinstance(r, Issued)]
+        # what the task was granted, not what the source honours (GitHub: 1 h whatever was asked)
+        source_ends: dict[str, datetime] = {}
+        done = []
+        for grant, result in zip(grants, results, strict=True):
+            if isinstance(result, Issued):
+                done.append((grant, self._granted(grant, result, asked_at, source_ends)))
         failed = [(g, r) for g, r in zip(grants, results, strict=True) if not isinstance(r, Issued)]
         if failed:
-            await self._revoke_or_record(pod, task, done, intents)
+            await self._revoke_or_record(pod, task, done, intents, source_ends)
             grant, exc = failed[0]
             if isinstance(exc, asyncio.CancelledError):
                 raise exc
@@ -537,7 +543,10 @@ class Broker:
             cause = str(exc) if isinstance(exc, ProviderError) else f"{grant.source.provider}: internal error"
             raise ProviderFailed(f"credential {grant.credential!r}: {cause}; nothing was issued")
         entries = [
-            leases.lease_entry(g.credential, g.source.provider, g.source.ref, i, intents[g.credential])
+            leases.lease_entry(
+                g.credential, g.source.provider, g.source.ref, i, intents[g.credential],
+                source_expires_at=source_ends.get(i.lease_ref),
+            )
             for g, i in done
         ]
         try:
@@ -546,12 +555,12 @@ class Broker:
                 pod, task, entries, attempts=self.settings.record_attempts, known=known
             )
         except leases.LeaseEnded as exc:
-            await self._revoke_or_record(pod, task, done, intents)
+            await self._revoke_or_record(pod, task, done, intents, source_ends)
             raise TaskTerminal(
                 exc.reason, f"task {task!r} has ended ({exc.reason}); nothing was issued"
             ) from None
         except ClusterError as exc:
-            await self._revoke_or_record(pod, task, done, intents)
+            await self._revoke_or_record(pod, task, done, intents, source_ends)
             raise Unavailable(
                 f"cannot record the leases on the TaskLease ({type(exc).__name__}); nothing was issued"
             ) from None
@@ -568,9 +577,20 @@ class Broker:
                     provider=grant.source.provider,
                     lease_ref=issued.lease_ref,
                     expires_at=leases.format_time(issued.expires_at),
+                    source_expires_at=_format_optional(source_ends.get(issued.lease_ref)),
                 ),
             )
         return done
+
+    def _granted(
+        self, grant: policy.Grant, issued: Issued, asked_at: datetime, source_ends: dict[str, datetime]
+    ) -> Issued:
+        """``issued`` as the task may hold it (:func:`leases.cap_to_grant`); a later source expiry
+        goes into ``source_ends`` (by leaseRef) for the TaskLease entry's ``sourceExpiresAt``."""
+        capped, source_end = leases.cap_to_grant(issued, grant.ttl_seconds, asked_at)
+        if source_end is not None:
+            source_ends[capped.lease_ref] = source_end
+        return capped
 
     async def _revoke_or_record(
         self,
@@ -578,12 +598,17 @@ class Broker:
         task: str,
         done: list[tuple[policy.Grant, Issued]],
         intents: Mapping[str, str],
+        source_ends: Mapping[str, datetime],
     ) -> None:
         """Revoke what this request issued; record on the TaskLease what could not be revoked (in
-        place of its pending entry) and drop the pending entries of the rest — one write."""
+        place of its pending entry) and drop the pending entries of the rest — one write.
+        ``source_ends``: the source's own expiry of leases cut to their grant (by leaseRef)."""
         leftover = await self._undo(done)
         entries = [
-            leases.lease_entry(g.credential, g.source.provider, g.source.ref, i, intents.get(g.credential))
+            leases.lease_entry(
+                g.credential, g.source.provider, g.source.ref, i, intents.get(g.credential),
+                source_expires_at=source_ends.get(i.lease_ref),
+            )
             for g, i in leftover
         ]
         kept = {g.credential for g, _ in leftover}
@@ -657,14 +682,22 @@ class Broker:
             raise
         try:
             request = self._issue_request(view, grant, lease_target, intent)
+            asked_at = self.now()
             issued = await self._timed(provider, provider.renew(lease_ref, request))
         except ProviderError as exc:
             await self._record_quietly(pod, task, [], [intent])
             raise ProviderFailed(f"credential {name!r}: {exc}") from None
+        # the same rule as an issue: a replacement (github-app: a new 1 h token) or an extension is
+        # granted its TTL from now, and cut there when its source honours it longer
+        source_ends: dict[str, datetime] = {}
+        issued = self._granted(grant, issued, asked_at, source_ends)
+        source_end = source_ends.get(issued.lease_ref)
         replaced = issued.lease_ref != lease_ref
         try:
             if replaced:
-                entry = leases.lease_entry(name, grant.source.provider, grant.source.ref, issued, intent)
+                entry = leases.lease_entry(
+                    name, grant.source.provider, grant.source.ref, issued, intent, source_expires_at=source_end
+                )
                 # an old lease only another replica can revoke: marked so that replica's sweep does;
                 # otherwise the provider revoked it while renewing (Provider.renew): recorded so, and
                 # it no longer counts as live (max_live_leases)
@@ -676,14 +709,17 @@ class Broker:
                 )
                 await self._record_timed(pod, task, [entry], replace=superseded, known=known)
             else:  # the same lease, extended: no new credential, its pending entry goes
-                expiry = {lease_ref: {"expiresAt": leases.format_time(issued.expires_at)}}
+                expiry = {lease_ref: {
+                    "expiresAt": leases.format_time(issued.expires_at),
+                    "sourceExpiresAt": _format_optional(source_end),  # None: no longer cut (removed)
+                }}
                 await self._record_timed(pod, task, [], replace=expiry, drop_intents=[intent], known=known)
         except leases.LeaseEnded as exc:
-            await self._revoke_or_record(pod, task, [(grant, issued)], {name: intent})
+            await self._revoke_or_record(pod, task, [(grant, issued)], {name: intent}, source_ends)
             raise TaskTerminal(exc.reason, f"task {task!r} has ended ({exc.reason})") from None
         except ClusterError as exc:
             if replaced:
-                await self._revoke_or_record(pod, task, [(grant, issued)], {name: intent})
+                await self._revoke_or_record(pod, task, [(grant, issued)], {name: intent}, source_ends)
             else:
                 await self._record_quietly(pod, task, [], [intent])
             raise Unavailable(f"cannot record the renewal on the TaskLease ({type(exc).__name__})") from None
@@ -798,6 +834,10 @@ def _renewable_entry(
     else:
         return entry
     raise NotFound(f"no active lease {lease_ref!r} of credential {name!r} for task {task!r} of this pod{why}")
+
+
+def _format_optional(value: datetime | None) -> str | None:
+    return leases.format_time(value) if value is not None else None
 
 
 def _unawaited(job: asyncio.Task[Any]) -> None:

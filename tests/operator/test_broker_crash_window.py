@@ -210,4 +210,10 @@ async def test_a_source_that_issues_longer_than_asked_bounds_the_pending_entry_b
     before = datetime.now(UTC)
     await crash_mid_issue(h, "jwt")  # asked for 10 minutes
     (pending,) = entries(h.cluster)
-    assert leases.parse_timestamp(pending["expiresAt"]) >= before + timedelta(seconds=3600)
+    # expiresAt: what the task was granted (10 min + the grace); the value itself dies by the source's 1 h
+    granted = leases.parse_timestamp(pending["expiresAt"])
+    assert granted is not None and granted <= datetime.now(UTC) + timedelta(seconds=600) + leases.PENDING_GRACE
+    assert leases.parse_timestamp(pending["sourceExpiresAt"]) >= before + timedelta(seconds=3600)
+    dies = leases.dies_by(pending)
+    assert dies is not None and dies >= before + timedelta(seconds=3600)
+    assert pending["leaseRef"].endswith(f":{int(dies.timestamp())}"), "the leaseRef names when it dies"
