@@ -104,12 +104,21 @@ SPEC_KEYS = {
     "allowedNamespaces",
     "files",
     "delivery",
+    "proxy",
     *PROVIDER_KEYS.values(),
 }
 SETTINGS_KEYS = {
     "jwt": {"audience", "claims"},
     "vault": {"address", "caSecretRef", "auth", "mode", "policies", "path", "fileMap"},
-    "githubApp": {"apiURL", "appId", "installationId", "privateKeySecretRef", "repositories", "permissions"},
+    "githubApp": {
+        "apiURL",
+        "appId",
+        "installationId",
+        "privateKeySecretRef",
+        "repositories",
+        "allRepositories",
+        "permissions",
+    },
     "kubernetesToken": {"serviceAccount", "audiences"},
     "secret": {"secretRef"},
 }
@@ -180,6 +189,21 @@ def _crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
                         "openAPIV3Schema"
                     ]
     return out
+
+
+def test_the_shape_checked_here_is_the_crds_own() -> None:
+    """The key lists above are what the CRDs define, so a field added to a CRD (githubApp's
+    allRepositories) is allowed in the examples, and one the CRDs lack is never allowed."""
+    schemas = _crd_schemas()
+    if not schemas:
+        pytest.skip("charts/taskcreds/crds/ holds no CRD yet")
+    spec_keys: set[str] = set()
+    for kind in (names.KIND_CREDENTIAL_SOURCE, names.KIND_CLUSTER_CREDENTIAL_SOURCE):
+        spec = schemas[(kind, names.CRD_VERSION)]["properties"]["spec"]["properties"]
+        spec_keys |= set(spec)
+        for key, allowed in SETTINGS_KEYS.items():
+            assert set(spec[key]["properties"]) == allowed, (kind, key)
+    assert spec_keys == SPEC_KEYS
 
 
 def test_examples_validate_against_the_chart_crds_when_present() -> None:
