@@ -40,6 +40,8 @@ __all__ = [
     "secret_namespace",
     "default_files",
     "tenant_refusal",
+    "provider_refusal",
+    "vault_policy_refusal",
     "configure_tenant_rules",
     "tenant_rules",
     "GITHUB_DEFAULT_API_URL",
@@ -295,6 +297,52 @@ def tenant_refusal(provider: str, spec: Mapping[str, Any], name: str, namespace:
     return None
 
 
+def vault_policy_refusal(spec: Mapping[str, Any]) -> str | None:
+    """Why a ``vault`` source in token mode may not issue with its ``policies`` (None: it may).
+
+    Vault's ``default`` policy grants ``auth/token/renew-self``: a task token carrying it could be
+    kept alive by the agent itself up to ``maxTTL``, past the expiry the broker records (and past a
+    revocation that failed until then). Pure; the vault provider refuses the same at issue.
+    """
+    vault = spec.get("vault")
+    if not isinstance(vault, Mapping) or vault.get("mode", "token") != "token":
+        return None
+    policies = vault.get("policies")
+    if not isinstance(policies, list) or "default" not in policies:
+        return None  # the provider names what is wrong with a malformed list
+    return (
+        "spec.vault.policies may not contain 'default': Vault's default policy allows "
+        "auth/token/renew-self, so the agent could keep its task token alive past the expiry "
+        "the broker records; grant what the task needs (e.g. read on auth/token/lookup-self) "
+        "in a policy of your own"
+    )
+
+
+def provider_refusal(provider: str, spec: Mapping[str, Any], name: str, namespace: str | None) -> str | None:
+    """Why the provider would refuse to issue from this source as written (None: it would not).
+
+    Checked when the source is read, so admission denies the pod and the broker answers 403
+    policy_denied, instead of admitting a pod whose every issue is a 502 the sidecar retries
+    forever. Binds both kinds (a cluster admin's source too). ``github-app``: the provider's own
+    pure :func:`~taskcreds.operator.providers.github_app.parse_settings` (``repositories`` or
+    ``allRepositories: true``, non-empty ``permissions``, its other field checks). ``vault`` token
+    mode: :func:`vault_policy_refusal`. The answer does not repeat the source's name.
+    """
+    if provider == "vault":
+        return vault_policy_refusal(spec)
+    if provider != "github-app":
+        return None
+    # imported here: the provider imports this module (tenant_refusal)
+    from taskcreds.operator.providers import github_app
+
+    try:
+        github_app.parse_settings(spec, namespace, source_name=name)
+    except ProviderError as exc:
+        label = f"CredentialSource {namespace}/{name}" if namespace is not None else f"ClusterCredentialSource {name}"
+        return str(exc).removeprefix(f"{exc.provider}: ").removeprefix(f"{label}: ")
+    return None
+
+
 def _ttl(where: str, spec: dict[str, Any], key: str, default: float | None) -> float:
     raw = spec.get(key)
     if raw is None:
@@ -320,13 +368,19 @@ def _names(where: str, spec: dict[str, Any], key: str, *, required: bool) -> tup
     return tuple(raw)
 
 
-def parse_source(obj: dict[str, Any], *, tenant_rules: bool = True) -> Source:
+def parse_source(
+    obj: dict[str, Any], *, issue_rules: bool = True, tenant_rules: bool | None = None
+) -> Source:
     """Check and type a CredentialSource object as the API returns it (pure).
 
-    ``tenant_rules=False`` skips :func:`tenant_refusal` (every other check stays): only for revoking
-    a lease issued before those rules existed, where the caller decides what is safe
-    (``leases._revoke_entry``). Issue and renew always apply them.
+    ``issue_rules=False`` skips the rules that guard issuing, :func:`tenant_refusal` and
+    :func:`provider_refusal` (every other check stays): only for revoking a lease issued before
+    those rules existed, where the caller decides what is safe (``leases._revoke_entry``): a rule
+    added later must never leave a live credential unrevoked. Admission, issue and renew apply them.
+    ``tenant_rules`` is the parameter's former name, still accepted.
     """
+    if tenant_rules is not None:
+        issue_rules = tenant_rules
     meta = obj.get("metadata") or {}
     kind = obj.get("kind") or names.KIND_CREDENTIAL_SOURCE
     cluster = kind == names.KIND_CLUSTER_CREDENTIAL_SOURCE
@@ -344,9 +398,13 @@ def parse_source(obj: dict[str, Any], *, tenant_rules: bool = True) -> Source:
     block = PROVIDER_BLOCKS[provider]
     if provider != "jwt" and not isinstance(spec.get(block), dict):
         raise SourceError(f"{where}: provider {provider} needs spec.{block}")
-    refusal = tenant_refusal(provider, spec, str(meta.get("name")), namespace) if tenant_rules else None
-    if refusal:
-        raise SourceError(f"{where}: {refusal}")
+    if issue_rules:
+        name = str(meta.get("name"))
+        refusal = tenant_refusal(provider, spec, name, namespace) or provider_refusal(
+            provider, spec, name, namespace
+        )
+        if refusal:
+            raise SourceError(f"{where}: {refusal}")
     max_ttl = _ttl(where, spec, "maxTTL", None)
     default_ttl = _ttl(where, spec, "defaultTTL", min(DEFAULT_DEFAULT_TTL, max_ttl))
     if default_ttl > max_ttl:
@@ -539,17 +597,20 @@ async def resolve_source(cluster: Cluster, namespace: str, name: str) -> Source 
 
 
 async def source_from_ref(
-    cluster: Cluster, ref: dict[str, Any], *, tenant_rules: bool = True
+    cluster: Cluster, ref: dict[str, Any], *, issue_rules: bool = True, tenant_rules: bool | None = None
 ) -> Source | None:
     """Find a source again from :attr:`Source.ref` (as recorded on a TaskLease).
 
-    ``tenant_rules=False``: see :func:`parse_source` (the revoke path of a lease issued earlier).
+    ``issue_rules=False`` (former name ``tenant_rules``): see :func:`parse_source` (the revoke path
+    of a lease issued earlier), for both kinds: the provider rules bind cluster sources too.
     """
+    if tenant_rules is not None:
+        issue_rules = tenant_rules
     if ref.get("kind") == names.KIND_CLUSTER_CREDENTIAL_SOURCE:
         obj = await cluster.get_cluster_credential_source(str(ref.get("name")))
         if obj is None:
             return None
-        return parse_source({**obj, "kind": names.KIND_CLUSTER_CREDENTIAL_SOURCE})
+        return parse_source({**obj, "kind": names.KIND_CLUSTER_CREDENTIAL_SOURCE}, issue_rules=issue_rules)
     namespace = str(ref.get("namespace"))
     obj = await cluster.get_credential_source(namespace, str(ref.get("name")))
     if obj is None:
@@ -560,7 +621,7 @@ async def source_from_ref(
             "kind": names.KIND_CREDENTIAL_SOURCE,
             "metadata": {**(obj.get("metadata") or {}), "namespace": namespace},
         },
-        tenant_rules=tenant_rules,
+        issue_rules=issue_rules,
     )
 
 

@@ -343,7 +343,8 @@ def token_source(*, cluster: bool) -> dict[str, Any]:
 
 
 def github_source(api_url: str | None, *, cluster: bool) -> dict[str, Any]:
-    app: dict[str, Any] = {"appId": "1", "installationId": "2", "privateKeySecretRef": {"name": "gh", "key": "pem"}}
+    app: dict[str, Any] = {"appId": "1", "installationId": "2", "privateKeySecretRef": {"name": "gh", "key": "pem"},
+                           "repositories": ["agent-target-repo"], "permissions": {"contents": "read"}}
     if api_url is not None:
         app["apiURL"] = api_url
     spec: dict[str, Any] = {**BASE, "provider": "github-app", "githubApp": app}
