@@ -761,12 +761,13 @@ async def test_the_broker_refuses_to_issue_from_a_source_written_before_the_rule
     finally:
         await harness.close()
         await provider.aclose()
-    assert reply.status == 502 and reply.doc["error"]["code"] == "provider_error", reply.doc
+    # refused when the source is read (sources.provider_refusal): 403, which the sidecar does not hammer
+    assert reply.status == 403 and reply.doc["error"]["code"] == "policy_denied", reply.doc
     assert reply.doc["error"]["message"] == (
-        f"credential 'gh': github-app: CredentialSource {HARNESS_NS}/gh: spec.githubApp.repositories is missing "
+        f"credential 'gh': CredentialSource {HARNESS_NS}/gh: spec.githubApp.repositories is missing "
         "or empty: name the repositories its tokens may reach (names without the owner, for example "
         "repositories: [agent-target-repo]), or set allRepositories: true to give every repository of "
-        "installation 678; nothing was issued"
+        "installation 678"
     )
     assert github.requests == [] and github.tokens == {}
 
