@@ -5,13 +5,16 @@ at all (tests/security/test_broker_identity.py drives them through mTLS).
   the broker is configured, naming the placeholder, instead of failing every request later.
 - A client SPIFFE ID of another trust domain is refused with a message naming both trust domains,
   also when the template spells the trust domain out instead of using ``{trust_domain}``.
+- The TokenReview cache drops expired reviews even when a review renewed since sits in front of
+  them (the soak's memory growth), and keeps the renewed one.
 """
 
 from __future__ import annotations
 
 import pytest
-from taskcreds.operator.broker.authn import SpiffeIdTemplate
+from taskcreds.operator.broker.authn import ReviewCache, SpiffeIdTemplate
 from taskcreds.operator.broker.errors import Unauthenticated
+from taskcreds.operator.cluster import TokenIdentity
 
 DEFAULT = "spiffe://{trust_domain}/ns/{namespace}/sa/{serviceaccount}"
 
@@ -63,3 +66,20 @@ def test_foreign_or_malformed_ids_are_refused(template: str, spiffe_id: str, say
 def test_an_id_of_the_template_names_namespace_and_account() -> None:
     parsed = SpiffeIdTemplate(DEFAULT, "example.org").parse("spiffe://example.org/ns/team-a/sa/agent.v2")
     assert parsed == ("team-a", "agent.v2")
+
+
+def test_expired_reviews_behind_a_renewed_one_are_dropped() -> None:
+    def identity(i: int) -> TokenIdentity:
+        return TokenIdentity("team-a", "agent", f"agent-{i}", f"uid-{i}", ("taskcreds",))
+
+    clock = [100.0]
+    cache = ReviewCache(ttl=30.0, clock=lambda: clock[0])
+    cache.put("token-a", "taskcreds", identity(1))
+    cache.put("token-b", "taskcreds", identity(2))
+    clock[0] += 20.0
+    cache.put("token-a", "taskcreds", identity(1))  # reviewed again: lives until 150
+    clock[0] += 15.0  # 135: token-b (until 130) has expired
+    cache.put("token-c", "taskcreds", identity(3))
+    assert len(cache) == 2
+    assert cache.get("token-a", "taskcreds") == identity(1)
+    assert cache.get("token-b", "taskcreds") is None
