@@ -223,8 +223,10 @@ def test_task_lease_written_by_the_operator_fits_the_schema() -> None:
         files={"token": "v"}, lease_ref="jwt:abc:1", issued_at=now, expires_at=now + timedelta(minutes=15)
     )
     entry = lease_entry(
-        "api", "jwt", {"kind": "CredentialSource", "name": "api", "namespace": "agents"}, issued
+        "api", "jwt", {"kind": "CredentialSource", "name": "api", "namespace": "agents"}, issued,
+        source_expires_at=now + timedelta(hours=1),  # a lease cut to its grant (github-app's 1 h)
     )
+    assert entry["sourceExpiresAt"] == "2026-11-29T11:00:00Z"
     body["status"] = {
         "phase": "Revoked",
         "reason": "completed",
@@ -250,6 +252,9 @@ def test_task_lease_written_by_the_operator_fits_the_schema() -> None:
     assert _errors("tasklease.yaml", bad)
     bad = copy.deepcopy(body)
     bad["status"]["compactedLeases"] = -1
+    assert _errors("tasklease.yaml", bad)
+    bad = copy.deepcopy(body)
+    bad["status"]["leases"][0]["sourceExpiresAt"] = "in an hour"
     assert _errors("tasklease.yaml", bad)
 
 

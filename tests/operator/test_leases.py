@@ -234,6 +234,63 @@ async def test_a_revocation_still_failing_after_expiry_is_recorded_not_revocable
     )
 
 
+#: when the sweep's revocation fails (minutes after issue; granted 15 min, the source honours 60) ->
+#: what is recorded
+CUT_FAILURES = {
+    "before the granted end: not yet due": (14, "untouched"),
+    "after the granted end, live at its source: retried": (16, "retried"),
+    "a minute before the source's end: retried": (59, "retried"),
+    "after the source's end: not revocable, saying when it died": (61, "not_revocable"),
+}
+
+
+@pytest.mark.parametrize("case", list(CUT_FAILURES))
+async def test_a_lease_cut_to_its_grant_is_retried_until_its_source_s_end(cluster: MemCluster, case: str) -> None:
+    cut = {**entry("l1"), "sourceExpiresAt": "2026-11-29T11:00:00Z"}
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [cut])
+    minutes, expected = CUT_FAILURES[case]
+    down = FakeSource(failures=99)
+    await leases.revoke_expired(cluster, {"vault": down}, metrics=None, now=lambda: NOW + timedelta(minutes=minutes))
+    (stored,) = cluster.task_leases[(NS, nm(cluster))]["status"]["leases"]
+    if expected == "untouched":
+        assert down.calls == 0 and "lastError" not in stored and "revokedAt" not in stored, case
+    elif expected == "retried":
+        assert down.calls == 1 and stored["attempts"] == 1, case
+        assert "revokedAt" not in stored and "notRevocable" not in stored, (case, stored)
+    else:
+        assert stored["revokeReason"] == "expired", case
+        assert stored["notRevocable"] == (
+            "expired at 2026-11-29T11:00:00Z before it could be revoked: vault: connection refused to 127.0.0.1:8200"
+        )
+
+
+@pytest.mark.parametrize(
+    ("case", "change", "expected"),
+    [
+        ("granted only", {}, "2026-11-29T10:15:00Z"),
+        ("the source honours it longer", {"sourceExpiresAt": "2026-11-29T11:00:00Z"}, "2026-11-29T11:00:00Z"),
+        ("a source expiry before the grant (edited by hand)", {"sourceExpiresAt": "2026-11-29T10:01:00Z"},
+         "2026-11-29T10:15:00Z"),
+        ("unreadable grant", {"expiresAt": "soon", "sourceExpiresAt": "2026-11-29T11:00:00Z"},
+         "2026-11-29T11:00:00Z"),
+        ("nothing readable", {"expiresAt": "soon"}, None),
+    ],
+)
+def test_when_a_value_dies_at_its_source(case: str, change: dict[str, Any], expected: str | None) -> None:
+    got = leases.dies_by({**entry("l1"), **change})
+    assert (leases.format_time(got) if got else None) == expected, case
+
+
+async def test_a_renewal_replace_of_none_removes_the_field(cluster: MemCluster) -> None:
+    """A lease extended so that it no longer outlives its grant loses its sourceExpiresAt."""
+    cut = {**entry("l1"), "sourceExpiresAt": "2026-11-29T11:00:00Z"}
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [cut])
+    await leases.record_issued(cluster, pod(cluster), "fix-42", [], replace={
+        "l1": {"expiresAt": "2026-11-29T10:30:00Z", "sourceExpiresAt": None}})
+    (stored,) = cluster.task_leases[(NS, nm(cluster))]["status"]["leases"]
+    assert stored["expiresAt"] == "2026-11-29T10:30:00Z" and "sourceExpiresAt" not in stored
+
+
 async def test_static_and_unavailable_providers(cluster: MemCluster) -> None:
     await leases.record_issued(
         cluster,
@@ -411,6 +468,14 @@ async def test_one_replica_revokes_while_its_claim_is_fresh_another_takes_over_w
         ("expired but not revoked yet (the sweep revokes first)", {"expiresAt": "2026-11-29T09:00:00Z"}, False),
         ("static value, never expires", {"revokedAt": "2026-11-29T09:00:00Z", "expiresAt": "2026-11-29T09:00:00Z", "static": True}, False),
         ("unreadable expiry", {"revokedAt": "2026-11-29T09:00:00Z", "expiresAt": "soon"}, False),
+        ("cut to its grant, revoked at its source long ago", {"revokedAt": "2026-11-29T09:00:00Z",
+         "expiresAt": "2026-11-29T09:00:00Z", "sourceExpiresAt": "2026-11-29T09:59:00Z"}, True),
+        ("cut to its grant, not revocable, still live at its source", {"revokedAt": "2026-11-29T09:00:00Z",
+         "expiresAt": "2026-11-29T09:00:00Z", "sourceExpiresAt": "2026-11-29T09:59:00Z", "notRevocable": "gone"},
+         False),
+        ("cut to its grant, not revocable, dead at its source long ago", {"revokedAt": "2026-11-29T09:00:00Z",
+         "expiresAt": "2026-11-29T08:00:00Z", "sourceExpiresAt": "2026-11-29T09:00:00Z", "notRevocable": "gone"},
+         True),
     ],
 )
 def test_compact_entries(case: str, change: dict[str, Any], dropped: bool) -> None:

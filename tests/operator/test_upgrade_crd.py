@@ -68,6 +68,7 @@ def unserved(crd: dict[str, Any]) -> dict[str, Any]:
         ("before supersededAt", old_crd("supersededAt"), ["older", "no supersededAt"]),
         ("before pending entries", old_crd("intent", "pending"), ["older", "no intent, pending"]),
         ("before pending (intent kept)", old_crd("pending"), ["older", "no pending"]),
+        ("before sourceExpiresAt", old_crd("sourceExpiresAt"), ["older", "no sourceExpiresAt"]),
         ("version not served", unserved(current_crd()), ["does not serve", names.CRD_VERSION]),
         ("no CRD", None, ["does not exist"]),
     ],
@@ -87,9 +88,11 @@ def test_the_check_knows_every_lease_field_the_chart_and_the_operator_write() ->
     from the build before pass, which then pruned it from every write (review: intent, pending)."""
     now = datetime.now(UTC)
     source = {"kind": "CredentialSource", "name": "s", "namespace": "team-a"}
-    pending = leases.pending_entry("tok", "jwt", source, "INTENT", 600, target={"replica": "r"}, now=now)
+    pending = leases.pending_entry(
+        "tok", "jwt", source, "INTENT", 600, target={"replica": "r"}, now=now, source_floor_seconds=3600
+    )
     issued = Issued(files={"token": "x"}, lease_ref="jwt:INTENT:1", issued_at=now, expires_at=now)
-    written = set(pending) | set(leases.lease_entry("tok", "jwt", source, issued, "INTENT"))
+    written = set(pending) | set(leases.lease_entry("tok", "jwt", source, issued, "INTENT", source_expires_at=now))
     assert set(LEASE_FIELDS) == set(lease_item_properties(current_crd()))
     assert written <= set(LEASE_FIELDS), written - set(LEASE_FIELDS)
 
