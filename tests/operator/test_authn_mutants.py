@@ -12,7 +12,7 @@ at all (tests/security/test_broker_identity.py drives them through mTLS).
 from __future__ import annotations
 
 import pytest
-from taskcreds.operator.broker.authn import ReviewCache, SpiffeIdTemplate
+from taskcreds.operator.broker.authn import ReviewCache, SpiffeIdTemplate, bearer_token
 from taskcreds.operator.broker.errors import Unauthenticated
 from taskcreds.operator.cluster import TokenIdentity
 
@@ -83,3 +83,27 @@ def test_expired_reviews_behind_a_renewed_one_are_dropped() -> None:
     assert len(cache) == 2
     assert cache.get("token-a", "taskcreds") == identity(1)
     assert cache.get("token-b", "taskcreds") is None
+
+
+@pytest.mark.parametrize(
+    ("header", "token", "says"),
+    [
+        (None, None, "missing Authorization"),
+        ("", None, "missing Authorization"),
+        ("Bearer abc.def", "abc.def", None),
+        ("bearer abc.def", "abc.def", None),
+        ("Bearer  abc.def ", "abc.def", None),
+        ("Basic abc", None, "must be 'Bearer"),
+        ("Bearer ", None, "must be 'Bearer"),
+        ("Bearer " + "a" * 16385, None, "must be 'Bearer"),
+    ],
+    ids=["absent", "empty", "bearer", "lower-case scheme", "extra spaces", "basic", "no token", "oversized"],
+)
+def test_bearer_token(header: str | None, token: str | None, says: str | None) -> None:
+    if says is None:
+        assert bearer_token(header) == token
+        return
+    with pytest.raises(Unauthenticated) as info:
+        bearer_token(header)
+    assert says in info.value.message
+    assert "abc" not in info.value.message, "the token is never echoed"
