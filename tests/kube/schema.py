@@ -1,9 +1,9 @@
 """Custom resources through their CRD's structural schema: pruning, then validation.
 
 What a real API server does with a CR and code can trip over: unknown fields are silently dropped
-(unless ``x-kubernetes-preserve-unknown-fields``), and type, enum, required, pattern, bounds and
-lengths are checked, and CEL rules (``x-kubernetes-validations``, tests/kube/cel.py) evaluated
-(422 with every failing field). ``format`` and defaults are not applied (documented in README.md).
+(unless ``x-kubernetes-preserve-unknown-fields``), and type, enum, required, pattern, bounds,
+lengths and item / property counts (min/maxItems, min/maxProperties) are checked, and CEL rules
+(``x-kubernetes-validations``, tests/kube/cel.py) evaluated (422 with every failing field). ``format`` and defaults are not applied (documented in README.md).
 """
 
 from __future__ import annotations
@@ -154,6 +154,14 @@ def validate(
             for i, item in enumerate(value):
                 validate(item, schema["items"], f"{path}[{i}]", causes)
     if isinstance(value, dict):
+        # as kube-openapi reports them through apiextensions (kubeOpenAPIResultToFieldErrors):
+        # too few properties is a field.Invalid whose value is the bound; too many a field.TooMany
+        # that carries the bound as its "actual" and no maximum, hence "has too many items"
+        if "minProperties" in schema and len(value) < schema["minProperties"]:
+            n = schema["minProperties"]
+            causes.append((path, f"Invalid value: {n}: {path} in body should have at least {n} properties"))
+        if "maxProperties" in schema and len(value) > schema["maxProperties"]:
+            causes.append((path, f"Too many: {schema['maxProperties']}: has too many items"))
         for req in schema.get("required") or []:
             if req not in value:
                 causes.append((f"{path}.{req}", "Required value"))
