@@ -1,6 +1,7 @@
 """docs/install.md "Upgrading" gives a jq query that lists the sources this release refuses
 (github-app without a scope, vault token mode with the ``default`` policy). It must list exactly the
-sources the real providers refuse: refused means the issue fails and nothing reaches the server."""
+sources the operator refuses: when it reads them (admission, the broker's 403) and, behind that, the
+real providers (the issue fails and nothing reaches the server)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.providers.base import IssueRequest, Provider, ProviderError
 from taskcreds.operator.providers.github_app import GitHubAppProvider
 from taskcreds.operator.providers.vault import VaultProvider
+from taskcreds.operator.sources import SourceError, parse_source
 
 from taskcreds import names
 from tests.chart.helm import REPO
@@ -160,6 +162,15 @@ async def refused_by_the_operator(doc: dict[str, Any], cluster: MemCluster) -> b
     raise AssertionError("the test server answers 500: nothing can be issued")
 
 
+def refused_when_read(doc: dict[str, Any]) -> bool:
+    """What admission and the broker go by: the source as read (:func:`parse_source`)."""
+    try:
+        parse_source(doc)
+    except SourceError:
+        return True
+    return False
+
+
 @pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
 async def test_the_upgrade_query_lists_exactly_the_sources_the_operator_refuses(
     server: tuple[str, list[str]],
@@ -176,6 +187,7 @@ async def test_the_upgrade_query_lists_exactly_the_sources_the_operator_refuses(
         if failed and len(seen) == before:
             refused.add(case)
     assert refused == {case for case, (_, _, expected) in CASES.items() if expected}, "the cases' truth"
+    assert {case for case, doc in docs.items() if refused_when_read(doc)} == refused
 
     listed = jq(doc_query(), {"items": list(docs.values())})
     by_line = {f"{d['kind']} {NS}/{d['metadata']['name']}": case for case, d in docs.items()}
