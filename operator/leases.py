@@ -319,8 +319,9 @@ def cap_to_grant(
 def dies_by(entry: Mapping[str, Any]) -> datetime | None:
     """When the entry's value is dead at its source without a revocation: the later of ``expiresAt``
     (what the task was granted) and ``sourceExpiresAt`` (what the source honours, when longer)."""
-    times = [t for t in (parse_timestamp(entry.get(k)) for k in ("expiresAt", "sourceExpiresAt")) if t is not None]
-    return max(times) if times else None
+    times = [parse_timestamp(entry.get(key)) for key in ("expiresAt", "sourceExpiresAt")]
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
 
 
 def new_intent() -> str:

@@ -696,7 +696,8 @@ class Broker:
         try:
             if replaced:
                 entry = leases.lease_entry(
-                    name, grant.source.provider, grant.source.ref, issued, intent, source_expires_at=source_end
+                    name, grant.source.provider, grant.source.ref, issued, intent,
+                    source_expires_at=source_end,
                 )
                 # an old lease only another replica can revoke: marked so that replica's sweep does;
                 # otherwise the provider revoked it while renewing (Provider.renew): recorded so, and

@@ -115,9 +115,9 @@ async def replicas(github: FakeGitHub) -> AsyncIterator[tuple[MemCluster, Harnes
     await a.start()
     await b.start()
     yield cluster, a, b
-    for harness in (a, b):
-        await harness.close()
-        await harness.providers["github-app"].aclose()
+    for each in (a, b):
+        await each.close()
+        await each.providers["github-app"].aclose()
 
 
 async def at_github(github: FakeGitHub, token: str) -> int:  # noqa: F811
