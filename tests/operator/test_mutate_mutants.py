@@ -37,7 +37,11 @@ def pod(mount_path: str, *, annotations: dict[str, str] | None = None) -> dict[s
         },
         "spec": {
             "containers": [
-                {"name": "agent", "image": "agent:1", "volumeMounts": [{"name": "work", "mountPath": mount_path}]}
+                {
+                    "name": "agent",
+                    "image": "agent:1",
+                    "volumeMounts": [{"name": "work", "mountPath": mount_path}],
+                }
             ],
             "volumes": [{"name": "work", "emptyDir": {}}],
         },

@@ -31,7 +31,9 @@ def task_env(value: Any) -> dict[str, Any]:
     return {"name": names.ENV_TASK, "value": value}
 
 
-def pod(task: str = "fix-42", *, init: list[dict[str, Any]] = (), containers: list[dict[str, Any]] = ()) -> dict:
+def pod(
+    task: str = "fix-42", *, init: list[dict[str, Any]] = (), containers: list[dict[str, Any]] = ()
+) -> dict:
     return {
         "metadata": {
             "name": "agent-1",
@@ -55,11 +57,17 @@ PIN_CASES = [
     ),
     ("no sidecar", pod(), None),
     ("sidecar without the variable", pod(init=[container(SIDECAR, [])]), None),
-    ("value from a reference", pod(init=[container(SIDECAR, [{"name": names.ENV_TASK, "valueFrom": {}}])]), None),
+    (
+        "value from a reference",
+        pod(init=[container(SIDECAR, [{"name": names.ENV_TASK, "valueFrom": {}}])]),
+        None,
+    ),
     (
         "another container's variable",
-        pod(init=[container("clone", [task_env("other")]), container(SIDECAR, [task_env("fix-42")])],
-            containers=[container("agent", [task_env("evil")])]),
+        pod(
+            init=[container("clone", [task_env("other")]), container(SIDECAR, [task_env("fix-42")])],
+            containers=[container("agent", [task_env("evil")])],
+        ),
         "fix-42",
     ),
     ("only another container's variable", pod(containers=[container("agent", [task_env("evil")])]), None),
@@ -91,7 +99,12 @@ def source() -> Any:
         {
             "kind": names.KIND_CREDENTIAL_SOURCE,
             "metadata": {"name": "github", "namespace": "team-a"},
-            "spec": {"provider": "jwt", "maxTTL": "1h", "defaultTTL": "15m", "allowedServiceAccounts": ["agent"]},
+            "spec": {
+                "provider": "jwt",
+                "maxTTL": "1h",
+                "defaultTTL": "15m",
+                "allowedServiceAccounts": ["agent"],
+            },
         }
     )
 
@@ -107,8 +120,14 @@ def test_granted_lifetime_is_the_requested_one(ttl: float | None, granted: int) 
     assert grant.ttl_seconds == granted
 
 
-def lease(task: str, *, owner: str | None = None, pod_uid: str | None = None, phase: str | None = "Revoked",
-          held: bool = True) -> dict[str, Any]:
+def lease(
+    task: str,
+    *,
+    owner: str | None = None,
+    pod_uid: str | None = None,
+    phase: str | None = "Revoked",
+    held: bool = True,
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": f"agent-1-{task}"}
     if owner is not None:
         meta["ownerReferences"] = [{"kind": "Pod", "name": "agent-1", "uid": owner}]
@@ -124,7 +143,11 @@ def lease(task: str, *, owner: str | None = None, pod_uid: str | None = None, ph
 ONE_TASK_CASES = [
     ("earlier task, owned by the pod", [lease("fix-41", owner=UID)], "TaskLease agent-1-fix-41, Revoked"),
     ("earlier task, podUID only", [lease("fix-41", pod_uid=UID)], "TaskLease agent-1-fix-41, Revoked"),
-    ("earlier task still active", [lease("fix-41", owner=UID, phase=None)], "TaskLease agent-1-fix-41, Active"),
+    (
+        "earlier task still active",
+        [lease("fix-41", owner=UID, phase=None)],
+        "TaskLease agent-1-fix-41, Active",
+    ),
     ("same task", [lease("fix-42", owner=UID, pod_uid=UID)], None),
     ("a predecessor pod of the same name", [lease("fix-41", owner="old-uid", pod_uid="old-uid")], None),
     ("earlier task never held a credential", [lease("fix-41", owner=UID, phase="Active", held=False)], None),

@@ -54,7 +54,13 @@ def pod(uid: str | None = "u1", **annotations: str) -> dict[str, Any]:
         ),
         (
             pod(**{names.ANNOTATION_TASK_STATUS: "completed"}),
-            {"task": "fix-42", "status": "completed", "terminal": True, "reason": "completed", "deadline": None},
+            {
+                "task": "fix-42",
+                "status": "completed",
+                "terminal": True,
+                "reason": "completed",
+                "deadline": None,
+            },
         ),
         (
             pod(**{names.ANNOTATION_MAX_DURATION: "10m"}),
