@@ -95,9 +95,20 @@ def test_expired_reviews_behind_a_renewed_one_are_dropped() -> None:
         ("Bearer  abc.def ", "abc.def", None),
         ("Basic abc", None, "must be 'Bearer"),
         ("Bearer ", None, "must be 'Bearer"),
+        ("Bearer " + "a" * 16384, "a" * 16384, None),
         ("Bearer " + "a" * 16385, None, "must be 'Bearer"),
     ],
-    ids=["absent", "empty", "bearer", "lower-case scheme", "extra spaces", "basic", "no token", "oversized"],
+    ids=[
+        "absent",
+        "empty",
+        "bearer",
+        "lower-case scheme",
+        "extra spaces",
+        "basic",
+        "no token",
+        "largest accepted",
+        "oversized",
+    ],
 )
 def test_bearer_token(header: str | None, token: str | None, says: str | None) -> None:
     if says is None:

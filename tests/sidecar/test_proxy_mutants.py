@@ -10,7 +10,7 @@ another host.
 from __future__ import annotations
 
 import pytest
-from taskcreds.sidecar.proxy import ProxyRoute, match_route
+from taskcreds.sidecar.proxy import ProxyRoute, RouteError, match_route
 
 ROUTES = [
     ProxyRoute("gh-git", ("github.com",), basic_username="x-access-token"),
@@ -38,3 +38,9 @@ def test_exact_patterns_match_one_name(case: str, host: str, credential: str | N
     assert (found[0].credential if found else None) == credential, case
     matching = [r.credential for r in ROUTES if r.matches(host.lower().rstrip("."))]
     assert matching == ([credential] if credential else []), case
+
+
+@pytest.mark.parametrize("host", [123, None, b"api.example.com"], ids=["number", "null", "bytes"])
+def test_a_host_that_is_not_a_string_is_refused_by_name(host: object) -> None:
+    with pytest.raises(RouteError, match=r"proxy route for credential 'api': host .* is not a string"):
+        ProxyRoute("api", (host,), header="Authorization: Bearer {token}")  # type: ignore[arg-type]
