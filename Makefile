@@ -30,3 +30,4 @@ soak:
 
 lint:
 	@$(VENV)/bin/ruff check taskcreds operator sidecar tests bench
+	@$(VENV)/bin/mypy taskcreds operator sidecar

@@ -152,7 +152,8 @@ async def _read_crd(api: Any, name: str) -> dict[str, Any] | None:
     from kubernetes_asyncio.client.exceptions import ApiException
 
     try:
-        resp = await client.ApiextensionsV1Api(api).read_custom_resource_definition(
+        # _preload_content=False answers the raw aiohttp response (the client's types do not say so)
+        resp: Any = await client.ApiextensionsV1Api(api).read_custom_resource_definition(
             name, _preload_content=False, _request_timeout=10
         )
     except ApiException as exc:

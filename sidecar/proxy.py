@@ -613,7 +613,7 @@ def _unread(conn: _Conn) -> int:
 
     A connection holding any is out of step: reused, its next "response" would be those bytes.
     """
-    return len(conn.reader._buffer)  # noqa: SLF001
+    return len(conn.reader._buffer)  # type: ignore[attr-defined]  # noqa: SLF001
 
 
 class _UpstreamPool:

@@ -103,7 +103,8 @@ async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRun
         await runner.cleanup()
         raise
     server = site._server  # the asyncio server: read back the bound port
-    bound = server.sockets[0].getsockname()[1] if server and server.sockets else port
+    sockets = getattr(server, "sockets", None)  # asyncio.Server's (typed as AbstractServer)
+    bound = sockets[0].getsockname()[1] if sockets else port
     return runner, int(bound)
 
 
