@@ -338,7 +338,7 @@ def provider_refusal(provider: str, spec: Mapping[str, Any], name: str, namespac
     try:
         github_app.parse_settings(spec, namespace, source_name=name)
     except ProviderError as exc:
-        label = f"CredentialSource {namespace}/{name}" if namespace is not None else f"ClusterCredentialSource {name}"
+        label = f"CredentialSource {namespace}/{name}" if namespace else f"ClusterCredentialSource {name}"
         return str(exc).removeprefix(f"{exc.provider}: ").removeprefix(f"{label}: ")
     return None
 

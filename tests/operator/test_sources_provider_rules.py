@@ -267,13 +267,14 @@ async def test_a_github_token_from_a_source_now_refused_is_still_revoked_at_gith
         h.cluster.put_source(old)
         again = await h.issue(h.agent(h.add_pod("agent-2", credentials="cred")))
         assert (again.status, again.code) == (403, "policy_denied"), again.doc
-        assert github.token(token) is not None and github.token(token).alive
+        issued = github.token(token)
+        assert issued is not None and issued.alive
         entry = await revoked_at_end(h)
     finally:
         await h.close()
         await h.providers["github-app"].aclose()  # type: ignore[attr-defined]
     assert entry["revokedAt"] and "notRevocable" not in entry, entry
-    assert not github.token(token).alive, "revoked at GitHub"
+    assert not issued.alive, "revoked at GitHub"
     assert github.alive_tokens() == []
 
 
