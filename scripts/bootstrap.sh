@@ -52,12 +52,14 @@ PY
     rm -rf "$tmp"
   fi
   # Debian packages: PostgreSQL 15 (OpenBao's database engine tests), git (proxy tests) and
-  # promtool (the chart's alert rules are run over series histories; Debian's prometheus package).
+  # promtool (the chart's alert rules are run over series histories; Debian's prometheus package)
+  # and jq (the upgrade docs' jq query is run over source cases).
   need=()
   [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
   command -v git >/dev/null || need+=(git)
   command -v curl >/dev/null || need+=(curl)
   command -v promtool >/dev/null || need+=(prometheus)
+  command -v jq >/dev/null || need+=(jq)
   if [ "${#need[@]}" -gt 0 ]; then
     echo "bootstrap: apt-get install ${need[*]}" >&2
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -13,8 +13,9 @@ Redirects are never followed: a 3xx from the API is an error naming the URL (a f
 would send the request and its body to a host ``sources.allowedAddresses`` never allowed).
 
 Lifetimes: GitHub installation tokens always live 1 hour; a shorter requested TTL cannot be asked
-for. ``expiresAt`` reports GitHub's real expiry, and the revoke at task end (``DELETE
-/installation/token``) is what bounds the token to the task.
+for. ``expiresAt`` here reports GitHub's real expiry; the broker cuts what it answers to the granted
+TTL (``leases.cap_to_grant``, the real end kept as ``sourceExpiresAt``) and the sweep revokes the
+token (``DELETE /installation/token``) then, as it does at task end.
 
 Revocation needs the token itself, so the operator keeps ``lease_ref -> token`` **in memory only**
 (never in a CR, an annotation or a log), in the replica that issued it. The TaskLease entry records

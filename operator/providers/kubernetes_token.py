@@ -6,7 +6,9 @@ account, so each lease gets its own empty binding Secret (owned by the agent's p
 the token dies, when the pod goes). ``revoke`` deletes that Secret: the token is dead at once.
 What remains: a relying party that validates tokens offline (JWKS, no TokenReview) accepts it until
 ``exp`` — keep ``maxTTL`` short. The API server enforces a minimum lifetime of 10 minutes; a shorter
-requested TTL is raised to that and ``expiresAt`` tells the truth.
+requested TTL is raised to that here; the broker cuts what it answers to the granted TTL
+(``leases.cap_to_grant``, the real end kept as ``sourceExpiresAt``) and the sweep deletes the binding
+Secret then.
 """
 
 from __future__ import annotations
