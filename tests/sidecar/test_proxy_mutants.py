@@ -44,3 +44,19 @@ def test_exact_patterns_match_one_name(case: str, host: str, credential: str | N
 def test_a_host_that_is_not_a_string_is_refused_by_name(host: object) -> None:
     with pytest.raises(RouteError, match=r"proxy route for credential 'api': host .* is not a string"):
         ProxyRoute("api", (host,), header="Authorization: Bearer {token}")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "X-Api-Key: a\r\nX-Injected: 1 {token}",
+        "X-Api-Key: {token}\nX-Injected: 1",
+        "X-Api-Key: {token}\rX-Injected: 1",
+        "X-Api-Key: {token}\0",
+    ],
+    ids=["CRLF", "LF", "CR", "NUL"],
+)
+def test_a_header_template_with_a_line_break_is_refused(header: str) -> None:
+    # the template is sent verbatim around the value: a line break would inject request headers
+    with pytest.raises(RouteError, match="template holds a line break"):
+        ProxyRoute("api", ("api.example.com",), header=header)
