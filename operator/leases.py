@@ -615,7 +615,7 @@ async def _revoke_entry(
     try:
         # the tenant rules (sources.tenant_refusal) guard issue and renew; a lease issued before they
         # existed must still be revoked, so they are applied here by _refused_revocation instead
-        source = await source_from_ref(cluster, source_ref, tenant_rules=False)
+        source = await source_from_ref(cluster, source_ref, issue_rules=False)
     except Exception as exc:  # an unusable source spec: retried (someone may fix it)
         return "failed", f"source {source_ref.get('name')!r} unusable: {exc}"
     refused = _refused_revocation(entry, source)

@@ -297,6 +297,15 @@ def tenant_refusal(provider: str, spec: Mapping[str, Any], name: str, namespace:
     return None
 
 
+#: why a token-mode vault source may not list Vault's ``default`` policy (admission and issue say it)
+VAULT_DEFAULT_POLICY_REFUSAL: Final = (
+    "spec.vault.policies may not contain 'default': Vault's default policy allows "
+    "auth/token/renew-self, so the agent could keep its task token alive past the expiry "
+    "the broker records; grant what the task needs (e.g. read on auth/token/lookup-self) "
+    "in a policy of your own"
+)
+
+
 def vault_policy_refusal(spec: Mapping[str, Any]) -> str | None:
     """Why a ``vault`` source in token mode may not issue with its ``policies`` (None: it may).
 
@@ -310,12 +319,7 @@ def vault_policy_refusal(spec: Mapping[str, Any]) -> str | None:
     policies = vault.get("policies")
     if not isinstance(policies, list) or "default" not in policies:
         return None  # the provider names what is wrong with a malformed list
-    return (
-        "spec.vault.policies may not contain 'default': Vault's default policy allows "
-        "auth/token/renew-self, so the agent could keep its task token alive past the expiry "
-        "the broker records; grant what the task needs (e.g. read on auth/token/lookup-self) "
-        "in a policy of your own"
-    )
+    return VAULT_DEFAULT_POLICY_REFUSAL
 
 
 def provider_refusal(provider: str, spec: Mapping[str, Any], name: str, namespace: str | None) -> str | None:
@@ -368,19 +372,14 @@ def _names(where: str, spec: dict[str, Any], key: str, *, required: bool) -> tup
     return tuple(raw)
 
 
-def parse_source(
-    obj: dict[str, Any], *, issue_rules: bool = True, tenant_rules: bool | None = None
-) -> Source:
+def parse_source(obj: dict[str, Any], *, issue_rules: bool = True) -> Source:
     """Check and type a CredentialSource object as the API returns it (pure).
 
     ``issue_rules=False`` skips the rules that guard issuing, :func:`tenant_refusal` and
     :func:`provider_refusal` (every other check stays): only for revoking a lease issued before
     those rules existed, where the caller decides what is safe (``leases._revoke_entry``): a rule
     added later must never leave a live credential unrevoked. Admission, issue and renew apply them.
-    ``tenant_rules`` is the parameter's former name, still accepted.
     """
-    if tenant_rules is not None:
-        issue_rules = tenant_rules
     meta = obj.get("metadata") or {}
     kind = obj.get("kind") or names.KIND_CREDENTIAL_SOURCE
     cluster = kind == names.KIND_CLUSTER_CREDENTIAL_SOURCE
@@ -597,15 +596,13 @@ async def resolve_source(cluster: Cluster, namespace: str, name: str) -> Source 
 
 
 async def source_from_ref(
-    cluster: Cluster, ref: dict[str, Any], *, issue_rules: bool = True, tenant_rules: bool | None = None
+    cluster: Cluster, ref: dict[str, Any], *, issue_rules: bool = True
 ) -> Source | None:
     """Find a source again from :attr:`Source.ref` (as recorded on a TaskLease).
 
-    ``issue_rules=False`` (former name ``tenant_rules``): see :func:`parse_source` (the revoke path
-    of a lease issued earlier), for both kinds: the provider rules bind cluster sources too.
+    ``issue_rules=False``: see :func:`parse_source` (the revoke path of a lease issued earlier), for
+    both kinds: the provider rules bind cluster sources too.
     """
-    if tenant_rules is not None:
-        issue_rules = tenant_rules
     if ref.get("kind") == names.KIND_CLUSTER_CREDENTIAL_SOURCE:
         obj = await cluster.get_cluster_credential_source(str(ref.get("name")))
         if obj is None:

@@ -65,7 +65,7 @@ import hvac.exceptions
 import requests
 from taskcreds.operator.cluster import Cluster, ClusterError
 from taskcreds.operator.providers.base import Issued, IssueRequest, NotRevocable, ProviderError
-from taskcreds.operator.sources import tenant_refusal
+from taskcreds.operator.sources import VAULT_DEFAULT_POLICY_REFUSAL, tenant_refusal
 
 from taskcreds.durations import DurationError, parse_duration
 from taskcreds.logs import fields
@@ -515,13 +515,9 @@ class VaultProvider:
 
     async def _issue_token(self, settings: VaultSettings, request: IssueRequest) -> Issued:
         if "default" in settings.policies:
-            # refused at issue only: renew and revoke of tokens issued before must keep working
-            raise _bad(
-                "spec.vault.policies may not contain 'default': Vault's default policy allows "
-                "auth/token/renew-self, so the agent could keep its task token alive past the expiry "
-                "the broker records; grant what the task needs (e.g. read on auth/token/lookup-self) "
-                "in a policy of your own"
-            )
+            # a backstop: the source is refused when read (sources.vault_policy_refusal), for issue
+            # and renew; revoking tokens issued before the rule reads it without it and still works
+            raise _bad(VAULT_DEFAULT_POLICY_REFUSAL)
         ttl = max(1, int(request.ttl_seconds))
         cap = max(ttl, settings.max_ttl or ttl)
         meta = {

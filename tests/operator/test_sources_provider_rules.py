@@ -135,13 +135,12 @@ def test_reading_a_source_refuses_what_its_provider_would_refuse(case: str, clus
     assert str(caught.value).count("cred") == 1
 
 
-@pytest.mark.parametrize("flag", ["issue_rules", "tenant_rules"])
 @pytest.mark.parametrize("case", [c for c, (_, _, refusal) in CASES.items() if refusal])
-def test_revocation_reads_a_refused_source_without_the_issue_rules(case: str, flag: str) -> None:
-    """``leases._revoke_entry`` reads with the rules off (``tenant_rules`` is the former name)."""
+def test_revocation_reads_a_refused_source_without_the_issue_rules(case: str) -> None:
+    """``leases._revoke_entry`` reads with the rules off."""
     provider, blocks, _ = CASES[case]
     for cluster in (False, True):
-        parsed = parse_source(source_obj(provider, blocks, cluster=cluster), **{flag: False})
+        parsed = parse_source(source_obj(provider, blocks, cluster=cluster), issue_rules=False)
         assert (parsed.provider, parsed.name) == (provider, "cred")
 
 
