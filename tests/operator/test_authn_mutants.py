@@ -5,16 +5,21 @@ at all (tests/security/test_broker_identity.py drives them through mTLS).
   the broker is configured, naming the placeholder, instead of failing every request later.
 - A client SPIFFE ID of another trust domain is refused with a message naming both trust domains,
   also when the template spells the trust domain out instead of using ``{trust_domain}``.
+- ``authenticate`` refuses a token that is not bound to a pod (401 saying so), one of another
+  service account or audience, and a caller without an SVID; a cached review is not repeated.
 - The TokenReview cache drops expired reviews even when a review renewed since sits in front of
   them (the soak's memory growth), and keeps the renewed one.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from taskcreds.operator.broker.authn import ReviewCache, SpiffeIdTemplate, bearer_token
+from taskcreds.operator.broker.authn import ReviewCache, SpiffeIdTemplate, authenticate, bearer_token
 from taskcreds.operator.broker.errors import Unauthenticated
 from taskcreds.operator.cluster import TokenIdentity
+from taskcreds.operator.memcluster import MemCluster
 
 DEFAULT = "spiffe://{trust_domain}/ns/{namespace}/sa/{serviceaccount}"
 
@@ -118,3 +123,71 @@ def test_bearer_token(header: str | None, token: str | None, says: str | None) -
         bearer_token(header)
     assert says in info.value.message
     assert "abc" not in info.value.message, "the token is never echoed"
+
+
+SVID = "spiffe://example.org/ns/team-a/sa/agent"
+
+
+def cluster_with_pod() -> MemCluster:
+    mem = MemCluster()
+    mem.put_pod({"metadata": {"name": "agent-1", "namespace": "team-a", "uid": "uid-1"}})
+    return mem
+
+
+AUTH_CASES = [
+    ("pod-bound token", SVID, lambda m: m.issue_pod_token("team-a", "agent", "agent-1", "uid-1"), None),
+    (
+        "no client SVID",
+        None,
+        lambda m: m.issue_pod_token("team-a", "agent", "agent-1", "uid-1"),
+        "no client",
+    ),
+    (
+        "token not bound to a pod",
+        SVID,
+        lambda m: m.issue_pod_token("team-a", "agent"),
+        "not bound to a pod",
+    ),
+    (
+        "token of another service account",
+        SVID,
+        lambda m: m.issue_pod_token("team-a", "builder", "agent-1", "uid-1"),
+        "SVID and token disagree",
+    ),
+    (
+        "token for another audience",
+        SVID,
+        lambda m: m.issue_pod_token("team-a", "agent", "agent-1", "uid-1", audiences=("vault",)),
+        "not authenticated for audience 'taskcreds'",
+    ),
+    ("junk token", SVID, lambda m: "junk", "not authenticated for audience 'taskcreds'"),
+]
+
+
+@pytest.mark.parametrize(("case", "peer", "token_of", "says"), AUTH_CASES, ids=[c[0] for c in AUTH_CASES])
+async def test_authenticate(case: str, peer: str | None, token_of: Any, says: str | None) -> None:
+    mem = cluster_with_pod()
+    template = SpiffeIdTemplate(DEFAULT, "example.org")
+    header = f"Bearer {token_of(mem)}"
+    if says is None:
+        caller = await authenticate(mem, template, peer, header)
+        assert (caller.namespace, caller.service_account, caller.pod, caller.pod_uid) == (
+            "team-a",
+            "agent",
+            "agent-1",
+            "uid-1",
+        )
+        return
+    with pytest.raises(Unauthenticated) as info:
+        await authenticate(mem, template, peer, header)
+    assert says in info.value.message, case
+
+
+async def test_a_cached_review_is_not_repeated() -> None:
+    mem = cluster_with_pod()
+    template, cache = SpiffeIdTemplate(DEFAULT, "example.org"), ReviewCache()
+    header = f"Bearer {mem.issue_pod_token('team-a', 'agent', 'agent-1', 'uid-1')}"
+    first = await authenticate(mem, template, SVID, header, cache)
+    second = await authenticate(mem, template, SVID, header, cache)
+    assert first == second and first.pod == "agent-1"
+    assert mem.calls["review_token"] == 1
