@@ -5,6 +5,10 @@ An exact host pattern matches that name only: never a longer name that merely en
 (``evilgithub.com`` for ``github.com``) nor a subdomain of it. Matching by suffix is reserved for
 ``*.`` patterns, and even then only on a dot boundary. A wrong match sends the credential to
 another host.
+
+When several routes match, the most specific wins whatever the listing order (exact name, then the
+longest wildcard suffix); only equal patterns fall back to the first listed. The route tests list
+their routes most-specific-last, so "the last match wins" passed them.
 """
 
 from __future__ import annotations
@@ -60,3 +64,48 @@ def test_a_header_template_with_a_line_break_is_refused(header: str) -> None:
     # the template is sent verbatim around the value: a line break would inject request headers
     with pytest.raises(RouteError, match="template holds a line break"):
         ProxyRoute("api", ("api.example.com",), header=header)
+
+
+PRECEDENCE_CASES = [
+    (
+        "exact beats a wildcard listed first",
+        [("wild", "*.corp.example.com"), ("exact", "x.corp.example.com")],
+        "x.corp.example.com",
+        "exact",
+    ),
+    (
+        "longer wildcard beats a shorter one listed after it",
+        [("deep", "*.eu.corp.example.com"), ("shallow", "*.corp.example.com")],
+        "x.eu.corp.example.com",
+        "deep",
+    ),
+    (
+        "exact beats a longer-suffix wildcard listed after it",
+        [("exact", "git.eu.corp.example.com"), ("deep", "*.eu.corp.example.com")],
+        "git.eu.corp.example.com",
+        "exact",
+    ),
+    (
+        "first of two equal patterns",
+        [("one", "*.corp.example.com"), ("two", "*.corp.example.com")],
+        "a.corp.example.com",
+        "one",
+    ),
+    (
+        "first of two equal exact names",
+        [("one", "api.example.com"), ("two", "api.example.com")],
+        "api.example.com",
+        "one",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "routes", "host", "credential"), PRECEDENCE_CASES, ids=[c[0] for c in PRECEDENCE_CASES]
+)
+def test_precedence_does_not_depend_on_listing_order(
+    case: str, routes: list[tuple[str, str]], host: str, credential: str
+) -> None:
+    built = [ProxyRoute(name, (pattern,), header="X-Api-Key: {token}") for name, pattern in routes]
+    found = match_route(built, host)
+    assert found is not None and found[0].credential == credential, case
