@@ -109,3 +109,13 @@ def test_precedence_does_not_depend_on_listing_order(
     built = [ProxyRoute(name, (pattern,), header="X-Api-Key: {token}") for name, pattern in routes]
     found = match_route(built, host)
     assert found is not None and found[0].credential == credential, case
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bad Name: {token}", "X\r\nX-Injected: {token}", "X-Api-Key {token}", ": {token}"],
+    ids=["space in the name", "line break in the name", "no colon", "empty name"],
+)
+def test_a_header_name_that_is_not_an_http_token_is_refused(header: str) -> None:
+    with pytest.raises(RouteError, match="must look like 'Name: value with"):
+        ProxyRoute("api", ("api.example.com",), header=header)
