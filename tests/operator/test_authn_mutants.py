@@ -16,8 +16,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from taskcreds.operator.broker.authn import ReviewCache, SpiffeIdTemplate, authenticate, bearer_token
-from taskcreds.operator.broker.errors import Unauthenticated
+from taskcreds.operator.broker.authn import (
+    ReviewCache,
+    ReviewGuard,
+    SpiffeIdTemplate,
+    authenticate,
+    bearer_token,
+)
+from taskcreds.operator.broker.errors import Unauthenticated, Unavailable
+from taskcreds.operator.broker.ratelimit import TokenBuckets
 from taskcreds.operator.cluster import TokenIdentity
 from taskcreds.operator.memcluster import MemCluster
 
@@ -191,3 +198,19 @@ async def test_a_cached_review_is_not_repeated() -> None:
     second = await authenticate(mem, template, SVID, header, cache)
     assert first == second and first.pod == "agent-1"
     assert mem.calls["review_token"] == 1
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["with a review guard", "without"])
+async def test_a_failed_token_review_is_unavailable_and_costs_nothing(guarded: bool) -> None:
+    # an API outage is not the caller's fault: 503 "retry later", no failed-review charge, nothing in flight
+    mem = cluster_with_pod()
+    mem.fail("review_token")
+    guard = ReviewGuard(TokenBuckets(rate=1.0, burst=1)) if guarded else None
+    header = f"Bearer {mem.issue_pod_token('team-a', 'agent', 'agent-1', 'uid-1')}"
+    template = SpiffeIdTemplate(DEFAULT, "example.org")
+    with pytest.raises(Unavailable, match="TokenReview failed: ClusterError; retry later"):
+        await authenticate(mem, template, SVID, header, guard=guard)
+    caller = await authenticate(mem, template, SVID, header, guard=guard)  # burst 1: still not charged
+    assert caller.pod == "agent-1"
+    if guard is not None:
+        assert guard.in_flight(SVID) == 0
