@@ -4,7 +4,8 @@ the common ones).
 A container that already mounts something at the credentials' mount path is denied with a message
 naming the volume and the container, however the path is spelled: the API server would otherwise
 reject the injected pod with an opaque "must be unique" error, or the agent would read the wrong
-volume. A sibling path that only shares a prefix is not a collision.
+volume. A sibling path that only shares a prefix is not a collision. A container of any kind named
+like the sidecar is denied on a pod not injected yet (only the annotation case was tested).
 """
 
 from __future__ import annotations
@@ -84,3 +85,17 @@ def test_other_mounts_are_left_alone(mount_path: str) -> None:
     assert result.outcome == "injected", result.message
     agent = jsonpatch.apply_patch(obj, result.patch)["spec"]["containers"][0]
     assert {m["mountPath"] for m in agent["volumeMounts"]} == {mount_path, "/run/taskcreds"}
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["initContainers", "containers", "ephemeralContainers"],
+    ids=["init container", "regular container", "ephemeral container"],
+)
+def test_a_container_named_like_the_sidecar_is_denied(where: str) -> None:
+    # on a pod not injected yet: adding our sidecar beside it would duplicate the name
+    obj = pod("/workspace")
+    obj["spec"].setdefault(where, []).append({"name": names.SIDECAR_CONTAINER, "image": "impostor:1"})
+    result = mutate_pod(obj, CONFIG)
+    assert (result.outcome, result.patch) == ("denied", [])
+    assert f"the pod already has a container named {names.SIDECAR_CONTAINER!r}" in (result.message or "")
