@@ -79,6 +79,7 @@ __all__ = [
     "cap_to_grant",
     "dies_by",
     "CAP_SLACK",
+    "MIN_CAPPED_GRANT",
     "pending_entry",
     "new_intent",
     "PENDING_GRACE",
@@ -134,6 +135,12 @@ LABEL_POD_UID: Final = f"{names.PREFIX}/pod-uid"
 #: how far a source's expiry may pass the granted end before the lease is cut there (the whole-second
 #: rounding of times and a source's own clock): below it the source's expiry is reported as it is
 CAP_SLACK: Final = timedelta(seconds=1)
+#: the shortest grant of a credential cut by :func:`cap_to_grant` (its source honours it longer
+#: anyway: GitHub 1 h, a TokenRequest 10 min). Without it a pod asking a 2 s TTL refreshes every
+#: ~1.3 s, and each refresh mints at the source (a github-app token and its DELETE; a TokenRequest,
+#: a Secret create and delete): one pod could spend a GitHub App installation's shared hourly API
+#: budget. 60 s: refreshes (and mints) at most every ~40 s, a value cut within 60 s + one sweep.
+MIN_CAPPED_GRANT: Final = timedelta(seconds=60)
 _INVALID = re.compile(r"[^a-z0-9-]")
 
 
@@ -293,7 +300,12 @@ def lease_entry(
 
 
 def cap_to_grant(
-    issued: Issued, ttl_seconds: float, asked_at: datetime, *, slack: timedelta = CAP_SLACK
+    issued: Issued,
+    ttl_seconds: float,
+    asked_at: datetime,
+    *,
+    slack: timedelta = CAP_SLACK,
+    floor: timedelta = MIN_CAPPED_GRANT,
 ) -> tuple[Issued, datetime | None]:
     """What the task may hold: ``issued`` cut to its grant, and the source's own expiry when later.
 
@@ -305,13 +317,20 @@ def cap_to_grant(
     (:func:`revoke_expired`); the second value, the source's expiry, is recorded as
     ``sourceExpiresAt`` so a failing revocation is retried until the value is dead at its source.
 
-    A static value (nobody can cut it) keeps its own expiry: never claim a shorter life than the
-    source honours for something that cannot be revoked. Pure.
+    A lease that is cut is granted at least ``floor`` (:data:`MIN_CAPPED_GRANT`): its value works at
+    the source that long anyway, and a shorter grant only makes the pod refresh — mint at the
+    source — faster. A lease the source ends within the grant is left alone (no floor: nothing
+    honours it longer). A static value (nobody can cut it) keeps its own expiry: never claim a
+    shorter life than the source honours for something that cannot be revoked. Pure.
     """
     if issued.static:
         return issued, None
-    granted = (max(issued.issued_at, asked_at) + timedelta(seconds=float(ttl_seconds))).replace(microsecond=0)
+    start = max(issued.issued_at, asked_at)
+    granted = (start + timedelta(seconds=float(ttl_seconds))).replace(microsecond=0)
     if issued.expires_at <= granted + slack:
+        return issued, None
+    granted = max(granted, (start + floor).replace(microsecond=0))
+    if issued.expires_at <= granted + slack:  # the floor reaches the source's own end: nothing to cut
         return issued, None
     return replace(issued, expires_at=granted), issued.expires_at
 

@@ -19,7 +19,7 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -586,8 +586,10 @@ class Broker:
         self, grant: policy.Grant, issued: Issued, asked_at: datetime, source_ends: dict[str, datetime]
     ) -> Issued:
         """``issued`` as the task may hold it (:func:`leases.cap_to_grant`); a later source expiry
-        goes into ``source_ends`` (by leaseRef) for the TaskLease entry's ``sourceExpiresAt``."""
-        capped, source_end = leases.cap_to_grant(issued, grant.ttl_seconds, asked_at)
+        goes into ``source_ends`` (by leaseRef) for the TaskLease entry's ``sourceExpiresAt``.
+        A cut lease is granted at least :data:`leases.MIN_CAPPED_GRANT`, never above ``maxTTL``."""
+        floor = min(leases.MIN_CAPPED_GRANT, timedelta(seconds=float(grant.source.max_ttl)))
+        capped, source_end = leases.cap_to_grant(issued, grant.ttl_seconds, asked_at, floor=floor)
         if source_end is not None:
             source_ends[capped.lease_ref] = source_end
         return capped

@@ -64,6 +64,12 @@ def issued(expires_in: float, *, static: bool = False, issued_at: datetime = T0)
 
 #: case -> (issued, ttl, asked_at, expected expires_at offset, expected source end offset or None)
 CAPS = {
+    "a 2 s grant of GitHub's 1 h is raised to the 60 s floor": (issued(3600), 2, T0, 60, 3600),
+    "a 2 s grant of a TokenRequest's 10 min is raised to the 60 s floor": (issued(600), 2, T0, 60, 600),
+    "a source that honours a 2 s TTL gets no floor (jwt, vault)": (issued(2), 2, T0, 2, None),
+    "the floor never passes the source's own end: not cut": (issued(30), 2, T0, 30, None),
+    "an extension's floor runs from when it was asked": (
+        issued(3600, issued_at=T0 - timedelta(minutes=5)), 2, T0, 60, 3600),
     "GitHub's 1 h cut to a 60 s grant": (issued(3600), 60, T0, 60, 3600),
     "TokenRequest's 10 min floor cut to 60 s": (issued(600), 60, T0, 60, 600),
     "a source that honours the TTL is left alone": (issued(60), 60, T0, 60, None),
@@ -76,6 +82,13 @@ CAPS = {
     "asked at a fraction of a second: never above the grant": (
         issued(3600), 60, T0 + timedelta(microseconds=900_000), 60, 3600),
 }
+
+
+def test_the_floor_given_by_the_broker_is_used_as_given() -> None:
+    """The broker passes min(MIN_CAPPED_GRANT, maxTTL): a 3 s maxTTL is never exceeded."""
+    capped, end = leases.cap_to_grant(issued(3600), 2, T0, floor=timedelta(seconds=3))
+    assert (capped.expires_at, end) == (T0 + timedelta(seconds=3), T0 + timedelta(seconds=3600))
+    assert leases.MIN_CAPPED_GRANT == timedelta(seconds=60)
 
 
 @pytest.mark.parametrize("case", list(CAPS))
@@ -222,21 +235,49 @@ async def test_another_replica_past_the_granted_end_leaves_it_to_the_issuer_whic
     assert entry_of(cluster, cred["leaseRef"])["revokeReason"] == "expired"
 
 
-async def test_a_github_renewal_is_granted_its_ttl_too(github: FakeGitHub, replicas: Any) -> None:  # noqa: F811
+#: case -> (GitHub's token lifetime, the source's permissions at renewal, whether the same token comes back)
+RENEWALS = {
+    "1 h left at GitHub: extended in place, no GitHub call": (timedelta(hours=1), "write", True),
+    "100 s left (< grant + 60 s margin): a new token, the old one revoked": (timedelta(seconds=100), "write", False),
+    "the source's permissions changed: a new token of the new scope": (timedelta(hours=1), "read", False),
+}
+
+
+@pytest.mark.parametrize("case", list(RENEWALS))
+async def test_a_github_renewal_is_granted_its_ttl_too(
+    github: FakeGitHub, replicas: Any, monkeypatch: pytest.MonkeyPatch, case: str  # noqa: F811
+) -> None:
+    lifetime, permission, same = RENEWALS[case]
+    monkeypatch.setattr("tests.fakes.github.TOKEN_LIFETIME", lifetime)
     cluster, a, _ = replicas
     cred = await issue_github(a)
+    if permission != "write":
+        src = cluster.sources[(NS, "gh")]
+        src["spec"]["githubApp"]["permissions"] = {"contents": permission}
+        cluster.put_source(src)
     pod = cluster.pods[(NS, "agent-1")]
+    calls = len(github.requests)
     reply = await a.call(a.agent(pod), "POST", "/v1/credentials/gh/renew",
                          {"task": "fix-42", "leaseRef": cred["leaseRef"], "ttl": f"{GRANTED}s"})
     assert reply.status == 200, reply.doc
     renewed = reply.doc
-    assert renewed["leaseRef"] != cred["leaseRef"], "github-app renews with a new token"
-    assert timedelta(seconds=GRANTED - 1) <= ts(renewed["expiresAt"]) - ts(renewed["issuedAt"]) <= timedelta(
-        seconds=GRANTED)
     entry = entry_of(cluster, renewed["leaseRef"])
-    assert entry["expiresAt"] == renewed["expiresAt"]
-    assert ts(entry["sourceExpiresAt"]) == github.tokens[renewed["files"]["token"]].expires_at
-    assert await at_github(github, cred["files"]["token"]) == 401, "the old token was revoked"
+    assert entry["expiresAt"] == renewed["expiresAt"], case
+    assert ts(entry["sourceExpiresAt"]) == github.tokens[renewed["files"]["token"]].expires_at, case
+    if same:
+        assert (renewed["leaseRef"], renewed["files"], renewed["issuedAt"]) == (
+            cred["leaseRef"], cred["files"], cred["issuedAt"]), "the same lease, its first issuedAt"
+        assert github.requests[calls:] == [], "an extension makes no GitHub call"
+        assert ts(renewed["expiresAt"]) >= ts(cred["expiresAt"]), "the granted end moved forward (or stayed)"
+        assert datetime.now(UTC) + timedelta(seconds=GRANTED - 2) <= ts(renewed["expiresAt"])
+        assert await at_github(github, cred["files"]["token"]) == 200
+        assert len(cluster.task_leases[(NS, lease_name("agent-1", "fix-42"))]["status"]["leases"]) == 1
+    else:
+        assert renewed["leaseRef"] != cred["leaseRef"], case
+        assert timedelta(seconds=GRANTED - 1) <= ts(renewed["expiresAt"]) - ts(renewed["issuedAt"]) <= timedelta(
+            seconds=GRANTED)
+        assert await at_github(github, cred["files"]["token"]) == 401, "the old token was revoked"
+        assert github.tokens[renewed["files"]["token"]].permissions == {"contents": permission}, case
 
     await revoke_expired(cluster, a.providers, metrics=None, now=at(1, ts(renewed["expiresAt"])))
     assert await at_github(github, renewed["files"]["token"]) == 401
