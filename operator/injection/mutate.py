@@ -126,6 +126,20 @@ def _same_path(raw: Any, mount_path: str) -> bool:
     return False
 
 
+def _at_or_below(raw: Any, mount_path: str) -> bool:
+    """``raw`` is ``mount_path`` or inside it: such a mount would make the kubelet create its mount
+    point in the credentials volume, which the sidecar then refuses to start on (a directory it did
+    not make) — or, at the same path, hide the credentials from the agent."""
+    if _same_path(raw, mount_path):
+        return True
+    text = raw if type(raw) is str else str(raw)
+    if not text.startswith(mount_path + "/"):
+        if "//" not in text and "/." not in text:
+            return False
+        text = posixpath.normpath(text)
+    return text.startswith(mount_path + "/")
+
+
 def _label_warnings(pod: dict[str, Any]) -> list[str]:
     """A skipped pod whose label was meant to opt in (YAML turned "true" into a boolean)."""
     labels = (pod.get("metadata") or {}).get("labels") or {}
@@ -417,11 +431,11 @@ def _plan(
                 break
         if not has_mount:
             for m in mounts:
-                if _same_path(m.get("mountPath", ""), mount_path):
+                if _at_or_below(m.get("mountPath", ""), mount_path):
                     raise _Denied(
                         f'{names.ANNOTATION_MOUNT_PATH}: "{mount_path}" collides with the mount of volume '
                         f"{m.get('name')!r} in container {container.get('name')!r}; accepted: a path no "
-                        f"selected container mounts anything at (set {names.ANNOTATION_MOUNT_PATH})"
+                        f"selected container mounts anything at or below (set {names.ANNOTATION_MOUNT_PATH})"
                     )
         has_env = False
         has_secret = False

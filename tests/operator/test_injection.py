@@ -337,6 +337,16 @@ def test_mount_path_annotation_overrides_the_default() -> None:
     )
 
 
+@pytest.mark.parametrize("elsewhere", ["/run/taskcreds-cache", "/run", "/home/agent/taskcreds"])
+def test_mounts_beside_or_above_the_credentials_are_admitted(elsewhere: str) -> None:
+    """Only a mount at or below the credentials path is denied (test_denials...): a sibling sharing
+    its prefix, or a parent the credentials mount nests in, is the agent's own business."""
+    agent = {"name": "agent", "image": "a", "volumeMounts": [{"name": "cache", "mountPath": elsewhere}]}
+    mutated, result = inject(pod([agent], volumes=[{"name": "cache", "emptyDir": {}}]))
+    assert result.message is None, result.message
+    assert env_of(by_name(mutated["spec"]["containers"], "agent"))["TASKCREDS_DIR"] == "/run/taskcreds"
+
+
 def test_containers_annotation_selects_init_containers_and_skips_the_rest() -> None:
     original = fixture("generate-name.yaml")  # containers: setup (init), agent; not metrics
     mutated, _ = inject(original)
@@ -499,6 +509,40 @@ DENIALS = [
         CONFIG,
         None,
         "taskcreds.io/mount-path: \"/run/taskcreds\" collides with the mount of volume 'run' "
+        "in container 'agent'",
+    ),
+    (
+        "mount-below-the-credentials",
+        pod(
+            [
+                {
+                    "name": "agent",
+                    "image": "a",
+                    "volumeMounts": [{"name": "cache", "mountPath": "/run/taskcreds/cache"}],
+                }
+            ],
+            volumes=[{"name": "cache", "emptyDir": {}}],
+        ),
+        CONFIG,
+        None,
+        "taskcreds.io/mount-path: \"/run/taskcreds\" collides with the mount of volume 'cache' "
+        "in container 'agent'",
+    ),
+    (
+        "mount-below-the-credentials-unnormalized",
+        pod(
+            [
+                {
+                    "name": "agent",
+                    "image": "a",
+                    "volumeMounts": [{"name": "cache", "mountPath": "/run//taskcreds/./cache/"}],
+                }
+            ],
+            volumes=[{"name": "cache", "emptyDir": {}}],
+        ),
+        CONFIG,
+        None,
+        "taskcreds.io/mount-path: \"/run/taskcreds\" collides with the mount of volume 'cache' "
         "in container 'agent'",
     ),
     (
