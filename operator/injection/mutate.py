@@ -127,9 +127,9 @@ def _same_path(raw: Any, mount_path: str) -> bool:
 
 
 def _at_or_below(raw: Any, mount_path: str) -> bool:
-    """``raw`` is ``mount_path`` or inside it: such a mount would make the kubelet create its mount
-    point in the credentials volume, which the sidecar then refuses to start on (a directory it did
-    not make) — or, at the same path, hide the credentials from the agent."""
+    """``raw`` is ``mount_path`` or inside it. At the same path it hides the credentials; inside it,
+    the container runtime must make the mount point in the (read-only) credentials volume: the
+    container fails to start, or the sidecar refuses a directory it did not make."""
     if _same_path(raw, mount_path):
         return True
     text = raw if type(raw) is str else str(raw)
