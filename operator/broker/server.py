@@ -19,6 +19,7 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -42,7 +43,14 @@ from taskcreds.operator.broker.errors import (
 from taskcreds.operator.broker.ratelimit import TokenBuckets
 from taskcreds.operator.broker.settings import BrokerSettings
 from taskcreds.operator.cluster import Cluster, ClusterError
-from taskcreds.operator.providers.base import Issued, IssueRequest, NotRevocable, Provider, ProviderError
+from taskcreds.operator.providers.base import (
+    Issued,
+    IssueRequest,
+    NotRevocable,
+    Provider,
+    ProviderError,
+    Undelivered,
+)
 from taskcreds.operator.providers.replica import Replica, replica_from_env
 from taskcreds.operator.sources import Source, SourceError, resolve_source
 from taskcreds.operator.taskstatus import TaskStatusHub
@@ -529,6 +537,8 @@ class Broker:
         for grant, result in zip(grants, results, strict=True):
             if isinstance(result, Issued):
                 done.append((grant, self._granted(grant, result, asked_at, source_ends)))
+            elif isinstance(result, Undelivered):  # live at its source, not handed out: revoke or record
+                done.append((grant, self._granted_nothing(result, source_ends)))
         failed = [(g, r) for g, r in zip(grants, results, strict=True) if not isinstance(r, Issued)]
         if failed:
             await self._revoke_or_record(pod, task, done, intents, source_ends)
@@ -593,6 +603,16 @@ class Broker:
         if source_end is not None:
             source_ends[capped.lease_ref] = source_end
         return capped
+
+    @staticmethod
+    def _granted_nothing(failure: Undelivered, source_ends: dict[str, datetime]) -> Issued:
+        """What a source created but the issue could not hand out (nor give back): granted nothing,
+        so ``expiresAt`` is its issue time and ``sourceExpiresAt`` its real end. Recorded so, the
+        next sweep revokes it (reason ``expired``) and retries until it is dead at its source."""
+        live = failure.issued
+        if live.expires_at > live.issued_at:
+            source_ends[live.lease_ref] = live.expires_at
+        return replace(live, expires_at=live.issued_at)
 
     async def _revoke_or_record(
         self,
@@ -687,7 +707,12 @@ class Broker:
             asked_at = self.now()
             issued = await self._timed(provider, provider.renew(lease_ref, request))
         except ProviderError as exc:
-            await self._record_quietly(pod, task, [], [intent])
+            if isinstance(exc, Undelivered):  # a replacement live at its source: revoke or record it
+                ends: dict[str, datetime] = {}
+                live = self._granted_nothing(exc, ends)
+                await self._revoke_or_record(pod, task, [(grant, live)], {name: intent}, ends)
+            else:
+                await self._record_quietly(pod, task, [], [intent])
             raise ProviderFailed(f"credential {name!r}: {exc}") from None
         # the same rule as an issue: a replacement (github-app: a new 1 h token) or an extension is
         # granted its TTL from now, and cut there when its source honours it longer

@@ -8,7 +8,7 @@ log and to store on a TaskLease.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,6 +20,7 @@ __all__ = [
     "ProviderError",
     "NotRevocable",
     "HeldElsewhere",
+    "Undelivered",
 ]
 
 
@@ -51,6 +52,18 @@ class HeldElsewhere(ProviderError):
     def __init__(self, provider: str, message: str, *, holder: str) -> None:
         super().__init__(provider, message, retryable=True)
         self.holder = holder
+
+
+class Undelivered(ProviderError):
+    """The source created a credential that the issue cannot hand out and could not give back
+    either (a Vault lease longer than the task may hold, neither shortened nor revoked). ``issued``
+    says what lives at the source (its ``files`` emptied: no value travels in an exception): the
+    broker records it on the TaskLease so the sweep and the task end keep revoking it, instead of
+    forgetting a live credential."""
+
+    def __init__(self, provider: str, message: str, *, issued: Issued, retryable: bool = False) -> None:
+        super().__init__(provider, message, retryable=retryable)
+        self.issued = replace(issued, files={})
 
 
 @dataclass(frozen=True)

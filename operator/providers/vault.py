@@ -64,7 +64,13 @@ import hvac
 import hvac.exceptions
 import requests
 from taskcreds.operator.cluster import Cluster, ClusterError
-from taskcreds.operator.providers.base import Issued, IssueRequest, NotRevocable, ProviderError
+from taskcreds.operator.providers.base import (
+    Issued,
+    IssueRequest,
+    NotRevocable,
+    ProviderError,
+    Undelivered,
+)
 from taskcreds.operator.sources import VAULT_DEFAULT_POLICY_REFUSAL, tenant_refusal
 
 from taskcreds.durations import DurationError, parse_duration
@@ -627,7 +633,8 @@ class VaultProvider:
         limit: int,
         renewable: bool,
     ) -> int:
-        """The lease's new duration, at most ``limit``; else the lease is revoked and the issue fails.
+        """The lease's new duration, at most ``limit``; else the lease is revoked and the issue fails
+        (:class:`~.base.Undelivered`, carrying the live lease, when revoking fails too).
 
         The role's ``default_ttl`` is often longer than a task may hold: a renewal with a smaller
         increment shortens it. A lease that cannot be shortened would outlive what the source allows
@@ -653,20 +660,32 @@ class VaultProvider:
                 lambda c: c.sys.revoke_lease(lease_id),
             )
         except ProviderError as exc:
-            revoked = f"revoking it failed too ({exc}): revoke {lease_id} by hand, or it ends at its expiry"
+            revoked = (
+                f"revoking it failed too ({exc}): it is recorded on the TaskLease and the operator "
+                f"retries revoking {lease_id} (at the latest it ends at its expiry)"
+            )
             log.warning(
                 "vault: a lease too long for the task could not be revoked",
                 extra=fields(provider=PROVIDER, lease_ref=lease_id, error=str(exc)),
             )
+        else:
+            revoked = None
         cap = f"spec.maxTTL {settings.max_ttl}s" if settings.max_ttl else "no spec.maxTTL"
-        raise ProviderError(
-            PROVIDER,
+        message = (
             f"{settings.address}: {settings.path} gave a lease of {duration}s (the role's TTL), longer "
             f"than this task may hold ({limit}s: requested TTL {int(request.ttl_seconds)}s, {cap}), and "
-            f"it cannot be shortened: {why}; {revoked}. Lower the role's default_ttl to at most "
-            f"{limit}s, or make its leases renewable",
-            retryable=False,
+            f"it cannot be shortened: {why}; {revoked or 'it was revoked'}. Lower the role's default_ttl "
+            f"to at most {limit}s, or make its leases renewable"
         )
+        if revoked is None:
+            raise ProviderError(PROVIDER, message, retryable=False)
+        # live at Vault and not handed out: the broker records it, so it is revoked later, not forgotten
+        now = _now()
+        live = Issued(
+            files={}, lease_ref=lease_id, issued_at=now, expires_at=now + timedelta(seconds=duration),
+            renewable=renewable, target=_target(settings),
+        )
+        raise Undelivered(PROVIDER, message, issued=live)
 
     async def _extend(
         self, settings: VaultSettings, source_namespace: str | None, lease_ref: str, ttl: int

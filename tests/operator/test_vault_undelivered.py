@@ -1,0 +1,100 @@
+"""A Vault dynamic lease the broker could neither hand out nor give back is recorded, then revoked.
+
+A lease longer than the task may hold is shortened by a renewal, or revoked. When both fail (Vault
+5xx, a timeout, a policy without sys/leases/renew and revoke) the lease — a database user — lives at
+Vault for the role's TTL. The issue still fails, but the lease goes on the TaskLease (granted nothing:
+``expiresAt`` is its issue time, ``sourceExpiresAt`` Vault's end), so the sweep keeps revoking it
+instead of nobody knowing. Real broker over mTLS; Vault is the review's small fake ``Server``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from taskcreds.operator.leases import lease_name, revoke_expired
+
+from tests.operator.test_broker_harness import NS, Harness, source
+from tests.operator.test_provider_vault_review import Server
+
+LEASE = "database/creds/long/lease-1"
+OPERATOR_NS = "taskcreds-system"
+
+
+class FlakyVault:
+    """One dynamic read answering a 1 h renewable lease; renew and revoke fail with 503 until
+    ``healed``. Counts every lease it handed out and every revoke that worked."""
+
+    def __init__(self) -> None:
+        self.healed = False
+        self.leases = 0
+        self.revoked: list[str] = []
+        self.server = Server(self.answer)
+
+    def answer(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, str], Any]:
+        if path == "/v1/auth/token/lookup-self":
+            return 200, {}, {"data": {"ttl": 0}}
+        if method == "GET" and path == "/v1/database/creds/long":
+            self.leases += 1
+            return 200, {}, {"lease_id": LEASE, "renewable": True, "lease_duration": 3600,
+                             "data": {"username": "v-long-canary", "password": "pw-canary-5d1e"}}
+        if path in ("/v1/sys/leases/renew", "/v1/sys/leases/revoke") and not self.healed:
+            return 503, {}, {"errors": ["Vault is sealed"]}
+        if method == "PUT" and path == "/v1/sys/leases/revoke":
+            self.revoked.append(json.loads(body)["lease_id"])
+            return 204, {}, None
+        return 404, {}, {"errors": ["no handler"]}
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[tuple[Harness, FlakyVault]]:
+    vault = FlakyVault()
+    h = Harness()
+    h.cluster.put_secret(OPERATOR_NS, "vault-op", {"token": "op-token-canary-77"})
+    h.cluster.put_source(source("db", "vault", namespace=None, max_ttl="1h", default_ttl="1m", vault={
+        "address": vault.server.url, "mode": "dynamic", "path": "database/creds/long",
+        "auth": {"method": "token", "tokenSecretRef": {"name": "vault-op", "key": "token"}}}))
+    await h.start()
+    try:
+        yield h, vault
+    finally:
+        await h.close()
+        vault.server.close()
+
+
+def entries(h: Harness) -> list[dict[str, Any]]:
+    return h.cluster.task_leases[(NS, lease_name("agent-1", "fix-42"))]["status"]["leases"]
+
+
+async def test_a_lease_neither_shortened_nor_revoked_is_recorded_and_the_sweep_revokes_it(
+    world: tuple[Harness, FlakyVault],
+) -> None:
+    h, vault = world
+    reply = await h.issue(h.agent(h.add_pod("agent-1", credentials="db")), ttl="60s")
+    assert (reply.status, reply.code) == (502, "provider_error"), reply.doc
+    message = reply.doc["error"]["message"]
+    assert "nothing was issued" in message and "retries revoking" in message, message
+    assert "canary" not in reply.raw.decode(), "no value in the refusal"
+    assert vault.leases == 1
+
+    (entry,) = entries(h)
+    assert entry["leaseRef"] == LEASE and "pending" not in entry and "revokedAt" not in entry, entry
+    source_end = datetime.fromisoformat(entry["sourceExpiresAt"].replace("Z", "+00:00"))
+    assert source_end - datetime.now(UTC) > timedelta(minutes=59), "Vault's own end, kept for the retries"
+    assert "canary" not in json.dumps(entry)
+
+    # the sweep, while Vault still refuses: retried, still unrevoked
+    soon = lambda: datetime.now(UTC) + timedelta(seconds=2)  # noqa: E731
+    await revoke_expired(h.cluster, h.providers, metrics=None, now=soon)
+    (entry,) = entries(h)
+    assert "revokedAt" not in entry and "Vault is sealed" in entry["lastError"], entry
+    assert vault.revoked == []
+
+    vault.healed = True
+    await revoke_expired(h.cluster, h.providers, metrics=None, now=soon)
+    (entry,) = entries(h)
+    assert entry["revokedAt"] and "notRevocable" not in entry, entry
+    assert vault.revoked == [LEASE], "the lease was revoked at Vault"
