@@ -32,14 +32,21 @@ def test_ended_pods_reviews_go_as_new_ones_come() -> None:
 
 
 def test_a_renewed_review_is_kept_behind_older_ones() -> None:
+    """A re-review moves its entry behind the others (expiry order), so an entry that expires before
+    it is not stuck behind it: the cache follows the live pods (mutation review: this test passed
+    with the move deleted)."""
     clock = [100.0]
     cache = ReviewCache(ttl=30.0, clock=lambda: clock[0])
-    cache.put("token-a", "taskcreds", _identity(1))
-    clock[0] += 20.0
-    cache.put("token-b", "taskcreds", _identity(2))
-    cache.put("token-a", "taskcreds", _identity(1))  # reviewed again: lives 30 s from now
-    clock[0] += 15.0
-    cache.put("token-c", "taskcreds", _identity(3))  # token-a's first lifetime would have ended
+    cache.put("token-a", "taskcreds", _identity(1))  # expires 130
+    clock[0] = 110.0
+    cache.put("token-b", "taskcreds", _identity(2))  # expires 140
+    clock[0] = 120.0
+    cache.put("token-a", "taskcreds", _identity(1))  # reviewed again: expires 150, now behind b
+    clock[0] = 135.0
+    assert cache.get("token-a", "taskcreds") == _identity(1)  # its first lifetime has ended
+    clock[0] = 145.0
+    cache.put("token-c", "taskcreds", _identity(3))  # b (140) has expired: dropped, a (150) kept
+    assert len(cache) == 2, "an expired entry was kept behind the renewed one"  # (get would drop it)
     assert cache.get("token-a", "taskcreds") == _identity(1)
 
 

@@ -265,7 +265,9 @@ async def test_junk_bearer_tokens_sent_at_once_start_at_most_the_burst_of_review
         assert {r.status for r in replies} <= {401, 429}, case
         assert [r.status for r in replies].count(401) >= 1, case
         if case == "distinct junk tokens":
-            assert [r.status for r in replies].count(429) >= 55, case
+            statuses = [r.status for r in replies]
+            # (once seen at load ~6: fewer 429s; say what came back and how many reviews ran)
+            assert statuses.count(429) >= 55, (case, {s: statuses.count(s) for s in set(statuses)}, reviews(h))
         assert h.app[BROKER_KEY].review_guard.in_flight(spiffe_id()) == 0, "nothing left in flight"
     finally:
         await h.close()
