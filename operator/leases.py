@@ -167,25 +167,44 @@ class TooManyLive(Exception):
 
 def live_entries(entries: list[dict[str, Any]], credential: str, now: datetime) -> list[dict[str, Any]]:
     """Entries of ``credential`` whose value may still work: not revoked, not superseded (a renewal
-    replaced it; its holder revokes it), not past ``expiresAt``."""
+    replaced it; its holder revokes it), not dead at its source (:func:`dies_by`). A lease cut to
+    its grant still works at its source after ``expiresAt`` until the sweep revokes it (30 s, or
+    until ``sourceExpiresAt`` while revoking fails): it counts until then."""
     out = []
     for entry in entries:
         if entry.get("credential") != credential or entry.get("revokedAt") or entry.get("supersededAt"):
             continue
-        expires = parse_timestamp(entry.get("expiresAt"))
-        if expires is None or expires > now:
+        dies = dies_by(entry)
+        if dies is None or dies > now:
             out.append(entry)
     return out
+
+
+#: when a lease cut to its grant and past it, not yet revoked, is expected to stop counting: the
+#: sweep (every 30 s, ``main.SWEEP_INTERVAL``) revokes it, so a refused issue may retry then
+RETRY_AFTER_CUT: Final = timedelta(seconds=30)
+
+
+def _frees_at(entry: Mapping[str, Any], now: datetime) -> datetime | None:
+    """When a live entry should stop counting: its granted end while ahead; past it (a cut lease
+    the sweep has yet to revoke) the next sweep, never after the source's own end (:func:`dies_by`)."""
+    granted, dies = parse_timestamp(entry.get("expiresAt")), dies_by(entry)
+    if granted is not None and granted > now:
+        return granted
+    if dies is None:
+        return None
+    return min(dies, now + RETRY_AFTER_CUT)
 
 
 def check_live_limit(
     entries: list[dict[str, Any]], adding: list[dict[str, Any]], limit: int, now: datetime
 ) -> None:
-    """TooManyLive when adding ``adding`` would leave more than ``limit`` live leases of a credential."""
+    """TooManyLive when adding ``adding`` would leave more than ``limit`` live leases of a credential
+    (:func:`live_entries`); its ``next_expiry`` is when one should stop counting (:func:`_frees_at`)."""
     for credential in dict.fromkeys(e["credential"] for e in adding):
         live = live_entries(entries, credential, now)
         if len(live) + sum(1 for e in adding if e["credential"] == credential) > limit:
-            expiries = [t for t in (parse_timestamp(e.get("expiresAt")) for e in live) if t is not None]
+            expiries = [t for t in (_frees_at(e, now) for e in live) if t is not None]
             raise TooManyLive(credential, len(live), limit, min(expiries) if expiries else None)
 
 
