@@ -592,7 +592,11 @@ class VaultProvider:
         for key, file_name in mapping:
             if key not in data:
                 # the lease is useless without this key: give it back before failing
-                with contextlib.suppress(ProviderError):
+                message = (
+                    f"{settings.address}: {path} has no key {key!r} for spec.vault.fileMap "
+                    f"(keys: {', '.join(sorted(data))})"
+                )
+                try:
                     await self._call(
                         settings,
                         request.source_namespace,
@@ -600,12 +604,19 @@ class VaultProvider:
                         "sys/leases/revoke",
                         lambda c: c.sys.revoke_lease(lease_id),
                     )
-                raise ProviderError(
-                    PROVIDER,
-                    f"{settings.address}: {path} has no key {key!r} for spec.vault.fileMap "
-                    f"(keys: {', '.join(sorted(data))})",
-                    retryable=False,
-                )
+                except ProviderError as exc:
+                    # live at Vault and not handed out: the broker records it, so it is revoked later
+                    now = _now()
+                    live = Issued(
+                        files={}, lease_ref=str(lease_id), issued_at=now,
+                        expires_at=now + timedelta(seconds=int(response.get("lease_duration") or 0)),
+                        renewable=bool(response.get("renewable")), target=_target(settings),
+                    )
+                    raise Undelivered(
+                        PROVIDER, f"{message}; giving the lease back failed too ({exc}): it is recorded "
+                        f"on the TaskLease and the operator retries revoking {lease_id}", issued=live,
+                    ) from None
+                raise ProviderError(PROVIDER, message, retryable=False)
             value = data[key]
             files[file_name] = value if isinstance(value, str) else str(value)
         duration = int(response.get("lease_duration") or 0)
