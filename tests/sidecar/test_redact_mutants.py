@@ -72,6 +72,11 @@ FORMS = [
     ("JSON-escaped", 'pa"ss\\word-123', lambda v: json.dumps(v)[1:-1]),
     ("path-encoded (slash kept)", "a/b c/d?e=f", lambda v: quote(v)),
     ("unpadded base64url", "tok>>>??~~~x", lambda v: base64.urlsafe_b64encode(v.encode()).decode().rstrip("=")),
+    # the whole padded encoding goes, not only the characters that depend on the value alone
+    ("base64, one byte over", "tok>>>??~~~xy", lambda v: base64.b64encode(v.encode()).decode()),
+    ("base64, two bytes over", "tok>>>??~~~xyz", lambda v: base64.b64encode(v.encode()).decode()),
+    ("base64url, one byte over", "tok>>>??~~~xy", lambda v: base64.urlsafe_b64encode(v.encode()).decode()),
+    ("unpadded base64, two bytes over", "tok>>>??~~~xyz", lambda v: base64.b64encode(v.encode()).decode().rstrip("=")),
 ]
 
 
