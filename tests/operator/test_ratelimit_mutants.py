@@ -146,3 +146,13 @@ def test_a_zero_rate_waits_long_but_finite(rate: float, burst: int) -> None:
     assert b.take("pod") is None
     wait = b.take("pod")
     assert wait is not None and 1e5 < wait < 1e7
+
+
+def test_a_table_at_max_keys_after_a_prune_keeps_its_debts() -> None:
+    b, clock = buckets(rate=0.001, burst=1, prune_every=10.0, max_keys=2)
+    b.take("k0")
+    b.take("k1")
+    clock.now += 11.0  # prune due; neither key has refilled (1000 s)
+    b.take("k2")  # the table holds max_keys after the prune: not over it, nothing cleared
+    assert len(b) == 3
+    assert b.take("k0") is not None  # k0 still has to wait
