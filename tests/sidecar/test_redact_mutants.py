@@ -22,6 +22,7 @@ VALUES = {
     "length 0 mod 3": "tok>>>??~~~" + "x",
     "length 1 mod 3": "tok>>>??~~~" + "xy",
     "length 2 mod 3": "tok>>>??~~~" + "xyz",
+    "length 1 mod 3, a multiple of 4": "tok>>>??~~~" + "xyzwv",
 }
 ENCODERS: dict[str, Callable[[bytes], bytes]] = {
     "base64": base64.b64encode,
@@ -58,12 +59,17 @@ def test_a_value_inside_a_longer_base64_blob_is_redacted(
 ) -> None:
     r = Redactor()
     r.add("api", value)
-    blob = encode(f"{prefix}{value}".encode() + b"!suffix").decode()
+    blob = encode(f"{prefix}{value}".encode() + b"~suffix").decode()  # "~": its top bits are not 0
     line = f"Authorization: Basic {blob} done"
     out = r.redact(line)
     assert "[REDACTED:api]" in out, case
     assert not _leaks(out, value), (case, out)
     assert _leaks(line, value)  # the check itself can see the value when it is there
+    # exactly the characters whose 6 bits all come from the value go: each one left would tell a
+    # reader 6 bits of it; the ones mixing in the prefix's or suffix's bits stay
+    first = -(-8 * len(prefix) // 6)
+    end = 8 * (len(prefix) + len(value.encode())) // 6
+    assert out == f"Authorization: Basic {blob[:first]}[REDACTED:api]{blob[end:]} done", case
 
 
 FORMS = [
