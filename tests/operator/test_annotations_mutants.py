@@ -55,6 +55,13 @@ ACCEPTED = [
     ),
     ("mount path of 1024 characters", with_(mount_path="/" + "a" * 1023), "mount_path", "/" + "a" * 1023),
     ("mount path normalized", with_(mount_path=" /run//x/./creds/ "), "mount_path", "/run/x/creds"),
+    pytest.param(
+        "two leading slashes normalized to one", with_(mount_path="//var/run/secrets/taskcreds"), "mount_path",
+        "/var/run/secrets/taskcreds",
+        # kept as "//var/...", the webhook's string checks (mutate._overlaps_sidecar) miss that it
+        # is the sidecar's own token directory
+        marks=pytest.mark.xfail(strict=True, reason="bug: normpath keeps '//' (annotations.py _mount_path)"),
+    ),
     ("ttl with spaces around", with_(ttl=" 90s "), "ttl", 90.0),
     ("no ttl", BASE, "ttl", None),
     ("no max-duration", BASE, "max_duration", None),
@@ -70,7 +77,10 @@ ACCEPTED = [
 ]
 
 
-@pytest.mark.parametrize(("case", "annotations", "field", "expected"), ACCEPTED, ids=[c[0] for c in ACCEPTED])
+@pytest.mark.parametrize(
+    ("case", "annotations", "field", "expected"), ACCEPTED,
+    ids=[c.values[0] if hasattr(c, "values") else c[0] for c in ACCEPTED],
+)
 def test_values_at_the_limits_are_accepted(case: str, annotations: dict, field: str, expected: object) -> None:
     assert getattr(parse_request(annotations), field) == expected, case
 
