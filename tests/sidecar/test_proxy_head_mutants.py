@@ -426,3 +426,21 @@ CONNECT = [
 async def test_connect_targets(deny_rig: Rig, case: str, target: bytes, status: int, says: bytes) -> None:
     got, body = await deny_rig.send(b"CONNECT " + target + b" HTTP/1.1\r\n\r\n")
     assert (got, says in body) == (status, True), (case, body)
+
+
+async def test_a_chunked_body_with_trailers_leaves_the_connection_in_step(rig: Rig) -> None:
+    # the trailers are read and dropped: left in the stream they would be taken for the next request
+    reader, writer = await asyncio.open_connection("127.0.0.1", rig.port)
+    try:
+        writer.write(
+            get(API, b"Transfer-Encoding: chunked", method=b"POST") + b"3\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n"
+        )
+        writer.write(get(API))
+        answers = []
+        for _ in range(2):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            answers.append((head.split(b" ")[1], await asyncio.wait_for(reader.readexactly(2), 5)))
+    finally:
+        writer.close()
+    assert answers == [(b"200", b"ok"), (b"200", b"ok")]
+    assert [body for _, body in rig.upstream.seen] == [b"abc", b""]
