@@ -216,15 +216,18 @@ def _parse_containers(value: str) -> tuple[str, ...]:
 
 def _mount_path(value: str) -> str:
     path = value.strip()
+    # normpath keeps exactly two leading slashes (POSIX leaves "//x" implementation-defined): "//"
+    # would pass as not "/", and "//var/..." would slip past every string comparison with a path
+    normal = "/" + posixpath.normpath(path).lstrip("/")
     if (
         not path.startswith("/")
         or ".." in path.split("/")
         or ":" in path
-        or posixpath.normpath(path) == "/"
+        or normal == "/"
         or len(path) > 1024
     ):
         raise AnnotationError(names.ANNOTATION_MOUNT_PATH, value, ACCEPT_MOUNT_PATH)
-    return posixpath.normpath(path)
+    return normal
 
 
 def _not_a_string(key: str, value: Any) -> AnnotationError:

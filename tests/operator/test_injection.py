@@ -553,6 +553,13 @@ DENIALS = [
         'taskcreds.io/mount-path: "/spiffe-workload-api" overlaps where the sidecar mounts its own volumes',
     ),
     (
+        "mount-on-sidecar-path-double-slash",
+        pod(annotations={names.ANNOTATION_MOUNT_PATH: "//spiffe-workload-api"}),
+        CONFIG,
+        None,
+        'taskcreds.io/mount-path: "/spiffe-workload-api" overlaps where the sidecar mounts its own volumes',
+    ),
+    (
         "mount-path-dotdot",
         pod(annotations={names.ANNOTATION_MOUNT_PATH: "/run/../etc"}),
         CONFIG,
