@@ -22,6 +22,7 @@ from taskcreds.durations import DurationError, format_duration, parse_duration
 __all__ = [
     "AnnotationError",
     "InjectionRequest",
+    "normal_path",
     "parse_request",
     "parse_credentials",
     "unknown_annotations",
@@ -214,11 +215,16 @@ def _parse_containers(value: str) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def normal_path(path: str) -> str:
+    """``posixpath.normpath`` of an absolute path, with one leading slash: normpath keeps exactly two
+    (POSIX leaves "//x" implementation-defined), and Linux reads "//var" as "/var" — kept, "//"
+    would pass as not "/" and "//var/..." would slip past every string comparison with a path."""
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
 def _mount_path(value: str) -> str:
     path = value.strip()
-    # normpath keeps exactly two leading slashes (POSIX leaves "//x" implementation-defined): "//"
-    # would pass as not "/", and "//var/..." would slip past every string comparison with a path
-    normal = "/" + posixpath.normpath(path).lstrip("/")
+    normal = normal_path(path)
     if (
         not path.startswith("/")
         or ".." in path.split("/")

@@ -18,7 +18,6 @@ never copies them.
 from __future__ import annotations
 
 import ipaddress
-import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from taskcreds.operator.annotations import normal_path
 
 from taskcreds import names
 from taskcreds.durations import DurationError, parse_duration
@@ -123,11 +123,11 @@ def parse_quantity(text: object) -> Decimal:
 
 
 def _absolute_path(value: str) -> str:
-    if not value.startswith("/") or ".." in value.split("/") or posixpath.normpath(value) == "/":
+    if not value.startswith("/") or ".." in value.split("/") or normal_path(value) == "/":
         raise ValueError(
             f"{value!r} is not an absolute path below / without '..' (for example /run/taskcreds)"
         )
-    return posixpath.normpath(value)
+    return normal_path(value)
 
 
 class _Model(BaseModel):

@@ -12,7 +12,6 @@ missing the outcome is ``skipped`` with an empty patch.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,6 +20,7 @@ from typing import Any, Final, Literal
 from taskcreds.operator.annotations import (
     PUBLIC_ANNOTATIONS,
     AnnotationError,
+    normal_path,
     parse_request,
     shown,
     unknown_annotations,
@@ -113,7 +113,7 @@ def _overlaps_sidecar(mount_path: str) -> bool:
 
 
 def _same_path(raw: Any, mount_path: str) -> bool:
-    """``posixpath.normpath(str(raw)) == mount_path`` without normalizing paths that are already normal.
+    """``normal_path(str(raw)) == mount_path`` without normalizing paths that are already normal.
 
     ``mount_path`` is absolute and normal, so only an absolute ``raw`` can match, and an absolute path
     without ``//``, ``/.`` or a trailing ``/`` is its own normal form.
@@ -122,7 +122,7 @@ def _same_path(raw: Any, mount_path: str) -> bool:
     if text == mount_path:
         return True
     if "//" in text or "/." in text or text.endswith("/"):
-        return posixpath.normpath(text) == mount_path
+        return normal_path(text) == mount_path
     return False
 
 
@@ -136,7 +136,7 @@ def _at_or_below(raw: Any, mount_path: str) -> bool:
     if not text.startswith(mount_path + "/"):
         if "//" not in text and "/." not in text:
             return False
-        text = posixpath.normpath(text)
+        text = normal_path(text)
     return text.startswith(mount_path + "/")
 
 

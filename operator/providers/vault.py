@@ -661,7 +661,7 @@ class VaultProvider:
                 if shorter is not None and 0 < shorter <= limit:
                     return shorter
                 why = "the lease is gone" if shorter is None else f"the renewal left it at {shorter}s"
-        revoked = "it was revoked"
+        revoked: str | None = None  # None: given back; else why not
         try:
             await self._call(
                 settings,
@@ -679,8 +679,6 @@ class VaultProvider:
                 "vault: a lease too long for the task could not be revoked",
                 extra=fields(provider=PROVIDER, lease_ref=lease_id, error=str(exc)),
             )
-        else:
-            revoked = None
         cap = f"spec.maxTTL {settings.max_ttl}s" if settings.max_ttl else "no spec.maxTTL"
         message = (
             f"{settings.address}: {settings.path} gave a lease of {duration}s (the role's TTL), longer "

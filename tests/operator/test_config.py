@@ -202,6 +202,11 @@ def test_config_is_frozen() -> None:
             id="root-mount",
         ),
         pytest.param(
+            {"injection": {"mountPath": "//"}},
+            "injection.mountPath: '//' is not an absolute path below /",
+            id="root-mount-two-slashes",
+        ),
+        pytest.param(
             {"injection": {"tmpfsSizeLimit": "0"}},
             "injection.tmpfsSizeLimit: '0' must be larger than zero",
             id="zero-size",

@@ -529,6 +529,17 @@ DENIALS = [
         "in container 'agent'",
     ),
     (
+        "mount-at-the-credentials-two-leading-slashes",
+        pod(
+            [{"name": "agent", "image": "a", "volumeMounts": [{"name": "cache", "mountPath": "//run/taskcreds"}]}],
+            volumes=[{"name": "cache", "emptyDir": {}}],
+        ),
+        CONFIG,
+        None,
+        "taskcreds.io/mount-path: \"/run/taskcreds\" collides with the mount of volume 'cache' "
+        "in container 'agent'",
+    ),
+    (
         "mount-below-the-credentials-unnormalized",
         pod(
             [
