@@ -596,15 +596,8 @@ class VaultProvider:
                     f"{settings.address}: {path} has no key {key!r} for spec.vault.fileMap "
                     f"(keys: {', '.join(sorted(data))})"
                 )
-                try:
-                    await self._call(
-                        settings,
-                        request.source_namespace,
-                        "revoking lease",
-                        "sys/leases/revoke",
-                        lambda c: c.sys.revoke_lease(lease_id),
-                    )
-                except ProviderError as exc:
+                failed = await self._give_back(settings, request, str(lease_id))
+                if failed is not None:
                     # live at Vault and not handed out: the broker records it, so it is revoked later
                     now = _now()
                     live = Issued(
@@ -613,9 +606,9 @@ class VaultProvider:
                         renewable=bool(response.get("renewable")), target=_target(settings),
                     )
                     raise Undelivered(
-                        PROVIDER, f"{message}; giving the lease back failed too ({exc}): it is recorded "
+                        PROVIDER, f"{message}; giving the lease back failed too ({failed}): it is recorded "
                         f"on the TaskLease and the operator retries revoking {lease_id}", issued=live,
-                    ) from None
+                    )
                 raise ProviderError(PROVIDER, message, retryable=False)
             value = data[key]
             files[file_name] = value if isinstance(value, str) else str(value)
@@ -634,6 +627,22 @@ class VaultProvider:
             expires_at=now + timedelta(seconds=duration),
             renewable=renewable,
         )
+
+    async def _give_back(
+        self, settings: VaultSettings, request: IssueRequest, lease_id: str
+    ) -> ProviderError | None:
+        """Revoke a lease this issue cannot hand out; the error when that failed too (None: gone)."""
+        try:
+            await self._call(
+                settings,
+                request.source_namespace,
+                "revoking lease",
+                "sys/leases/revoke",
+                lambda c: c.sys.revoke_lease(lease_id),
+            )
+        except ProviderError as exc:
+            return exc
+        return None
 
     async def _shorten(
         self,
@@ -662,22 +671,15 @@ class VaultProvider:
                     return shorter
                 why = "the lease is gone" if shorter is None else f"the renewal left it at {shorter}s"
         revoked: str | None = None  # None: given back; else why not
-        try:
-            await self._call(
-                settings,
-                request.source_namespace,
-                "revoking lease",
-                "sys/leases/revoke",
-                lambda c: c.sys.revoke_lease(lease_id),
-            )
-        except ProviderError as exc:
+        failed = await self._give_back(settings, request, lease_id)
+        if failed is not None:
             revoked = (
-                f"revoking it failed too ({exc}): it is recorded on the TaskLease and the operator "
+                f"revoking it failed too ({failed}): it is recorded on the TaskLease and the operator "
                 f"retries revoking {lease_id} (at the latest it ends at its expiry)"
             )
             log.warning(
                 "vault: a lease too long for the task could not be revoked",
-                extra=fields(provider=PROVIDER, lease_ref=lease_id, error=str(exc)),
+                extra=fields(provider=PROVIDER, lease_ref=lease_id, error=str(failed)),
             )
         cap = f"spec.maxTTL {settings.max_ttl}s" if settings.max_ttl else "no spec.maxTTL"
         message = (
