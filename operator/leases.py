@@ -80,6 +80,8 @@ __all__ = [
     "dies_by",
     "CAP_SLACK",
     "MIN_CAPPED_GRANT",
+    "ReplacedGone",
+    "granted_nothing",
     "pending_entry",
     "new_intent",
     "PENDING_GRACE",
@@ -139,8 +141,10 @@ CAP_SLACK: Final = timedelta(seconds=1)
 #: anyway: GitHub 1 h, a TokenRequest 10 min). Without it a pod asking a 2 s TTL refreshes every
 #: ~1.3 s, and each refresh mints at the source (a github-app token and its DELETE; a TokenRequest,
 #: a Secret create and delete): one pod could spend a GitHub App installation's shared hourly API
-#: budget. 60 s: refreshes (and mints) at most every ~40 s, a value cut within 60 s + one sweep.
-MIN_CAPPED_GRANT: Final = timedelta(seconds=60)
+#: budget. 5 min: a pod refreshes (and mints) at most about every 3.3 min (<= ~18 mints an hour per
+#: credential), and a cut value lives at its source at most max(granted TTL, 5 min) + one sweep
+#: interval. Never above the source's maxTTL (the broker passes the smaller).
+MIN_CAPPED_GRANT: Final = timedelta(minutes=5)
 _INVALID = re.compile(r"[^a-z0-9-]")
 
 
@@ -160,9 +164,31 @@ class LeaseBusy(ClusterError):
 class TooManyLive(Exception):
     """Recording would put more than the allowed live leases of one credential on a TaskLease."""
 
-    def __init__(self, credential: str, live: int, limit: int, next_expiry: datetime | None) -> None:
-        super().__init__(f"credential {credential!r} has {live} live leases (at most {limit})")
+    def __init__(
+        self,
+        credential: str,
+        live: int,
+        limit: int,
+        next_expiry: datetime | None,
+        *,
+        undelivered: int = 0,
+        last_error: str | None = None,
+    ) -> None:
+        text = f"credential {credential!r} has {live} live leases (at most {limit})"
+        if undelivered:
+            text += f", {undelivered} of them granted nothing and waiting to be revoked at the source"
+        super().__init__(text)
         self.credential, self.live, self.limit, self.next_expiry = credential, live, limit, next_expiry
+        #: live leases the task was granted nothing of (:func:`granted_nothing`): they cannot be
+        #: renewed, only revoked by the sweep; ``last_error`` is the last provider error on them
+        self.undelivered, self.last_error = undelivered, last_error
+
+
+def granted_nothing(entry: Mapping[str, Any]) -> bool:
+    """Whether the entry records a lease the task was never handed (an issue or renewal whose value
+    could be neither delivered nor given back): its granted end is its issue time."""
+    issued, granted = parse_timestamp(entry.get("issuedAt")), parse_timestamp(entry.get("expiresAt"))
+    return issued is not None and granted is not None and granted <= issued and not entry.get("pending")
 
 
 def live_entries(entries: list[dict[str, Any]], credential: str, now: datetime) -> list[dict[str, Any]]:
@@ -205,7 +231,22 @@ def check_live_limit(
         live = live_entries(entries, credential, now)
         if len(live) + sum(1 for e in adding if e["credential"] == credential) > limit:
             expiries = [t for t in (_frees_at(e, now) for e in live) if t is not None]
-            raise TooManyLive(credential, len(live), limit, min(expiries) if expiries else None)
+            stuck = [e for e in live if granted_nothing(e)]
+            errors = [str(e["lastError"]) for e in stuck if e.get("lastError")]
+            raise TooManyLive(
+                credential, len(live), limit, min(expiries) if expiries else None,
+                undelivered=len(stuck), last_error=errors[-1] if errors else None,
+            )
+
+
+class ReplacedGone(Exception):
+    """A renewal's record would update an entry someone revoked or superseded after the renewal
+    started (the sweep, another replica's renewal): nothing written. The caller revokes what the
+    renewal produced when it is a new lease, and answers 404 so the sidecar issues anew."""
+
+    def __init__(self, lease_ref: str, why: str) -> None:
+        super().__init__(f"lease {lease_ref!r} was {why} while it was being renewed")
+        self.lease_ref, self.why = lease_ref, why
 
 
 class PendingReaped(ClusterError):
@@ -530,6 +571,10 @@ async def record_issued(
     would leave more live leases of one credential (:func:`live_entries`); checked on the same
     resourceVersion as the write, so concurrent issues cannot pass it together.
 
+    A ``replace`` that would land on an entry already revoked or superseded (the sweep or another
+    replica got there after the renewal started) raises ReplacedGone, nothing written: updating it
+    would answer a renewal with a value that is dead, or a second live replacement of one lease.
+
     Raises LeaseEnded when the task's leases are already being revoked (the caller must then
     revoke what it issued), ClusterError when it cannot record (the caller revokes and answers 503).
     """
@@ -543,6 +588,11 @@ async def record_issued(
         if status.get("phase") in (REVOKING, REVOKED):
             raise LeaseEnded(status.get("reason") or "revoked")
         current = [dict(e) for e in status.get("leases") or []]
+        for entry in current if replace else ():
+            if entry.get("leaseRef") in replace and (entry.get("revokedAt") or entry.get("supersededAt")):
+                why = (f"revoked ({entry.get('revokeReason') or 'no reason recorded'})"
+                       if entry.get("revokedAt") else "superseded by another renewal")
+                raise ReplacedGone(entry["leaseRef"], why)
         if replace:  # a None value removes the key (a renewal no longer cut to its grant)
             current = [
                 {k: v for k, v in {**e, **replace[e["leaseRef"]]}.items() if v is not None}

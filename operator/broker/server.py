@@ -274,12 +274,25 @@ class Broker:
     def _too_many_live(self, exc: leases.TooManyLive, task: str) -> RateLimited:
         now = self.now()
         wait = (exc.next_expiry - now).total_seconds() if exc.next_expiry is not None else 60.0
-        return RateLimited(
-            f"credential {exc.credential!r} already has {exc.live} live leases for task {task!r} of this "
-            f"pod, the most allowed ({exc.limit}): renew one (POST /v1/credentials/{exc.credential}/renew) "
-            "instead of issuing again, or retry once the oldest expires (Retry-After); nothing was issued",
-            max(1.0, wait),
-        )
+        head = (f"credential {exc.credential!r} already has {exc.live} live leases for task {task!r} of "
+                f"this pod, the most allowed ({exc.limit})")
+        if exc.undelivered:
+            # leases the task never got (the source could neither hand them out nor take them back):
+            # renewing cannot free them; only their revocation at the source does
+            renewable = exc.live - exc.undelivered
+            head += (
+                f"; {exc.undelivered} of them were granted nothing and wait to be revoked at their "
+                "source (they cannot be renewed)"
+                + (f", last error: {exc.last_error}" if exc.last_error else "")
+            )
+            advice = (
+                f"renew one of the other {renewable} (POST /v1/credentials/{exc.credential}/renew) or "
+                if renewable else ""
+            ) + "retry once the sweep has revoked one (Retry-After)"
+        else:
+            advice = (f"renew one (POST /v1/credentials/{exc.credential}/renew) instead of issuing again, "
+                      "or retry once the oldest expires (Retry-After)")
+        return RateLimited(f"{head}: {advice}; nothing was issued", max(1.0, wait))
 
     def _live_limit(self, lease: Mapping[str, Any] | None, grants: list[policy.Grant], task: str) -> None:
         """Refuse before issuing anything when a credential already has its most live leases."""
@@ -745,6 +758,22 @@ class Broker:
         except leases.LeaseEnded as exc:
             await self._revoke_or_record(pod, task, [(grant, issued)], {name: intent}, source_ends)
             raise TaskTerminal(exc.reason, f"task {task!r} has ended ({exc.reason})") from None
+        except leases.ReplacedGone as exc:
+            # revoked or superseded after the renewal started: never answer it. A new lease is
+            # revoked (recorded if that fails); an extension of the same lease is revoked already
+            if replaced:
+                await self._revoke_or_record(pod, task, [(grant, issued)], {name: intent}, source_ends)
+            else:
+                await self._record_quietly(pod, task, [], [intent])
+            log.info(
+                "renewal refused: its lease was revoked or superseded meanwhile",
+                extra=fields(namespace=caller.namespace, pod=caller.pod, task=task, credential=name,
+                             lease_ref=lease_ref, detail=exc.why),
+            )
+            raise NotFound(
+                f"no active lease {lease_ref!r} of credential {name!r} for task {task!r} of this pod "
+                f"({exc.why} while renewing; issue a new credential instead)"
+            ) from None
         except ClusterError as exc:
             if replaced:
                 await self._revoke_or_record(pod, task, [(grant, issued)], {name: intent}, source_ends)

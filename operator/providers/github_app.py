@@ -33,15 +33,13 @@ that replica (``target``: its pod's namespace, name, uid and a per-process id, s
 The lease reference is ``ghs:<installation>:<sha256 prefix>:<expiry unix time>`` — non-secret, and
 enough to say when an unheld token dies.
 
-Renewing extends in place when it can: a token this process holds, for the same scope, with at
-least the grant (the requested TTL, at least ``leases.MIN_CAPPED_GRANT``) plus
-:data:`EXTEND_MARGIN_SECONDS` left at GitHub is answered again — same reference, same value, its
-first ``issued_at``, GitHub's expiry — with no GitHub call (the broker moves the granted end
-forward). Otherwise it issues a new token and revokes the old one (the reference changes): every
-mint and DELETE spends the App installation's hourly API budget, shared by every tenant, so a pod
-refreshing often must not mint on each refresh. When another replica holds the old one, the
-replacement says so (``superseded_live``): the broker marks the old entry superseded and the
-holder's sweep revokes it.
+Renewing always issues a new token and revokes the old one (``renewable`` is false; the reference
+changes): a renewal that answered the held token again would hand out a value the sweep or
+another replica had just revoked, or one GitHub itself revoked (secret scanning, an org admin),
+and a copied token would keep working while the task renews. The broker's grant floor
+(``leases.MIN_CAPPED_GRANT``) bounds how often a pod renews, so how often it mints. When another
+replica holds the old one, the replacement says so (``superseded_live``): the broker marks the old
+entry superseded and the holder's sweep revokes it.
 """
 
 from __future__ import annotations
@@ -61,7 +59,6 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from taskcreds.operator.cluster import Cluster
-from taskcreds.operator.leases import MIN_CAPPED_GRANT
 from taskcreds.operator.providers.base import (
     HeldElsewhere,
     Issued,
@@ -84,7 +81,6 @@ __all__ = [
     "lease_ref_for",
     "DEFAULT_API_URL",
     "TOKEN_LIFETIME_SECONDS",
-    "EXTEND_MARGIN_SECONDS",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,8 +90,6 @@ DEFAULT_API_URL = GITHUB_DEFAULT_API_URL
 TOKEN_LIFETIME_SECONDS = 3600  # GitHub's fixed installation-token lifetime
 JWT_BACKDATE_SECONDS = 60
 JWT_WINDOW_SECONDS = 600  # exp - iat; GitHub refuses more than 10 minutes
-#: a renewal extends a held token in place only when GitHub honours it this much past the new grant
-EXTEND_MARGIN_SECONDS = 60
 MAX_REPOSITORIES = 500  # GitHub's limit on ``repositories`` in one token request
 _LEVELS = ("read", "write", "admin")
 _HEADERS = {
@@ -283,10 +277,6 @@ class _Held:
     token: str
     api_url: str
     expires_at: datetime
-    issued_at: datetime | None = None
-    #: what the token was minted for (installation, repositories, permissions): an extension must not
-    #: keep a token wider than the source now allows
-    scope: tuple[Any, ...] = ()
 
     def __repr__(self) -> str:
         return f"_Held(api_url={self.api_url!r}, expires_at={_rfc3339(self.expires_at)})"
@@ -344,8 +334,7 @@ class GitHubAppProvider:
                 retryable=True,
             )
         lease_ref = lease_ref_for(settings.installation_id, token, expires_at)
-        issued_at = datetime.now(UTC).replace(microsecond=0)
-        self._hold(lease_ref, _Held(token, settings.api_url, expires_at, issued_at, _scope(settings)))
+        self._hold(lease_ref, _Held(token, settings.api_url, expires_at))
         replica = await self._me()
         log.info(
             "github-app token issued",
@@ -364,23 +353,20 @@ class GitHubAppProvider:
         return Issued(
             files={settings.token_file: token},
             lease_ref=lease_ref,
-            issued_at=issued_at,
+            issued_at=datetime.now(UTC).replace(microsecond=0),
             expires_at=expires_at,
             renewable=False,
             target=replica.target(),
         )
 
     async def renew(self, lease_ref: str, request: IssueRequest) -> Issued:
-        """The same token again when it lives long enough (no GitHub call, see the module doc);
-        otherwise a new token, and the old one revoked (the lease reference changes).
+        """Issue a new token and revoke the old one; the lease reference changes (never the held
+        token again: see the module doc).
 
         An old token this process does not hold (another replica issued it) is left to its holder:
         the replacement comes back with ``superseded_live`` so the broker records the old entry as
         superseded, never silently live.
         """
-        extended = await self._extended(lease_ref, request)
-        if extended is not None:
-            return extended
         replacement = await self.issue(request)
         if self._expired_unheld(lease_ref):
             # dead at GitHub already (its reference carries GitHub's expiry): nothing to revoke
@@ -411,37 +397,6 @@ class GitHubAppProvider:
                 retryable=True,
             ) from None
         return replacement
-
-    async def _extended(self, lease_ref: str, request: IssueRequest) -> Issued | None:
-        """The held token answered again, unchanged, when GitHub honours it for the grant plus
-        :data:`EXTEND_MARGIN_SECONDS` and it was minted for what the source asks now; else None."""
-        held = self._held.get(lease_ref)
-        if held is None or held.issued_at is None:
-            return None
-        settings = parse_settings(
-            request.source_spec, request.source_namespace, source_name=request.credential
-        )
-        if held.scope != _scope(settings) or held.api_url != settings.api_url:
-            return None  # the source changed (narrower permissions, other repositories): mint anew
-        grant = max(float(request.ttl_seconds), MIN_CAPPED_GRANT.total_seconds())
-        left = (held.expires_at - datetime.now(UTC)).total_seconds()
-        if left < grant + EXTEND_MARGIN_SECONDS:
-            return None
-        log.info(
-            "github-app token extended in place (no GitHub call)",
-            extra=fields(
-                provider=PROVIDER, credential=request.credential, task=request.task, lease_ref=lease_ref,
-                expires_at=_rfc3339(held.expires_at),
-            ),
-        )
-        return Issued(
-            files={settings.token_file: held.token},
-            lease_ref=lease_ref,
-            issued_at=held.issued_at,
-            expires_at=held.expires_at,
-            renewable=False,
-            target=(await self._me()).target(),
-        )
 
     def holds(self, lease_ref: str, target: Mapping[str, str] | None = None) -> bool:
         """Whether this process is the one to settle ``lease_ref``: it holds the token, or the entry
@@ -634,12 +589,6 @@ class GitHubAppProvider:
             raise ProviderError(
                 PROVIDER, f"{method} {api_url}{path}: cannot connect ({type(exc).__name__})", retryable=True
             ) from None
-
-
-def _scope(settings: GitHubAppSettings) -> tuple[Any, ...]:
-    """What a token was minted for: an extension is only for a token of the same scope."""
-    return (settings.installation_id, settings.all_repositories, settings.repositories,
-            tuple(sorted(settings.permissions)))
 
 
 def _message(answer: Mapping[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """What a task may hold and what still counts as live, at the edges mutation testing found
 unguarded (tests/operator/test_lifetime_cap.py and test_leases.py cover the common cases).
 
-``cap_to_grant``: a lease longer than the task's grant is cut to the grant (never below the 60 s
+``cap_to_grant``: a lease longer than the task's grant is cut to the grant (never below the 5 min
 floor, never when the source ends within a second of it), a static one is never cut, and the
 grant runs from when the source was asked or issued, whichever is later. ``dies_by`` and
 ``live_entries``: a lease counts while its value may still work anywhere, and not a second longer.
@@ -44,10 +44,11 @@ CAPS = [
     ("source ends 2 s past the grant: cut", issued(602), 600, 0, 600, 602),
     ("one hour for a 10 minute grant: cut", issued(3600), 600, 0, 600, 3600),
     ("static value: never cut", issued(3600, static=True), 600, 0, 3600, None),
-    ("grant below the 60 s floor: the floor", issued(3600), 10, 0, 60, 3600),
-    ("grant at the floor", issued(3600), 60, 0, 60, 3600),
-    ("floor reaching the source's end: untouched", issued(61), 10, 0, 61, None),
-    ("floor ending 2 s before the source: cut to the floor", issued(62), 10, 0, 60, 62),
+    ("grant below the 5 min floor: the floor", issued(3600), 10, 0, 300, 3600),
+    ("grant at the floor", issued(3600), 300, 0, 300, 3600),
+    ("grant 1 s below the floor: the floor", issued(3600), 299, 0, 300, 3600),
+    ("floor reaching the source's end: untouched", issued(301), 10, 0, 301, None),
+    ("floor ending 2 s before the source: cut to the floor", issued(302), 10, 0, 300, 302),
     ("asked later than issued: grant from the ask", issued(3600), 600, 100, 700, 3600),
     ("issued later than asked: grant from the issue", issued(3600, issued_after=50), 600, 0, 650, 3600),
     ("fractional grant rounded down to the second", issued(3600), 600.7, 0, 600, 3600),
