@@ -588,8 +588,8 @@ async def record_issued(
         if status.get("phase") in (REVOKING, REVOKED):
             raise LeaseEnded(status.get("reason") or "revoked")
         current = [dict(e) for e in status.get("leases") or []]
-        for entry in current if replace else ():
-            if entry.get("leaseRef") in replace and (entry.get("revokedAt") or entry.get("supersededAt")):
+        for entry in current:
+            if replace and entry.get("leaseRef") in replace and (entry.get("revokedAt") or entry.get("supersededAt")):
                 why = (f"revoked ({entry.get('revokeReason') or 'no reason recorded'})"
                        if entry.get("revokedAt") else "superseded by another renewal")
                 raise ReplacedGone(entry["leaseRef"], why)

@@ -282,8 +282,9 @@ class Broker:
             renewable = exc.live - exc.undelivered
             head += (
                 f"; {exc.undelivered} of them were granted nothing and wait to be revoked at their "
-                "source (they cannot be renewed)"
-                + (f", last error: {exc.last_error}" if exc.last_error else "")
+                "source (they cannot be renewed"
+                + (f"; last error: {exc.last_error}" if exc.last_error else "")
+                + ")"
             )
             advice = (
                 f"renew one of the other {renewable} (POST /v1/credentials/{exc.credential}/renew) or "

@@ -15,12 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from taskcreds.operator.broker.server import BROKER_KEY
 from taskcreds.operator.leases import lease_name, revoke_expired
 
 from tests.operator.test_broker_harness import NS, Harness, source
 from tests.operator.test_provider_vault_review import Server
 
-LEASE = "database/creds/long/lease-1"
+LEASE = "database/creds/long/lease-1"  # the first; the n-th is lease-n
 OPERATOR_NS = "taskcreds-system"
 
 
@@ -39,7 +40,7 @@ class FlakyVault:
             return 200, {}, {"data": {"ttl": 0}}
         if method == "GET" and path == "/v1/database/creds/long":
             self.leases += 1
-            return 200, {}, {"lease_id": LEASE, "renewable": True, "lease_duration": 3600,
+            return 200, {}, {"lease_id": f"{LEASE[:-2]}-{self.leases}", "renewable": True, "lease_duration": 3600,
                              "data": {"username": "v-long-canary", "password": "pw-canary-5d1e"}}
         if path in ("/v1/sys/leases/renew", "/v1/sys/leases/revoke") and not self.healed:
             return 503, {}, {"errors": ["Vault is sealed"]}
@@ -107,3 +108,29 @@ async def test_a_lease_neither_shortened_nor_revoked_is_recorded_and_the_sweep_r
     (entry,) = entries(h)
     assert entry["revokedAt"] and "notRevocable" not in entry, entry
     assert vault.revoked == [LEASE], "the lease was revoked at Vault"
+
+
+async def test_a_full_live_limit_of_leases_granted_nothing_says_so(
+    world: tuple[Harness, FlakyVault, str],
+) -> None:
+    """Review (LOW): with max_live_leases of such leases waiting for revocation, the next issue's
+    429 said only "already has 8 live leases ... renew one" — which cannot be done for them."""
+    h, vault, ttl = world
+    limit = h.app[BROKER_KEY].settings.max_live_leases
+    agent = h.agent(h.add_pod("agent-1", credentials="db"))
+    for _ in range(limit):
+        reply = await h.issue(agent, ttl=ttl)
+        assert (reply.status, reply.code) == (502, "provider_error"), reply.doc
+    # the sweep tries (Vault still sealed): each entry now carries the provider's last error
+    await revoke_expired(h.cluster, h.providers, metrics=None, now=lambda: datetime.now(UTC) + timedelta(seconds=2))
+    assert all("Vault is sealed" in e["lastError"] for e in entries(h)), entries(h)
+
+    refused = await h.issue(agent, ttl=ttl)
+    assert (refused.status, refused.code) == (429, "rate_limited"), refused.doc
+    message = refused.doc["error"]["message"]
+    assert f"already has {limit} live leases" in message, message
+    assert f"{limit} of them were granted nothing and wait to be revoked" in message, message
+    assert "cannot be renewed" in message and "renew one" not in message, message
+    assert "last error:" in message and "Vault is sealed" in message, message
+    assert "canary" not in refused.raw.decode()
+    assert vault.leases == limit, "nothing was issued"
