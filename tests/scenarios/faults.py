@@ -498,7 +498,9 @@ async def svid_expiry(fc: FaultCluster) -> FaultRow:
             return False
         return not (names_left | inside) & set(run.credentials) and not watch.ready
 
-    gone = await watch.wait(nothing_valid_left, expires - time.time() + 5)
+    # one credential lifetime (3 s) after the SVID, plus slack for a loaded machine (a CI run at
+    # load ~2 once saw 5 s pass); without expiry handling the files stay until the task ends
+    gone = await watch.wait(nothing_valid_left, expires - time.time() + 3 + 5)
     gone_after = time.time() - expires
     renewed_after = [
         v
