@@ -72,6 +72,8 @@ class Sidecar:
     client: BrokerClient
     directory: Path
     renewals: list[str]  # leaseRefs the runner asked to renew
+    #: cleared: renewals wait (so a test reads GitHub and the TaskLease between two of them)
+    gate: asyncio.Event
 
     def on_disk(self, credential: str) -> str | None:
         try:
@@ -96,8 +98,11 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[Callable[..., Sidecar]]:
                               identity=identity)  # type: ignore[arg-type]
         renewals: list[str] = []
         renew = client.renew
+        gate = asyncio.Event()
+        gate.set()
 
         async def counted(name: str, lease_ref: str, ttl: str | None = None) -> Any:
+            await gate.wait()
             renewals.append(lease_ref)
             return await renew(name, lease_ref, ttl)
 
@@ -110,7 +115,7 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[Callable[..., Sidecar]]:
         runner = Runner(from_env(env), identity=identity, client=client, writer=writer,  # type: ignore[arg-type]
                         redactor=Redactor(), metrics=register_sidecar())
         started.append((runner, asyncio.create_task(runner.run()), client, directory))
-        return Sidecar(runner, client, directory, renewals)
+        return Sidecar(runner, client, directory, renewals, gate)
 
     yield make
     for runner, task, client, directory in started:
@@ -158,6 +163,18 @@ GITHUB_CASES = {
 }
 
 
+async def settled(s: Sidecar, github: FakeGitHub) -> None:  # noqa: F811
+    """Wait (<= 3 s) for a moment between renewals: the value on disk is the one token alive at GitHub."""
+    end = time.monotonic() + 3
+    while True:
+        alive = [t.token for t in github.alive_tokens()]
+        if alive == [s.on_disk("gh")] and s.runner.credentials["gh"].expires_at > datetime.now(UTC):
+            return
+        assert time.monotonic() < end, f"{len(alive)} tokens alive at GitHub, the one on disk among them: " \
+            f"{s.on_disk('gh') in alive}"
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize("case", list(GITHUB_CASES))
 async def test_a_2s_ttl_sidecar_does_not_churn_github_tokens(
     github: FakeGitHub, sidecar: Callable[..., Sidecar], case: str  # noqa: F811
@@ -178,9 +195,12 @@ async def test_a_2s_ttl_sidecar_does_not_churn_github_tokens(
         async def valid_at_github() -> None:
             value = s.on_disk("gh")
             assert value is not None, "the token file went away"
-            assert await at_github(github, value) == 200, "the value on disk no longer works at GitHub"
+            if not renews:  # a renewal revokes the old token before the sidecar writes the new one
+                assert await at_github(github, value) == 200, "the value on disk no longer works at GitHub"
 
         await run_watching(s, RUN_SECONDS, valid_at_github)
+        s.gate.clear()  # no renewal starts now; one under way ends
+        await settled(s, github)
 
         if not renews:
             assert len(minted()) == 1, (case, len(minted()))
@@ -197,7 +217,7 @@ async def test_a_2s_ttl_sidecar_does_not_churn_github_tokens(
         current = s.runner.credentials["gh"]
         assert [e["leaseRef"] for e in live] == [current.lease_ref], case
         assert live[0]["expiresAt"] == current.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-        assert current.expires_at > datetime.now(UTC)
+        s.gate.set()
     finally:
         await h.close()
         await h.providers["github-app"].aclose()
