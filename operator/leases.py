@@ -589,7 +589,8 @@ async def record_issued(
             raise LeaseEnded(status.get("reason") or "revoked")
         current = [dict(e) for e in status.get("leases") or []]
         for entry in current:
-            if replace and entry.get("leaseRef") in replace and (entry.get("revokedAt") or entry.get("supersededAt")):
+            ended = entry.get("revokedAt") or entry.get("supersededAt")
+            if replace and entry.get("leaseRef") in replace and ended:
                 why = (f"revoked ({entry.get('revokeReason') or 'no reason recorded'})"
                        if entry.get("revokedAt") else "superseded by another renewal")
                 raise ReplacedGone(entry["leaseRef"], why)
