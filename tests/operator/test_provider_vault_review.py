@@ -20,12 +20,13 @@ import hvac
 import hvac.exceptions
 import pytest
 from taskcreds.operator.memcluster import MemCluster
-from taskcreds.operator.providers.base import IssueRequest, ProviderError
+from taskcreds.operator.providers.base import ProviderError
 from taskcreds.operator.providers.vault import VaultProvider
 
 from tests.openbao import OPERATOR_POLICY, OpenBao, Postgres
 from tests.openbao import openbao as openbao_fixture  # noqa: F401  (the `openbao` fixture)
 from tests.openbao import postgres as postgres_fixture  # noqa: F401  (the `postgres` fixture)
+from tests.operator.test_provider_vault import request
 
 NS = "agents"
 OPERATOR_NS = "taskcreds-system"
@@ -91,20 +92,6 @@ def spec(address: str, *, max_ttl: str = "10m", **vault: Any) -> dict[str, Any]:
     return {"provider": "vault", "defaultTTL": "1m", "maxTTL": max_ttl, "vault": body}
 
 
-def request(source_spec: dict[str, Any], ttl: int = 30, *, source_namespace: str | None = NS) -> IssueRequest:
-    return IssueRequest(
-        credential="openbao",
-        source_spec=source_spec,
-        source_namespace=source_namespace,
-        namespace=NS,
-        pod="agent-0",
-        pod_uid="uid-1",
-        service_account="agent",
-        task="fix-42",
-        ttl_seconds=ttl,
-    )
-
-
 # --- 1. no default policy: the agent cannot renew its own token ---------------------------------
 
 
@@ -145,7 +132,7 @@ async def test_a_source_asking_for_the_default_policy_is_refused_naming_why(
 ) -> None:
     before = _token_count(bao)
     with pytest.raises(ProviderError) as caught:
-        await provider.issue(request(spec(bao.address, policies=policies)))
+        await provider.issue(request(spec(bao.address, policies=policies), ttl=30))
     message = str(caught.value)
     assert not caught.value.retryable
     for words in ("spec.vault.policies", "'default'", "auth/token/renew-self", "past the expiry"):
@@ -158,7 +145,7 @@ async def test_tokens_of_a_source_that_lists_default_can_still_be_renewed_and_re
 ) -> None:
     """Refused at issue only: a lease issued before the source changed (or before the upgrade)
     must not become unrevocable."""
-    issued = await provider.issue(request(spec(bao.address)))
+    issued = await provider.issue(request(spec(bao.address), ttl=30))
     changed = spec(bao.address, policies=["repo-read", "default"])
     renewed = await provider.renew(issued.lease_ref, request(changed, ttl=60))
     assert renewed.lease_ref == issued.lease_ref
@@ -283,7 +270,7 @@ async def test_a_redirect_is_refused_and_nothing_reaches_the_other_address(
             if step == "revoke":
                 await provider.revoke("accessor-1", src, source_namespace)
             else:
-                await provider.issue(request(src, source_namespace=source_namespace))
+                await provider.issue(request(src, ttl=30, source_namespace=source_namespace))
     finally:
         await provider.aclose()
         front.close()
