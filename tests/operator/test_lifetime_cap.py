@@ -20,15 +20,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from taskcreds.operator import leases
 from taskcreds.operator.broker.server import BROKER_KEY
 from taskcreds.operator.leases import lease_name, revoke_expired
 from taskcreds.operator.memcluster import MemCluster
 from taskcreds.operator.providers.base import Issued
-from taskcreds.operator.providers.github_app import GitHubAppProvider
-from taskcreds.operator.providers.replica import Replica
 
 from taskcreds import names
 from tests.fakes.github import FakeGitHub
@@ -36,6 +33,8 @@ from tests.fakes.github import github as github  # noqa: F401  (fixture)
 from tests.operator.test_broker_harness import NS, Harness, source
 from tests.operator.test_broker_harness import harness as harness  # noqa: F401  (fixture)
 from tests.operator.test_broker_scenario import KubeHarness, kube_world
+from tests.operator.test_replicas_github import replica
+from tests.operator.test_replicas_github import status_at_github as at_github  # 200 live, 401 revoked
 
 OPERATOR_NS = "taskcreds-system"
 AUD = "https://deploy.example"
@@ -111,16 +110,6 @@ def github_source(github: FakeGitHub, cluster: MemCluster) -> None:
         "permissions": {"contents": "write"}}))
 
 
-def replica(cluster: MemCluster, name: str) -> Harness:
-    """A broker whose github-app provider is the replica running in operator pod ``name``."""
-    pod = cluster.put_pod({"metadata": {"name": name, "namespace": OPERATOR_NS}, "spec": {"containers": []}})
-    harness = Harness(cluster=cluster)
-    provider = GitHubAppProvider(cluster, replica=Replica(OPERATOR_NS, name, pod["metadata"]["uid"]))
-    harness.providers["github-app"] = provider
-    harness.app[BROKER_KEY].providers["github-app"] = provider
-    return harness
-
-
 @pytest.fixture
 async def replicas(github: FakeGitHub) -> AsyncIterator[tuple[MemCluster, Harness, Harness]]:  # noqa: F811
     cluster = MemCluster()
@@ -133,13 +122,6 @@ async def replicas(github: FakeGitHub) -> AsyncIterator[tuple[MemCluster, Harnes
         await each.close()
         await each.providers["github-app"].aclose()
 
-
-async def at_github(github: FakeGitHub, token: str) -> int:  # noqa: F811
-    """What GitHub answers the token now: 200 while it works, 401 once revoked or expired."""
-    async with aiohttp.ClientSession() as http, http.get(
-        f"{github.url}/installation/repositories", headers={"Authorization": f"Bearer {token}"}
-    ) as r:
-        return r.status
 
 
 def entry_of(cluster: MemCluster, lease_ref: str) -> dict[str, Any]:
